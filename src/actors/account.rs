@@ -1,0 +1,635 @@
+//! The account actor: one per account, the single writer of the account's
+//! partition. Commands are processed one at a time in arrival order:
+//!
+//! 1. decide with the pure core (state machine + ledger),
+//! 2. persist the decision in one atomic, conditional write (payment,
+//!    ledger movements, account balances, idempotency record),
+//! 3. only then act: reply, and hand bank calls to the payment's child actor.
+//!
+//! A write that loses an optimistic-concurrency race (another writer changed
+//! the account) reloads fresh state and re-runs the command, a bounded number
+//! of times.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde::Serialize;
+use tokio::time::Instant;
+
+use super::payment::{PaymentActor, PaymentArgs, PaymentMsg};
+use super::{CommandError, CreatePayment, RefundPayment, Shared};
+use crate::clock::new_payment_id;
+use crate::connectors::BankEvent;
+use crate::domain::payment::{self, Decision, NewPayment, Payment};
+use crate::domain::{AccountId, PaymentId, PaymentName, RequestId};
+use crate::limits;
+use crate::store::schema::{self, AccountRecord, IdempotencyRecord, Versioned};
+use crate::store::{Condition, StoreError, WriteOp};
+
+pub struct AccountActor;
+
+pub struct AccountArgs {
+    pub account: AccountId,
+    pub shared: Arc<Shared>,
+}
+
+type Reply = RpcReplyPort<Result<Payment, CommandError>>;
+
+pub enum AccountMsg {
+    Create(CreatePayment, Reply),
+    Refund(RefundPayment, Reply),
+    /// A bank outcome, routed through the directory.
+    Bank(BankEvent),
+    /// Start-up recovery: carry this payment forward if it has pending work.
+    Resume(PaymentId),
+    /// A bank outcome a child learned synchronously (a definite rejection).
+    /// Comes from a child, not through the directory, so it is not counted.
+    FromChild(BankEvent),
+    /// Timer: passivate if idle. Not counted either.
+    IdleCheck,
+}
+
+impl AccountMsg {
+    /// Whether the directory counted this message when sending it.
+    fn via_directory(&self) -> bool {
+        !matches!(self, AccountMsg::FromChild(_) | AccountMsg::IdleCheck)
+    }
+}
+
+pub struct AccountState {
+    account: AccountId,
+    shared: Arc<Shared>,
+    /// The account item as last read or written; `None` until hydrated.
+    /// Version 0 means the account has no item yet.
+    record: Option<Versioned<AccountRecord>>,
+    /// Payments as persisted (cache; the store is the truth).
+    payments: HashMap<PaymentId, Versioned<Payment>>,
+    /// Running child actors, by payment and by actor id.
+    children: HashMap<PaymentId, ActorRef<PaymentMsg>>,
+    child_payments: HashMap<ActorId, PaymentId>,
+    /// Panic restarts per payment during this activation.
+    restarts: HashMap<PaymentId, u32>,
+    /// Messages received through the directory (see passivation).
+    received: u64,
+    last_activity: Instant,
+    idle_timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Actor for AccountActor {
+    type Msg = AccountMsg;
+    type State = AccountState;
+    type Arguments = AccountArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<AccountMsg>,
+        args: AccountArgs,
+    ) -> Result<AccountState, ActorProcessingErr> {
+        // Cheap on purpose: the directory spawns under a lock. Hydration
+        // happens on the first message.
+        Ok(AccountState {
+            account: args.account,
+            shared: args.shared,
+            record: None,
+            payments: HashMap::new(),
+            children: HashMap::new(),
+            child_payments: HashMap::new(),
+            restarts: HashMap::new(),
+            received: 0,
+            last_activity: Instant::now(),
+            idle_timer: None,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<AccountMsg>,
+        state: &mut AccountState,
+    ) -> Result<(), ActorProcessingErr> {
+        let every = state.shared.settings.idle_check_every;
+        state.idle_timer = Some(myself.send_interval(every, || AccountMsg::IdleCheck));
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<AccountMsg>,
+        state: &mut AccountState,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(timer) = state.idle_timer.take() {
+            timer.abort();
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<AccountMsg>,
+        message: AccountMsg,
+        state: &mut AccountState,
+    ) -> Result<(), ActorProcessingErr> {
+        if message.via_directory() {
+            state.received += 1;
+            state.last_activity = Instant::now();
+        }
+        match message {
+            AccountMsg::Create(command, reply) => {
+                let result = state.create(&myself, command).await;
+                let _ = reply.send(result);
+            }
+            AccountMsg::Refund(command, reply) => {
+                let result = state.refund(&myself, command).await;
+                let _ = reply.send(result);
+            }
+            AccountMsg::Bank(event) | AccountMsg::FromChild(event) => {
+                if let Err(error) = state.on_bank_event(&myself, &event).await {
+                    // The payment stays as persisted (e.g. SENT); re-drive
+                    // (start-up recovery, the watchdog) picks it up again.
+                    tracing::error!(payment = %event.payment_name(), %error, "bank outcome not applied");
+                }
+            }
+            AccountMsg::Resume(payment) => {
+                if let Err(error) = state.resume(&myself, &payment).await {
+                    tracing::error!(account = %state.account, %payment, %error, "resume failed");
+                }
+            }
+            AccountMsg::IdleCheck => state.maybe_passivate(&myself),
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<AccountMsg>,
+        event: SupervisionEvent,
+        state: &mut AccountState,
+    ) -> Result<(), ActorProcessingErr> {
+        match event {
+            SupervisionEvent::ActorFailed(child, error) => {
+                let Some(payment) = state.forget_child(child.get_id()) else {
+                    return Ok(());
+                };
+                let restarts = state.restarts.entry(payment.clone()).or_insert(0);
+                *restarts += 1;
+                tracing::error!(account = %state.account, %payment, %error, restarts = *restarts, "payment actor failed");
+                if *restarts > limits::PAYMENT_ACTOR_RESTARTS_MAX {
+                    tracing::error!(account = %state.account, %payment, "payment actor keeps failing; left for re-drive");
+                    return Ok(());
+                }
+                // Restart from the persisted state: re-drive its pending step.
+                if let Err(error) = state.resume(&myself, &payment).await {
+                    tracing::error!(account = %state.account, %payment, %error, "restart failed");
+                }
+            }
+            SupervisionEvent::ActorTerminated(child, _, _) => {
+                state.forget_child(child.get_id());
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// The canonical form of a request, compared on idempotent replay.
+#[derive(Serialize)]
+#[serde(tag = "method", rename_all = "snake_case")]
+enum Fingerprint<'a> {
+    Create {
+        payment_id: Option<&'a str>,
+        currency: &'a str,
+        minor_units: i64,
+        metadata: &'a std::collections::BTreeMap<String, String>,
+    },
+    Refund {
+        payment: String,
+        currency: Option<&'a str>,
+        minor_units: Option<i64>,
+        reason: &'a str,
+    },
+}
+
+impl Fingerprint<'_> {
+    fn encode(&self) -> String {
+        serde_json::to_string(self).expect("fingerprints serialise")
+    }
+}
+
+/// An idempotency record to write with a decision.
+struct NewIdempotency<'a> {
+    request_id: &'a RequestId,
+    fingerprint: String,
+}
+
+/// What committing a decision ran into.
+enum CommitError {
+    /// The idempotency key was taken (by a concurrent duplicate).
+    KeyTaken,
+    /// The payment item exists already (create) or changed (update).
+    PaymentTaken,
+    /// Someone else changed the account meanwhile: reload and retry.
+    Stale,
+    Failed(CommandError),
+}
+
+impl AccountState {
+    fn name(&self, payment: &PaymentId) -> PaymentName {
+        PaymentName {
+            account: self.account.clone(),
+            payment: payment.clone(),
+        }
+    }
+
+    async fn hydrate(&mut self) -> Result<(), CommandError> {
+        if self.record.is_none() {
+            let record = schema::load_account(self.shared.store.as_ref(), &self.account).await?;
+            let record = record.unwrap_or(Versioned {
+                value: AccountRecord::default(),
+                version: 0,
+            });
+            record.value.balances.check_invariants().map_err(|error| {
+                CommandError::Internal(format!(
+                    "stored balances of {} break an invariant: {error}",
+                    self.account
+                ))
+            })?;
+            self.record = Some(record);
+        }
+        Ok(())
+    }
+
+    /// Drops everything cached, so the next use reads fresh state.
+    fn invalidate(&mut self) {
+        self.record = None;
+        self.payments.clear();
+    }
+
+    async fn payment(
+        &mut self,
+        id: &PaymentId,
+    ) -> Result<Option<Versioned<Payment>>, CommandError> {
+        if let Some(cached) = self.payments.get(id) {
+            return Ok(Some(cached.clone()));
+        }
+        let loaded = schema::load_payment(self.shared.store.as_ref(), &self.name(id)).await?;
+        if let Some(loaded) = &loaded {
+            self.cache(loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    fn cache(&mut self, payment: Versioned<Payment>) {
+        if self.payments.len() >= limits::ACCOUNT_PAYMENT_CACHE_MAX {
+            // Settled payments are cheap to read back; keep the busy ones.
+            self.payments
+                .retain(|_, cached| cached.value.has_pending_work());
+        }
+        self.payments.insert(payment.value.id.clone(), payment);
+    }
+
+    /// Replays a request already applied under `request_id`, or refuses a
+    /// reuse of the key for something else. `None`: the key is unused.
+    async fn replay(
+        &mut self,
+        request_id: &RequestId,
+        fingerprint: &str,
+    ) -> Result<Option<Payment>, CommandError> {
+        let Some(record) =
+            schema::load_idempotency(self.shared.store.as_ref(), &self.account, request_id).await?
+        else {
+            return Ok(None);
+        };
+        if record.fingerprint != fingerprint {
+            return Err(CommandError::IdempotencyKeyReused);
+        }
+        // The result of the original request: the payment it created or
+        // changed, as it is now.
+        let payment = self.payment(&record.payment).await?;
+        payment.map(|payment| Some(payment.value)).ok_or_else(|| {
+            CommandError::Internal(format!(
+                "idempotency record points at missing payment {}",
+                record.payment
+            ))
+        })
+    }
+
+    async fn create(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        command: CreatePayment,
+    ) -> Result<Payment, CommandError> {
+        let fingerprint = Fingerprint::Create {
+            payment_id: command.payment_id.as_ref().map(PaymentId::as_str),
+            currency: command.amount.currency().code(),
+            minor_units: command.amount.minor_units(),
+            metadata: &command.metadata,
+        }
+        .encode();
+        for _ in 0..=limits::CONCURRENCY_RETRIES_MAX {
+            if let Some(original) = self.replay(&command.request_id, &fingerprint).await? {
+                return Ok(original);
+            }
+            self.hydrate().await?;
+            let id = match &command.payment_id {
+                Some(id) => id.clone(),
+                None => PaymentId::new(new_payment_id(self.shared.random.as_ref()))
+                    .map_err(|error| CommandError::Internal(error.to_string()))?,
+            };
+            let new = NewPayment {
+                account: self.account.clone(),
+                id,
+                amount: command.amount,
+                metadata: command.metadata.clone(),
+            };
+            let decision = payment::create(new, self.shared.clock.now(), &self.shared.policy)?;
+            let idempotency = NewIdempotency {
+                request_id: &command.request_id,
+                fingerprint: fingerprint.clone(),
+            };
+            match self.commit(myself, decision, None, Some(idempotency)).await {
+                Ok(payment) => return Ok(payment),
+                Err(CommitError::KeyTaken) => continue, // replayed at the top
+                Err(CommitError::PaymentTaken) if command.payment_id.is_some() => {
+                    return Err(CommandError::PaymentAlreadyExists(
+                        self.name(command.payment_id.as_ref().expect("checked"))
+                            .to_string(),
+                    ));
+                }
+                Err(CommitError::PaymentTaken) => continue, // generated id collided: draw again
+                Err(CommitError::Stale) => self.invalidate(),
+                Err(CommitError::Failed(error)) => return Err(error),
+            }
+        }
+        Err(CommandError::Conflict)
+    }
+
+    async fn refund(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        command: RefundPayment,
+    ) -> Result<Payment, CommandError> {
+        let fingerprint = Fingerprint::Refund {
+            payment: command.name.to_string(),
+            currency: command.amount.map(|amount| amount.currency().code()),
+            minor_units: command.amount.map(|amount| amount.minor_units()),
+            reason: &command.reason,
+        }
+        .encode();
+        for _ in 0..=limits::CONCURRENCY_RETRIES_MAX {
+            if let Some(original) = self.replay(&command.request_id, &fingerprint).await? {
+                return Ok(original);
+            }
+            self.hydrate().await?;
+            let current = self
+                .payment(&command.name.payment)
+                .await?
+                .ok_or_else(|| CommandError::NotFound(format!("payment {}", command.name)))?;
+            let decision = current.value.request_refund(
+                command.amount,
+                &command.reason,
+                self.shared.clock.now(),
+            )?;
+            let idempotency = NewIdempotency {
+                request_id: &command.request_id,
+                fingerprint: fingerprint.clone(),
+            };
+            match self
+                .commit(myself, decision, Some(current.version), Some(idempotency))
+                .await
+            {
+                Ok(payment) => return Ok(payment),
+                Err(CommitError::KeyTaken) => continue,
+                Err(CommitError::PaymentTaken | CommitError::Stale) => self.invalidate(),
+                Err(CommitError::Failed(error)) => return Err(error),
+            }
+        }
+        Err(CommandError::Conflict)
+    }
+
+    async fn on_bank_event(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        event: &BankEvent,
+    ) -> Result<(), CommandError> {
+        let payment_id = &event.payment_name().payment;
+        for _ in 0..=limits::CONCURRENCY_RETRIES_MAX {
+            self.hydrate().await?;
+            let Some(current) = self.payment(payment_id).await? else {
+                tracing::warn!(payment = %event.payment_name(), "bank outcome for an unknown payment ignored");
+                return Ok(());
+            };
+            let now = self.shared.clock.now();
+            let decision = match event {
+                BankEvent::Payment { outcome, .. } => {
+                    current
+                        .value
+                        .on_bank_outcome(outcome, now, &self.shared.policy)?
+                }
+                BankEvent::Refund {
+                    refund_id, outcome, ..
+                } => current.value.on_refund_outcome(refund_id, outcome, now)?,
+            };
+            let Some(decision) = decision else {
+                tracing::debug!(payment = %event.payment_name(), "duplicate or late bank outcome ignored");
+                return Ok(());
+            };
+            match self
+                .commit(myself, decision, Some(current.version), None)
+                .await
+            {
+                Ok(payment) => {
+                    tracing::info!(payment = %event.payment_name(), state = ?payment.state, "bank outcome applied");
+                    return Ok(());
+                }
+                Err(CommitError::KeyTaken | CommitError::PaymentTaken | CommitError::Stale) => {
+                    self.invalidate()
+                }
+                Err(CommitError::Failed(error)) => return Err(error),
+            }
+        }
+        Err(CommandError::Conflict)
+    }
+
+    async fn resume(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        payment_id: &PaymentId,
+    ) -> Result<(), CommandError> {
+        self.hydrate().await?;
+        // Read it fresh: this is recovery, the cache may be behind.
+        self.payments.remove(payment_id);
+        let Some(current) = self.payment(payment_id).await? else {
+            return Ok(());
+        };
+        let effects = current.value.pending_effects();
+        if !effects.is_empty() && !self.children.contains_key(payment_id) {
+            tracing::info!(payment = %self.name(payment_id), state = ?current.value.state, "re-driving payment");
+            self.spawn_child(myself, payment_id.clone(), effects).await;
+        }
+        Ok(())
+    }
+
+    /// Persists `decision` in one atomic write, then updates memory and
+    /// hands the decision's effects to the payment's child actor.
+    async fn commit(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        decision: Decision,
+        payment_version: Option<u64>,
+        idempotency: Option<NewIdempotency<'_>>,
+    ) -> Result<Payment, CommitError> {
+        let record = self.record.as_ref().expect("hydrated before commit");
+        let mut balances = record.value.balances.clone();
+        for movement in &decision.movements {
+            balances = balances
+                .apply(movement)
+                .map_err(|error| CommitError::Failed(payment::Rejection::from(error).into()))?;
+        }
+        let next_record = AccountRecord {
+            balances,
+            movement_count: record.value.movement_count + decision.movements.len() as u64,
+        };
+        let now = self.shared.clock.now();
+
+        let mut ops = Vec::with_capacity(3 + decision.movements.len());
+        // The idempotency record goes first: if a duplicate raced us, its
+        // failure is the one reported and the request is replayed.
+        if let Some(idempotency) = &idempotency {
+            let retention = limits::IDEMPOTENCY_RETENTION.as_millis() as i64;
+            let record = IdempotencyRecord {
+                fingerprint: idempotency.fingerprint.clone(),
+                payment: decision.payment.id.clone(),
+                created_at: now,
+                expires_at: now.plus_millis(retention),
+            };
+            ops.push(WriteOp::Put {
+                item: schema::idempotency_item(&self.account, idempotency.request_id, &record),
+                condition: Condition::NotExists,
+            });
+        }
+        let payment_condition = match payment_version {
+            None => Condition::NotExists,
+            Some(version) => Condition::VersionIs(version),
+        };
+        let new_payment_version = payment_version.unwrap_or(0) + 1;
+        ops.push(WriteOp::Put {
+            item: schema::payment_item(&decision.payment, new_payment_version),
+            condition: payment_condition,
+        });
+        for (offset, movement) in decision.movements.iter().enumerate() {
+            ops.push(WriteOp::Put {
+                item: schema::movement_item(
+                    &self.account,
+                    record.value.movement_count + offset as u64,
+                    movement,
+                ),
+                condition: Condition::NotExists,
+            });
+        }
+        // Every write touches the account item under its version: the
+        // account is the unit of ordering, and (later) of ownership fencing.
+        let account_condition = match record.version {
+            0 => Condition::NotExists,
+            version => Condition::VersionIs(version),
+        };
+        let new_account_version = record.version + 1;
+        ops.push(WriteOp::Put {
+            item: schema::account_item(&self.account, &next_record, new_account_version),
+            condition: account_condition,
+        });
+
+        match self.shared.store.transact(ops).await {
+            Ok(()) => {}
+            Err(StoreError::ConditionFailed { index, .. }) => {
+                let has_key = idempotency.is_some();
+                return Err(match (has_key, index) {
+                    (true, 0) => CommitError::KeyTaken,
+                    (true, 1) | (false, 0) => CommitError::PaymentTaken,
+                    _ => CommitError::Stale,
+                });
+            }
+            Err(error) => return Err(CommitError::Failed(error.into())),
+        }
+
+        // Durable: now update memory and act.
+        self.record = Some(Versioned {
+            value: next_record,
+            version: new_account_version,
+        });
+        let payment = decision.payment;
+        self.cache(Versioned {
+            value: payment.clone(),
+            version: new_payment_version,
+        });
+        let id = payment.id.clone();
+        if !decision.effects.is_empty() {
+            match self.children.get(&id) {
+                Some(child) => {
+                    if child
+                        .cast(PaymentMsg::Execute(decision.effects.clone()))
+                        .is_err()
+                    {
+                        self.spawn_child(myself, id.clone(), decision.effects).await;
+                    }
+                }
+                None => self.spawn_child(myself, id.clone(), decision.effects).await,
+            }
+        } else if !payment.has_pending_work() {
+            if let Some(child) = self.children.get(&id) {
+                child.stop(None);
+            }
+        }
+        Ok(payment)
+    }
+
+    async fn spawn_child(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        payment: PaymentId,
+        effects: Vec<payment::Effect>,
+    ) {
+        let args = PaymentArgs {
+            name: self.name(&payment),
+            effects,
+            connector: Arc::clone(&self.shared.connector),
+            parent: myself.clone(),
+        };
+        match Actor::spawn_linked(None, PaymentActor, args, myself.get_cell()).await {
+            Ok((child, _)) => {
+                self.child_payments.insert(child.get_id(), payment.clone());
+                self.children.insert(payment, child);
+            }
+            Err(error) => {
+                // The payment is persisted with its pending step; re-drive
+                // picks it up.
+                tracing::error!(payment = %self.name(&payment), %error, "could not start payment actor");
+            }
+        }
+    }
+
+    fn forget_child(&mut self, actor: ActorId) -> Option<PaymentId> {
+        let payment = self.child_payments.remove(&actor)?;
+        if self
+            .children
+            .get(&payment)
+            .is_some_and(|child| child.get_id() == actor)
+        {
+            self.children.remove(&payment);
+        }
+        Some(payment)
+    }
+
+    fn maybe_passivate(&mut self, myself: &ActorRef<AccountMsg>) {
+        let idle = self.last_activity.elapsed() >= self.shared.settings.passivate_after;
+        if idle
+            && self.children.is_empty()
+            && self
+                .shared
+                .directory
+                .try_passivate(&self.account, myself.get_id(), self.received)
+        {
+            tracing::debug!(account = %self.account, "passivating idle account actor");
+            myself.stop(Some("idle".into()));
+        }
+    }
+}

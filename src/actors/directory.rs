@@ -1,0 +1,155 @@
+//! Which account actor is running, spawning one on first use, and letting an
+//! idle one stop without losing a message.
+//!
+//! **Passivation without loss.** Every message to an account actor is sent
+//! while holding the directory shard's lock, and counted (`sent`). The actor
+//! counts what it has received. An idle actor asks to passivate with its
+//! count; the directory agrees only if the counts match, which under the
+//! lock means no message is in flight to it, and removes the entry in the
+//! same critical section. A later message spawns a fresh actor, which
+//! re-hydrates from the store.
+//!
+//! This is also the seam for cluster ownership: today this node owns every
+//! account; later, `send` consults the lease table and forwards.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use ractor::{ActorId, ActorRef, MessagingErr};
+
+use super::account::{AccountActor, AccountArgs, AccountMsg};
+use super::{CommandError, Shared};
+use crate::domain::AccountId;
+
+/// Shards of the directory: fewer lock collisions between accounts.
+const SHARDS: usize = 32;
+
+struct Entry {
+    actor: ActorRef<AccountMsg>,
+    /// Messages sent to this actor through the directory.
+    sent: u64,
+}
+
+pub struct Directory {
+    shards: Vec<Mutex<HashMap<AccountId, Entry>>>,
+    hasher: std::collections::hash_map::RandomState,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Default for Directory {
+    fn default() -> Self {
+        Directory {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+            closed: Default::default(),
+        }
+    }
+}
+
+impl Directory {
+    fn shard(&self, account: &AccountId) -> std::sync::MutexGuard<'_, HashMap<AccountId, Entry>> {
+        let mut hasher = self.hasher.build_hasher();
+        account.hash(&mut hasher);
+        let index = (hasher.finish() as usize) % SHARDS;
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Sends `message` to the account's actor, spawning it if needed.
+    pub fn send(
+        &self,
+        shared: &Arc<Shared>,
+        account: &AccountId,
+        message: AccountMsg,
+    ) -> Result<(), CommandError> {
+        if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(CommandError::Unavailable(
+                "payvisor is shutting down".into(),
+            ));
+        }
+        let mut message = message;
+        let mut shard = self.shard(account);
+        // A stopped actor whose entry is still here refuses the message; the
+        // entry is replaced and the message sent to the new actor. Twice is
+        // enough: a fresh actor accepts messages until it stops itself.
+        for _ in 0..2 {
+            let entry = match shard.get_mut(account) {
+                Some(entry) => entry,
+                None => {
+                    let args = AccountArgs {
+                        account: account.clone(),
+                        shared: Arc::clone(shared),
+                    };
+                    let (actor, _) = ractor::ActorRuntime::spawn_instant(None, AccountActor, args)
+                        .map_err(|error| {
+                            CommandError::Internal(format!("spawning account actor: {error}"))
+                        })?;
+                    shard
+                        .entry(account.clone())
+                        .or_insert(Entry { actor, sent: 0 })
+                }
+            };
+            match entry.actor.cast(message) {
+                Ok(()) => {
+                    entry.sent += 1;
+                    return Ok(());
+                }
+                Err(MessagingErr::SendErr(returned)) => {
+                    shard.remove(account);
+                    message = returned;
+                }
+                Err(error) => {
+                    return Err(CommandError::Internal(format!("account actor: {error}")))
+                }
+            }
+        }
+        Err(CommandError::Unavailable(format!(
+            "account {account} actor keeps stopping"
+        )))
+    }
+
+    /// Removes the actor's entry if every message sent to it was received.
+    pub fn try_passivate(&self, account: &AccountId, actor: ActorId, received: u64) -> bool {
+        let mut shard = self.shard(account);
+        match shard.get(account) {
+            Some(entry) if entry.actor.get_id() == actor && entry.sent == received => {
+                shard.remove(account);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Refuses further messages and returns every running actor.
+    pub fn close(&self) -> Vec<ActorRef<AccountMsg>> {
+        self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                let shard = shard.lock().unwrap_or_else(|poison| poison.into_inner());
+                shard
+                    .values()
+                    .map(|entry| entry.actor.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| {
+                shard
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .len()
+            })
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

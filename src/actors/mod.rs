@@ -1,0 +1,309 @@
+//! The actor layer: executes what the pure core decides.
+//!
+//! - [`Orchestrator`] is the cheap-clone handle the gRPC layer uses. Reads go
+//!   straight to the store (the store is the source of truth; actors only
+//!   reply after their writes commit). Commands go to the account's actor.
+//! - [`directory::Directory`] spawns an account actor on first use and lets
+//!   an idle one stop (passivation) without ever losing a message.
+//! - [`account::AccountActor`] processes one account's commands in arrival
+//!   order: decide (pure core), persist atomically, then act.
+//! - [`payment::PaymentActor`] (a supervised child, one per payment with
+//!   pending work) carries out bank calls. If it panics, the account actor
+//!   restarts it from the persisted payment and it re-drives idempotently.
+
+pub mod account;
+pub mod directory;
+pub mod payment;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::clock::{Clock, Random};
+use crate::connectors::{BankEvent, Connector};
+use crate::domain::payment::{Payment, Policy, Rejection};
+use crate::domain::{AccountId, Money, PaymentId, PaymentName, RequestId};
+use crate::ledger::{Balances, LedgerError};
+use crate::limits;
+use crate::store::{schema, Store, StoreError};
+
+use account::AccountMsg;
+use directory::Directory;
+
+/// Why a command or query failed: the orchestrator's boundary error. The
+/// gRPC layer maps it to a status in exactly one place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("invalid request")]
+    InvalidArgument { violations: Vec<FieldViolation> },
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("payment {0} already exists")]
+    PaymentAlreadyExists(String),
+    #[error("request_id was already used for a different request")]
+    IdempotencyKeyReused,
+    #[error("{0}")]
+    Rejected(Rejection),
+    #[error("the account's available balance is too low for this refund")]
+    InsufficientFunds,
+    #[error("concurrent writers kept conflicting; retry the request")]
+    Conflict,
+    #[error("temporarily unavailable: {0}")]
+    Unavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// One bad field of a request (AIP-193 `BadRequest.FieldViolation`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    pub field: String,
+    pub description: String,
+}
+
+impl CommandError {
+    pub fn invalid(field: impl Into<String>, description: impl Into<String>) -> CommandError {
+        CommandError::InvalidArgument {
+            violations: vec![FieldViolation {
+                field: field.into(),
+                description: description.into(),
+            }],
+        }
+    }
+}
+
+impl From<StoreError> for CommandError {
+    fn from(error: StoreError) -> CommandError {
+        match error {
+            StoreError::Unavailable(message) => CommandError::Unavailable(message),
+            other => CommandError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<Rejection> for CommandError {
+    fn from(rejection: Rejection) -> CommandError {
+        match rejection {
+            Rejection::Ledger(LedgerError::WouldGoNegative { .. }) => {
+                CommandError::InsufficientFunds
+            }
+            Rejection::Ledger(other) => CommandError::Internal(other.to_string()),
+            Rejection::CurrencyMismatch { .. } => {
+                CommandError::invalid("amount.currency_code", rejection.to_string())
+            }
+            other => CommandError::Rejected(other),
+        }
+    }
+}
+
+/// A validated CreatePayment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatePayment {
+    pub account: AccountId,
+    /// Chosen by the caller, or generated when `None`.
+    pub payment_id: Option<PaymentId>,
+    pub amount: Money,
+    pub metadata: BTreeMap<String, String>,
+    pub request_id: RequestId,
+}
+
+/// A validated RefundPayment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefundPayment {
+    pub name: PaymentName,
+    /// `None`: all that remains.
+    pub amount: Option<Money>,
+    pub reason: String,
+    pub request_id: RequestId,
+}
+
+/// Settings of the actor layer that tests shorten.
+#[derive(Clone, Debug)]
+pub struct ActorSettings {
+    pub passivate_after: Duration,
+    pub idle_check_every: Duration,
+}
+
+impl Default for ActorSettings {
+    fn default() -> Self {
+        ActorSettings {
+            passivate_after: limits::ACCOUNT_IDLE_PASSIVATE,
+            idle_check_every: limits::ACCOUNT_IDLE_CHECK,
+        }
+    }
+}
+
+/// Everything the actors share. Built once; read-only afterwards.
+pub struct Shared {
+    pub store: Arc<dyn Store>,
+    pub connector: Arc<dyn Connector>,
+    pub clock: Arc<dyn Clock>,
+    pub random: Arc<dyn Random>,
+    pub policy: Policy,
+    pub settings: ActorSettings,
+    pub directory: Directory,
+}
+
+/// The handle to the running orchestrator.
+#[derive(Clone)]
+pub struct Orchestrator {
+    shared: Arc<Shared>,
+}
+
+impl Orchestrator {
+    /// Builds the orchestrator and starts routing bank outcomes from `events`
+    /// to account actors.
+    pub fn start(
+        store: Arc<dyn Store>,
+        connector: Arc<dyn Connector>,
+        clock: Arc<dyn Clock>,
+        random: Arc<dyn Random>,
+        policy: Policy,
+        settings: ActorSettings,
+        mut events: mpsc::Receiver<BankEvent>,
+    ) -> Orchestrator {
+        let shared = Arc::new(Shared {
+            store,
+            connector,
+            clock,
+            random,
+            policy,
+            settings,
+            directory: Directory::default(),
+        });
+        let orchestrator = Orchestrator { shared };
+        let router = orchestrator.clone();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                router.deliver(event);
+            }
+        });
+        orchestrator
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.shared.store
+    }
+
+    /// Routes a bank outcome to the payment's account actor.
+    pub fn deliver(&self, event: BankEvent) {
+        let account = event.payment_name().account.clone();
+        if let Err(error) =
+            self.shared
+                .directory
+                .send(&self.shared, &account, AccountMsg::Bank(event))
+        {
+            // Only during shutdown; the payment stays SENT in the store and is
+            // re-driven on the next start.
+            tracing::warn!(%account, %error, "bank outcome not routed");
+        }
+    }
+
+    pub async fn create_payment(&self, command: CreatePayment) -> Result<Payment, CommandError> {
+        let account = command.account.clone();
+        self.call(&account, |reply| AccountMsg::Create(command, reply))
+            .await
+    }
+
+    pub async fn refund_payment(&self, command: RefundPayment) -> Result<Payment, CommandError> {
+        let account = command.name.account.clone();
+        self.call(&account, |reply| AccountMsg::Refund(command, reply))
+            .await
+    }
+
+    async fn call(
+        &self,
+        account: &AccountId,
+        message: impl FnOnce(ractor::RpcReplyPort<Result<Payment, CommandError>>) -> AccountMsg,
+    ) -> Result<Payment, CommandError> {
+        let (reply, answer) = ractor::concurrency::oneshot();
+        self.shared
+            .directory
+            .send(&self.shared, account, message(reply.into()))?;
+        answer.await.map_err(|_| {
+            CommandError::Unavailable(
+                "the account actor stopped before answering; retry with the same request_id".into(),
+            )
+        })?
+    }
+
+    pub async fn get_payment(&self, name: &PaymentName) -> Result<Payment, CommandError> {
+        schema::load_payment(self.shared.store.as_ref(), name)
+            .await?
+            .map(|versioned| versioned.value)
+            .ok_or_else(|| CommandError::NotFound(format!("payment {name}")))
+    }
+
+    pub async fn list_payments(
+        &self,
+        account: &AccountId,
+        start_after: Option<&PaymentId>,
+        page_size: usize,
+    ) -> Result<(Vec<Payment>, Option<PaymentId>), CommandError> {
+        Ok(
+            schema::list_payments(self.shared.store.as_ref(), account, start_after, page_size)
+                .await?,
+        )
+    }
+
+    pub async fn get_account(&self, account: &AccountId) -> Result<Balances, CommandError> {
+        schema::load_account(self.shared.store.as_ref(), account)
+            .await?
+            .map(|versioned| versioned.value.balances)
+            .ok_or_else(|| CommandError::NotFound(format!("account accounts/{account}")))
+    }
+
+    /// Re-drives every payment with pending work: called once at start-up.
+    /// Returns how many payments were resumed.
+    pub async fn recover(&self) -> Result<usize, CommandError> {
+        let mut resumed = 0;
+        let mut start_after = None;
+        loop {
+            let (names, next) = schema::open_payments(
+                self.shared.store.as_ref(),
+                start_after,
+                limits::RECOVERY_PAGE_SIZE,
+            )
+            .await?;
+            for name in names {
+                self.shared.directory.send(
+                    &self.shared,
+                    &name.account,
+                    AccountMsg::Resume(name.payment),
+                )?;
+                resumed += 1;
+            }
+            match next {
+                Some(next) => start_after = Some(next),
+                None => return Ok(resumed),
+            }
+        }
+    }
+
+    /// Stops taking commands, lets every account actor finish what is in its
+    /// mailbox, and waits for them (bounded by `grace`).
+    pub async fn shutdown(&self, grace: Duration) {
+        let actors = self.shared.directory.close();
+        let drains = actors.into_iter().map(|actor| async move {
+            let _ = actor.drain_and_wait(Some(grace)).await;
+        });
+        let _ = tokio::time::timeout(grace, futures_join_all(drains)).await;
+    }
+
+    /// Accounts with a running actor (for tests of passivation).
+    pub fn active_accounts(&self) -> usize {
+        self.shared.directory.len()
+    }
+}
+
+/// Awaits every future (a tiny join_all, to avoid a dependency for one use).
+async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
+    futures: impl IntoIterator<Item = F>,
+) {
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    for handle in handles {
+        let _ = handle.await;
+    }
+}

@@ -1,0 +1,292 @@
+//! The command line for people: customer-service staff and operators talk to
+//! a running server (`payments …`, `accounts …`), and operators check the
+//! books (`ledger verify`). Readable tables by default, JSON with `--json`,
+//! and errors that say what to do.
+
+mod render;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use tonic::transport::Channel;
+
+use crate::clock::{Random, SeededRandom};
+use crate::domain::{parse_payment_name, AccountId, Currency, Money};
+use crate::grpc::pb;
+use crate::grpc::pb::payment_service_client::PaymentServiceClient;
+
+/// Options shared by every client command.
+#[derive(Args, Debug, Clone)]
+pub struct ClientOptions {
+    /// The payvisor server to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "PAYVISOR_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    pub server: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PaymentsCommand {
+    /// Create a payment (the reply comes once it is durably recorded).
+    Create {
+        /// The account the payment credits.
+        #[arg(long)]
+        account: String,
+        /// Amount in major units, e.g. 12.50.
+        #[arg(long)]
+        amount: String,
+        /// ISO 4217 currency code, e.g. USD.
+        #[arg(long)]
+        currency: String,
+        /// Metadata entries KEY=VALUE (repeatable); bank_sim=fail steers the simulator.
+        #[arg(long = "metadata", value_name = "KEY=VALUE")]
+        metadata: Vec<String>,
+        /// Payment id to use (generated when omitted).
+        #[arg(long)]
+        payment_id: Option<String>,
+        /// Idempotency key; reuse it to retry safely. Generated when omitted.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Show one payment: accounts/{account}/payments/{payment}.
+    Get { name: String },
+    /// List an account's payments.
+    List {
+        #[arg(long)]
+        account: String,
+        #[arg(long, default_value_t = 50)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Follow page tokens to the end.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Refund all that remains of a payment, or --amount of it.
+    Refund {
+        /// accounts/{account}/payments/{payment}
+        name: String,
+        /// Amount in major units, in the payment's currency (default: all that remains).
+        #[arg(long)]
+        amount: Option<String>,
+        /// Why the money goes back.
+        #[arg(long)]
+        reason: String,
+        /// Idempotency key; reuse it to retry safely. Generated when omitted.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AccountsCommand {
+    /// Show an account's balances per currency.
+    Get { account: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LedgerCommand {
+    /// Check an account's books in a data directory: every movement balances,
+    /// balances equal the fold of movements and what the payments imply.
+    Verify {
+        #[arg(long, env = "PAYVISOR_DATA_DIR", default_value = "./data")]
+        data_dir: PathBuf,
+        /// Accounts to check (repeatable).
+        #[arg(long = "account", required = true)]
+        accounts: Vec<String>,
+    },
+}
+
+fn new_request_id() -> String {
+    let random = SeededRandom::from_entropy();
+    format!("cli-{:016x}{:016x}", random.next_u64(), random.next_u64())
+}
+
+async fn connect(options: &ClientOptions) -> anyhow::Result<PaymentServiceClient<Channel>> {
+    let channel = Channel::from_shared(options.server.clone())
+        .with_context(|| format!("bad --server {:?}", options.server))?
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| {
+            format!(
+                "cannot reach payvisor at {} (is `payvisor serve` running?)",
+                options.server
+            )
+        })?;
+    Ok(PaymentServiceClient::new(channel))
+}
+
+fn parse_amount(amount: &str, currency: &str) -> anyhow::Result<pb::Money> {
+    let currency = Currency::from_code(&currency.to_ascii_uppercase()).with_context(|| {
+        format!("unknown currency {currency:?} (use an ISO 4217 code such as USD)")
+    })?;
+    let money =
+        Money::parse_major(currency, amount).with_context(|| format!("bad amount {amount:?}"))?;
+    Ok(pb::Money {
+        currency_code: currency.code().to_owned(),
+        minor_units: money.minor_units(),
+    })
+}
+
+/// Runs a `payments` command; the result is what to print.
+pub async fn payments(options: &ClientOptions, command: PaymentsCommand) -> anyhow::Result<()> {
+    let mut client = connect(options).await?;
+    match command {
+        PaymentsCommand::Create {
+            account,
+            amount,
+            currency,
+            metadata,
+            payment_id,
+            request_id,
+        } => {
+            AccountId::new(account.clone())
+                .with_context(|| format!("bad account id {account:?}"))?;
+            let metadata = metadata
+                .iter()
+                .map(|entry| {
+                    entry
+                        .split_once('=')
+                        .map(|(key, value)| (key.to_owned(), value.to_owned()))
+                        .with_context(|| format!("metadata {entry:?}: expected KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            let request_id = request_id.unwrap_or_else(new_request_id);
+            let request = pb::CreatePaymentRequest {
+                parent: format!("accounts/{account}"),
+                payment: Some(pb::Payment {
+                    amount: Some(parse_amount(&amount, &currency)?),
+                    metadata,
+                    ..Default::default()
+                }),
+                request_id: request_id.clone(),
+                payment_id: payment_id.unwrap_or_default(),
+            };
+            let payment = client
+                .create_payment(request)
+                .await
+                .map_err(render::status_error)?
+                .into_inner();
+            render::payment(options.json, &payment, Some(&request_id));
+        }
+        PaymentsCommand::Get { name } => {
+            let payment = client
+                .get_payment(pb::GetPaymentRequest { name })
+                .await
+                .map_err(render::status_error)?;
+            render::payment(options.json, &payment.into_inner(), None);
+        }
+        PaymentsCommand::List {
+            account,
+            page_size,
+            page_token,
+            all,
+        } => {
+            let mut payments = Vec::new();
+            let mut token = page_token;
+            loop {
+                let request = pb::ListPaymentsRequest {
+                    parent: format!("accounts/{account}"),
+                    page_size,
+                    page_token: token,
+                };
+                let page = client
+                    .list_payments(request)
+                    .await
+                    .map_err(render::status_error)?
+                    .into_inner();
+                payments.extend(page.payments);
+                token = page.next_page_token;
+                if !all || token.is_empty() {
+                    break;
+                }
+            }
+            render::payment_list(options.json, &payments, &token);
+        }
+        PaymentsCommand::Refund {
+            name,
+            amount,
+            reason,
+            request_id,
+        } => {
+            let amount = match amount {
+                None => None,
+                Some(amount) => {
+                    // The amount is in the payment's currency: ask for it.
+                    parse_payment_name(&name)
+                        .with_context(|| format!("bad payment name {name:?}"))?;
+                    let current = client
+                        .get_payment(pb::GetPaymentRequest { name: name.clone() })
+                        .await
+                        .map_err(render::status_error)?
+                        .into_inner();
+                    let currency = current
+                        .amount
+                        .map(|money| money.currency_code)
+                        .unwrap_or_default();
+                    Some(parse_amount(&amount, &currency)?)
+                }
+            };
+            let request_id = request_id.unwrap_or_else(new_request_id);
+            let request = pb::RefundPaymentRequest {
+                name,
+                amount,
+                reason,
+                request_id: request_id.clone(),
+            };
+            let payment = client
+                .refund_payment(request)
+                .await
+                .map_err(render::status_error)?
+                .into_inner();
+            render::payment(options.json, &payment, Some(&request_id));
+        }
+    }
+    Ok(())
+}
+
+pub async fn accounts(options: &ClientOptions, command: AccountsCommand) -> anyhow::Result<()> {
+    let mut client = connect(options).await?;
+    match command {
+        AccountsCommand::Get { account } => {
+            let name = if account.starts_with("accounts/") {
+                account
+            } else {
+                format!("accounts/{account}")
+            };
+            let account = client
+                .get_account(pb::GetAccountRequest { name })
+                .await
+                .map_err(render::status_error)?;
+            render::account(options.json, &account.into_inner());
+        }
+    }
+    Ok(())
+}
+
+/// Runs `ledger verify`; fails (exit 1) when any account's books are off.
+pub async fn ledger(json: bool, command: LedgerCommand) -> anyhow::Result<()> {
+    let LedgerCommand::Verify { data_dir, accounts } = command;
+    let store = Arc::new(crate::store::sqlite::SqliteStore::open(&data_dir)?);
+    let mut clean = true;
+    let mut reports = Vec::new();
+    for account in accounts {
+        let id = AccountId::new(account.trim_start_matches("accounts/"))
+            .with_context(|| format!("bad account {account:?}"))?;
+        let report = crate::audit::audit_account(store.as_ref(), &id).await?;
+        clean &= report.is_clean();
+        reports.push((id, report));
+    }
+    render::audit(json, &reports);
+    anyhow::ensure!(clean, "the books do not balance (see above)");
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! How the command line shows payments, accounts, audits and errors.
+
+use serde_json::{json, Value};
+use tonic_types::StatusExt;
+
+use crate::audit::AuditReport;
+use crate::domain::{AccountId, Currency, Money};
+use crate::grpc::pb;
+
+/// `12.50 USD` for a known currency, the raw minor units otherwise.
+fn money(money: Option<&pb::Money>) -> String {
+    match money {
+        None => "-".into(),
+        Some(money) => match Currency::from_code(&money.currency_code) {
+            Some(currency) => Money::from_minor(currency, money.minor_units).to_string(),
+            None => format!("{} (minor) {}", money.minor_units, money.currency_code),
+        },
+    }
+}
+
+fn state_name(state: i32) -> String {
+    pb::payment::State::try_from(state)
+        .map(|state| state.as_str_name().trim_start_matches("STATE_").to_owned())
+        .unwrap_or_else(|_| format!("UNKNOWN({state})"))
+}
+
+fn refund_state_name(state: i32) -> String {
+    pb::refund::State::try_from(state)
+        .map(|state| state.as_str_name().trim_start_matches("STATE_").to_owned())
+        .unwrap_or_else(|_| format!("UNKNOWN({state})"))
+}
+
+fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
+    timestamp
+        .map(|t| format!("{}.{:03}", t.seconds, t.nanos / 1_000_000))
+        .unwrap_or_default()
+}
+
+fn money_json(money: Option<&pb::Money>) -> Value {
+    money
+        .map(|m| json!({"currency_code": m.currency_code, "minor_units": m.minor_units}))
+        .unwrap_or(Value::Null)
+}
+
+pub fn payment_json(payment: &pb::Payment) -> Value {
+    json!({
+        "name": payment.name,
+        "amount": money_json(payment.amount.as_ref()),
+        "state": pb::payment::State::try_from(payment.state).map(|s| s.as_str_name()).unwrap_or("STATE_UNSPECIFIED"),
+        "refunded_amount": money_json(payment.refunded_amount.as_ref()),
+        "fee": money_json(payment.fee.as_ref()),
+        "metadata": payment.metadata,
+        "failure_reason": payment.failure_reason,
+        "create_time": time(payment.create_time.as_ref()),
+        "update_time": time(payment.update_time.as_ref()),
+        "refunds": payment.refunds.iter().map(|refund| json!({
+            "refund_id": refund.refund_id,
+            "amount": money_json(refund.amount.as_ref()),
+            "reason": refund.reason,
+            "state": pb::refund::State::try_from(refund.state).map(|s| s.as_str_name()).unwrap_or("STATE_UNSPECIFIED"),
+            "failure_reason": refund.failure_reason,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn payment(as_json: bool, payment: &pb::Payment, request_id: Option<&str>) {
+    if as_json {
+        let mut value = payment_json(payment);
+        if let Some(request_id) = request_id {
+            value["request_id"] = json!(request_id);
+        }
+        println!("{value}");
+        return;
+    }
+    println!("payment   {}", payment.name);
+    println!("state     {}", state_name(payment.state));
+    println!("amount    {}", money(payment.amount.as_ref()));
+    println!("refunded  {}", money(payment.refunded_amount.as_ref()));
+    println!("fee       {}", money(payment.fee.as_ref()));
+    if !payment.failure_reason.is_empty() {
+        println!("reason    {}", payment.failure_reason);
+    }
+    for (key, value) in &payment.metadata {
+        println!("metadata  {key}={value}");
+    }
+    for refund in &payment.refunds {
+        println!(
+            "refund    {:<4} {:<10} {:>16}  {}",
+            refund.refund_id,
+            refund_state_name(refund.state),
+            money(refund.amount.as_ref()),
+            refund.reason
+        );
+    }
+    if let Some(request_id) = request_id {
+        println!("request   {request_id}  (reuse with --request-id to retry safely)");
+    }
+}
+
+pub fn payment_list(as_json: bool, payments: &[pb::Payment], next_page_token: &str) {
+    if as_json {
+        let value = json!({
+            "payments": payments.iter().map(payment_json).collect::<Vec<_>>(),
+            "next_page_token": next_page_token,
+        });
+        println!("{value}");
+        return;
+    }
+    println!(
+        "{:<48} {:<20} {:>18} {:>18}",
+        "PAYMENT", "STATE", "AMOUNT", "REFUNDED"
+    );
+    for payment in payments {
+        println!(
+            "{:<48} {:<20} {:>18} {:>18}",
+            payment.name,
+            state_name(payment.state),
+            money(payment.amount.as_ref()),
+            money(payment.refunded_amount.as_ref())
+        );
+    }
+    println!("({} payments)", payments.len());
+    if !next_page_token.is_empty() {
+        println!("more: --page-token {next_page_token}   (or --all)");
+    }
+}
+
+pub fn account(as_json: bool, account: &pb::Account) {
+    if as_json {
+        let value = json!({
+            "name": account.name,
+            "balances": account.balances.iter().map(|b| json!({
+                "currency_code": b.currency_code,
+                "pending": money_json(b.pending.as_ref()),
+                "available": money_json(b.available.as_ref()),
+                "refunding": money_json(b.refunding.as_ref()),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{value}");
+        return;
+    }
+    println!("account {}", account.name);
+    println!(
+        "{:<8} {:>20} {:>20} {:>20}",
+        "CURRENCY", "PENDING", "AVAILABLE", "REFUNDING"
+    );
+    for balance in &account.balances {
+        println!(
+            "{:<8} {:>20} {:>20} {:>20}",
+            balance.currency_code,
+            money(balance.pending.as_ref()),
+            money(balance.available.as_ref()),
+            money(balance.refunding.as_ref())
+        );
+    }
+}
+
+pub fn audit(as_json: bool, reports: &[(AccountId, AuditReport)]) {
+    if as_json {
+        let value: Vec<Value> = reports
+            .iter()
+            .map(|(account, report)| {
+                json!({
+                    "account": format!("accounts/{account}"),
+                    "payments": report.payments,
+                    "movements": report.movements,
+                    "clean": report.is_clean(),
+                    "problems": report.problems,
+                })
+            })
+            .collect();
+        println!("{}", json!({ "accounts": value }));
+        return;
+    }
+    for (account, report) in reports {
+        let verdict = if report.is_clean() {
+            "balanced"
+        } else {
+            "PROBLEMS"
+        };
+        println!(
+            "accounts/{account}: {verdict} ({} payments, {} movements)",
+            report.payments, report.movements
+        );
+        for problem in &report.problems {
+            println!("  - {problem}");
+        }
+    }
+}
+
+/// Turns a gRPC error into a message for a person: what went wrong, the
+/// machine-readable reason, and each bad field.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    let details = status.get_error_details();
+    let mut text = status.message().to_owned();
+    let reason = details
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default();
+    text.push_str(&format!("\n  code: {:?}", status.code()));
+    if !reason.is_empty() {
+        text.push_str(&format!("  reason: {reason}"));
+    }
+    if let Some(bad_request) = details.bad_request() {
+        for violation in &bad_request.field_violations {
+            text.push_str(&format!(
+                "\n  - {}: {}",
+                violation.field, violation.description
+            ));
+        }
+    }
+    if status.code() == tonic::Code::Unavailable {
+        text.push_str("\n  (safe to retry with the same --request-id)");
+    }
+    anyhow::anyhow!(text)
+}

@@ -1,0 +1,621 @@
+//! The payment state machine: a pure function from (payment, command, now,
+//! policy) to a [`Decision`]: the next payment, the ledger movements the
+//! change causes, and the effects (bank calls) to carry out after the
+//! decision is durably written.
+//!
+//! ```text
+//! CREATED ─approve─▶ APPROVED ─dispatch─▶ SENT ─bank ok─▶ PROCESSED ─refunds─▶ PARTIALLY_REFUNDED ─▶ REFUNDED
+//!    └─decline─▶ DECLINED                  └─bank no─▶ FAILED
+//! ```
+//! `IN_REVIEW` (between CREATED and APPROVED) is reserved for manual review.
+//!
+//! **Invariant:** a terminal payment (REFUNDED, DECLINED, FAILED) never
+//! changes; a late or duplicate bank outcome yields no decision at all.
+//! **Invariant:** pending + succeeded refunds never exceed the amount.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{AccountId, Currency, Money, PaymentId, PaymentName, Timestamp};
+use crate::ledger::{LedgerError, Movement};
+use crate::limits;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentState {
+    Created,
+    Approved,
+    InReview,
+    Sent,
+    Processed,
+    PartiallyRefunded,
+    Refunded,
+    Declined,
+    Failed,
+}
+
+impl PaymentState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            PaymentState::Refunded | PaymentState::Declined | PaymentState::Failed
+        )
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundState {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Refund {
+    /// `r1`, `r2`, … in request order: unique within the payment, and the
+    /// bank's idempotency key together with the payment name.
+    pub id: String,
+    pub amount: Money,
+    pub reason: String,
+    pub state: RefundState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// One entry of a payment's history.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Transition {
+    /// `None` for the creation itself.
+    pub from: Option<PaymentState>,
+    pub to: PaymentState,
+    pub cause: String,
+    pub at: Timestamp,
+}
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Payment {
+    pub account: AccountId,
+    pub id: PaymentId,
+    pub amount: Money,
+    pub metadata: BTreeMap<String, String>,
+    pub state: PaymentState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_reason: Option<String>,
+    /// Kept by the platform when processed; zero until then.
+    pub fee: Money,
+    pub refunds: Vec<Refund>,
+    pub history: Vec<Transition>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+/// A validated request to create a payment.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct NewPayment {
+    pub account: AccountId,
+    pub id: PaymentId,
+    pub amount: Money,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Approval rules for now: a maximum amount per currency.
+#[derive(Clone, Debug, Default)]
+pub struct ApprovalPolicy {
+    pub max_amount: BTreeMap<Currency, Money>,
+}
+
+/// Fees: basis points of the amount plus a fixed part, per currency, with a
+/// default for currencies not listed. Zero unless configured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fee {
+    pub basis_points: u32,
+    pub fixed_minor: i64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FeeSchedule {
+    pub default: Fee,
+    pub per_currency: BTreeMap<Currency, Fee>,
+}
+
+impl FeeSchedule {
+    pub fn fee_for(&self, amount: Money) -> Money {
+        let fee = self
+            .per_currency
+            .get(&amount.currency())
+            .copied()
+            .unwrap_or(self.default);
+        amount.fee(fee.basis_points, fee.fixed_minor)
+    }
+}
+
+/// Everything configurable that decisions depend on.
+#[derive(Clone, Debug, Default)]
+pub struct Policy {
+    pub approval: ApprovalPolicy,
+    pub fees: FeeSchedule,
+}
+
+/// What the bank said about a payment.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum BankOutcome {
+    Processed,
+    Failed { reason: String },
+}
+
+/// What the bank said about a refund.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum RefundOutcome {
+    Succeeded,
+    Failed { reason: String },
+}
+
+/// Work to do after a decision is durably written.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum Effect {
+    /// Hand the payment to a bank. The payment name is the idempotency key:
+    /// re-sending after a crash can never collect twice.
+    SubmitPayment {
+        name: PaymentName,
+        amount: Money,
+        metadata: BTreeMap<String, String>,
+    },
+    /// Ask the bank to return `amount`; `(name, refund_id)` is the key.
+    SubmitRefund {
+        name: PaymentName,
+        refund_id: String,
+        amount: Money,
+    },
+}
+
+/// The outcome of applying a command: persist `payment` and `movements` in
+/// one atomic write, then execute `effects`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Decision {
+    pub payment: Payment,
+    pub movements: Vec<Movement>,
+    pub effects: Vec<Effect>,
+}
+
+/// A refund request the payment refuses (a business answer, not a fault).
+#[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
+pub enum Rejection {
+    #[error("payment is {0:?}; only processed payments can be refunded")]
+    NotRefundable(PaymentState),
+    #[error("nothing is left to refund")]
+    NothingLeftToRefund,
+    #[error("refund of {requested} exceeds the {remaining} that remains refundable")]
+    RefundExceedsRemaining { requested: Money, remaining: Money },
+    #[error("refund currency {got} differs from the payment currency {expected}")]
+    CurrencyMismatch { expected: Currency, got: Currency },
+    #[error("a payment can have at most {max} refunds")]
+    TooManyRefunds { max: usize },
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
+
+impl Payment {
+    pub fn name(&self) -> PaymentName {
+        PaymentName {
+            account: self.account.clone(),
+            payment: self.id.clone(),
+        }
+    }
+
+    /// Money returned to the payer (succeeded refunds).
+    pub fn refunded(&self) -> Money {
+        self.refund_total(|state| state == RefundState::Succeeded)
+    }
+
+    /// Money refunded or reserved for refunds in flight.
+    pub fn committed_to_refunds(&self) -> Money {
+        self.refund_total(|state| state != RefundState::Failed)
+    }
+
+    fn refund_total(&self, include: impl Fn(RefundState) -> bool) -> Money {
+        self.refunds
+            .iter()
+            .filter(|refund| include(refund.state))
+            .fold(Money::zero(self.amount.currency()), |sum, refund| {
+                // Bounded by the payment amount (checked at request time).
+                sum.checked_add(refund.amount).unwrap_or(sum)
+            })
+    }
+
+    /// Whether something is still to happen without a person acting: a bank
+    /// outcome or a refund outcome is awaited.
+    pub fn has_pending_work(&self) -> bool {
+        matches!(
+            self.state,
+            PaymentState::Created | PaymentState::Approved | PaymentState::Sent
+        ) || self
+            .refunds
+            .iter()
+            .any(|refund| refund.state == RefundState::Pending)
+    }
+
+    /// The effects that carry this payment forward from its persisted state.
+    /// Re-executing them is safe (bank calls are idempotent by key); this is
+    /// what start-up recovery and supervision restarts run.
+    pub fn pending_effects(&self) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if self.state == PaymentState::Sent {
+            effects.push(Effect::SubmitPayment {
+                name: self.name(),
+                amount: self.amount,
+                metadata: self.metadata.clone(),
+            });
+        }
+        for refund in self
+            .refunds
+            .iter()
+            .filter(|refund| refund.state == RefundState::Pending)
+        {
+            effects.push(Effect::SubmitRefund {
+                name: self.name(),
+                refund_id: refund.id.clone(),
+                amount: refund.amount,
+            });
+        }
+        effects
+    }
+
+    fn transition(&mut self, to: PaymentState, cause: &str, now: Timestamp) {
+        debug_assert!(!self.state.is_terminal(), "terminal payments never change");
+        let from = self.state;
+        self.state = to;
+        self.updated_at = now;
+        self.record(Some(from), to, cause, now);
+    }
+
+    fn record(&mut self, from: Option<PaymentState>, to: PaymentState, cause: &str, at: Timestamp) {
+        if self.history.len() >= limits::HISTORY_ENTRIES_MAX {
+            // Keep the creation entry; drop the oldest after it.
+            self.history.remove(1);
+        }
+        self.history.push(Transition {
+            from,
+            to,
+            cause: cause.to_owned(),
+            at,
+        });
+    }
+
+    /// A bank outcome for the payment. `None` when it changes nothing: the
+    /// payment is not waiting for one (late, duplicate or out of order).
+    pub fn on_bank_outcome(
+        &self,
+        outcome: &BankOutcome,
+        now: Timestamp,
+        policy: &Policy,
+    ) -> Result<Option<Decision>, Rejection> {
+        if self.state != PaymentState::Sent {
+            return Ok(None);
+        }
+        let mut next = self.clone();
+        let movement = match outcome {
+            BankOutcome::Processed => {
+                next.fee = policy.fees.fee_for(self.amount);
+                next.transition(PaymentState::Processed, "bank_processed", now);
+                Movement::payment_processed(self.id.clone(), self.amount, next.fee)?
+            }
+            BankOutcome::Failed { reason } => {
+                next.failure_reason = Some(reason.clone());
+                next.transition(PaymentState::Failed, "bank_failed", now);
+                Movement::payment_failed(self.id.clone(), self.amount)?
+            }
+        };
+        Ok(Some(Decision {
+            payment: next,
+            movements: vec![movement],
+            effects: Vec::new(),
+        }))
+    }
+
+    /// Reserves a refund of `amount` (all that remains when `None`).
+    pub fn request_refund(
+        &self,
+        amount: Option<Money>,
+        reason: &str,
+        now: Timestamp,
+    ) -> Result<Decision, Rejection> {
+        if !matches!(
+            self.state,
+            PaymentState::Processed | PaymentState::PartiallyRefunded
+        ) {
+            return Err(Rejection::NotRefundable(self.state));
+        }
+        let remaining = self
+            .amount
+            .checked_sub(self.committed_to_refunds())
+            .map_err(LedgerError::from)?;
+        let amount = amount.unwrap_or(remaining);
+        if amount.currency() != self.amount.currency() {
+            return Err(Rejection::CurrencyMismatch {
+                expected: self.amount.currency(),
+                got: amount.currency(),
+            });
+        }
+        if remaining.is_zero() {
+            return Err(Rejection::NothingLeftToRefund);
+        }
+        if amount > remaining {
+            return Err(Rejection::RefundExceedsRemaining {
+                requested: amount,
+                remaining,
+            });
+        }
+        if self.refunds.len() >= limits::REFUNDS_PER_PAYMENT_MAX {
+            return Err(Rejection::TooManyRefunds {
+                max: limits::REFUNDS_PER_PAYMENT_MAX,
+            });
+        }
+        let refund_id = format!("r{}", self.refunds.len() + 1);
+        let mut next = self.clone();
+        next.updated_at = now;
+        next.refunds.push(Refund {
+            id: refund_id.clone(),
+            amount,
+            reason: reason.to_owned(),
+            state: RefundState::Pending,
+            failure_reason: None,
+            created_at: now,
+            updated_at: now,
+        });
+        let movement = Movement::refund_requested(self.id.clone(), &refund_id, amount)?;
+        let effect = Effect::SubmitRefund {
+            name: self.name(),
+            refund_id,
+            amount,
+        };
+        Ok(Decision {
+            payment: next,
+            movements: vec![movement],
+            effects: vec![effect],
+        })
+    }
+
+    /// A bank outcome for one refund. `None` when the refund is unknown or no
+    /// longer pending (duplicate or late).
+    pub fn on_refund_outcome(
+        &self,
+        refund_id: &str,
+        outcome: &RefundOutcome,
+        now: Timestamp,
+    ) -> Result<Option<Decision>, Rejection> {
+        let Some(index) = self
+            .refunds
+            .iter()
+            .position(|refund| refund.id == refund_id && refund.state == RefundState::Pending)
+        else {
+            return Ok(None);
+        };
+        let mut next = self.clone();
+        let amount = next.refunds[index].amount;
+        next.updated_at = now;
+        next.refunds[index].updated_at = now;
+        let movement = match outcome {
+            RefundOutcome::Succeeded => {
+                next.refunds[index].state = RefundState::Succeeded;
+                let target = if next.refunded() == next.amount {
+                    PaymentState::Refunded
+                } else {
+                    PaymentState::PartiallyRefunded
+                };
+                let cause = format!("refund_{refund_id}_succeeded");
+                if target != next.state {
+                    next.transition(target, &cause, now);
+                }
+                Movement::refund_succeeded(self.id.clone(), refund_id, amount)?
+            }
+            RefundOutcome::Failed { reason } => {
+                next.refunds[index].state = RefundState::Failed;
+                next.refunds[index].failure_reason = Some(reason.clone());
+                Movement::refund_failed(self.id.clone(), refund_id, amount)?
+            }
+        };
+        Ok(Some(Decision {
+            payment: next,
+            movements: vec![movement],
+            effects: Vec::new(),
+        }))
+    }
+}
+
+/// Creates a payment and runs it as far as it goes without waiting: approval,
+/// then dispatch to a bank. All these transitions are written in one atomic
+/// write before the bank is called.
+pub fn create(new: NewPayment, now: Timestamp, policy: &Policy) -> Result<Decision, Rejection> {
+    let currency = new.amount.currency();
+    let mut payment = Payment {
+        account: new.account,
+        id: new.id,
+        amount: new.amount,
+        metadata: new.metadata,
+        state: PaymentState::Created,
+        failure_reason: None,
+        fee: Money::zero(currency),
+        refunds: Vec::new(),
+        history: Vec::new(),
+        created_at: now,
+        updated_at: now,
+    };
+    payment.record(None, PaymentState::Created, "created", now);
+
+    if let Some(max) = policy.approval.max_amount.get(&currency) {
+        if payment.amount > *max {
+            payment.failure_reason = Some(format!("amount exceeds the approval limit of {max}"));
+            payment.transition(PaymentState::Declined, "approval_declined", now);
+            return Ok(Decision {
+                payment,
+                movements: Vec::new(),
+                effects: Vec::new(),
+            });
+        }
+    }
+    payment.transition(PaymentState::Approved, "approved", now);
+    payment.transition(PaymentState::Sent, "dispatched", now);
+    let movement = Movement::payment_sent(payment.id.clone(), payment.amount)?;
+    let effects = payment.pending_effects();
+    Ok(Decision {
+        payment,
+        movements: vec![movement],
+        effects,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn usd(minor: i64) -> Money {
+        Money::from_minor(Currency::from_code("USD").unwrap(), minor)
+    }
+    fn at(millis: i64) -> Timestamp {
+        Timestamp::from_unix_millis(millis)
+    }
+    fn new_payment(minor: i64) -> NewPayment {
+        NewPayment {
+            account: AccountId::new("acme").unwrap(),
+            id: PaymentId::new("p1").unwrap(),
+            amount: usd(minor),
+            metadata: BTreeMap::new(),
+        }
+    }
+    fn processed(minor: i64) -> Payment {
+        let sent = create(new_payment(minor), at(1), &Policy::default())
+            .unwrap()
+            .payment;
+        sent.on_bank_outcome(&BankOutcome::Processed, at(2), &Policy::default())
+            .unwrap()
+            .unwrap()
+            .payment
+    }
+
+    #[test]
+    fn creation_runs_to_sent_with_one_bank_call() {
+        let decision = create(new_payment(500), at(1), &Policy::default()).unwrap();
+        assert_eq!(decision.payment.state, PaymentState::Sent);
+        let states: Vec<_> = decision.payment.history.iter().map(|t| t.to).collect();
+        assert_eq!(
+            states,
+            [
+                PaymentState::Created,
+                PaymentState::Approved,
+                PaymentState::Sent
+            ]
+        );
+        assert_eq!(decision.effects.len(), 1);
+        assert_eq!(decision.movements.len(), 1);
+    }
+
+    #[test]
+    fn amounts_above_the_approval_limit_are_declined_without_moving_money() {
+        let mut policy = Policy::default();
+        policy
+            .approval
+            .max_amount
+            .insert(usd(0).currency(), usd(1000));
+        let decision = create(new_payment(1001), at(1), &policy).unwrap();
+        assert_eq!(decision.payment.state, PaymentState::Declined);
+        assert!(decision.movements.is_empty() && decision.effects.is_empty());
+        assert!(
+            create(new_payment(1000), at(1), &policy)
+                .unwrap()
+                .payment
+                .state
+                == PaymentState::Sent
+        );
+    }
+
+    #[test]
+    fn late_bank_outcomes_never_change_a_terminal_payment() {
+        let sent = create(new_payment(500), at(1), &Policy::default())
+            .unwrap()
+            .payment;
+        let failed = sent
+            .on_bank_outcome(
+                &BankOutcome::Failed {
+                    reason: "no".into(),
+                },
+                at(2),
+                &Policy::default(),
+            )
+            .unwrap()
+            .unwrap()
+            .payment;
+        assert_eq!(failed.state, PaymentState::Failed);
+        assert_eq!(
+            failed.on_bank_outcome(&BankOutcome::Processed, at(3), &Policy::default()),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn refunds_cannot_exceed_the_amount_together() {
+        let payment = processed(1000);
+        let first = payment
+            .request_refund(Some(usd(600)), "r", at(3))
+            .unwrap()
+            .payment;
+        assert!(matches!(
+            first.request_refund(Some(usd(401)), "r", at(4)),
+            Err(Rejection::RefundExceedsRemaining { .. })
+        ));
+        let rest = first.request_refund(None, "r", at(4)).unwrap();
+        assert_eq!(rest.payment.refunds[1].amount, usd(400));
+        assert_eq!(
+            rest.payment.request_refund(None, "r", at(5)),
+            Err(Rejection::NothingLeftToRefund)
+        );
+    }
+
+    #[test]
+    fn refund_outcomes_drive_the_payment_state() {
+        let payment = processed(1000);
+        let one = payment
+            .request_refund(Some(usd(300)), "r", at(3))
+            .unwrap()
+            .payment;
+        let one = one
+            .on_refund_outcome("r1", &RefundOutcome::Succeeded, at(4))
+            .unwrap()
+            .unwrap()
+            .payment;
+        assert_eq!(one.state, PaymentState::PartiallyRefunded);
+        let two = one.request_refund(None, "r", at(5)).unwrap().payment;
+        let failed = two
+            .on_refund_outcome("r2", &RefundOutcome::Failed { reason: "x".into() }, at(6))
+            .unwrap()
+            .unwrap()
+            .payment;
+        assert_eq!(failed.state, PaymentState::PartiallyRefunded);
+        let three = failed.request_refund(None, "r", at(7)).unwrap().payment;
+        let done = three
+            .on_refund_outcome("r3", &RefundOutcome::Succeeded, at(8))
+            .unwrap()
+            .unwrap()
+            .payment;
+        assert_eq!(done.state, PaymentState::Refunded);
+        assert_eq!(done.refunded(), usd(1000));
+        assert_eq!(
+            done.on_refund_outcome("r3", &RefundOutcome::Succeeded, at(9)),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn unprocessed_payments_cannot_be_refunded() {
+        let sent = create(new_payment(500), at(1), &Policy::default())
+            .unwrap()
+            .payment;
+        assert_eq!(
+            sent.request_refund(None, "r", at(2)),
+            Err(Rejection::NotRefundable(PaymentState::Sent))
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! Protobuf messages to validated domain commands, and domain records back
+//! to protobuf. Validation collects every bad field, so a client learns all
+//! of its mistakes at once.
+
+use std::collections::BTreeMap;
+
+use super::pb;
+use crate::actors::{CommandError, CreatePayment, FieldViolation, RefundPayment};
+use crate::domain::payment::{Payment, PaymentState, Refund, RefundState, Transition};
+use crate::domain::{
+    parse_account_name, parse_payment_name, Currency, Money, PaymentId, RequestId, Timestamp,
+};
+use crate::ledger::Balances;
+use crate::limits;
+
+/// Accumulates field violations.
+#[derive(Default)]
+struct Violations(Vec<FieldViolation>);
+
+impl Violations {
+    fn add(&mut self, field: &str, description: impl ToString) {
+        self.0.push(FieldViolation {
+            field: field.to_owned(),
+            description: description.to_string(),
+        });
+    }
+
+    /// Records the error of `result` under `field`, yielding its value.
+    fn check<T, E: ToString>(&mut self, field: &str, result: Result<T, E>) -> Option<T> {
+        result.map_err(|error| self.add(field, error)).ok()
+    }
+
+    fn finish<T>(self, value: Option<T>) -> Result<T, CommandError> {
+        match value {
+            Some(value) if self.0.is_empty() => Ok(value),
+            _ => Err(CommandError::InvalidArgument { violations: self.0 }),
+        }
+    }
+}
+
+fn money(violations: &mut Violations, field: &str, money: &pb::Money) -> Option<Money> {
+    let currency = Currency::from_code(&money.currency_code);
+    if currency.is_none() {
+        violations.add(
+            &format!("{field}.currency_code"),
+            format!(
+                "unknown currency code {:?} (expected an ISO 4217 code such as USD)",
+                money.currency_code
+            ),
+        );
+    }
+    let amount = currency.and_then(|currency| {
+        violations.check(
+            &format!("{field}.minor_units"),
+            Money::positive_from_minor(currency, money.minor_units),
+        )
+    });
+    if currency.is_none() && money.minor_units <= 0 {
+        violations.add(&format!("{field}.minor_units"), "amount must be positive");
+    }
+    amount
+}
+
+fn metadata(
+    violations: &mut Violations,
+    metadata: &std::collections::HashMap<String, String>,
+) -> BTreeMap<String, String> {
+    if metadata.len() > limits::METADATA_ENTRIES_MAX {
+        violations.add(
+            "payment.metadata",
+            format!("at most {} entries allowed", limits::METADATA_ENTRIES_MAX),
+        );
+    }
+    for (key, value) in metadata {
+        if key.is_empty()
+            || key.len() > limits::METADATA_KEY_BYTES_MAX
+            || key.chars().any(char::is_control)
+        {
+            violations.add(
+                &format!("payment.metadata[{key:?}]"),
+                format!(
+                    "keys must be 1..={} bytes without control characters",
+                    limits::METADATA_KEY_BYTES_MAX
+                ),
+            );
+        }
+        if value.len() > limits::METADATA_VALUE_BYTES_MAX {
+            violations.add(
+                &format!("payment.metadata[{key:?}]"),
+                format!(
+                    "values must be at most {} bytes",
+                    limits::METADATA_VALUE_BYTES_MAX
+                ),
+            );
+        }
+    }
+    metadata
+        .iter()
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect()
+}
+
+pub fn create_payment(request: pb::CreatePaymentRequest) -> Result<CreatePayment, CommandError> {
+    let mut violations = Violations::default();
+    let account = violations.check("parent", parse_account_name(&request.parent));
+    let request_id = violations.check("request_id", RequestId::new(request.request_id));
+    let payment_id = if request.payment_id.is_empty() {
+        Some(None)
+    } else {
+        violations
+            .check("payment_id", PaymentId::new(request.payment_id))
+            .map(Some)
+    };
+    let (amount, metadata) = match &request.payment {
+        None => {
+            violations.add("payment", "required");
+            (None, BTreeMap::new())
+        }
+        Some(payment) => {
+            let amount = match &payment.amount {
+                Some(amount) => money(&mut violations, "payment.amount", amount),
+                None => {
+                    violations.add("payment.amount", "required");
+                    None
+                }
+            };
+            (amount, metadata(&mut violations, &payment.metadata))
+        }
+    };
+    let command = (|| {
+        Some(CreatePayment {
+            account: account?,
+            payment_id: payment_id?,
+            amount: amount?,
+            metadata,
+            request_id: request_id?,
+        })
+    })();
+    violations.finish(command)
+}
+
+pub fn refund_payment(request: pb::RefundPaymentRequest) -> Result<RefundPayment, CommandError> {
+    let mut violations = Violations::default();
+    let name = violations.check("name", parse_payment_name(&request.name));
+    let request_id = violations.check("request_id", RequestId::new(request.request_id));
+    let amount = match &request.amount {
+        None => Some(None),
+        Some(amount) => money(&mut violations, "amount", amount).map(Some),
+    };
+    if request.reason.trim().is_empty() {
+        violations.add("reason", "required: say why the money goes back");
+    } else if request.reason.len() > limits::REFUND_REASON_BYTES_MAX {
+        violations.add(
+            "reason",
+            format!("at most {} bytes", limits::REFUND_REASON_BYTES_MAX),
+        );
+    }
+    let reason = request.reason;
+    let command = (|| {
+        Some(RefundPayment {
+            name: name?,
+            amount: amount?,
+            reason,
+            request_id: request_id?,
+        })
+    })();
+    violations.finish(command)
+}
+
+/// Page tokens are opaque to clients: `v1.` and the last payment id seen.
+pub fn encode_page_token(last: &PaymentId) -> String {
+    format!("v1.{last}")
+}
+
+pub fn decode_page_token(token: &str) -> Result<Option<PaymentId>, CommandError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    token
+        .strip_prefix("v1.")
+        .and_then(|id| PaymentId::new(id).ok())
+        .map(Some)
+        .ok_or_else(|| CommandError::invalid("page_token", "not a token returned by ListPayments"))
+}
+
+pub fn page_size(requested: i32) -> Result<usize, CommandError> {
+    match requested {
+        size if size < 0 => Err(CommandError::invalid("page_size", "must not be negative")),
+        0 => Ok(limits::PAGE_SIZE_DEFAULT),
+        size => Ok((size as usize).min(limits::PAGE_SIZE_MAX)),
+    }
+}
+
+pub fn timestamp(at: Timestamp) -> prost_types::Timestamp {
+    let millis = at.unix_millis();
+    prost_types::Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
+    }
+}
+
+pub fn money_to_pb(money: Money) -> pb::Money {
+    pb::Money {
+        currency_code: money.currency().code().to_owned(),
+        minor_units: money.minor_units(),
+    }
+}
+
+pub fn state_to_pb(state: PaymentState) -> pb::payment::State {
+    use pb::payment::State;
+    match state {
+        PaymentState::Created => State::Created,
+        PaymentState::Approved => State::Approved,
+        PaymentState::InReview => State::InReview,
+        PaymentState::Sent => State::Sent,
+        PaymentState::Processed => State::Processed,
+        PaymentState::PartiallyRefunded => State::PartiallyRefunded,
+        PaymentState::Refunded => State::Refunded,
+        PaymentState::Declined => State::Declined,
+        PaymentState::Failed => State::Failed,
+    }
+}
+
+fn refund_to_pb(refund: &Refund) -> pb::Refund {
+    use pb::refund::State;
+    pb::Refund {
+        refund_id: refund.id.clone(),
+        amount: Some(money_to_pb(refund.amount)),
+        reason: refund.reason.clone(),
+        state: match refund.state {
+            RefundState::Pending => State::Pending,
+            RefundState::Succeeded => State::Succeeded,
+            RefundState::Failed => State::Failed,
+        } as i32,
+        failure_reason: refund.failure_reason.clone().unwrap_or_default(),
+        create_time: Some(timestamp(refund.created_at)),
+        update_time: Some(timestamp(refund.updated_at)),
+    }
+}
+
+fn transition_to_pb(transition: &Transition) -> pb::Transition {
+    pb::Transition {
+        from_state: transition
+            .from
+            .map(|state| state_to_pb(state) as i32)
+            .unwrap_or_default(),
+        to_state: state_to_pb(transition.to) as i32,
+        cause: transition.cause.clone(),
+        time: Some(timestamp(transition.at)),
+    }
+}
+
+pub fn payment_to_pb(payment: &Payment) -> pb::Payment {
+    pb::Payment {
+        name: payment.name().to_string(),
+        amount: Some(money_to_pb(payment.amount)),
+        state: state_to_pb(payment.state) as i32,
+        refunded_amount: Some(money_to_pb(payment.refunded())),
+        metadata: payment
+            .metadata
+            .iter()
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
+        failure_reason: payment.failure_reason.clone().unwrap_or_default(),
+        create_time: Some(timestamp(payment.created_at)),
+        update_time: Some(timestamp(payment.updated_at)),
+        refunds: payment.refunds.iter().map(refund_to_pb).collect(),
+        fee: Some(money_to_pb(payment.fee)),
+        history: payment.history.iter().map(transition_to_pb).collect(),
+    }
+}
+
+pub fn account_to_pb(name: String, balances: &Balances) -> pb::Account {
+    pb::Account {
+        name,
+        balances: balances
+            .iter()
+            .map(|(currency, balances)| pb::Balance {
+                currency_code: currency.code().to_owned(),
+                pending: Some(money_to_pb(balances.pending)),
+                available: Some(money_to_pb(balances.available)),
+                refunding: Some(money_to_pb(balances.refunding)),
+            })
+            .collect(),
+    }
+}

@@ -1,0 +1,102 @@
+//! The gRPC surface (`payvisor.v1.PaymentService`): the only module that
+//! sees protobuf types. It validates requests into domain commands, calls the
+//! [`Orchestrator`], and maps results back.
+
+pub mod convert;
+pub mod error;
+
+use tonic::{Request, Response, Status};
+
+use crate::actors::Orchestrator;
+use crate::domain::parse_account_name;
+
+/// Generated protobuf and gRPC code for `payvisor.v1`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("payvisor.v1");
+
+    /// The encoded descriptor set, served by server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/payvisor_descriptor.bin"));
+}
+
+use pb::payment_service_server::PaymentService;
+
+/// The PaymentService implementation.
+#[derive(Clone)]
+pub struct PaymentApi {
+    orchestrator: Orchestrator,
+}
+
+impl PaymentApi {
+    pub fn new(orchestrator: Orchestrator) -> PaymentApi {
+        PaymentApi { orchestrator }
+    }
+}
+
+fn invalid_name(field: &str, error: impl ToString) -> Status {
+    crate::actors::CommandError::invalid(field, error.to_string()).into()
+}
+
+#[tonic::async_trait]
+impl PaymentService for PaymentApi {
+    async fn create_payment(
+        &self,
+        request: Request<pb::CreatePaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let command = convert::create_payment(request.into_inner())?;
+        let payment = self.orchestrator.create_payment(command).await?;
+        Ok(Response::new(convert::payment_to_pb(&payment)))
+    }
+
+    async fn get_payment(
+        &self,
+        request: Request<pb::GetPaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let name = crate::domain::parse_payment_name(&request.get_ref().name)
+            .map_err(|error| invalid_name("name", error))?;
+        let payment = self.orchestrator.get_payment(&name).await?;
+        Ok(Response::new(convert::payment_to_pb(&payment)))
+    }
+
+    async fn list_payments(
+        &self,
+        request: Request<pb::ListPaymentsRequest>,
+    ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
+        let request = request.into_inner();
+        let account =
+            parse_account_name(&request.parent).map_err(|error| invalid_name("parent", error))?;
+        let page_size = convert::page_size(request.page_size)?;
+        let start_after = convert::decode_page_token(&request.page_token)?;
+        let (payments, next) = self
+            .orchestrator
+            .list_payments(&account, start_after.as_ref(), page_size)
+            .await?;
+        Ok(Response::new(pb::ListPaymentsResponse {
+            payments: payments.iter().map(convert::payment_to_pb).collect(),
+            next_page_token: next
+                .as_ref()
+                .map(convert::encode_page_token)
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn refund_payment(
+        &self,
+        request: Request<pb::RefundPaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let command = convert::refund_payment(request.into_inner())?;
+        let payment = self.orchestrator.refund_payment(command).await?;
+        Ok(Response::new(convert::payment_to_pb(&payment)))
+    }
+
+    async fn get_account(
+        &self,
+        request: Request<pb::GetAccountRequest>,
+    ) -> Result<Response<pb::Account>, Status> {
+        let name = request.into_inner().name;
+        let account = parse_account_name(&name).map_err(|error| invalid_name("name", error))?;
+        let balances = self.orchestrator.get_account(&account).await?;
+        Ok(Response::new(convert::account_to_pb(name, &balances)))
+    }
+}

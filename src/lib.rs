@@ -1,0 +1,26 @@
+//! payvisor: an actor-based payment orchestrator. Persist first, then act.
+//!
+//! Reading order (see `ARCHITECTURE.md` for the full map):
+//! - [`domain`] and [`ledger`]: the pure core. Money, ids, the payment state
+//!   machine, approval, double-entry bookkeeping. No I/O, no clock.
+//! - [`store`]: the storage boundary (DynamoDB-shaped) and its backends.
+//! - [`connectors`]: the bank boundary and the built-in bank simulator.
+//! - [`actors`]: one actor per account supervising one per payment; they
+//!   execute what the core decides.
+//! - [`grpc`]: the API surface, the only place that sees protobuf types.
+//! - [`server`], [`config`], [`cli`]: wiring, settings, the command line.
+//! - [`clock`] and [`limits`]: injected time and randomness; every bound.
+#![forbid(unsafe_code)]
+
+pub mod actors;
+pub mod audit;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod connectors;
+pub mod domain;
+pub mod grpc;
+pub mod ledger;
+pub mod limits;
+pub mod server;
+pub mod store;

@@ -1,0 +1,93 @@
+//! Every bound in payvisor, with the reason for it, in one place.
+//!
+//! A limit that is not written here does not exist: queues, retries, batch
+//! sizes, page sizes and message sizes are all bounded, so that overload shows
+//! up as a clear error or back-pressure instead of unbounded memory or time.
+
+use std::time::Duration;
+
+/// Largest amount of one payment, in minor units. 10^15 minor units is ten
+/// trillion dollars: far above any real payment, and low enough that the sum
+/// of a hundred thousand of them still fits in an `i64` without overflow.
+pub const AMOUNT_MINOR_MAX: i64 = 1_000_000_000_000_000;
+
+/// Metadata entries per payment. Metadata lives in the payment item, whose
+/// size must stay far below DynamoDB's 400 KB item limit.
+pub const METADATA_ENTRIES_MAX: usize = 32;
+/// Bytes in one metadata key.
+pub const METADATA_KEY_BYTES_MAX: usize = 64;
+/// Bytes in one metadata value.
+pub const METADATA_VALUE_BYTES_MAX: usize = 512;
+
+/// Characters in an idempotency key (`request_id`); Stripe's bound.
+pub const REQUEST_ID_CHARS_MAX: usize = 255;
+/// Characters in an account or payment id; keeps keys and names short.
+pub const RESOURCE_ID_CHARS_MAX: usize = 64;
+/// Bytes in a refund reason: a sentence for a person, not a document.
+pub const REFUND_REASON_BYTES_MAX: usize = 512;
+/// Refunds per payment. Refunds live inside the payment item (one atomic write
+/// covers payment and refund); this bound keeps the item small.
+pub const REFUNDS_PER_PAYMENT_MAX: usize = 50;
+/// History entries kept on a payment (oldest dropped first, `created` kept).
+pub const HISTORY_ENTRIES_MAX: usize = 64;
+
+/// Idempotency records are kept at least this long (Stripe keeps 24 h).
+pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Default and largest `page_size` for list calls (AIP-158).
+pub const PAGE_SIZE_DEFAULT: usize = 50;
+pub const PAGE_SIZE_MAX: usize = 500;
+
+/// Items in one atomic write: DynamoDB's TransactWriteItems bound.
+pub const TRANSACT_ITEMS_MAX: usize = 100;
+/// Writes waiting for the embedded store's writer thread. Beyond this,
+/// callers wait (back-pressure) instead of queueing without bound.
+pub const STORE_WRITE_QUEUE_MAX: usize = 8192;
+/// Transactions folded into one group commit (one fsync). Large enough to
+/// amortise the fsync, small enough to bound the latency of the first writer.
+pub const GROUP_COMMIT_TRANSACTIONS_MAX: usize = 512;
+/// Read connections to the embedded store (WAL readers run in parallel).
+pub const STORE_READERS_MAX: usize = 4;
+
+/// Times a command is retried from fresh state after losing an optimistic
+/// concurrency race (another writer changed the account meanwhile).
+pub const CONCURRENCY_RETRIES_MAX: u32 = 3;
+
+/// Payments an account actor keeps in memory. Beyond this, payments with no
+/// pending work are dropped from the cache (the store still has them).
+pub const ACCOUNT_PAYMENT_CACHE_MAX: usize = 1024;
+/// An account actor with no work for this long stops (passivation) and is
+/// re-hydrated from the store on its next command.
+pub const ACCOUNT_IDLE_PASSIVATE: Duration = Duration::from_secs(60);
+/// How often an account actor checks whether it is idle.
+pub const ACCOUNT_IDLE_CHECK: Duration = Duration::from_secs(5);
+
+/// Restarts of one payment actor after panics, per account activation. A
+/// payment that keeps crashing its actor is left for the watchdog and logged
+/// rather than restarted in a hot loop.
+pub const PAYMENT_ACTOR_RESTARTS_MAX: u32 = 5;
+
+/// Attempts to hand one message to a bank before leaving it for re-drive.
+pub const BANK_SUBMIT_ATTEMPTS_MAX: u32 = 5;
+/// First back-off between bank attempts; doubles each time.
+pub const BANK_SUBMIT_BACKOFF_INITIAL: Duration = Duration::from_millis(50);
+/// Longest back-off between bank attempts.
+pub const BANK_SUBMIT_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Bank outcomes waiting to be routed to account actors.
+pub const BANK_EVENT_QUEUE_MAX: usize = 65_536;
+/// Payments the built-in simulator remembers (for idempotency and status
+/// queries); the oldest completed ones are forgotten beyond this.
+pub const SIMULATOR_PAYMENTS_MAX: usize = 1_000_000;
+
+/// Largest gRPC message accepted, in bytes. Requests are small; this guards
+/// the server against a client sending megabytes of metadata.
+pub const GRPC_MESSAGE_BYTES_MAX: usize = 256 * 1024;
+/// Concurrent requests per gRPC connection.
+pub const GRPC_CONCURRENCY_PER_CONNECTION: usize = 1024;
+/// Longest a gRPC request may take before it is answered DEADLINE_EXCEEDED.
+pub const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// On shutdown, in-flight work gets this long to finish and flush.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// Payments re-driven at start-up per page read from the open-payment index.
+pub const RECOVERY_PAGE_SIZE: usize = 500;

@@ -1,0 +1,90 @@
+//! `payvisor`: parse arguments, set up logging, run the chosen command.
+
+use clap::{Parser, Subcommand};
+use payvisor::cli::{self, AccountsCommand, ClientOptions, LedgerCommand, PaymentsCommand};
+use payvisor::config::ServeArgs;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "payvisor",
+    version,
+    about = "An actor-based payment orchestrator: persist first, then act."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run a server (embedded store, built-in bank simulator).
+    Serve(ServeArgs),
+    /// Create, read, list and refund payments on a running server.
+    Payments {
+        #[command(flatten)]
+        options: ClientOptions,
+        #[command(subcommand)]
+        command: PaymentsCommand,
+    },
+    /// Read account balances on a running server.
+    Accounts {
+        #[command(flatten)]
+        options: ClientOptions,
+        #[command(subcommand)]
+        command: AccountsCommand,
+    },
+    /// Check the books in a data directory.
+    Ledger {
+        /// Print JSON instead of text.
+        #[arg(long, global = true)]
+        json: bool,
+        #[command(subcommand)]
+        command: LedgerCommand,
+    },
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: starting the runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => {
+                init_logging(args.log_format == "json");
+                let config = args.validate()?;
+                payvisor::server::run(config, payvisor::server::shutdown_signal()).await
+            }
+            Command::Payments { options, command } => cli::payments(&options, command).await,
+            Command::Accounts { options, command } => cli::accounts(&options, command).await,
+            Command::Ledger { json, command } => cli::ledger(json, command).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The storage boundary: items addressed by partition and sort key, with
+//! conditional writes on a version attribute and atomic multi-item writes of
+//! at most 100 items. The shape is DynamoDB's, so the embedded store
+//! ([`sqlite`]) and the production one share one contract, checked by one
+//! conformance suite ([`conformance`]).
+//!
+//! [`schema`] maps domain records onto items; nothing else knows key formats.
+//!
+//! **Invariant:** every write that changes an item carries a condition
+//! (`NotExists` or `VersionIs`): a writer that lost a race, or a node that
+//! lost ownership of an account, fails instead of overwriting.
+
+pub mod conformance;
+pub mod schema;
+pub mod sqlite;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+/// A boxed future: the store is used as `Arc<dyn Store>` so the backend is
+/// chosen at run time (`--store`).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// An item's primary key.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key {
+    pub pk: String,
+    pub sk: String,
+}
+
+impl Key {
+    pub fn new(pk: impl Into<String>, sk: impl Into<String>) -> Key {
+        Key {
+            pk: pk.into(),
+            sk: sk.into(),
+        }
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}|{}", self.pk, self.sk)
+    }
+}
+
+/// A key in the one secondary index, which is sparse: only items that set it
+/// appear (DynamoDB: a GSI on optional attributes).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct IndexKey {
+    pub pk: String,
+    pub sk: String,
+}
+
+/// A stored item. `version` starts at 1 and is bumped by every writer; it is
+/// what conditions compare.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Item {
+    pub key: Key,
+    pub version: u64,
+    pub body: Vec<u8>,
+    pub index: Option<IndexKey>,
+}
+
+/// What must be true of an item for a write to apply.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Condition {
+    /// The item must not exist.
+    NotExists,
+    /// The item must exist with exactly this version.
+    VersionIs(u64),
+}
+
+/// One action of an atomic write.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum WriteOp {
+    /// Create or replace the item, if the condition holds.
+    Put { item: Item, condition: Condition },
+    /// Remove the item, if the condition holds.
+    Delete { key: Key, condition: Condition },
+    /// Write nothing; fail the whole write unless the condition holds.
+    Check { key: Key, condition: Condition },
+}
+
+impl WriteOp {
+    pub fn key(&self) -> &Key {
+        match self {
+            WriteOp::Put { item, .. } => &item.key,
+            WriteOp::Delete { key, .. } | WriteOp::Check { key, .. } => key,
+        }
+    }
+}
+
+/// A range read within one partition, in sort-key order.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Query {
+    pub pk: String,
+    /// Only sort keys starting with this.
+    pub sk_prefix: String,
+    /// Resume strictly after this sort key.
+    pub start_after: Option<String>,
+    /// At most this many items (bounded by the caller's page size).
+    pub limit: usize,
+}
+
+/// A range read of the secondary index, in index sort-key order.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct IndexQuery {
+    pub index_pk: String,
+    /// Resume strictly after this index sort key.
+    pub start_after: Option<String>,
+    pub limit: usize,
+}
+
+/// One page of a range read.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Page {
+    pub items: Vec<Item>,
+    /// Pass as `start_after` to read on; `None` when nothing is left.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// A condition did not hold; nothing was written. `index` is the
+    /// position of the failing action (DynamoDB's cancellation reasons).
+    #[error("condition failed on {key:?} (action {index})")]
+    ConditionFailed { index: usize, key: Key },
+    /// The write is malformed (too many actions, two on one item, empty).
+    #[error("invalid write: {0}")]
+    InvalidWrite(String),
+    /// The backend could not be reached or failed; the write may be retried.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be decoded.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The storage boundary every backend implements.
+pub trait Store: Send + Sync + 'static {
+    /// Applies all actions atomically and durably, or none of them.
+    fn transact(&self, ops: Vec<WriteOp>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// A strongly consistent point read.
+    fn get(&self, key: Key) -> BoxFuture<'_, Result<Option<Item>, StoreError>>;
+    /// A strongly consistent range read within one partition.
+    fn query(&self, query: Query) -> BoxFuture<'_, Result<Page, StoreError>>;
+    /// A range read of the sparse secondary index (may lag on DynamoDB;
+    /// used for recovery sweeps, never for decisions).
+    fn query_index(&self, query: IndexQuery) -> BoxFuture<'_, Result<Page, StoreError>>;
+}
+
+/// Checks what every backend must refuse before touching data.
+pub fn validate_write(ops: &[WriteOp]) -> Result<(), StoreError> {
+    if ops.is_empty() {
+        return Err(StoreError::InvalidWrite("no actions".into()));
+    }
+    if ops.len() > crate::limits::TRANSACT_ITEMS_MAX {
+        return Err(StoreError::InvalidWrite(format!(
+            "{} actions; at most {} allowed",
+            ops.len(),
+            crate::limits::TRANSACT_ITEMS_MAX
+        )));
+    }
+    let mut keys: Vec<&Key> = ops.iter().map(WriteOp::key).collect();
+    keys.sort();
+    if let Some(pair) = keys.windows(2).find(|pair| pair[0] == pair[1]) {
+        return Err(StoreError::InvalidWrite(format!(
+            "two actions on {:?}",
+            pair[0]
+        )));
+    }
+    Ok(())
+}
