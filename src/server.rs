@@ -63,14 +63,32 @@ pub async fn run(
     // A line on stdout that scripts and tests wait for (port 0 included).
     println!("payvisor listening on {local}");
 
-    tonic::transport::Server::builder()
+    // Graceful stop: on the signal, stop accepting and let in-flight calls
+    // finish, but never wait on connections longer than the grace period (a
+    // client that keeps its connection open must not hold up the shutdown).
+    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+    let signal = async move {
+        shutdown.await;
+        let _ = stopping.send(());
+    };
+    let serve = tonic::transport::Server::builder()
         .timeout(limits::GRPC_REQUEST_TIMEOUT)
         .concurrency_limit_per_connection(limits::GRPC_CONCURRENCY_PER_CONNECTION)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(payments)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await?;
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    let grace_expired = async move {
+        if stopped.await.is_ok() {
+            tokio::time::sleep(limits::SHUTDOWN_GRACE).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = serve => served?,
+        () = grace_expired => tracing::warn!("connections still open after the grace period; closing them"),
+    }
 
     tracing::info!("gRPC stopped; draining account actors");
     orchestrator.shutdown(limits::SHUTDOWN_GRACE).await;

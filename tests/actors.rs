@@ -1,0 +1,259 @@
+//! The actor layer in-process: supervision after a panic, passivation and
+//! re-hydration, recovery of persisted work. Real store (SQLite on disk),
+//! real bank simulator.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use payvisor::actors::{ActorSettings, CreatePayment, Orchestrator, RefundPayment};
+use payvisor::audit::audit_account;
+use payvisor::clock::{SeededRandom, SystemClock};
+use payvisor::connectors::simulator::{BankSimulator, SimulatorConfig};
+use payvisor::connectors::{
+    BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission,
+};
+use payvisor::domain::payment::{Payment, PaymentState, Policy};
+use payvisor::domain::{AccountId, Currency, Money, PaymentName, RequestId};
+use payvisor::store::sqlite::SqliteStore;
+use payvisor::store::{BoxFuture, Store};
+use tokio::sync::mpsc;
+
+/// Wraps a connector; panics on the first `panics` payment submissions.
+struct PanickingConnector {
+    inner: BankSimulator,
+    panics: u32,
+    submissions: AtomicU32,
+}
+
+impl Connector for PanickingConnector {
+    fn submit_payment(
+        &self,
+        submission: PaymentSubmission,
+    ) -> BoxFuture<'_, Result<(), ConnectorError>> {
+        let attempt = self.submissions.fetch_add(1, Ordering::SeqCst) + 1;
+        if attempt <= self.panics {
+            panic!("injected connector panic #{attempt}");
+        }
+        self.inner.submit_payment(submission)
+    }
+    fn submit_refund(
+        &self,
+        submission: RefundSubmission,
+    ) -> BoxFuture<'_, Result<(), ConnectorError>> {
+        self.inner.submit_refund(submission)
+    }
+    fn payment_status(
+        &self,
+        name: PaymentName,
+    ) -> BoxFuture<'_, Result<BankStatus, ConnectorError>> {
+        self.inner.payment_status(name)
+    }
+}
+
+struct Harness {
+    orchestrator: Orchestrator,
+    store: Arc<dyn Store>,
+    connector: Arc<PanickingConnector>,
+    _dir: tempfile::TempDir,
+}
+
+fn harness(panics: u32, settings: ActorSettings) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let random = Arc::new(SeededRandom::new(7));
+    let (events, queue) = mpsc::channel(1024);
+    let config = SimulatorConfig {
+        latency_min: Duration::from_millis(1),
+        latency_max: Duration::from_millis(3),
+        failure_per_mille: 0,
+    };
+    let connector = Arc::new(PanickingConnector {
+        inner: BankSimulator::new(config, random.clone(), events),
+        panics,
+        submissions: AtomicU32::new(0),
+    });
+    let orchestrator = Orchestrator::start(
+        Arc::clone(&store),
+        connector.clone(),
+        Arc::new(SystemClock),
+        random,
+        Policy::default(),
+        settings,
+        queue,
+    );
+    Harness {
+        orchestrator,
+        store,
+        connector,
+        _dir: dir,
+    }
+}
+
+fn usd(minor: i64) -> Money {
+    Money::from_minor(Currency::from_code("USD").unwrap(), minor)
+}
+
+fn create(account: &str, request_id: &str, minor: i64) -> CreatePayment {
+    CreatePayment {
+        account: AccountId::new(account).unwrap(),
+        payment_id: None,
+        amount: usd(minor),
+        metadata: BTreeMap::new(),
+        request_id: RequestId::new(request_id).unwrap(),
+    }
+}
+
+async fn wait_until(
+    orchestrator: &Orchestrator,
+    payment: &Payment,
+    done: impl Fn(&Payment) -> bool,
+) -> Payment {
+    for _ in 0..3000 {
+        let current = orchestrator.get_payment(&payment.name()).await.unwrap();
+        if done(&current) {
+            return current;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("payment {} never got there", payment.name());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_payment_actor_is_restarted_from_persisted_state_and_nothing_is_applied_twice()
+{
+    let h = harness(2, ActorSettings::default());
+    let payment = h
+        .orchestrator
+        .create_payment(create("acme", "req-1", 1000))
+        .await
+        .unwrap();
+    assert_eq!(payment.state, PaymentState::Sent);
+    let processed = wait_until(&h.orchestrator, &payment, |p| {
+        p.state == PaymentState::Processed
+    })
+    .await;
+
+    // Two panics, then the third submission went through: restarted twice.
+    assert_eq!(h.connector.submissions.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        processed
+            .history
+            .iter()
+            .filter(|t| t.to == PaymentState::Processed)
+            .count(),
+        1
+    );
+    let report = audit_account(h.store.as_ref(), &AccountId::new("acme").unwrap())
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(
+        report.movements, 2,
+        "one movement for sending, one for processing"
+    );
+    assert_eq!(
+        report.balances.currency(usd(0).currency()).available,
+        usd(1000)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_account_actors_passivate_and_rehydrate_from_the_store() {
+    let settings = ActorSettings {
+        passivate_after: Duration::from_millis(50),
+        idle_check_every: Duration::from_millis(10),
+    };
+    let h = harness(0, settings);
+    let payment = h
+        .orchestrator
+        .create_payment(create("acme", "req-1", 1000))
+        .await
+        .unwrap();
+    wait_until(&h.orchestrator, &payment, |p| {
+        p.state == PaymentState::Processed
+    })
+    .await;
+    for _ in 0..500 {
+        if h.orchestrator.active_accounts() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        h.orchestrator.active_accounts(),
+        0,
+        "the idle account actor stopped"
+    );
+
+    // A new actor re-hydrates: the replay is recognised, balances carry on.
+    let replay = h
+        .orchestrator
+        .create_payment(create("acme", "req-1", 1000))
+        .await
+        .unwrap();
+    assert_eq!(replay.id, payment.id);
+    let refund = RefundPayment {
+        name: payment.name(),
+        amount: Some(usd(400)),
+        reason: "customer asked".into(),
+        request_id: RequestId::new("refund-1").unwrap(),
+    };
+    h.orchestrator.refund_payment(refund).await.unwrap();
+    wait_until(&h.orchestrator, &payment, |p| {
+        p.state == PaymentState::PartiallyRefunded
+    })
+    .await;
+    let report = audit_account(h.store.as_ref(), &AccountId::new("acme").unwrap())
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(
+        report.balances.currency(usd(0).currency()).available,
+        usd(600)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_accounts_progress_concurrently_with_per_account_order() {
+    let h = harness(0, ActorSettings::default());
+    let mut tasks = Vec::new();
+    for account in 0..20 {
+        let orchestrator = h.orchestrator.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut payments = Vec::new();
+            for n in 0..10 {
+                payments.push(
+                    orchestrator
+                        .create_payment(create(
+                            &format!("acct-{account}"),
+                            &format!("req-{n}"),
+                            100,
+                        ))
+                        .await
+                        .unwrap(),
+                );
+            }
+            payments
+        }));
+    }
+    for task in tasks {
+        for payment in task.await.unwrap() {
+            wait_until(&h.orchestrator, &payment, |p| {
+                p.state == PaymentState::Processed
+            })
+            .await;
+        }
+    }
+    for account in 0..20 {
+        let report = audit_account(
+            h.store.as_ref(),
+            &AccountId::new(format!("acct-{account}")).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert_eq!(report.payments, 10);
+    }
+}

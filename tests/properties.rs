@@ -1,0 +1,201 @@
+//! Generative tests of the pure core: random command sequences against
+//! several payments of one account. After every step the invariants hold:
+//! terminal payments never change, every movement balances, stored balances
+//! equal the fold of all movements and what the payments imply, and refunds
+//! never exceed a payment's amount.
+
+use std::collections::BTreeMap;
+
+use payvisor::domain::payment::{
+    self, BankOutcome, Fee, FeeSchedule, NewPayment, Payment, Policy, RefundOutcome, RefundState,
+};
+use payvisor::domain::{AccountId, Currency, Money, PaymentId, Timestamp};
+use payvisor::ledger::{Balances, Movement};
+use proptest::prelude::*;
+
+#[derive(Clone, Debug)]
+enum Command {
+    Bank {
+        payment: usize,
+        processed: bool,
+    },
+    Refund {
+        payment: usize,
+        minor_units: Option<i64>,
+    },
+    RefundOutcome {
+        payment: usize,
+        refund: usize,
+        succeeded: bool,
+    },
+}
+
+fn command(payments: usize) -> impl Strategy<Value = Command> {
+    prop_oneof![
+        (0..payments, any::<bool>())
+            .prop_map(|(payment, processed)| Command::Bank { payment, processed }),
+        (0..payments, prop::option::of(1i64..1_500)).prop_map(|(payment, minor_units)| {
+            Command::Refund {
+                payment,
+                minor_units,
+            }
+        }),
+        (0..payments, 0usize..6, any::<bool>()).prop_map(|(payment, refund, succeeded)| {
+            Command::RefundOutcome {
+                payment,
+                refund,
+                succeeded,
+            }
+        }),
+    ]
+}
+
+fn usd(minor: i64) -> Money {
+    Money::from_minor(Currency::from_code("USD").unwrap(), minor)
+}
+
+/// The account as the actor keeps it: payments, balances, all movements.
+struct Model {
+    payments: Vec<Payment>,
+    balances: Balances,
+    movements: Vec<Movement>,
+}
+
+impl Model {
+    /// Applies a decision the way the actor does: ledger first (refusing the
+    /// whole decision if it would break an invariant), then the payment.
+    fn commit(&mut self, index: usize, decision: payment::Decision) -> bool {
+        let mut balances = self.balances.clone();
+        for movement in &decision.movements {
+            movement
+                .check_balanced()
+                .expect("every movement balances by construction");
+            match balances.apply(movement) {
+                Ok(next) => balances = next,
+                Err(_) => return false,
+            }
+        }
+        self.balances = balances;
+        self.movements.extend(decision.movements);
+        self.payments[index] = decision.payment;
+        true
+    }
+
+    fn check_invariants(&self) {
+        self.balances.check_invariants().unwrap();
+        assert_eq!(
+            Balances::fold(&self.movements).unwrap(),
+            self.balances,
+            "balances are the fold of movements"
+        );
+        let books = self.balances.currency(usd(0).currency());
+        let (mut pending, mut available, mut refunding, mut fees) = (0, 0, 0, 0);
+        for payment in &self.payments {
+            assert!(
+                payment.committed_to_refunds() <= payment.amount,
+                "refunds exceed the amount"
+            );
+            use payment::PaymentState::*;
+            match payment.state {
+                Sent => pending += payment.amount.minor_units(),
+                Processed | PartiallyRefunded | Refunded => {
+                    available += payment.amount.minor_units() - payment.fee.minor_units();
+                    fees += payment.fee.minor_units();
+                }
+                _ => {}
+            }
+            for refund in &payment.refunds {
+                match refund.state {
+                    RefundState::Pending => {
+                        available -= refund.amount.minor_units();
+                        refunding += refund.amount.minor_units();
+                    }
+                    RefundState::Succeeded => available -= refund.amount.minor_units(),
+                    RefundState::Failed => {}
+                }
+            }
+            assert_eq!(
+                payment.state == Refunded,
+                payment.refunded() == payment.amount
+            );
+        }
+        assert_eq!(books.pending.minor_units(), pending);
+        assert_eq!(books.available.minor_units(), available);
+        assert_eq!(books.refunding.minor_units(), refunding);
+        assert_eq!(books.fees.minor_units(), fees);
+        assert!(
+            books.total().unwrap().is_zero(),
+            "no money created or destroyed"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_command_sequences_keep_every_invariant(
+        amounts in prop::collection::vec(1i64..2_000, 1..5),
+        basis_points in 0u32..1_000,
+        fixed_minor in 0i64..50,
+        max_approved in prop::option::of(100i64..2_000),
+        commands in prop::collection::vec(command(4), 0..60),
+    ) {
+        let mut policy = Policy {
+            fees: FeeSchedule { default: Fee { basis_points, fixed_minor }, per_currency: BTreeMap::new() },
+            ..Policy::default()
+        };
+        if let Some(max) = max_approved {
+            policy.approval.max_amount.insert(usd(0).currency(), usd(max));
+        }
+        let mut model = Model { payments: Vec::new(), balances: Balances::default(), movements: Vec::new() };
+        let mut now = 1_000;
+        for (n, amount) in amounts.iter().enumerate() {
+            let new = NewPayment {
+                account: AccountId::new("acme").unwrap(),
+                id: PaymentId::new(format!("p{n}")).unwrap(),
+                amount: usd(*amount),
+                metadata: BTreeMap::new(),
+            };
+            let decision = payment::create(new, Timestamp::from_unix_millis(now), &policy).unwrap();
+            model.payments.push(decision.payment.clone());
+            let index = model.payments.len() - 1;
+            prop_assert!(model.commit(index, decision));
+        }
+        model.check_invariants();
+
+        for command in commands {
+            now += 1;
+            let at = Timestamp::from_unix_millis(now);
+            let index = match &command {
+                Command::Bank { payment, .. } | Command::Refund { payment, .. } | Command::RefundOutcome { payment, .. } => {
+                    payment % model.payments.len()
+                }
+            };
+            let before = model.payments[index].clone();
+            let decision = match command {
+                Command::Bank { processed, .. } => {
+                    let outcome = if processed { BankOutcome::Processed } else { BankOutcome::Failed { reason: "no".into() } };
+                    before.on_bank_outcome(&outcome, at, &policy).unwrap()
+                }
+                Command::Refund { minor_units, .. } => before.request_refund(minor_units.map(usd), "why", at).ok(),
+                Command::RefundOutcome { refund, succeeded, .. } => {
+                    let outcome = if succeeded { RefundOutcome::Succeeded } else { RefundOutcome::Failed { reason: "no".into() } };
+                    let id = format!("r{}", refund + 1);
+                    before.on_refund_outcome(&id, &outcome, at).unwrap()
+                }
+            };
+            if before.state.is_terminal() {
+                prop_assert!(decision.is_none(), "a terminal payment produced a decision");
+            }
+            if let Some(decision) = decision {
+                prop_assert!(decision.payment.state == before.state || !before.state.is_terminal());
+                model.commit(index, decision);
+            }
+            if before.state.is_terminal() {
+                prop_assert_eq!(&model.payments[index], &before);
+            }
+            model.check_invariants();
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The store conformance suite, run against the embedded SQLite store, plus
+//! what only a durable embedded store must show (survives reopening).
+
+use std::sync::Arc;
+
+use payvisor::store::sqlite::SqliteStore;
+use payvisor::store::{Condition, Item, Key, Store, WriteOp};
+
+/// A fresh SQLite store in its own directory (leaked so it outlives the test).
+async fn sqlite() -> Arc<dyn Store> {
+    let dir = tempfile::tempdir().unwrap().keep();
+    Arc::new(SqliteStore::open(&dir).unwrap())
+}
+
+mod sqlite_store {
+    use super::*;
+    payvisor::store_conformance_tests!(sqlite());
+}
+
+#[tokio::test]
+async fn committed_writes_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let item = Item {
+            key: Key::new("p", "s"),
+            version: 1,
+            body: b"durable".to_vec(),
+            index: None,
+        };
+        store
+            .transact(vec![WriteOp::Put {
+                item,
+                condition: Condition::NotExists,
+            }])
+            .await
+            .unwrap();
+    }
+    let reopened = SqliteStore::open(dir.path()).unwrap();
+    let item = reopened.get(Key::new("p", "s")).await.unwrap().unwrap();
+    assert_eq!(item.body, b"durable");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_are_all_committed_through_group_commit() {
+    let store = sqlite().await;
+    let tasks: Vec<_> = (0..2000)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let item = Item {
+                    key: Key::new(format!("p{}", n % 50), format!("s{n}")),
+                    version: 1,
+                    body: vec![1],
+                    index: None,
+                };
+                store
+                    .transact(vec![WriteOp::Put {
+                        item,
+                        condition: Condition::NotExists,
+                    }])
+                    .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    for n in [0, 999, 1999] {
+        assert!(store
+            .get(Key::new(format!("p{}", n % 50), format!("s{n}")))
+            .await
+            .unwrap()
+            .is_some());
+    }
+}
