@@ -13,7 +13,7 @@
 //! account; later, `send` consults the lease table and forwards.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 
 use ractor::{ActorId, ActorRef, MessagingErr};
@@ -49,9 +49,7 @@ impl Default for Directory {
 
 impl Directory {
     fn shard(&self, account: &AccountId) -> std::sync::MutexGuard<'_, HashMap<AccountId, Entry>> {
-        let mut hasher = self.hasher.build_hasher();
-        account.hash(&mut hasher);
-        let index = (hasher.finish() as usize) % SHARDS;
+        let index = (self.hasher.hash_one(account) as usize) % SHARDS;
         self.shards[index]
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
