@@ -3,15 +3,16 @@
 //!
 //! **Group commit.** All writes go through one writer thread. It takes every
 //! write waiting in its queue (up to [`limits::GROUP_COMMIT_TRANSACTIONS_MAX`]),
-//! applies each inside its own savepoint (a failed condition rolls back that
-//! write alone), and commits them together: one fsync for the whole group.
+//! checks each write's conditions and applies it (a write whose condition
+//! fails applies nothing), and commits them together: one fsync for the
+//! whole group.
 //! Durable throughput is therefore not capped at one fsync per write.
 //!
 //! Reads use a small pool of separate connections; WAL lets them run beside
 //! the writer and see every committed write.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -48,6 +49,9 @@ pub struct SqliteStore {
     /// Read connections, used round-robin from blocking tasks.
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
+    /// Group commits so far (each is one fsync): writes ÷ commits is the
+    /// group-commit factor.
+    commits: Arc<AtomicU64>,
     path: PathBuf,
 }
 
@@ -62,6 +66,9 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA busy_timeout = 5000;
+             PRAGMA temp_store = MEMORY;
+             PRAGMA cache_size = -65536;
+             PRAGMA wal_autocheckpoint = 16384;
              PRAGMA foreign_keys = OFF;",
         )
         .map_err(unavailable)?;
@@ -80,16 +87,24 @@ impl SqliteStore {
             .map(|_| open_connection(&path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
         let (writes, queue) = mpsc::channel(limits::STORE_WRITE_QUEUE_MAX);
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&commits);
         std::thread::Builder::new()
             .name("payvisor-sqlite-writer".into())
-            .spawn(move || run_writer(writer, queue))
+            .spawn(move || run_writer(writer, queue, &counter))
             .map_err(|error| StoreError::Unavailable(error.to_string()))?;
         Ok(SqliteStore {
             writes,
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
+            commits,
             path,
         })
+    }
+
+    /// Group commits (fsyncs) since the store was opened.
+    pub fn commit_count(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     pub fn path(&self) -> &Path {
@@ -117,7 +132,11 @@ impl SqliteStore {
 
 /// The writer thread: drains the queue into group commits until every
 /// sender is gone.
-fn run_writer(mut connection: Connection, mut queue: mpsc::Receiver<WriteRequest>) {
+fn run_writer(
+    mut connection: Connection,
+    mut queue: mpsc::Receiver<WriteRequest>,
+    commits: &AtomicU64,
+) {
     while let Some(first) = queue.blocking_recv() {
         let mut group = vec![first];
         while group.len() < limits::GROUP_COMMIT_TRANSACTIONS_MAX {
@@ -127,6 +146,7 @@ fn run_writer(mut connection: Connection, mut queue: mpsc::Receiver<WriteRequest
             }
         }
         let results = commit_group(&mut connection, &group);
+        commits.fetch_add(1, Ordering::Relaxed);
         for (request, result) in group.into_iter().zip(results) {
             // The caller may have gone away (request cancelled): the write
             // is committed all the same, which is what idempotency is for.
@@ -161,6 +181,12 @@ fn commit_group(
 /// Applies one atomic write inside the open group transaction. The outer
 /// `Result` is an SQLite failure (fails the whole group); the inner one is
 /// this write's own outcome.
+///
+/// Every condition is checked before any action is applied, so a failed
+/// condition has written nothing and needs no rollback. This is sound
+/// because this thread is the only writer. (Savepoints would do the same at
+/// the cost of journalling every page a second time: they were 12% of the
+/// writer's time when measured.)
 fn apply_one(
     connection: &Connection,
     ops: &[WriteOp],
@@ -168,7 +194,6 @@ fn apply_one(
     if let Err(error) = validate_write(ops) {
         return Ok(Err(error));
     }
-    connection.execute_batch("SAVEPOINT one_write")?;
     for (index, op) in ops.iter().enumerate() {
         let (key, condition) = match op {
             WriteOp::Put { item, condition } => (&item.key, condition),
@@ -185,12 +210,13 @@ fn apply_one(
             Condition::VersionIs(expected) => current == Some(*expected as i64),
         };
         if !holds {
-            connection.execute_batch("ROLLBACK TO one_write; RELEASE one_write")?;
             return Ok(Err(StoreError::ConditionFailed {
                 index,
                 key: key.clone(),
             }));
         }
+    }
+    for op in ops {
         match op {
             WriteOp::Put { item, .. } => {
                 let (ipk, isk) = match &item.index {
@@ -219,7 +245,6 @@ fn apply_one(
             WriteOp::Check { .. } => {}
         }
     }
-    connection.execute_batch("RELEASE one_write")?;
     Ok(Ok(()))
 }
 
