@@ -123,19 +123,8 @@ pub async fn audit_account(
     }
     report.payments = payments.len();
     for payment in &payments {
-        if payment.committed_to_refunds() > payment.amount {
-            report.problems.push(format!(
-                "payment {}: refunds exceed the amount",
-                payment.name()
-            ));
-        }
-        let fully_refunded = payment.refunded() == payment.amount;
-        if fully_refunded != (payment.state == PaymentState::Refunded) {
-            report.problems.push(format!(
-                "payment {}: state {:?} disagrees with refunds",
-                payment.name(),
-                payment.state
-            ));
+        if let Err(problem) = payment.check_invariants() {
+            report.problems.push(problem);
         }
     }
     match expected_from_payments(&payments) {

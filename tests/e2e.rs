@@ -388,12 +388,7 @@ async fn refunds_of_unprocessed_payments_or_beyond_what_remains_fail_their_preco
         (Code::FailedPrecondition, "PAYMENT_NOT_REFUNDABLE")
     );
 
-    let payment = client
-        .create_payment(create_request("acme", "req-ok", 1000))
-        .await
-        .unwrap()
-        .into_inner();
-    wait_for(&mut client, &payment.name, |p| state(p) == State::Processed).await;
+    let payment = processed_payment(&mut client, "acme", "req-ok", 1000).await;
     let error = client
         .refund_payment(refund_request(&payment.name, "r2", Some(1001)))
         .await
@@ -423,12 +418,7 @@ async fn refunds_of_unprocessed_payments_or_beyond_what_remains_fail_their_preco
 async fn partial_then_full_refunds_return_all_the_money() {
     let server = Server::start(&[]);
     let mut client = server.client().await;
-    let payment = client
-        .create_payment(create_request("acme", "req-1", 1000))
-        .await
-        .unwrap()
-        .into_inner();
-    wait_for(&mut client, &payment.name, |p| state(p) == State::Processed).await;
+    let payment = processed_payment(&mut client, "acme", "req-1", 1000).await;
 
     client
         .refund_payment(refund_request(&payment.name, "refund-1", Some(300)))
@@ -478,12 +468,7 @@ async fn partial_then_full_refunds_return_all_the_money() {
 async fn twenty_concurrent_refunds_never_exceed_the_amount() {
     let server = Server::start(&[]);
     let mut client = server.client().await;
-    let payment = client
-        .create_payment(create_request("acme", "req-1", 1000))
-        .await
-        .unwrap()
-        .into_inner();
-    wait_for(&mut client, &payment.name, |p| state(p) == State::Processed).await;
+    let payment = processed_payment(&mut client, "acme", "req-1", 1000).await;
 
     let tasks: Vec<_> = (0..20)
         .map(|n| {

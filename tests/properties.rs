@@ -95,6 +95,7 @@ impl Model {
                 payment.committed_to_refunds() <= payment.amount,
                 "refunds exceed the amount"
             );
+            payment.check_invariants().unwrap();
             use payment::PaymentState::*;
             match payment.state {
                 Sent => pending += payment.amount.minor_units(),

@@ -273,6 +273,10 @@ impl AccountState {
         }
         let loaded = schema::load_payment(self.shared.store.as_ref(), &self.name(id)).await?;
         if let Some(loaded) = &loaded {
+            loaded
+                .value
+                .check_invariants()
+                .map_err(CommandError::Internal)?;
             self.cache(loaded.clone());
         }
         Ok(loaded)
@@ -478,6 +482,11 @@ impl AccountState {
         payment_version: Option<u64>,
         idempotency: Option<NewIdempotency<'_>>,
     ) -> Result<Payment, CommitError> {
+        // Assert before writing (and `payment()` asserts after reading).
+        decision
+            .payment
+            .check_invariants()
+            .map_err(|problem| CommitError::Failed(CommandError::Internal(problem)))?;
         let record = self.record.as_ref().expect("hydrated before commit");
         let mut balances = record.value.balances.clone();
         for movement in &decision.movements {

@@ -226,6 +226,42 @@ impl Payment {
             })
     }
 
+    /// The payment's own invariants: refunds (pending and done) within the
+    /// amount, `REFUNDED` exactly when everything was returned, the fee
+    /// within the amount, amounts in the payment's currency. Checked before
+    /// every write and after every read.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let currency = self.amount.currency();
+        if self
+            .refunds
+            .iter()
+            .any(|refund| refund.amount.currency() != currency)
+            || self.fee.currency() != currency
+        {
+            return Err(format!(
+                "payment {}: amounts in a foreign currency",
+                self.name()
+            ));
+        }
+        if self.committed_to_refunds() > self.amount {
+            return Err(format!(
+                "payment {}: refunds exceed the amount",
+                self.name()
+            ));
+        }
+        if (self.state == PaymentState::Refunded) != (self.refunded() == self.amount) {
+            return Err(format!(
+                "payment {}: state {:?} disagrees with its refunds",
+                self.name(),
+                self.state
+            ));
+        }
+        if self.fee > self.amount || self.fee.is_negative() {
+            return Err(format!("payment {}: fee outside 0..=amount", self.name()));
+        }
+        Ok(())
+    }
+
     /// Whether something is still to happen without a person acting: a bank
     /// outcome or a refund outcome is awaited.
     pub fn has_pending_work(&self) -> bool {
@@ -606,6 +642,25 @@ mod tests {
             done.on_refund_outcome("r3", &RefundOutcome::Succeeded, at(9)),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn invariant_checks_catch_a_corrupt_payment() {
+        let mut payment = processed(1000);
+        assert_eq!(payment.check_invariants(), Ok(()));
+        payment.refunds.push(Refund {
+            id: "r1".into(),
+            amount: usd(1001),
+            reason: "r".into(),
+            state: RefundState::Pending,
+            failure_reason: None,
+            created_at: at(3),
+            updated_at: at(3),
+        });
+        assert!(payment.check_invariants().is_err());
+        let mut refunded = processed(1000);
+        refunded.state = PaymentState::Refunded;
+        assert!(refunded.check_invariants().is_err());
     }
 
     #[test]

@@ -144,23 +144,41 @@ impl Movement {
         }
     }
 
+    /// `amount` moves from book `from` (debited) to book `to` (credited):
+    /// the shape of every movement but processing.
+    fn transfer(
+        kind: MovementKind,
+        payment: PaymentId,
+        refund: Option<&str>,
+        from: BookAccount,
+        to: BookAccount,
+        amount: Money,
+    ) -> Result<Movement, LedgerError> {
+        Movement::new(
+            kind,
+            payment,
+            refund.map(str::to_owned),
+            [
+                Posting {
+                    book: from,
+                    amount: amount.negate(),
+                },
+                Posting { book: to, amount },
+            ],
+        )
+    }
+
     /// A payment handed to a bank: we claim `amount` from the outside world
     /// and owe it to the account as pending.
     pub fn payment_sent(payment: PaymentId, amount: Money) -> Result<Movement, LedgerError> {
-        Movement::new(
+        use BookAccount::*;
+        Movement::transfer(
             MovementKind::PaymentSent,
             payment,
             None,
-            [
-                Posting {
-                    book: BookAccount::BankClearing,
-                    amount: amount.negate(),
-                },
-                Posting {
-                    book: BookAccount::Pending,
-                    amount,
-                },
-            ],
+            BankClearing,
+            Pending,
+            amount,
         )
     }
 
@@ -193,20 +211,14 @@ impl Movement {
 
     /// The bank refused: the claim is withdrawn.
     pub fn payment_failed(payment: PaymentId, amount: Money) -> Result<Movement, LedgerError> {
-        Movement::new(
+        use BookAccount::*;
+        Movement::transfer(
             MovementKind::PaymentFailed,
             payment,
             None,
-            [
-                Posting {
-                    book: BookAccount::Pending,
-                    amount: amount.negate(),
-                },
-                Posting {
-                    book: BookAccount::BankClearing,
-                    amount,
-                },
-            ],
+            Pending,
+            BankClearing,
+            amount,
         )
     }
 
@@ -216,20 +228,14 @@ impl Movement {
         refund: &str,
         amount: Money,
     ) -> Result<Movement, LedgerError> {
-        Movement::new(
+        use BookAccount::*;
+        Movement::transfer(
             MovementKind::RefundRequested,
             payment,
-            Some(refund.to_owned()),
-            [
-                Posting {
-                    book: BookAccount::Available,
-                    amount: amount.negate(),
-                },
-                Posting {
-                    book: BookAccount::Refunding,
-                    amount,
-                },
-            ],
+            Some(refund),
+            Available,
+            Refunding,
+            amount,
         )
     }
 
@@ -239,20 +245,14 @@ impl Movement {
         refund: &str,
         amount: Money,
     ) -> Result<Movement, LedgerError> {
-        Movement::new(
+        use BookAccount::*;
+        Movement::transfer(
             MovementKind::RefundSucceeded,
             payment,
-            Some(refund.to_owned()),
-            [
-                Posting {
-                    book: BookAccount::Refunding,
-                    amount: amount.negate(),
-                },
-                Posting {
-                    book: BookAccount::BankClearing,
-                    amount,
-                },
-            ],
+            Some(refund),
+            Refunding,
+            BankClearing,
+            amount,
         )
     }
 
@@ -262,20 +262,14 @@ impl Movement {
         refund: &str,
         amount: Money,
     ) -> Result<Movement, LedgerError> {
-        Movement::new(
+        use BookAccount::*;
+        Movement::transfer(
             MovementKind::RefundFailed,
             payment,
-            Some(refund.to_owned()),
-            [
-                Posting {
-                    book: BookAccount::Refunding,
-                    amount: amount.negate(),
-                },
-                Posting {
-                    book: BookAccount::Available,
-                    amount,
-                },
-            ],
+            Some(refund),
+            Refunding,
+            Available,
+            amount,
         )
     }
 }

@@ -219,6 +219,24 @@ pub async fn wait_for(
     }
 }
 
+/// Creates a payment and waits until the bank has processed it.
+pub async fn processed_payment(
+    client: &mut PaymentServiceClient<Channel>,
+    account: &str,
+    request_id: &str,
+    minor_units: i64,
+) -> pb::Payment {
+    let created = client
+        .create_payment(create_request(account, request_id, minor_units))
+        .await
+        .expect("create payment")
+        .into_inner();
+    wait_for(client, &created.name, |p| {
+        state(p) == pb::payment::State::Processed
+    })
+    .await
+}
+
 /// Every payment of an account, following page tokens.
 pub async fn list_all(
     client: &mut PaymentServiceClient<Channel>,
