@@ -76,8 +76,8 @@ pub const BANK_SUBMIT_BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Bank outcomes waiting to be routed to account actors.
 pub const BANK_EVENT_QUEUE_MAX: usize = 65_536;
-/// Payments the built-in simulator remembers (for idempotency and status
-/// queries); the oldest completed ones are forgotten beyond this.
+/// Payments (and, separately, refunds) the built-in simulator remembers for
+/// idempotency and status queries; completed ones are forgotten beyond this.
 pub const SIMULATOR_PAYMENTS_MAX: usize = 1_000_000;
 
 /// Largest gRPC message accepted, in bytes. Requests are small; this guards

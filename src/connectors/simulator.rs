@@ -14,7 +14,7 @@
 //! It lives inside the payvisor process: its memory is lost on a crash, and
 //! payvisor's re-drive re-submits with the same key. Refunds always succeed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -74,7 +74,8 @@ pub struct BankSimulator {
     random: Arc<dyn Random>,
     events: mpsc::Sender<BankEvent>,
     payments: Arc<Mutex<HashMap<String, Record>>>,
-    refunds: Mutex<HashMap<String, ()>>,
+    /// Refunds seen, for idempotency (bounded like `payments`).
+    refunds: Mutex<HashSet<String>>,
 }
 
 impl BankSimulator {
@@ -88,7 +89,7 @@ impl BankSimulator {
             random,
             events,
             payments: Arc::new(Mutex::new(HashMap::new())),
-            refunds: Mutex::new(HashMap::new()),
+            refunds: Mutex::new(HashSet::new()),
         }
     }
 
@@ -196,7 +197,15 @@ impl Connector for BankSimulator {
     ) -> BoxFuture<'_, Result<(), ConnectorError>> {
         Box::pin(async move {
             let key = format!("{}/refunds/{}", submission.name, submission.refund_id);
-            let first_time = lock(&self.refunds).insert(key, ()).is_none();
+            let first_time = {
+                let mut refunds = lock(&self.refunds);
+                if refunds.len() >= limits::SIMULATOR_PAYMENTS_MAX {
+                    // Every remembered refund has been answered; forgetting
+                    // them only forgets idempotency for very old keys.
+                    refunds.clear();
+                }
+                refunds.insert(key)
+            };
             if !first_time {
                 // Known refund: re-send its (always successful) outcome.
                 let event = BankEvent::Refund {
