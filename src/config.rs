@@ -8,15 +8,18 @@ use std::time::Duration;
 use crate::connectors::simulator::SimulatorConfig;
 use crate::domain::payment::{ApprovalPolicy, Fee, FeeSchedule, Policy};
 use crate::domain::{Currency, Money};
+use crate::limits;
+use crate::store::dynamodb::{DynamoDbSettings, DynamoDbStore};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
     /// Address to serve gRPC on (port 0 picks a free port).
     #[arg(long, env = "PAYVISOR_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Directory of the embedded store (created if missing).
-    #[arg(long, env = "PAYVISOR_DATA_DIR", default_value = "./data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
     /// Approval limit per currency in major units, e.g. `USD=5000.00`;
     /// larger payments are DECLINED. Repeatable. No limit by default.
     #[arg(
@@ -45,11 +48,124 @@ pub struct ServeArgs {
     pub log_format: String,
 }
 
+/// Which store, and how to reach it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Where state lives: `sqlite` (embedded, under --data-dir) or
+    /// `dynamodb` (the table --dynamodb-table).
+    #[arg(long, env = "PAYVISOR_STORE", default_value = "sqlite")]
+    pub store: StoreKind,
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "PAYVISOR_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub dynamodb: DynamoDbArgs,
+}
+
+impl StoreArgs {
+    pub fn validate(&self) -> Result<StoreConfig, ConfigError> {
+        Ok(match self.store {
+            StoreKind::Sqlite => StoreConfig::Sqlite {
+                data_dir: self.data_dir.clone(),
+            },
+            StoreKind::Dynamodb => {
+                let table = self.dynamodb.dynamodb_table.as_deref().ok_or_else(|| {
+                    ConfigError::DynamoDb("--store dynamodb needs --dynamodb-table NAME".into())
+                })?;
+                StoreConfig::DynamoDb(self.dynamodb.settings(table)?)
+            }
+        })
+    }
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    Sqlite,
+    Dynamodb,
+}
+
+/// How to reach DynamoDB. Region, credentials and endpoint come the
+/// standard AWS way (`AWS_REGION`, the credentials chain,
+/// `AWS_ENDPOINT_URL_DYNAMODB`); these are the table and the bounds.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DynamoDbArgs {
+    /// The DynamoDB table (required with --store dynamodb).
+    #[arg(long, env = "PAYVISOR_DYNAMODB_TABLE")]
+    pub dynamodb_table: Option<String>,
+    /// Time allowed to connect, in milliseconds.
+    #[arg(long, env = "PAYVISOR_DYNAMODB_CONNECT_TIMEOUT_MS", default_value_t = limits::DYNAMODB_CONNECT_TIMEOUT.as_millis() as u64)]
+    pub dynamodb_connect_timeout_ms: u64,
+    /// Time allowed for one attempt of a call, in milliseconds.
+    #[arg(long, env = "PAYVISOR_DYNAMODB_ATTEMPT_TIMEOUT_MS", default_value_t = limits::DYNAMODB_ATTEMPT_TIMEOUT.as_millis() as u64)]
+    pub dynamodb_attempt_timeout_ms: u64,
+    /// Time allowed for a call with all its retries, in milliseconds.
+    #[arg(long, env = "PAYVISOR_DYNAMODB_OPERATION_TIMEOUT_MS", default_value_t = limits::DYNAMODB_OPERATION_TIMEOUT.as_millis() as u64)]
+    pub dynamodb_operation_timeout_ms: u64,
+    /// Attempts per call (standard retry policy with back-off).
+    #[arg(long, env = "PAYVISOR_DYNAMODB_MAX_ATTEMPTS", default_value_t = limits::DYNAMODB_ATTEMPTS_MAX)]
+    pub dynamodb_max_attempts: u32,
+}
+
+impl DynamoDbArgs {
+    pub fn settings(&self, table: &str) -> Result<DynamoDbSettings, ConfigError> {
+        if self.dynamodb_max_attempts == 0 || self.dynamodb_max_attempts > 10 {
+            return Err(ConfigError::DynamoDb(
+                "--dynamodb-max-attempts must be 1..=10".into(),
+            ));
+        }
+        if self.dynamodb_attempt_timeout_ms == 0
+            || self.dynamodb_operation_timeout_ms < self.dynamodb_attempt_timeout_ms
+        {
+            return Err(ConfigError::DynamoDb(
+                "timeouts must be positive and the operation timeout at least the attempt timeout"
+                    .into(),
+            ));
+        }
+        Ok(DynamoDbSettings {
+            table: table.to_owned(),
+            connect_timeout: Duration::from_millis(self.dynamodb_connect_timeout_ms),
+            attempt_timeout: Duration::from_millis(self.dynamodb_attempt_timeout_ms),
+            operation_timeout: Duration::from_millis(self.dynamodb_operation_timeout_ms),
+            max_attempts: self.dynamodb_max_attempts,
+        })
+    }
+}
+
+/// Where a server keeps its state.
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    Sqlite { data_dir: PathBuf },
+    DynamoDb(DynamoDbSettings),
+}
+
+impl StoreConfig {
+    /// How long a write sent by a previous, killed incarnation of this node
+    /// may still be applied by the store. The embedded store's writer dies
+    /// with the process (none); DynamoDB may apply a request after its
+    /// sender died, within the call's operation timeout.
+    pub fn late_write_bound(&self) -> Option<std::time::Duration> {
+        match self {
+            StoreConfig::Sqlite { .. } => None,
+            StoreConfig::DynamoDb(settings) => Some(settings.operation_timeout),
+        }
+    }
+
+    /// Opens the configured store.
+    pub async fn open(&self) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            StoreConfig::Sqlite { data_dir } => std::sync::Arc::new(SqliteStore::open(data_dir)?),
+            StoreConfig::DynamoDb(settings) => {
+                std::sync::Arc::new(DynamoDbStore::connect(settings).await)
+            }
+        })
+    }
+}
+
 /// Validated settings of a server.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
-    pub data_dir: PathBuf,
+    pub store: StoreConfig,
     pub policy: Policy,
     pub simulator: SimulatorConfig,
     pub passivate_after: Duration,
@@ -65,6 +181,8 @@ pub enum ConfigError {
     FailureRate,
     #[error("--fee-fixed-minor must not be negative; --fee-basis-points at most 10000")]
     Fee,
+    #[error("{0}")]
+    DynamoDb(String),
 }
 
 impl ServeArgs {
@@ -107,7 +225,7 @@ impl ServeArgs {
         }
         Ok(Config {
             listen: self.listen,
-            data_dir: self.data_dir.clone(),
+            store: self.store.validate()?,
             policy: Policy { approval, fees },
             simulator: SimulatorConfig {
                 latency_min: Duration::from_millis(min),

@@ -62,6 +62,13 @@ pub const ACCOUNT_IDLE_PASSIVATE: Duration = Duration::from_secs(60);
 /// How often an account actor checks whether it is idle.
 pub const ACCOUNT_IDLE_CHECK: Duration = Duration::from_secs(5);
 
+/// Tries of a bank outcome or resume that failed for a transient reason
+/// (store unavailable, conflicts), with doubling back-off from the initial to
+/// the maximum delay: about a minute in all, longer than a store failover.
+pub const ACTOR_RETRY_ATTEMPTS_MAX: u32 = 12;
+pub const ACTOR_RETRY_BACKOFF_INITIAL: Duration = Duration::from_millis(50);
+pub const ACTOR_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(10);
+
 /// Restarts of one payment actor after panics, per account activation. A
 /// payment that keeps crashing its actor is left for the watchdog and logged
 /// rather than restarted in a hot loop.
@@ -89,5 +96,28 @@ pub const GRPC_CONCURRENCY_PER_CONNECTION: usize = 1024;
 pub const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// On shutdown, in-flight work gets this long to finish and flush.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// Extra wait, beyond the store's late-write bound, before the second
+/// recovery sweep on a store that can apply a dead node's in-flight writes.
+pub const RECOVERY_LATE_SWEEP_MARGIN: Duration = Duration::from_secs(1);
 /// Payments re-driven at start-up per page read from the open-payment index.
 pub const RECOVERY_PAGE_SIZE: usize = 500;
+
+/// DynamoDB: time to open a connection.
+pub const DYNAMODB_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// DynamoDB: one attempt of one call (a transaction of 100 items included).
+pub const DYNAMODB_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+/// DynamoDB: one call with all the SDK's retries; the SDK sets no operation
+/// timeout by default, and a request must not wait forever.
+pub const DYNAMODB_OPERATION_TIMEOUT: Duration = Duration::from_secs(15);
+/// DynamoDB: attempts per call under the SDK's standard retry policy
+/// (throttling and transient errors, with jittered back-off).
+pub const DYNAMODB_ATTEMPTS_MAX: u32 = 3;
+/// Re-sends of a transaction cancelled by a conflict with another
+/// transaction on the same items (same client request token, so at most one
+/// applies).
+pub const DYNAMODB_CONFLICT_RETRIES_MAX: u32 = 5;
+pub const DYNAMODB_CONFLICT_BACKOFF_INITIAL: Duration = Duration::from_millis(10);
+pub const DYNAMODB_CONFLICT_BACKOFF_MAX: Duration = Duration::from_millis(500);
+/// Polls while waiting for a new table to become active, and their spacing.
+pub const DYNAMODB_TABLE_WAIT_POLLS_MAX: u32 = 120;
+pub const DYNAMODB_TABLE_WAIT_POLL: Duration = Duration::from_millis(500);

@@ -2,7 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use payvisor::cli::{self, AccountsCommand, ClientOptions, LedgerCommand, PaymentsCommand};
-use payvisor::config::ServeArgs;
+use payvisor::config::{DynamoDbArgs, ServeArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -33,6 +33,11 @@ enum Command {
         #[command(subcommand)]
         command: AccountsCommand,
     },
+    /// Manage the DynamoDB table.
+    Dynamodb {
+        #[command(subcommand)]
+        command: DynamodbCommand,
+    },
     /// Check the books in a data directory.
     Ledger {
         /// Print JSON instead of text.
@@ -40,6 +45,18 @@ enum Command {
         json: bool,
         #[command(subcommand)]
         command: LedgerCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DynamodbCommand {
+    /// Create the table and its index (idempotent); waits until active.
+    CreateTable {
+        /// The table to create.
+        #[arg(long)]
+        table: String,
+        #[command(flatten)]
+        dynamodb: DynamoDbArgs,
     },
 }
 
@@ -78,6 +95,15 @@ fn main() -> std::process::ExitCode {
             Command::Payments { options, command } => cli::payments(&options, command).await,
             Command::Accounts { options, command } => cli::accounts(&options, command).await,
             Command::Ledger { json, command } => cli::ledger(json, command).await,
+            Command::Dynamodb {
+                command: DynamodbCommand::CreateTable { table, dynamodb },
+            } => {
+                let settings = dynamodb.settings(&table)?;
+                let store = payvisor::store::dynamodb::DynamoDbStore::connect(&settings).await;
+                store.create_table().await?;
+                println!("table {table} is active");
+                Ok(())
+            }
         }
     });
     match result {

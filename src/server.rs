@@ -15,7 +15,6 @@ use crate::connectors::simulator::BankSimulator;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
 use crate::grpc::{pb, PaymentApi};
 use crate::limits;
-use crate::store::sqlite::SqliteStore;
 
 /// Runs a server until `shutdown` completes, then stops taking requests,
 /// lets in-flight work finish (bounded) and returns.
@@ -23,7 +22,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let store = Arc::new(SqliteStore::open(&config.data_dir)?);
+    let store = config.store.open().await?;
     let random = Arc::new(SeededRandom::from_entropy());
     let (bank_events, bank_event_queue) = mpsc::channel(limits::BANK_EVENT_QUEUE_MAX);
     let connector = Arc::new(BankSimulator::new(
@@ -48,6 +47,19 @@ pub async fn run(
     let listener = TcpListener::bind(config.listen).await?;
     let local = listener.local_addr()?;
     let resumed = orchestrator.recover().await?;
+    if let Some(bound) = config.store.late_write_bound() {
+        // A payment written by the previous incarnation after the sweep
+        // above (its request was still in flight at the store) would be
+        // missed: sweep again once no such write can still land.
+        let orchestrator = orchestrator.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(bound + limits::RECOVERY_LATE_SWEEP_MARGIN).await;
+            match orchestrator.recover().await {
+                Ok(resumed) => tracing::info!(resumed, "late recovery sweep done"),
+                Err(error) => tracing::error!(%error, "late recovery sweep failed"),
+            }
+        });
+    }
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -59,7 +71,7 @@ pub async fn run(
     let payments = PaymentServiceServer::new(PaymentApi::new(orchestrator.clone()))
         .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
 
-    tracing::info!(listen = %local, data_dir = %config.data_dir.display(), resumed, "payvisor serving");
+    tracing::info!(listen = %local, store = ?config.store, resumed, "payvisor serving");
     // A line on stdout that scripts and tests wait for (port 0 included).
     println!("payvisor listening on {local}");
 

@@ -52,6 +52,49 @@ impl Connector for PanickingConnector {
     }
 }
 
+/// Wraps a store; fails the transactions whose 1-based numbers are listed,
+/// as a DynamoDB throttle or timeout would.
+struct FlakyStore {
+    inner: Arc<dyn Store>,
+    fail: Vec<u32>,
+    transactions: AtomicU32,
+}
+
+impl Store for FlakyStore {
+    fn transact(
+        &self,
+        ops: Vec<payvisor::store::WriteOp>,
+    ) -> BoxFuture<'_, Result<(), payvisor::store::StoreError>> {
+        let number = self.transactions.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail.contains(&number) {
+            return Box::pin(async move {
+                Err(payvisor::store::StoreError::Unavailable(format!(
+                    "injected failure #{number}"
+                )))
+            });
+        }
+        self.inner.transact(ops)
+    }
+    fn get(
+        &self,
+        key: payvisor::store::Key,
+    ) -> BoxFuture<'_, Result<Option<payvisor::store::Item>, payvisor::store::StoreError>> {
+        self.inner.get(key)
+    }
+    fn query(
+        &self,
+        query: payvisor::store::Query,
+    ) -> BoxFuture<'_, Result<payvisor::store::Page, payvisor::store::StoreError>> {
+        self.inner.query(query)
+    }
+    fn query_index(
+        &self,
+        query: payvisor::store::IndexQuery,
+    ) -> BoxFuture<'_, Result<payvisor::store::Page, payvisor::store::StoreError>> {
+        self.inner.query_index(query)
+    }
+}
+
 struct Harness {
     orchestrator: Orchestrator,
     store: Arc<dyn Store>,
@@ -60,8 +103,16 @@ struct Harness {
 }
 
 fn harness(panics: u32, settings: ActorSettings) -> Harness {
+    harness_with_store(panics, settings, |store| store)
+}
+
+fn harness_with_store(
+    panics: u32,
+    settings: ActorSettings,
+    wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let store: Arc<dyn Store> = wrap(Arc::new(SqliteStore::open(dir.path()).unwrap()));
     let random = Arc::new(SeededRandom::new(7));
     let (events, queue) = mpsc::channel(1024);
     let config = SimulatorConfig {
@@ -256,4 +307,39 @@ async fn many_accounts_progress_concurrently_with_per_account_order() {
         assert!(report.is_clean(), "{:?}", report.problems);
         assert_eq!(report.payments, 10);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_outcome_survives_transient_store_failures() {
+    // Write 1 creates the payment; writes 2 and 3 (applying the bank's
+    // answer) fail as a throttled or timed-out store would.
+    let h = harness_with_store(0, ActorSettings::default(), |inner| {
+        Arc::new(FlakyStore {
+            inner,
+            fail: vec![2, 3],
+            transactions: AtomicU32::new(0),
+        })
+    });
+    let payment = h
+        .orchestrator
+        .create_payment(create("acme", "req-1", 1000))
+        .await
+        .unwrap();
+    let processed = wait_until(&h.orchestrator, &payment, |p| {
+        p.state == PaymentState::Processed
+    })
+    .await;
+    assert_eq!(
+        processed
+            .history
+            .iter()
+            .filter(|t| t.to == PaymentState::Processed)
+            .count(),
+        1
+    );
+    let report = audit_account(h.store.as_ref(), &AccountId::new("acme").unwrap())
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.movements, 2);
 }

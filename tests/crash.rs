@@ -137,10 +137,7 @@ async fn kill_9_mid_stream_loses_nothing_and_doubles_nothing() {
         "graceful stop after the crashes: {status:?}"
     );
     let accounts: Vec<String> = (0..ACCOUNTS).map(|n| format!("crash-{n}")).collect();
-    verify_ledger(
-        server.data_dir(),
-        &accounts.iter().map(String::as_str).collect::<Vec<_>>(),
-    );
+    server.verify_ledger(&accounts.iter().map(String::as_str).collect::<Vec<_>>());
 }
 
 async fn check_after_restart(server: &Server, acked: &[Acked], sent_amounts: &HashSet<i64>) {

@@ -492,7 +492,7 @@ async fn twenty_concurrent_refunds_never_exceed_the_amount() {
     assert_eq!(settled.refunded_amount, Some(usd(900)));
     assert_eq!(state(&settled), State::PartiallyRefunded);
     assert_balances_match_payments(&mut client, "acme").await;
-    verify_ledger(server.data_dir(), &["acme"]);
+    server.verify_ledger(&["acme"]);
 }
 
 #[tokio::test]
@@ -564,7 +564,7 @@ async fn balances_equal_processed_minus_refunded() {
         wait_for(&mut client, name, is_settled).await;
     }
     assert_balances_match_payments(&mut client, "acme").await;
-    verify_ledger(server.data_dir(), &["acme"]);
+    server.verify_ledger(&["acme"]);
 }
 
 #[tokio::test]
@@ -621,7 +621,7 @@ async fn fees_are_kept_from_processed_payments() {
         .await
         .unwrap();
     wait_for(&mut client, &payment.name, is_settled).await;
-    verify_ledger(server.data_dir(), &["acme"]);
+    server.verify_ledger(&["acme"]);
 }
 
 #[tokio::test]

@@ -1,9 +1,36 @@
 #!/usr/bin/env bash
 # The project's test command (the README's, and what .ci/run runs):
-# formatting, lints, then every test (unit, property, store conformance,
-# actors, end-to-end over gRPC, kill -9 crash). Needs only the Rust toolchain.
+# formatting, lints, then every test (unit, property, store conformance on
+# SQLite and DynamoDB, actors, end-to-end over gRPC, kill -9 crash).
+#
+# Needs the Rust toolchain and python3. It installs a DynamoDB-API server
+# (moto[server], from PyPI, into .venv) and runs it on a free loopback port
+# for the duration of the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+MOTO_VERSION="5.2.5"
+VENV=".venv"
+if ! "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
+    echo "== installing moto[server] $MOTO_VERSION into $VENV"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
+fi
+
+echo "== starting the DynamoDB-API server"
+MOTO_PORT=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+mkdir -p target
+"$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" > target/moto-server.log 2>&1 &
+MOTO_PID=$!
+trap 'kill "$MOTO_PID" 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do
+    if "$VENV/bin/python" -c "import socket; socket.create_connection(('127.0.0.1', $MOTO_PORT), 0.2)" 2>/dev/null; then
+        break
+    fi
+    sleep 0.1
+done
+export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$MOTO_PORT"
+export AWS_ACCESS_KEY_ID="testing" AWS_SECRET_ACCESS_KEY="testing" AWS_REGION="us-east-1"
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -11,3 +38,5 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --all-targets
+echo "== end-to-end and kill -9 crash tests again, with --store dynamodb"
+PAYVISOR_TEST_STORE=dynamodb cargo test --locked --test e2e --test crash

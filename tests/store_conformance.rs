@@ -1,20 +1,37 @@
-//! The store conformance suite, run against the embedded SQLite store, plus
-//! what only a durable embedded store must show (survives reopening).
+//! The store conformance suite, run against every backend: the embedded
+//! SQLite store and DynamoDB (a DynamoDB-API server on loopback). Plus what
+//! only a durable embedded store must show (survives reopening).
+
+#[path = "common/dynamodb.rs"]
+mod dynamodb_server;
 
 use std::sync::Arc;
 
 use payvisor::store::sqlite::SqliteStore;
 use payvisor::store::{Condition, Item, Key, Store, WriteOp};
 
-/// A fresh SQLite store in its own directory (leaked so it outlives the test).
-async fn sqlite() -> Arc<dyn Store> {
+/// A fresh SQLite store in its own directory (kept so it outlives the test).
+async fn sqlite() -> Option<Arc<dyn Store>> {
     let dir = tempfile::tempdir().unwrap().keep();
-    Arc::new(SqliteStore::open(&dir).unwrap())
+    Some(Arc::new(SqliteStore::open(&dir).unwrap()))
+}
+
+/// A fresh DynamoDB table, or `None` when no endpoint is configured.
+async fn dynamodb() -> Option<Arc<dyn Store>> {
+    if !dynamodb_server::available("dynamodb conformance") {
+        return None;
+    }
+    Some(Arc::new(dynamodb_server::fresh_store("conformance").await))
 }
 
 mod sqlite_store {
     use super::*;
     payvisor::store_conformance_tests!(sqlite());
+}
+
+mod dynamodb_store {
+    use super::*;
+    payvisor::store_conformance_tests!(dynamodb());
 }
 
 #[tokio::test]
@@ -43,7 +60,7 @@ async fn committed_writes_survive_reopening() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_are_all_committed_through_group_commit() {
-    let store = sqlite().await;
+    let store = sqlite().await.unwrap();
     let tasks: Vec<_> = (0..2000)
         .map(|n| {
             let store = Arc::clone(&store);

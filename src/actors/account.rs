@@ -48,12 +48,29 @@ pub enum AccountMsg {
     FromChild(BankEvent),
     /// Timer: passivate if idle. Not counted either.
     IdleCheck,
+    /// Timer: try again work that failed for a transient reason (the store
+    /// was unavailable or kept conflicting). Not counted.
+    Retry {
+        work: RetryableWork,
+        attempt: u32,
+    },
+}
+
+/// Work that must not be dropped when the store fails transiently: a bank
+/// outcome not yet applied, a payment not yet resumed.
+#[derive(Clone, Debug)]
+pub enum RetryableWork {
+    Bank(BankEvent),
+    Resume(PaymentId),
 }
 
 impl AccountMsg {
     /// Whether the directory counted this message when sending it.
     fn via_directory(&self) -> bool {
-        !matches!(self, AccountMsg::FromChild(_) | AccountMsg::IdleCheck)
+        !matches!(
+            self,
+            AccountMsg::FromChild(_) | AccountMsg::IdleCheck | AccountMsg::Retry { .. }
+        )
     }
 }
 
@@ -72,6 +89,9 @@ pub struct AccountState {
     restarts: HashMap<PaymentId, u32>,
     /// Messages received through the directory (see passivation).
     received: u64,
+    /// Scheduled retries not yet run: the actor must not passivate while
+    /// any is pending, or the work would be lost with it.
+    retries_pending: u32,
     last_activity: Instant,
     idle_timer: Option<tokio::task::JoinHandle<()>>,
 }
@@ -97,6 +117,7 @@ impl Actor for AccountActor {
             child_payments: HashMap::new(),
             restarts: HashMap::new(),
             received: 0,
+            retries_pending: 0,
             last_activity: Instant::now(),
             idle_timer: None,
         })
@@ -143,16 +164,18 @@ impl Actor for AccountActor {
                 let _ = reply.send(result);
             }
             AccountMsg::Bank(event) | AccountMsg::FromChild(event) => {
-                if let Err(error) = state.on_bank_event(&myself, &event).await {
-                    // The payment stays as persisted (e.g. SENT); re-drive
-                    // (start-up recovery, the watchdog) picks it up again.
-                    tracing::error!(payment = %event.payment_name(), %error, "bank outcome not applied");
-                }
+                state
+                    .run_retryable(&myself, RetryableWork::Bank(event), 1)
+                    .await;
             }
             AccountMsg::Resume(payment) => {
-                if let Err(error) = state.resume(&myself, &payment).await {
-                    tracing::error!(account = %state.account, %payment, %error, "resume failed");
-                }
+                state
+                    .run_retryable(&myself, RetryableWork::Resume(payment), 1)
+                    .await;
+            }
+            AccountMsg::Retry { work, attempt } => {
+                state.retries_pending -= 1;
+                state.run_retryable(&myself, work, attempt).await;
             }
             AccountMsg::IdleCheck => state.maybe_passivate(&myself),
         }
@@ -178,9 +201,9 @@ impl Actor for AccountActor {
                     return Ok(());
                 }
                 // Restart from the persisted state: re-drive its pending step.
-                if let Err(error) = state.resume(&myself, &payment).await {
-                    tracing::error!(account = %state.account, %payment, %error, "restart failed");
-                }
+                state
+                    .run_retryable(&myself, RetryableWork::Resume(payment), 1)
+                    .await;
             }
             SupervisionEvent::ActorTerminated(child, _, _) => {
                 state.forget_child(child.get_id());
@@ -628,10 +651,43 @@ impl AccountState {
         Some(payment)
     }
 
+    /// Runs a bank outcome or a resume. On a transient failure it is tried
+    /// again later with back-off, a bounded number of times; after that the
+    /// payment stays as persisted and re-drive (start-up recovery, the
+    /// watchdog) picks it up.
+    async fn run_retryable(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        work: RetryableWork,
+        attempt: u32,
+    ) {
+        let result = match &work {
+            RetryableWork::Bank(event) => self.on_bank_event(myself, event).await,
+            RetryableWork::Resume(payment) => self.resume(myself, payment).await,
+        };
+        let Err(error) = result else { return };
+        let transient = matches!(error, CommandError::Unavailable(_) | CommandError::Conflict);
+        if !transient || attempt >= limits::ACTOR_RETRY_ATTEMPTS_MAX {
+            tracing::error!(account = %self.account, ?work, %error, attempt, "giving up; left for re-drive");
+            return;
+        }
+        let delay = limits::ACTOR_RETRY_BACKOFF_INITIAL
+            .saturating_mul(1 << (attempt - 1).min(16))
+            .min(limits::ACTOR_RETRY_BACKOFF_MAX);
+        tracing::warn!(account = %self.account, ?work, %error, attempt, ?delay, "transient failure; will retry");
+        self.retries_pending += 1;
+        let next = attempt + 1;
+        myself.send_after(delay, move || AccountMsg::Retry {
+            work,
+            attempt: next,
+        });
+    }
+
     fn maybe_passivate(&mut self, myself: &ActorRef<AccountMsg>) {
         let idle = self.last_activity.elapsed() >= self.shared.settings.passivate_after;
         if idle
             && self.children.is_empty()
+            && self.retries_pending == 0
             && self
                 .shared
                 .directory

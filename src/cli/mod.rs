@@ -5,9 +5,6 @@
 
 mod render;
 
-use std::path::PathBuf;
-use std::sync::Arc;
-
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use tonic::transport::Channel;
@@ -94,11 +91,11 @@ pub enum AccountsCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum LedgerCommand {
-    /// Check an account's books in a data directory: every movement balances,
+    /// Check an account's books in the store: every movement balances,
     /// balances equal the fold of movements and what the payments imply.
     Verify {
-        #[arg(long, env = "PAYVISOR_DATA_DIR", default_value = "./data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        store: crate::config::StoreArgs,
         /// Accounts to check (repeatable).
         #[arg(long = "account", required = true)]
         accounts: Vec<String>,
@@ -275,8 +272,8 @@ pub async fn accounts(options: &ClientOptions, command: AccountsCommand) -> anyh
 
 /// Runs `ledger verify`; fails (exit 1) when any account's books are off.
 pub async fn ledger(json: bool, command: LedgerCommand) -> anyhow::Result<()> {
-    let LedgerCommand::Verify { data_dir, accounts } = command;
-    let store = Arc::new(crate::store::sqlite::SqliteStore::open(&data_dir)?);
+    let LedgerCommand::Verify { store, accounts } = command;
+    let store = store.validate()?.open().await?;
     let mut clean = true;
     let mut reports = Vec::new();
     for account in accounts {

@@ -11,6 +11,7 @@
 //! lost ownership of an account, fails instead of overwriting.
 
 pub mod conformance;
+pub mod dynamodb;
 pub mod schema;
 pub mod sqlite;
 

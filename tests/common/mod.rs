@@ -1,6 +1,9 @@
 //! Test harness: runs the real `payvisor` binary on a free loopback port with
-//! its own data directory, and talks to it over real gRPC.
+//! its own data directory (or, with `PAYVISOR_TEST_STORE=dynamodb`, its own
+//! DynamoDB table), and talks to it over real gRPC.
 #![allow(dead_code)]
+
+pub mod dynamodb;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -22,25 +25,51 @@ pub struct Server {
     process: Child,
     pub address: String,
     pub data_dir: PathBuf,
+    /// Which store the server uses (`--store …`), shared by `ledger verify`.
+    store_args: Vec<String>,
     extra_args: Vec<String>,
     /// Keeps the temporary directory alive for the server's lifetime.
     _temp: Option<tempfile::TempDir>,
 }
 
 impl Server {
-    /// Starts a server on a fresh data directory.
+    /// Starts a server on a fresh data directory (and a fresh table, on
+    /// DynamoDB).
     pub fn start(extra_args: &[&str]) -> Server {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().to_path_buf();
-        let extra_args: Vec<String> = extra_args.iter().map(|arg| arg.to_string()).collect();
-        let (process, address) = spawn(&data_dir, &extra_args);
+        let store_args = store_args();
+        let mut all_args = store_args.clone();
+        all_args.extend(extra_args.iter().map(|arg| arg.to_string()));
+        let (process, address) = spawn(&data_dir, &all_args);
         Server {
             process,
             address,
             data_dir,
-            extra_args,
+            store_args,
+            extra_args: all_args,
             _temp: Some(temp),
         }
+    }
+
+    /// Runs `payvisor ledger verify` on this server's store; panics unless
+    /// every account's books are clean.
+    pub fn verify_ledger(&self, accounts: &[&str]) {
+        let mut command = Command::new(BINARY);
+        command
+            .args(["ledger", "verify", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(&self.store_args);
+        for account in accounts {
+            command.args(["--account", account]);
+        }
+        let output = command.output().expect("run ledger verify");
+        assert!(
+            output.status.success(),
+            "ledger verify failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     pub async fn client(&self) -> PaymentServiceClient<Channel> {
@@ -317,20 +346,34 @@ pub async fn assert_balances_match_payments(
     );
 }
 
-/// Runs `payvisor ledger verify` on a data directory; panics unless clean.
-pub fn verify_ledger(data_dir: &Path, accounts: &[&str]) {
-    let mut command = Command::new(BINARY);
-    command
-        .args(["ledger", "verify", "--data-dir"])
-        .arg(data_dir);
-    for account in accounts {
-        command.args(["--account", account]);
+/// The store flags for servers under test: the embedded store by default,
+/// a fresh DynamoDB table (created with `payvisor dynamodb create-table`)
+/// when `PAYVISOR_TEST_STORE=dynamodb`.
+fn store_args() -> Vec<String> {
+    match std::env::var("PAYVISOR_TEST_STORE").as_deref() {
+        Ok("dynamodb") => {
+            assert!(
+                dynamodb::available("e2e on dynamodb"),
+                "PAYVISOR_TEST_STORE=dynamodb needs AWS_ENDPOINT_URL_DYNAMODB"
+            );
+            let table = dynamodb::fresh_table("e2e");
+            let output = Command::new(BINARY)
+                .args(["dynamodb", "create-table", "--table", &table])
+                .output()
+                .expect("run dynamodb create-table");
+            assert!(
+                output.status.success(),
+                "create-table failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            vec![
+                "--store".into(),
+                "dynamodb".into(),
+                "--dynamodb-table".into(),
+                table,
+            ]
+        }
+        Ok("sqlite") | Err(_) => Vec::new(),
+        Ok(other) => panic!("PAYVISOR_TEST_STORE={other}: expected sqlite or dynamodb"),
     }
-    let output = command.output().expect("run ledger verify");
-    assert!(
-        output.status.success(),
-        "ledger verify failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
