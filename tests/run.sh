@@ -4,8 +4,8 @@
 # SQLite and DynamoDB, actors, end-to-end over gRPC, kill -9 crash).
 #
 # Needs the Rust toolchain and python3. It installs a DynamoDB-API server
-# (moto[server], from PyPI, into .venv) and runs it on a free loopback port
-# for the duration of the tests.
+# (moto[server], from PyPI, into .venv; it brings boto3 and cfn-lint along)
+# and runs it on a free loopback port for the duration of the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,5 +38,9 @@ echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --all-targets
+echo "== cfn-lint deploy/cloudformation"
+"$VENV/bin/cfn-lint" deploy/cloudformation/*.yaml
+echo "== the CloudFormation template and create-table define the same table"
+"$VENV/bin/python" tests/cloudformation_matches_create_table.py target/debug/payvisor
 echo "== end-to-end and kill -9 crash tests again, with --store dynamodb"
 PAYVISOR_TEST_STORE=dynamodb cargo test --locked --test e2e --test crash

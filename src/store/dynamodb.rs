@@ -526,3 +526,68 @@ impl Store for DynamoDbStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_dynamodb::types::CancellationReason;
+
+    use super::*;
+
+    fn ops() -> Vec<WriteOp> {
+        (0..3)
+            .map(|n| WriteOp::Check {
+                key: Key::new("p", format!("s{n}")),
+                condition: Condition::NotExists,
+            })
+            .collect()
+    }
+
+    fn reasons(codes: &[&str]) -> Vec<CancellationReason> {
+        codes
+            .iter()
+            .map(|code| CancellationReason::builder().code(*code).build())
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_condition_names_its_action() {
+        let error = DynamoDbStore::cancelled(
+            &ops(),
+            &reasons(&["None", "ConditionalCheckFailed", "None"]),
+        );
+        assert_eq!(
+            error,
+            Some(StoreError::ConditionFailed {
+                index: 1,
+                key: Key::new("p", "s1")
+            })
+        );
+    }
+
+    #[test]
+    fn a_conflict_is_retried_and_the_rest_is_classified() {
+        assert_eq!(
+            DynamoDbStore::cancelled(&ops(), &reasons(&["None", "TransactionConflict", "None"])),
+            None
+        );
+        assert!(matches!(
+            DynamoDbStore::cancelled(&ops(), &reasons(&["ValidationError", "None", "None"])),
+            Some(StoreError::InvalidWrite(_))
+        ));
+        for throttled in ["ThrottlingError", "ProvisionedThroughputExceeded"] {
+            assert!(matches!(
+                DynamoDbStore::cancelled(&ops(), &reasons(&["None", throttled, "None"])),
+                Some(StoreError::Unavailable(_))
+            ));
+        }
+        // A condition failure wins over a conflict: the write can never apply.
+        let error = DynamoDbStore::cancelled(
+            &ops(),
+            &reasons(&["TransactionConflict", "None", "ConditionalCheckFailed"]),
+        );
+        assert!(matches!(
+            error,
+            Some(StoreError::ConditionFailed { index: 2, .. })
+        ));
+    }
+}

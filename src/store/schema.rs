@@ -249,3 +249,60 @@ pub async fn open_payments(
         .collect::<Result<Vec<_>, _>>()?;
     Ok((names, page.next))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::payment::{self, Policy, RefundState};
+    use crate::domain::{Currency, Money, Timestamp};
+    use crate::limits;
+
+    /// DynamoDB items are limited to 400 KB. The largest payment the limits
+    /// allow must stay far below that: under a quarter of it.
+    #[test]
+    fn the_largest_payment_item_stays_far_below_dynamodbs_item_limit() {
+        let usd = Currency::from_code("USD").unwrap();
+        let metadata: BTreeMap<String, String> = (0..limits::METADATA_ENTRIES_MAX)
+            .map(|n| {
+                (
+                    format!("{n:0width$}", width = limits::METADATA_KEY_BYTES_MAX),
+                    "v".repeat(limits::METADATA_VALUE_BYTES_MAX),
+                )
+            })
+            .collect();
+        let new = payment::NewPayment {
+            account: AccountId::new("a".repeat(limits::RESOURCE_ID_CHARS_MAX)).unwrap(),
+            id: PaymentId::new("p".repeat(limits::RESOURCE_ID_CHARS_MAX)).unwrap(),
+            amount: Money::from_minor(usd, limits::AMOUNT_MINOR_MAX),
+            metadata,
+        };
+        let at = Timestamp::from_unix_millis(1);
+        let mut payment = payment::create(new, at, &Policy::default())
+            .unwrap()
+            .payment;
+        payment = payment
+            .on_bank_outcome(&payment::BankOutcome::Processed, at, &Policy::default())
+            .unwrap()
+            .unwrap()
+            .payment;
+        let reason = "r".repeat(limits::REFUND_REASON_BYTES_MAX);
+        for _ in 0..limits::REFUNDS_PER_PAYMENT_MAX {
+            payment = payment
+                .request_refund(Some(Money::from_minor(usd, 1)), &reason, at)
+                .unwrap()
+                .payment;
+        }
+        for refund in payment.refunds.iter_mut() {
+            refund.state = RefundState::Failed;
+            refund.failure_reason = Some(reason.clone());
+        }
+        while payment.history.len() < limits::HISTORY_ENTRIES_MAX {
+            payment.history.push(payment.history[0].clone());
+        }
+        let item = payment_item(&payment, u64::MAX);
+        let bytes = item.body.len() + item.key.pk.len() + item.key.sk.len() + 100;
+        assert!(bytes < 100 * 1024, "largest payment item is {bytes} bytes");
+    }
+}
