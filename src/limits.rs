@@ -38,6 +38,12 @@ pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 pub const PAGE_SIZE_DEFAULT: usize = 50;
 pub const PAGE_SIZE_MAX: usize = 500;
 
+/// Sub-partitions an account's payments, movements and idempotency records
+/// are spread over (and shards of the pending-work index), so that one busy
+/// account is not capped by one DynamoDB partition (~1,000 write units/s).
+/// Part of the stored key layout: changing it needs a data migration.
+pub const ACCOUNT_SHARDS: usize = 16;
+
 /// Items in one atomic write: DynamoDB's TransactWriteItems bound.
 pub const TRANSACT_ITEMS_MAX: usize = 100;
 /// Writes waiting for the embedded store's writer thread. Beyond this,

@@ -2,15 +2,24 @@
 //! idempotency records map onto items. The only module that knows key
 //! formats.
 //!
-//! | item        | pk          | sk                  | index (sparse)                 |
-//! |-------------|-------------|---------------------|--------------------------------|
-//! | account     | `A#{acct}`  | `ACCOUNT`           | –                              |
-//! | payment     | `A#{acct}`  | `P#{payment}`       | `OPEN`, `{acct}/{payment}` while it has pending work |
-//! | movement    | `A#{acct}`  | `M#{seq:020}`       | –                              |
-//! | idempotency | `A#{acct}`  | `I#{request_id}`    | –                              |
+//! | item        | pk                  | sk               | index (sparse)                                      |
+//! |-------------|---------------------|------------------|-----------------------------------------------------|
+//! | account     | `A#{acct}`          | `ACCOUNT`        | –                                                   |
+//! | payment     | `A#{acct}#{shard}`  | `P#{payment}`    | `OPEN#{nn}` / `{acct}/{payment}` while it has pending work |
+//! | movement    | `A#{acct}#{shard}`  | `M#{seq:020}`    | –                                                   |
+//! | idempotency | `A#{acct}#{shard}`  | `I#{request_id}` | –                                                   |
 //!
-//! Everything of one account shares a partition, so one atomic write covers a
-//! payment, its movement, the account balances and the idempotency record.
+//! **Hot accounts.** A DynamoDB partition takes about 1,000 write units per
+//! second, and one command writes a payment, a movement, an idempotency
+//! record and the account item. So that one busy account is not capped by one
+//! partition, its items are spread over [`limits::ACCOUNT_SHARDS`]
+//! sub-partitions by a stable hash of the payment id (payment and its
+//! movements) or of the request id (idempotency record). Only the small
+//! account item (balances, movement count) is shared; it is written once per
+//! command and keeps the balance invariants exact at account level. Lists
+//! merge the shards by sort key. The pending-work index is sharded the same
+//! way (`OPEN#00`…), or it would be one hot partition for the whole system.
+//! One atomic write may span partitions (DynamoDB transactions do).
 //! Ids never contain `#` or `/` (checked at construction), so keys are
 //! unambiguous.
 
@@ -20,13 +29,15 @@ use super::{IndexKey, IndexQuery, Item, Key, Query, Store, StoreError};
 use crate::domain::payment::Payment;
 use crate::domain::{AccountId, PaymentId, PaymentName, RequestId, Timestamp};
 use crate::ledger::{Balances, Movement};
+use crate::limits;
 
 pub const ACCOUNT_SK: &str = "ACCOUNT";
 pub const PAYMENT_SK_PREFIX: &str = "P#";
 pub const MOVEMENT_SK_PREFIX: &str = "M#";
 pub const IDEMPOTENCY_SK_PREFIX: &str = "I#";
-/// Index partition of payments with pending work (recovery sweeps it).
-pub const OPEN_PAYMENTS_INDEX: &str = "OPEN";
+/// Index partitions of payments with pending work (recovery sweeps them):
+/// `OPEN#00` to `OPEN#{ACCOUNT_SHARDS - 1}`.
+pub const OPEN_PAYMENTS_INDEX_PREFIX: &str = "OPEN#";
 
 /// A decoded item with the version its next writer must condition on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,30 +67,61 @@ pub struct IdempotencyRecord {
     pub expires_at: Timestamp,
 }
 
-pub fn partition(account: &AccountId) -> String {
+/// FNV-1a: a hash that never changes across processes, platforms or Rust
+/// versions (keys are stored; std's hasher makes no such promise).
+fn stable_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Which of an account's sub-partitions an id belongs to.
+pub fn shard_of(id: &str) -> usize {
+    (stable_hash(id) % limits::ACCOUNT_SHARDS as u64) as usize
+}
+
+/// The account item's partition.
+pub fn account_partition(account: &AccountId) -> String {
     format!("A#{account}")
 }
 
+/// One of an account's sub-partitions.
+pub fn shard_partition(account: &AccountId, shard: usize) -> String {
+    format!("A#{account}#{shard:02}")
+}
+
 pub fn account_key(account: &AccountId) -> Key {
-    Key::new(partition(account), ACCOUNT_SK)
+    Key::new(account_partition(account), ACCOUNT_SK)
 }
 
 pub fn payment_key(account: &AccountId, payment: &PaymentId) -> Key {
-    Key::new(partition(account), format!("{PAYMENT_SK_PREFIX}{payment}"))
+    Key::new(
+        shard_partition(account, shard_of(payment.as_str())),
+        format!("{PAYMENT_SK_PREFIX}{payment}"),
+    )
 }
 
-pub fn movement_key(account: &AccountId, sequence: u64) -> Key {
+/// A movement lives beside its payment.
+pub fn movement_key(account: &AccountId, payment: &PaymentId, sequence: u64) -> Key {
     Key::new(
-        partition(account),
-        format!("{MOVEMENT_SK_PREFIX}{sequence:020}"),
+        shard_partition(account, shard_of(payment.as_str())),
+        movement_sk(sequence),
     )
+}
+
+fn movement_sk(sequence: u64) -> String {
+    format!("{MOVEMENT_SK_PREFIX}{sequence:020}")
 }
 
 pub fn idempotency_key(account: &AccountId, request_id: &RequestId) -> Key {
     Key::new(
-        partition(account),
+        shard_partition(account, shard_of(request_id.as_str())),
         format!("{IDEMPOTENCY_SK_PREFIX}{}", request_id.as_str()),
     )
+}
+
+fn open_index_partition(shard: usize) -> String {
+    format!("{OPEN_PAYMENTS_INDEX_PREFIX}{shard:02}")
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -100,9 +142,12 @@ fn versioned<T: DeserializeOwned>(item: Item) -> Result<Versioned<T>, StoreError
 }
 
 pub fn payment_item(payment: &Payment, version: u64) -> Item {
-    let index = payment.has_pending_work().then(|| IndexKey {
-        pk: OPEN_PAYMENTS_INDEX.into(),
-        sk: format!("{}/{}", payment.account, payment.id),
+    let index = payment.has_pending_work().then(|| {
+        let sk = format!("{}/{}", payment.account, payment.id);
+        IndexKey {
+            pk: open_index_partition(shard_of(&sk)),
+            sk,
+        }
     });
     Item {
         key: payment_key(&payment.account, &payment.id),
@@ -123,7 +168,7 @@ pub fn account_item(account: &AccountId, record: &AccountRecord, version: u64) -
 
 pub fn movement_item(account: &AccountId, sequence: u64, movement: &Movement) -> Item {
     Item {
-        key: movement_key(account, sequence),
+        key: movement_key(account, &movement.payment, sequence),
         version: 1,
         body: encode(movement),
         index: None,
@@ -176,6 +221,36 @@ pub async fn load_idempotency(
     }
 }
 
+/// Reads up to `limit` + 1 items after `start_after` from every shard of an
+/// account and merges them by sort key: the first `limit` of the merge are
+/// the next page of the whole account (each shard is sorted, so nothing
+/// before them can be missing). Returns the page and whether more exist.
+async fn merged_page(
+    store: &dyn Store,
+    account: &AccountId,
+    sk_prefix: &str,
+    start_after: Option<String>,
+    limit: usize,
+) -> Result<(Vec<Item>, bool), StoreError> {
+    let limit = limit.max(1);
+    let mut items = Vec::new();
+    for shard in 0..limits::ACCOUNT_SHARDS {
+        let page = store
+            .query(Query {
+                pk: shard_partition(account, shard),
+                sk_prefix: sk_prefix.into(),
+                start_after: start_after.clone(),
+                limit: limit + 1,
+            })
+            .await?;
+        items.extend(page.items);
+    }
+    items.sort_by(|a, b| a.key.sk.cmp(&b.key.sk));
+    let more = items.len() > limit;
+    items.truncate(limit);
+    Ok((items, more))
+}
+
 /// One page of an account's payments, in payment id order.
 pub async fn list_payments(
     store: &dyn Store,
@@ -183,26 +258,16 @@ pub async fn list_payments(
     start_after: Option<&PaymentId>,
     limit: usize,
 ) -> Result<(Vec<Payment>, Option<PaymentId>), StoreError> {
-    let page = store
-        .query(Query {
-            pk: partition(account),
-            sk_prefix: PAYMENT_SK_PREFIX.into(),
-            start_after: start_after.map(|id| format!("{PAYMENT_SK_PREFIX}{id}")),
-            limit,
-        })
-        .await?;
-    let payments = page
-        .items
+    let start_after = start_after.map(|id| format!("{PAYMENT_SK_PREFIX}{id}"));
+    let (items, more) = merged_page(store, account, PAYMENT_SK_PREFIX, start_after, limit).await?;
+    let payments = items
         .iter()
         .map(decode)
         .collect::<Result<Vec<Payment>, _>>()?;
-    let next = match page.next {
-        Some(sk) => Some(
-            sk.strip_prefix(PAYMENT_SK_PREFIX)
-                .and_then(|id| PaymentId::new(id).ok())
-                .ok_or_else(|| StoreError::Corrupt(format!("payment sort key {sk}")))?,
-        ),
-        None => None,
+    let next = if more {
+        payments.last().map(|payment| payment.id.clone())
+    } else {
+        None
     };
     Ok((payments, next))
 }
@@ -215,39 +280,53 @@ pub async fn list_movements(
     from: u64,
     limit: usize,
 ) -> Result<Vec<Movement>, StoreError> {
-    let start_after = from
-        .checked_sub(1)
-        .map(|previous| movement_key(account, previous).sk);
-    let page = store
-        .query(Query {
-            pk: partition(account),
-            sk_prefix: MOVEMENT_SK_PREFIX.into(),
-            start_after,
-            limit,
-        })
-        .await?;
-    page.items.iter().map(decode).collect()
+    let start_after = from.checked_sub(1).map(movement_sk);
+    let (items, _) = merged_page(store, account, MOVEMENT_SK_PREFIX, start_after, limit).await?;
+    items.iter().map(decode).collect()
 }
 
-/// One page of payments with pending work, across all accounts.
+/// One page of payments with pending work, across all accounts. The token
+/// is `{index shard}:{last index sort key}`; shards are read in turn.
 pub async fn open_payments(
     store: &dyn Store,
-    start_after: Option<String>,
+    token: Option<String>,
     limit: usize,
 ) -> Result<(Vec<PaymentName>, Option<String>), StoreError> {
-    let page = store
-        .query_index(IndexQuery {
-            index_pk: OPEN_PAYMENTS_INDEX.into(),
-            start_after,
-            limit,
-        })
-        .await?;
-    let names = page
-        .items
-        .iter()
-        .map(|item| decode::<Payment>(item).map(|payment| payment.name()))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((names, page.next))
+    let (mut shard, mut start_after) =
+        match token.as_deref().and_then(|token| token.split_once(':')) {
+            Some((shard, after)) => (
+                shard
+                    .parse::<usize>()
+                    .map_err(|_| StoreError::Corrupt(format!("recovery token {token:?}")))?,
+                Some(after.to_owned()).filter(|after| !after.is_empty()),
+            ),
+            None => (0, None),
+        };
+    while shard < limits::ACCOUNT_SHARDS {
+        let page = store
+            .query_index(IndexQuery {
+                index_pk: open_index_partition(shard),
+                start_after: start_after.take(),
+                limit,
+            })
+            .await?;
+        let names = page
+            .items
+            .iter()
+            .map(|item| decode::<Payment>(item).map(|payment| payment.name()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = match page.next {
+            Some(after) => Some(format!("{shard}:{after}")),
+            None if shard + 1 < limits::ACCOUNT_SHARDS => Some(format!("{}:", shard + 1)),
+            None => None,
+        };
+        if !names.is_empty() || next.is_none() {
+            return Ok((names, next));
+        }
+        // An empty shard: move on without a round trip to the caller.
+        shard += 1;
+    }
+    Ok((Vec::new(), None))
 }
 
 #[cfg(test)]
@@ -257,10 +336,49 @@ mod tests {
     use super::*;
     use crate::domain::payment::{self, Policy, RefundState};
     use crate::domain::{Currency, Money, Timestamp};
-    use crate::limits;
 
     /// DynamoDB items are limited to 400 KB. The largest payment the limits
     /// allow must stay far below that: under a quarter of it.
+    /// One busy account's items spread evenly over its sub-partitions.
+    #[test]
+    fn a_hot_accounts_items_spread_over_every_shard() {
+        let account = AccountId::new("hot").unwrap();
+        let mut per_partition = std::collections::HashMap::new();
+        for n in 0..16_000 {
+            let payment = PaymentId::new(format!("pay_{n}")).unwrap();
+            *per_partition
+                .entry(payment_key(&account, &payment).pk)
+                .or_insert(0) += 1;
+            let request = RequestId::new(format!("req-{n}")).unwrap();
+            *per_partition
+                .entry(idempotency_key(&account, &request).pk)
+                .or_insert(0) += 1;
+        }
+        assert_eq!(per_partition.len(), limits::ACCOUNT_SHARDS);
+        // Even within ±15%: no sub-partition takes much more than its share.
+        let share = 32_000 / limits::ACCOUNT_SHARDS;
+        for (partition, count) in per_partition {
+            assert!(
+                count > share * 85 / 100 && count < share * 115 / 100,
+                "{partition}: {count} of {share}"
+            );
+        }
+        assert!(!payment_key(&account, &PaymentId::new("x").unwrap())
+            .pk
+            .ends_with(ACCOUNT_SK));
+    }
+
+    /// Keys are stored: the shard of an id must never change.
+    #[test]
+    fn shards_are_stable() {
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(
+            shard_partition(&AccountId::new("acme").unwrap(), shard_of("pay_1")),
+            format!("A#acme#{:02}", shard_of("pay_1"))
+        );
+    }
+
     #[test]
     fn the_largest_payment_item_stays_far_below_dynamodbs_item_limit() {
         let usd = Currency::from_code("USD").unwrap();
