@@ -20,7 +20,9 @@ fi
 echo "== starting the DynamoDB-API server"
 MOTO_PORT=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p target
-"$VENV/bin/moto_server" -H 127.0.0.1 -p "$MOTO_PORT" > target/moto-server.log 2>&1 &
+# moto's server, serving one request at a time so that its transactions are
+# atomic under concurrency (see tests/dynamodb_server.py).
+"$VENV/bin/python" tests/dynamodb_server.py "$MOTO_PORT" > target/moto-server.log 2>&1 &
 MOTO_PID=$!
 trap 'kill "$MOTO_PID" 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do
