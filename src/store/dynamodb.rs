@@ -230,71 +230,52 @@ impl DynamoDbStore {
     }
 
     fn transact_item(&self, op: &WriteOp) -> Result<TransactWriteItem, StoreError> {
-        let condition = |condition: &Condition| match condition {
-            Condition::NotExists => ("attribute_not_exists(pk)".to_owned(), None),
-            Condition::VersionIs(version) => (
-                "#v = :v".to_owned(),
-                Some(AttributeValue::N(version.to_string())),
-            ),
-        };
         let invalid = |error: aws_sdk_dynamodb::error::BuildError| {
             StoreError::InvalidWrite(error.to_string())
         };
+        let (expression, names, values) = condition_expression(match op {
+            WriteOp::Put { condition, .. }
+            | WriteOp::Delete { condition, .. }
+            | WriteOp::Check { condition, .. } => condition,
+        });
+        let item = TransactWriteItem::builder();
         Ok(match op {
-            WriteOp::Put {
-                item,
-                condition: expected,
-            } => {
-                let (expression, value) = condition(expected);
-                let mut put = Put::builder()
-                    .table_name(&self.table)
-                    .set_item(Some(Self::item_attributes(item)))
-                    .condition_expression(expression);
-                if let Some(value) = value {
-                    put = put
-                        .expression_attribute_names("#v", "v")
-                        .expression_attribute_values(":v", value);
-                }
-                TransactWriteItem::builder()
-                    .put(put.build().map_err(invalid)?)
-                    .build()
-            }
-            WriteOp::Delete {
-                key,
-                condition: expected,
-            } => {
-                let (expression, value) = condition(expected);
-                let mut delete = Delete::builder()
-                    .table_name(&self.table)
-                    .set_key(Some(Self::key_attributes(key)))
-                    .condition_expression(expression);
-                if let Some(value) = value {
-                    delete = delete
-                        .expression_attribute_names("#v", "v")
-                        .expression_attribute_values(":v", value);
-                }
-                TransactWriteItem::builder()
-                    .delete(delete.build().map_err(invalid)?)
-                    .build()
-            }
-            WriteOp::Check {
-                key,
-                condition: expected,
-            } => {
-                let (expression, value) = condition(expected);
-                let mut check = ConditionCheck::builder()
-                    .table_name(&self.table)
-                    .set_key(Some(Self::key_attributes(key)))
-                    .condition_expression(expression);
-                if let Some(value) = value {
-                    check = check
-                        .expression_attribute_names("#v", "v")
-                        .expression_attribute_values(":v", value);
-                }
-                TransactWriteItem::builder()
-                    .condition_check(check.build().map_err(invalid)?)
-                    .build()
-            }
+            WriteOp::Put { item: stored, .. } => item
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(Self::item_attributes(stored)))
+                        .condition_expression(expression)
+                        .set_expression_attribute_names(names)
+                        .set_expression_attribute_values(values)
+                        .build()
+                        .map_err(invalid)?,
+                )
+                .build(),
+            WriteOp::Delete { key, .. } => item
+                .delete(
+                    Delete::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(Self::key_attributes(key)))
+                        .condition_expression(expression)
+                        .set_expression_attribute_names(names)
+                        .set_expression_attribute_values(values)
+                        .build()
+                        .map_err(invalid)?,
+                )
+                .build(),
+            WriteOp::Check { key, .. } => item
+                .condition_check(
+                    ConditionCheck::builder()
+                        .table_name(&self.table)
+                        .set_key(Some(Self::key_attributes(key)))
+                        .condition_expression(expression)
+                        .set_expression_attribute_names(names)
+                        .set_expression_attribute_values(values)
+                        .build()
+                        .map_err(invalid)?,
+                )
+                .build(),
         })
     }
 
@@ -405,6 +386,24 @@ impl DynamoDbStore {
             None
         };
         Ok(Page { items, next })
+    }
+}
+
+type AttributeNames = Option<HashMap<String, String>>;
+type AttributeValues = Option<HashMap<String, AttributeValue>>;
+
+/// A condition as a DynamoDB condition expression with its placeholders.
+fn condition_expression(condition: &Condition) -> (String, AttributeNames, AttributeValues) {
+    match condition {
+        Condition::NotExists => ("attribute_not_exists(pk)".to_owned(), None, None),
+        Condition::VersionIs(version) => (
+            "#v = :v".to_owned(),
+            Some(HashMap::from([("#v".to_owned(), "v".to_owned())])),
+            Some(HashMap::from([(
+                ":v".to_owned(),
+                AttributeValue::N(version.to_string()),
+            )])),
+        ),
     }
 }
 
