@@ -154,6 +154,27 @@ fn harness_on(
     }
 }
 
+/// Processed exactly once: one PROCESSED transition, clean books, and two
+/// movements (one for sending, one for processing).
+async fn assert_processed_once(h: &Harness, processed: &Payment) {
+    assert_eq!(
+        processed
+            .history
+            .iter()
+            .filter(|t| t.to == PaymentState::Processed)
+            .count(),
+        1
+    );
+    let report = audit_account(h.store.as_ref(), &processed.account)
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(
+        report.movements, 2,
+        "one movement for sending, one for processing"
+    );
+}
+
 fn usd(minor: i64) -> Money {
     Money::from_minor(Currency::from_code("USD").unwrap(), minor)
 }
@@ -200,22 +221,10 @@ async fn a_panicking_payment_actor_is_restarted_from_persisted_state_and_nothing
 
     // Two panics, then the third submission went through: restarted twice.
     assert_eq!(h.connector.submissions.load(Ordering::SeqCst), 3);
-    assert_eq!(
-        processed
-            .history
-            .iter()
-            .filter(|t| t.to == PaymentState::Processed)
-            .count(),
-        1
-    );
-    let report = audit_account(h.store.as_ref(), &AccountId::new("acme").unwrap())
+    assert_processed_once(&h, &processed).await;
+    let report = audit_account(h.store.as_ref(), &processed.account)
         .await
         .unwrap();
-    assert!(report.is_clean(), "{:?}", report.problems);
-    assert_eq!(
-        report.movements, 2,
-        "one movement for sending, one for processing"
-    );
     assert_eq!(
         report.balances.currency(usd(0).currency()).available,
         usd(1000)
@@ -341,19 +350,7 @@ async fn a_bank_outcome_survives_transient_store_failures() {
         p.state == PaymentState::Processed
     })
     .await;
-    assert_eq!(
-        processed
-            .history
-            .iter()
-            .filter(|t| t.to == PaymentState::Processed)
-            .count(),
-        1
-    );
-    let report = audit_account(h.store.as_ref(), &AccountId::new("acme").unwrap())
-        .await
-        .unwrap();
-    assert!(report.is_clean(), "{:?}", report.problems);
-    assert_eq!(report.movements, 2);
+    assert_processed_once(&h, &processed).await;
 }
 
 /// Two orchestrators on one store (two nodes that both think they own an

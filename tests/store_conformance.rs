@@ -7,8 +7,9 @@ mod dynamodb_server;
 
 use std::sync::Arc;
 
+use payvisor::store::conformance::{item, put};
 use payvisor::store::sqlite::SqliteStore;
-use payvisor::store::{Condition, Item, Key, Store, WriteOp};
+use payvisor::store::{Condition, Key, Store};
 
 /// A fresh SQLite store in its own directory (kept so it outlives the test).
 async fn sqlite() -> Option<Arc<dyn Store>> {
@@ -39,23 +40,17 @@ async fn committed_writes_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = SqliteStore::open(dir.path()).unwrap();
-        let item = Item {
-            key: Key::new("p", "s"),
-            version: 1,
-            body: b"durable".to_vec(),
-            index: None,
-        };
         store
-            .transact(vec![WriteOp::Put {
-                item,
-                condition: Condition::NotExists,
-            }])
+            .transact(vec![put(
+                item("p", "s", 1, "durable"),
+                Condition::NotExists,
+            )])
             .await
             .unwrap();
     }
     let reopened = SqliteStore::open(dir.path()).unwrap();
-    let item = reopened.get(Key::new("p", "s")).await.unwrap().unwrap();
-    assert_eq!(item.body, b"durable");
+    let stored = reopened.get(Key::new("p", "s")).await.unwrap().unwrap();
+    assert_eq!(stored.body, b"durable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,18 +60,8 @@ async fn concurrent_writers_are_all_committed_through_group_commit() {
         .map(|n| {
             let store = Arc::clone(&store);
             tokio::spawn(async move {
-                let item = Item {
-                    key: Key::new(format!("p{}", n % 50), format!("s{n}")),
-                    version: 1,
-                    body: vec![1],
-                    index: None,
-                };
-                store
-                    .transact(vec![WriteOp::Put {
-                        item,
-                        condition: Condition::NotExists,
-                    }])
-                    .await
+                let new = item(&format!("p{}", n % 50), &format!("s{n}"), 1, "x");
+                store.transact(vec![put(new, Condition::NotExists)]).await
             })
         })
         .collect();

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use super::{Condition, IndexKey, IndexQuery, Item, Key, Query, Store, StoreError, WriteOp};
 
-fn item(pk: &str, sk: &str, version: u64, body: &str) -> Item {
+/// An unindexed item (also for backend-specific tests).
+pub fn item(pk: &str, sk: &str, version: u64, body: &str) -> Item {
     Item {
         key: Key::new(pk, sk),
         version,
@@ -17,7 +18,8 @@ fn item(pk: &str, sk: &str, version: u64, body: &str) -> Item {
     }
 }
 
-fn put(item: Item, condition: Condition) -> WriteOp {
+/// A conditional put.
+pub fn put(item: Item, condition: Condition) -> WriteOp {
     WriteOp::Put { item, condition }
 }
 
