@@ -1,9 +1,8 @@
 //! Time and randomness, injected. The pure core never reads the clock or
 //! draws random numbers itself; it is handed `now` and ids. Production wires
-//! the system clock and an entropy-seeded generator; tests and the future
-//! deterministic simulation wire fixed or scripted ones.
+//! the system clock and an entropy-seeded generator; tests seed the generator,
+//! and the future deterministic simulation will script both.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 
 use crate::domain::Timestamp;
@@ -23,29 +22,6 @@ impl Clock for SystemClock {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         Timestamp::from_unix_millis(since_epoch.as_millis() as i64)
-    }
-}
-
-/// A clock that only moves when told to (tests, simulation).
-#[derive(Debug)]
-pub struct ManualClock {
-    unix_millis: AtomicI64,
-}
-
-impl ManualClock {
-    pub fn new(start: Timestamp) -> Self {
-        Self {
-            unix_millis: AtomicI64::new(start.unix_millis()),
-        }
-    }
-    pub fn advance_millis(&self, millis: i64) {
-        self.unix_millis.fetch_add(millis, Ordering::SeqCst);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now(&self) -> Timestamp {
-        Timestamp::from_unix_millis(self.unix_millis.load(Ordering::SeqCst))
     }
 }
 

@@ -352,9 +352,15 @@ impl AccountState {
             metadata: &command.metadata,
         }
         .encode();
+        // No read of the idempotency record up front: it is the first action
+        // of the conditional write, so a duplicate fails there (`KeyTaken`)
+        // and is replayed then. New requests, the common case, save a read.
+        let mut key_taken = false;
         for _ in 0..=limits::CONCURRENCY_RETRIES_MAX {
-            if let Some(original) = self.replay(&command.request_id, &fingerprint).await? {
-                return Ok(original);
+            if key_taken {
+                if let Some(original) = self.replay(&command.request_id, &fingerprint).await? {
+                    return Ok(original);
+                }
             }
             self.hydrate().await?;
             let id = match &command.payment_id {
@@ -375,7 +381,7 @@ impl AccountState {
             };
             match self.commit(myself, decision, None, Some(idempotency)).await {
                 Ok(payment) => return Ok(payment),
-                Err(CommitError::KeyTaken) => continue, // replayed at the top
+                Err(CommitError::KeyTaken) => key_taken = true, // replayed at the top
                 Err(CommitError::PaymentTaken) if command.payment_id.is_some() => {
                     return Err(CommandError::PaymentAlreadyExists(
                         self.name(command.payment_id.as_ref().expect("checked"))

@@ -11,7 +11,7 @@
 //! Reads use a small pool of separate connections; WAL lets them run beside
 //! the writer and see every committed write.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -52,7 +52,6 @@ pub struct SqliteStore {
     /// Group commits so far (each is one fsync): writes ÷ commits is the
     /// group-commit factor.
     commits: Arc<AtomicU64>,
-    path: PathBuf,
 }
 
 fn unavailable(error: rusqlite::Error) -> StoreError {
@@ -98,17 +97,12 @@ impl SqliteStore {
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
             commits,
-            path,
         })
     }
 
     /// Group commits (fsyncs) since the store was opened.
     pub fn commit_count(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn read<T: Send + 'static>(
