@@ -13,11 +13,7 @@ use tonic::Code;
 async fn a_payment_is_created_and_processed() {
     let server = Server::start(&[]);
     let mut client = server.client().await;
-    let created = client
-        .create_payment(create_request("acme", "req-1", 1250))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = created_payment(&mut client, "acme", "req-1", 1250).await;
     assert!(
         created.name.starts_with("accounts/acme/payments/pay_"),
         "{}",
@@ -77,16 +73,8 @@ async fn a_caller_chosen_payment_id_is_used_and_never_silently_reused() {
 async fn a_sequential_replay_returns_the_original_payment_without_a_second_effect() {
     let server = Server::start(&[]);
     let mut client = server.client().await;
-    let first = client
-        .create_payment(create_request("acme", "req-1", 700))
-        .await
-        .unwrap()
-        .into_inner();
-    let second = client
-        .create_payment(create_request("acme", "req-1", 700))
-        .await
-        .unwrap()
-        .into_inner();
+    let first = created_payment(&mut client, "acme", "req-1", 700).await;
+    let second = created_payment(&mut client, "acme", "req-1", 700).await;
     assert_eq!(first.name, second.name);
     assert_eq!(list_all(&mut client, "acme", 10).await.len(), 1);
 
@@ -136,11 +124,7 @@ async fn concurrent_duplicates_produce_exactly_one_payment() {
 async fn reusing_a_request_id_for_a_different_request_is_rejected() {
     let server = Server::start(&[]);
     let mut client = server.client().await;
-    let payment = client
-        .create_payment(create_request("acme", "req-1", 700))
-        .await
-        .unwrap()
-        .into_inner();
+    let payment = created_payment(&mut client, "acme", "req-1", 700).await;
     let error = client
         .create_payment(create_request("acme", "req-1", 701))
         .await
@@ -571,22 +555,14 @@ async fn balances_equal_processed_minus_refunded() {
 async fn payments_above_the_approval_limit_are_declined_and_move_no_money() {
     let server = Server::start(&["--approval-max", "USD=100.00"]);
     let mut client = server.client().await;
-    let declined = client
-        .create_payment(create_request("acme", "req-big", 10_001))
-        .await
-        .unwrap()
-        .into_inner();
+    let declined = created_payment(&mut client, "acme", "req-big", 10_001).await;
     assert_eq!(state(&declined), State::Declined);
     assert!(
         declined.failure_reason.contains("approval limit"),
         "{}",
         declined.failure_reason
     );
-    let allowed = client
-        .create_payment(create_request("acme", "req-ok", 10_000))
-        .await
-        .unwrap()
-        .into_inner();
+    let allowed = created_payment(&mut client, "acme", "req-ok", 10_000).await;
     wait_for(&mut client, &allowed.name, |p| state(p) == State::Processed).await;
     assert_balances_match_payments(&mut client, "acme").await;
 }
@@ -595,11 +571,7 @@ async fn payments_above_the_approval_limit_are_declined_and_move_no_money() {
 async fn fees_are_kept_from_processed_payments() {
     let server = Server::start(&["--fee-basis-points", "290", "--fee-fixed-minor", "30"]);
     let mut client = server.client().await;
-    let payment = client
-        .create_payment(create_request("acme", "req-1", 10_000))
-        .await
-        .unwrap()
-        .into_inner();
+    let payment = created_payment(&mut client, "acme", "req-1", 10_000).await;
     let processed = wait_for(&mut client, &payment.name, |p| state(p) == State::Processed).await;
     assert_eq!(processed.fee, Some(usd(320)));
     let account = client
@@ -738,11 +710,7 @@ async fn the_bank_simulator_can_be_steered_per_payment() {
 async fn sigterm_shuts_down_gracefully_with_exit_code_zero() {
     let mut server = Server::start(&[]);
     let mut client = server.client().await;
-    let payment = client
-        .create_payment(create_request("acme", "req-1", 100))
-        .await
-        .unwrap()
-        .into_inner();
+    let payment = created_payment(&mut client, "acme", "req-1", 100).await;
     // The client stays connected: shutdown must not wait on it forever.
     let status = server.terminate_async().await;
     assert!(status.success(), "{status:?}");

@@ -248,6 +248,20 @@ pub async fn wait_for(
     }
 }
 
+/// Creates a payment (expecting success) and returns it as acknowledged.
+pub async fn created_payment(
+    client: &mut PaymentServiceClient<Channel>,
+    account: &str,
+    request_id: &str,
+    minor_units: i64,
+) -> pb::Payment {
+    client
+        .create_payment(create_request(account, request_id, minor_units))
+        .await
+        .expect("create payment")
+        .into_inner()
+}
+
 /// Creates a payment and waits until the bank has processed it.
 pub async fn processed_payment(
     client: &mut PaymentServiceClient<Channel>,
@@ -255,11 +269,7 @@ pub async fn processed_payment(
     request_id: &str,
     minor_units: i64,
 ) -> pb::Payment {
-    let created = client
-        .create_payment(create_request(account, request_id, minor_units))
-        .await
-        .expect("create payment")
-        .into_inner();
+    let created = created_payment(client, account, request_id, minor_units).await;
     wait_for(client, &created.name, |p| {
         state(p) == pb::payment::State::Processed
     })
