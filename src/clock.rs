@@ -25,6 +25,32 @@ impl Clock for SystemClock {
     }
 }
 
+/// Time that moves only when told to: for tests of time-dependent logic
+/// (stall deadlines, re-drive back-off) without sleeping.
+#[derive(Debug)]
+pub struct ManualClock {
+    millis: std::sync::atomic::AtomicI64,
+}
+
+impl ManualClock {
+    pub fn starting_at(at: Timestamp) -> ManualClock {
+        ManualClock {
+            millis: std::sync::atomic::AtomicI64::new(at.unix_millis()),
+        }
+    }
+
+    pub fn advance(&self, by: std::time::Duration) {
+        self.millis
+            .fetch_add(by.as_millis() as i64, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Timestamp {
+        Timestamp::from_unix_millis(self.millis.load(std::sync::atomic::Ordering::SeqCst))
+    }
+}
+
 /// A source of random 64-bit words.
 pub trait Random: Send + Sync + 'static {
     fn next_u64(&self) -> u64;

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::connectors::simulator::SimulatorConfig;
 use crate::domain::payment::{ApprovalPolicy, Fee, FeeSchedule, Policy};
+use crate::domain::watch::{Stage, StallPolicy};
 use crate::domain::{Currency, Money};
 use crate::limits;
 use crate::store::dynamodb::{DynamoDbSettings, DynamoDbStore};
@@ -43,6 +44,39 @@ pub struct ServeArgs {
     /// Account actors idle this many seconds stop and free their memory.
     #[arg(long, env = "PAYVISOR_PASSIVATE_AFTER_SECS", default_value_t = crate::limits::ACCOUNT_IDLE_PASSIVATE.as_secs())]
     pub passivate_after_secs: u64,
+    /// Stall deadline of a stage, `STAGE=DURATION` (stages: created,
+    /// approved, in_review, sent, refunding; durations like `500ms`, `2s`,
+    /// `1m`, `24h`). Repeatable. A payment still in the stage after this is
+    /// re-driven, then paged.
+    #[arg(
+        long = "stall-deadline",
+        env = "PAYVISOR_STALL_DEADLINE",
+        value_delimiter = ','
+    )]
+    pub stall_deadline: Vec<String>,
+    /// Re-drives of a stalled payment before on-call is paged.
+    #[arg(long, env = "PAYVISOR_REDRIVE_MAX", default_value_t = limits::REDRIVES_DEFAULT)]
+    pub redrive_max: u32,
+    /// How often the watchdog looks for due reminders (a duration).
+    #[arg(long, env = "PAYVISOR_WATCHDOG_INTERVAL", default_value = "1s")]
+    pub watchdog_interval: String,
+    /// PagerDuty Events API v2 endpoint.
+    #[arg(
+        long,
+        env = "PAYVISOR_PAGERDUTY_URL",
+        default_value = "https://events.pagerduty.com/v2/enqueue"
+    )]
+    pub pagerduty_url: String,
+    /// PagerDuty integration (routing) key. Without it, pages are written to
+    /// the log at error level instead.
+    #[arg(long, env = "PAYVISOR_PAGERDUTY_ROUTING_KEY", hide_env_values = true)]
+    pub pagerduty_routing_key: Option<String>,
+    /// Serve Prometheus metrics on this address (`/metrics`); off if unset.
+    #[arg(long, env = "PAYVISOR_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// This node's name in pages (PagerDuty's `source`).
+    #[arg(long, env = "PAYVISOR_NODE_NAME", default_value = "payvisor")]
+    pub node_name: String,
     /// Log format: `text` or `json`.
     #[arg(long, env = "PAYVISOR_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -169,6 +203,53 @@ pub struct Config {
     pub policy: Policy,
     pub simulator: SimulatorConfig,
     pub passivate_after: Duration,
+    pub watchdog: WatchdogConfig,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// How stalls are looked for and who is paged.
+#[derive(Debug, Clone)]
+pub struct WatchdogConfig {
+    pub sweep_every: Duration,
+    pub node_name: String,
+    pub pager: PagerConfig,
+}
+
+#[derive(Clone)]
+pub enum PagerConfig {
+    /// Pages go to the log (no routing key configured).
+    Log,
+    PagerDuty {
+        url: String,
+        routing_key: String,
+    },
+}
+
+impl std::fmt::Debug for PagerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // The routing key is a secret: never logged.
+            PagerConfig::Log => f.write_str("Log"),
+            PagerConfig::PagerDuty { url, .. } => write!(f, "PagerDuty({url})"),
+        }
+    }
+}
+
+/// Parses `500ms`, `2s`, `5m`, `24h`, `1d`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let millis = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return None,
+    };
+    number.checked_mul(millis).map(Duration::from_millis)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +264,14 @@ pub enum ConfigError {
     Fee,
     #[error("{0}")]
     DynamoDb(String),
+    #[error("--stall-deadline {0:?}: {1}")]
+    StallDeadline(String, String),
+    #[error("--redrive-max must be at most {max}", max = limits::REDRIVES_MAX)]
+    RedriveMax,
+    #[error("--watchdog-interval {0:?}: expected a duration from 10ms to 1m, like 1s")]
+    WatchdogInterval(String),
+    #[error("--pagerduty-url {0:?}: expected an http:// or https:// URL")]
+    PagerDutyUrl(String),
 }
 
 impl ServeArgs {
@@ -223,10 +312,59 @@ impl ServeArgs {
         if self.bank_failure_per_mille > 1000 {
             return Err(ConfigError::FailureRate);
         }
+        let mut stalls = StallPolicy::default();
+        for entry in &self.stall_deadline {
+            let bad = |why: &str| ConfigError::StallDeadline(entry.clone(), why.to_owned());
+            let (stage, duration) = entry
+                .split_once('=')
+                .ok_or_else(|| bad("expected STAGE=DURATION"))?;
+            let stage: Stage = stage.trim().parse().map_err(|why: String| bad(&why))?;
+            let deadline = parse_duration(duration)
+                .filter(|deadline| {
+                    !deadline.is_zero() && *deadline <= Duration::from_secs(30 * 86_400)
+                })
+                .ok_or_else(|| bad("expected a duration from 1ms to 30d, like 2s or 5m"))?;
+            stalls
+                .deadline_ms
+                .insert(stage, deadline.as_millis() as i64);
+        }
+        if self.redrive_max > limits::REDRIVES_MAX {
+            return Err(ConfigError::RedriveMax);
+        }
+        stalls.redrive_max = self.redrive_max;
+        let sweep_every = parse_duration(&self.watchdog_interval)
+            .filter(|every| {
+                *every >= Duration::from_millis(10) && *every <= Duration::from_secs(60)
+            })
+            .ok_or_else(|| ConfigError::WatchdogInterval(self.watchdog_interval.clone()))?;
+        let pager = match &self.pagerduty_routing_key {
+            None => PagerConfig::Log,
+            Some(routing_key) => {
+                if !(self.pagerduty_url.starts_with("https://")
+                    || self.pagerduty_url.starts_with("http://"))
+                {
+                    return Err(ConfigError::PagerDutyUrl(self.pagerduty_url.clone()));
+                }
+                PagerConfig::PagerDuty {
+                    url: self.pagerduty_url.clone(),
+                    routing_key: routing_key.clone(),
+                }
+            }
+        };
         Ok(Config {
             listen: self.listen,
             store: self.store.validate()?,
-            policy: Policy { approval, fees },
+            policy: Policy {
+                approval,
+                fees,
+                stalls,
+            },
+            watchdog: WatchdogConfig {
+                sweep_every,
+                node_name: self.node_name.clone(),
+                pager,
+            },
+            metrics_listen: self.metrics_listen,
             simulator: SimulatorConfig {
                 latency_min: Duration::from_millis(min),
                 latency_max: Duration::from_millis(max),

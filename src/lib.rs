@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod actors;
+pub mod alerts;
 pub mod audit;
 pub mod cli;
 pub mod clock;
@@ -22,5 +23,7 @@ pub mod domain;
 pub mod grpc;
 pub mod ledger;
 pub mod limits;
+pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod watchdog;

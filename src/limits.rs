@@ -127,3 +127,65 @@ pub const DYNAMODB_CONFLICT_BACKOFF_MAX: Duration = Duration::from_millis(500);
 /// Polls while waiting for a new table to become active, and their spacing.
 pub const DYNAMODB_TABLE_WAIT_POLLS_MAX: u32 = 120;
 pub const DYNAMODB_TABLE_WAIT_POLL: Duration = Duration::from_millis(500);
+
+/// Default stall deadlines per stage. CREATED and APPROVED are passed in
+/// microseconds normally (one write takes a payment to SENT): seconds means
+/// something broke. A bank answers within seconds; a minute without an
+/// answer is worth a status query. Refunds are slower at banks. A person
+/// reviews within a working day.
+pub const STALL_DEADLINE_CREATED_DEFAULT: Duration = Duration::from_secs(10);
+pub const STALL_DEADLINE_SENT_DEFAULT: Duration = Duration::from_secs(60);
+pub const STALL_DEADLINE_REFUNDING_DEFAULT: Duration = Duration::from_secs(5 * 60);
+pub const STALL_DEADLINE_IN_REVIEW_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60);
+/// Re-drives of a stalled step before on-call is paged.
+pub const REDRIVES_DEFAULT: u32 = 3;
+/// Most re-drives an operator may configure: each doubles the wait, so more
+/// would only postpone the page by hours.
+pub const REDRIVES_MAX: u32 = 10;
+/// Longest wait between two re-drives of one payment.
+pub const REDRIVE_BACKOFF_MAX: Duration = Duration::from_secs(10 * 60);
+/// How often the watchdog looks for due reminders and undelivered pages.
+/// Stall deadlines are seconds at the least, so a second is precise enough.
+pub const WATCHDOG_SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Due reminders read per index shard per sweep: a backlog (after an outage)
+/// is worked off over several sweeps instead of flooding the actors.
+pub const WATCHDOG_DUE_PER_SHARD_MAX: usize = 256;
+/// Pages waiting for delivery in memory; beyond this they wait in the store
+/// for the next sweep.
+pub const PAGE_QUEUE_MAX: usize = 1024;
+/// Attempts to deliver one page before leaving it to the next sweep, with
+/// doubling back-off between them.
+pub const PAGE_ATTEMPTS_MAX: u32 = 6;
+pub const PAGE_BACKOFF_INITIAL: Duration = Duration::from_millis(200);
+pub const PAGE_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Alert events buffered per `WatchAlerts` subscriber; a subscriber that
+/// falls further behind is told how many it missed.
+pub const ALERT_STREAM_BUFFER: usize = 256;
+/// Stalled payments counted for the gauge per scrape; beyond this the gauge
+/// saturates (something is badly wrong, and pages say so).
+pub const STALLED_GAUGE_SCAN_MAX: usize = 100_000;
+
+/// One send, connect to last response byte. PagerDuty answers in well under
+/// a second; past this the dispatcher's retry is a better bet than waiting.
+pub const PAGERDUTY_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Characters in `payload.summary`: PagerDuty refuses longer summaries (400),
+/// which would turn a page into a permanent rejection.
+pub const PAGERDUTY_SUMMARY_CHARS_MAX: usize = 1024;
+
+/// Bytes of a response body read: PagerDuty's answers are a few hundred
+/// bytes, and a misbehaving proxy must not make us buffer megabytes.
+pub const PAGERDUTY_RESPONSE_BYTES_MAX: usize = 64 * 1024;
+
+/// Characters of a refusal's body kept in `AlertError::Rejected`: enough
+/// for PagerDuty's error list, short enough for one log line.
+pub const PAGERDUTY_REJECTION_CHARS_MAX: usize = 512;
+
+/// Open scrape connections. Prometheus keeps one per target; a few more
+/// cover a person with `curl`. Beyond this, new connections are closed at
+/// once instead of each holding a task.
+pub const METRICS_CONNECTIONS_MAX: usize = 16;
+
+/// Time a client gets to send its request headers, so that idle or slow
+/// connections cannot hold the slots above.
+pub const METRICS_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);

@@ -8,9 +8,11 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::TcpListenerStream;
 
-use crate::actors::{ActorSettings, Orchestrator};
+use crate::actors::{ActorSettings, Components, Orchestrator};
+use crate::alerts::pagerduty::PagerDutySink;
+use crate::alerts::{AlertSink, LogSink};
 use crate::clock::{SeededRandom, SystemClock};
-use crate::config::Config;
+use crate::config::{Config, PagerConfig};
 use crate::connectors::simulator::BankSimulator;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
 use crate::grpc::{pb, PaymentApi};
@@ -34,13 +36,23 @@ pub async fn run(
         passivate_after: config.passivate_after,
         ..ActorSettings::default()
     };
+    let alert_sink: Arc<dyn AlertSink> = match &config.watchdog.pager {
+        PagerConfig::Log => Arc::new(LogSink),
+        PagerConfig::PagerDuty { url, routing_key } => {
+            Arc::new(PagerDutySink::new(url, routing_key.clone())?)
+        }
+    };
     let orchestrator = Orchestrator::start(
-        store,
-        connector,
-        Arc::new(SystemClock),
-        random,
-        config.policy.clone(),
-        settings,
+        Components {
+            store,
+            connector,
+            clock: Arc::new(SystemClock),
+            random,
+            policy: config.policy.clone(),
+            settings,
+            alert_sink,
+            node_name: config.watchdog.node_name.clone(),
+        },
         bank_event_queue,
     );
 
@@ -59,6 +71,19 @@ pub async fn run(
                 Err(error) => tracing::error!(%error, "late recovery sweep failed"),
             }
         });
+    }
+
+    // The watchdog's first sweep runs now: reminders that fell due while the
+    // node was down fire at once (catch-up), and undelivered pages go out.
+    orchestrator.run_watchdog(config.watchdog.sweep_every);
+    if let Some(address) = config.metrics_listen {
+        let listener = TcpListener::bind(address).await?;
+        tracing::info!(listen = %listener.local_addr()?, "metrics serving");
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics_renderer(orchestrator.clone()),
+            std::future::pending(),
+        ));
     }
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -106,6 +131,54 @@ pub async fn run(
     orchestrator.shutdown(limits::SHUTDOWN_GRACE).await;
     tracing::info!("payvisor stopped");
     Ok(())
+}
+
+/// The Prometheus exposition: stalled payments by state (a bounded count
+/// from the store's stalled index, so every node reports the same truth).
+fn metrics_renderer(orchestrator: Orchestrator) -> crate::metrics::Render {
+    Arc::new(move || {
+        let orchestrator = orchestrator.clone();
+        Box::pin(async move {
+            let (counts, up) = match orchestrator.stalled_counts().await {
+                Ok(counts) => (counts, 1),
+                Err(error) => {
+                    tracing::warn!(%error, "stalled payments not counted");
+                    (Default::default(), 0)
+                }
+            };
+            // Every state that can stall, zero included, so a dashboard
+            // sees a flat line rather than no data.
+            let states = [
+                "created",
+                "approved",
+                "in_review",
+                "sent",
+                "processed",
+                "partially_refunded",
+            ];
+            let samples: Vec<(&str, &str, i64)> = states
+                .iter()
+                .map(|state| {
+                    (
+                        "state",
+                        *state,
+                        counts.get(*state).copied().unwrap_or(0) as i64,
+                    )
+                })
+                .collect();
+            let mut text = crate::metrics::render_gauge(
+                "payvisor_stalled_payments",
+                "Payments that missed a stall deadline (being re-driven or paged), by state.",
+                &samples,
+            );
+            text.push_str(&crate::metrics::render_gauge(
+                "payvisor_stalled_scan_ok",
+                "1 if the last count of stalled payments read the store successfully.",
+                &[("", "", up)],
+            ));
+            text
+        })
+    })
 }
 
 /// Completes on Ctrl-C or SIGTERM.

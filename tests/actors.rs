@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use payvisor::actors::{ActorSettings, CreatePayment, Orchestrator, RefundPayment};
+use payvisor::actors::{ActorSettings, Components, CreatePayment, Orchestrator, RefundPayment};
+use payvisor::alerts::LogSink;
 use payvisor::audit::audit_account;
 use payvisor::clock::{SeededRandom, SystemClock};
 use payvisor::connectors::simulator::{BankSimulator, SimulatorConfig};
@@ -138,12 +139,16 @@ fn harness_on(
         submissions: AtomicU32::new(0),
     });
     let orchestrator = Orchestrator::start(
-        Arc::clone(&store),
-        connector.clone(),
-        Arc::new(SystemClock),
-        random,
-        Policy::default(),
-        settings,
+        Components {
+            store: Arc::clone(&store),
+            connector: connector.clone(),
+            clock: Arc::new(SystemClock),
+            random,
+            policy: Policy::default(),
+            settings,
+            alert_sink: Arc::new(LogSink),
+            node_name: "test".into(),
+        },
         queue,
     );
     Harness {

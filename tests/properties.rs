@@ -2,13 +2,17 @@
 //! several payments of one account. After every step the invariants hold:
 //! terminal payments never change, every movement balances, stored balances
 //! equal the fold of all movements and what the payments imply, and refunds
-//! never exceed a payment's amount.
+//! never exceed a payment's amount. Stall handling joins in (reminders that
+//! fall due at random times, operators retrying and failing payments): a
+//! payment is watched exactly when it waits for something, and one stall
+//! pages at most once and is resolved only after it was triggered.
 
 use std::collections::BTreeMap;
 
 use payvisor::domain::payment::{
     self, BankOutcome, Fee, FeeSchedule, NewPayment, Payment, Policy, RefundOutcome, RefundState,
 };
+use payvisor::domain::watch::{PageAction, Stage};
 use payvisor::domain::{AccountId, Currency, Money, PaymentId, Timestamp};
 use payvisor::ledger::{Balances, Movement};
 use proptest::prelude::*;
@@ -27,6 +31,17 @@ enum Command {
         payment: usize,
         refund: usize,
         succeeded: bool,
+    },
+    /// Time passes by `seconds`, then the payment's reminder is delivered.
+    Reminder {
+        payment: usize,
+        seconds: i64,
+    },
+    OperatorRetry {
+        payment: usize,
+    },
+    OperatorFail {
+        payment: usize,
     },
 }
 
@@ -47,6 +62,10 @@ fn command(payments: usize) -> impl Strategy<Value = Command> {
                 succeeded,
             }
         }),
+        (0..payments, 0i64..200)
+            .prop_map(|(payment, seconds)| Command::Reminder { payment, seconds }),
+        (0..payments).prop_map(|payment| Command::OperatorRetry { payment }),
+        (0..payments).prop_map(|payment| Command::OperatorFail { payment }),
     ]
 }
 
@@ -59,6 +78,8 @@ struct Model {
     payments: Vec<Payment>,
     balances: Balances,
     movements: Vec<Movement>,
+    /// Pages decided so far, by dedup key, in order.
+    pages: BTreeMap<String, Vec<PageAction>>,
 }
 
 impl Model {
@@ -78,6 +99,12 @@ impl Model {
         self.balances = balances;
         self.movements.extend(decision.movements);
         self.payments[index] = decision.payment;
+        if let Some(alert) = decision.alert {
+            self.pages
+                .entry(alert.dedup_key)
+                .or_default()
+                .push(alert.action);
+        }
         true
     }
 
@@ -119,6 +146,20 @@ impl Model {
                 payment.state == Refunded,
                 payment.refunded() == payment.amount
             );
+            assert_eq!(
+                payment.watch.as_ref().map(|watch| watch.stage),
+                Stage::of(payment),
+                "watched exactly while waiting, in the stage it waits in"
+            );
+        }
+        for (key, actions) in &self.pages {
+            assert!(
+                matches!(
+                    actions[..],
+                    [PageAction::Trigger] | [PageAction::Trigger, PageAction::Resolve]
+                ),
+                "stall {key} paged {actions:?}"
+            );
         }
         assert_eq!(books.pending.minor_units(), pending);
         assert_eq!(books.available.minor_units(), available);
@@ -140,6 +181,7 @@ proptest! {
         basis_points in 0u32..1_000,
         fixed_minor in 0i64..50,
         max_approved in prop::option::of(100i64..2_000),
+        redrive_max in 0u32..4,
         commands in prop::collection::vec(command(4), 0..60),
     ) {
         let mut policy = Policy {
@@ -149,7 +191,8 @@ proptest! {
         if let Some(max) = max_approved {
             policy.approval.max_amount.insert(usd(0).currency(), usd(max));
         }
-        let mut model = Model { payments: Vec::new(), balances: Balances::default(), movements: Vec::new() };
+        policy.stalls.redrive_max = redrive_max;
+        let mut model = Model { payments: Vec::new(), balances: Balances::default(), movements: Vec::new(), pages: BTreeMap::new() };
         let mut now = 1_000;
         for (n, amount) in amounts.iter().enumerate() {
             let new = NewPayment {
@@ -167,9 +210,13 @@ proptest! {
 
         for command in commands {
             now += 1;
+            if let Command::Reminder { seconds, .. } = &command {
+                now += seconds * 1000;
+            }
             let at = Timestamp::from_unix_millis(now);
             let index = match &command {
-                Command::Bank { payment, .. } | Command::Refund { payment, .. } | Command::RefundOutcome { payment, .. } => {
+                Command::Bank { payment, .. } | Command::Refund { payment, .. } | Command::RefundOutcome { payment, .. }
+                | Command::Reminder { payment, .. } | Command::OperatorRetry { payment } | Command::OperatorFail { payment } => {
                     payment % model.payments.len()
                 }
             };
@@ -179,12 +226,15 @@ proptest! {
                     let outcome = if processed { BankOutcome::Processed } else { BankOutcome::Failed { reason: "no".into() } };
                     before.on_bank_outcome(&outcome, at, &policy).unwrap()
                 }
-                Command::Refund { minor_units, .. } => before.request_refund(minor_units.map(usd), "why", at).ok(),
+                Command::Refund { minor_units, .. } => before.request_refund(minor_units.map(usd), "why", at, &policy).ok(),
                 Command::RefundOutcome { refund, succeeded, .. } => {
                     let outcome = if succeeded { RefundOutcome::Succeeded } else { RefundOutcome::Failed { reason: "no".into() } };
                     let id = format!("r{}", refund + 1);
-                    before.on_refund_outcome(&id, &outcome, at).unwrap()
+                    before.on_refund_outcome(&id, &outcome, at, &policy).unwrap()
                 }
+                Command::Reminder { .. } => before.on_reminder(at, &policy).unwrap(),
+                Command::OperatorRetry { .. } => before.operator_retry(at, &policy).ok(),
+                Command::OperatorFail { .. } => before.operator_fail("gave up", at, &policy).ok(),
             };
             if before.state.is_terminal() {
                 prop_assert!(decision.is_none(), "a terminal payment produced a decision");

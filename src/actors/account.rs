@@ -18,13 +18,13 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::payment::{PaymentActor, PaymentArgs, PaymentMsg};
-use super::{CommandError, CreatePayment, RefundPayment, Shared};
+use super::{CommandError, CreatePayment, OperatorAction, OperatorCommand, RefundPayment, Shared};
 use crate::clock::new_payment_id;
 use crate::connectors::BankEvent;
 use crate::domain::payment::{self, Decision, NewPayment, Payment};
 use crate::domain::{AccountId, PaymentId, PaymentName, RequestId};
 use crate::limits;
-use crate::store::schema::{self, AccountRecord, IdempotencyRecord, Versioned};
+use crate::store::schema::{self, AccountRecord, AlertRecord, IdempotencyRecord, Versioned};
 use crate::store::{Condition, StoreError, WriteOp};
 
 pub struct AccountActor;
@@ -43,6 +43,10 @@ pub enum AccountMsg {
     Bank(BankEvent),
     /// Start-up recovery: carry this payment forward if it has pending work.
     Resume(PaymentId),
+    /// The watchdog found this payment's reminder due.
+    Reminder(PaymentId),
+    /// An operator's retry or fail of a stuck payment.
+    Operate(OperatorCommand, Reply),
     /// A bank outcome a child learned synchronously (a definite rejection).
     /// Comes from a child, not through the directory, so it is not counted.
     FromChild(BankEvent),
@@ -163,6 +167,17 @@ impl Actor for AccountActor {
                 let result = state.refund(&myself, command).await;
                 let _ = reply.send(result);
             }
+            AccountMsg::Operate(command, reply) => {
+                let result = state.operate(&myself, command).await;
+                let _ = reply.send(result);
+            }
+            AccountMsg::Reminder(payment) => {
+                // A reminder that fails here is found again by the next
+                // sweep: it stays due in the store until handled.
+                if let Err(error) = state.on_reminder(&myself, &payment).await {
+                    tracing::warn!(payment = %state.name(&payment), %error, "reminder not handled; the next sweep retries");
+                }
+            }
             AccountMsg::Bank(event) | AccountMsg::FromChild(event) => {
                 state
                     .run_retryable(&myself, RetryableWork::Bank(event), 1)
@@ -228,6 +243,13 @@ enum Fingerprint<'a> {
         payment: String,
         currency: Option<&'a str>,
         minor_units: Option<i64>,
+        reason: &'a str,
+    },
+    Retry {
+        payment: String,
+    },
+    Fail {
+        payment: String,
         reason: &'a str,
     },
 }
@@ -408,22 +430,72 @@ impl AccountState {
             reason: &command.reason,
         }
         .encode();
+        let policy = Arc::clone(&self.shared);
+        self.apply(
+            myself,
+            &command.name,
+            &command.request_id,
+            fingerprint,
+            |payment, now| {
+                Ok(payment.request_refund(command.amount, &command.reason, now, &policy.policy)?)
+            },
+        )
+        .await
+    }
+
+    async fn operate(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        command: OperatorCommand,
+    ) -> Result<Payment, CommandError> {
+        let payment = command.name.to_string();
+        let fingerprint = match &command.action {
+            OperatorAction::Retry => Fingerprint::Retry { payment },
+            OperatorAction::Fail { reason } => Fingerprint::Fail { payment, reason },
+        }
+        .encode();
+        let shared = Arc::clone(&self.shared);
+        self.apply(
+            myself,
+            &command.name,
+            &command.request_id,
+            fingerprint,
+            |payment, now| {
+                let decision = match &command.action {
+                    OperatorAction::Retry => payment.operator_retry(now, &shared.policy),
+                    OperatorAction::Fail { reason } => {
+                        payment.operator_fail(reason, now, &shared.policy)
+                    }
+                };
+                decision.map_err(CommandError::OperatorRejected)
+            },
+        )
+        .await
+    }
+
+    /// Applies an idempotent command to one existing payment: replay if the
+    /// key was used, else decide and commit with the idempotency record,
+    /// from fresh state on a lost race.
+    async fn apply(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        name: &PaymentName,
+        request_id: &RequestId,
+        fingerprint: String,
+        decide: impl Fn(&Payment, crate::domain::Timestamp) -> Result<Decision, CommandError>,
+    ) -> Result<Payment, CommandError> {
         for _ in 0..=limits::CONCURRENCY_RETRIES_MAX {
-            if let Some(original) = self.replay(&command.request_id, &fingerprint).await? {
+            if let Some(original) = self.replay(request_id, &fingerprint).await? {
                 return Ok(original);
             }
             self.hydrate().await?;
             let current = self
-                .payment(&command.name.payment)
+                .payment(&name.payment)
                 .await?
-                .ok_or_else(|| CommandError::NotFound(format!("payment {}", command.name)))?;
-            let decision = current.value.request_refund(
-                command.amount,
-                &command.reason,
-                self.shared.clock.now(),
-            )?;
+                .ok_or_else(|| CommandError::NotFound(format!("payment {name}")))?;
+            let decision = decide(&current.value, self.shared.clock.now())?;
             let idempotency = NewIdempotency {
-                request_id: &command.request_id,
+                request_id,
                 fingerprint: fingerprint.clone(),
             };
             match self
@@ -433,6 +505,42 @@ impl AccountState {
                 Ok(payment) => return Ok(payment),
                 Err(CommitError::KeyTaken) => continue,
                 Err(CommitError::PaymentTaken | CommitError::Stale) => self.invalidate(),
+                Err(CommitError::Failed(error)) => return Err(error),
+            }
+        }
+        Err(CommandError::Conflict)
+    }
+
+    /// A reminder fell due: let the core decide (re-drive, page, or nothing
+    /// if the watch moved on meanwhile), then commit.
+    async fn on_reminder(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        payment_id: &PaymentId,
+    ) -> Result<(), CommandError> {
+        for _ in 0..=limits::CONCURRENCY_RETRIES_MAX {
+            self.hydrate().await?;
+            let Some(current) = self.payment(payment_id).await? else {
+                return Ok(());
+            };
+            let Some(decision) = current
+                .value
+                .on_reminder(self.shared.clock.now(), &self.shared.policy)?
+            else {
+                return Ok(());
+            };
+            match self
+                .commit(myself, decision, Some(current.version), None)
+                .await
+            {
+                Ok(payment) => {
+                    let watch = payment.watch.as_ref();
+                    tracing::warn!(payment = %payment.name(), state = ?payment.state, redrives = watch.map(|w| w.redrives), paged = watch.map(|w| w.paged), "stalled payment handled");
+                    return Ok(());
+                }
+                Err(CommitError::KeyTaken | CommitError::PaymentTaken | CommitError::Stale) => {
+                    self.invalidate()
+                }
                 Err(CommitError::Failed(error)) => return Err(error),
             }
         }
@@ -460,7 +568,11 @@ impl AccountState {
                 }
                 BankEvent::Refund {
                     refund_id, outcome, ..
-                } => current.value.on_refund_outcome(refund_id, outcome, now)?,
+                } => {
+                    current
+                        .value
+                        .on_refund_outcome(refund_id, outcome, now, &self.shared.policy)?
+                }
             };
             let Some(decision) = decision else {
                 tracing::debug!(payment = %event.payment_name(), "duplicate or late bank outcome ignored");
@@ -575,11 +687,26 @@ impl AccountState {
             item: schema::account_item(&self.account, &next_record, new_account_version),
             condition: account_condition,
         });
+        // The page to deliver, in the same write (alert outbox): a stall is
+        // marked paged exactly when its page is recorded.
+        let alert = decision.alert.as_ref().map(|alert| AlertRecord {
+            payment: decision.payment.name(),
+            alert: alert.clone(),
+            delivered_at: None,
+        });
+        if let Some(alert) = &alert {
+            ops.push(WriteOp::Put {
+                item: schema::alert_item(alert),
+                condition: Condition::NotExists,
+            });
+        }
 
         match self.shared.store.transact(ops).await {
             Ok(()) => {}
             Err(StoreError::ConditionFailed { index, .. }) => {
                 let has_key = idempotency.is_some();
+                // Anything else (the account item, or an alert recorded
+                // already by an earlier commit) means what we hold is stale.
                 return Err(match (has_key, index) {
                     (true, 0) => CommitError::KeyTaken,
                     (true, 1) | (false, 0) => CommitError::PaymentTaken,
@@ -594,6 +721,9 @@ impl AccountState {
             value: next_record,
             version: new_account_version,
         });
+        if let Some(alert) = alert {
+            self.shared.pager.recorded(alert);
+        }
         let payment = decision.payment;
         self.cache(Versioned {
             value: payment.clone(),

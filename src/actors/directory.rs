@@ -121,6 +121,11 @@ impl Directory {
     }
 
     /// Refuses further messages and returns every running actor.
+    /// Whether `close` was called (the node is stopping).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn close(&self) -> Vec<ActorRef<AccountMsg>> {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.shards

@@ -21,14 +21,17 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::alerts::AlertSink;
 use crate::clock::{Clock, Random};
 use crate::connectors::{BankEvent, Connector};
 use crate::domain::payment::{Payment, Policy, Rejection};
+use crate::domain::watch::OperatorRejection;
 use crate::domain::{AccountId, Money, PaymentId, PaymentName, RequestId};
 use crate::ledger::{Balances, LedgerError};
 use crate::limits;
 use crate::store::{schema, Store, StoreError};
 
+use crate::watchdog::{self, AlertEvent, Pager};
 use account::AccountMsg;
 use directory::Directory;
 
@@ -46,6 +49,8 @@ pub enum CommandError {
     IdempotencyKeyReused,
     #[error("{0}")]
     Rejected(Rejection),
+    #[error("{0}")]
+    OperatorRejected(OperatorRejection),
     #[error("the account's available balance is too low for this refund")]
     InsufficientFunds,
     #[error("concurrent writers kept conflicting; retry the request")]
@@ -119,6 +124,22 @@ pub struct RefundPayment {
     pub request_id: RequestId,
 }
 
+/// A validated RetryPayment or FailPayment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OperatorCommand {
+    pub name: PaymentName,
+    pub action: OperatorAction,
+    pub request_id: RequestId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperatorAction {
+    /// Re-drive the stuck step now.
+    Retry,
+    /// Give up: FAILED with this reason, pending funds released.
+    Fail { reason: String },
+}
+
 /// Settings of the actor layer that tests shorten.
 #[derive(Clone, Debug)]
 pub struct ActorSettings {
@@ -144,6 +165,21 @@ pub struct Shared {
     pub policy: Policy,
     pub settings: ActorSettings,
     pub directory: Directory,
+    pub pager: Pager,
+}
+
+/// What an orchestrator is built from.
+pub struct Components {
+    pub store: Arc<dyn Store>,
+    pub connector: Arc<dyn Connector>,
+    pub clock: Arc<dyn Clock>,
+    pub random: Arc<dyn Random>,
+    pub policy: Policy,
+    pub settings: ActorSettings,
+    /// Where pages go.
+    pub alert_sink: Arc<dyn AlertSink>,
+    /// This node's name in pages.
+    pub node_name: String,
 }
 
 /// The handle to the running orchestrator.
@@ -155,23 +191,22 @@ pub struct Orchestrator {
 impl Orchestrator {
     /// Builds the orchestrator and starts routing bank outcomes from `events`
     /// to account actors.
-    pub fn start(
-        store: Arc<dyn Store>,
-        connector: Arc<dyn Connector>,
-        clock: Arc<dyn Clock>,
-        random: Arc<dyn Random>,
-        policy: Policy,
-        settings: ActorSettings,
-        mut events: mpsc::Receiver<BankEvent>,
-    ) -> Orchestrator {
+    pub fn start(parts: Components, mut events: mpsc::Receiver<BankEvent>) -> Orchestrator {
+        let pager = Pager::start(
+            Arc::clone(&parts.store),
+            parts.alert_sink,
+            Arc::clone(&parts.clock),
+            parts.node_name,
+        );
         let shared = Arc::new(Shared {
-            store,
-            connector,
-            clock,
-            random,
-            policy,
-            settings,
+            store: parts.store,
+            connector: parts.connector,
+            clock: parts.clock,
+            random: parts.random,
+            policy: parts.policy,
+            settings: parts.settings,
             directory: Directory::default(),
+            pager,
         });
         let orchestrator = Orchestrator { shared };
         let router = orchestrator.clone();
@@ -210,6 +245,13 @@ impl Orchestrator {
     pub async fn refund_payment(&self, command: RefundPayment) -> Result<Payment, CommandError> {
         let account = command.name.account.clone();
         self.call(&account, |reply| AccountMsg::Refund(command, reply))
+            .await
+    }
+
+    /// RetryPayment and FailPayment.
+    pub async fn operate(&self, command: OperatorCommand) -> Result<Payment, CommandError> {
+        let account = command.name.account.clone();
+        self.call(&account, |reply| AccountMsg::Operate(command, reply))
             .await
     }
 
@@ -255,31 +297,98 @@ impl Orchestrator {
             .ok_or_else(|| CommandError::NotFound(format!("account accounts/{account}")))
     }
 
-    /// Re-drives every payment with pending work: called once at start-up.
-    /// Returns how many payments were resumed.
+    /// Re-drives every watched payment: called at start-up. Returns how
+    /// many payments were resumed.
     pub async fn recover(&self) -> Result<usize, CommandError> {
         let mut resumed = 0;
-        let mut start_after = None;
+        let mut token = None;
         loop {
-            let (names, next) = schema::open_payments(
+            let (payments, next) = schema::watched_payments(
                 self.shared.store.as_ref(),
-                start_after,
+                &schema::WATCHED_FAMILIES,
+                None,
+                token.as_deref(),
                 limits::RECOVERY_PAGE_SIZE,
             )
             .await?;
-            for name in names {
+            for payment in payments {
                 self.shared.directory.send(
                     &self.shared,
-                    &name.account,
-                    AccountMsg::Resume(name.payment),
+                    &payment.account,
+                    AccountMsg::Resume(payment.id),
                 )?;
                 resumed += 1;
             }
             match next {
-                Some(next) => start_after = Some(next),
+                Some(next) => token = Some(next),
                 None => return Ok(resumed),
             }
         }
+    }
+
+    /// One watchdog pass: wakes the actor of every payment whose reminder
+    /// is due now, and queues undelivered pages. Returns the reminders due.
+    pub async fn sweep_watchdog(&self) -> Result<usize, CommandError> {
+        let store = self.shared.store.as_ref();
+        let now = self.shared.clock.now();
+        let due = watchdog::sweep_due(store, now, |name| {
+            let message = AccountMsg::Reminder(name.payment);
+            if let Err(error) = self
+                .shared
+                .directory
+                .send(&self.shared, &name.account, message)
+            {
+                tracing::debug!(account = %name.account, %error, "reminder not routed (stopping)");
+            }
+        })
+        .await?;
+        watchdog::sweep_pages(store, &self.shared.pager).await?;
+        Ok(due)
+    }
+
+    /// Runs the watchdog every `every` until the process stops; the first
+    /// pass runs at once (catch-up after a restart).
+    pub fn run_watchdog(&self, every: Duration) {
+        let orchestrator = self.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if orchestrator.shared.directory.is_closed() {
+                    return;
+                }
+                if let Err(error) = orchestrator.sweep_watchdog().await {
+                    tracing::warn!(%error, "watchdog sweep failed; retrying next tick");
+                }
+            }
+        });
+    }
+
+    /// One page of stalled payments (re-driven or paged), across accounts.
+    pub async fn list_stalled(
+        &self,
+        page_token: Option<&str>,
+        page_size: usize,
+    ) -> Result<(Vec<Payment>, Option<String>), CommandError> {
+        Ok(schema::watched_payments(
+            self.shared.store.as_ref(),
+            &schema::STALLED_FAMILIES,
+            None,
+            page_token,
+            page_size,
+        )
+        .await?)
+    }
+
+    /// Stalled payments by state (for the gauge).
+    pub async fn stalled_counts(&self) -> Result<BTreeMap<String, u64>, CommandError> {
+        Ok(watchdog::stalled_counts(self.shared.store.as_ref()).await?)
+    }
+
+    /// The live feed of pages for `WatchAlerts`.
+    pub fn subscribe_alerts(&self) -> tokio::sync::broadcast::Receiver<AlertEvent> {
+        self.shared.pager.subscribe()
     }
 
     /// Stops taking commands, lets every account actor finish what is in its

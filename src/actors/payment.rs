@@ -9,7 +9,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::account::AccountMsg;
 use crate::connectors::{
-    BankEvent, Connector, ConnectorError, PaymentSubmission, RefundSubmission,
+    BankEvent, BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission,
 };
 use crate::domain::payment::{BankOutcome, Effect, RefundOutcome};
 use crate::domain::PaymentName;
@@ -81,14 +81,32 @@ impl PaymentState {
                     name,
                     amount,
                     metadata,
-                } => {
-                    let submission = PaymentSubmission {
-                        name: name.clone(),
-                        amount: *amount,
-                        metadata: metadata.clone(),
-                    };
-                    self.connector.submit_payment(submission).await
-                }
+                } => self.submit_payment(name, *amount, metadata).await,
+                Effect::QueryPayment {
+                    name,
+                    amount,
+                    metadata,
+                } => match self.connector.payment_status(name.clone()).await {
+                    Ok(BankStatus::Done(outcome)) => {
+                        tracing::info!(payment = %self.name, ?outcome, "status query found the outcome");
+                        let event = BankEvent::Payment {
+                            name: name.clone(),
+                            outcome,
+                        };
+                        let _ = self.parent.cast(AccountMsg::FromChild(event));
+                        return;
+                    }
+                    Ok(BankStatus::Pending) => {
+                        tracing::info!(payment = %self.name, "status query: bank still processing");
+                        return;
+                    }
+                    Ok(BankStatus::Unknown) => {
+                        // The bank never got it: send again, same key.
+                        tracing::info!(payment = %self.name, "status query: unknown to the bank; re-submitting");
+                        self.submit_payment(name, *amount, metadata).await
+                    }
+                    Err(error) => Err(error),
+                },
                 Effect::SubmitRefund {
                     name,
                     refund_id,
@@ -110,10 +128,12 @@ impl PaymentState {
                 Err(ConnectorError::Rejected(reason)) => {
                     tracing::info!(payment = %self.name, %reason, "bank rejected");
                     let event = match &effect {
-                        Effect::SubmitPayment { name, .. } => BankEvent::Payment {
-                            name: name.clone(),
-                            outcome: BankOutcome::Failed { reason },
-                        },
+                        Effect::SubmitPayment { name, .. } | Effect::QueryPayment { name, .. } => {
+                            BankEvent::Payment {
+                                name: name.clone(),
+                                outcome: BankOutcome::Failed { reason },
+                            }
+                        }
                         Effect::SubmitRefund {
                             name, refund_id, ..
                         } => BankEvent::Refund {
@@ -132,8 +152,22 @@ impl PaymentState {
                 }
             }
         }
-        // Persisted as SENT / refund pending: start-up recovery and the
-        // watchdog re-drive it with the same idempotency key.
+        // Persisted as SENT / refund pending: the watchdog re-drives it with
+        // the same idempotency key when its reminder falls due.
         tracing::error!(payment = %self.name, "bank unreachable after bounded retries; left for re-drive");
+    }
+
+    async fn submit_payment(
+        &self,
+        name: &PaymentName,
+        amount: crate::domain::Money,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), ConnectorError> {
+        let submission = PaymentSubmission {
+            name: name.clone(),
+            amount,
+            metadata: metadata.clone(),
+        };
+        self.connector.submit_payment(submission).await
     }
 }

@@ -81,6 +81,35 @@ pub enum PaymentsCommand {
         #[arg(long)]
         request_id: Option<String>,
     },
+    /// On-call: list payments that missed a stall deadline (re-driven or paged).
+    Stalled {
+        #[arg(long, default_value_t = 50)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Follow page tokens to the end.
+        #[arg(long)]
+        all: bool,
+    },
+    /// On-call: re-drive a stuck payment now.
+    Retry {
+        /// accounts/{account}/payments/{payment}
+        name: String,
+        /// Idempotency key; reuse it to retry safely. Generated when omitted.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// On-call: give up on a payment not yet processed (FAILED, funds released).
+    Fail {
+        /// accounts/{account}/payments/{payment}
+        name: String,
+        /// Why it is given up (recorded as the failure reason).
+        #[arg(long)]
+        reason: String,
+        /// Idempotency key; reuse it to retry safely. Generated when omitted.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -242,6 +271,62 @@ pub async fn payments(options: &ClientOptions, command: PaymentsCommand) -> anyh
             };
             let payment = client
                 .refund_payment(request)
+                .await
+                .map_err(render::status_error)?
+                .into_inner();
+            render::payment(options.json, &payment, Some(&request_id));
+        }
+        PaymentsCommand::Stalled {
+            page_size,
+            page_token,
+            all,
+        } => {
+            let mut payments = Vec::new();
+            let mut token = page_token;
+            loop {
+                let request = pb::ListStalledPaymentsRequest {
+                    page_size,
+                    page_token: token,
+                };
+                let page = client
+                    .list_stalled_payments(request)
+                    .await
+                    .map_err(render::status_error)?
+                    .into_inner();
+                payments.extend(page.payments);
+                token = page.next_page_token;
+                if !all || token.is_empty() {
+                    break;
+                }
+            }
+            render::stalled_list(options.json, &payments, &token);
+        }
+        PaymentsCommand::Retry { name, request_id } => {
+            let request_id = request_id.unwrap_or_else(new_request_id);
+            let request = pb::RetryPaymentRequest {
+                name,
+                request_id: request_id.clone(),
+            };
+            let payment = client
+                .retry_payment(request)
+                .await
+                .map_err(render::status_error)?
+                .into_inner();
+            render::payment(options.json, &payment, Some(&request_id));
+        }
+        PaymentsCommand::Fail {
+            name,
+            reason,
+            request_id,
+        } => {
+            let request_id = request_id.unwrap_or_else(new_request_id);
+            let request = pb::FailPaymentRequest {
+                name,
+                reason,
+                request_id: request_id.clone(),
+            };
+            let payment = client
+                .fail_payment(request)
                 .await
                 .map_err(render::status_error)?
                 .into_inner();

@@ -60,6 +60,19 @@ pub fn payment_json(payment: &pb::Payment) -> Value {
             "state": pb::refund::State::try_from(refund.state).map(|s| s.as_str_name()).unwrap_or("STATE_UNSPECIFIED"),
             "failure_reason": refund.failure_reason,
         })).collect::<Vec<_>>(),
+        "watch": payment.watch.as_ref().map(|watch| json!({
+            "stage": watch.stage,
+            "since_time": time(watch.since_time.as_ref()),
+            "due_time": time(watch.due_time.as_ref()),
+            "redrives": watch.redrives,
+            "paged": watch.paged,
+        })),
+        "history": payment.history.iter().map(|entry| json!({
+            "from_state": state_name(entry.from_state),
+            "to_state": state_name(entry.to_state),
+            "cause": entry.cause,
+            "time": time(entry.time.as_ref()),
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -92,8 +105,51 @@ pub fn payment(as_json: bool, payment: &pb::Payment, request_id: Option<&str>) {
             refund.reason
         );
     }
+    if let Some(watch) = &payment.watch {
+        println!(
+            "watch     stage {} since {}, {} re-drives, {}",
+            watch.stage,
+            time(watch.since_time.as_ref()),
+            watch.redrives,
+            match &watch.due_time {
+                Some(due) => format!("next look {}", time(Some(due))),
+                None => "paged: waiting for a person".to_owned(),
+            }
+        );
+    }
     if let Some(request_id) = request_id {
         println!("request   {request_id}  (reuse with --request-id to retry safely)");
+    }
+}
+
+pub fn stalled_list(as_json: bool, payments: &[pb::Payment], next_page_token: &str) {
+    if as_json {
+        let value = json!({
+            "payments": payments.iter().map(payment_json).collect::<Vec<_>>(),
+            "next_page_token": next_page_token,
+        });
+        println!("{value}");
+        return;
+    }
+    println!(
+        "{:<48} {:<12} {:>18} {:<25} {:>8} {:<6}",
+        "PAYMENT", "STATE", "AMOUNT", "STALLED SINCE", "REDRIVES", "PAGED"
+    );
+    for payment in payments {
+        let watch = payment.watch.clone().unwrap_or_default();
+        println!(
+            "{:<48} {:<12} {:>18} {:<25} {:>8} {:<6}",
+            payment.name,
+            state_name(payment.state),
+            money(payment.amount.as_ref()),
+            time(watch.since_time.as_ref()),
+            watch.redrives,
+            if watch.paged { "yes" } else { "no" }
+        );
+    }
+    println!("({} stalled)", payments.len());
+    if !next_page_token.is_empty() {
+        println!("more: --page-token {next_page_token}   (or --all)");
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod money;
 pub mod payment;
+pub mod watch;
 
 use std::fmt;
 

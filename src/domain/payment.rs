@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::watch::{Alert, StallPolicy, Watch};
 use super::{AccountId, Currency, Money, PaymentId, PaymentName, Timestamp};
 use crate::ledger::{LedgerError, Movement};
 use crate::limits;
@@ -36,6 +37,21 @@ pub enum PaymentState {
 }
 
 impl PaymentState {
+    /// The state's name in logs, metrics and flags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentState::Created => "created",
+            PaymentState::Approved => "approved",
+            PaymentState::InReview => "in_review",
+            PaymentState::Sent => "sent",
+            PaymentState::Processed => "processed",
+            PaymentState::PartiallyRefunded => "partially_refunded",
+            PaymentState::Refunded => "refunded",
+            PaymentState::Declined => "declined",
+            PaymentState::Failed => "failed",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
@@ -91,6 +107,9 @@ pub struct Payment {
     pub history: Vec<Transition>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// The durable reminder while the payment waits (see [`super::watch`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<Watch>,
 }
 
 /// A validated request to create a payment.
@@ -138,6 +157,7 @@ impl FeeSchedule {
 pub struct Policy {
     pub approval: ApprovalPolicy,
     pub fees: FeeSchedule,
+    pub stalls: StallPolicy,
 }
 
 /// What the bank said about a payment.
@@ -164,6 +184,13 @@ pub enum Effect {
         amount: Money,
         metadata: BTreeMap<String, String>,
     },
+    /// Re-drive of a sent payment: ask the bank what it knows; apply a known
+    /// outcome, re-submit (same key) if the bank never got it.
+    QueryPayment {
+        name: PaymentName,
+        amount: Money,
+        metadata: BTreeMap<String, String>,
+    },
     /// Ask the bank to return `amount`; `(name, refund_id)` is the key.
     SubmitRefund {
         name: PaymentName,
@@ -172,13 +199,45 @@ pub enum Effect {
     },
 }
 
-/// The outcome of applying a command: persist `payment` and `movements` in
-/// one atomic write, then execute `effects`.
+/// The outcome of applying a command: persist `payment`, `movements` and
+/// the `alert` to deliver in one atomic write, then execute `effects`.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Decision {
     pub payment: Payment,
     pub movements: Vec<Movement>,
     pub effects: Vec<Effect>,
+    /// A page to deliver after commit (the alert outbox).
+    pub alert: Option<Alert>,
+}
+
+impl Decision {
+    pub(super) fn new(
+        payment: Payment,
+        movements: Vec<Movement>,
+        effects: Vec<Effect>,
+        alert: Option<Alert>,
+    ) -> Decision {
+        Decision {
+            payment,
+            movements,
+            effects,
+            alert,
+        }
+    }
+
+    /// A decision that changed `previous` into `next`: the watch follows the
+    /// new stage, and a page of a stall that ended is resolved.
+    pub(super) fn decide(
+        previous: &Payment,
+        mut next: Payment,
+        movements: Vec<Movement>,
+        effects: Vec<Effect>,
+        now: Timestamp,
+        stalls: &StallPolicy,
+    ) -> Decision {
+        let alert = next.rearm(previous, now, stalls);
+        Decision::new(next, movements, effects, alert)
+    }
 }
 
 /// A refund request the payment refuses (a business answer, not a fault).
@@ -300,12 +359,17 @@ impl Payment {
         effects
     }
 
-    fn transition(&mut self, to: PaymentState, cause: &str, now: Timestamp) {
+    pub(super) fn transition(&mut self, to: PaymentState, cause: &str, now: Timestamp) {
         debug_assert!(!self.state.is_terminal(), "terminal payments never change");
         let from = self.state;
         self.state = to;
         self.updated_at = now;
         self.record(Some(from), to, cause, now);
+    }
+
+    /// A history entry that is not a state change (a re-drive, a page).
+    pub(super) fn record_event(&mut self, state: PaymentState, cause: &str, at: Timestamp) {
+        self.record(Some(state), state, cause, at);
     }
 
     fn record(&mut self, from: Option<PaymentState>, to: PaymentState, cause: &str, at: Timestamp) {
@@ -345,11 +409,14 @@ impl Payment {
                 Movement::payment_failed(self.id.clone(), self.amount)?
             }
         };
-        Ok(Some(Decision {
-            payment: next,
-            movements: vec![movement],
-            effects: Vec::new(),
-        }))
+        Ok(Some(Decision::decide(
+            self,
+            next,
+            vec![movement],
+            Vec::new(),
+            now,
+            &policy.stalls,
+        )))
     }
 
     /// Reserves a refund of `amount` (all that remains when `None`).
@@ -358,6 +425,7 @@ impl Payment {
         amount: Option<Money>,
         reason: &str,
         now: Timestamp,
+        policy: &Policy,
     ) -> Result<Decision, Rejection> {
         if !matches!(
             self.state,
@@ -408,11 +476,14 @@ impl Payment {
             refund_id,
             amount,
         };
-        Ok(Decision {
-            payment: next,
-            movements: vec![movement],
-            effects: vec![effect],
-        })
+        Ok(Decision::decide(
+            self,
+            next,
+            vec![movement],
+            vec![effect],
+            now,
+            &policy.stalls,
+        ))
     }
 
     /// A bank outcome for one refund. `None` when the refund is unknown or no
@@ -422,6 +493,7 @@ impl Payment {
         refund_id: &str,
         outcome: &RefundOutcome,
         now: Timestamp,
+        policy: &Policy,
     ) -> Result<Option<Decision>, Rejection> {
         let Some(index) = self
             .refunds
@@ -454,11 +526,54 @@ impl Payment {
                 Movement::refund_failed(self.id.clone(), refund_id, amount)?
             }
         };
-        Ok(Some(Decision {
-            payment: next,
-            movements: vec![movement],
-            effects: Vec::new(),
-        }))
+        Ok(Some(Decision::decide(
+            self,
+            next,
+            vec![movement],
+            Vec::new(),
+            now,
+            &policy.stalls,
+        )))
+    }
+
+    /// Runs a payment as far as it goes without waiting, from CREATED or
+    /// APPROVED: approval, then dispatch to a bank. Every transition is
+    /// written in one atomic write before the bank is called.
+    pub(super) fn advance(&self, now: Timestamp, policy: &Policy) -> Result<Decision, Rejection> {
+        let mut next = self.clone();
+        let currency = next.amount.currency();
+        if next.state == PaymentState::Created {
+            if let Some(max) = policy.approval.max_amount.get(&currency) {
+                if next.amount > *max {
+                    next.failure_reason =
+                        Some(format!("amount exceeds the approval limit of {max}"));
+                    next.transition(PaymentState::Declined, "approval_declined", now);
+                    return Ok(Decision::decide(
+                        self,
+                        next,
+                        Vec::new(),
+                        Vec::new(),
+                        now,
+                        &policy.stalls,
+                    ));
+                }
+            }
+            next.transition(PaymentState::Approved, "approved", now);
+        }
+        if next.state != PaymentState::Approved {
+            return Ok(Decision::new(next, Vec::new(), Vec::new(), None));
+        }
+        next.transition(PaymentState::Sent, "dispatched", now);
+        let movement = Movement::payment_sent(next.id.clone(), next.amount)?;
+        let effects = next.pending_effects();
+        Ok(Decision::decide(
+            self,
+            next,
+            vec![movement],
+            effects,
+            now,
+            &policy.stalls,
+        ))
     }
 }
 
@@ -479,29 +594,10 @@ pub fn create(new: NewPayment, now: Timestamp, policy: &Policy) -> Result<Decisi
         history: Vec::new(),
         created_at: now,
         updated_at: now,
+        watch: None,
     };
     payment.record(None, PaymentState::Created, "created", now);
-
-    if let Some(max) = policy.approval.max_amount.get(&currency) {
-        if payment.amount > *max {
-            payment.failure_reason = Some(format!("amount exceeds the approval limit of {max}"));
-            payment.transition(PaymentState::Declined, "approval_declined", now);
-            return Ok(Decision {
-                payment,
-                movements: Vec::new(),
-                effects: Vec::new(),
-            });
-        }
-    }
-    payment.transition(PaymentState::Approved, "approved", now);
-    payment.transition(PaymentState::Sent, "dispatched", now);
-    let movement = Movement::payment_sent(payment.id.clone(), payment.amount)?;
-    let effects = payment.pending_effects();
-    Ok(Decision {
-        payment,
-        movements: vec![movement],
-        effects,
-    })
+    payment.advance(now, policy)
 }
 
 #[cfg(test)]
@@ -595,17 +691,20 @@ mod tests {
     fn refunds_cannot_exceed_the_amount_together() {
         let payment = processed(1000);
         let first = payment
-            .request_refund(Some(usd(600)), "r", at(3))
+            .request_refund(Some(usd(600)), "r", at(3), &Policy::default())
             .unwrap()
             .payment;
         assert!(matches!(
-            first.request_refund(Some(usd(401)), "r", at(4)),
+            first.request_refund(Some(usd(401)), "r", at(4), &Policy::default()),
             Err(Rejection::RefundExceedsRemaining { .. })
         ));
-        let rest = first.request_refund(None, "r", at(4)).unwrap();
+        let rest = first
+            .request_refund(None, "r", at(4), &Policy::default())
+            .unwrap();
         assert_eq!(rest.payment.refunds[1].amount, usd(400));
         assert_eq!(
-            rest.payment.request_refund(None, "r", at(5)),
+            rest.payment
+                .request_refund(None, "r", at(5), &Policy::default()),
             Err(Rejection::NothingLeftToRefund)
         );
     }
@@ -614,32 +713,43 @@ mod tests {
     fn refund_outcomes_drive_the_payment_state() {
         let payment = processed(1000);
         let one = payment
-            .request_refund(Some(usd(300)), "r", at(3))
+            .request_refund(Some(usd(300)), "r", at(3), &Policy::default())
             .unwrap()
             .payment;
         let one = one
-            .on_refund_outcome("r1", &RefundOutcome::Succeeded, at(4))
+            .on_refund_outcome("r1", &RefundOutcome::Succeeded, at(4), &Policy::default())
             .unwrap()
             .unwrap()
             .payment;
         assert_eq!(one.state, PaymentState::PartiallyRefunded);
-        let two = one.request_refund(None, "r", at(5)).unwrap().payment;
+        let two = one
+            .request_refund(None, "r", at(5), &Policy::default())
+            .unwrap()
+            .payment;
         let failed = two
-            .on_refund_outcome("r2", &RefundOutcome::Failed { reason: "x".into() }, at(6))
+            .on_refund_outcome(
+                "r2",
+                &RefundOutcome::Failed { reason: "x".into() },
+                at(6),
+                &Policy::default(),
+            )
             .unwrap()
             .unwrap()
             .payment;
         assert_eq!(failed.state, PaymentState::PartiallyRefunded);
-        let three = failed.request_refund(None, "r", at(7)).unwrap().payment;
+        let three = failed
+            .request_refund(None, "r", at(7), &Policy::default())
+            .unwrap()
+            .payment;
         let done = three
-            .on_refund_outcome("r3", &RefundOutcome::Succeeded, at(8))
+            .on_refund_outcome("r3", &RefundOutcome::Succeeded, at(8), &Policy::default())
             .unwrap()
             .unwrap()
             .payment;
         assert_eq!(done.state, PaymentState::Refunded);
         assert_eq!(done.refunded(), usd(1000));
         assert_eq!(
-            done.on_refund_outcome("r3", &RefundOutcome::Succeeded, at(9)),
+            done.on_refund_outcome("r3", &RefundOutcome::Succeeded, at(9), &Policy::default()),
             Ok(None)
         );
     }
@@ -669,7 +779,7 @@ mod tests {
             .unwrap()
             .payment;
         assert_eq!(
-            sent.request_refund(None, "r", at(2)),
+            sent.request_refund(None, "r", at(2), &Policy::default()),
             Err(Rejection::NotRefundable(PaymentState::Sent))
         );
     }

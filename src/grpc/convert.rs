@@ -5,13 +5,17 @@
 use std::collections::BTreeMap;
 
 use super::pb;
-use crate::actors::{CommandError, CreatePayment, FieldViolation, RefundPayment};
+use crate::actors::{
+    CommandError, CreatePayment, FieldViolation, OperatorAction, OperatorCommand, RefundPayment,
+};
 use crate::domain::payment::{Payment, PaymentState, Refund, RefundState, Transition};
+use crate::domain::watch::PageAction;
 use crate::domain::{
     parse_account_name, parse_payment_name, Currency, Money, PaymentId, RequestId, Timestamp,
 };
 use crate::ledger::Balances;
 use crate::limits;
+use crate::watchdog::AlertEvent;
 
 /// Accumulates field violations.
 #[derive(Default)]
@@ -267,6 +271,101 @@ pub fn payment_to_pb(payment: &Payment) -> pb::Payment {
         refunds: payment.refunds.iter().map(refund_to_pb).collect(),
         fee: Some(money_to_pb(payment.fee)),
         history: payment.history.iter().map(transition_to_pb).collect(),
+        watch: payment.watch.as_ref().map(|watch| pb::Watch {
+            stage: watch.stage.to_string(),
+            since_time: Some(timestamp(watch.since)),
+            due_time: watch.due_at.map(timestamp),
+            redrives: watch.redrives as i32,
+            paged: watch.paged,
+        }),
+    }
+}
+
+pub fn operator_command(
+    name: &str,
+    request_id: String,
+    action: Result<OperatorAction, FieldViolation>,
+) -> Result<OperatorCommand, CommandError> {
+    let mut violations = Violations::default();
+    let name = violations.check("name", parse_payment_name(name));
+    let request_id = violations.check("request_id", RequestId::new(request_id));
+    let action = action
+        .map_err(|violation| violations.add(&violation.field, violation.description))
+        .ok();
+    let command = (|| {
+        Some(OperatorCommand {
+            name: name?,
+            action: action?,
+            request_id: request_id?,
+        })
+    })();
+    violations.finish(command)
+}
+
+pub fn fail_reason(reason: String) -> Result<OperatorAction, FieldViolation> {
+    let bad = |description: String| FieldViolation {
+        field: "reason".into(),
+        description,
+    };
+    if reason.trim().is_empty() {
+        return Err(bad("required: say why the payment is given up".into()));
+    }
+    if reason.len() > limits::REFUND_REASON_BYTES_MAX {
+        return Err(bad(format!(
+            "at most {} bytes",
+            limits::REFUND_REASON_BYTES_MAX
+        )));
+    }
+    Ok(OperatorAction::Fail { reason })
+}
+
+/// Stalled-list tokens: `s1.` and the store's index position.
+pub fn encode_stalled_token(position: &str) -> String {
+    format!("s1.{position}")
+}
+
+pub fn decode_stalled_token(token: &str) -> Result<Option<String>, CommandError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    // The position is `{family}:{shard}:{index sort key}`: checked here so
+    // a forged token is the client's error, not a store fault.
+    let well_formed = |position: &&str| {
+        let mut parts = position.splitn(3, ':');
+        let mut small_number = || {
+            parts
+                .next()
+                .and_then(|part| part.parse::<usize>().ok())
+                .is_some_and(|number| number < limits::ACCOUNT_SHARDS)
+        };
+        small_number()
+            && small_number()
+            && parts.next().is_some()
+            && position.len() <= 512
+            && !position.chars().any(char::is_control)
+    };
+    token
+        .strip_prefix("s1.")
+        .filter(well_formed)
+        .map(|position| Some(position.to_owned()))
+        .ok_or_else(|| {
+            CommandError::invalid("page_token", "not a token returned by ListStalledPayments")
+        })
+}
+
+pub fn alert_to_pb(event: &AlertEvent) -> pb::Alert {
+    pb::Alert {
+        payment: event.payment.to_string(),
+        action: match event.action {
+            PageAction::Trigger => pb::alert::Action::Trigger,
+            PageAction::Resolve => pb::alert::Action::Resolve,
+        } as i32,
+        dedup_key: event.dedup_key.clone(),
+        stage: event.stage.to_string(),
+        severity: format!("{:?}", event.severity).to_lowercase(),
+        summary: event.summary.clone(),
+        time: Some(timestamp(event.at)),
+        missed: 0,
     }
 }
 

@@ -9,6 +9,7 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::actors::CommandError;
 use crate::domain::payment::Rejection;
+use crate::domain::watch::OperatorRejection;
 
 /// `ErrorInfo.domain` of every payvisor error.
 pub const ERROR_DOMAIN: &str = "payvisor.dev";
@@ -32,6 +33,14 @@ impl From<CommandError> for Status {
                     Rejection::TooManyRefunds { .. } => "TOO_MANY_REFUNDS",
                     Rejection::CurrencyMismatch { .. } => "CURRENCY_MISMATCH",
                     Rejection::Ledger(_) => "LEDGER_REJECTED",
+                },
+            ),
+            CommandError::OperatorRejected(rejection) => (
+                Code::FailedPrecondition,
+                match rejection {
+                    OperatorRejection::NothingToRetry(_) => "PAYMENT_NOT_RETRYABLE",
+                    OperatorRejection::AwaitsReview => "PAYMENT_AWAITS_REVIEW",
+                    OperatorRejection::NotFailable(_) => "PAYMENT_NOT_FAILABLE",
                 },
             ),
             CommandError::InsufficientFunds => (Code::FailedPrecondition, "INSUFFICIENT_FUNDS"),

@@ -5,10 +5,15 @@
 pub mod convert;
 pub mod error;
 
+use std::pin::Pin;
+
+use tokio::sync::broadcast::error::RecvError;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::actors::Orchestrator;
 use crate::domain::parse_account_name;
+use crate::limits;
 
 /// Generated protobuf and gRPC code for `payvisor.v1`.
 pub mod pb {
@@ -98,5 +103,88 @@ impl PaymentService for PaymentApi {
         let account = parse_account_name(&name).map_err(|error| invalid_name("name", error))?;
         let balances = self.orchestrator.get_account(&account).await?;
         Ok(Response::new(convert::account_to_pb(name, &balances)))
+    }
+
+    async fn retry_payment(
+        &self,
+        request: Request<pb::RetryPaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let request = request.into_inner();
+        let command = convert::operator_command(
+            &request.name,
+            request.request_id,
+            Ok(crate::actors::OperatorAction::Retry),
+        )?;
+        let payment = self.orchestrator.operate(command).await?;
+        Ok(Response::new(convert::payment_to_pb(&payment)))
+    }
+
+    async fn fail_payment(
+        &self,
+        request: Request<pb::FailPaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let request = request.into_inner();
+        let command = convert::operator_command(
+            &request.name,
+            request.request_id,
+            convert::fail_reason(request.reason),
+        )?;
+        let payment = self.orchestrator.operate(command).await?;
+        Ok(Response::new(convert::payment_to_pb(&payment)))
+    }
+
+    async fn list_stalled_payments(
+        &self,
+        request: Request<pb::ListStalledPaymentsRequest>,
+    ) -> Result<Response<pb::ListStalledPaymentsResponse>, Status> {
+        let request = request.into_inner();
+        let page_size = convert::page_size(request.page_size)?;
+        let position = convert::decode_stalled_token(&request.page_token)?;
+        let (payments, next) = self
+            .orchestrator
+            .list_stalled(position.as_deref(), page_size)
+            .await?;
+        Ok(Response::new(pb::ListStalledPaymentsResponse {
+            payments: payments.iter().map(convert::payment_to_pb).collect(),
+            next_page_token: next
+                .as_deref()
+                .map(convert::encode_stalled_token)
+                .unwrap_or_default(),
+        }))
+    }
+
+    type WatchAlertsStream = Pin<Box<dyn Stream<Item = Result<pb::Alert, Status>> + Send>>;
+
+    async fn watch_alerts(
+        &self,
+        _request: Request<pb::WatchAlertsRequest>,
+    ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        let mut alerts = self.orchestrator.subscribe_alerts();
+        let (sender, receiver) = tokio::sync::mpsc::channel(limits::ALERT_STREAM_BUFFER);
+        tokio::spawn(async move {
+            let mut missed = 0;
+            loop {
+                let alert = match alerts.recv().await {
+                    Ok(event) => {
+                        let mut alert = convert::alert_to_pb(&event);
+                        alert.missed = std::mem::take(&mut missed);
+                        alert
+                    }
+                    // A slow subscriber is told how much it missed, on the
+                    // next alert it does get.
+                    Err(RecvError::Lagged(count)) => {
+                        missed += count as i64;
+                        continue;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if sender.send(Ok(alert)).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
     }
 }

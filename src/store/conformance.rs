@@ -236,6 +236,7 @@ pub async fn the_sparse_index_holds_only_indexed_items(store: Arc<dyn Store>) {
             .query_index(IndexQuery {
                 index_pk: "OPEN".into(),
                 start_after: start_after.clone(),
+                end_at: None,
                 limit: 7,
             })
             .await
@@ -248,6 +249,63 @@ pub async fn the_sparse_index_holds_only_indexed_items(store: Arc<dyn Store>) {
     }
     assert_eq!(seen.len(), 24);
     assert!(!seen.contains(&"acct3".to_string()));
+}
+
+/// Index range reads bounded above (how due reminders are found): only keys
+/// up to the bound, in order, paged exactly once, with or without a start.
+pub async fn index_reads_stop_at_an_upper_bound(store: Arc<dyn Store>) {
+    let mut ops = Vec::new();
+    for n in 0..40 {
+        let mut indexed = item(&format!("acct{n}"), "P#1", 1, "x");
+        indexed.index = Some(IndexKey {
+            pk: "DUE".into(),
+            sk: format!("{:013}/acct{n}", 1_000 + n * 10),
+        });
+        ops.push(put(indexed, Condition::NotExists));
+    }
+    store.transact(ops).await.unwrap();
+    let due_by = |millis: u64| format!("{millis:013}/\u{7f}");
+    let read_all = |end_at: String, limit: usize| {
+        let store = Arc::clone(&store);
+        async move {
+            let mut seen = Vec::new();
+            let mut start_after = None;
+            loop {
+                let page = store
+                    .query_index(IndexQuery {
+                        index_pk: "DUE".into(),
+                        start_after: start_after.clone(),
+                        end_at: Some(end_at.clone()),
+                        limit,
+                    })
+                    .await
+                    .unwrap();
+                assert!(page.items.len() <= limit);
+                seen.extend(page.items.iter().map(|item| item.key.pk.clone()));
+                match page.next {
+                    Some(next) => start_after = Some(next),
+                    None => return seen,
+                }
+            }
+        }
+    };
+    // Due by 1,100: the eleven items at 1,000..=1,100, nothing later.
+    let expected: Vec<String> = (0..=10).map(|n| format!("acct{n}")).collect();
+    assert_eq!(read_all(due_by(1_100), 3).await, expected);
+    assert_eq!(read_all(due_by(1_100), 100).await, expected);
+    assert!(read_all(due_by(999), 5).await.is_empty());
+    assert_eq!(read_all(due_by(10_000), 7).await.len(), 40);
+    // A control character in an index key is refused (it could sort
+    // between a key and the next page's start).
+    let mut bad = item("acct-bad", "P#1", 1, "x");
+    bad.index = Some(IndexKey {
+        pk: "DUE".into(),
+        sk: "0000000000001/\u{1}".into(),
+    });
+    assert!(matches!(
+        store.transact(vec![put(bad, Condition::NotExists)]).await,
+        Err(StoreError::InvalidWrite(_))
+    ));
 }
 
 /// Fifty concurrent creators of one idempotency record: exactly one wins.
@@ -352,6 +410,7 @@ macro_rules! store_conformance_tests {
             malformed_writes_are_refused,
             queries_page_through_a_prefix_exactly_once,
             the_sparse_index_holds_only_indexed_items,
+            index_reads_stop_at_an_upper_bound,
             concurrent_creates_have_exactly_one_winner,
             contended_increments_lose_no_update,
         );

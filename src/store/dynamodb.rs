@@ -508,11 +508,24 @@ impl Store for DynamoDbStore {
                     .table_name(&self.table)
                     .index_name(INDEX_NAME)
                     .expression_attribute_values(":ipk", AttributeValue::S(query.index_pk.clone()));
-                match &query.start_after {
-                    Some(after) => builder
+                match (&query.start_after, &query.end_at) {
+                    (Some(after), None) => builder
                         .key_condition_expression("ipk = :ipk AND isk > :after")
                         .expression_attribute_values(":after", AttributeValue::S(after.clone())),
-                    None => builder.key_condition_expression("ipk = :ipk"),
+                    (None, None) => builder.key_condition_expression("ipk = :ipk"),
+                    (None, Some(end)) => builder
+                        .key_condition_expression("ipk = :ipk AND isk <= :end")
+                        .expression_attribute_values(":end", AttributeValue::S(end.clone())),
+                    // A key condition has one range operator: "strictly
+                    // after" becomes "from after + U+0001" (index keys hold
+                    // no control characters; see `validate_write`).
+                    (Some(after), Some(end)) => builder
+                        .key_condition_expression("ipk = :ipk AND isk BETWEEN :from AND :end")
+                        .expression_attribute_values(
+                            ":from",
+                            AttributeValue::S(format!("{after}\u{1}")),
+                        )
+                        .expression_attribute_values(":end", AttributeValue::S(end.clone())),
                 }
             };
             self.query_pages(build, query.limit, |item| {

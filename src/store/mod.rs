@@ -110,6 +110,10 @@ pub struct IndexQuery {
     pub index_pk: String,
     /// Resume strictly after this index sort key.
     pub start_after: Option<String>,
+    /// Only index sort keys up to and including this one. With sort keys
+    /// that begin with a time, "everything due by now" costs what is due,
+    /// not what is stored.
+    pub end_at: Option<String>,
     pub limit: usize,
 }
 
@@ -162,6 +166,26 @@ pub fn validate_write(ops: &[WriteOp]) -> Result<(), StoreError> {
             ops.len(),
             crate::limits::TRANSACT_ITEMS_MAX
         )));
+    }
+    // Index sort keys are compared as byte strings, and range reads resume
+    // "strictly after" a key by starting at key + U+0001: no control
+    // characters, so nothing can sort between the two.
+    for op in ops {
+        if let WriteOp::Put { item, .. } = op {
+            if let Some(index) = &item.index {
+                if index
+                    .sk
+                    .chars()
+                    .chain(index.pk.chars())
+                    .any(char::is_control)
+                {
+                    return Err(StoreError::InvalidWrite(format!(
+                        "index key of {:?} contains a control character",
+                        item.key
+                    )));
+                }
+            }
+        }
     }
     let mut keys: Vec<&Key> = ops.iter().map(WriteOp::key).collect();
     keys.sort();

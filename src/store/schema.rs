@@ -5,9 +5,19 @@
 //! | item        | pk                  | sk               | index (sparse)                                      |
 //! |-------------|---------------------|------------------|-----------------------------------------------------|
 //! | account     | `A#{acct}`          | `ACCOUNT`        | –                                                   |
-//! | payment     | `A#{acct}#{shard}`  | `P#{payment}`    | `OPEN#{nn}` / `{acct}/{payment}` while it has pending work |
+//! | payment     | `A#{acct}#{shard}`  | `P#{payment}`    | `WATCH#nn` / `STALL#nn` / `PAGED#nn` and `{due:013}/{acct}/{payment}` while watched |
 //! | movement    | `A#{acct}#{shard}`  | `M#{seq:020}`    | –                                                   |
 //! | idempotency | `A#{acct}#{shard}`  | `I#{request_id}` | –                                                   |
+//! | alert       | `A#{acct}#{shard}`  | `L#{payment}#{stage}#{since:013}#{n}` | `PAGE#nn` / `{at:013}/{acct}/{payment}/{n}` until delivered |
+//!
+//! **Reminders.** A payment that waits carries a watch (see
+//! [`crate::domain::watch`]); its index key is the reminder: the family says
+//! whether it is merely watched (`WATCH`), stalled and being re-driven
+//! (`STALL`) or paged and waiting for a person (`PAGED`, keyed by when the
+//! stall began), and the sort key begins with the due time. "What is due by
+//! now" is a range read up to now in each shard: its cost is what is due,
+//! not the number of payments. The reminder is written with the
+//! transition, in the same item, so it can neither be lost nor outlive it.
 //!
 //! **Hot accounts.** A DynamoDB partition takes about 1,000 write units per
 //! second, and one command writes a payment, a movement, an idempotency
@@ -27,6 +37,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{IndexKey, IndexQuery, Item, Key, Query, Store, StoreError};
 use crate::domain::payment::Payment;
+use crate::domain::watch::{Alert, PageAction};
 use crate::domain::{AccountId, PaymentId, PaymentName, RequestId, Timestamp};
 use crate::ledger::{Balances, Movement};
 use crate::limits;
@@ -35,9 +46,24 @@ pub const ACCOUNT_SK: &str = "ACCOUNT";
 pub const PAYMENT_SK_PREFIX: &str = "P#";
 pub const MOVEMENT_SK_PREFIX: &str = "M#";
 pub const IDEMPOTENCY_SK_PREFIX: &str = "I#";
-/// Index partitions of payments with pending work (recovery sweeps them):
-/// `OPEN#00` to `OPEN#{ACCOUNT_SHARDS - 1}`.
-pub const OPEN_PAYMENTS_INDEX_PREFIX: &str = "OPEN#";
+pub const ALERT_SK_PREFIX: &str = "L#";
+
+/// Index families (each in `ACCOUNT_SHARDS` partitions `{family}#00`…).
+/// Watched payments, not stalled: sort key starts with the due time.
+pub const WATCHING: &str = "WATCH";
+/// Stalled payments being re-driven: sort key starts with the due time.
+pub const STALLED_REDRIVING: &str = "STALL";
+/// Stalled payments on-call was paged for: sort key starts with the stall's
+/// beginning; no reminder (a person acts).
+pub const STALLED_PAGED: &str = "PAGED";
+/// Pages not yet delivered: sort key starts with when they were decided.
+pub const PAGES_UNDELIVERED: &str = "PAGE";
+/// Families with reminders that fall due.
+pub const DUE_FAMILIES: [&str; 2] = [WATCHING, STALLED_REDRIVING];
+/// Every watched payment (start-up recovery reads them all).
+pub const WATCHED_FAMILIES: [&str; 3] = [WATCHING, STALLED_REDRIVING, STALLED_PAGED];
+/// Stalled payments (`ListStalledPayments`, the gauge).
+pub const STALLED_FAMILIES: [&str; 2] = [STALLED_REDRIVING, STALLED_PAGED];
 
 /// A decoded item with the version its next writer must condition on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -120,8 +146,78 @@ pub fn idempotency_key(account: &AccountId, request_id: &RequestId) -> Key {
     )
 }
 
-fn open_index_partition(shard: usize) -> String {
-    format!("{OPEN_PAYMENTS_INDEX_PREFIX}{shard:02}")
+fn index_partition(family: &str, shard: usize) -> String {
+    format!("{family}#{shard:02}")
+}
+
+/// A time as the start of an index sort key: fixed width, so byte order is
+/// time order (13 digits last until the year 2286).
+fn time_prefix(at: Timestamp) -> String {
+    format!("{:013}", at.unix_millis().max(0))
+}
+
+/// The upper bound of a range read of everything due by `now`.
+pub fn due_by(now: Timestamp) -> String {
+    // '/' follows the time in every key; '0' sorts after it, so every key
+    // of this millisecond is included and none of the next.
+    format!("{}0", time_prefix(now))
+}
+
+/// The page to deliver, as stored (the alert outbox).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlertRecord {
+    pub payment: PaymentName,
+    pub alert: Alert,
+    /// Set when the sink acknowledged it; the item then leaves the index.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered_at: Option<Timestamp>,
+}
+
+fn alert_ordinal(alert: &Alert) -> &'static str {
+    // A resolve sorts after its trigger.
+    match alert.action {
+        PageAction::Trigger => "1",
+        PageAction::Resolve => "2",
+    }
+}
+
+pub fn alert_key(payment: &PaymentName, alert: &Alert) -> Key {
+    Key::new(
+        shard_partition(&payment.account, shard_of(payment.payment.as_str())),
+        format!(
+            "{ALERT_SK_PREFIX}{}#{}#{}#{}",
+            payment.payment,
+            alert.stage,
+            time_prefix(alert.stall_since),
+            alert_ordinal(alert)
+        ),
+    )
+}
+
+/// The alert item: version 1 when decided, 2 once delivered.
+pub fn alert_item(record: &AlertRecord) -> Item {
+    let index = record.delivered_at.is_none().then(|| {
+        let tail = format!(
+            "{}/{}/{}",
+            record.payment.account,
+            record.payment.payment,
+            alert_ordinal(&record.alert)
+        );
+        IndexKey {
+            pk: index_partition(PAGES_UNDELIVERED, shard_of(&tail)),
+            sk: format!("{}/{tail}", time_prefix(record.alert.at)),
+        }
+    });
+    Item {
+        key: alert_key(&record.payment, &record.alert),
+        version: if record.delivered_at.is_some() { 2 } else { 1 },
+        body: encode(record),
+        index,
+    }
+}
+
+pub fn decode_alert(item: &Item) -> Result<AlertRecord, StoreError> {
+    decode(item)
 }
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -142,11 +238,16 @@ fn versioned<T: DeserializeOwned>(item: Item) -> Result<Versioned<T>, StoreError
 }
 
 pub fn payment_item(payment: &Payment, version: u64) -> Item {
-    let index = payment.has_pending_work().then(|| {
-        let sk = format!("{}/{}", payment.account, payment.id);
+    let index = payment.watch.as_ref().map(|watch| {
+        let tail = format!("{}/{}", payment.account, payment.id);
+        let (family, at) = match watch.due_at {
+            Some(due) if watch.is_stalled() => (STALLED_REDRIVING, due),
+            Some(due) => (WATCHING, due),
+            None => (STALLED_PAGED, watch.since),
+        };
         IndexKey {
-            pk: open_index_partition(shard_of(&sk)),
-            sk,
+            pk: index_partition(family, shard_of(&tail)),
+            sk: format!("{}/{tail}", time_prefix(at)),
         }
     });
     Item {
@@ -285,48 +386,98 @@ pub async fn list_movements(
     items.iter().map(decode).collect()
 }
 
-/// One page of payments with pending work, across all accounts. The token
-/// is `{index shard}:{last index sort key}`; shards are read in turn.
-pub async fn open_payments(
+/// One page of an index read across `families`, each in all its shards,
+/// up to `end_at` (inclusive) when given. The token is
+/// `{family}:{shard}:{last index sort key}`; partitions are read in turn.
+pub async fn index_page(
     store: &dyn Store,
-    token: Option<String>,
+    families: &[&str],
+    end_at: Option<&str>,
+    token: Option<&str>,
     limit: usize,
-) -> Result<(Vec<PaymentName>, Option<String>), StoreError> {
-    let (mut shard, mut start_after) =
-        match token.as_deref().and_then(|token| token.split_once(':')) {
-            Some((shard, after)) => (
-                shard
-                    .parse::<usize>()
-                    .map_err(|_| StoreError::Corrupt(format!("recovery token {token:?}")))?,
+) -> Result<(Vec<Item>, Option<String>), StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("index page token {token:?}"));
+    let (mut family, mut shard, mut start_after) = match token {
+        Some(token) => {
+            let mut parts = token.splitn(3, ':');
+            let mut number = || -> Result<usize, StoreError> {
+                parts
+                    .next()
+                    .and_then(|part| part.parse().ok())
+                    .ok_or_else(corrupt)
+            };
+            let (family, shard) = (number()?, number()?);
+            let after = parts.next().ok_or_else(corrupt)?;
+            (
+                family,
+                shard,
                 Some(after.to_owned()).filter(|after| !after.is_empty()),
-            ),
-            None => (0, None),
-        };
-    while shard < limits::ACCOUNT_SHARDS {
+            )
+        }
+        None => (0, 0, None),
+    };
+    while family < families.len() && shard < limits::ACCOUNT_SHARDS {
         let page = store
             .query_index(IndexQuery {
-                index_pk: open_index_partition(shard),
+                index_pk: index_partition(families[family], shard),
                 start_after: start_after.take(),
+                end_at: end_at.map(str::to_owned),
                 limit,
             })
             .await?;
-        let names = page
-            .items
-            .iter()
-            .map(|item| decode::<Payment>(item).map(|payment| payment.name()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (next_family, next_shard) = if shard + 1 < limits::ACCOUNT_SHARDS {
+            (family, shard + 1)
+        } else {
+            (family + 1, 0)
+        };
         let next = match page.next {
-            Some(after) => Some(format!("{shard}:{after}")),
-            None if shard + 1 < limits::ACCOUNT_SHARDS => Some(format!("{}:", shard + 1)),
+            Some(after) => Some(format!("{family}:{shard}:{after}")),
+            None if next_family < families.len() => Some(format!("{next_family}:{next_shard}:")),
             None => None,
         };
-        if !names.is_empty() || next.is_none() {
-            return Ok((names, next));
+        if !page.items.is_empty() || next.is_none() {
+            return Ok((page.items, next));
         }
-        // An empty shard: move on without a round trip to the caller.
-        shard += 1;
+        // An empty partition: move on without a round trip to the caller.
+        (family, shard) = (next_family, next_shard);
     }
     Ok((Vec::new(), None))
+}
+
+/// A page of watched payments (families as given), decoded.
+pub async fn watched_payments(
+    store: &dyn Store,
+    families: &[&str],
+    end_at: Option<&str>,
+    token: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Payment>, Option<String>), StoreError> {
+    let (items, next) = index_page(store, families, end_at, token, limit).await?;
+    let payments = items.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+    Ok((payments, next))
+}
+
+/// Reminders due by `now` in one partition of one family: the watchdog's
+/// sweep reads each partition this way, bounded.
+pub async fn due_reminders(
+    store: &dyn Store,
+    family: &str,
+    shard: usize,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<PaymentName>, StoreError> {
+    let page = store
+        .query_index(IndexQuery {
+            index_pk: index_partition(family, shard),
+            start_after: None,
+            end_at: Some(due_by(now)),
+            limit,
+        })
+        .await?;
+    page.items
+        .iter()
+        .map(|item| decode::<Payment>(item).map(|payment| payment.name()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -408,7 +559,12 @@ mod tests {
         let reason = "r".repeat(limits::REFUND_REASON_BYTES_MAX);
         for _ in 0..limits::REFUNDS_PER_PAYMENT_MAX {
             payment = payment
-                .request_refund(Some(Money::from_minor(usd, 1)), &reason, at)
+                .request_refund(
+                    Some(Money::from_minor(usd, 1)),
+                    &reason,
+                    at,
+                    &Policy::default(),
+                )
                 .unwrap()
                 .payment;
         }

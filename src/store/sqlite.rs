@@ -336,21 +336,36 @@ impl Store for SqliteStore {
         self.read(move |connection| {
             let limit = query.limit.max(1);
             let after = query.start_after.clone().unwrap_or_default();
-            let sql = if query.start_after.is_some() {
-                "SELECT pk, sk, version, body, ipk, isk FROM items
-                 WHERE ipk = ?1 AND isk > ?2 ORDER BY isk LIMIT ?3"
-            } else {
-                "SELECT pk, sk, version, body, ipk, isk FROM items
-                 WHERE ipk = ?1 AND isk >= ?2 ORDER BY isk LIMIT ?3"
+            // The index (ipk, isk) makes both bounds a range seek.
+            let sql = match (query.start_after.is_some(), query.end_at.is_some()) {
+                (true, false) => {
+                    "SELECT pk, sk, version, body, ipk, isk FROM items
+                     WHERE ipk = ?1 AND isk > ?2 ORDER BY isk LIMIT ?3"
+                }
+                (false, false) => {
+                    "SELECT pk, sk, version, body, ipk, isk FROM items
+                     WHERE ipk = ?1 AND isk >= ?2 ORDER BY isk LIMIT ?3"
+                }
+                (true, true) => {
+                    "SELECT pk, sk, version, body, ipk, isk FROM items
+                     WHERE ipk = ?1 AND isk > ?2 AND isk <= ?4 ORDER BY isk LIMIT ?3"
+                }
+                (false, true) => {
+                    "SELECT pk, sk, version, body, ipk, isk FROM items
+                     WHERE ipk = ?1 AND isk >= ?2 AND isk <= ?4 ORDER BY isk LIMIT ?3"
+                }
             };
+            let end = query.end_at.clone().unwrap_or_default();
+            let rows = (limit + 1) as i64;
+            let mut bounds: Vec<&dyn rusqlite::ToSql> = vec![&query.index_pk, &after, &rows];
+            if query.end_at.is_some() {
+                bounds.push(&end);
+            }
             let items = connection
                 .prepare_cached(sql)
                 .and_then(|mut statement| {
                     statement
-                        .query_map(
-                            params![query.index_pk, after, (limit + 1) as i64],
-                            item_from_row,
-                        )?
+                        .query_map(&bounds[..], item_from_row)?
                         .collect::<rusqlite::Result<Vec<Item>>>()
                 })
                 .map_err(unavailable)?;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dynamodb;
+pub mod pager;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

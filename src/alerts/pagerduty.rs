@@ -1,0 +1,400 @@
+//! [`PagerDutySink`]: pages through PagerDuty's Events API v2, one HTTP POST
+//! per page.
+//!
+//! **Boundary:** PagerDuty answers 202 once it has queued the event, and
+//! deduplicates triggers on `dedup_key`; everything here is one attempt, the
+//! dispatcher decides whether to try again from the [`AlertError`] kind.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::{Method, Request, StatusCode, Uri};
+use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{json, Value};
+
+use super::{AlertError, AlertSink, Page, PageAction};
+use crate::limits;
+use crate::store::BoxFuture;
+
+// Bounds of this module (to move into `limits.rs`).
+
+/// The production Events API v2 endpoint.
+pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
+
+/// Why a [`PagerDutySink`] could not be built (configuration errors, found at
+/// start-up rather than at the first page).
+#[derive(Debug, thiserror::Error)]
+pub enum PagerDutyConfigError {
+    #[error("invalid PagerDuty URL {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
+    #[error("the PagerDuty routing key is empty")]
+    EmptyRoutingKey,
+    #[error("cannot load the system's root certificates for HTTPS: {0}")]
+    RootCertificates(#[source] std::io::Error),
+}
+
+/// An [`AlertSink`] speaking PagerDuty Events API v2 (over HTTPS, or plain
+/// HTTP for a local test receiver).
+#[derive(Clone)]
+pub struct PagerDutySink {
+    /// Keeps connections alive between pages; cheap to clone.
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    url: Uri,
+    /// The integration key: it routes the event to a service, and anyone
+    /// holding it can page that service, so it is never logged.
+    routing_key: String,
+    request_timeout: Duration,
+}
+
+impl fmt::Debug for PagerDutySink {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PagerDutySink")
+            .field("url", &self.url)
+            .field("routing_key", &"<redacted>")
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+impl PagerDutySink {
+    /// A sink posting to `url` (normally [`PAGERDUTY_EVENTS_URL`]).
+    pub fn new(url: &str, routing_key: String) -> Result<PagerDutySink, PagerDutyConfigError> {
+        let invalid = |reason: &str| PagerDutyConfigError::InvalidUrl {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
+        let https = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(invalid("scheme must be https or http")),
+        };
+        if uri.host().is_none_or(str::is_empty) {
+            return Err(invalid("no host"));
+        }
+        if routing_key.trim().is_empty() {
+            return Err(PagerDutyConfigError::EmptyRoutingKey);
+        }
+
+        // ring, explicitly: the AWS SDK already builds rustls with ring, and
+        // without a named provider rustls would look for a process default.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring supports rustls' default protocol versions");
+        // Native roots only when they are needed: a plain-HTTP receiver (a
+        // test, a local relay) must work on a host with no CA bundle.
+        let tls = if https {
+            tls.with_native_roots()
+                .map_err(PagerDutyConfigError::RootCertificates)?
+        } else {
+            tls.with_root_certificates(rustls::RootCertStore::empty())
+        }
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        Ok(PagerDutySink {
+            client,
+            url: uri,
+            routing_key,
+            request_timeout: limits::PAGERDUTY_REQUEST_TIMEOUT,
+        })
+    }
+
+    /// Replaces [`limits::PAGERDUTY_REQUEST_TIMEOUT`] (tests use a short one).
+    pub fn with_request_timeout(mut self, timeout: Duration) -> PagerDutySink {
+        self.request_timeout = timeout;
+        self
+    }
+
+    async fn post(&self, body: Vec<u8>) -> Result<(), AlertError> {
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(self.url.clone())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header(hyper::header::USER_AGENT, "payvisor")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| AlertError::Rejected(format!("cannot build request: {e}")))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| AlertError::Retryable(error_chain(&e)))?;
+            let status = response.status();
+            // Read the body even on success, so the connection can be reused.
+            let body = Limited::new(response.into_body(), limits::PAGERDUTY_RESPONSE_BYTES_MAX)
+                .collect()
+                .await
+                .map(|collected| collected.to_bytes())
+                .unwrap_or_default();
+            Ok((status, body))
+        };
+        let (status, body) = tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .map_err(|_| {
+                AlertError::Retryable(format!("no answer within {:?}", self.request_timeout))
+            })??;
+        classify(status, &body)
+    }
+}
+
+impl AlertSink for PagerDutySink {
+    fn send(&self, page: &Page) -> BoxFuture<'_, Result<(), AlertError>> {
+        let body = event(&self.routing_key, page).to_string().into_bytes();
+        Box::pin(self.post(body))
+    }
+}
+
+/// An error and its causes on one line: hyper's own message ("client error
+/// (Connect)") hides the cause that matters ("Connection refused").
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// What a response means for the dispatcher.
+fn classify(status: StatusCode, body: &[u8]) -> Result<(), AlertError> {
+    let text = || {
+        truncate_chars(
+            &String::from_utf8_lossy(body),
+            limits::PAGERDUTY_REJECTION_CHARS_MAX,
+        )
+    };
+    if status.is_success() {
+        Ok(())
+    } else if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        Err(AlertError::Retryable(format!("{status}: {}", text())))
+    } else {
+        Err(AlertError::Rejected(format!("{status}: {}", text())))
+    }
+}
+
+/// The Events API v2 body for one page. A resolve needs only the key and the
+/// action: PagerDuty ignores its payload.
+fn event(routing_key: &str, page: &Page) -> Value {
+    match page.action {
+        PageAction::Resolve => json!({
+            "routing_key": routing_key,
+            "event_action": "resolve",
+            "dedup_key": page.dedup_key,
+        }),
+        PageAction::Trigger => json!({
+            "routing_key": routing_key,
+            "event_action": "trigger",
+            "dedup_key": page.dedup_key,
+            "payload": {
+                "summary": truncate_chars(&page.summary, limits::PAGERDUTY_SUMMARY_CHARS_MAX),
+                "source": page.source,
+                "severity": page.severity,
+                "timestamp": rfc3339_utc(page.timestamp.unix_millis()),
+                "component": "payvisor",
+                "group": "payments",
+                "class": "stalled_payment",
+                "custom_details": page.custom_details,
+            },
+        }),
+    }
+}
+
+/// At most `max` characters of `text`, the last one an ellipsis when cut, so
+/// that a reader sees the text was cut.
+fn truncate_chars(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a Unix time in milliseconds, clamped to
+/// years 0000..=9999 (all RFC 3339 can write).
+fn rfc3339_utc(unix_millis: i64) -> String {
+    const MILLIS_MIN: i64 = -62_167_219_200_000; // 0000-01-01T00:00:00.000Z
+    const MILLIS_MAX: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
+    let millis = unix_millis.clamp(MILLIS_MIN, MILLIS_MAX);
+    let days = millis.div_euclid(86_400_000);
+    let of_day = millis.rem_euclid(86_400_000);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        of_day / 3_600_000,
+        of_day / 60_000 % 60,
+        of_day / 1000 % 60,
+        of_day % 1000
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
+/// Hinnant's `civil_from_days`, exact over the clamped range above).
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153; // March = 0
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::alerts::Severity;
+    use crate::domain::Timestamp;
+
+    fn page(action: PageAction, summary: &str) -> Page {
+        Page {
+            action,
+            dedup_key: "payvisor/accounts/a/payments/p/1".into(),
+            summary: summary.into(),
+            source: "node-1".into(),
+            severity: Severity::Critical,
+            timestamp: Timestamp::from_unix_millis(1_700_000_000_123),
+            custom_details: BTreeMap::from([("state".into(), "sent".into())]),
+        }
+    }
+
+    #[test]
+    fn a_trigger_carries_the_full_payload() {
+        let body = event("key", &page(PageAction::Trigger, "stuck"));
+        assert_eq!(
+            body,
+            json!({
+                "routing_key": "key",
+                "event_action": "trigger",
+                "dedup_key": "payvisor/accounts/a/payments/p/1",
+                "payload": {
+                    "summary": "stuck",
+                    "source": "node-1",
+                    "severity": "critical",
+                    "timestamp": "2023-11-14T22:13:20.123Z",
+                    "component": "payvisor",
+                    "group": "payments",
+                    "class": "stalled_payment",
+                    "custom_details": {"state": "sent"},
+                },
+            })
+        );
+    }
+
+    #[test]
+    fn a_resolve_carries_only_the_key() {
+        let body = event("key", &page(PageAction::Resolve, "over"));
+        assert_eq!(
+            body,
+            json!({
+                "routing_key": "key",
+                "event_action": "resolve",
+                "dedup_key": "payvisor/accounts/a/payments/p/1",
+            })
+        );
+    }
+
+    #[test]
+    fn long_summaries_are_cut_to_the_limit_on_a_character_boundary() {
+        let long = "é".repeat(limits::PAGERDUTY_SUMMARY_CHARS_MAX + 10);
+        let body = event("key", &page(PageAction::Trigger, &long));
+        let summary = body["payload"]["summary"].as_str().unwrap();
+        assert_eq!(summary.chars().count(), limits::PAGERDUTY_SUMMARY_CHARS_MAX);
+        assert!(summary.ends_with('…'));
+        let exact = "x".repeat(limits::PAGERDUTY_SUMMARY_CHARS_MAX);
+        assert_eq!(
+            truncate_chars(&exact, limits::PAGERDUTY_SUMMARY_CHARS_MAX),
+            exact
+        );
+    }
+
+    #[test]
+    fn rfc3339_formats_utc_milliseconds() {
+        for (millis, expected) in [
+            (0, "1970-01-01T00:00:00.000Z"),
+            (1_700_000_000_123, "2023-11-14T22:13:20.123Z"),
+            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
+            (4_107_542_399_999, "2100-02-28T23:59:59.999Z"),
+            (-1, "1969-12-31T23:59:59.999Z"),
+            (i64::MAX, "9999-12-31T23:59:59.999Z"),
+            (i64::MIN, "0000-01-01T00:00:00.000Z"),
+        ] {
+            assert_eq!(rfc3339_utc(millis), expected, "{millis}");
+        }
+    }
+
+    #[test]
+    fn statuses_map_to_retryable_or_rejected() {
+        assert_eq!(classify(StatusCode::ACCEPTED, b""), Ok(()));
+        for retryable in [429, 500, 502, 503] {
+            let status = StatusCode::from_u16(retryable).unwrap();
+            assert!(matches!(
+                classify(status, b""),
+                Err(AlertError::Retryable(_))
+            ));
+        }
+        let long = vec![b'x'; 10_000];
+        match classify(StatusCode::BAD_REQUEST, &long) {
+            Err(AlertError::Rejected(text)) => {
+                assert!(text.chars().count() < limits::PAGERDUTY_REJECTION_CHARS_MAX + 32)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn urls_and_keys_are_checked_at_construction() {
+        for bad in [
+            "",
+            "events.pagerduty.com/v2/enqueue",
+            "ftp://host/x",
+            "http:///x",
+        ] {
+            assert!(
+                matches!(
+                    PagerDutySink::new(bad, "key".into()),
+                    Err(PagerDutyConfigError::InvalidUrl { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            PagerDutySink::new("http://127.0.0.1:1/v2/enqueue", " ".into()),
+            Err(PagerDutyConfigError::EmptyRoutingKey)
+        ));
+        // HTTPS builds the ring-based TLS config; a host with no CA bundle
+        // (some containers) may refuse, but only with this error.
+        match PagerDutySink::new(PAGERDUTY_EVENTS_URL, "key".into()) {
+            Ok(_) | Err(PagerDutyConfigError::RootCertificates(_)) => {}
+            Err(other) => panic!("{other}"),
+        }
+        let sink = PagerDutySink::new("http://127.0.0.1:1/v2/enqueue", "secret".into()).unwrap();
+        assert!(!format!("{sink:?}").contains("secret"));
+    }
+}

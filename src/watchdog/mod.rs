@@ -1,0 +1,272 @@
+//! The watchdog: finds payments whose durable reminder fell due and wakes
+//! their account actor (which decides, with the pure core, whether to
+//! re-drive or page), and delivers pages.
+//!
+//! - [`sweep_due`] reads, in every index partition of the reminder families,
+//!   the reminders due by now: a range read whose cost is what is due. It
+//!   runs every sweep interval, and at once on start (catch-up: reminders
+//!   that fell due while the node was down fire promptly, none is dropped).
+//! - [`Pager`] delivers pages recorded by account actors (the alert outbox):
+//!   one at a time, in order, retried with back-off on retryable failures,
+//!   then marked delivered in the store. Pages not delivered (sink down,
+//!   queue full, node restarted) stay in the store's `PAGE` index and are
+//!   picked up by [`sweep_pages`].
+//!
+//! **Invariant:** a page is delivered at least once and, short of a crash
+//! between the sink's acknowledgement and the write that records it, at most
+//! once; a re-send carries the same `dedup_key`, so PagerDuty still opens one
+//! incident.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::alerts::{AlertError, AlertSink, Page};
+use crate::clock::Clock;
+use crate::domain::watch::{PageAction, Severity, Stage};
+use crate::domain::{PaymentName, Timestamp};
+use crate::limits;
+use crate::store::schema::{self, AlertRecord};
+use crate::store::{Condition, Key, Store, StoreError, WriteOp};
+
+/// An alert as watchers of `WatchAlerts` see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlertEvent {
+    pub payment: PaymentName,
+    pub action: PageAction,
+    pub dedup_key: String,
+    pub stage: Stage,
+    pub severity: Severity,
+    pub summary: String,
+    pub at: Timestamp,
+}
+
+impl AlertEvent {
+    fn of(record: &AlertRecord) -> AlertEvent {
+        AlertEvent {
+            payment: record.payment.clone(),
+            action: record.alert.action,
+            dedup_key: record.alert.dedup_key.clone(),
+            stage: record.alert.stage,
+            severity: record.alert.severity,
+            summary: record.alert.summary.clone(),
+            at: record.alert.at,
+        }
+    }
+}
+
+/// The handle account actors and sweeps hand pages to. Cheap to clone.
+#[derive(Clone)]
+pub struct Pager {
+    queue: mpsc::Sender<AlertRecord>,
+    /// Pages queued or being delivered, so a sweep does not queue one twice.
+    in_hand: Arc<Mutex<HashSet<Key>>>,
+    /// Live feed for `WatchAlerts`.
+    feed: broadcast::Sender<AlertEvent>,
+}
+
+impl Pager {
+    /// Starts the delivery task.
+    pub fn start(
+        store: Arc<dyn Store>,
+        sink: Arc<dyn AlertSink>,
+        clock: Arc<dyn Clock>,
+        source: String,
+    ) -> Pager {
+        let (queue, pages) = mpsc::channel(limits::PAGE_QUEUE_MAX);
+        let (feed, _) = broadcast::channel(limits::ALERT_STREAM_BUFFER);
+        let pager = Pager {
+            queue,
+            in_hand: Arc::default(),
+            feed,
+        };
+        let delivery = Delivery {
+            store,
+            sink,
+            clock,
+            source,
+            in_hand: Arc::clone(&pager.in_hand),
+        };
+        tokio::spawn(delivery.run(pages));
+        pager
+    }
+
+    /// A page was durably recorded: tell watchers, queue it for delivery.
+    pub fn recorded(&self, record: AlertRecord) {
+        let _ = self.feed.send(AlertEvent::of(&record));
+        self.enqueue(record);
+    }
+
+    /// Queues a page unless it is already in hand. A full queue leaves it
+    /// in the store for the next sweep.
+    fn enqueue(&self, record: AlertRecord) {
+        let key = schema::alert_key(&record.payment, &record.alert);
+        if !lock(&self.in_hand).insert(key.clone()) {
+            return;
+        }
+        if self.queue.try_send(record).is_err() {
+            lock(&self.in_hand).remove(&key);
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<AlertEvent> {
+        self.feed.subscribe()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+struct Delivery {
+    store: Arc<dyn Store>,
+    sink: Arc<dyn AlertSink>,
+    clock: Arc<dyn Clock>,
+    source: String,
+    in_hand: Arc<Mutex<HashSet<Key>>>,
+}
+
+impl Delivery {
+    async fn run(self, mut pages: mpsc::Receiver<AlertRecord>) {
+        // One at a time: a payment's resolve is never delivered before its
+        // trigger, and a sink outage does not fan out into a retry storm.
+        while let Some(record) = pages.recv().await {
+            let key = schema::alert_key(&record.payment, &record.alert);
+            if self.deliver(&record).await {
+                self.mark_delivered(record).await;
+            }
+            lock(&self.in_hand).remove(&key);
+        }
+    }
+
+    async fn deliver(&self, record: &AlertRecord) -> bool {
+        let alert = &record.alert;
+        let page = Page {
+            action: alert.action,
+            dedup_key: alert.dedup_key.clone(),
+            summary: alert.summary.clone(),
+            source: self.source.clone(),
+            severity: alert.severity,
+            timestamp: alert.at,
+            custom_details: alert.details.clone(),
+        };
+        let mut backoff = limits::PAGE_BACKOFF_INITIAL;
+        for attempt in 1..=limits::PAGE_ATTEMPTS_MAX {
+            match self.sink.send(&page).await {
+                Ok(()) => {
+                    tracing::info!(payment = %record.payment, dedup_key = %alert.dedup_key, action = ?alert.action, attempt, "page delivered");
+                    return true;
+                }
+                Err(AlertError::Rejected(why)) => {
+                    // Retrying cannot help (bad routing key, bad payload):
+                    // say so loudly and keep it in the store for a person.
+                    tracing::error!(payment = %record.payment, dedup_key = %alert.dedup_key, %why, "the pager refused a page");
+                    return false;
+                }
+                Err(AlertError::Retryable(why)) => {
+                    tracing::warn!(payment = %record.payment, dedup_key = %alert.dedup_key, %why, attempt, "page not delivered; retrying");
+                    if attempt < limits::PAGE_ATTEMPTS_MAX {
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(limits::PAGE_BACKOFF_MAX);
+                    }
+                }
+            }
+        }
+        tracing::error!(payment = %record.payment, dedup_key = %alert.dedup_key, "page still not delivered; left for the next sweep");
+        false
+    }
+
+    /// Records the delivery. Conditional on the item being undelivered: the
+    /// alert item has this one writer after its creation.
+    async fn mark_delivered(&self, mut record: AlertRecord) {
+        record.delivered_at = Some(self.clock.now());
+        let op = WriteOp::Put {
+            item: schema::alert_item(&record),
+            condition: Condition::VersionIs(1),
+        };
+        match self.store.transact(vec![op]).await {
+            Ok(()) | Err(StoreError::ConditionFailed { .. }) => {}
+            Err(error) => {
+                // Delivered but not recorded: the next sweep sends it again,
+                // with the same dedup_key (no second incident).
+                tracing::warn!(payment = %record.payment, %error, "could not record a delivered page");
+            }
+        }
+    }
+}
+
+/// Wakes the account actor of every payment whose reminder is due by `now`;
+/// returns how many were woken. `wake` is how a payment reaches its actor.
+pub async fn sweep_due(
+    store: &dyn Store,
+    now: Timestamp,
+    mut wake: impl FnMut(PaymentName),
+) -> Result<usize, StoreError> {
+    let mut woken = 0;
+    for family in schema::DUE_FAMILIES {
+        for shard in 0..limits::ACCOUNT_SHARDS {
+            let due = schema::due_reminders(
+                store,
+                family,
+                shard,
+                now,
+                limits::WATCHDOG_DUE_PER_SHARD_MAX,
+            )
+            .await?;
+            woken += due.len();
+            due.into_iter().for_each(&mut wake);
+        }
+    }
+    Ok(woken)
+}
+
+/// Queues every undelivered page (after a restart, a sink outage, a full
+/// queue). Returns how many are undelivered.
+pub async fn sweep_pages(store: &dyn Store, pager: &Pager) -> Result<usize, StoreError> {
+    let mut undelivered = 0;
+    let mut token = None;
+    loop {
+        let (items, next) = schema::index_page(
+            store,
+            &[schema::PAGES_UNDELIVERED],
+            None,
+            token.as_deref(),
+            limits::PAGE_QUEUE_MAX,
+        )
+        .await?;
+        for item in &items {
+            pager.enqueue(schema::decode_alert(item)?);
+        }
+        undelivered += items.len();
+        match next {
+            Some(next) if undelivered < limits::PAGE_QUEUE_MAX => token = Some(next),
+            _ => return Ok(undelivered),
+        }
+    }
+}
+
+/// Stalled payments by state name, for the gauge (bounded scan).
+pub async fn stalled_counts(store: &dyn Store) -> Result<BTreeMap<String, u64>, StoreError> {
+    let mut counts = BTreeMap::new();
+    let mut token = None;
+    let mut scanned = 0;
+    loop {
+        let (payments, next) = schema::watched_payments(
+            store,
+            &schema::STALLED_FAMILIES,
+            None,
+            token.as_deref(),
+            limits::PAGE_SIZE_MAX,
+        )
+        .await?;
+        scanned += payments.len();
+        for payment in payments {
+            *counts.entry(payment.state.as_str().to_owned()).or_insert(0) += 1;
+        }
+        match next {
+            Some(next) if scanned < limits::STALLED_GAUGE_SCAN_MAX => token = Some(next),
+            _ => return Ok(counts),
+        }
+    }
+}
