@@ -374,3 +374,71 @@ impl ServeArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["payvisor"];
+        argv.extend(args);
+        Cli::try_parse_from(argv)
+            .expect("flags parse")
+            .serve
+            .validate()
+    }
+
+    #[test]
+    fn durations_have_units() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("24h"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86_400)));
+        for bad in ["", "s", "2", "2 s", "-1s", "1.5s", "99999999999999999999d"] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn stall_deadlines_and_redrives_are_flags() {
+        let config = parse(&[
+            "--stall-deadline",
+            "sent=2s",
+            "--stall-deadline",
+            "in_review=1d",
+            "--redrive-max",
+            "5",
+        ])
+        .unwrap();
+        let stalls = &config.policy.stalls;
+        assert_eq!(stalls.deadline_ms(Stage::Sent), 2_000);
+        assert_eq!(stalls.deadline_ms(Stage::InReview), 86_400_000);
+        assert_eq!(
+            stalls.deadline_ms(Stage::Refunding),
+            limits::STALL_DEADLINE_REFUNDING_DEFAULT.as_millis() as i64
+        );
+        assert_eq!(stalls.redrive_max, 5);
+        assert!(matches!(config.watchdog.pager, PagerConfig::Log));
+        for bad in [
+            &["--stall-deadline", "processed=2s"][..],
+            &["--stall-deadline", "sent"],
+            &["--stall-deadline", "sent=0s"],
+            &["--redrive-max", "11"],
+            &["--watchdog-interval", "1ms"],
+            &["--pagerduty-routing-key", "k", "--pagerduty-url", "ftp://x"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} accepted");
+        }
+        let paged = parse(&["--pagerduty-routing-key", "secret-key"]).unwrap();
+        assert!(!format!("{:?}", paged.watchdog.pager).contains("secret"));
+    }
+}

@@ -28,7 +28,7 @@
 //! account item (balances, movement count) is shared; it is written once per
 //! command and keeps the balance invariants exact at account level. Lists
 //! merge the shards by sort key. The pending-work index is sharded the same
-//! way (`OPEN#00`…), or it would be one hot partition for the whole system.
+//! way (`WATCH#00`…), or it would be one hot partition for the whole system.
 //! One atomic write may span partitions (DynamoDB transactions do).
 //! Ids never contain `#` or `/` (checked at construction), so keys are
 //! unambiguous.
@@ -416,32 +416,33 @@ pub async fn index_page(
         }
         None => (0, 0, None),
     };
-    while family < families.len() && shard < limits::ACCOUNT_SHARDS {
+    let limit = limit.max(1);
+    let mut items = Vec::new();
+    // Fill the page from partition after partition, so a sparse index does
+    // not hand the caller a string of short or empty pages.
+    while family < families.len() {
         let page = store
             .query_index(IndexQuery {
                 index_pk: index_partition(families[family], shard),
                 start_after: start_after.take(),
                 end_at: end_at.map(str::to_owned),
-                limit,
+                limit: limit - items.len(),
             })
             .await?;
-        let (next_family, next_shard) = if shard + 1 < limits::ACCOUNT_SHARDS {
+        items.extend(page.items);
+        if let Some(after) = page.next {
+            return Ok((items, Some(format!("{family}:{shard}:{after}"))));
+        }
+        (family, shard) = if shard + 1 < limits::ACCOUNT_SHARDS {
             (family, shard + 1)
         } else {
             (family + 1, 0)
         };
-        let next = match page.next {
-            Some(after) => Some(format!("{family}:{shard}:{after}")),
-            None if next_family < families.len() => Some(format!("{next_family}:{next_shard}:")),
-            None => None,
-        };
-        if !page.items.is_empty() || next.is_none() {
-            return Ok((page.items, next));
+        if items.len() >= limit && family < families.len() {
+            return Ok((items, Some(format!("{family}:{shard}:"))));
         }
-        // An empty partition: move on without a round trip to the caller.
-        (family, shard) = (next_family, next_shard);
     }
-    Ok((Vec::new(), None))
+    Ok((items, None))
 }
 
 /// A page of watched payments (families as given), decoded.
