@@ -150,6 +150,10 @@ pub const WATCHDOG_SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Due reminders read per index shard per sweep: a backlog (after an outage)
 /// is worked off over several sweeps instead of flooding the actors.
 pub const WATCHDOG_DUE_PER_SHARD_MAX: usize = 256;
+/// A reminder handed to an account actor is not sent again by later sweeps
+/// for this long (the actor is working on it); after it, it is, in case the
+/// actor lost it.
+pub const REMINDER_IN_HAND_EXPIRY: Duration = Duration::from_secs(30);
 /// Pages waiting for delivery in memory; beyond this they wait in the store
 /// for the next sweep.
 pub const PAGE_QUEUE_MAX: usize = 1024;

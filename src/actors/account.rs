@@ -177,6 +177,7 @@ impl Actor for AccountActor {
                 if let Err(error) = state.on_reminder(&myself, &payment).await {
                     tracing::warn!(payment = %state.name(&payment), %error, "reminder not handled; the next sweep retries");
                 }
+                state.shared.reminder_done(&state.name(&payment));
             }
             AccountMsg::Bank(event) | AccountMsg::FromChild(event) => {
                 state

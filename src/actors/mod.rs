@@ -166,6 +166,22 @@ pub struct Shared {
     pub settings: ActorSettings,
     pub directory: Directory,
     pub pager: Pager,
+    /// Reminders sent to an actor and not yet handled: a sweep does not
+    /// send them again, so a slow actor's mailbox does not fill with
+    /// duplicates while the store is down.
+    /// Entries expire, so a reminder lost with a failed actor is sent again.
+    pub reminders_in_hand:
+        std::sync::Mutex<std::collections::HashMap<PaymentName, std::time::Instant>>,
+}
+
+impl Shared {
+    /// Marks a reminder handled (or not sent), so the next sweep may send it.
+    pub fn reminder_done(&self, name: &PaymentName) {
+        self.reminders_in_hand
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .remove(name);
+    }
 }
 
 /// What an orchestrator is built from.
@@ -207,6 +223,7 @@ impl Orchestrator {
             settings: parts.settings,
             directory: Directory::default(),
             pager,
+            reminders_in_hand: Default::default(),
         });
         let orchestrator = Orchestrator { shared };
         let router = orchestrator.clone();

@@ -588,6 +588,48 @@ mod tests {
     }
 
     #[test]
+    fn a_payment_stuck_before_the_bank_is_redriven_through_approval_and_dispatch() {
+        let policy = policy(60, 2);
+        // As if a crash had left it APPROVED (a future review step can).
+        let mut approved = sent(&policy);
+        approved.state = PaymentState::Approved;
+        approved.history.truncate(2);
+        approved.watch = Some(Watch {
+            stage: Stage::Approved,
+            since: at(0),
+            due_at: Some(at(10)),
+            redrives: 0,
+            paged: false,
+        });
+        let decision = remind(&approved, 10, &policy).unwrap();
+        assert_eq!(decision.payment.state, PaymentState::Sent);
+        assert!(matches!(
+            decision.effects[..],
+            [Effect::SubmitPayment { .. }]
+        ));
+        assert_eq!(
+            decision.movements.len(),
+            1,
+            "the money moves to pending once"
+        );
+        let watch = decision.payment.watch.unwrap();
+        assert_eq!(
+            (watch.stage, watch.since, watch.redrives),
+            (Stage::Sent, at(10), 0)
+        );
+        let causes: Vec<_> = decision
+            .payment
+            .history
+            .iter()
+            .map(|e| e.cause.as_str())
+            .collect();
+        assert_eq!(
+            causes,
+            ["created", "approved", "redrive_1_of_2", "dispatched"]
+        );
+    }
+
+    #[test]
     fn stages_parse_from_flag_names() {
         assert_eq!("sent".parse(), Ok(Stage::Sent));
         assert_eq!("IN_REVIEW".parse(), Ok(Stage::InReview));
