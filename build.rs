@@ -1,21 +1,23 @@
 //! Compiles `proto/` with protox (pure Rust: no `protoc` on the machine) and
-//! writes the descriptor set that server reflection serves.
+//! writes the descriptor set that server reflection serves. The benchmark's
+//! echo service is compiled apart, so reflection does not advertise it.
 use std::path::PathBuf;
 
 use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/payvisor/v1/payments.proto"];
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(protos, ["proto"])?;
+    let api = protox::compile(["proto/payvisor/v1/payments.proto"], ["proto"])?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    std::fs::write(
-        out_dir.join("payvisor_descriptor.bin"),
-        descriptors.encode_to_vec(),
-    )?;
+    std::fs::write(out_dir.join("payvisor_descriptor.bin"), api.encode_to_vec())?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(descriptors)?;
+        .compile_fds(api)?;
+    let echo = protox::compile(["proto/payvisor/bench/v1/echo.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(echo)?;
     Ok(())
 }

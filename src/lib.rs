@@ -23,6 +23,7 @@ pub mod domain;
 pub mod grpc;
 pub mod ledger;
 pub mod limits;
+pub mod loadgen;
 pub mod metrics;
 pub mod server;
 pub mod store;

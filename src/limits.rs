@@ -193,3 +193,16 @@ pub const METRICS_CONNECTIONS_MAX: usize = 16;
 /// Time a client gets to send its request headers, so that idle or slow
 /// connections cannot hold the slots above.
 pub const METRICS_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `payvisor bench`: requests in flight at most in an open-loop run; beyond
+/// this the server is hopelessly behind the rate, and requests are shed
+/// (counted) instead of piling up in the client's memory.
+pub const BENCH_IN_FLIGHT_MAX: usize = 20_000;
+/// `payvisor bench`: gRPC connections at most (HTTP/2 multiplexes requests;
+/// a few connections spread them over the server's reactor threads).
+pub const BENCH_CONNECTIONS_MAX: usize = 8;
+/// `payvisor bench`: closed-loop workers at most.
+pub const BENCH_CONCURRENCY_MAX: usize = 4096;
+/// `payvisor bench`: how often a sampled payment is polled for its bank
+/// outcome; the end-to-end latency's resolution.
+pub const BENCH_POLL_EVERY: Duration = Duration::from_millis(2);

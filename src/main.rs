@@ -33,6 +33,8 @@ enum Command {
         #[command(subcommand)]
         command: AccountsCommand,
     },
+    /// Load a running server over gRPC and verify nothing was lost or doubled.
+    Bench(payvisor::loadgen::BenchArgs),
     /// Manage the DynamoDB table.
     Dynamodb {
         #[command(subcommand)]
@@ -95,6 +97,17 @@ fn main() -> std::process::ExitCode {
             Command::Payments { options, command } => cli::payments(&options, command).await,
             Command::Accounts { options, command } => cli::accounts(&options, command).await,
             Command::Ledger { json, command } => cli::ledger(json, command).await,
+            Command::Bench(args) => {
+                let summary = payvisor::loadgen::run(args).await?;
+                anyhow::ensure!(
+                    summary.lost == 0 && summary.duplicated == 0 && summary.ledger_mismatches == 0,
+                    "verification failed: {} lost, {} duplicated, {} ledger mismatches",
+                    summary.lost,
+                    summary.duplicated,
+                    summary.ledger_mismatches
+                );
+                Ok(())
+            }
             Command::Dynamodb {
                 command: DynamodbCommand::CreateTable { table, dynamodb },
             } => {
