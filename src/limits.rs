@@ -54,17 +54,27 @@ pub const STORE_WRITE_QUEUE_MAX: usize = 8192;
 pub const GROUP_COMMIT_TRANSACTIONS_MAX: usize = 512;
 /// Read connections to the embedded store (WAL readers run in parallel).
 pub const STORE_READERS_MAX: usize = 4;
+/// Page cache of the embedded store's writer: large, because every commit
+/// walks the B-tree to the leaves it changes (64 MiB).
+pub const STORE_WRITER_CACHE_KIB: usize = 64 * 1024;
+/// Page cache of each reader: small, since the operating system caches the
+/// file for all connections and memory per node is bounded (8 MiB each).
+pub const STORE_READER_CACHE_KIB: usize = 8 * 1024;
 
 /// Times a command is retried from fresh state after losing an optimistic
 /// concurrency race (another writer changed the account meanwhile).
 pub const CONCURRENCY_RETRIES_MAX: u32 = 3;
 
-/// Payments an account actor keeps in memory. Beyond this, payments with no
-/// pending work are dropped from the cache (the store still has them).
+/// Payments with pending work an account actor keeps in memory (settled
+/// ones are never kept). Beyond this the cache is emptied; the store still
+/// has every payment.
 pub const ACCOUNT_PAYMENT_CACHE_MAX: usize = 1024;
 /// An account actor with no work for this long stops (passivation) and is
-/// re-hydrated from the store on its next command.
-pub const ACCOUNT_IDLE_PASSIVATE: Duration = Duration::from_secs(60);
+/// re-hydrated from the store on its next command (one read of the account
+/// item). A live account actor costs about 10 KB; at 15 s, a node that sees
+/// 100,000 accounts a minute keeps a quarter of them in memory (measured in
+/// BENCHMARKS.md).
+pub const ACCOUNT_IDLE_PASSIVATE: Duration = Duration::from_secs(15);
 /// How often an account actor checks whether it is idle.
 pub const ACCOUNT_IDLE_CHECK: Duration = Duration::from_secs(5);
 
@@ -206,3 +216,8 @@ pub const BENCH_CONCURRENCY_MAX: usize = 4096;
 /// `payvisor bench`: how often a sampled payment is polled for its bank
 /// outcome; the end-to-end latency's resolution.
 pub const BENCH_POLL_EVERY: Duration = Duration::from_millis(2);
+/// `payvisor bench`: accounts verified at once after the load.
+pub const BENCH_VERIFY_CONCURRENCY: usize = 32;
+/// `payvisor bench`: largest reply read while verifying (a page of 500
+/// payments with their histories).
+pub const BENCH_VERIFY_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;

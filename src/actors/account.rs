@@ -154,47 +154,11 @@ impl Actor for AccountActor {
         message: AccountMsg,
         state: &mut AccountState,
     ) -> Result<(), ActorProcessingErr> {
-        if message.via_directory() {
-            state.received += 1;
-            state.last_activity = Instant::now();
-        }
-        match message {
-            AccountMsg::Create(command, reply) => {
-                let result = state.create(&myself, command).await;
-                let _ = reply.send(result);
-            }
-            AccountMsg::Refund(command, reply) => {
-                let result = state.refund(&myself, command).await;
-                let _ = reply.send(result);
-            }
-            AccountMsg::Operate(command, reply) => {
-                let result = state.operate(&myself, command).await;
-                let _ = reply.send(result);
-            }
-            AccountMsg::Reminder(payment) => {
-                // A reminder that fails here is found again by the next
-                // sweep: it stays due in the store until handled.
-                if let Err(error) = state.on_reminder(&myself, &payment).await {
-                    tracing::warn!(payment = %state.name(&payment), %error, "reminder not handled; the next sweep retries");
-                }
-                state.shared.reminder_done(&state.name(&payment));
-            }
-            AccountMsg::Bank(event) | AccountMsg::FromChild(event) => {
-                state
-                    .run_retryable(&myself, RetryableWork::Bank(event), 1)
-                    .await;
-            }
-            AccountMsg::Resume(payment) => {
-                state
-                    .run_retryable(&myself, RetryableWork::Resume(payment), 1)
-                    .await;
-            }
-            AccountMsg::Retry { work, attempt } => {
-                state.retries_pending -= 1;
-                state.run_retryable(&myself, work, attempt).await;
-            }
-            AccountMsg::IdleCheck => state.maybe_passivate(&myself),
-        }
+        // Boxed: the actor's task keeps its future for as long as the actor
+        // lives, at the size of its largest state. Inline, a command's
+        // whole decide-persist-act future would be resident in every idle
+        // actor; boxed, it exists only while a message is being handled.
+        Box::pin(state.handle_message(myself, message)).await;
         Ok(())
     }
 
@@ -217,9 +181,7 @@ impl Actor for AccountActor {
                     return Ok(());
                 }
                 // Restart from the persisted state: re-drive its pending step.
-                state
-                    .run_retryable(&myself, RetryableWork::Resume(payment), 1)
-                    .await;
+                Box::pin(state.run_retryable(&myself, RetryableWork::Resume(payment), 1)).await;
             }
             SupervisionEvent::ActorTerminated(child, _, _) => {
                 state.forget_child(child.get_id());
@@ -279,6 +241,49 @@ enum CommitError {
 }
 
 impl AccountState {
+    /// One message, as [`AccountActor::handle`] receives it.
+    async fn handle_message(&mut self, myself: ActorRef<AccountMsg>, message: AccountMsg) {
+        if message.via_directory() {
+            self.received += 1;
+            self.last_activity = Instant::now();
+        }
+        match message {
+            AccountMsg::Create(command, reply) => {
+                let result = self.create(&myself, command).await;
+                let _ = reply.send(result);
+            }
+            AccountMsg::Refund(command, reply) => {
+                let result = self.refund(&myself, command).await;
+                let _ = reply.send(result);
+            }
+            AccountMsg::Operate(command, reply) => {
+                let result = self.operate(&myself, command).await;
+                let _ = reply.send(result);
+            }
+            AccountMsg::Reminder(payment) => {
+                // A reminder that fails here is found again by the next
+                // sweep: it stays due in the store until handled.
+                if let Err(error) = self.on_reminder(&myself, &payment).await {
+                    tracing::warn!(payment = %self.name(&payment), %error, "reminder not handled; the next sweep retries");
+                }
+                self.shared.reminder_done(&self.name(&payment));
+            }
+            AccountMsg::Bank(event) | AccountMsg::FromChild(event) => {
+                self.run_retryable(&myself, RetryableWork::Bank(event), 1)
+                    .await;
+            }
+            AccountMsg::Resume(payment) => {
+                self.run_retryable(&myself, RetryableWork::Resume(payment), 1)
+                    .await;
+            }
+            AccountMsg::Retry { work, attempt } => {
+                self.retries_pending -= 1;
+                self.run_retryable(&myself, work, attempt).await;
+            }
+            AccountMsg::IdleCheck => self.maybe_passivate(&myself),
+        }
+    }
+
     fn name(&self, payment: &PaymentId) -> PaymentName {
         PaymentName {
             account: self.account.clone(),
@@ -328,11 +333,17 @@ impl AccountState {
         Ok(loaded)
     }
 
+    /// Keeps a payment in memory while something is still to happen to it
+    /// (a bank outcome will need it). Settled payments are dropped: they are
+    /// cheap to read back, and an idle account should hold almost nothing.
     fn cache(&mut self, payment: Versioned<Payment>) {
+        if !payment.value.has_pending_work() {
+            self.payments.remove(&payment.value.id);
+            return;
+        }
         if self.payments.len() >= limits::ACCOUNT_PAYMENT_CACHE_MAX {
-            // Settled payments are cheap to read back; keep the busy ones.
-            self.payments
-                .retain(|_, cached| cached.value.has_pending_work());
+            // Full of busy payments: drop the lot, the store has them.
+            self.payments.clear();
         }
         self.payments.insert(payment.value.id.clone(), payment);
     }

@@ -376,7 +376,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
     };
 
     let verdict = verify(
-        &channels[0],
+        &channels,
         &plan,
         &recorder,
         Duration::from_secs(args.settle_timeout),
@@ -545,69 +545,101 @@ fn is_settled(payment: &pb::Payment) -> bool {
             .all(|refund| refund.state != pb::refund::State::Pending as i32)
 }
 
+/// One account's part of the verdict.
+#[derive(Default)]
+struct AccountCheck {
+    sequences: Vec<u64>,
+    unsettled: u64,
+    ledger_mismatch: bool,
+}
+
+/// Lists an account's payments and compares its balances with them.
+async fn check_account(
+    mut client: PaymentServiceClient<Channel>,
+    name: String,
+) -> anyhow::Result<AccountCheck> {
+    let payments = list_all(&mut client, &name).await?;
+    let mut check = AccountCheck::default();
+    if payments.is_empty() {
+        return Ok(check);
+    }
+    let amount = |money: &Option<pb::Money>| money.as_ref().map_or(0, |m| m.minor_units);
+    let mut available: i64 = 0;
+    for payment in &payments {
+        if let Some(sequence) = payment
+            .metadata
+            .get(SEQUENCE_KEY)
+            .and_then(|sequence| sequence.parse().ok())
+        {
+            check.sequences.push(sequence);
+        }
+        if !is_settled(payment) {
+            check.unsettled += 1;
+        }
+        use pb::payment::State;
+        if [State::Processed, State::PartiallyRefunded, State::Refunded]
+            .iter()
+            .any(|state| payment.state == *state as i32)
+        {
+            available +=
+                amount(&payment.amount) - amount(&payment.fee) - amount(&payment.refunded_amount);
+        }
+    }
+    let balances = client
+        .get_account(pb::GetAccountRequest { name: name.clone() })
+        .await
+        .with_context(|| format!("reading {name}"))?
+        .into_inner();
+    let usd = balances
+        .balances
+        .iter()
+        .find(|balance| balance.currency_code == "USD");
+    let stored = |pick: fn(&pb::Balance) -> &Option<pb::Money>| {
+        usd.and_then(|balance| pick(balance).as_ref())
+            .map_or(0, |money| money.minor_units)
+    };
+    let settled_books = stored(|b| &b.pending) == 0 && stored(|b| &b.refunding) == 0;
+    check.ledger_mismatch =
+        check.unsettled == 0 && (stored(|b| &b.available) != available || !settled_books);
+    Ok(check)
+}
+
 /// Lists every payment of the run's accounts (until all settle or the time
 /// is up) and checks them against what was acknowledged, and the balances
 /// against the payments.
 async fn verify(
-    channel: &Channel,
+    channels: &[Channel],
     plan: &Plan,
     recorder: &Recorder,
     settle_timeout: Duration,
 ) -> anyhow::Result<Verdict> {
-    let mut client =
-        PaymentServiceClient::new(channel.clone()).max_decoding_message_size(64 * 1024 * 1024);
     let deadline = Instant::now() + settle_timeout;
     let acked = lock(&recorder.acked).clone();
     loop {
+        let mut checks = tokio::task::JoinSet::new();
         let mut seen: HashMap<u64, u64> = HashMap::new();
-        let mut unsettled = 0;
-        let mut ledger_mismatches = 0;
+        let (mut unsettled, mut ledger_mismatches) = (0, 0);
+        let mut absorb = |check: AccountCheck| {
+            for sequence in check.sequences {
+                *seen.entry(sequence).or_insert(0) += 1;
+            }
+            unsettled += check.unsettled;
+            ledger_mismatches += u64::from(check.ledger_mismatch);
+        };
         for account in 0..u64::from(plan.accounts) {
-            let name = format!("accounts/{}", plan.account(account));
-            let payments = list_all(&mut client, &name).await?;
-            let mut available: i64 = 0;
-            for payment in &payments {
-                if let Some(sequence) = payment
-                    .metadata
-                    .get(SEQUENCE_KEY)
-                    .and_then(|sequence| sequence.parse().ok())
-                {
-                    *seen.entry(sequence).or_insert(0) += 1;
-                }
-                if !is_settled(payment) {
-                    unsettled += 1;
-                }
-                let amount =
-                    |money: &Option<pb::Money>| money.as_ref().map_or(0, |m| m.minor_units);
-                if payment.state == pb::payment::State::Processed as i32
-                    || payment.state == pb::payment::State::PartiallyRefunded as i32
-                    || payment.state == pb::payment::State::Refunded as i32
-                {
-                    available += amount(&payment.amount)
-                        - amount(&payment.fee)
-                        - amount(&payment.refunded_amount);
-                }
+            if checks.len() >= limits::BENCH_VERIFY_CONCURRENCY {
+                absorb(checks.join_next().await.expect("a check runs")??);
             }
-            if payments.is_empty() {
-                continue;
-            }
-            let balances = client
-                .get_account(pb::GetAccountRequest { name: name.clone() })
-                .await
-                .with_context(|| format!("reading {name}"))?
-                .into_inner();
-            let usd = balances
-                .balances
-                .iter()
-                .find(|balance| balance.currency_code == "USD");
-            let stored = |pick: fn(&pb::Balance) -> &Option<pb::Money>| {
-                usd.and_then(|balance| pick(balance).as_ref())
-                    .map_or(0, |money| money.minor_units)
-            };
-            let settled_books = stored(|b| &b.pending) == 0 && stored(|b| &b.refunding) == 0;
-            if stored(|b| &b.available) != available || (unsettled == 0 && !settled_books) {
-                ledger_mismatches += 1;
-            }
+            let client =
+                PaymentServiceClient::new(channels[account as usize % channels.len()].clone())
+                    .max_decoding_message_size(limits::BENCH_VERIFY_MESSAGE_BYTES_MAX);
+            checks.spawn(check_account(
+                client,
+                format!("accounts/{}", plan.account(account)),
+            ));
+        }
+        while let Some(check) = checks.join_next().await {
+            absorb(check??);
         }
         let lost = acked
             .keys()

@@ -58,18 +58,20 @@ fn unavailable(error: rusqlite::Error) -> StoreError {
     StoreError::Unavailable(error.to_string())
 }
 
-fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+/// Opens a connection with a page cache of `cache_kib` (each connection
+/// has its own; the operating system caches the file for all of them).
+fn open_connection(path: &Path, cache_kib: usize) -> Result<Connection, StoreError> {
     let connection = Connection::open(path).map_err(unavailable)?;
     connection
-        .execute_batch(
+        .execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = FULL;
              PRAGMA busy_timeout = 5000;
              PRAGMA temp_store = MEMORY;
-             PRAGMA cache_size = -65536;
+             PRAGMA cache_size = -{cache_kib};
              PRAGMA wal_autocheckpoint = 16384;
-             PRAGMA foreign_keys = OFF;",
-        )
+             PRAGMA foreign_keys = OFF;"
+        ))
         .map_err(unavailable)?;
     Ok(connection)
 }
@@ -80,10 +82,10 @@ impl SqliteStore {
         std::fs::create_dir_all(data_dir)
             .map_err(|error| StoreError::Unavailable(format!("{}: {error}", data_dir.display())))?;
         let path = data_dir.join("payvisor.db");
-        let writer = open_connection(&path)?;
+        let writer = open_connection(&path, limits::STORE_WRITER_CACHE_KIB)?;
         writer.execute_batch(SCHEMA).map_err(unavailable)?;
         let readers = (0..limits::STORE_READERS_MAX)
-            .map(|_| open_connection(&path).map(Mutex::new))
+            .map(|_| open_connection(&path, limits::STORE_READER_CACHE_KIB).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
         let (writes, queue) = mpsc::channel(limits::STORE_WRITE_QUEUE_MAX);
         let commits = Arc::new(AtomicU64::new(0));
