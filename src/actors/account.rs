@@ -229,6 +229,24 @@ struct NewIdempotency<'a> {
     fingerprint: String,
 }
 
+/// Decisions prepared for one atomic write.
+struct Staging {
+    /// The account item as it will be after the write.
+    record: AccountRecord,
+    /// The account item's version now (0: it does not exist yet).
+    base_version: u64,
+    /// Every action but the account item's, in order.
+    ops: Vec<WriteOp>,
+    staged: Vec<Staged>,
+}
+
+struct Staged {
+    decision: Decision,
+    /// The payment item's version after the write.
+    version: u64,
+    alert: Option<AlertRecord>,
+}
+
 /// What committing a decision ran into.
 enum CommitError {
     /// The idempotency key was taken (by a concurrent duplicate).
@@ -635,25 +653,62 @@ impl AccountState {
         payment_version: Option<u64>,
         idempotency: Option<NewIdempotency<'_>>,
     ) -> Result<Payment, CommitError> {
+        let has_key = idempotency.is_some();
+        let mut staging = self.staging();
+        self.stage(&mut staging, decision, payment_version, idempotency)
+            .map_err(CommitError::Failed)?;
+        match self.write(&staging).await {
+            Ok(()) => {}
+            Err(StoreError::ConditionFailed { index, .. }) => {
+                // The idempotency record is the first action, the payment
+                // the next. Anything else (the account item, or an alert
+                // recorded already by an earlier commit) means what we hold
+                // is stale.
+                return Err(match (has_key, index) {
+                    (true, 0) => CommitError::KeyTaken,
+                    (true, 1) | (false, 0) => CommitError::PaymentTaken,
+                    _ => CommitError::Stale,
+                });
+            }
+            Err(error) => return Err(CommitError::Failed(error.into())),
+        }
+        let mut written = self.apply_written(myself, staging).await;
+        Ok(written.pop().expect("one decision staged"))
+    }
+
+    /// An empty atomic write on top of the account as last read or written.
+    fn staging(&self) -> Staging {
+        let record = self.record.as_ref().expect("hydrated before commit");
+        Staging {
+            record: record.value.clone(),
+            base_version: record.version,
+            ops: Vec::new(),
+            staged: Vec::new(),
+        }
+    }
+
+    /// Adds one decision to `staging`: the payment, its movements (applied
+    /// to the balances, which must keep their invariants), its idempotency
+    /// record and alert. On error `staging` is unchanged.
+    fn stage(
+        &self,
+        staging: &mut Staging,
+        decision: Decision,
+        payment_version: Option<u64>,
+        idempotency: Option<NewIdempotency<'_>>,
+    ) -> Result<(), CommandError> {
         // Assert before writing (and `payment()` asserts after reading).
         decision
             .payment
             .check_invariants()
-            .map_err(|problem| CommitError::Failed(CommandError::Internal(problem)))?;
-        let record = self.record.as_ref().expect("hydrated before commit");
-        let mut balances = record.value.balances.clone();
+            .map_err(CommandError::Internal)?;
+        let mut balances = staging.record.balances.clone();
         for movement in &decision.movements {
             balances = balances
                 .apply(movement)
-                .map_err(|error| CommitError::Failed(payment::Rejection::from(error).into()))?;
+                .map_err(|error| CommandError::from(payment::Rejection::from(error)))?;
         }
-        let next_record = AccountRecord {
-            balances,
-            movement_count: record.value.movement_count + decision.movements.len() as u64,
-        };
         let now = self.shared.clock.now();
-
-        let mut ops = Vec::with_capacity(3 + decision.movements.len());
         // The idempotency record goes first: if a duplicate raced us, its
         // failure is the one reported and the request is replayed.
         if let Some(idempotency) = &idempotency {
@@ -664,41 +719,32 @@ impl AccountState {
                 created_at: now,
                 expires_at: now.plus_millis(retention),
             };
-            ops.push(WriteOp::Put {
+            staging.ops.push(WriteOp::Put {
                 item: schema::idempotency_item(&self.account, idempotency.request_id, &record),
                 condition: Condition::NotExists,
             });
         }
-        let payment_condition = match payment_version {
+        let condition = match payment_version {
             None => Condition::NotExists,
             Some(version) => Condition::VersionIs(version),
         };
-        let new_payment_version = payment_version.unwrap_or(0) + 1;
-        ops.push(WriteOp::Put {
-            item: schema::payment_item(&decision.payment, new_payment_version),
-            condition: payment_condition,
+        let version = payment_version.unwrap_or(0) + 1;
+        staging.ops.push(WriteOp::Put {
+            item: schema::payment_item(&decision.payment, version),
+            condition,
         });
-        for (offset, movement) in decision.movements.iter().enumerate() {
-            ops.push(WriteOp::Put {
+        for movement in &decision.movements {
+            staging.ops.push(WriteOp::Put {
                 item: schema::movement_item(
                     &self.account,
-                    record.value.movement_count + offset as u64,
+                    staging.record.movement_count,
                     movement,
                 ),
                 condition: Condition::NotExists,
             });
+            staging.record.movement_count += 1;
         }
-        // Every write touches the account item under its version: the
-        // account is the unit of ordering, and (later) of ownership fencing.
-        let account_condition = match record.version {
-            0 => Condition::NotExists,
-            version => Condition::VersionIs(version),
-        };
-        let new_account_version = record.version + 1;
-        ops.push(WriteOp::Put {
-            item: schema::account_item(&self.account, &next_record, new_account_version),
-            condition: account_condition,
-        });
+        staging.record.balances = balances;
         // The page to deliver, in the same write (alert outbox): a stall is
         // marked paged exactly when its page is recorded.
         let alert = decision.alert.as_ref().map(|alert| AlertRecord {
@@ -707,59 +753,82 @@ impl AccountState {
             delivered_at: None,
         });
         if let Some(alert) = &alert {
-            ops.push(WriteOp::Put {
+            staging.ops.push(WriteOp::Put {
                 item: schema::alert_item(alert),
                 condition: Condition::NotExists,
             });
         }
+        staging.staged.push(Staged {
+            decision,
+            version,
+            alert,
+        });
+        Ok(())
+    }
 
-        match self.shared.store.transact(ops).await {
-            Ok(()) => {}
-            Err(StoreError::ConditionFailed { index, .. }) => {
-                let has_key = idempotency.is_some();
-                // Anything else (the account item, or an alert recorded
-                // already by an earlier commit) means what we hold is stale.
-                return Err(match (has_key, index) {
-                    (true, 0) => CommitError::KeyTaken,
-                    (true, 1) | (false, 0) => CommitError::PaymentTaken,
-                    _ => CommitError::Stale,
-                });
-            }
-            Err(error) => return Err(CommitError::Failed(error.into())),
-        }
+    /// Writes what is staged, and the account item, in one atomic write.
+    async fn write(&self, staging: &Staging) -> Result<(), StoreError> {
+        let mut ops = staging.ops.clone();
+        // Every write touches the account item under its version: the
+        // account is the unit of ordering, and (later) of ownership fencing.
+        let condition = match staging.base_version {
+            0 => Condition::NotExists,
+            version => Condition::VersionIs(version),
+        };
+        ops.push(WriteOp::Put {
+            item: schema::account_item(&self.account, &staging.record, staging.base_version + 1),
+            condition,
+        });
+        self.shared.store.transact(ops).await
+    }
 
-        // Durable: now update memory and act.
+    /// After a durable write: update memory, then act (pages, bank calls).
+    /// Returns the staged payments as written.
+    async fn apply_written(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        staging: Staging,
+    ) -> Vec<Payment> {
         self.record = Some(Versioned {
-            value: next_record,
-            version: new_account_version,
+            value: staging.record,
+            version: staging.base_version + 1,
         });
-        if let Some(alert) = alert {
-            self.shared.pager.recorded(alert);
-        }
-        let payment = decision.payment;
-        self.cache(Versioned {
-            value: payment.clone(),
-            version: new_payment_version,
-        });
-        let id = payment.id.clone();
-        if !decision.effects.is_empty() {
-            match self.children.get(&id) {
-                Some(child) => {
-                    if child
-                        .cast(PaymentMsg::Execute(decision.effects.clone()))
-                        .is_err()
-                    {
-                        self.spawn_child(myself, id.clone(), decision.effects).await;
+        let mut written = Vec::with_capacity(staging.staged.len());
+        for Staged {
+            decision,
+            version,
+            alert,
+        } in staging.staged
+        {
+            if let Some(alert) = alert {
+                self.shared.pager.recorded(alert);
+            }
+            let payment = decision.payment;
+            self.cache(Versioned {
+                value: payment.clone(),
+                version,
+            });
+            let id = payment.id.clone();
+            if !decision.effects.is_empty() {
+                match self.children.get(&id) {
+                    Some(child) => {
+                        if child
+                            .cast(PaymentMsg::Execute(decision.effects.clone()))
+                            .is_err()
+                        {
+                            self.spawn_child(myself, id.clone(), decision.effects).await;
+                        }
                     }
+                    None => self.spawn_child(myself, id.clone(), decision.effects).await,
                 }
-                None => self.spawn_child(myself, id.clone(), decision.effects).await,
+            } else if !payment.has_pending_work() {
+                if let Some(child) = self.children.get(&id) {
+                    child.stop(None);
+                }
             }
-        } else if !payment.has_pending_work() {
-            if let Some(child) = self.children.get(&id) {
-                child.stop(None);
-            }
+            written.push(payment);
         }
-        Ok(payment)
+        written
     }
 
     async fn spawn_child(
