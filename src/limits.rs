@@ -61,6 +61,11 @@ pub const STORE_WRITER_CACHE_KIB: usize = 64 * 1024;
 /// file for all connections and memory per node is bounded (8 MiB each).
 pub const STORE_READER_CACHE_KIB: usize = 8 * 1024;
 
+/// Commands of one account folded into one atomic write. A create writes
+/// three items and a bank outcome two or three, plus the account item once:
+/// 32 commands stay within the 100-item transaction bound.
+pub const ACCOUNT_BATCH_COMMANDS_MAX: usize = 32;
+
 /// Times a command is retried from fresh state after losing an optimistic
 /// concurrency race (another writer changed the account meanwhile).
 pub const CONCURRENCY_RETRIES_MAX: u32 = 3;

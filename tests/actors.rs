@@ -438,3 +438,63 @@ async fn two_writers_on_one_account_lose_no_update_on_dynamodb() {
     ))
     .await;
 }
+
+/// A busy account folds the commands waiting for it into shared atomic
+/// writes, without changing any answer: every create is acknowledged once,
+/// duplicates in the same batch are replays, a key used before makes its
+/// batch fall back to one-by-one (and is replayed), and the books balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_accounts_commands_share_atomic_writes_with_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let store: Arc<dyn Store> = sqlite.clone();
+    let h = harness_on(store, 0, ActorSettings::default(), dir);
+    let earlier = h
+        .orchestrator
+        .create_payment(create("hot", "used-before", 700))
+        .await
+        .unwrap();
+    let commits_before = sqlite.commit_count();
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let orchestrator = h.orchestrator.clone();
+        tasks.push(tokio::spawn(async move {
+            let request = match n % 50 {
+                0 => create("hot", "used-before", 700),
+                1 => create("hot", "twice-in-a-batch", 300),
+                _ => create("hot", &format!("busy-{n}"), 100 + n),
+            };
+            orchestrator.create_payment(request).await.unwrap()
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    let commits = sqlite.commit_count() - commits_before;
+    assert!(
+        commits < 200,
+        "200 creates on one account took {commits} commits: they were not folded"
+    );
+    let replays: Vec<_> = answers.iter().filter(|p| p.id == earlier.id).collect();
+    assert_eq!(replays.len(), 4, "the earlier key replays its payment");
+    let twice: std::collections::HashSet<_> = answers
+        .iter()
+        .filter(|p| p.amount == usd(300))
+        .map(|p| p.id.clone())
+        .collect();
+    assert_eq!(twice.len(), 1, "one payment for a key sent four times");
+    let distinct: std::collections::HashSet<_> = answers.iter().map(|p| p.id.clone()).collect();
+    assert_eq!(distinct.len(), 1 + 1 + 192);
+    for payment in &answers {
+        wait_until(&h.orchestrator, payment, |p| {
+            p.state == PaymentState::Processed
+        })
+        .await;
+    }
+    let report = audit_account(h.store.as_ref(), &AccountId::new("hot").unwrap())
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.movements, 2 * 194, "sent and processed, once each");
+}

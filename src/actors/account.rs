@@ -17,6 +17,7 @@ use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, Supervi
 use serde::Serialize;
 use tokio::time::Instant;
 
+use super::directory::{Batched, Inbox};
 use super::payment::{PaymentActor, PaymentArgs, PaymentMsg};
 use super::{CommandError, CreatePayment, OperatorAction, OperatorCommand, RefundPayment, Shared};
 use crate::clock::new_payment_id;
@@ -32,15 +33,16 @@ pub struct AccountActor;
 pub struct AccountArgs {
     pub account: AccountId,
     pub shared: Arc<Shared>,
+    pub inbox: Inbox,
 }
 
-type Reply = RpcReplyPort<Result<Payment, CommandError>>;
+pub type Reply = RpcReplyPort<Result<Payment, CommandError>>;
 
 pub enum AccountMsg {
-    Create(CreatePayment, Reply),
+    /// Creates and bank outcomes wait in the inbox: take them, several per
+    /// atomic write.
+    Drain,
     Refund(RefundPayment, Reply),
-    /// A bank outcome, routed through the directory.
-    Bank(BankEvent),
     /// Start-up recovery: carry this payment forward if it has pending work.
     Resume(PaymentId),
     /// The watchdog found this payment's reminder due.
@@ -81,6 +83,8 @@ impl AccountMsg {
 pub struct AccountState {
     account: AccountId,
     shared: Arc<Shared>,
+    /// Creates and bank outcomes, taken in batches (see `Drain`).
+    inbox: Inbox,
     /// The account item as last read or written; `None` until hydrated.
     /// Version 0 means the account has no item yet.
     record: Option<Versioned<AccountRecord>>,
@@ -115,6 +119,7 @@ impl Actor for AccountActor {
         Ok(AccountState {
             account: args.account,
             shared: args.shared,
+            inbox: args.inbox,
             record: None,
             payments: HashMap::new(),
             children: HashMap::new(),
@@ -266,10 +271,7 @@ impl AccountState {
             self.last_activity = Instant::now();
         }
         match message {
-            AccountMsg::Create(command, reply) => {
-                let result = self.create(&myself, command).await;
-                let _ = reply.send(result);
-            }
+            AccountMsg::Drain => self.drain(&myself).await,
             AccountMsg::Refund(command, reply) => {
                 let result = self.refund(&myself, command).await;
                 let _ = reply.send(result);
@@ -286,7 +288,7 @@ impl AccountState {
                 }
                 self.shared.reminder_done(&self.name(&payment));
             }
-            AccountMsg::Bank(event) | AccountMsg::FromChild(event) => {
+            AccountMsg::FromChild(event) => {
                 self.run_retryable(&myself, RetryableWork::Bank(event), 1)
                     .await;
             }
@@ -390,6 +392,178 @@ impl AccountState {
                 record.payment
             ))
         })
+    }
+
+    /// Takes everything in the inbox, a batch at a time.
+    async fn drain(&mut self, myself: &ActorRef<AccountMsg>) {
+        loop {
+            let batch: Vec<Batched> = {
+                let mut inbox = self
+                    .inbox
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner());
+                let take = inbox.len().min(limits::ACCOUNT_BATCH_COMMANDS_MAX);
+                inbox.drain(..take).collect()
+            };
+            if batch.is_empty() {
+                return;
+            }
+            self.run_batch(myself, batch).await;
+        }
+    }
+
+    /// One command on its own, the way it would run unbatched.
+    async fn run_one(&mut self, myself: &ActorRef<AccountMsg>, command: Batched) {
+        match command {
+            Batched::Create(command, reply) => {
+                let result = self.create(myself, command).await;
+                let _ = reply.send(result);
+            }
+            Batched::Bank(event) => {
+                self.run_retryable(myself, RetryableWork::Bank(event), 1)
+                    .await
+            }
+        }
+    }
+
+    /// Decides every command of `batch` in order, each on the state the
+    /// previous ones left, and writes all the decisions in one atomic write:
+    /// one commit (one fsync, one DynamoDB transaction) for many commands of
+    /// a busy account. Replies and effects follow the write, as for a single
+    /// command. If the write fails for any reason, nothing was written and
+    /// each command is run again on its own, with the usual retries, replays
+    /// and error answers.
+    async fn run_batch(&mut self, myself: &ActorRef<AccountMsg>, batch: Vec<Batched>) {
+        if batch.len() == 1 || self.hydrate().await.is_err() {
+            for command in batch {
+                self.run_one(myself, command).await;
+            }
+            return;
+        }
+        let now = self.shared.clock.now();
+        let mut staging = self.staging();
+        // What was staged, to answer after the write or to run again alone.
+        let mut staged: Vec<Batched> = Vec::new();
+        let mut alone: Vec<Batched> = Vec::new();
+        let mut request_ids = std::collections::HashSet::new();
+        let mut payments_touched = std::collections::HashSet::new();
+        for command in batch {
+            match command {
+                Batched::Create(create, reply) => {
+                    // Caller-chosen ids and repeated keys have answers of
+                    // their own (taken id, replay): they run alone.
+                    if create.payment_id.is_some() || !request_ids.insert(create.request_id.clone())
+                    {
+                        alone.push(Batched::Create(create, reply));
+                        continue;
+                    }
+                    let fingerprint = Fingerprint::Create {
+                        payment_id: None,
+                        currency: create.amount.currency().code(),
+                        minor_units: create.amount.minor_units(),
+                        metadata: &create.metadata,
+                    }
+                    .encode();
+                    let Ok(id) = PaymentId::new(new_payment_id(self.shared.random.as_ref())) else {
+                        alone.push(Batched::Create(create, reply));
+                        continue;
+                    };
+                    let new = NewPayment {
+                        account: self.account.clone(),
+                        id,
+                        amount: create.amount,
+                        metadata: create.metadata.clone(),
+                    };
+                    let decision = match payment::create(new, now, &self.shared.policy) {
+                        Ok(decision) => decision,
+                        Err(rejection) => {
+                            let _ = reply.send(Err(rejection.into()));
+                            continue;
+                        }
+                    };
+                    let idempotency = NewIdempotency {
+                        request_id: &create.request_id,
+                        fingerprint,
+                    };
+                    match self.stage(&mut staging, decision, None, Some(idempotency)) {
+                        Ok(()) => staged.push(Batched::Create(create, reply)),
+                        Err(error) => {
+                            let _ = reply.send(Err(error));
+                        }
+                    }
+                }
+                Batched::Bank(event) => {
+                    let id = event.payment_name().payment.clone();
+                    // A second outcome for a payment staged in this batch
+                    // must see the first applied: it runs after the write.
+                    if payments_touched.contains(&id) {
+                        alone.push(Batched::Bank(event));
+                        continue;
+                    }
+                    let current = match self.payment(&id).await {
+                        Ok(Some(current)) => current,
+                        Ok(None) | Err(_) => {
+                            alone.push(Batched::Bank(event));
+                            continue;
+                        }
+                    };
+                    let decision = match &event {
+                        BankEvent::Payment { outcome, .. } => {
+                            current
+                                .value
+                                .on_bank_outcome(outcome, now, &self.shared.policy)
+                        }
+                        BankEvent::Refund {
+                            refund_id, outcome, ..
+                        } => current.value.on_refund_outcome(
+                            refund_id,
+                            outcome,
+                            now,
+                            &self.shared.policy,
+                        ),
+                    };
+                    match decision {
+                        Ok(Some(decision)) => {
+                            if self
+                                .stage(&mut staging, decision, Some(current.version), None)
+                                .is_ok()
+                            {
+                                payments_touched.insert(id);
+                                staged.push(Batched::Bank(event));
+                            } else {
+                                alone.push(Batched::Bank(event));
+                            }
+                        }
+                        Ok(None) => {
+                            tracing::debug!(payment = %event.payment_name(), "duplicate or late bank outcome ignored");
+                        }
+                        Err(_) => alone.push(Batched::Bank(event)),
+                    }
+                }
+            }
+        }
+        if !staging.staged.is_empty() {
+            match self.write(&staging).await {
+                Ok(()) => {
+                    let written = self.apply_written(myself, staging).await;
+                    for (command, payment) in staged.into_iter().zip(written) {
+                        if let Batched::Create(_, reply) = command {
+                            let _ = reply.send(Ok(payment));
+                        }
+                    }
+                }
+                Err(error) => {
+                    tracing::debug!(account = %self.account, %error, commands = staged.len(), "batch not written; running its commands one by one");
+                    self.invalidate();
+                    for command in staged {
+                        self.run_one(myself, command).await;
+                    }
+                }
+            }
+        }
+        for command in alone {
+            self.run_one(myself, command).await;
+        }
     }
 
     async fn create(
@@ -735,11 +909,7 @@ impl AccountState {
         });
         for movement in &decision.movements {
             staging.ops.push(WriteOp::Put {
-                item: schema::movement_item(
-                    &self.account,
-                    staging.record.movement_count,
-                    movement,
-                ),
+                item: schema::movement_item(&self.account, staging.record.movement_count, movement),
                 condition: Condition::NotExists,
             });
             staging.record.movement_count += 1;
@@ -843,7 +1013,14 @@ impl AccountState {
             connector: Arc::clone(&self.shared.connector),
             parent: myself.clone(),
         };
-        match Actor::spawn_linked(None, PaymentActor, args, myself.get_cell()).await {
+        // Instant: the child's start-up runs on its own task, so a batch
+        // that creates many payments does not wait for each start in turn.
+        match ractor::ActorRuntime::spawn_linked_instant(
+            None,
+            PaymentActor,
+            args,
+            myself.get_cell(),
+        ) {
             Ok((child, _)) => {
                 self.child_payments.insert(child.get_id(), payment.clone());
                 self.children.insert(payment, child);

@@ -29,6 +29,21 @@ struct Entry {
     actor: ActorRef<AccountMsg>,
     /// Messages sent to this actor through the directory.
     sent: u64,
+    /// Commands the actor takes several at a time (see [`Inbox`]).
+    inbox: Inbox,
+}
+
+/// Commands an account actor may fold into one atomic write: creates and
+/// bank outcomes, the bulk of the traffic. Each push is followed by a
+/// counted [`AccountMsg::Drain`] through the mailbox, and a drain takes
+/// everything queued, so "every message received" (the passivation check)
+/// still implies "every command taken".
+pub type Inbox = Arc<Mutex<std::collections::VecDeque<Batched>>>;
+
+/// A command waiting in an account's [`Inbox`].
+pub enum Batched {
+    Create(super::CreatePayment, super::account::Reply),
+    Bank(crate::connectors::BankEvent),
 }
 
 pub struct Directory {
@@ -47,6 +62,10 @@ impl Default for Directory {
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
 impl Directory {
     fn shard(&self, account: &AccountId) -> std::sync::MutexGuard<'_, HashMap<AccountId, Entry>> {
         let index = (self.hasher.hash_one(account) as usize) % SHARDS;
@@ -62,41 +81,84 @@ impl Directory {
         account: &AccountId,
         message: AccountMsg,
     ) -> Result<(), CommandError> {
+        self.deliver(shared, account, message, None)
+    }
+
+    /// Queues a command in the account's inbox and rings its actor.
+    pub fn send_batched(
+        &self,
+        shared: &Arc<Shared>,
+        account: &AccountId,
+        command: Batched,
+    ) -> Result<(), CommandError> {
+        self.deliver(shared, account, AccountMsg::Drain, Some(command))
+    }
+
+    fn deliver(
+        &self,
+        shared: &Arc<Shared>,
+        account: &AccountId,
+        message: AccountMsg,
+        command: Option<Batched>,
+    ) -> Result<(), CommandError> {
         if self.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(CommandError::Unavailable(
                 "payvisor is shutting down".into(),
             ));
         }
         let mut message = message;
+        let mut command = command;
         let mut shard = self.shard(account);
         // A stopped actor whose entry is still here refuses the message; the
         // entry is replaced and the message sent to the new actor. Twice is
         // enough: a fresh actor accepts messages until it stops itself.
+        let mut carried = Vec::new();
         for _ in 0..2 {
             let entry = match shard.get_mut(account) {
                 Some(entry) => entry,
                 None => {
+                    let inbox = Inbox::default();
                     let args = AccountArgs {
                         account: account.clone(),
                         shared: Arc::clone(shared),
+                        inbox: Arc::clone(&inbox),
                     };
                     let (actor, _) = ractor::ActorRuntime::spawn_instant(None, AccountActor, args)
                         .map_err(|error| {
                             CommandError::Internal(format!("spawning account actor: {error}"))
                         })?;
-                    shard
-                        .entry(account.clone())
-                        .or_insert(Entry { actor, sent: 0 })
+                    shard.entry(account.clone()).or_insert(Entry {
+                        actor,
+                        sent: 0,
+                        inbox,
+                    })
                 }
             };
+            {
+                let mut inbox = lock(&entry.inbox);
+                inbox.extend(carried.drain(..));
+                if let Some(command) = command.take() {
+                    inbox.push_back(command);
+                }
+            }
             match entry.actor.cast(message) {
                 Ok(()) => {
                     entry.sent += 1;
                     return Ok(());
                 }
                 Err(MessagingErr::SendErr(returned)) => {
-                    shard.remove(account);
+                    // The actor stopped (it failed): what waits in its inbox
+                    // goes to its successor.
+                    let stranded = shard.remove(account).map(|entry| entry.inbox);
                     message = returned;
+                    if let Some(stranded) = stranded {
+                        let mut stranded = lock(&stranded);
+                        if let Some(last) = stranded.pop_back() {
+                            // Ours, pushed above; re-pushed with the retry.
+                            command = Some(last);
+                        }
+                        carried.extend(stranded.drain(..));
+                    }
                 }
                 Err(error) => {
                     return Err(CommandError::Internal(format!("account actor: {error}")))
@@ -120,12 +182,12 @@ impl Directory {
         }
     }
 
-    /// Refuses further messages and returns every running actor.
     /// Whether `close` was called (the node is stopping).
     pub fn is_closed(&self) -> bool {
         self.closed.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Refuses further messages and returns every running actor.
     pub fn close(&self) -> Vec<ActorRef<AccountMsg>> {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         self.shards

@@ -242,11 +242,11 @@ impl Orchestrator {
     /// Routes a bank outcome to the payment's account actor.
     pub fn deliver(&self, event: BankEvent) {
         let account = event.payment_name().account.clone();
-        if let Err(error) =
-            self.shared
-                .directory
-                .send(&self.shared, &account, AccountMsg::Bank(event))
-        {
+        if let Err(error) = self.shared.directory.send_batched(
+            &self.shared,
+            &account,
+            directory::Batched::Bank(event),
+        ) {
             // Only during shutdown; the payment stays SENT in the store and is
             // re-driven on the next start.
             tracing::warn!(%account, %error, "bank outcome not routed");
@@ -255,8 +255,17 @@ impl Orchestrator {
 
     pub async fn create_payment(&self, command: CreatePayment) -> Result<Payment, CommandError> {
         let account = command.account.clone();
-        self.call(&account, |reply| AccountMsg::Create(command, reply))
-            .await
+        let (reply, answer) = ractor::concurrency::oneshot();
+        self.shared.directory.send_batched(
+            &self.shared,
+            &account,
+            directory::Batched::Create(command, reply.into()),
+        )?;
+        answer.await.map_err(|_| {
+            CommandError::Unavailable(
+                "the account actor stopped before answering; retry with the same request_id".into(),
+            )
+        })?
     }
 
     pub async fn refund_payment(&self, command: RefundPayment) -> Result<Payment, CommandError> {
