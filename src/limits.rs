@@ -52,6 +52,11 @@ pub const STORE_WRITE_QUEUE_MAX: usize = 8192;
 /// Transactions folded into one group commit (one fsync). Large enough to
 /// amortise the fsync, small enough to bound the latency of the first writer.
 pub const GROUP_COMMIT_TRANSACTIONS_MAX: usize = 512;
+/// How often the embedded store's background thread checkpoints the WAL
+/// (copies committed pages into the database file). Often enough that the
+/// writer's own auto-checkpoint (a backstop at 16,384 pages) rarely has much
+/// left to copy.
+pub const STORE_CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// Read connections to the embedded store (WAL readers run in parallel).
 pub const STORE_READERS_MAX: usize = 4;
 /// Page cache of the embedded store's writer: large, because every commit
