@@ -22,6 +22,7 @@ use payvisor::domain::{AccountId, Currency, Money, PaymentName, RequestId, Times
 use payvisor::store::schema;
 use payvisor::store::sqlite::SqliteStore;
 use payvisor::store::{BoxFuture, IndexQuery, Page as StorePage, Store, StoreError};
+use payvisor::watchdog::Pager;
 use tokio::sync::mpsc;
 
 #[path = "common/dynamodb.rs"]
@@ -461,6 +462,66 @@ async fn pages_are_retried_until_the_pager_accepts_them(store: Arc<dyn Store>) {
     panic!("the delivered page was never recorded as delivered");
 }
 
+/// A page queued again from a stale read (a sweep that read it just before
+/// its delivery was recorded) is not delivered a second time.
+async fn a_page_queued_again_after_delivery_is_not_sent_twice(store: Arc<dyn Store>) {
+    let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_millis(
+        1_800_000_000_000,
+    )));
+    let sink = Arc::new(RecordingSink::default());
+    let pager = Pager::start(
+        Arc::clone(&store),
+        sink.clone(),
+        clock.clone(),
+        "test".into(),
+    );
+    // A paged payment's alert, recorded as the account actor records it.
+    let node = fresh_node(Arc::clone(&store));
+    let mut payment = create(&node, "acme", "hang").await;
+    payment.watch.as_mut().unwrap().due_at = Some(clock.now());
+    let decision = payment
+        .on_reminder(clock.now(), &Policy::default())
+        .unwrap()
+        .unwrap();
+    let decision = decision
+        .payment
+        .on_reminder(clock.now().plus_millis(3_600_000), &{
+            let mut policy = Policy::default();
+            policy.stalls.redrive_max = 0;
+            policy
+        })
+        .unwrap()
+        .unwrap();
+    let record = schema::AlertRecord {
+        payment: payment.name(),
+        alert: decision.alert.expect("a page"),
+        delivered_at: None,
+    };
+    store
+        .transact(vec![payvisor::store::WriteOp::Put {
+            item: schema::alert_item(&record),
+            condition: payvisor::store::Condition::NotExists,
+        }])
+        .await
+        .unwrap();
+    pager.recorded(record.clone());
+    for _ in 0..400 {
+        let (undelivered, _) =
+            schema::index_page(store.as_ref(), &[schema::PAGES_UNDELIVERED], None, None, 10)
+                .await
+                .unwrap();
+        if undelivered.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(sink.count(), 1);
+    // The stale copy, as a sweep would queue it.
+    pager.recorded(record);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sink.count(), 1, "a delivered page was sent again");
+}
+
 async fn finding_due_reminders_reads_only_what_is_due(store: Arc<dyn Store>, payments: usize) {
     let counting = Arc::new(CountingStore {
         inner: store,
@@ -550,5 +611,6 @@ on_both_stores!(
     a_hung_payment_is_redriven_then_paged_once_and_resolved_when_failed,
     a_restarted_node_catches_up_and_never_pages_a_stall_twice,
     pages_are_retried_until_the_pager_accepts_them,
+    a_page_queued_again_after_delivery_is_not_sent_twice,
     finding_due_reminders_reads_only_what_is_due(40),
 );

@@ -255,41 +255,42 @@ impl Orchestrator {
 
     pub async fn create_payment(&self, command: CreatePayment) -> Result<Payment, CommandError> {
         let account = command.account.clone();
-        let (reply, answer) = ractor::concurrency::oneshot();
-        self.shared.directory.send_batched(
-            &self.shared,
-            &account,
-            directory::Batched::Create(command, reply.into()),
-        )?;
-        answer.await.map_err(|_| {
-            CommandError::Unavailable(
-                "the account actor stopped before answering; retry with the same request_id".into(),
-            )
-        })?
+        self.call(|reply| {
+            let create = directory::Batched::Create(command, reply);
+            self.shared
+                .directory
+                .send_batched(&self.shared, &account, create)
+        })
+        .await
     }
 
     pub async fn refund_payment(&self, command: RefundPayment) -> Result<Payment, CommandError> {
         let account = command.name.account.clone();
-        self.call(&account, |reply| AccountMsg::Refund(command, reply))
-            .await
+        self.call(|reply| {
+            let refund = AccountMsg::Refund(command, reply);
+            self.shared.directory.send(&self.shared, &account, refund)
+        })
+        .await
     }
 
     /// RetryPayment and FailPayment.
     pub async fn operate(&self, command: OperatorCommand) -> Result<Payment, CommandError> {
         let account = command.name.account.clone();
-        self.call(&account, |reply| AccountMsg::Operate(command, reply))
-            .await
+        self.call(|reply| {
+            let operate = AccountMsg::Operate(command, reply);
+            self.shared.directory.send(&self.shared, &account, operate)
+        })
+        .await
     }
 
+    /// Sends a command with a reply port (through `send`) and awaits the
+    /// answer.
     async fn call(
         &self,
-        account: &AccountId,
-        message: impl FnOnce(ractor::RpcReplyPort<Result<Payment, CommandError>>) -> AccountMsg,
+        send: impl FnOnce(account::Reply) -> Result<(), CommandError>,
     ) -> Result<Payment, CommandError> {
         let (reply, answer) = ractor::concurrency::oneshot();
-        self.shared
-            .directory
-            .send(&self.shared, account, message(reply.into()))?;
+        send(reply.into())?;
         answer.await.map_err(|_| {
             CommandError::Unavailable(
                 "the account actor stopped before answering; retry with the same request_id".into(),

@@ -8,7 +8,8 @@
 //!   that fell due while the node was down fire promptly, none is dropped).
 //! - [`Pager`] delivers pages recorded by account actors (the alert outbox):
 //!   one at a time, in order, retried with back-off on retryable failures,
-//!   then marked delivered in the store. Pages not delivered (sink down,
+//!   then marked delivered in the store. Before sending, it re-reads the
+//!   page: a sweep's stale copy of a page just delivered is dropped. Pages not delivered (sink down,
 //!   queue full, node restarted) stay in the store's `PAGE` index and are
 //!   picked up by [`sweep_pages`].
 //!
@@ -133,10 +134,31 @@ impl Delivery {
         // trigger, and a sink outage does not fan out into a retry storm.
         while let Some(record) = pages.recv().await {
             let key = schema::alert_key(&record.payment, &record.alert);
-            if self.deliver(&record).await {
+            // A sweep may have read the page before its delivery was
+            // recorded and queued it again after: ask the store (strongly
+            // consistent; this task is the only one that records deliveries).
+            if self.still_undelivered(&key).await && self.deliver(&record).await {
                 self.mark_delivered(record).await;
             }
             lock(&self.in_hand).remove(&key);
+        }
+    }
+
+    async fn still_undelivered(&self, key: &Key) -> bool {
+        match self.store.get(key.clone()).await {
+            Ok(Some(item)) => match schema::decode_alert(&item) {
+                Ok(record) => record.delivered_at.is_none(),
+                Err(error) => {
+                    tracing::error!(?key, %error, "undecodable page left undelivered");
+                    false
+                }
+            },
+            Ok(None) => false,
+            // Unknown: leave it to the next sweep rather than risk a repeat.
+            Err(error) => {
+                tracing::warn!(?key, %error, "page not checked; the next sweep retries");
+                false
+            }
         }
     }
 
