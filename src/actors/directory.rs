@@ -134,13 +134,14 @@ impl Directory {
                     })
                 }
             };
-            {
+            let pushed = {
                 let mut inbox = lock(&entry.inbox);
                 inbox.extend(carried.drain(..));
-                if let Some(command) = command.take() {
-                    inbox.push_back(command);
-                }
-            }
+                command
+                    .take()
+                    .map(|command| inbox.push_back(command))
+                    .is_some()
+            };
             match entry.actor.cast(message) {
                 Ok(()) => {
                     entry.sent += 1;
@@ -153,15 +154,20 @@ impl Directory {
                     message = returned;
                     if let Some(stranded) = stranded {
                         let mut stranded = lock(&stranded);
-                        if let Some(last) = stranded.pop_back() {
-                            // Ours, pushed above; re-pushed with the retry.
-                            command = Some(last);
+                        if pushed {
+                            // Ours, pushed last above: pushed again with the
+                            // retry.
+                            command = stranded.pop_back();
                         }
                         carried.extend(stranded.drain(..));
                     }
                 }
                 Err(error) => {
-                    return Err(CommandError::Internal(format!("account actor: {error}")))
+                    if pushed {
+                        // Refused: the command must not run later either.
+                        lock(&entry.inbox).pop_back();
+                    }
+                    return Err(CommandError::Internal(format!("account actor: {error}")));
                 }
             }
         }
