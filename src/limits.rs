@@ -34,6 +34,10 @@ pub const HISTORY_ENTRIES_MAX: usize = 64;
 /// Idempotency records are kept at least this long (Stripe keeps 24 h).
 pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
+/// Bytes in an index page token (family, shard, last index sort key: ids are
+/// at most 64 characters each).
+pub const INDEX_TOKEN_BYTES_MAX: usize = 512;
+
 /// Default and largest `page_size` for list calls (AIP-158).
 pub const PAGE_SIZE_DEFAULT: usize = 50;
 pub const PAGE_SIZE_MAX: usize = 500;

@@ -14,6 +14,7 @@ use crate::alerts::{AlertSink, LogSink};
 use crate::clock::{SeededRandom, SystemClock};
 use crate::config::{Config, PagerConfig};
 use crate::connectors::simulator::BankSimulator;
+use crate::domain::payment::PaymentState;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
 use crate::grpc::{pb, PaymentApi};
 use crate::limits;
@@ -148,22 +149,12 @@ fn metrics_renderer(orchestrator: Orchestrator) -> crate::metrics::Render {
             };
             // Every state that can stall, zero included, so a dashboard
             // sees a flat line rather than no data.
-            let states = [
-                "created",
-                "approved",
-                "in_review",
-                "sent",
-                "processed",
-                "partially_refunded",
-            ];
-            let samples: Vec<(&str, &str, i64)> = states
+            let samples: Vec<(&str, &str, i64)> = PaymentState::ALL
                 .iter()
+                .filter(|state| !state.is_terminal())
                 .map(|state| {
-                    (
-                        "state",
-                        *state,
-                        counts.get(*state).copied().unwrap_or(0) as i64,
-                    )
+                    let name = state.as_str();
+                    ("state", name, counts.get(name).copied().unwrap_or(0) as i64)
                 })
                 .collect();
             let mut text = crate::metrics::render_gauge(

@@ -266,21 +266,20 @@ impl Orchestrator {
 
     pub async fn refund_payment(&self, command: RefundPayment) -> Result<Payment, CommandError> {
         let account = command.name.account.clone();
-        self.call(|reply| {
-            let refund = AccountMsg::Refund(command, reply);
-            self.shared.directory.send(&self.shared, &account, refund)
-        })
-        .await
+        self.call(|reply| self.send(&account, AccountMsg::Refund(command, reply)))
+            .await
     }
 
     /// RetryPayment and FailPayment.
     pub async fn operate(&self, command: OperatorCommand) -> Result<Payment, CommandError> {
         let account = command.name.account.clone();
-        self.call(|reply| {
-            let operate = AccountMsg::Operate(command, reply);
-            self.shared.directory.send(&self.shared, &account, operate)
-        })
-        .await
+        self.call(|reply| self.send(&account, AccountMsg::Operate(command, reply)))
+            .await
+    }
+
+    /// Sends a message to an account's actor (spawning it if needed).
+    fn send(&self, account: &AccountId, message: AccountMsg) -> Result<(), CommandError> {
+        self.shared.directory.send(&self.shared, account, message)
     }
 
     /// Sends a command with a reply port (through `send`) and awaits the
@@ -339,11 +338,7 @@ impl Orchestrator {
             )
             .await?;
             for payment in payments {
-                self.shared.directory.send(
-                    &self.shared,
-                    &payment.account,
-                    AccountMsg::Resume(payment.id),
-                )?;
+                self.send(&payment.account, AccountMsg::Resume(payment.id))?;
                 resumed += 1;
             }
             match next {

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::watch::{Alert, StallPolicy, Watch};
+use super::watch::{Alert, Stage, StallPolicy, Watch};
 use super::{AccountId, Currency, Money, PaymentId, PaymentName, Timestamp};
 use crate::ledger::{LedgerError, Movement};
 use crate::limits;
@@ -37,6 +37,18 @@ pub enum PaymentState {
 }
 
 impl PaymentState {
+    pub const ALL: [PaymentState; 9] = [
+        PaymentState::Created,
+        PaymentState::Approved,
+        PaymentState::InReview,
+        PaymentState::Sent,
+        PaymentState::Processed,
+        PaymentState::PartiallyRefunded,
+        PaymentState::Refunded,
+        PaymentState::Declined,
+        PaymentState::Failed,
+    ];
+
     /// The state's name in logs, metrics and flags.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -324,13 +336,8 @@ impl Payment {
     /// Whether something is still to happen without a person acting: a bank
     /// outcome or a refund outcome is awaited.
     pub fn has_pending_work(&self) -> bool {
-        matches!(
-            self.state,
-            PaymentState::Created | PaymentState::Approved | PaymentState::Sent
-        ) || self
-            .refunds
-            .iter()
-            .any(|refund| refund.state == RefundState::Pending)
+        // Every stage a payment can wait in, except a person's review.
+        Stage::of(self).is_some_and(|stage| stage != Stage::InReview)
     }
 
     /// The effects that carry this payment forward from its persisted state.

@@ -328,25 +328,11 @@ pub fn decode_stalled_token(token: &str) -> Result<Option<String>, CommandError>
     if token.is_empty() {
         return Ok(None);
     }
-    // The position is `{family}:{shard}:{index sort key}`: checked here so
-    // a forged token is the client's error, not a store fault.
-    let well_formed = |position: &&str| {
-        let mut parts = position.splitn(3, ':');
-        let mut small_number = || {
-            parts
-                .next()
-                .and_then(|part| part.parse::<usize>().ok())
-                .is_some_and(|number| number < limits::ACCOUNT_SHARDS)
-        };
-        small_number()
-            && small_number()
-            && parts.next().is_some()
-            && position.len() <= 512
-            && !position.chars().any(char::is_control)
-    };
+    // Checked here so a forged token is the client's error, not a store
+    // fault.
     token
         .strip_prefix("s1.")
-        .filter(well_formed)
+        .filter(|position| crate::store::schema::parse_index_token(position).is_some())
         .map(|position| Some(position.to_owned()))
         .ok_or_else(|| {
             CommandError::invalid("page_token", "not a token returned by ListStalledPayments")

@@ -386,6 +386,30 @@ pub async fn list_movements(
     items.iter().map(decode).collect()
 }
 
+/// Reads an [`index_page`] token: `{family}:{shard}:{last index sort key}`.
+/// `None` unless it is one `index_page` could have made (so a token that
+/// came back from a client can be checked before it reaches the store).
+pub fn parse_index_token(token: &str) -> Option<(usize, usize, Option<String>)> {
+    let mut parts = token.splitn(3, ':');
+    let mut small_number = || {
+        parts
+            .next()
+            .and_then(|part| part.parse::<usize>().ok())
+            .filter(|number| *number < limits::ACCOUNT_SHARDS)
+    };
+    let (family, shard) = (small_number()?, small_number()?);
+    let after = parts.next()?;
+    // Index sort keys are short and hold no control characters.
+    if token.len() > limits::INDEX_TOKEN_BYTES_MAX || after.chars().any(char::is_control) {
+        return None;
+    }
+    Some((
+        family,
+        shard,
+        Some(after.to_owned()).filter(|after| !after.is_empty()),
+    ))
+}
+
 /// One page of an index read across `families`, each in all its shards,
 /// up to `end_at` (inclusive) when given. The token is
 /// `{family}:{shard}:{last index sort key}`; partitions are read in turn.
@@ -396,24 +420,9 @@ pub async fn index_page(
     token: Option<&str>,
     limit: usize,
 ) -> Result<(Vec<Item>, Option<String>), StoreError> {
-    let corrupt = || StoreError::Corrupt(format!("index page token {token:?}"));
     let (mut family, mut shard, mut start_after) = match token {
-        Some(token) => {
-            let mut parts = token.splitn(3, ':');
-            let mut number = || -> Result<usize, StoreError> {
-                parts
-                    .next()
-                    .and_then(|part| part.parse().ok())
-                    .ok_or_else(corrupt)
-            };
-            let (family, shard) = (number()?, number()?);
-            let after = parts.next().ok_or_else(corrupt)?;
-            (
-                family,
-                shard,
-                Some(after.to_owned()).filter(|after| !after.is_empty()),
-            )
-        }
+        Some(token) => parse_index_token(token)
+            .ok_or_else(|| StoreError::Corrupt(format!("index page token {token:?}")))?,
         None => (0, 0, None),
     };
     let limit = limit.max(1);
