@@ -119,8 +119,10 @@ fn sent_payment(account: String, id: String, created_at: Timestamp, minor: i64) 
         id: PaymentId::new(id).unwrap(),
         amount: Money::from_minor(Currency::from_code("USD").unwrap(), minor),
         metadata: BTreeMap::new(),
+        payer_id: None,
+        payer_country: None,
     };
-    let payment = payment::create(new, created_at, &Policy::default())
+    let payment = payment::create(new, None, created_at, &Policy::default())
         .unwrap()
         .payment;
     assert_eq!(payment.state, PaymentState::Sent);

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::connectors::simulator::SimulatorConfig;
-use crate::domain::payment::{ApprovalPolicy, Fee, FeeSchedule, Policy};
+use crate::approval::load_rules_file;
+use crate::domain::payment::{Fee, FeeSchedule, Policy};
 use crate::domain::watch::{Stage, StallPolicy};
-use crate::domain::{Currency, Money};
 use crate::limits;
+use crate::webhooks::{Endpoint, WebhookSettings};
 use crate::store::dynamodb::{DynamoDbSettings, DynamoDbStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
@@ -21,14 +22,18 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Approval limit per currency in major units, e.g. `USD=5000.00`;
-    /// larger payments are DECLINED. Repeatable. No limit by default.
-    #[arg(
-        long = "approval-max",
-        env = "PAYVISOR_APPROVAL_MAX",
-        value_delimiter = ','
-    )]
-    pub approval_max: Vec<String>,
+    /// Approval rules file (JSON; see `docs/rules.md`). Checked at start
+    /// (a bad file stops the start) and reloaded when it changes. Without
+    /// it every payment is approved.
+    #[arg(long, env = "PAYVISOR_RULES")]
+    pub rules: Option<PathBuf>,
+    /// Webhook endpoints file (JSON: `{"endpoints": [{"name", "url",
+    /// "secret"}]}`). Every payment event is delivered to each, signed.
+    #[arg(long, env = "PAYVISOR_WEBHOOKS")]
+    pub webhooks: Option<PathBuf>,
+    /// How long a webhook delivery is retried before it is given up.
+    #[arg(long, env = "PAYVISOR_WEBHOOK_RETRY_FOR", default_value = "24h")]
+    pub webhook_retry_for: String,
     /// Fee in basis points of each processed payment (default 0).
     #[arg(long, env = "PAYVISOR_FEE_BASIS_POINTS", default_value_t = 0)]
     pub fee_basis_points: u32,
@@ -205,6 +210,46 @@ pub struct Config {
     pub passivate_after: Duration,
     pub watchdog: WatchdogConfig,
     pub metrics_listen: Option<SocketAddr>,
+    /// The approval rules file, if any (validated).
+    pub rules: Option<PathBuf>,
+    pub webhooks: WebhookSettings,
+}
+
+/// `{"endpoints": [{"name": "...", "url": "...", "secret": "..."}]}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhooksFile {
+    endpoints: Vec<WebhookEndpointEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookEndpointEntry {
+    name: String,
+    url: String,
+    secret: String,
+}
+
+/// Reads and checks a webhook endpoints file.
+pub fn load_webhooks_file(path: &std::path::Path) -> Result<Vec<Endpoint>, ConfigError> {
+    let shown = path.display().to_string();
+    let bad = |why: String| ConfigError::Webhooks(shown.clone(), why);
+    let text = std::fs::read_to_string(path).map_err(|error| bad(error.to_string()))?;
+    let file: WebhooksFile = serde_json::from_str(&text).map_err(|error| bad(error.to_string()))?;
+    if file.endpoints.len() > limits::WEBHOOK_ENDPOINTS_MAX {
+        return Err(bad(format!(
+            "at most {} endpoints",
+            limits::WEBHOOK_ENDPOINTS_MAX
+        )));
+    }
+    let mut endpoints: Vec<Endpoint> = Vec::new();
+    for entry in file.endpoints {
+        if endpoints.iter().any(|known| known.name == entry.name) {
+            return Err(bad(format!("endpoint name {:?} appears twice", entry.name)));
+        }
+        endpoints.push(Endpoint::new(&entry.name, &entry.url, &entry.secret).map_err(bad)?);
+    }
+    Ok(endpoints)
 }
 
 /// How stalls are looked for and who is paged.
@@ -254,8 +299,12 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--approval-max {0:?}: {1}")]
-    ApprovalMax(String, String),
+    #[error("{0}")]
+    Rules(#[from] crate::approval::RulesFileError),
+    #[error("--webhooks {0}: {1}")]
+    Webhooks(String, String),
+    #[error("--webhook-retry-for {0:?}: expected a duration from 1s to 30d, like 24h")]
+    WebhookRetryFor(String),
     #[error("--bank-latency-ms {0:?}: expected MIN..MAX in milliseconds, MIN <= MAX")]
     Latency(String),
     #[error("--bank-failure-per-mille must be at most 1000")]
@@ -276,18 +325,21 @@ pub enum ConfigError {
 
 impl ServeArgs {
     pub fn validate(&self) -> Result<Config, ConfigError> {
-        let mut approval = ApprovalPolicy::default();
-        for entry in &self.approval_max {
-            let bad = |why: &str| ConfigError::ApprovalMax(entry.clone(), why.to_owned());
-            let (code, amount) = entry
-                .split_once('=')
-                .ok_or_else(|| bad("expected CURRENCY=AMOUNT"))?;
-            let currency =
-                Currency::from_code(code.trim()).ok_or_else(|| bad("unknown currency"))?;
-            let max =
-                Money::parse_major(currency, amount).map_err(|error| bad(&error.to_string()))?;
-            approval.max_amount.insert(currency, max);
+        if let Some(path) = &self.rules {
+            // Checked now so that a bad file stops the start with its
+            // problems; the server loads it again and keeps watching it.
+            load_rules_file(path)?;
         }
+        let retry_for = parse_duration(&self.webhook_retry_for)
+            .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(30 * 86_400))
+            .ok_or_else(|| ConfigError::WebhookRetryFor(self.webhook_retry_for.clone()))?;
+        let webhooks = WebhookSettings {
+            endpoints: match &self.webhooks {
+                Some(path) => load_webhooks_file(path)?,
+                None => Vec::new(),
+            },
+            retry_for,
+        };
         if self.fee_fixed_minor < 0 || self.fee_basis_points > 10_000 {
             return Err(ConfigError::Fee);
         }
@@ -354,11 +406,9 @@ impl ServeArgs {
         Ok(Config {
             listen: self.listen,
             store: self.store.validate()?,
-            policy: Policy {
-                approval,
-                fees,
-                stalls,
-            },
+            policy: Policy { fees, stalls },
+            rules: self.rules.clone(),
+            webhooks,
             watchdog: WatchdogConfig {
                 sweep_every,
                 node_name: self.node_name.clone(),

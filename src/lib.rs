@@ -14,6 +14,7 @@
 
 pub mod actors;
 pub mod alerts;
+pub mod approval;
 pub mod audit;
 pub mod cli;
 pub mod clock;
@@ -25,6 +26,8 @@ pub mod ledger;
 pub mod limits;
 pub mod loadgen;
 pub mod metrics;
+pub mod outbound;
 pub mod server;
 pub mod store;
 pub mod watchdog;
+pub mod webhooks;

@@ -70,10 +70,13 @@ pub const STORE_WRITER_CACHE_KIB: usize = 64 * 1024;
 /// file for all connections and memory per node is bounded (8 MiB each).
 pub const STORE_READER_CACHE_KIB: usize = 8 * 1024;
 
-/// Commands of one account folded into one atomic write. A create writes
-/// three items and a bank outcome two or three, plus the account item once:
-/// 32 commands stay within the 100-item transaction bound.
-pub const ACCOUNT_BATCH_COMMANDS_MAX: usize = 32;
+/// Commands of one account folded into one atomic write. One decision
+/// writes at most [`DECISION_ITEMS_MAX`] items, plus the account item once:
+/// 16 commands stay within the 100-item transaction bound.
+pub const ACCOUNT_BATCH_COMMANDS_MAX: usize = 16;
+/// Items one decision writes at most: idempotency record, payment, one
+/// movement, one page, its events and their webhook pointer.
+pub const DECISION_ITEMS_MAX: usize = 6;
 
 /// Times a command is retried from fresh state after losing an optimistic
 /// concurrency race (another writer changed the account meanwhile).
@@ -235,3 +238,57 @@ pub const BENCH_VERIFY_CONCURRENCY: usize = 32;
 /// `payvisor bench`: largest reply read while verifying (a page of 500
 /// payments with their histories).
 pub const BENCH_VERIFY_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Characters in a webhook endpoint's name (deliveries are recorded under it).
+pub const WEBHOOK_ENDPOINT_NAME_CHARS_MAX: usize = 64;
+/// Webhook endpoints per node: each is a delivery state in every event item.
+pub const WEBHOOK_ENDPOINTS_MAX: usize = 8;
+/// Shortest webhook signing secret: 128 bits, as a guessing bound.
+pub const WEBHOOK_SECRET_BYTES_MIN: usize = 16;
+/// How long one webhook POST may take before it counts as failed (and is
+/// retried): long enough for a slow receiver, short enough that one dead
+/// endpoint does not hold the dispatcher.
+pub const WEBHOOK_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Response bytes read from a webhook endpoint (only for the error message).
+pub const WEBHOOK_RESPONSE_BYTES_MAX: usize = 16 * 1024;
+/// Characters of an endpoint's error answer kept on the delivery.
+pub const WEBHOOK_ERROR_CHARS_MAX: usize = 256;
+/// A delivery is retried for this long, then given up (Stripe retries for
+/// days; a day covers a merchant's overnight outage).
+pub const WEBHOOK_RETRY_FOR_DEFAULT: Duration = Duration::from_secs(24 * 60 * 60);
+/// First retry delay of a webhook delivery; each further one doubles.
+pub const WEBHOOK_BACKOFF_FIRST: Duration = Duration::from_secs(1);
+/// Longest delay between two attempts of one delivery.
+pub const WEBHOOK_BACKOFF_MAX: Duration = Duration::from_secs(60 * 60);
+/// Due deliveries read per index shard per sweep: bounds one sweep's work.
+pub const WEBHOOK_SWEEP_PAGE: usize = 256;
+/// Payments whose webhooks are sent at the same time (each payment's own
+/// events go one at a time, in order).
+pub const WEBHOOK_PAYMENTS_IN_FLIGHT_MAX: usize = 32;
+/// How often the webhook dispatcher looks for due deliveries when nothing
+/// new was written (new events wake it at once).
+pub const WEBHOOK_SWEEP_EVERY: Duration = Duration::from_millis(500);
+
+/// Live events buffered per `WatchPaymentEvents` subscriber; one that falls
+/// further behind is told to resume from its last event id.
+pub const EVENT_FEED_BUFFER: usize = 4096;
+/// How far before the given event a resumed `WatchPaymentEvents` replays.
+/// An event's feed position is the time it was decided; it becomes visible
+/// when its write commits, which the store's timeouts bound well below this.
+/// Events in the overlap may be sent twice (delivery is at least once; the
+/// event id is stable), never skipped.
+pub const EVENT_REPLAY_OVERLAP: Duration = Duration::from_secs(30);
+/// Event records read per page while replaying the feed.
+pub const EVENT_REPLAY_PAGE: usize = 128;
+
+/// Bytes of an approval rules file.
+pub const RULES_FILE_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// How often the rules file is checked for changes (reloaded when changed).
+pub const RULES_RELOAD_EVERY: Duration = Duration::from_secs(2);
+/// Bytes in a review's reason: a sentence for the audit trail.
+pub const REVIEW_REASON_BYTES_MAX: usize = 512;
+/// Characters in a payer id.
+pub const PAYER_ID_CHARS_MAX: usize = 64;
+/// Payments read to fill one page of a state-filtered ListPayments: bounds
+/// the work of a page when few payments match (the rest comes with a token).
+pub const LIST_FILTER_SCAN_MAX: usize = 5_000;

@@ -1,7 +1,10 @@
 //! `payvisor`: parse arguments, set up logging, run the chosen command.
 
 use clap::{Parser, Subcommand};
-use payvisor::cli::{self, AccountsCommand, ClientOptions, LedgerCommand, PaymentsCommand};
+use payvisor::cli::{
+    self, AccountsCommand, ClientOptions, EventsCommand, LedgerCommand, PaymentsCommand,
+    ReviewsCommand,
+};
 use payvisor::config::{DynamoDbArgs, ServeArgs};
 
 #[derive(Parser, Debug)]
@@ -26,6 +29,25 @@ enum Command {
         #[command(subcommand)]
         command: PaymentsCommand,
     },
+    /// The review queue: list, approve and decline payments in review.
+    Reviews {
+        #[command(flatten)]
+        options: ClientOptions,
+        #[command(subcommand)]
+        command: ReviewsCommand,
+    },
+    /// A payment's events and their webhook deliveries; re-send one.
+    Events {
+        #[command(flatten)]
+        options: ClientOptions,
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+    /// Check an approval rules file as the server would load it.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Read account balances on a running server.
     Accounts {
         #[command(flatten)]
@@ -48,6 +70,12 @@ enum Command {
         #[command(subcommand)]
         command: LedgerCommand,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum RulesCommand {
+    /// Validate a rules file; every problem is listed (exit 1 if any).
+    Check { file: std::path::PathBuf },
 }
 
 #[derive(Subcommand, Debug)]
@@ -96,6 +124,11 @@ fn main() -> std::process::ExitCode {
             }
             Command::Payments { options, command } => cli::payments(&options, command).await,
             Command::Accounts { options, command } => cli::accounts(&options, command).await,
+            Command::Reviews { options, command } => cli::reviews(&options, command).await,
+            Command::Events { options, command } => cli::events(&options, command).await,
+            Command::Rules {
+                command: RulesCommand::Check { file },
+            } => cli::check_rules(&file),
             Command::Ledger { json, command } => cli::ledger(json, command).await,
             Command::Bench(args) => {
                 let summary = payvisor::loadgen::run(args).await?;

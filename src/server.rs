@@ -11,6 +11,8 @@ use tokio_stream::wrappers::TcpListenerStream;
 use crate::actors::{ActorSettings, Components, Orchestrator};
 use crate::alerts::pagerduty::PagerDutySink;
 use crate::alerts::{AlertSink, LogSink};
+use crate::approval::RulesInForce;
+use crate::webhooks::HttpWebhookSink;
 use crate::clock::{SeededRandom, SystemClock};
 use crate::config::{Config, PagerConfig};
 use crate::connectors::simulator::BankSimulator;
@@ -53,6 +55,18 @@ pub async fn run(
             settings,
             alert_sink,
             node_name: config.watchdog.node_name.clone(),
+            rules: Arc::new(match &config.rules {
+                Some(path) => RulesInForce::from_file(path.clone())?,
+                None => RulesInForce::approve_all(),
+            }),
+            webhook_sink: Arc::new(HttpWebhookSink::new(
+                config
+                    .webhooks
+                    .endpoints
+                    .iter()
+                    .any(|endpoint| endpoint.url.scheme_str() == Some("https")),
+            )?),
+            webhooks: config.webhooks.clone(),
         },
         bank_event_queue,
     );
@@ -77,6 +91,9 @@ pub async fn run(
     // The watchdog's first sweep runs now: reminders that fell due while the
     // node was down fire at once (catch-up), and undelivered pages go out.
     orchestrator.run_watchdog(config.watchdog.sweep_every);
+    // Undelivered webhooks (from before a restart too) go out now.
+    orchestrator.run_webhooks(limits::WEBHOOK_SWEEP_EVERY);
+    orchestrator.watch_rules(limits::RULES_RELOAD_EVERY);
     if let Some(address) = config.metrics_listen {
         let listener = TcpListener::bind(address).await?;
         tracing::info!(listen = %listener.local_addr()?, "metrics serving");

@@ -148,6 +148,9 @@ fn harness_on(
             settings,
             alert_sink: Arc::new(LogSink),
             node_name: "test".into(),
+            rules: Arc::new(payvisor::approval::RulesInForce::approve_all()),
+            webhooks: payvisor::webhooks::WebhookSettings::default(),
+            webhook_sink: Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
         },
         queue,
     );
@@ -190,6 +193,8 @@ fn create(account: &str, request_id: &str, minor: i64) -> CreatePayment {
         payment_id: None,
         amount: usd(minor),
         metadata: BTreeMap::new(),
+        payer_id: None,
+        payer_country: None,
         request_id: RequestId::new(request_id).unwrap(),
     }
 }

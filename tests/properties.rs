@@ -13,6 +13,7 @@ use payvisor::domain::payment::{
     self, BankOutcome, Fee, FeeSchedule, NewPayment, Payment, Policy, RefundOutcome, RefundState,
 };
 use payvisor::domain::watch::{PageAction, Stage};
+use payvisor::domain::rules::{Candidate, RuleSet, VelocityLog};
 use payvisor::domain::{AccountId, Currency, Money, PaymentId, Timestamp};
 use payvisor::ledger::{Balances, Movement};
 use proptest::prelude::*;
@@ -188,9 +189,14 @@ proptest! {
             fees: FeeSchedule { default: Fee { basis_points, fixed_minor }, per_currency: BTreeMap::new() },
             ..Policy::default()
         };
-        if let Some(max) = max_approved {
-            policy.approval.max_amount.insert(usd(0).currency(), usd(max));
-        }
+        // Payments above the maximum are declined by the approval rules.
+        let rules = match max_approved {
+            Some(max) => RuleSet::parse(&format!(
+                r#"{{"version": "p", "rules": [{{"name": "max", "kind": "amount_above", "currency": "USD", "minor_units": {max}, "action": "decline"}}]}}"#
+            ))
+            .unwrap(),
+            None => RuleSet::approve_all(),
+        };
         policy.stalls.redrive_max = redrive_max;
         let mut model = Model { payments: Vec::new(), balances: Balances::default(), movements: Vec::new(), pages: BTreeMap::new() };
         let mut now = 1_000;
@@ -200,8 +206,16 @@ proptest! {
                 id: PaymentId::new(format!("p{n}")).unwrap(),
                 amount: usd(*amount),
                 metadata: BTreeMap::new(),
+                payer_id: None,
+                payer_country: None,
             };
-            let decision = payment::create(new, Timestamp::from_unix_millis(now), &policy).unwrap();
+            let at = Timestamp::from_unix_millis(now);
+            let evaluation = rules.evaluate(
+                &Candidate { account: &new.account, amount: new.amount, payer_id: None, payer_country: None, metadata: &new.metadata },
+                &VelocityLog::default(),
+                at,
+            );
+            let decision = payment::create(new, Some(evaluation), at, &policy).unwrap();
             model.payments.push(decision.payment.clone());
             let index = model.payments.len() - 1;
             prop_assert!(model.commit(index, decision));

@@ -139,6 +139,9 @@ fn start_node(store: Arc<dyn Store>, clock: Arc<ManualClock>, sink: Arc<Recordin
             settings: ActorSettings::default(),
             alert_sink: sink.clone(),
             node_name: "watchdog-test".into(),
+            rules: Arc::new(payvisor::approval::RulesInForce::approve_all()),
+            webhooks: payvisor::webhooks::WebhookSettings::default(),
+            webhook_sink: Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
         },
         queue,
     );

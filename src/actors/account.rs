@@ -22,10 +22,14 @@ use super::payment::{PaymentActor, PaymentArgs, PaymentMsg};
 use super::{CommandError, CreatePayment, OperatorAction, OperatorCommand, RefundPayment, Shared};
 use crate::clock::new_payment_id;
 use crate::connectors::BankEvent;
-use crate::domain::payment::{self, Decision, NewPayment, Payment};
-use crate::domain::{AccountId, PaymentId, PaymentName, RequestId};
+use crate::domain::payment::{self, Decision, NewPayment, Payment, ReviewVerdict};
+use crate::domain::rules::{Action, Candidate, VelocityLog};
+use crate::domain::{AccountId, PaymentId, PaymentName, RequestId, Timestamp};
 use crate::limits;
-use crate::store::schema::{self, AccountRecord, AlertRecord, IdempotencyRecord, Versioned};
+use crate::store::schema::{
+    self, AccountRecord, AlertRecord, Delivery, DeliveryState, EventRecord, IdempotencyRecord,
+    Versioned,
+};
 use crate::store::{Condition, StoreError, WriteOp};
 
 pub struct AccountActor;
@@ -206,6 +210,10 @@ enum Fingerprint<'a> {
         currency: &'a str,
         minor_units: i64,
         metadata: &'a std::collections::BTreeMap<String, String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payer_id: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payer_country: Option<&'a str>,
     },
     Refund {
         payment: String,
@@ -220,6 +228,24 @@ enum Fingerprint<'a> {
         payment: String,
         reason: &'a str,
     },
+    Review {
+        payment: String,
+        verdict: ReviewVerdict,
+        reason: &'a str,
+    },
+}
+
+impl<'a> Fingerprint<'a> {
+    fn create(command: &'a CreatePayment) -> Fingerprint<'a> {
+        Fingerprint::Create {
+            payment_id: command.payment_id.as_ref().map(PaymentId::as_str),
+            currency: command.amount.currency().code(),
+            minor_units: command.amount.minor_units(),
+            metadata: &command.metadata,
+            payer_id: command.payer_id.as_deref(),
+            payer_country: command.payer_country.as_deref(),
+        }
+    }
 }
 
 impl Fingerprint<'_> {
@@ -457,24 +483,17 @@ impl AccountState {
                         alone.push(Batched::Create(create, reply));
                         continue;
                     }
-                    let fingerprint = Fingerprint::Create {
-                        payment_id: None,
-                        currency: create.amount.currency().code(),
-                        minor_units: create.amount.minor_units(),
-                        metadata: &create.metadata,
-                    }
-                    .encode();
+                    let fingerprint = Fingerprint::create(&create).encode();
                     let Ok(id) = PaymentId::new(new_payment_id(self.shared.random.as_ref())) else {
                         alone.push(Batched::Create(create, reply));
                         continue;
                     };
-                    let new = NewPayment {
-                        account: self.account.clone(),
+                    let decision = match self.decide_create(
+                        &create,
                         id,
-                        amount: create.amount,
-                        metadata: create.metadata.clone(),
-                    };
-                    let decision = match payment::create(new, now, &self.shared.policy) {
+                        &staging.record.velocity,
+                        now,
+                    ) {
                         Ok(decision) => decision,
                         Err(rejection) => {
                             let _ = reply.send(Err(rejection.into()));
@@ -571,13 +590,7 @@ impl AccountState {
         myself: &ActorRef<AccountMsg>,
         command: CreatePayment,
     ) -> Result<Payment, CommandError> {
-        let fingerprint = Fingerprint::Create {
-            payment_id: command.payment_id.as_ref().map(PaymentId::as_str),
-            currency: command.amount.currency().code(),
-            minor_units: command.amount.minor_units(),
-            metadata: &command.metadata,
-        }
-        .encode();
+        let fingerprint = Fingerprint::create(&command).encode();
         // No read of the idempotency record up front: it is the first action
         // of the conditional write, so a duplicate fails there (`KeyTaken`)
         // and is replayed then. New requests, the common case, save a read.
@@ -594,13 +607,8 @@ impl AccountState {
                 None => PaymentId::new(new_payment_id(self.shared.random.as_ref()))
                     .map_err(|error| CommandError::Internal(error.to_string()))?,
             };
-            let new = NewPayment {
-                account: self.account.clone(),
-                id,
-                amount: command.amount,
-                metadata: command.metadata.clone(),
-            };
-            let decision = payment::create(new, self.shared.clock.now(), &self.shared.policy)?;
+            let velocity = &self.record.as_ref().expect("hydrated").value.velocity;
+            let decision = self.decide_create(&command, id, velocity, self.shared.clock.now())?;
             let idempotency = NewIdempotency {
                 request_id: &command.request_id,
                 fingerprint: fingerprint.clone(),
@@ -620,6 +628,34 @@ impl AccountState {
             }
         }
         Err(CommandError::Conflict)
+    }
+
+    /// The approval rules' verdict on a new payment (on the account's own
+    /// velocity state), and the decision to create it.
+    fn decide_create(
+        &self,
+        command: &CreatePayment,
+        id: PaymentId,
+        velocity: &VelocityLog,
+        now: Timestamp,
+    ) -> Result<Decision, payment::Rejection> {
+        let candidate = Candidate {
+            account: &self.account,
+            amount: command.amount,
+            payer_id: command.payer_id.as_deref(),
+            payer_country: command.payer_country.as_deref(),
+            metadata: &command.metadata,
+        };
+        let evaluation = self.shared.rules.current().evaluate(&candidate, velocity, now);
+        let new = NewPayment {
+            account: self.account.clone(),
+            id,
+            amount: command.amount,
+            metadata: command.metadata.clone(),
+            payer_id: command.payer_id.clone(),
+            payer_country: command.payer_country.clone(),
+        };
+        payment::create(new, Some(evaluation), now, &self.shared.policy)
     }
 
     async fn refund(
@@ -656,6 +692,11 @@ impl AccountState {
         let fingerprint = match &command.action {
             OperatorAction::Retry => Fingerprint::Retry { payment },
             OperatorAction::Fail { reason } => Fingerprint::Fail { payment, reason },
+            OperatorAction::Review { verdict, reason } => Fingerprint::Review {
+                payment,
+                verdict: *verdict,
+                reason,
+            },
         }
         .encode();
         let shared = Arc::clone(&self.shared);
@@ -669,6 +710,9 @@ impl AccountState {
                     OperatorAction::Retry => payment.operator_retry(now, &shared.policy),
                     OperatorAction::Fail { reason } => {
                         payment.operator_fail(reason, now, &shared.policy)
+                    }
+                    OperatorAction::Review { verdict, reason } => {
+                        payment.review(*verdict, reason, now, &shared.policy)
                     }
                 };
                 decision.map_err(CommandError::OperatorRejected)
@@ -928,6 +972,58 @@ impl AccountState {
                 condition: Condition::NotExists,
             });
         }
+        // A new payment the rules let through counts towards the account's
+        // velocity limits from now on.
+        let accepted = payment_version.is_none()
+            && decision
+                .payment
+                .approval
+                .as_ref()
+                .is_some_and(|evaluation| evaluation.action != Action::Decline);
+        if accepted {
+            let keep = self.shared.rules.current().keep_millis();
+            if keep > 0 {
+                staging
+                    .record
+                    .velocity
+                    .record(now, decision.payment.amount, keep);
+            } else {
+                staging.record.velocity = VelocityLog::default();
+            }
+        }
+        // The events, with a pending delivery per webhook endpoint and its
+        // pointer in the due index, in the same write (event outbox).
+        if !decision.events.is_empty() {
+            let settings = self.shared.webhooks.settings();
+            let retry_until = now.plus_millis(settings.retry_for.as_millis() as i64);
+            let record = EventRecord {
+                events: decision.events.clone(),
+                deliveries: settings
+                    .endpoints
+                    .iter()
+                    .map(|endpoint| Delivery {
+                        endpoint: endpoint.name.clone(),
+                        state: DeliveryState::Pending,
+                        acknowledged: 0,
+                        attempts: 0,
+                        next_attempt_at: now,
+                        retry_until,
+                        last_error: None,
+                        last_attempt_at: None,
+                    })
+                    .collect(),
+            };
+            staging.ops.push(WriteOp::Put {
+                item: schema::event_record_item(&record, 1),
+                condition: Condition::NotExists,
+            });
+            if let Some(due) = record.next_due() {
+                staging.ops.push(WriteOp::Put {
+                    item: schema::webhook_due_item(record.payment(), record.first_seq(), due, 1),
+                    condition: Condition::NotExists,
+                });
+            }
+        }
         staging.staged.push(Staged {
             decision,
             version,
@@ -972,6 +1068,13 @@ impl AccountState {
         {
             if let Some(alert) = alert {
                 self.shared.pager.recorded(alert);
+            }
+            if !decision.events.is_empty() {
+                for event in &decision.events {
+                    // No subscriber is fine: the feed is durable.
+                    let _ = self.shared.events.send(Arc::new(event.clone()));
+                }
+                self.shared.webhooks.wake();
             }
             let payment = decision.payment;
             self.cache(Versioned {

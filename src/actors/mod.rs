@@ -22,9 +22,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use crate::alerts::AlertSink;
+use crate::approval::RulesInForce;
 use crate::clock::{Clock, Random};
 use crate::connectors::{BankEvent, Connector};
-use crate::domain::payment::{Payment, Policy, Rejection};
+use crate::domain::events::PaymentEvent;
+use crate::domain::payment::{Payment, PaymentState, Policy, Rejection, ReviewVerdict};
 use crate::domain::watch::OperatorRejection;
 use crate::domain::{AccountId, Money, PaymentId, PaymentName, RequestId};
 use crate::ledger::{Balances, LedgerError};
@@ -32,6 +34,8 @@ use crate::limits;
 use crate::store::{schema, Store, StoreError};
 
 use crate::watchdog::{self, AlertEvent, Pager};
+use crate::webhooks::dispatcher::{ResendError, WebhookDispatcher};
+use crate::webhooks::{WebhookSettings, WebhookSink};
 use account::AccountMsg;
 use directory::Directory;
 
@@ -55,6 +59,8 @@ pub enum CommandError {
     InsufficientFunds,
     #[error("concurrent writers kept conflicting; retry the request")]
     Conflict,
+    #[error("this subscriber fell behind the live events; resume with after_event set to the last event received")]
+    StreamLagged,
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
     #[error("internal error: {0}")]
@@ -111,6 +117,8 @@ pub struct CreatePayment {
     pub payment_id: Option<PaymentId>,
     pub amount: Money,
     pub metadata: BTreeMap<String, String>,
+    pub payer_id: Option<String>,
+    pub payer_country: Option<String>,
     pub request_id: RequestId,
 }
 
@@ -138,6 +146,11 @@ pub enum OperatorAction {
     Retry,
     /// Give up: FAILED with this reason, pending funds released.
     Fail { reason: String },
+    /// A person's verdict on a payment in review.
+    Review {
+        verdict: ReviewVerdict,
+        reason: String,
+    },
 }
 
 /// Settings of the actor layer that tests shorten.
@@ -166,6 +179,13 @@ pub struct Shared {
     pub settings: ActorSettings,
     pub directory: Directory,
     pub pager: Pager,
+    /// The approval rules in force (reloadable).
+    pub rules: Arc<RulesInForce>,
+    /// Webhook endpoints: a delivery state per endpoint is written with
+    /// every event.
+    pub webhooks: WebhookDispatcher,
+    /// Committed events, live (`WatchPaymentEvents`).
+    pub events: tokio::sync::broadcast::Sender<Arc<PaymentEvent>>,
     /// Reminders sent to an actor and not yet handled: a sweep does not
     /// send them again, so a slow actor's mailbox does not fill with
     /// duplicates while the store is down.
@@ -196,6 +216,10 @@ pub struct Components {
     pub alert_sink: Arc<dyn AlertSink>,
     /// This node's name in pages.
     pub node_name: String,
+    pub rules: Arc<RulesInForce>,
+    pub webhooks: WebhookSettings,
+    /// Where webhooks go.
+    pub webhook_sink: Arc<dyn WebhookSink>,
 }
 
 /// The handle to the running orchestrator.
@@ -207,13 +231,20 @@ pub struct Orchestrator {
 impl Orchestrator {
     /// Builds the orchestrator and starts routing bank outcomes from `events`
     /// to account actors.
-    pub fn start(parts: Components, mut events: mpsc::Receiver<BankEvent>) -> Orchestrator {
+    pub fn start(parts: Components, mut bank_events: mpsc::Receiver<BankEvent>) -> Orchestrator {
         let pager = Pager::start(
             Arc::clone(&parts.store),
             parts.alert_sink,
             Arc::clone(&parts.clock),
             parts.node_name,
         );
+        let webhooks = WebhookDispatcher::new(
+            Arc::clone(&parts.store),
+            parts.webhook_sink,
+            Arc::clone(&parts.clock),
+            parts.webhooks,
+        );
+        let (events, _) = tokio::sync::broadcast::channel(limits::EVENT_FEED_BUFFER);
         let shared = Arc::new(Shared {
             store: parts.store,
             connector: parts.connector,
@@ -223,12 +254,15 @@ impl Orchestrator {
             settings: parts.settings,
             directory: Directory::default(),
             pager,
+            rules: parts.rules,
+            webhooks,
+            events,
             reminders_in_hand: Default::default(),
         });
         let orchestrator = Orchestrator { shared };
         let router = orchestrator.clone();
         tokio::spawn(async move {
-            while let Some(event) = events.recv().await {
+            while let Some(event) = bank_events.recv().await {
                 router.deliver(event);
             }
         });
@@ -314,6 +348,48 @@ impl Orchestrator {
             schema::list_payments(self.shared.store.as_ref(), account, start_after, page_size)
                 .await?,
         )
+    }
+
+    /// One page of an account's payments in `state`: pages are read and
+    /// filtered until `page_size` match, the account ends, or
+    /// `LIST_FILTER_SCAN_MAX` payments were read (then a shorter page and a
+    /// token to go on).
+    pub async fn list_payments_in_state(
+        &self,
+        account: &AccountId,
+        state: PaymentState,
+        start_after: Option<PaymentId>,
+        page_size: usize,
+    ) -> Result<(Vec<Payment>, Option<PaymentId>), CommandError> {
+        let mut matching = Vec::new();
+        let mut cursor = start_after;
+        let mut scanned = 0;
+        loop {
+            let (page, next) = self
+                .list_payments(account, cursor.as_ref(), page_size)
+                .await?;
+            for payment in page {
+                scanned += 1;
+                cursor = Some(payment.id.clone());
+                if payment.state == state {
+                    matching.push(payment);
+                    if matching.len() == page_size {
+                        return Ok((matching, cursor));
+                    }
+                }
+            }
+            if next.is_none() {
+                return Ok((matching, None));
+            }
+            if scanned >= limits::LIST_FILTER_SCAN_MAX {
+                return Ok((matching, cursor));
+            }
+        }
+    }
+
+    /// The orchestrator's clock.
+    pub fn now(&self) -> crate::domain::Timestamp {
+        self.shared.clock.now()
     }
 
     pub async fn get_account(&self, account: &AccountId) -> Result<Balances, CommandError> {
@@ -406,6 +482,98 @@ impl Orchestrator {
     /// Stalled payments by state (for the gauge).
     pub async fn stalled_counts(&self) -> Result<BTreeMap<String, u64>, CommandError> {
         Ok(watchdog::stalled_counts(self.shared.store.as_ref()).await?)
+    }
+
+    /// The live feed of committed events for `WatchPaymentEvents`.
+    pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<Arc<PaymentEvent>> {
+        self.shared.events.subscribe()
+    }
+
+    /// The webhook dispatcher (its sweep, re-sends).
+    pub fn webhooks(&self) -> &WebhookDispatcher {
+        &self.shared.webhooks
+    }
+
+    /// Runs the webhook dispatcher until the orchestrator shuts down.
+    pub fn run_webhooks(&self, every: Duration) {
+        let shared = Arc::clone(&self.shared);
+        self.shared
+            .webhooks
+            .run(every, move || shared.directory.is_closed());
+    }
+
+    /// Runs the approval rules' reloader until the orchestrator shuts down.
+    pub fn watch_rules(&self, every: Duration) {
+        let shared = Arc::clone(&self.shared);
+        self.shared
+            .rules
+            .watch(every, move || shared.directory.is_closed());
+    }
+
+    /// An event and its delivery state, by name.
+    pub async fn payment_events(
+        &self,
+        payment: &PaymentName,
+    ) -> Result<Vec<schema::EventRecord>, CommandError> {
+        let records = schema::payment_event_records(self.shared.store.as_ref(), payment).await?;
+        if records.is_empty() {
+            // Either no such payment, or one written before events existed.
+            self.get_payment(payment).await?;
+        }
+        Ok(records.into_iter().map(|record| record.value).collect())
+    }
+
+    /// An operator re-sends an event to one endpoint or all.
+    pub async fn resend_event(
+        &self,
+        event: &str,
+        endpoint: Option<&str>,
+    ) -> Result<schema::EventRecord, CommandError> {
+        self.shared
+            .webhooks
+            .resend(event, endpoint)
+            .await
+            .map_err(|error| match error {
+                ResendError::BadName(why) => CommandError::invalid("name", why),
+                ResendError::NotFound(what) => CommandError::NotFound(format!("event {what}")),
+                ResendError::UnknownEndpoint(name) => CommandError::invalid(
+                    "endpoint",
+                    format!("no webhook endpoint named {name:?} is configured"),
+                ),
+                ResendError::Conflict => CommandError::Conflict,
+                ResendError::Store(error) => error.into(),
+            })
+    }
+
+    /// Replays the durable feed after `position` (see
+    /// `schema::feed_after`).
+    pub async fn feed_after(
+        &self,
+        position: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<schema::EventRecord>, CommandError> {
+        Ok(schema::feed_after(self.shared.store.as_ref(), position, limit).await?)
+    }
+
+    /// Payments in review across accounts, one page (review index).
+    pub async fn list_in_review(
+        &self,
+        page_token: Option<&str>,
+        page_size: usize,
+    ) -> Result<(Vec<Payment>, Option<String>), CommandError> {
+        let (payments, next) = schema::watched_payments(
+            self.shared.store.as_ref(),
+            &schema::REVIEW_FAMILIES,
+            None,
+            page_token,
+            page_size,
+        )
+        .await?;
+        let payments = payments
+            .into_iter()
+            .filter(|payment| payment.state == PaymentState::InReview)
+            .collect();
+        Ok((payments, next))
     }
 
     /// The live feed of pages for `WatchAlerts`.

@@ -6,20 +6,14 @@
 //! dispatcher decides whether to try again from the [`AlertError`] kind.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::{Method, Request, StatusCode, Uri};
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper::{StatusCode, Uri};
 use serde_json::{json, Value};
 
 use super::{AlertError, AlertSink, Page, PageAction};
 use crate::limits;
+use crate::outbound::{parse_url, ExchangeError, HttpPoster};
 use crate::store::BoxFuture;
 
 // Bounds of this module (to move into `limits.rs`).
@@ -44,7 +38,7 @@ pub enum PagerDutyConfigError {
 #[derive(Clone)]
 pub struct PagerDutySink {
     /// Keeps connections alive between pages; cheap to clone.
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: HttpPoster,
     url: Uri,
     /// The integration key: it routes the event to a service, and anyone
     /// holding it can page that service, so it is never logged.
@@ -69,42 +63,12 @@ impl PagerDutySink {
             url: url.to_owned(),
             reason: reason.to_owned(),
         };
-        let uri: Uri = url
-            .parse()
-            .map_err(|e: hyper::http::uri::InvalidUri| invalid(&e.to_string()))?;
-        let https = match uri.scheme_str() {
-            Some("https") => true,
-            Some("http") => false,
-            _ => return Err(invalid("scheme must be https or http")),
-        };
-        if uri.host().is_none_or(str::is_empty) {
-            return Err(invalid("no host"));
-        }
+        let uri = parse_url(url).map_err(|reason| invalid(&reason))?;
         if routing_key.trim().is_empty() {
             return Err(PagerDutyConfigError::EmptyRoutingKey);
         }
-
-        // ring, explicitly: the AWS SDK already builds rustls with ring, and
-        // without a named provider rustls would look for a process default.
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .expect("ring supports rustls' default protocol versions");
-        // Native roots only when they are needed: a plain-HTTP receiver (a
-        // test, a local relay) must work on a host with no CA bundle.
-        let tls = if https {
-            tls.with_native_roots()
-                .map_err(PagerDutyConfigError::RootCertificates)?
-        } else {
-            tls.with_root_certificates(rustls::RootCertStore::empty())
-        }
-        .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .build();
-        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let client = HttpPoster::new(uri.scheme_str() == Some("https"))
+            .map_err(PagerDutyConfigError::RootCertificates)?;
         Ok(PagerDutySink {
             client,
             url: uri,
@@ -120,33 +84,20 @@ impl PagerDutySink {
     }
 
     async fn post(&self, body: Vec<u8>) -> Result<(), AlertError> {
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(self.url.clone())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::USER_AGENT, "payvisor")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| AlertError::Rejected(format!("cannot build request: {e}")))?;
-        let exchange = async {
-            let response = self
-                .client
-                .request(request)
-                .await
-                .map_err(|e| AlertError::Retryable(error_chain(&e)))?;
-            let status = response.status();
-            // Read the body even on success, so the connection can be reused.
-            let body = Limited::new(response.into_body(), limits::PAGERDUTY_RESPONSE_BYTES_MAX)
-                .collect()
-                .await
-                .map(|collected| collected.to_bytes())
-                .unwrap_or_default();
-            Ok((status, body))
-        };
-        let (status, body) = tokio::time::timeout(self.request_timeout, exchange)
+        let (status, body) = self
+            .client
+            .post_json(
+                &self.url,
+                &[],
+                body,
+                self.request_timeout,
+                limits::PAGERDUTY_RESPONSE_BYTES_MAX,
+            )
             .await
-            .map_err(|_| {
-                AlertError::Retryable(format!("no answer within {:?}", self.request_timeout))
-            })??;
+            .map_err(|error| match error {
+                ExchangeError::Unreachable(why) => AlertError::Retryable(why),
+                ExchangeError::Request(why) => AlertError::Rejected(why),
+            })?;
         classify(status, &body)
     }
 }
@@ -156,19 +107,6 @@ impl AlertSink for PagerDutySink {
         let body = event(&self.routing_key, page).to_string().into_bytes();
         Box::pin(self.post(body))
     }
-}
-
-/// An error and its causes on one line: hyper's own message ("client error
-/// (Connect)") hides the cause that matters ("Connection refused").
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// What a response means for the dispatcher.

@@ -49,6 +49,12 @@ pub enum PaymentsCommand {
         /// Payment id to use (generated when omitted).
         #[arg(long)]
         payment_id: Option<String>,
+        /// Who pays (read by block-list rules).
+        #[arg(long)]
+        payer_id: Option<String>,
+        /// The payer's country, ISO 3166-1 alpha-2 (e.g. DE).
+        #[arg(long)]
+        payer_country: Option<String>,
         /// Idempotency key; reuse it to retry safely. Generated when omitted.
         #[arg(long)]
         request_id: Option<String>,
@@ -66,6 +72,9 @@ pub enum PaymentsCommand {
         /// Follow page tokens to the end.
         #[arg(long)]
         all: bool,
+        /// Only payments in this state (e.g. in_review, sent, failed).
+        #[arg(long)]
+        state: Option<String>,
     },
     /// Refund all that remains of a payment, or --amount of it.
     Refund {
@@ -109,6 +118,59 @@ pub enum PaymentsCommand {
         /// Idempotency key; reuse it to retry safely. Generated when omitted.
         #[arg(long)]
         request_id: Option<String>,
+    },
+}
+
+/// The review queue: payments the approval rules sent to a person.
+#[derive(Subcommand, Debug)]
+pub enum ReviewsCommand {
+    /// Payments waiting for review, across accounts (or of one account).
+    List {
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Follow every page.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approve a payment in review: it goes to the bank at once.
+    Approve {
+        /// `accounts/{account}/payments/{payment}`.
+        name: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+    /// Decline a payment in review: it ends DECLINED with the reason.
+    Decline {
+        /// `accounts/{account}/payments/{payment}`.
+        name: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        request_id: Option<String>,
+    },
+}
+
+/// A payment's events and their webhook deliveries.
+#[derive(Subcommand, Debug)]
+pub enum EventsCommand {
+    /// A payment's events, oldest first, with delivery state per endpoint.
+    List {
+        /// `accounts/{account}/payments/{payment}`.
+        payment: String,
+    },
+    /// Deliver an event again (to one endpoint, or all), with a fresh
+    /// retry period.
+    Resend {
+        /// `accounts/{account}/payments/{payment}/events/{n}`.
+        event: String,
+        #[arg(long)]
+        endpoint: Option<String>,
     },
 }
 
@@ -173,6 +235,8 @@ pub async fn payments(options: &ClientOptions, command: PaymentsCommand) -> anyh
             currency,
             metadata,
             payment_id,
+            payer_id,
+            payer_country,
             request_id,
         } => {
             AccountId::new(account.clone())
@@ -192,6 +256,8 @@ pub async fn payments(options: &ClientOptions, command: PaymentsCommand) -> anyh
                 payment: Some(pb::Payment {
                     amount: Some(parse_amount(&amount, &currency)?),
                     metadata,
+                    payer_id: payer_id.unwrap_or_default(),
+                    payer_country: payer_country.unwrap_or_default(),
                     ..Default::default()
                 }),
                 request_id: request_id.clone(),
@@ -216,6 +282,7 @@ pub async fn payments(options: &ClientOptions, command: PaymentsCommand) -> anyh
             page_size,
             page_token,
             all,
+            state,
         } => {
             let mut payments = Vec::new();
             let mut token = page_token;
@@ -224,6 +291,7 @@ pub async fn payments(options: &ClientOptions, command: PaymentsCommand) -> anyh
                     parent: format!("accounts/{account}"),
                     page_size,
                     page_token: token,
+                    state: state_filter(state.as_deref())?,
                 };
                 let page = client
                     .list_payments(request)
@@ -333,6 +401,132 @@ pub async fn payments(options: &ClientOptions, command: PaymentsCommand) -> anyh
             render::payment(options.json, &payment, Some(&request_id));
         }
     }
+    Ok(())
+}
+
+/// `--state in_review` as the API's enum.
+fn state_filter(state: Option<&str>) -> anyhow::Result<i32> {
+    let Some(state) = state else { return Ok(0) };
+    let wanted = state.to_ascii_lowercase();
+    crate::domain::payment::PaymentState::ALL
+        .iter()
+        .find(|known| known.as_str() == wanted)
+        .map(|known| crate::grpc::convert::state_to_pb(*known) as i32)
+        .with_context(|| format!("unknown state {state:?} (e.g. in_review, sent, failed)"))
+}
+
+pub async fn reviews(options: &ClientOptions, command: ReviewsCommand) -> anyhow::Result<()> {
+    let mut client = connect(options).await?;
+    match command {
+        ReviewsCommand::List {
+            account,
+            page_size,
+            page_token,
+            all,
+        } => {
+            let parent = match account {
+                Some(account) => format!("accounts/{}", account.trim_start_matches("accounts/")),
+                None => "accounts/-".into(),
+            };
+            let mut payments = Vec::new();
+            let mut token = page_token;
+            loop {
+                let request = pb::ListPaymentsRequest {
+                    parent: parent.clone(),
+                    page_size,
+                    page_token: token,
+                    state: pb::payment::State::InReview as i32,
+                };
+                let page = client
+                    .list_payments(request)
+                    .await
+                    .map_err(render::status_error)?
+                    .into_inner();
+                payments.extend(page.payments);
+                token = page.next_page_token;
+                if !all || token.is_empty() {
+                    break;
+                }
+            }
+            render::review_list(options.json, &payments, &token);
+        }
+        ReviewsCommand::Approve {
+            name,
+            reason,
+            request_id,
+        } => {
+            let request_id = request_id.unwrap_or_else(new_request_id);
+            let request = pb::ApprovePaymentRequest {
+                name,
+                reason,
+                request_id: request_id.clone(),
+            };
+            let payment = client
+                .approve_payment(request)
+                .await
+                .map_err(render::status_error)?
+                .into_inner();
+            render::payment(options.json, &payment, Some(&request_id));
+        }
+        ReviewsCommand::Decline {
+            name,
+            reason,
+            request_id,
+        } => {
+            let request_id = request_id.unwrap_or_else(new_request_id);
+            let request = pb::DeclinePaymentRequest {
+                name,
+                reason,
+                request_id: request_id.clone(),
+            };
+            let payment = client
+                .decline_payment(request)
+                .await
+                .map_err(render::status_error)?
+                .into_inner();
+            render::payment(options.json, &payment, Some(&request_id));
+        }
+    }
+    Ok(())
+}
+
+pub async fn events(options: &ClientOptions, command: EventsCommand) -> anyhow::Result<()> {
+    let mut client = connect(options).await?;
+    match command {
+        EventsCommand::List { payment } => {
+            let events = client
+                .list_payment_events(pb::ListPaymentEventsRequest { parent: payment })
+                .await
+                .map_err(render::status_error)?
+                .into_inner()
+                .events;
+            render::events(options.json, &events);
+        }
+        EventsCommand::Resend { event, endpoint } => {
+            let event = client
+                .resend_payment_event(pb::ResendPaymentEventRequest {
+                    name: event,
+                    endpoint: endpoint.unwrap_or_default(),
+                })
+                .await
+                .map_err(render::status_error)?
+                .into_inner();
+            render::events(options.json, &[event]);
+        }
+    }
+    Ok(())
+}
+
+/// `payvisor rules check FILE`: validates a rules file as the server would
+/// (before it is deployed); every problem is listed.
+pub fn check_rules(path: &std::path::Path) -> anyhow::Result<()> {
+    let (rules, _) = crate::approval::load_rules_file(path)?;
+    println!(
+        "{}: valid, version {:?}, {} rules",
+        path.display(),
+        rules.version(),
+        rules.len()
+    );
     Ok(())
 }
 

@@ -181,6 +181,93 @@ pub fn payment_list(as_json: bool, payments: &[pb::Payment], next_page_token: &s
     }
 }
 
+pub fn review_list(as_json: bool, payments: &[pb::Payment], next_page_token: &str) {
+    if as_json {
+        return payment_list(true, payments, next_page_token);
+    }
+    println!(
+        "{:<48} {:>18} {:<25} RULES",
+        "PAYMENT", "AMOUNT", "IN REVIEW SINCE"
+    );
+    for payment in payments {
+        let watch = payment.watch.clone().unwrap_or_default();
+        let rules = payment
+            .approval
+            .as_ref()
+            .map(|approval| {
+                approval
+                    .fired_rules
+                    .iter()
+                    .map(|fired| format!("{} ({})", fired.rule, fired.detail))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+            .unwrap_or_default();
+        println!(
+            "{:<48} {:>18} {:<25} {}",
+            payment.name,
+            money(payment.amount.as_ref()),
+            time(watch.since_time.as_ref()),
+            rules
+        );
+    }
+    println!("({} in review)", payments.len());
+    if !next_page_token.is_empty() {
+        println!("more: --page-token {next_page_token}   (or --all)");
+    }
+}
+
+pub fn events(as_json: bool, events: &[pb::PaymentEvent]) {
+    let delivery_state = |state: i32| {
+        pb::event_delivery::State::try_from(state)
+            .map(|state| state.as_str_name().trim_start_matches("STATE_").to_lowercase())
+            .unwrap_or_default()
+    };
+    if as_json {
+        let value: Vec<Value> = events
+            .iter()
+            .map(|event| {
+                json!({
+                    "name": event.name,
+                    "type": event.r#type,
+                    "time": time(event.time.as_ref()),
+                    "state": state_name(event.state),
+                    "deliveries": event.deliveries.iter().map(|d| json!({
+                        "endpoint": d.endpoint,
+                        "state": delivery_state(d.state),
+                        "attempts": d.attempts,
+                        "last_error": d.last_error,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", json!({ "events": value }));
+        return;
+    }
+    println!("{:<60} {:<26} {:<25} DELIVERIES", "EVENT", "TYPE", "TIME");
+    for event in events {
+        let deliveries = event
+            .deliveries
+            .iter()
+            .map(|d| {
+                let mut text = format!("{}={}", d.endpoint, delivery_state(d.state));
+                if d.attempts > 0 {
+                    text.push_str(&format!(" ({} failed: {})", d.attempts, d.last_error));
+                }
+                text
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!(
+            "{:<60} {:<26} {:<25} {}",
+            event.name,
+            event.r#type,
+            time(event.time.as_ref()),
+            deliveries
+        );
+    }
+}
+
 pub fn account(as_json: bool, account: &pb::Account) {
     if as_json {
         let value = json!({

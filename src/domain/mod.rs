@@ -4,8 +4,10 @@
 //! **Invariant:** this module imports nothing async, nothing from tonic, AWS
 //! or the store. Time and ids are passed in; effects are returned as values.
 
+pub mod events;
 pub mod money;
 pub mod payment;
+pub mod rules;
 pub mod watch;
 
 use std::fmt;

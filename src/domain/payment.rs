@@ -7,7 +7,12 @@
 //! CREATED ─approve─▶ APPROVED ─dispatch─▶ SENT ─bank ok─▶ PROCESSED ─refunds─▶ PARTIALLY_REFUNDED ─▶ REFUNDED
 //!    └─decline─▶ DECLINED                  └─bank no─▶ FAILED
 //! ```
-//! `IN_REVIEW` (between CREATED and APPROVED) is reserved for manual review.
+//! Approval is decided by the rules (see [`super::rules`]) before the
+//! payment is created: approve, decline, or `IN_REVIEW`, where it waits for a
+//! person ([`Payment::review`]).
+//!
+//! Every change emits a [`PaymentEvent`], returned with the decision so that
+//! the event is written with the change (outbox).
 //!
 //! **Invariant:** a terminal payment (REFUNDED, DECLINED, FAILED) never
 //! changes; a late or duplicate bank outcome yields no decision at all.
@@ -17,7 +22,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::watch::{Alert, Stage, StallPolicy, Watch};
+use super::events::{Change, PaymentEvent};
+use super::rules::{Action, Evaluation};
+use super::watch::{Alert, OperatorRejection, Stage, StallPolicy, Watch};
 use super::{AccountId, Currency, Money, PaymentId, PaymentName, Timestamp};
 use crate::ledger::{LedgerError, Movement};
 use crate::limits;
@@ -80,6 +87,32 @@ pub enum RefundState {
     Failed,
 }
 
+impl RefundState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundState::Pending => "pending",
+            RefundState::Succeeded => "succeeded",
+            RefundState::Failed => "failed",
+        }
+    }
+}
+
+/// A person's verdict on a payment in review.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReviewVerdict {
+    Approve,
+    Decline,
+}
+
+/// The review of a payment, as recorded on it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Review {
+    pub verdict: ReviewVerdict,
+    pub reason: String,
+    pub at: Timestamp,
+}
+
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct Refund {
     /// `r1`, `r2`, … in request order: unique within the payment, and the
@@ -110,6 +143,12 @@ pub struct Payment {
     pub id: PaymentId,
     pub amount: Money,
     pub metadata: BTreeMap<String, String>,
+    /// Who pays, as the caller knows them (read by block-list rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer_id: Option<String>,
+    /// ISO 3166-1 alpha-2, upper case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer_country: Option<String>,
     pub state: PaymentState,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
@@ -122,6 +161,19 @@ pub struct Payment {
     /// The durable reminder while the payment waits (see [`super::watch`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<Watch>,
+    /// What the approval rules said, and which fired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<Evaluation>,
+    /// A person's verdict, for payments that were in review.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<Review>,
+    /// Events emitted so far; the next one gets this number plus one.
+    #[serde(default)]
+    pub events_emitted: u64,
+    /// Events of the decision being made, not yet handed to its `Decision`
+    /// (never stored: `Decision::new` takes them out).
+    #[serde(skip)]
+    unsaved_events: Vec<PaymentEvent>,
 }
 
 /// A validated request to create a payment.
@@ -131,12 +183,8 @@ pub struct NewPayment {
     pub id: PaymentId,
     pub amount: Money,
     pub metadata: BTreeMap<String, String>,
-}
-
-/// Approval rules for now: a maximum amount per currency.
-#[derive(Clone, Debug, Default)]
-pub struct ApprovalPolicy {
-    pub max_amount: BTreeMap<Currency, Money>,
+    pub payer_id: Option<String>,
+    pub payer_country: Option<String>,
 }
 
 /// Fees: basis points of the amount plus a fixed part, per currency, with a
@@ -167,7 +215,6 @@ impl FeeSchedule {
 /// Everything configurable that decisions depend on.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
-    pub approval: ApprovalPolicy,
     pub fees: FeeSchedule,
     pub stalls: StallPolicy,
 }
@@ -220,20 +267,24 @@ pub struct Decision {
     pub effects: Vec<Effect>,
     /// A page to deliver after commit (the alert outbox).
     pub alert: Option<Alert>,
+    /// What changed, in order (the event outbox).
+    pub events: Vec<PaymentEvent>,
 }
 
 impl Decision {
     pub(super) fn new(
-        payment: Payment,
+        mut payment: Payment,
         movements: Vec<Movement>,
         effects: Vec<Effect>,
         alert: Option<Alert>,
     ) -> Decision {
+        let events = std::mem::take(&mut payment.unsaved_events);
         Decision {
             payment,
             movements,
             effects,
             alert,
+            events,
         }
     }
 
@@ -372,6 +423,40 @@ impl Payment {
         self.state = to;
         self.updated_at = now;
         self.record(Some(from), to, cause, now);
+        let failure_reason = self.failure_reason.clone();
+        self.emit(
+            Change::Payment {
+                from: Some(from),
+                to,
+                cause: cause.to_owned(),
+                failure_reason,
+            },
+            now,
+        );
+    }
+
+    /// Adds an event to the decision being made.
+    fn emit(&mut self, change: Change, at: Timestamp) {
+        self.events_emitted += 1;
+        self.unsaved_events.push(PaymentEvent {
+            payment: self.name(),
+            seq: self.events_emitted,
+            at,
+            amount: self.amount,
+            state: self.state,
+            change,
+        });
+    }
+
+    fn emit_refund(&mut self, index: usize, at: Timestamp) {
+        let refund = &self.refunds[index];
+        let change = Change::Refund {
+            refund_id: refund.id.clone(),
+            amount: refund.amount,
+            state: refund.state,
+            failure_reason: refund.failure_reason.clone(),
+        };
+        self.emit(change, at);
     }
 
     /// A history entry that is not a state change (a re-drive, a page).
@@ -477,6 +562,7 @@ impl Payment {
             created_at: now,
             updated_at: now,
         });
+        next.emit_refund(next.refunds.len() - 1, now);
         let movement = Movement::refund_requested(self.id.clone(), &refund_id, amount)?;
         let effect = Effect::SubmitRefund {
             name: self.name(),
@@ -516,6 +602,7 @@ impl Payment {
         let movement = match outcome {
             RefundOutcome::Succeeded => {
                 next.refunds[index].state = RefundState::Succeeded;
+                next.emit_refund(index, now);
                 let target = if next.refunded() == next.amount {
                     PaymentState::Refunded
                 } else {
@@ -530,6 +617,7 @@ impl Payment {
             RefundOutcome::Failed { reason } => {
                 next.refunds[index].state = RefundState::Failed;
                 next.refunds[index].failure_reason = Some(reason.clone());
+                next.emit_refund(index, now);
                 Movement::refund_failed(self.id.clone(), refund_id, amount)?
             }
         };
@@ -548,27 +636,32 @@ impl Payment {
     /// written in one atomic write before the bank is called.
     pub(super) fn advance(&self, now: Timestamp, policy: &Policy) -> Result<Decision, Rejection> {
         let mut next = self.clone();
-        let currency = next.amount.currency();
         if next.state == PaymentState::Created {
-            if let Some(max) = policy.approval.max_amount.get(&currency) {
-                if next.amount > *max {
-                    next.failure_reason =
-                        Some(format!("amount exceeds the approval limit of {max}"));
-                    next.transition(PaymentState::Declined, "approval_declined", now);
-                    return Ok(Decision::decide(
-                        self,
-                        next,
-                        Vec::new(),
-                        Vec::new(),
-                        now,
-                        &policy.stalls,
-                    ));
+            // Decided by the rules at creation; a payment recorded without
+            // an evaluation (none configured) is approved.
+            let action = next
+                .approval
+                .as_ref()
+                .map_or(Action::Approve, |evaluation| evaluation.action);
+            match action {
+                Action::Decline => {
+                    let fired = next.approval.as_ref().map(fired_rules).unwrap_or_default();
+                    next.failure_reason = Some(format!("declined by rules: {fired}"));
+                    next.transition(PaymentState::Declined, "rules_declined", now);
                 }
+                Action::Review => next.transition(PaymentState::InReview, "rules_review", now),
+                Action::Approve => next.transition(PaymentState::Approved, "approved", now),
             }
-            next.transition(PaymentState::Approved, "approved", now);
         }
         if next.state != PaymentState::Approved {
-            return Ok(Decision::new(next, Vec::new(), Vec::new(), None));
+            return Ok(Decision::decide(
+                self,
+                next,
+                Vec::new(),
+                Vec::new(),
+                now,
+                &policy.stalls,
+            ));
         }
         next.transition(PaymentState::Sent, "dispatched", now);
         let movement = Movement::payment_sent(next.id.clone(), next.amount)?;
@@ -584,16 +677,93 @@ impl Payment {
     }
 }
 
-/// Creates a payment and runs it as far as it goes without waiting: approval,
-/// then dispatch to a bank. All these transitions are written in one atomic
-/// write before the bank is called.
-pub fn create(new: NewPayment, now: Timestamp, policy: &Policy) -> Result<Decision, Rejection> {
+/// "Rule a (detail); rule b (detail)".
+fn fired_rules(evaluation: &Evaluation) -> String {
+    evaluation
+        .fired
+        .iter()
+        .map(|fired| format!("{} ({})", fired.rule, fired.detail))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Payment {
+    /// A person's verdict on a payment in review: approved, it is dispatched
+    /// to a bank in the same decision; declined, it ends `DECLINED` with the
+    /// reason. Only an `IN_REVIEW` payment can be reviewed, so a payment is
+    /// never approved twice, nor approved after it was declined.
+    pub fn review(
+        &self,
+        verdict: ReviewVerdict,
+        reason: &str,
+        now: Timestamp,
+        policy: &Policy,
+    ) -> Result<Decision, OperatorRejection> {
+        if self.state != PaymentState::InReview {
+            return Err(OperatorRejection::NotInReview(self.state));
+        }
+        let mut next = self.clone();
+        next.review = Some(Review {
+            verdict,
+            reason: reason.to_owned(),
+            at: now,
+        });
+        match verdict {
+            ReviewVerdict::Approve => {
+                next.transition(PaymentState::Approved, "review_approved", now);
+                // Dispatch only fails on a ledger overflow, which the amount
+                // bounds rule out; report it as the payment's own state.
+                let dispatched = next
+                    .advance(now, policy)
+                    .map_err(|_| OperatorRejection::NotInReview(self.state))?;
+                // The watch and page follow the whole step from IN_REVIEW.
+                let mut decision = Decision::decide(
+                    self,
+                    dispatched.payment,
+                    dispatched.movements,
+                    dispatched.effects,
+                    now,
+                    &policy.stalls,
+                );
+                let mut events = dispatched.events;
+                events.append(&mut decision.events);
+                decision.events = events;
+                Ok(decision)
+            }
+            ReviewVerdict::Decline => {
+                next.failure_reason = Some(reason.to_owned());
+                next.transition(PaymentState::Declined, "review_declined", now);
+                Ok(Decision::decide(
+                    self,
+                    next,
+                    Vec::new(),
+                    Vec::new(),
+                    now,
+                    &policy.stalls,
+                ))
+            }
+        }
+    }
+}
+
+/// Creates a payment with the approval rules' `evaluation` and runs it as
+/// far as it goes without waiting: approval (or review), then dispatch to a
+/// bank. All these transitions are written in one atomic write before the
+/// bank is called.
+pub fn create(
+    new: NewPayment,
+    evaluation: Option<Evaluation>,
+    now: Timestamp,
+    policy: &Policy,
+) -> Result<Decision, Rejection> {
     let currency = new.amount.currency();
     let mut payment = Payment {
         account: new.account,
         id: new.id,
         amount: new.amount,
         metadata: new.metadata,
+        payer_id: new.payer_id,
+        payer_country: new.payer_country,
         state: PaymentState::Created,
         failure_reason: None,
         fee: Money::zero(currency),
@@ -602,8 +772,21 @@ pub fn create(new: NewPayment, now: Timestamp, policy: &Policy) -> Result<Decisi
         created_at: now,
         updated_at: now,
         watch: None,
+        approval: evaluation,
+        review: None,
+        events_emitted: 0,
+        unsaved_events: Vec::new(),
     };
     payment.record(None, PaymentState::Created, "created", now);
+    payment.emit(
+        Change::Payment {
+            from: None,
+            to: PaymentState::Created,
+            cause: "created".into(),
+            failure_reason: None,
+        },
+        now,
+    );
     payment.advance(now, policy)
 }
 
@@ -623,10 +806,19 @@ mod tests {
             id: PaymentId::new("p1").unwrap(),
             amount: usd(minor),
             metadata: BTreeMap::new(),
+            payer_id: None,
+            payer_country: None,
         }
     }
+    fn create_new(
+        new: NewPayment,
+        now: Timestamp,
+        policy: &Policy,
+    ) -> Result<Decision, Rejection> {
+        create(new, None, now, policy)
+    }
     fn processed(minor: i64) -> Payment {
-        let sent = create(new_payment(minor), at(1), &Policy::default())
+        let sent = create_new(new_payment(minor), at(1), &Policy::default())
             .unwrap()
             .payment;
         sent.on_bank_outcome(&BankOutcome::Processed, at(2), &Policy::default())
@@ -637,7 +829,7 @@ mod tests {
 
     #[test]
     fn creation_runs_to_sent_with_one_bank_call() {
-        let decision = create(new_payment(500), at(1), &Policy::default()).unwrap();
+        let decision = create_new(new_payment(500), at(1), &Policy::default()).unwrap();
         assert_eq!(decision.payment.state, PaymentState::Sent);
         let states: Vec<_> = decision.payment.history.iter().map(|t| t.to).collect();
         assert_eq!(
@@ -652,28 +844,129 @@ mod tests {
         assert_eq!(decision.movements.len(), 1);
     }
 
+    fn evaluation(action: Action) -> Evaluation {
+        Evaluation {
+            action,
+            fired: vec![crate::domain::rules::FiredRule {
+                rule: "big".into(),
+                action,
+                detail: "amount above 10.00 USD".into(),
+            }],
+            rules_version: "v1".into(),
+        }
+    }
+
     #[test]
-    fn amounts_above_the_approval_limit_are_declined_without_moving_money() {
-        let mut policy = Policy::default();
-        policy
-            .approval
-            .max_amount
-            .insert(usd(0).currency(), usd(1000));
-        let decision = create(new_payment(1001), at(1), &policy).unwrap();
+    fn a_declining_evaluation_declines_without_moving_money() {
+        let decision = create(
+            new_payment(1001),
+            Some(evaluation(Action::Decline)),
+            at(1),
+            &Policy::default(),
+        )
+        .unwrap();
         assert_eq!(decision.payment.state, PaymentState::Declined);
         assert!(decision.movements.is_empty() && decision.effects.is_empty());
-        assert!(
-            create(new_payment(1000), at(1), &policy)
-                .unwrap()
+        assert_eq!(
+            decision.payment.failure_reason.as_deref(),
+            Some("declined by rules: big (amount above 10.00 USD)")
+        );
+        assert_eq!(decision.payment.approval, Some(evaluation(Action::Decline)));
+        let types: Vec<_> = decision.events.iter().map(|e| e.event_type()).collect();
+        assert_eq!(types, ["payment.created", "payment.declined"]);
+    }
+
+    #[test]
+    fn a_payment_in_review_waits_then_is_approved_once_or_declined() {
+        let policy = Policy::default();
+        let review = create(
+            new_payment(500),
+            Some(evaluation(Action::Review)),
+            at(1),
+            &policy,
+        )
+        .unwrap();
+        assert_eq!(review.payment.state, PaymentState::InReview);
+        assert!(review.effects.is_empty() && review.movements.is_empty());
+        assert_eq!(
+            review.payment.watch.as_ref().map(|w| w.stage),
+            Some(Stage::InReview)
+        );
+        let in_review = review.payment;
+        let approved = in_review
+            .review(ReviewVerdict::Approve, "looks fine", at(2), &policy)
+            .unwrap();
+        assert_eq!(approved.payment.state, PaymentState::Sent);
+        assert_eq!(approved.effects.len(), 1);
+        assert_eq!(approved.movements.len(), 1);
+        let seqs: Vec<_> = approved.events.iter().map(|e| (e.seq, e.event_type())).collect();
+        assert_eq!(
+            seqs,
+            [(3, "payment.approved".into()), (4, "payment.sent".into())]
+        );
+        assert_eq!(
+            approved
                 .payment
-                .state
-                == PaymentState::Sent
+                .review(ReviewVerdict::Approve, "again", at(3), &policy)
+                .unwrap_err(),
+            OperatorRejection::NotInReview(PaymentState::Sent)
+        );
+        let declined = in_review
+            .review(ReviewVerdict::Decline, "stolen card", at(2), &policy)
+            .unwrap();
+        assert_eq!(declined.payment.state, PaymentState::Declined);
+        assert_eq!(declined.payment.failure_reason.as_deref(), Some("stolen card"));
+        assert!(declined.movements.is_empty() && declined.effects.is_empty());
+        assert_eq!(declined.payment.watch, None);
+        assert!(declined
+            .payment
+            .review(ReviewVerdict::Approve, "oops", at(3), &policy)
+            .is_err());
+    }
+
+    #[test]
+    fn every_change_emits_one_event_numbered_in_order() {
+        let policy = Policy::default();
+        let created = create_new(new_payment(1000), at(1), &policy).unwrap();
+        let types: Vec<_> = created.events.iter().map(|e| e.event_type()).collect();
+        assert_eq!(types, ["payment.created", "payment.approved", "payment.sent"]);
+        assert!(created.payment.unsaved_events.is_empty());
+        let processed = created
+            .payment
+            .on_bank_outcome(&BankOutcome::Processed, at(2), &policy)
+            .unwrap()
+            .unwrap();
+        let refunding = processed
+            .payment
+            .request_refund(None, "r", at(3), &policy)
+            .unwrap();
+        let refunded = refunding
+            .payment
+            .on_refund_outcome("r1", &RefundOutcome::Succeeded, at(4), &policy)
+            .unwrap()
+            .unwrap();
+        let later: Vec<_> = [&processed, &refunding, &refunded]
+            .iter()
+            .flat_map(|d| d.events.iter().map(|e| (e.seq, e.event_type())))
+            .collect();
+        assert_eq!(
+            later,
+            [
+                (4, "payment.processed".to_string()),
+                (5, "refund.pending".into()),
+                (6, "refund.succeeded".into()),
+                (7, "payment.refunded".into()),
+            ]
+        );
+        assert_eq!(
+            refunded.events[1].name(),
+            "accounts/acme/payments/p1/events/7"
         );
     }
 
     #[test]
     fn late_bank_outcomes_never_change_a_terminal_payment() {
-        let sent = create(new_payment(500), at(1), &Policy::default())
+        let sent = create_new(new_payment(500), at(1), &Policy::default())
             .unwrap()
             .payment;
         let failed = sent
@@ -782,7 +1075,7 @@ mod tests {
 
     #[test]
     fn unprocessed_payments_cannot_be_refunded() {
-        let sent = create(new_payment(500), at(1), &Policy::default())
+        let sent = create_new(new_payment(500), at(1), &Policy::default())
             .unwrap()
             .payment;
         assert_eq!(

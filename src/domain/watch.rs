@@ -226,6 +226,8 @@ pub enum OperatorRejection {
     AwaitsReview,
     #[error("payment is {0:?}: only payments not yet processed can be failed")]
     NotFailable(PaymentState),
+    #[error("payment is {0:?}: only payments in review can be approved or declined")]
+    NotInReview(PaymentState),
 }
 
 impl Payment {
@@ -458,8 +460,10 @@ mod tests {
             id: PaymentId::new("p1").unwrap(),
             amount: Money::from_minor(Currency::from_code("USD").unwrap(), 500),
             metadata: BTreeMap::new(),
+            payer_id: None,
+            payer_country: None,
         };
-        payment::create(new, at(0), policy).unwrap().payment
+        payment::create(new, None, at(0), policy).unwrap().payment
     }
     fn remind(payment: &Payment, now: i64, policy: &Policy) -> Option<Decision> {
         payment.on_reminder(at(now), policy).unwrap()

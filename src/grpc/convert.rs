@@ -8,7 +8,12 @@ use super::pb;
 use crate::actors::{
     CommandError, CreatePayment, FieldViolation, OperatorAction, OperatorCommand, RefundPayment,
 };
-use crate::domain::payment::{Payment, PaymentState, Refund, RefundState, Transition};
+use crate::domain::events::{Change, PaymentEvent};
+use crate::domain::payment::{
+    Payment, PaymentState, Refund, RefundState, ReviewVerdict, Transition,
+};
+use crate::domain::rules::Action;
+use crate::store::schema::{DeliveryState, EventRecord};
 use crate::domain::watch::PageAction;
 use crate::domain::{
     parse_account_name, parse_payment_name, Currency, Money, PaymentId, RequestId, Timestamp,
@@ -115,10 +120,10 @@ pub fn create_payment(request: pb::CreatePaymentRequest) -> Result<CreatePayment
             .check("payment_id", PaymentId::new(request.payment_id))
             .map(Some)
     };
-    let (amount, metadata) = match &request.payment {
+    let (amount, metadata, payer_id, payer_country) = match &request.payment {
         None => {
             violations.add("payment", "required");
-            (None, BTreeMap::new())
+            (None, BTreeMap::new(), None, None)
         }
         Some(payment) => {
             let amount = match &payment.amount {
@@ -128,7 +133,37 @@ pub fn create_payment(request: pb::CreatePaymentRequest) -> Result<CreatePayment
                     None
                 }
             };
-            (amount, metadata(&mut violations, &payment.metadata))
+            let payer_id = Some(payment.payer_id.clone()).filter(|id| !id.is_empty());
+            if payer_id.as_ref().is_some_and(|id| {
+                id.chars().count() > limits::PAYER_ID_CHARS_MAX
+                    || !id
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'))
+            }) {
+                violations.add(
+                    "payment.payer_id",
+                    format!(
+                        "at most {} characters of [A-Za-z0-9._:-]",
+                        limits::PAYER_ID_CHARS_MAX
+                    ),
+                );
+            }
+            let payer_country = Some(payment.payer_country.clone()).filter(|c| !c.is_empty());
+            if payer_country
+                .as_ref()
+                .is_some_and(|c| c.len() != 2 || !c.chars().all(|c| c.is_ascii_uppercase()))
+            {
+                violations.add(
+                    "payment.payer_country",
+                    "an ISO 3166-1 alpha-2 code in upper case, such as DE",
+                );
+            }
+            (
+                amount,
+                metadata(&mut violations, &payment.metadata),
+                payer_id,
+                payer_country,
+            )
         }
     };
     let command = (|| {
@@ -137,6 +172,8 @@ pub fn create_payment(request: pb::CreatePaymentRequest) -> Result<CreatePayment
             payment_id: payment_id?,
             amount: amount?,
             metadata,
+            payer_id,
+            payer_country,
             request_id: request_id?,
         })
     })();
@@ -225,17 +262,47 @@ pub fn state_to_pb(state: PaymentState) -> pb::payment::State {
     }
 }
 
-fn refund_to_pb(refund: &Refund) -> pb::Refund {
+pub fn state_from_pb(state: i32) -> Result<Option<PaymentState>, CommandError> {
+    use pb::payment::State;
+    let state = State::try_from(state)
+        .map_err(|_| CommandError::invalid("state", format!("unknown state {state}")))?;
+    Ok(match state {
+        State::Unspecified => None,
+        State::Created => Some(PaymentState::Created),
+        State::Approved => Some(PaymentState::Approved),
+        State::InReview => Some(PaymentState::InReview),
+        State::Sent => Some(PaymentState::Sent),
+        State::Processed => Some(PaymentState::Processed),
+        State::PartiallyRefunded => Some(PaymentState::PartiallyRefunded),
+        State::Refunded => Some(PaymentState::Refunded),
+        State::Declined => Some(PaymentState::Declined),
+        State::Failed => Some(PaymentState::Failed),
+    })
+}
+
+fn refund_state_to_pb(state: RefundState) -> pb::refund::State {
     use pb::refund::State;
+    match state {
+        RefundState::Pending => State::Pending,
+        RefundState::Succeeded => State::Succeeded,
+        RefundState::Failed => State::Failed,
+    }
+}
+
+fn action_to_pb(action: Action) -> pb::approval::Action {
+    match action {
+        Action::Approve => pb::approval::Action::Approve,
+        Action::Review => pb::approval::Action::Review,
+        Action::Decline => pb::approval::Action::Decline,
+    }
+}
+
+fn refund_to_pb(refund: &Refund) -> pb::Refund {
     pb::Refund {
         refund_id: refund.id.clone(),
         amount: Some(money_to_pb(refund.amount)),
         reason: refund.reason.clone(),
-        state: match refund.state {
-            RefundState::Pending => State::Pending,
-            RefundState::Succeeded => State::Succeeded,
-            RefundState::Failed => State::Failed,
-        } as i32,
+        state: refund_state_to_pb(refund.state) as i32,
         failure_reason: refund.failure_reason.clone().unwrap_or_default(),
         create_time: Some(timestamp(refund.created_at)),
         update_time: Some(timestamp(refund.updated_at)),
@@ -278,7 +345,126 @@ pub fn payment_to_pb(payment: &Payment) -> pb::Payment {
             redrives: watch.redrives as i32,
             paged: watch.paged,
         }),
+        payer_id: payment.payer_id.clone().unwrap_or_default(),
+        payer_country: payment.payer_country.clone().unwrap_or_default(),
+        approval: payment.approval.as_ref().map(|evaluation| pb::Approval {
+            action: action_to_pb(evaluation.action) as i32,
+            fired_rules: evaluation
+                .fired
+                .iter()
+                .map(|fired| pb::FiredRule {
+                    rule: fired.rule.clone(),
+                    action: action_to_pb(fired.action) as i32,
+                    detail: fired.detail.clone(),
+                })
+                .collect(),
+            rules_version: evaluation.rules_version.clone(),
+        }),
+        review: payment.review.as_ref().map(|review| pb::PaymentReview {
+            verdict: match review.verdict {
+                ReviewVerdict::Approve => "approve",
+                ReviewVerdict::Decline => "decline",
+            }
+            .into(),
+            reason: review.reason.clone(),
+            time: Some(timestamp(review.at)),
+        }),
     }
+}
+
+/// One event as the API shows it; `record` adds its delivery state.
+pub fn event_to_pb(event: &PaymentEvent, record: Option<&EventRecord>) -> pb::PaymentEvent {
+    let mut message = pb::PaymentEvent {
+        name: event.name(),
+        r#type: event.event_type(),
+        payment: event.payment.to_string(),
+        sequence: event.seq as i64,
+        time: Some(timestamp(event.at)),
+        state: state_to_pb(event.state) as i32,
+        amount: Some(money_to_pb(event.amount)),
+        ..Default::default()
+    };
+    match &event.change {
+        Change::Payment {
+            from,
+            to,
+            cause,
+            failure_reason,
+        } => {
+            message.from_state = from.map(|state| state_to_pb(state) as i32).unwrap_or(0);
+            message.to_state = state_to_pb(*to) as i32;
+            message.cause = cause.clone();
+            message.failure_reason = failure_reason.clone().unwrap_or_default();
+        }
+        Change::Refund {
+            refund_id,
+            amount,
+            state,
+            failure_reason,
+        } => {
+            message.refund_id = refund_id.clone();
+            message.refund_state = refund_state_to_pb(*state) as i32;
+            message.refund_amount = Some(money_to_pb(*amount));
+            message.failure_reason = failure_reason.clone().unwrap_or_default();
+        }
+    }
+    if let Some(record) = record {
+        let index = (event.seq - record.first_seq()) as usize;
+        message.deliveries = record
+            .deliveries
+            .iter()
+            .map(|delivery| {
+                use pb::event_delivery::State;
+                let state = if index < delivery.acknowledged {
+                    State::Delivered
+                } else {
+                    match delivery.state {
+                        DeliveryState::Pending => State::Pending,
+                        DeliveryState::Failed => State::Failed,
+                        // Delivered means every event was acknowledged.
+                        DeliveryState::Delivered => State::Delivered,
+                    }
+                };
+                let waiting = state != State::Delivered;
+                pb::EventDelivery {
+                    endpoint: delivery.endpoint.clone(),
+                    state: state as i32,
+                    attempts: if waiting { delivery.attempts as i32 } else { 0 },
+                    last_error: if waiting {
+                        delivery.last_error.clone().unwrap_or_default()
+                    } else {
+                        String::new()
+                    },
+                    next_attempt_time: (state == State::Pending)
+                        .then(|| timestamp(delivery.next_attempt_at)),
+                    last_attempt_time: delivery.last_attempt_at.map(timestamp),
+                    retry_until: Some(timestamp(delivery.retry_until)),
+                }
+            })
+            .collect();
+    }
+    message
+}
+
+/// A reviewer's reason: required and bounded.
+pub fn review_action(
+    verdict: ReviewVerdict,
+    reason: String,
+) -> Result<OperatorAction, FieldViolation> {
+    let bad = |description: String| FieldViolation {
+        field: "reason".into(),
+        description,
+    };
+    if reason.trim().is_empty() {
+        return Err(bad("required: say why, for the audit trail".into()));
+    }
+    if reason.len() > limits::REVIEW_REASON_BYTES_MAX {
+        return Err(bad(format!(
+            "at most {} bytes",
+            limits::REVIEW_REASON_BYTES_MAX
+        )));
+    }
+    Ok(OperatorAction::Review { verdict, reason })
 }
 
 pub fn operator_command(
@@ -337,6 +523,22 @@ pub fn decode_stalled_token(token: &str) -> Result<Option<String>, CommandError>
         .ok_or_else(|| {
             CommandError::invalid("page_token", "not a token returned by ListStalledPayments")
         })
+}
+
+/// Review-queue tokens: `r1.` and the store's index position.
+pub fn encode_review_token(position: &str) -> String {
+    format!("r1.{position}")
+}
+
+pub fn decode_review_token(token: &str) -> Result<Option<String>, CommandError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    token
+        .strip_prefix("r1.")
+        .filter(|position| crate::store::schema::parse_index_token(position).is_some())
+        .map(|position| Some(position.to_owned()))
+        .ok_or_else(|| CommandError::invalid("page_token", "not a token returned by ListPayments"))
 }
 
 pub fn alert_to_pb(event: &AlertEvent) -> pb::Alert {

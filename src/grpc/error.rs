@@ -41,10 +41,12 @@ impl From<CommandError> for Status {
                     OperatorRejection::NothingToRetry(_) => "PAYMENT_NOT_RETRYABLE",
                     OperatorRejection::AwaitsReview => "PAYMENT_AWAITS_REVIEW",
                     OperatorRejection::NotFailable(_) => "PAYMENT_NOT_FAILABLE",
+                    OperatorRejection::NotInReview(_) => "PAYMENT_NOT_IN_REVIEW",
                 },
             ),
             CommandError::InsufficientFunds => (Code::FailedPrecondition, "INSUFFICIENT_FUNDS"),
             CommandError::Conflict => (Code::Aborted, "CONCURRENT_MODIFICATION"),
+            CommandError::StreamLagged => (Code::Aborted, "EVENT_STREAM_LAGGED"),
             CommandError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
             CommandError::Internal(_) => (Code::Internal, "INTERNAL"),
         };

@@ -11,9 +11,12 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::actors::Orchestrator;
-use crate::domain::parse_account_name;
+use crate::actors::{CommandError, Orchestrator};
+use crate::domain::events::parse_event_name;
+use crate::domain::payment::{PaymentState, ReviewVerdict};
+use crate::domain::{parse_account_name, parse_payment_name};
 use crate::limits;
+use crate::store::schema;
 
 /// Generated protobuf and gRPC code for `payvisor.v1`.
 pub mod pb {
@@ -69,14 +72,45 @@ impl PaymentService for PaymentApi {
         request: Request<pb::ListPaymentsRequest>,
     ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
         let request = request.into_inner();
+        let page_size = convert::page_size(request.page_size)?;
+        let state = convert::state_from_pb(request.state)?;
+        if request.parent == "accounts/-" {
+            // Across accounts only the review queue has an index.
+            if state != Some(PaymentState::InReview) {
+                return Err(CommandError::invalid(
+                    "state",
+                    "listing across accounts (accounts/-) needs state IN_REVIEW",
+                )
+                .into());
+            }
+            let position = convert::decode_review_token(&request.page_token)?;
+            let (payments, next) = self
+                .orchestrator
+                .list_in_review(position.as_deref(), page_size)
+                .await?;
+            return Ok(Response::new(pb::ListPaymentsResponse {
+                payments: payments.iter().map(convert::payment_to_pb).collect(),
+                next_page_token: next
+                    .as_deref()
+                    .map(convert::encode_review_token)
+                    .unwrap_or_default(),
+            }));
+        }
         let account =
             parse_account_name(&request.parent).map_err(|error| invalid_name("parent", error))?;
-        let page_size = convert::page_size(request.page_size)?;
         let start_after = convert::decode_page_token(&request.page_token)?;
-        let (payments, next) = self
-            .orchestrator
-            .list_payments(&account, start_after.as_ref(), page_size)
-            .await?;
+        let (payments, next) = match state {
+            None => {
+                self.orchestrator
+                    .list_payments(&account, start_after.as_ref(), page_size)
+                    .await?
+            }
+            Some(state) => {
+                self.orchestrator
+                    .list_payments_in_state(&account, state, start_after, page_size)
+                    .await?
+            }
+        };
         Ok(Response::new(pb::ListPaymentsResponse {
             payments: payments.iter().map(convert::payment_to_pb).collect(),
             next_page_token: next
@@ -179,6 +213,160 @@ impl PaymentService for PaymentApi {
                     Err(RecvError::Closed) => return,
                 };
                 if sender.send(Ok(alert)).await.is_err() {
+                    return; // the client went away
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+
+    async fn approve_payment(
+        &self,
+        request: Request<pb::ApprovePaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let request = request.into_inner();
+        let command = convert::operator_command(
+            &request.name,
+            request.request_id,
+            convert::review_action(ReviewVerdict::Approve, request.reason),
+        )?;
+        let payment = self.orchestrator.operate(command).await?;
+        Ok(Response::new(convert::payment_to_pb(&payment)))
+    }
+
+    async fn decline_payment(
+        &self,
+        request: Request<pb::DeclinePaymentRequest>,
+    ) -> Result<Response<pb::Payment>, Status> {
+        let request = request.into_inner();
+        let command = convert::operator_command(
+            &request.name,
+            request.request_id,
+            convert::review_action(ReviewVerdict::Decline, request.reason),
+        )?;
+        let payment = self.orchestrator.operate(command).await?;
+        Ok(Response::new(convert::payment_to_pb(&payment)))
+    }
+
+    async fn list_payment_events(
+        &self,
+        request: Request<pb::ListPaymentEventsRequest>,
+    ) -> Result<Response<pb::ListPaymentEventsResponse>, Status> {
+        let name = parse_payment_name(&request.get_ref().parent)
+            .map_err(|error| invalid_name("parent", error))?;
+        let records = self.orchestrator.payment_events(&name).await?;
+        Ok(Response::new(pb::ListPaymentEventsResponse {
+            events: records
+                .iter()
+                .flat_map(|record| {
+                    record
+                        .events
+                        .iter()
+                        .map(move |event| convert::event_to_pb(event, Some(record)))
+                })
+                .collect(),
+        }))
+    }
+
+    async fn resend_payment_event(
+        &self,
+        request: Request<pb::ResendPaymentEventRequest>,
+    ) -> Result<Response<pb::PaymentEvent>, Status> {
+        let request = request.into_inner();
+        let (_, seq) = parse_event_name(&request.name).map_err(|error| invalid_name("name", error))?;
+        let endpoint = Some(request.endpoint.as_str()).filter(|name| !name.is_empty());
+        let record = self
+            .orchestrator
+            .resend_event(&request.name, endpoint)
+            .await?;
+        let event = record
+            .events
+            .iter()
+            .find(|event| event.seq == seq)
+            .ok_or_else(|| CommandError::NotFound(format!("event {}", request.name)))?;
+        Ok(Response::new(convert::event_to_pb(event, Some(&record))))
+    }
+
+    type WatchPaymentEventsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::PaymentEvent, Status>> + Send>>;
+
+    async fn watch_payment_events(
+        &self,
+        request: Request<pb::WatchPaymentEventsRequest>,
+    ) -> Result<Response<Self::WatchPaymentEventsStream>, Status> {
+        let after = request.into_inner().after_event;
+        // Subscribe before reading the durable feed, so that nothing
+        // committed in between is missed (it may come twice: deduplicated
+        // below for what the replay sent).
+        let mut live = self.orchestrator.subscribe_events();
+        let subscribed_at = self.orchestrator.now();
+        let resume = if after.is_empty() {
+            None
+        } else {
+            let (payment, seq) =
+                parse_event_name(&after).map_err(|error| invalid_name("after_event", error))?;
+            let records = self.orchestrator.payment_events(&payment).await?;
+            let event = records
+                .iter()
+                .flat_map(|record| record.events.iter())
+                .find(|event| event.seq == seq)
+                .ok_or_else(|| CommandError::NotFound(format!("event {after}")))?;
+            Some((event.at, payment, seq))
+        };
+        let overlap = limits::EVENT_REPLAY_OVERLAP.as_millis() as i64;
+        let orchestrator = self.orchestrator.clone();
+        let (sender, receiver) = tokio::sync::mpsc::channel(limits::ALERT_STREAM_BUFFER);
+        tokio::spawn(async move {
+            let mut replayed = std::collections::HashSet::new();
+            if let Some((at, payment, seq)) = resume {
+                let mut position = schema::feed_position_at(at.plus_millis(-overlap));
+                loop {
+                    let records = match orchestrator
+                        .feed_after(Some(&position), limits::EVENT_REPLAY_PAGE)
+                        .await
+                    {
+                        Ok(records) => records,
+                        Err(error) => {
+                            let _ = sender.send(Err(error.into())).await;
+                            return;
+                        }
+                    };
+                    for record in &records {
+                        position = schema::feed_position(record);
+                        for event in &record.events {
+                            // The client has this payment's events up to `seq`.
+                            if event.payment == payment && event.seq <= seq {
+                                continue;
+                            }
+                            // Only recent ones can also arrive live.
+                            if event.at.unix_millis() >= subscribed_at.unix_millis() - overlap {
+                                replayed.insert(event.name());
+                            }
+                            if sender.send(Ok(convert::event_to_pb(event, None))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    if records.len() < limits::EVENT_REPLAY_PAGE {
+                        break;
+                    }
+                }
+            }
+            loop {
+                let event = match live.recv().await {
+                    Ok(event) => event,
+                    Err(RecvError::Lagged(_)) => {
+                        let _ = sender.send(Err(CommandError::StreamLagged.into())).await;
+                        return;
+                    }
+                    Err(RecvError::Closed) => return,
+                };
+                if !replayed.is_empty() && replayed.remove(&event.name()) {
+                    continue;
+                }
+                if sender.send(Ok(convert::event_to_pb(&event, None))).await.is_err() {
                     return; // the client went away
                 }
             }

@@ -671,6 +671,7 @@ async fn list_all(
                 parent: parent.to_owned(),
                 page_size: limits::PAGE_SIZE_MAX as i32,
                 page_token,
+                state: 0,
             })
             .await
             .with_context(|| format!("listing {parent}"))?

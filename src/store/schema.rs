@@ -5,10 +5,20 @@
 //! | item        | pk                  | sk               | index (sparse)                                      |
 //! |-------------|---------------------|------------------|-----------------------------------------------------|
 //! | account     | `A#{acct}`          | `ACCOUNT`        | –                                                   |
-//! | payment     | `A#{acct}#{shard}`  | `P#{payment}`    | `WATCH#nn` / `STALL#nn` / `PAGED#nn` and `{due:013}/{acct}/{payment}` while watched |
+//! | payment     | `A#{acct}#{shard}`  | `P#{payment}`    | `WATCH#nn` / `REVIEW#nn` / `STALL#nn` / `PAGED#nn` and `{due:013}/{acct}/{payment}` while watched |
 //! | movement    | `A#{acct}#{shard}`  | `M#{seq:020}`    | –                                                   |
 //! | idempotency | `A#{acct}#{shard}`  | `I#{request_id}` | –                                                   |
 //! | alert       | `A#{acct}#{shard}`  | `L#{payment}#{stage}#{since:013}#{n}` | `PAGE#nn` / `{at:013}/{acct}/{payment}/{n}` until delivered |
+//! | events      | `A#{acct}#{shard}`  | `E#{payment}#{first seq:010}` | `EVENTS#nn` / `{at:013}/{acct}/{payment}/{first seq:010}` (the feed) |
+//! | webhook due | `A#{acct}#{shard}`  | `W#{payment}#{first seq:010}` | `HOOK#nn` / `{next attempt:013}/{acct}/{payment}/{first seq:010}` |
+//!
+//! **Events.** The events of one decision are one item, written with the
+//! decision (the event outbox); with them, the state of their delivery to
+//! each webhook endpoint. While a delivery is pending, a small pointer item
+//! sits in the `HOOK` index at the time of its next attempt, so "what is due
+//! now" costs what is due; it is deleted, in the same write, when every
+//! endpoint has its events. The `EVENTS` index is the durable feed that
+//! `WatchPaymentEvents` resumes from.
 //!
 //! **Reminders.** A payment that waits carries a watch (see
 //! [`crate::domain::watch`]); its index key is the reminder: the family says
@@ -36,8 +46,10 @@
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{IndexKey, IndexQuery, Item, Key, Query, Store, StoreError};
+use crate::domain::events::PaymentEvent;
 use crate::domain::payment::Payment;
-use crate::domain::watch::{Alert, PageAction};
+use crate::domain::rules::VelocityLog;
+use crate::domain::watch::{Alert, PageAction, Stage};
 use crate::domain::{AccountId, PaymentId, PaymentName, RequestId, Timestamp};
 use crate::ledger::{Balances, Movement};
 use crate::limits;
@@ -47,6 +59,8 @@ pub const PAYMENT_SK_PREFIX: &str = "P#";
 pub const MOVEMENT_SK_PREFIX: &str = "M#";
 pub const IDEMPOTENCY_SK_PREFIX: &str = "I#";
 pub const ALERT_SK_PREFIX: &str = "L#";
+pub const EVENTS_SK_PREFIX: &str = "E#";
+pub const WEBHOOK_DUE_SK_PREFIX: &str = "W#";
 
 /// Index families (each in `ACCOUNT_SHARDS` partitions `{family}#00`…).
 /// Watched payments, not stalled: sort key starts with the due time.
@@ -56,12 +70,21 @@ pub const STALLED_REDRIVING: &str = "STALL";
 /// Stalled payments on-call was paged for: sort key starts with the stall's
 /// beginning; no reminder (a person acts).
 pub const STALLED_PAGED: &str = "PAGED";
+/// Payments waiting for a person's review, not stalled: sort key starts
+/// with the review deadline (the reminder). `payvisor reviews list` reads it.
+pub const IN_REVIEW: &str = "REVIEW";
 /// Pages not yet delivered: sort key starts with when they were decided.
 pub const PAGES_UNDELIVERED: &str = "PAGE";
+/// Every decision's events, by time (the feed).
+pub const EVENT_FEED: &str = "EVENTS";
+/// Webhook deliveries pending: sort key starts with the next attempt's time.
+pub const WEBHOOKS_DUE: &str = "HOOK";
 /// Families with reminders that fall due.
-pub const DUE_FAMILIES: [&str; 2] = [WATCHING, STALLED_REDRIVING];
+pub const DUE_FAMILIES: [&str; 3] = [WATCHING, IN_REVIEW, STALLED_REDRIVING];
 /// Every watched payment (start-up recovery reads them all).
-pub const WATCHED_FAMILIES: [&str; 3] = [WATCHING, STALLED_REDRIVING, STALLED_PAGED];
+pub const WATCHED_FAMILIES: [&str; 4] = [WATCHING, IN_REVIEW, STALLED_REDRIVING, STALLED_PAGED];
+/// Where payments in review are (the review queue; stalled ones too).
+pub const REVIEW_FAMILIES: [&str; 3] = [IN_REVIEW, STALLED_REDRIVING, STALLED_PAGED];
 /// Stalled payments (`ListStalledPayments`, the gauge).
 pub const STALLED_FAMILIES: [&str; 2] = [STALLED_REDRIVING, STALLED_PAGED];
 
@@ -78,6 +101,9 @@ pub struct AccountRecord {
     pub balances: Balances,
     /// Movements written so far; the next one gets this sequence number.
     pub movement_count: u64,
+    /// Recent accepted payments, for the approval rules' velocity limits.
+    #[serde(default)]
+    pub velocity: VelocityLog,
 }
 
 /// What an idempotency key was used for, so a replay can be answered and a
@@ -242,6 +268,7 @@ pub fn payment_item(payment: &Payment, version: u64) -> Item {
         let tail = format!("{}/{}", payment.account, payment.id);
         let (family, at) = match watch.due_at {
             Some(due) if watch.is_stalled() => (STALLED_REDRIVING, due),
+            Some(due) if watch.stage == Stage::InReview => (IN_REVIEW, due),
             Some(due) => (WATCHING, due),
             None => (STALLED_PAGED, watch.since),
         };
@@ -287,6 +314,214 @@ pub fn idempotency_item(
         body: encode(record),
         index: None,
     }
+}
+
+/// A decision's events as stored, with their delivery to each endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// At least one; consecutive numbers of one payment.
+    pub events: Vec<PaymentEvent>,
+    /// One per webhook endpoint configured when the events were written.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deliveries: Vec<Delivery>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryState {
+    /// Being attempted (with back-off) until `retry_until`.
+    Pending,
+    /// Every event of the record was acknowledged by the endpoint.
+    Delivered,
+    /// Not acknowledged by `retry_until`: given up until an operator re-sends.
+    Failed,
+}
+
+/// The delivery of one record's events to one endpoint, in order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub endpoint: String,
+    pub state: DeliveryState,
+    /// Events of the record acknowledged so far (they go in order).
+    pub acknowledged: usize,
+    /// Attempts since the delivery was last (re)started.
+    pub attempts: u32,
+    pub next_attempt_at: Timestamp,
+    pub retry_until: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_attempt_at: Option<Timestamp>,
+}
+
+impl EventRecord {
+    pub fn payment(&self) -> &PaymentName {
+        &self.events[0].payment
+    }
+    pub fn first_seq(&self) -> u64 {
+        self.events[0].seq
+    }
+    /// When the next attempt of any pending delivery is due, if any is.
+    pub fn next_due(&self) -> Option<Timestamp> {
+        self.deliveries
+            .iter()
+            .filter(|delivery| delivery.state == DeliveryState::Pending)
+            .map(|delivery| delivery.next_attempt_at)
+            .min()
+    }
+}
+
+fn event_tail(payment: &PaymentName, first_seq: u64) -> String {
+    format!("{}/{}/{first_seq:010}", payment.account, payment.payment)
+}
+
+pub fn event_record_key(payment: &PaymentName, first_seq: u64) -> Key {
+    Key::new(
+        shard_partition(&payment.account, shard_of(payment.payment.as_str())),
+        format!("{EVENTS_SK_PREFIX}{}#{first_seq:010}", payment.payment),
+    )
+}
+
+/// The events item; its index key places it in the feed by time.
+pub fn event_record_item(record: &EventRecord, version: u64) -> Item {
+    let tail = event_tail(record.payment(), record.first_seq());
+    Item {
+        key: event_record_key(record.payment(), record.first_seq()),
+        version,
+        body: encode(record),
+        index: Some(IndexKey {
+            pk: index_partition(EVENT_FEED, shard_of(&format!("{}/{}", record.payment().account, record.payment().payment))),
+            sk: format!("{}/{tail}", time_prefix(record.events[0].at)),
+        }),
+    }
+}
+
+/// Where a record sits in the feed (the resume point of a watcher).
+pub fn feed_position(record: &EventRecord) -> String {
+    format!(
+        "{}/{}",
+        time_prefix(record.events[0].at),
+        event_tail(record.payment(), record.first_seq())
+    )
+}
+
+/// The feed position just before everything at `at` or later.
+pub fn feed_position_at(at: Timestamp) -> String {
+    time_prefix(at)
+}
+
+/// What the webhook dispatcher reads to find the record, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookDue {
+    pub payment: PaymentName,
+    pub first_seq: u64,
+}
+
+pub fn webhook_due_key(payment: &PaymentName, first_seq: u64) -> Key {
+    Key::new(
+        shard_partition(&payment.account, shard_of(payment.payment.as_str())),
+        format!("{WEBHOOK_DUE_SK_PREFIX}{}#{first_seq:010}", payment.payment),
+    )
+}
+
+/// The pointer item of a pending delivery, due at `at`.
+pub fn webhook_due_item(payment: &PaymentName, first_seq: u64, at: Timestamp, version: u64) -> Item {
+    let tail = event_tail(payment, first_seq);
+    Item {
+        key: webhook_due_key(payment, first_seq),
+        version,
+        body: encode(&WebhookDue {
+            payment: payment.clone(),
+            first_seq,
+        }),
+        index: Some(IndexKey {
+            pk: index_partition(WEBHOOKS_DUE, shard_of(&format!("{}/{}", payment.account, payment.payment))),
+            sk: format!("{}/{tail}", time_prefix(at)),
+        }),
+    }
+}
+
+pub fn decode_webhook_due(item: &Item) -> Result<WebhookDue, StoreError> {
+    decode(item)
+}
+
+pub fn decode_event_record(item: &Item) -> Result<Versioned<EventRecord>, StoreError> {
+    versioned(item.clone())
+}
+
+/// Every event record of one payment, oldest first (a payment has at most a
+/// few dozen: its states and its refunds').
+pub async fn payment_event_records(
+    store: &dyn Store,
+    payment: &PaymentName,
+) -> Result<Vec<Versioned<EventRecord>>, StoreError> {
+    let mut records = Vec::new();
+    let mut start_after = None;
+    loop {
+        let page = store
+            .query(Query {
+                pk: shard_partition(&payment.account, shard_of(payment.payment.as_str())),
+                sk_prefix: format!("{EVENTS_SK_PREFIX}{}#", payment.payment),
+                start_after: start_after.take(),
+                limit: limits::PAGE_SIZE_MAX,
+            })
+            .await?;
+        for item in page.items {
+            records.push(versioned(item)?);
+        }
+        match page.next {
+            Some(next) => start_after = Some(next),
+            None => return Ok(records),
+        }
+    }
+}
+
+/// The next records of the feed after `position`, across its shards, in
+/// feed order: up to `limit` + 1 from every shard, merged (each shard is
+/// sorted, so the first `limit` of the merge are the next `limit` overall).
+pub async fn feed_after(
+    store: &dyn Store,
+    position: Option<&str>,
+    limit: usize,
+) -> Result<Vec<EventRecord>, StoreError> {
+    let limit = limit.max(1);
+    let mut items = Vec::new();
+    for shard in 0..limits::ACCOUNT_SHARDS {
+        let page = store
+            .query_index(IndexQuery {
+                index_pk: index_partition(EVENT_FEED, shard),
+                start_after: position.map(str::to_owned),
+                end_at: None,
+                limit: limit + 1,
+            })
+            .await?;
+        items.extend(page.items);
+    }
+    let mut records = items
+        .iter()
+        .map(decode::<EventRecord>)
+        .collect::<Result<Vec<_>, _>>()?;
+    records.sort_by_key(feed_position);
+    records.truncate(limit);
+    Ok(records)
+}
+
+/// Pointers of webhook deliveries due by `now` in one shard.
+pub async fn webhooks_due(
+    store: &dyn Store,
+    shard: usize,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<WebhookDue>, StoreError> {
+    let page = store
+        .query_index(IndexQuery {
+            index_pk: index_partition(WEBHOOKS_DUE, shard),
+            start_after: None,
+            end_at: Some(due_by(now)),
+            limit,
+        })
+        .await?;
+    page.items.iter().map(decode_webhook_due).collect()
 }
 
 pub async fn load_account(
@@ -556,9 +791,11 @@ mod tests {
             id: PaymentId::new("p".repeat(limits::RESOURCE_ID_CHARS_MAX)).unwrap(),
             amount: Money::from_minor(usd, limits::AMOUNT_MINOR_MAX),
             metadata,
+            payer_id: None,
+            payer_country: None,
         };
         let at = Timestamp::from_unix_millis(1);
-        let mut payment = payment::create(new, at, &Policy::default())
+        let mut payment = payment::create(new, None, at, &Policy::default())
             .unwrap()
             .payment;
         payment = payment

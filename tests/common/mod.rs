@@ -291,6 +291,7 @@ pub async fn list_all(
                 parent: format!("accounts/{account}"),
                 page_size,
                 page_token,
+                state: 0,
             })
             .await
             .unwrap()

@@ -1,0 +1,104 @@
+//! Payment events: every state change of a payment (and of each of its
+//! refunds) as a value with a stable id, `{payment name}/events/{seq}`,
+//! numbered from 1 in the order they happened. The core emits them while it
+//! decides; the actor writes them in the same atomic write as the change
+//! (the event outbox), and only then are they streamed and delivered.
+//!
+//! **Invariant:** a payment's events are numbered without gaps, in the order
+//! of its changes, and an event never changes once written.
+
+use serde::{Deserialize, Serialize};
+
+use super::payment::{PaymentState, RefundState};
+use super::{parse_payment_name, Money, NameError, PaymentName, Timestamp};
+
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct PaymentEvent {
+    pub payment: PaymentName,
+    /// 1, 2, … per payment, in the order of its changes.
+    pub seq: u64,
+    pub at: Timestamp,
+    /// The payment's amount and its state once this change was made.
+    pub amount: Money,
+    pub state: PaymentState,
+    pub change: Change,
+}
+
+/// What changed.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "of", rename_all = "snake_case")]
+pub enum Change {
+    /// The payment moved to `to` (`from` is `None` for its creation).
+    Payment {
+        from: Option<PaymentState>,
+        to: PaymentState,
+        cause: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure_reason: Option<String>,
+    },
+    /// One refund was requested (`Pending`), succeeded or failed.
+    Refund {
+        refund_id: String,
+        amount: Money,
+        state: RefundState,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        failure_reason: Option<String>,
+    },
+}
+
+impl PaymentEvent {
+    /// The event's stable id: `accounts/{a}/payments/{p}/events/{seq}`.
+    pub fn name(&self) -> String {
+        event_name(&self.payment, self.seq)
+    }
+
+    /// `payment.{state}` or `refund.{pending|succeeded|failed}`: what
+    /// webhook consumers switch on.
+    pub fn event_type(&self) -> String {
+        match &self.change {
+            Change::Payment { to, .. } => format!("payment.{}", to.as_str()),
+            Change::Refund { state, .. } => format!("refund.{}", state.as_str()),
+        }
+    }
+}
+
+pub fn event_name(payment: &PaymentName, seq: u64) -> String {
+    format!("{payment}/events/{seq}")
+}
+
+/// Parses `accounts/{a}/payments/{p}/events/{seq}` (seq ≥ 1).
+pub fn parse_event_name(name: &str) -> Result<(PaymentName, u64), NameError> {
+    let shape = NameError::Shape {
+        expected: "accounts/{account}/payments/{payment}/events/{number}",
+    };
+    let (payment, seq) = name.rsplit_once("/events/").ok_or(shape.clone())?;
+    let seq = seq
+        .parse::<u64>()
+        .ok()
+        .filter(|seq| *seq >= 1 && !seq.to_string().is_empty())
+        .ok_or(shape.clone())?;
+    Ok((parse_payment_name(payment)?, seq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_names_parse_back() {
+        let name = parse_payment_name("accounts/a/payments/p").unwrap();
+        assert_eq!(
+            parse_event_name(&event_name(&name, 7)).unwrap(),
+            (name.clone(), 7)
+        );
+        for bad in [
+            "accounts/a/payments/p/events/0",
+            "accounts/a/payments/p/events/x",
+            "accounts/a/payments/p/events/",
+            "accounts/a/payments/p",
+            "accounts/a/events/1",
+        ] {
+            assert!(parse_event_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! The webhook dispatcher: one per node. Each pass reads the deliveries due
+//! by now (the `HOOK` index, a range read per shard), and for each payment
+//! concerned sends its pending events to each endpoint in event order,
+//! stopping at the first failure of an endpoint so that a later event never
+//! overtakes an earlier one. Every outcome is recorded on the event item
+//! (conditional on its version) before the next pass.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore};
+
+use super::{WebhookSettings, WebhookSink};
+use crate::clock::Clock;
+use crate::domain::events::parse_event_name;
+use crate::domain::{PaymentName, Timestamp};
+use crate::limits;
+use crate::store::schema::{
+    self, Delivery, DeliveryState, EventRecord, Versioned,
+};
+use crate::store::{Condition, Store, StoreError, WriteOp};
+
+/// Why an operator's re-send was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResendError {
+    #[error("{0}")]
+    BadName(String),
+    #[error("event {0} not found")]
+    NotFound(String),
+    #[error("no webhook endpoint named {0:?} is configured")]
+    UnknownEndpoint(String),
+    #[error("the event changed meanwhile; retry")]
+    Conflict,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Clone)]
+pub struct WebhookDispatcher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    sink: Arc<dyn WebhookSink>,
+    clock: Arc<dyn Clock>,
+    settings: WebhookSettings,
+    wake: Notify,
+}
+
+impl WebhookDispatcher {
+    pub fn new(
+        store: Arc<dyn Store>,
+        sink: Arc<dyn WebhookSink>,
+        clock: Arc<dyn Clock>,
+        settings: WebhookSettings,
+    ) -> WebhookDispatcher {
+        WebhookDispatcher {
+            inner: Arc::new(Inner {
+                store,
+                sink,
+                clock,
+                settings,
+                wake: Notify::new(),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &WebhookSettings {
+        &self.inner.settings
+    }
+
+    /// New events were written: look now rather than at the next tick.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Sweeps every `every`, and whenever woken, until `stop` says so.
+    pub fn run(&self, every: Duration, stop: impl Fn() -> bool + Send + 'static) {
+        let dispatcher = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if stop() {
+                    return;
+                }
+                if let Err(error) = dispatcher.sweep().await {
+                    tracing::warn!(%error, "webhook sweep failed; retrying next tick");
+                }
+                tokio::select! {
+                    _ = dispatcher.inner.wake.notified() => {}
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+    }
+
+    /// One pass: every payment with a delivery due by now gets its pending
+    /// events sent, in order. Returns how many payments were handled.
+    pub async fn sweep(&self) -> Result<usize, StoreError> {
+        if self.inner.settings.endpoints.is_empty() {
+            return Ok(0);
+        }
+        let now = self.inner.clock.now();
+        let mut payments = BTreeSet::new();
+        for shard in 0..limits::ACCOUNT_SHARDS {
+            let due = schema::webhooks_due(
+                self.inner.store.as_ref(),
+                shard,
+                now,
+                limits::WEBHOOK_SWEEP_PAGE,
+            )
+            .await?;
+            payments.extend(due.into_iter().map(|due| due.payment.to_string()));
+        }
+        let handled = payments.len();
+        let permits = Arc::new(Semaphore::new(limits::WEBHOOK_PAYMENTS_IN_FLIGHT_MAX));
+        let mut tasks = tokio::task::JoinSet::new();
+        for payment in payments {
+            let Ok(name) = crate::domain::parse_payment_name(&payment) else {
+                continue;
+            };
+            let permit = Arc::clone(&permits).acquire_owned().await;
+            let inner = Arc::clone(&self.inner);
+            tasks.spawn(async move {
+                let _permit = permit;
+                if let Err(error) = inner.deliver_payment(&name).await {
+                    tracing::warn!(payment = %name, %error, "webhook delivery not recorded; the next sweep retries");
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        Ok(handled)
+    }
+
+    /// An operator re-sends an event (and the rest of its record after it)
+    /// to one endpoint, or to every configured one: the delivery starts over
+    /// with a fresh retry period.
+    pub async fn resend(
+        &self,
+        event_name: &str,
+        endpoint: Option<&str>,
+    ) -> Result<EventRecord, ResendError> {
+        let inner = &self.inner;
+        let (payment, seq) =
+            parse_event_name(event_name).map_err(|error| ResendError::BadName(error.to_string()))?;
+        let endpoints: Vec<&str> = match endpoint {
+            Some(name) => {
+                if !inner.settings.endpoints.iter().any(|e| e.name == name) {
+                    return Err(ResendError::UnknownEndpoint(name.to_owned()));
+                }
+                vec![name]
+            }
+            None => inner
+                .settings
+                .endpoints
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect(),
+        };
+        if endpoints.is_empty() {
+            return Err(ResendError::UnknownEndpoint(String::new()));
+        }
+        let records = schema::payment_event_records(inner.store.as_ref(), &payment).await?;
+        let Some(current) = records.into_iter().find(|record| {
+            let first = record.value.first_seq();
+            (first..first + record.value.events.len() as u64).contains(&seq)
+        }) else {
+            return Err(ResendError::NotFound(event_name.to_owned()));
+        };
+        let now = inner.clock.now();
+        let index = (seq - current.value.first_seq()) as usize;
+        let mut next = current.value.clone();
+        for name in endpoints {
+            let restarted = Delivery {
+                endpoint: name.to_owned(),
+                state: DeliveryState::Pending,
+                acknowledged: index,
+                attempts: 0,
+                next_attempt_at: now,
+                retry_until: now.plus_millis(inner.settings.retry_for.as_millis() as i64),
+                last_error: None,
+                last_attempt_at: None,
+            };
+            match next.deliveries.iter_mut().find(|d| d.endpoint == name) {
+                Some(delivery) => {
+                    let acknowledged = delivery.acknowledged.min(index);
+                    *delivery = Delivery {
+                        acknowledged,
+                        last_attempt_at: delivery.last_attempt_at,
+                        ..restarted
+                    };
+                }
+                None => next.deliveries.push(restarted),
+            }
+        }
+        inner.write(&current, &next).await.map_err(|error| match error {
+            StoreError::ConditionFailed { .. } => ResendError::Conflict,
+            other => ResendError::Store(other),
+        })?;
+        self.wake();
+        Ok(next)
+    }
+}
+
+impl Inner {
+    fn backoff_ms(attempts: u32) -> i64 {
+        let first = limits::WEBHOOK_BACKOFF_FIRST.as_millis() as i64;
+        let max = limits::WEBHOOK_BACKOFF_MAX.as_millis() as i64;
+        first
+            .saturating_mul(1_i64 << attempts.saturating_sub(1).min(30))
+            .min(max)
+    }
+
+    /// Sends one payment's pending events, record after record; per
+    /// endpoint, a record still pending holds back the records after it.
+    async fn deliver_payment(&self, payment: &PaymentName) -> Result<(), StoreError> {
+        let records = schema::payment_event_records(self.store.as_ref(), payment).await?;
+        // Per endpoint: an earlier record is still pending until then.
+        let mut held_until: HashMap<String, Timestamp> = HashMap::new();
+        for current in records {
+            if current.value.next_due().is_none() {
+                continue;
+            }
+            let now = self.clock.now();
+            let mut next = current.value.clone();
+            for delivery in next
+                .deliveries
+                .iter_mut()
+                .filter(|delivery| delivery.state == DeliveryState::Pending)
+            {
+                if let Some(until) = held_until.get(&delivery.endpoint) {
+                    delivery.next_attempt_at = delivery.next_attempt_at.max(*until);
+                    continue;
+                }
+                let Some(endpoint) = self
+                    .settings
+                    .endpoints
+                    .iter()
+                    .find(|endpoint| endpoint.name == delivery.endpoint)
+                else {
+                    delivery.state = DeliveryState::Failed;
+                    delivery.last_error = Some("endpoint no longer configured".into());
+                    continue;
+                };
+                if delivery.next_attempt_at > now {
+                    held_until.insert(delivery.endpoint.clone(), delivery.next_attempt_at);
+                    continue;
+                }
+                delivery.last_attempt_at = Some(now);
+                let mut failure = None;
+                while let Some(event) = next.events.get(delivery.acknowledged) {
+                    let unix_seconds = self.clock.now().unix_millis().div_euclid(1000);
+                    match self.sink.deliver(endpoint, event, unix_seconds).await {
+                        Ok(()) => delivery.acknowledged += 1,
+                        Err(error) => {
+                            failure = Some(error);
+                            break;
+                        }
+                    }
+                }
+                match failure {
+                    None => {
+                        delivery.state = DeliveryState::Delivered;
+                        delivery.last_error = None;
+                    }
+                    Some(error) => {
+                        delivery.attempts += 1;
+                        delivery.last_error = Some(error.0);
+                        if now >= delivery.retry_until {
+                            delivery.state = DeliveryState::Failed;
+                            tracing::error!(payment = %payment, endpoint = %delivery.endpoint, "webhook delivery given up after its retry period");
+                        } else {
+                            delivery.next_attempt_at =
+                                now.plus_millis(Self::backoff_ms(delivery.attempts));
+                            held_until
+                                .insert(delivery.endpoint.clone(), delivery.next_attempt_at);
+                        }
+                    }
+                }
+            }
+            if next != current.value {
+                self.write(&current, &next).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes a record's new delivery state and moves (or removes) its
+    /// pointer in the `HOOK` index, in one conditional write. The pointer
+    /// exists exactly while a delivery is pending, at the record's version.
+    async fn write(
+        &self,
+        current: &Versioned<EventRecord>,
+        next: &EventRecord,
+    ) -> Result<(), StoreError> {
+        let version = current.version + 1;
+        let payment = next.payment();
+        let first_seq = next.first_seq();
+        let pointer_condition = match current.value.next_due() {
+            Some(_) => Condition::VersionIs(current.version),
+            None => Condition::NotExists,
+        };
+        let mut ops = vec![WriteOp::Put {
+            item: schema::event_record_item(next, version),
+            condition: Condition::VersionIs(current.version),
+        }];
+        match (next.next_due(), pointer_condition) {
+            (Some(due), condition) => ops.push(WriteOp::Put {
+                item: schema::webhook_due_item(payment, first_seq, due, version),
+                condition,
+            }),
+            (None, Condition::VersionIs(pointer)) => ops.push(WriteOp::Delete {
+                key: schema::webhook_due_key(payment, first_seq),
+                condition: Condition::VersionIs(pointer),
+            }),
+            (None, _) => {}
+        }
+        self.store.transact(ops).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_its_bound() {
+        assert_eq!(Inner::backoff_ms(1), 1_000);
+        assert_eq!(Inner::backoff_ms(2), 2_000);
+        assert_eq!(Inner::backoff_ms(5), 16_000);
+        assert_eq!(Inner::backoff_ms(40), 3_600_000);
+    }
+}
