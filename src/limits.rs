@@ -281,6 +281,36 @@ pub const EVENT_REPLAY_OVERLAP: Duration = Duration::from_secs(30);
 /// Event records read per page while replaying the feed.
 pub const EVENT_REPLAY_PAGE: usize = 128;
 
+/// Rules in one rule set. Every create evaluates every rule in the account
+/// actor; a hand-written fraud policy has tens, and 256 keeps evaluation
+/// within microseconds.
+pub const RULES_MAX: usize = 256;
+/// Characters in a rule's name and in a rule set's version: labels a person
+/// reads in a payment's approval record, copied into every evaluation.
+pub const RULE_NAME_CHARS_MAX: usize = 64;
+pub const RULES_VERSION_CHARS_MAX: usize = 64;
+/// Values in one block list. Lists are hashed when loaded, so a lookup costs
+/// the same at any size; the bound keeps a reload's memory and parse time
+/// small (10,000 ids of 64 characters are under 1 MB). Larger lists belong in
+/// a screening service, not a file.
+pub const BLOCK_LIST_VALUES_MAX: usize = 10_000;
+/// Longest velocity or account-limit window (30 days): monthly limits, and
+/// no more, since the velocity log keeps history for the longest window.
+pub const VELOCITY_WINDOW_MAX: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+/// Largest `max_count` of a velocity rule. A million payments in one window
+/// is no check at all; the bound catches a slipped digit.
+pub const VELOCITY_COUNT_MAX: u64 = 1_000_000;
+/// Entries in an account's velocity log. The log lives in the account item,
+/// rewritten on every command of the account: 128 entries of about 40 bytes
+/// are 5 KB, far below DynamoDB's 400 KB item limit and cheap to write. The
+/// log is exact up to 128 payments in the longest window; beyond, it merges
+/// its oldest entries and only ever over-counts. More than the currencies
+/// payvisor accepts (27), so a full log always has two entries of one
+/// currency to merge.
+pub const VELOCITY_LOG_ENTRIES_MAX: usize = 128;
+/// Problems listed when a rules document is refused: enough to fix a
+/// document in one pass, few enough to read in one log line.
+pub const RULES_PROBLEMS_MAX: usize = 100;
 /// Bytes of an approval rules file.
 pub const RULES_FILE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// How often the rules file is checked for changes (reloaded when changed).

@@ -165,6 +165,8 @@ async fn create(node: &Node, account: &str, behaviour: &str) -> Payment {
         payment_id: None,
         amount: Money::from_minor(Currency::from_code("USD").unwrap(), 1_000),
         metadata: BTreeMap::from([(BEHAVIOUR_KEY.to_owned(), behaviour.to_owned())]),
+        payer_id: None,
+        payer_country: None,
         request_id: RequestId::new(format!("create-{account}-{behaviour}")).unwrap(),
     };
     node.orchestrator.create_payment(command).await.unwrap()
