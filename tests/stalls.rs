@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::pager::PagerReceiver;
@@ -132,20 +131,6 @@ async fn stalled(
         }
         page_token = page.next_page_token;
     }
-}
-
-fn cli(server: &Server, args: &[&str]) -> serde_json::Value {
-    let output = Command::new(BINARY)
-        .args(args)
-        .args(["--json", "--server", &format!("http://{}", server.address)])
-        .output()
-        .expect("run the CLI");
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("JSON output")
 }
 
 /// `drop_callback`: the bank processed the payment but its answer was lost.

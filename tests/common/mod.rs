@@ -389,3 +389,23 @@ fn store_args() -> Vec<String> {
         Ok(other) => panic!("PAYVISOR_TEST_STORE={other}: expected sqlite or dynamodb"),
     }
 }
+
+/// Runs the command line against `server` (`--json`), expecting success.
+pub fn cli(server: &Server, args: &[&str]) -> serde_json::Value {
+    let output = cli_output(server, args);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+/// Runs the command line against `server` (`--json`), whatever the outcome.
+pub fn cli_output(server: &Server, args: &[&str]) -> std::process::Output {
+    Command::new(BINARY)
+        .args(args)
+        .args(["--json", "--server", &format!("http://{}", server.address)])
+        .output()
+        .expect("run the CLI")
+}
