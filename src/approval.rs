@@ -82,7 +82,12 @@ impl RulesInForce {
     }
 
     pub fn current(&self) -> Arc<RuleSet> {
-        Arc::clone(&self.current.read().unwrap_or_else(|poison| poison.into_inner()))
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        )
     }
 
     /// Reloads the file if its content changed. `Ok(true)`: new rules are in
@@ -135,11 +140,9 @@ impl RulesInForce {
                     return;
                 }
                 let check = Arc::clone(&rules);
-                match tokio::task::spawn_blocking(move || check.reload_if_changed()).await {
-                    Ok(Err(error)) => {
-                        tracing::error!(%error, "approval rules not reloaded; the previous rules stay in force")
-                    }
-                    Ok(Ok(_)) | Err(_) => {}
+                let reloaded = tokio::task::spawn_blocking(move || check.reload_if_changed()).await;
+                if let Ok(Err(error)) = reloaded {
+                    tracing::error!(%error, "approval rules not reloaded; the previous rules stay in force");
                 }
             }
         });

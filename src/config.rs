@@ -5,15 +5,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::connectors::simulator::SimulatorConfig;
 use crate::approval::load_rules_file;
+use crate::connectors::simulator::SimulatorConfig;
 use crate::domain::payment::{Fee, FeeSchedule, Policy};
 use crate::domain::watch::{Stage, StallPolicy};
 use crate::limits;
-use crate::webhooks::{Endpoint, WebhookSettings};
 use crate::store::dynamodb::{DynamoDbSettings, DynamoDbStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
+use crate::webhooks::{Endpoint, WebhookSettings};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {

@@ -12,7 +12,6 @@ use crate::actors::{ActorSettings, Components, Orchestrator};
 use crate::alerts::pagerduty::PagerDutySink;
 use crate::alerts::{AlertSink, LogSink};
 use crate::approval::RulesInForce;
-use crate::webhooks::HttpWebhookSink;
 use crate::clock::{SeededRandom, SystemClock};
 use crate::config::{Config, PagerConfig};
 use crate::connectors::simulator::BankSimulator;
@@ -20,6 +19,7 @@ use crate::domain::payment::PaymentState;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
 use crate::grpc::{pb, PaymentApi};
 use crate::limits;
+use crate::webhooks::HttpWebhookSink;
 
 /// Runs a server until `shutdown` completes, then stops taking requests,
 /// lets in-flight work finish (bounded) and returns.

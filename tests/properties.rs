@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use payvisor::domain::payment::{
     self, BankOutcome, Fee, FeeSchedule, NewPayment, Payment, Policy, RefundOutcome, RefundState,
 };
-use payvisor::domain::watch::{PageAction, Stage};
 use payvisor::domain::rules::{Candidate, RuleSet, VelocityLog};
+use payvisor::domain::watch::{PageAction, Stage};
 use payvisor::domain::{AccountId, Currency, Money, PaymentId, Timestamp};
 use payvisor::ledger::{Balances, Movement};
 use proptest::prelude::*;

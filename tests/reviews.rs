@@ -62,7 +62,13 @@ fn fired(payment: &pb::Payment) -> Vec<String> {
     payment
         .approval
         .as_ref()
-        .map(|approval| approval.fired_rules.iter().map(|f| f.rule.clone()).collect())
+        .map(|approval| {
+            approval
+                .fired_rules
+                .iter()
+                .map(|f| f.rule.clone())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -98,31 +104,59 @@ async fn each_rule_type_decides_and_is_recorded_on_the_payment() {
     let huge = create(&mut client, "huge", "huge", 500_001, |_| {}).await;
     assert_eq!(state(&huge), State::Declined);
     assert_eq!(fired(&huge), ["large-usd", "huge-usd"]);
-    assert!(huge.failure_reason.contains("huge-usd"), "{}", huge.failure_reason);
+    assert!(
+        huge.failure_reason.contains("huge-usd"),
+        "{}",
+        huge.failure_reason
+    );
 
     // Block lists: payer country, payer id, account, a metadata value.
-    let kp = create(&mut client, "kp", "kp", 100, |p| p.payer_country = "KP".into()).await;
-    assert_eq!((state(&kp), fired(&kp)), (State::Declined, vec!["sanctioned".into()]));
-    let de = create(&mut client, "de", "de", 100, |p| p.payer_country = "DE".into()).await;
+    let kp = create(&mut client, "kp", "kp", 100, |p| {
+        p.payer_country = "KP".into()
+    })
+    .await;
+    assert_eq!(
+        (state(&kp), fired(&kp)),
+        (State::Declined, vec!["sanctioned".into()])
+    );
+    let de = create(&mut client, "de", "de", 100, |p| {
+        p.payer_country = "DE".into()
+    })
+    .await;
     assert_ne!(state(&de), State::Declined);
-    let payer = create(&mut client, "payer", "payer", 100, |p| p.payer_id = "payer-666".into()).await;
+    let payer = create(&mut client, "payer", "payer", 100, |p| {
+        p.payer_id = "payer-666".into()
+    })
+    .await;
     assert_eq!(state(&payer), State::Declined);
     assert_eq!(payer.payer_id, "payer-666");
     let fraud = create(&mut client, "fraudco", "fraud", 100, |_| {}).await;
-    assert_eq!((state(&fraud), fired(&fraud)), (State::Declined, vec!["bad-account".into()]));
+    assert_eq!(
+        (state(&fraud), fired(&fraud)),
+        (State::Declined, vec!["bad-account".into()])
+    );
     let mcc = create(&mut client, "mcc", "mcc", 100, |p| {
         p.metadata.insert("mcc".into(), "7995".into());
     })
     .await;
-    assert_eq!((state(&mcc), fired(&mcc)), (State::InReview, vec!["risky-mcc".into()]));
+    assert_eq!(
+        (state(&mcc), fired(&mcc)),
+        (State::InReview, vec!["risky-mcc".into()])
+    );
 
     // Per-account limits: one payment, then the account's day.
     let over = create(&mut client, "capped", "over", 5_001, |_| {}).await;
-    assert_eq!((state(&over), fired(&over)), (State::Declined, vec!["capped-each".into()]));
+    assert_eq!(
+        (state(&over), fired(&over)),
+        (State::Declined, vec!["capped-each".into()])
+    );
     let first = processed_payment(&mut client, "capped", "c1", 5_000).await;
     assert!(fired(&first).is_empty());
     let second = create(&mut client, "capped", "c2", 3_001, |_| {}).await;
-    assert_eq!((state(&second), fired(&second)), (State::InReview, vec!["capped-daily".into()]));
+    assert_eq!(
+        (state(&second), fired(&second)),
+        (State::InReview, vec!["capped-daily".into()])
+    );
     let other = processed_payment(&mut client, "shop2", "other", 5_000).await;
     assert!(fired(&other).is_empty(), "other accounts are not capped");
 
@@ -133,7 +167,10 @@ async fn each_rule_type_decides_and_is_recorded_on_the_payment() {
         assert!(fired(&payment).is_empty());
     }
     let fourth = create(&mut client, "velo", "v3", 100, |_| {}).await;
-    assert_eq!((state(&fourth), fired(&fourth)), (State::InReview, vec!["burst".into()]));
+    assert_eq!(
+        (state(&fourth), fired(&fourth)),
+        (State::InReview, vec!["burst".into()])
+    );
 
     // A malformed payer country is the caller's error, not a rule's.
     let error = client
@@ -220,7 +257,10 @@ async fn the_review_queue_is_listed_and_each_payment_approved_or_declined_once()
         .into_inner();
     assert_eq!(state(&approved), State::Sent);
     let review = approved.review.clone().unwrap();
-    assert_eq!((review.verdict.as_str(), review.reason.as_str()), ("approve", "checked with the merchant"));
+    assert_eq!(
+        (review.verdict.as_str(), review.reason.as_str()),
+        ("approve", "checked with the merchant")
+    );
     wait_for(&mut client, &a.name, |p| state(p) == State::Processed).await;
     // The same request again is a replay; a second approval is refused.
     let replay = client
@@ -235,7 +275,10 @@ async fn the_review_queue_is_listed_and_each_payment_approved_or_declined_once()
         .unwrap_err();
     assert_eq!(
         (error.code(), reason(&error)),
-        (tonic::Code::FailedPrecondition, "PAYMENT_NOT_IN_REVIEW".into())
+        (
+            tonic::Code::FailedPrecondition,
+            "PAYMENT_NOT_IN_REVIEW".into()
+        )
     );
     // A reason is required.
     let mut no_reason = review_request(&b.name, "no-reason");
@@ -256,11 +299,16 @@ async fn the_review_queue_is_listed_and_each_payment_approved_or_declined_once()
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("PAYMENT_NOT_IN_REVIEW"));
     let b = client
-        .get_payment(pb::GetPaymentRequest { name: b.name.clone() })
+        .get_payment(pb::GetPaymentRequest {
+            name: b.name.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((state(&b), b.failure_reason.as_str()), (State::Declined, "stolen card"));
+    assert_eq!(
+        (state(&b), b.failure_reason.as_str()),
+        (State::Declined, "stolen card")
+    );
     let causes: Vec<_> = b.history.iter().map(|t| t.cause.as_str()).collect();
     assert_eq!(causes, ["created", "rules_review", "review_declined"]);
 
@@ -348,13 +396,23 @@ async fn rules_reload_without_a_restart_and_a_bad_file_is_refused_with_its_probl
         if payment.approval.as_ref().unwrap().rules_version == "v2" {
             break payment;
         }
-        assert!(tokio::time::Instant::now() < deadline, "rules never reloaded");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rules never reloaded"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert_eq!((state(&after), fired(&after)), (State::InReview, vec!["tight".into()]));
+    assert_eq!(
+        (state(&after), fired(&after)),
+        (State::InReview, vec!["tight".into()])
+    );
 
     // A broken file is refused; v2 stays in force.
-    std::fs::write(&path, r#"{"version": "v3", "rules": [{"name": "x", "kind": "nope"}]}"#).unwrap();
+    std::fs::write(
+        &path,
+        r#"{"version": "v3", "rules": [{"name": "x", "kind": "nope"}]}"#,
+    )
+    .unwrap();
     // Several reload periods (2 s each) pass.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let still = create(&mut client, "reload", "still", 2_000, |_| {}).await;
@@ -370,11 +428,26 @@ async fn rules_reload_without_a_restart_and_a_bad_file_is_refused_with_its_probl
         .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("rules[0]") && stderr.contains("nope"), "{stderr}");
-    let check = Command::new(BINARY).args(["rules", "check"]).arg(&path).output().unwrap();
+    assert!(
+        stderr.contains("rules[0]") && stderr.contains("nope"),
+        "{stderr}"
+    );
+    let check = Command::new(BINARY)
+        .args(["rules", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!check.status.success());
     write_rules(&path, &rules_v1());
-    let check = Command::new(BINARY).args(["rules", "check"]).arg(&path).output().unwrap();
-    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let check = Command::new(BINARY)
+        .args(["rules", "check"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     assert!(String::from_utf8_lossy(&check.stdout).contains("9 rules"));
 }

@@ -44,5 +44,5 @@ echo "== cfn-lint deploy/cloudformation"
 "$VENV/bin/cfn-lint" deploy/cloudformation/*.yaml
 echo "== the CloudFormation template and create-table define the same table"
 "$VENV/bin/python" tests/cloudformation_matches_create_table.py target/debug/payvisor
-echo "== end-to-end and kill -9 crash tests again, with --store dynamodb"
-PAYVISOR_TEST_STORE=dynamodb cargo test --locked --test e2e --test crash --test stalls
+echo "== end-to-end, crash, stalls, reviews and webhooks tests again, with --store dynamodb"
+PAYVISOR_TEST_STORE=dynamodb cargo test --locked --test e2e --test crash --test stalls --test reviews --test webhooks

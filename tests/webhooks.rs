@@ -179,8 +179,14 @@ fn the_python_receiver_refuses_a_wrong_signature() {
     let good = payvisor::webhooks::signature(SECRET.as_bytes(), now, body.as_bytes());
     let cases = [
         (good.replace("v1=", "v1=0"), 400),
-        (payvisor::webhooks::signature(b"other-secret-000000", now, body.as_bytes()), 400),
-        (payvisor::webhooks::signature(SECRET.as_bytes(), now - 3600, body.as_bytes()), 400),
+        (
+            payvisor::webhooks::signature(b"other-secret-000000", now, body.as_bytes()),
+            400,
+        ),
+        (
+            payvisor::webhooks::signature(SECRET.as_bytes(), now - 3600, body.as_bytes()),
+            400,
+        ),
         (good, 200),
     ];
     for (signature, expected) in cases {
@@ -224,8 +230,7 @@ async fn webhooks_are_signed_in_order_and_survive_a_receiver_outage_and_a_restar
     receiver.stop();
     let mut during = Vec::new();
     for n in 0..3 {
-        let payment =
-            processed_payment(&mut client, "shop", &format!("down-{n}"), 2_000 + n).await;
+        let payment = processed_payment(&mut client, "shop", &format!("down-{n}"), 2_000 + n).await;
         expected.insert(payment.name.clone(), 4);
         during.push(payment.name);
     }
@@ -262,8 +267,7 @@ async fn webhooks_are_signed_in_order_and_survive_a_receiver_outage_and_a_restar
     server.restart();
     let mut client = server.client().await;
     receiver.restart();
-    let received =
-        wait_received(&receiver, |received| all_in_order(received, &expected)).await;
+    let received = wait_received(&receiver, |received| all_in_order(received, &expected)).await;
     assert!(receiver.rejected().is_empty(), "{:?}", receiver.rejected());
     let types: Vec<_> = received
         .iter()

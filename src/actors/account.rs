@@ -488,18 +488,14 @@ impl AccountState {
                         alone.push(Batched::Create(create, reply));
                         continue;
                     };
-                    let decision = match self.decide_create(
-                        &create,
-                        id,
-                        &staging.record.velocity,
-                        now,
-                    ) {
-                        Ok(decision) => decision,
-                        Err(rejection) => {
-                            let _ = reply.send(Err(rejection.into()));
-                            continue;
-                        }
-                    };
+                    let decision =
+                        match self.decide_create(&create, id, &staging.record.velocity, now) {
+                            Ok(decision) => decision,
+                            Err(rejection) => {
+                                let _ = reply.send(Err(rejection.into()));
+                                continue;
+                            }
+                        };
                     let idempotency = NewIdempotency {
                         request_id: &create.request_id,
                         fingerprint,
@@ -646,7 +642,11 @@ impl AccountState {
             payer_country: command.payer_country.as_deref(),
             metadata: &command.metadata,
         };
-        let evaluation = self.shared.rules.current().evaluate(&candidate, velocity, now);
+        let evaluation = self
+            .shared
+            .rules
+            .current()
+            .evaluate(&candidate, velocity, now);
         let new = NewPayment {
             account: self.account.clone(),
             id,

@@ -220,7 +220,12 @@ pub fn review_list(as_json: bool, payments: &[pb::Payment], next_page_token: &st
 pub fn events(as_json: bool, events: &[pb::PaymentEvent]) {
     let delivery_state = |state: i32| {
         pb::event_delivery::State::try_from(state)
-            .map(|state| state.as_str_name().trim_start_matches("STATE_").to_lowercase())
+            .map(|state| {
+                state
+                    .as_str_name()
+                    .trim_start_matches("STATE_")
+                    .to_lowercase()
+            })
             .unwrap_or_default()
     };
     if as_json {

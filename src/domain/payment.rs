@@ -810,11 +810,7 @@ mod tests {
             payer_country: None,
         }
     }
-    fn create_new(
-        new: NewPayment,
-        now: Timestamp,
-        policy: &Policy,
-    ) -> Result<Decision, Rejection> {
+    fn create_new(new: NewPayment, now: Timestamp, policy: &Policy) -> Result<Decision, Rejection> {
         create(new, None, now, policy)
     }
     fn processed(minor: i64) -> Payment {
@@ -899,7 +895,11 @@ mod tests {
         assert_eq!(approved.payment.state, PaymentState::Sent);
         assert_eq!(approved.effects.len(), 1);
         assert_eq!(approved.movements.len(), 1);
-        let seqs: Vec<_> = approved.events.iter().map(|e| (e.seq, e.event_type())).collect();
+        let seqs: Vec<_> = approved
+            .events
+            .iter()
+            .map(|e| (e.seq, e.event_type()))
+            .collect();
         assert_eq!(
             seqs,
             [(3, "payment.approved".into()), (4, "payment.sent".into())]
@@ -915,7 +915,10 @@ mod tests {
             .review(ReviewVerdict::Decline, "stolen card", at(2), &policy)
             .unwrap();
         assert_eq!(declined.payment.state, PaymentState::Declined);
-        assert_eq!(declined.payment.failure_reason.as_deref(), Some("stolen card"));
+        assert_eq!(
+            declined.payment.failure_reason.as_deref(),
+            Some("stolen card")
+        );
         assert!(declined.movements.is_empty() && declined.effects.is_empty());
         assert_eq!(declined.payment.watch, None);
         assert!(declined
@@ -929,7 +932,10 @@ mod tests {
         let policy = Policy::default();
         let created = create_new(new_payment(1000), at(1), &policy).unwrap();
         let types: Vec<_> = created.events.iter().map(|e| e.event_type()).collect();
-        assert_eq!(types, ["payment.created", "payment.approved", "payment.sent"]);
+        assert_eq!(
+            types,
+            ["payment.created", "payment.approved", "payment.sent"]
+        );
         assert!(created.payment.unsaved_events.is_empty());
         let processed = created
             .payment

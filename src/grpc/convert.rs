@@ -13,13 +13,13 @@ use crate::domain::payment::{
     Payment, PaymentState, Refund, RefundState, ReviewVerdict, Transition,
 };
 use crate::domain::rules::Action;
-use crate::store::schema::{DeliveryState, EventRecord};
 use crate::domain::watch::PageAction;
 use crate::domain::{
     parse_account_name, parse_payment_name, Currency, Money, PaymentId, RequestId, Timestamp,
 };
 use crate::ledger::Balances;
 use crate::limits;
+use crate::store::schema::{DeliveryState, EventRecord};
 use crate::watchdog::AlertEvent;
 
 /// Accumulates field violations.

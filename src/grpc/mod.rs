@@ -275,7 +275,8 @@ impl PaymentService for PaymentApi {
         request: Request<pb::ResendPaymentEventRequest>,
     ) -> Result<Response<pb::PaymentEvent>, Status> {
         let request = request.into_inner();
-        let (_, seq) = parse_event_name(&request.name).map_err(|error| invalid_name("name", error))?;
+        let (_, seq) =
+            parse_event_name(&request.name).map_err(|error| invalid_name("name", error))?;
         let endpoint = Some(request.endpoint.as_str()).filter(|name| !name.is_empty());
         let record = self
             .orchestrator
@@ -344,7 +345,11 @@ impl PaymentService for PaymentApi {
                             if event.at.unix_millis() >= subscribed_at.unix_millis() - overlap {
                                 replayed.insert(event.name());
                             }
-                            if sender.send(Ok(convert::event_to_pb(event, None))).await.is_err() {
+                            if sender
+                                .send(Ok(convert::event_to_pb(event, None)))
+                                .await
+                                .is_err()
+                            {
                                 return;
                             }
                         }
@@ -366,7 +371,11 @@ impl PaymentService for PaymentApi {
                 if !replayed.is_empty() && replayed.remove(&event.name()) {
                     continue;
                 }
-                if sender.send(Ok(convert::event_to_pb(&event, None))).await.is_err() {
+                if sender
+                    .send(Ok(convert::event_to_pb(&event, None)))
+                    .await
+                    .is_err()
+                {
                     return; // the client went away
                 }
             }

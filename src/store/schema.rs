@@ -390,7 +390,14 @@ pub fn event_record_item(record: &EventRecord, version: u64) -> Item {
         version,
         body: encode(record),
         index: Some(IndexKey {
-            pk: index_partition(EVENT_FEED, shard_of(&format!("{}/{}", record.payment().account, record.payment().payment))),
+            pk: index_partition(
+                EVENT_FEED,
+                shard_of(&format!(
+                    "{}/{}",
+                    record.payment().account,
+                    record.payment().payment
+                )),
+            ),
             sk: format!("{}/{tail}", time_prefix(record.events[0].at)),
         }),
     }
@@ -425,7 +432,12 @@ pub fn webhook_due_key(payment: &PaymentName, first_seq: u64) -> Key {
 }
 
 /// The pointer item of a pending delivery, due at `at`.
-pub fn webhook_due_item(payment: &PaymentName, first_seq: u64, at: Timestamp, version: u64) -> Item {
+pub fn webhook_due_item(
+    payment: &PaymentName,
+    first_seq: u64,
+    at: Timestamp,
+    version: u64,
+) -> Item {
     let tail = event_tail(payment, first_seq);
     Item {
         key: webhook_due_key(payment, first_seq),
@@ -435,7 +447,10 @@ pub fn webhook_due_item(payment: &PaymentName, first_seq: u64, at: Timestamp, ve
             first_seq,
         }),
         index: Some(IndexKey {
-            pk: index_partition(WEBHOOKS_DUE, shard_of(&format!("{}/{}", payment.account, payment.payment))),
+            pk: index_partition(
+                WEBHOOKS_DUE,
+                shard_of(&format!("{}/{}", payment.account, payment.payment)),
+            ),
             sk: format!("{}/{tail}", time_prefix(at)),
         }),
     }

@@ -16,9 +16,7 @@ use crate::clock::Clock;
 use crate::domain::events::parse_event_name;
 use crate::domain::{PaymentName, Timestamp};
 use crate::limits;
-use crate::store::schema::{
-    self, Delivery, DeliveryState, EventRecord, Versioned,
-};
+use crate::store::schema::{self, Delivery, DeliveryState, EventRecord, Versioned};
 use crate::store::{Condition, Store, StoreError, WriteOp};
 
 /// Why an operator's re-send was refused.
@@ -133,17 +131,18 @@ impl WebhookDispatcher {
         Ok(handled)
     }
 
-    /// An operator re-sends an event (and the rest of its record after it)
-    /// to one endpoint, or to every configured one: the delivery starts over
-    /// with a fresh retry period.
+    /// An operator re-sends an event to one endpoint, or to every configured
+    /// one: the delivery of its record starts over from that event (or from
+    /// an earlier one of the record not yet acknowledged, to keep the
+    /// order), with a fresh retry period.
     pub async fn resend(
         &self,
         event_name: &str,
         endpoint: Option<&str>,
     ) -> Result<EventRecord, ResendError> {
         let inner = &self.inner;
-        let (payment, seq) =
-            parse_event_name(event_name).map_err(|error| ResendError::BadName(error.to_string()))?;
+        let (payment, seq) = parse_event_name(event_name)
+            .map_err(|error| ResendError::BadName(error.to_string()))?;
         let endpoints: Vec<&str> = match endpoint {
             Some(name) => {
                 if !inner.settings.endpoints.iter().any(|e| e.name == name) {
@@ -194,10 +193,13 @@ impl WebhookDispatcher {
                 None => next.deliveries.push(restarted),
             }
         }
-        inner.write(&current, &next).await.map_err(|error| match error {
-            StoreError::ConditionFailed { .. } => ResendError::Conflict,
-            other => ResendError::Store(other),
-        })?;
+        inner
+            .write(&current, &next)
+            .await
+            .map_err(|error| match error {
+                StoreError::ConditionFailed { .. } => ResendError::Conflict,
+                other => ResendError::Store(other),
+            })?;
         self.wake();
         Ok(next)
     }
@@ -273,8 +275,7 @@ impl Inner {
                         } else {
                             delivery.next_attempt_at =
                                 now.plus_millis(Self::backoff_ms(delivery.attempts));
-                            held_until
-                                .insert(delivery.endpoint.clone(), delivery.next_attempt_at);
+                            held_until.insert(delivery.endpoint.clone(), delivery.next_attempt_at);
                         }
                     }
                 }

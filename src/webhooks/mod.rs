@@ -238,7 +238,8 @@ mod tests {
 
     #[test]
     fn endpoints_are_validated_and_secrets_not_printed() {
-        let endpoint = Endpoint::new("shop", "http://127.0.0.1:9/hook", "s3cret-s3cret-s3").unwrap();
+        let endpoint =
+            Endpoint::new("shop", "http://127.0.0.1:9/hook", "s3cret-s3cret-s3").unwrap();
         assert!(!format!("{endpoint:?}").contains("s3cret"));
         assert!(Endpoint::new("", "http://x/", "s3cret-s3cret-s3").is_err());
         assert!(Endpoint::new("shop", "ftp://x/", "s3cret-s3cret-s3").is_err());
