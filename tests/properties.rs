@@ -9,8 +9,10 @@
 
 use std::collections::BTreeMap;
 
+use payvisor::domain::events::{Change, PaymentEvent};
 use payvisor::domain::payment::{
     self, BankOutcome, Fee, FeeSchedule, NewPayment, Payment, Policy, RefundOutcome, RefundState,
+    ReviewVerdict,
 };
 use payvisor::domain::rules::{Candidate, RuleSet, VelocityLog};
 use payvisor::domain::watch::{PageAction, Stage};
@@ -44,6 +46,11 @@ enum Command {
     OperatorFail {
         payment: usize,
     },
+    /// A reviewer approves or declines.
+    Review {
+        payment: usize,
+        approve: bool,
+    },
 }
 
 fn command(payments: usize) -> impl Strategy<Value = Command> {
@@ -67,6 +74,8 @@ fn command(payments: usize) -> impl Strategy<Value = Command> {
             .prop_map(|(payment, seconds)| Command::Reminder { payment, seconds }),
         (0..payments).prop_map(|payment| Command::OperatorRetry { payment }),
         (0..payments).prop_map(|payment| Command::OperatorFail { payment }),
+        (0..payments, any::<bool>())
+            .prop_map(|(payment, approve)| Command::Review { payment, approve }),
     ]
 }
 
@@ -81,6 +90,8 @@ struct Model {
     movements: Vec<Movement>,
     /// Pages decided so far, by dedup key, in order.
     pages: BTreeMap<String, Vec<PageAction>>,
+    /// Events emitted so far, per payment (the event outbox).
+    events: BTreeMap<String, Vec<PaymentEvent>>,
 }
 
 impl Model {
@@ -99,6 +110,10 @@ impl Model {
         }
         self.balances = balances;
         self.movements.extend(decision.movements);
+        self.events
+            .entry(decision.payment.name().to_string())
+            .or_default()
+            .extend(decision.events);
         self.payments[index] = decision.payment;
         if let Some(alert) = decision.alert {
             self.pages
@@ -152,6 +167,24 @@ impl Model {
                 Stage::of(payment),
                 "watched exactly while waiting, in the stage it waits in"
             );
+            // Events: numbered 1..=n without gaps, as many as the payment
+            // says it emitted, and the last one shows its current state.
+            let events = &self.events[&payment.name().to_string()];
+            let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
+            assert_eq!(seqs, (1..=payment.events_emitted).collect::<Vec<_>>());
+            assert_eq!(events.last().map(|event| event.state), Some(payment.state));
+            let state_changes = events
+                .iter()
+                .filter(|event| matches!(event.change, Change::Payment { .. }))
+                .count();
+            let transitions = payment
+                .history
+                .iter()
+                .filter(|t| t.from != Some(t.to))
+                .count();
+            if payment.history.len() < payvisor::limits::HISTORY_ENTRIES_MAX {
+                assert_eq!(state_changes, transitions, "one event per state change");
+            }
         }
         for (key, actions) in &self.pages {
             assert!(
@@ -189,16 +222,21 @@ proptest! {
             fees: FeeSchedule { default: Fee { basis_points, fixed_minor }, per_currency: BTreeMap::new() },
             ..Policy::default()
         };
-        // Payments above the maximum are declined by the approval rules.
+        // Payments above the maximum are declined by the approval rules;
+        // above half of it they go to review.
         let rules = match max_approved {
             Some(max) => RuleSet::parse(&format!(
-                r#"{{"version": "p", "rules": [{{"name": "max", "kind": "amount_above", "currency": "USD", "minor_units": {max}, "action": "decline"}}]}}"#
+                r#"{{"version": "p", "rules": [
+                    {{"name": "max", "kind": "amount_above", "currency": "USD", "minor_units": {max}, "action": "decline"}},
+                    {{"name": "half", "kind": "amount_above", "currency": "USD", "minor_units": {half}, "action": "review"}}
+                ]}}"#,
+                half = max / 2
             ))
             .unwrap(),
             None => RuleSet::approve_all(),
         };
         policy.stalls.redrive_max = redrive_max;
-        let mut model = Model { payments: Vec::new(), balances: Balances::default(), movements: Vec::new(), pages: BTreeMap::new() };
+        let mut model = Model { payments: Vec::new(), balances: Balances::default(), movements: Vec::new(), pages: BTreeMap::new(), events: BTreeMap::new() };
         let mut now = 1_000;
         for (n, amount) in amounts.iter().enumerate() {
             let new = NewPayment {
@@ -230,7 +268,8 @@ proptest! {
             let at = Timestamp::from_unix_millis(now);
             let index = match &command {
                 Command::Bank { payment, .. } | Command::Refund { payment, .. } | Command::RefundOutcome { payment, .. }
-                | Command::Reminder { payment, .. } | Command::OperatorRetry { payment } | Command::OperatorFail { payment } => {
+                | Command::Reminder { payment, .. } | Command::OperatorRetry { payment } | Command::OperatorFail { payment }
+                | Command::Review { payment, .. } => {
                     payment % model.payments.len()
                 }
             };
@@ -249,6 +288,13 @@ proptest! {
                 Command::Reminder { .. } => before.on_reminder(at, &policy).unwrap(),
                 Command::OperatorRetry { .. } => before.operator_retry(at, &policy).ok(),
                 Command::OperatorFail { .. } => before.operator_fail("gave up", at, &policy).ok(),
+                Command::Review { approve, .. } => {
+                    let verdict = if approve { ReviewVerdict::Approve } else { ReviewVerdict::Decline };
+                    let decision = before.review(verdict, "reviewed", at, &policy);
+                    // Only a payment in review can be reviewed: once.
+                    prop_assert_eq!(decision.is_ok(), before.state == payment::PaymentState::InReview);
+                    decision.ok()
+                }
             };
             if before.state.is_terminal() {
                 prop_assert!(decision.is_none(), "a terminal payment produced a decision");
