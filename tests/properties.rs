@@ -185,6 +185,23 @@ impl Model {
             if payment.history.len() < payvisor::limits::HISTORY_ENTRIES_MAX {
                 assert_eq!(state_changes, transitions, "one event per state change");
             }
+            // Each refund: requested, then (once) its outcome.
+            for refund in &payment.refunds {
+                let lifecycle: Vec<RefundState> = events
+                    .iter()
+                    .filter_map(|event| match &event.change {
+                        Change::Refund {
+                            refund_id, state, ..
+                        } if *refund_id == refund.id => Some(*state),
+                        _ => None,
+                    })
+                    .collect();
+                let expected = match refund.state {
+                    RefundState::Pending => vec![RefundState::Pending],
+                    done => vec![RefundState::Pending, done],
+                };
+                assert_eq!(lifecycle, expected, "events of refund {}", refund.id);
+            }
         }
         for (key, actions) in &self.pages {
             assert!(
