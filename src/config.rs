@@ -22,7 +22,7 @@ pub struct ServeArgs {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Approval rules file (JSON; see `docs/rules.md`). Checked at start
+    /// Approval rules file (JSON; see the README). Checked at start
     /// (a bad file stops the start) and reloaded when it changes. Without
     /// it every payment is approved.
     #[arg(long, env = "PAYVISOR_RULES")]

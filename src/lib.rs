@@ -7,6 +7,8 @@
 //! - [`connectors`]: the bank boundary and the built-in bank simulator.
 //! - [`actors`]: one actor per account supervising one per payment; they
 //!   execute what the core decides.
+//! - [`approval`], [`webhooks`], [`watchdog`]: the rules in force, merchant
+//!   notifications, stalled payments (each with its boundary trait).
 //! - [`grpc`]: the API surface, the only place that sees protobuf types.
 //! - [`server`], [`config`], [`cli`]: wiring, settings, the command line.
 //! - [`clock`] and [`limits`]: injected time and randomness; every bound.
