@@ -47,6 +47,15 @@ impl WebhookSink for SwitchableSink {
 }
 
 impl SwitchableSink {
+    /// Sequence numbers accepted, in order.
+    fn delivered(&self) -> Vec<u64> {
+        self.attempted()
+            .into_iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(seq, _)| seq)
+            .collect()
+    }
+
     /// Sequence numbers attempted so far, with whether they were accepted.
     fn attempted(&self) -> Vec<(u64, bool)> {
         self.attempts
@@ -222,13 +231,7 @@ async fn a_payments_events_go_in_order_and_failures_back_off() {
     setup.sink.down.store(false, Ordering::SeqCst);
     setup.clock.advance(Duration::from_secs(2));
     setup.dispatcher.sweep().await.unwrap();
-    let delivered: Vec<u64> = setup
-        .sink
-        .attempted()
-        .into_iter()
-        .filter(|(_, ok)| *ok)
-        .map(|(seq, _)| seq)
-        .collect();
+    let delivered = setup.sink.delivered();
     assert_eq!(delivered, [1, 2, 3, 4]);
     let states = deliveries(&setup).await;
     assert!(states.iter().all(|d| d.state == DeliveryState::Delivered));
@@ -259,13 +262,7 @@ async fn a_delivery_is_given_up_after_its_retry_period_and_resent_on_request() {
     let name = format!("{}/events/2", setup.payment);
     setup.dispatcher.resend(&name, Some("shop")).await.unwrap();
     setup.dispatcher.sweep().await.unwrap();
-    let delivered: Vec<u64> = setup
-        .sink
-        .attempted()
-        .into_iter()
-        .filter(|(_, ok)| *ok)
-        .map(|(seq, _)| seq)
-        .collect();
+    let delivered = setup.sink.delivered();
     assert_eq!(delivered, [1, 2, 3]);
     let states = deliveries(&setup).await;
     assert_eq!(states[0].state, DeliveryState::Delivered);

@@ -284,26 +284,18 @@ pub async fn payments(options: &ClientOptions, command: PaymentsCommand) -> anyh
             all,
             state,
         } => {
-            let mut payments = Vec::new();
-            let mut token = page_token;
-            loop {
+            let state = state_filter(state.as_deref())?;
+            let (payments, token) = collect_pages(page_token, all, async |page_token| {
                 let request = pb::ListPaymentsRequest {
                     parent: format!("accounts/{account}"),
                     page_size,
-                    page_token: token,
-                    state: state_filter(state.as_deref())?,
+                    page_token,
+                    state,
                 };
-                let page = client
-                    .list_payments(request)
-                    .await
-                    .map_err(render::status_error)?
-                    .into_inner();
-                payments.extend(page.payments);
-                token = page.next_page_token;
-                if !all || token.is_empty() {
-                    break;
-                }
-            }
+                let page = client.list_payments(request).await?.into_inner();
+                Ok((page.payments, page.next_page_token))
+            })
+            .await?;
             render::payment_list(options.json, &payments, &token);
         }
         PaymentsCommand::Refund {
@@ -349,59 +341,77 @@ pub async fn payments(options: &ClientOptions, command: PaymentsCommand) -> anyh
             page_token,
             all,
         } => {
-            let mut payments = Vec::new();
-            let mut token = page_token;
-            loop {
+            let (payments, token) = collect_pages(page_token, all, async |page_token| {
                 let request = pb::ListStalledPaymentsRequest {
                     page_size,
-                    page_token: token,
+                    page_token,
                 };
-                let page = client
-                    .list_stalled_payments(request)
-                    .await
-                    .map_err(render::status_error)?
-                    .into_inner();
-                payments.extend(page.payments);
-                token = page.next_page_token;
-                if !all || token.is_empty() {
-                    break;
-                }
-            }
+                let page = client.list_stalled_payments(request).await?.into_inner();
+                Ok((page.payments, page.next_page_token))
+            })
+            .await?;
             render::stalled_list(options.json, &payments, &token);
         }
         PaymentsCommand::Retry { name, request_id } => {
-            let request_id = request_id.unwrap_or_else(new_request_id);
-            let request = pb::RetryPaymentRequest {
-                name,
-                request_id: request_id.clone(),
-            };
-            let payment = client
-                .retry_payment(request)
-                .await
-                .map_err(render::status_error)?
-                .into_inner();
-            render::payment(options.json, &payment, Some(&request_id));
+            send_command(options.json, request_id, async |request_id| {
+                client
+                    .retry_payment(pb::RetryPaymentRequest { name, request_id })
+                    .await
+            })
+            .await?;
         }
         PaymentsCommand::Fail {
             name,
             reason,
             request_id,
         } => {
-            let request_id = request_id.unwrap_or_else(new_request_id);
-            let request = pb::FailPaymentRequest {
-                name,
-                reason,
-                request_id: request_id.clone(),
-            };
-            let payment = client
-                .fail_payment(request)
-                .await
-                .map_err(render::status_error)?
-                .into_inner();
-            render::payment(options.json, &payment, Some(&request_id));
+            send_command(options.json, request_id, async |request_id| {
+                client
+                    .fail_payment(pb::FailPaymentRequest {
+                        name,
+                        reason,
+                        request_id,
+                    })
+                    .await
+            })
+            .await?;
         }
     }
     Ok(())
+}
+
+/// Sends an operator's or reviewer's command under `request_id` (generated
+/// when none is given) and prints the payment, with the key to retry with.
+async fn send_command(
+    json: bool,
+    request_id: Option<String>,
+    send: impl AsyncFnOnce(String) -> Result<tonic::Response<pb::Payment>, tonic::Status>,
+) -> anyhow::Result<()> {
+    let request_id = request_id.unwrap_or_else(new_request_id);
+    let payment = send(request_id.clone())
+        .await
+        .map_err(render::status_error)?
+        .into_inner();
+    render::payment(json, &payment, Some(&request_id));
+    Ok(())
+}
+
+/// Reads a page from `page_token`, and with `all` every page after it;
+/// returns the payments and the token of what is left (empty at the end).
+async fn collect_pages(
+    mut page_token: String,
+    all: bool,
+    mut fetch: impl AsyncFnMut(String) -> Result<(Vec<pb::Payment>, String), tonic::Status>,
+) -> anyhow::Result<(Vec<pb::Payment>, String)> {
+    let mut payments = Vec::new();
+    loop {
+        let (page, next) = fetch(page_token).await.map_err(render::status_error)?;
+        payments.extend(page);
+        page_token = next;
+        if !all || page_token.is_empty() {
+            return Ok((payments, page_token));
+        }
+    }
 }
 
 /// `--state in_review` as the API's enum.
@@ -428,26 +438,17 @@ pub async fn reviews(options: &ClientOptions, command: ReviewsCommand) -> anyhow
                 Some(account) => format!("accounts/{}", account.trim_start_matches("accounts/")),
                 None => "accounts/-".into(),
             };
-            let mut payments = Vec::new();
-            let mut token = page_token;
-            loop {
+            let (payments, token) = collect_pages(page_token, all, async |page_token| {
                 let request = pb::ListPaymentsRequest {
                     parent: parent.clone(),
                     page_size,
-                    page_token: token,
+                    page_token,
                     state: pb::payment::State::InReview as i32,
                 };
-                let page = client
-                    .list_payments(request)
-                    .await
-                    .map_err(render::status_error)?
-                    .into_inner();
-                payments.extend(page.payments);
-                token = page.next_page_token;
-                if !all || token.is_empty() {
-                    break;
-                }
-            }
+                let page = client.list_payments(request).await?.into_inner();
+                Ok((page.payments, page.next_page_token))
+            })
+            .await?;
             render::review_list(options.json, &payments, &token);
         }
         ReviewsCommand::Approve {
@@ -455,36 +456,32 @@ pub async fn reviews(options: &ClientOptions, command: ReviewsCommand) -> anyhow
             reason,
             request_id,
         } => {
-            let request_id = request_id.unwrap_or_else(new_request_id);
-            let request = pb::ApprovePaymentRequest {
-                name,
-                reason,
-                request_id: request_id.clone(),
-            };
-            let payment = client
-                .approve_payment(request)
-                .await
-                .map_err(render::status_error)?
-                .into_inner();
-            render::payment(options.json, &payment, Some(&request_id));
+            send_command(options.json, request_id, async |request_id| {
+                client
+                    .approve_payment(pb::ApprovePaymentRequest {
+                        name,
+                        reason,
+                        request_id,
+                    })
+                    .await
+            })
+            .await?;
         }
         ReviewsCommand::Decline {
             name,
             reason,
             request_id,
         } => {
-            let request_id = request_id.unwrap_or_else(new_request_id);
-            let request = pb::DeclinePaymentRequest {
-                name,
-                reason,
-                request_id: request_id.clone(),
-            };
-            let payment = client
-                .decline_payment(request)
-                .await
-                .map_err(render::status_error)?
-                .into_inner();
-            render::payment(options.json, &payment, Some(&request_id));
+            send_command(options.json, request_id, async |request_id| {
+                client
+                    .decline_payment(pb::DeclinePaymentRequest {
+                        name,
+                        reason,
+                        request_id,
+                    })
+                    .await
+            })
+            .await?;
         }
     }
     Ok(())

@@ -725,9 +725,7 @@ impl Payment {
                     now,
                     &policy.stalls,
                 );
-                let mut events = dispatched.events;
-                events.append(&mut decision.events);
-                decision.events = events;
+                decision.events = dispatched.events;
                 Ok(decision)
             }
             ReviewVerdict::Decline => {
