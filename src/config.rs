@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::approval::load_rules_file;
+use crate::connectors::http::BankEndpoint;
 use crate::connectors::simulator::SimulatorConfig;
 use crate::domain::payment::{Fee, FeeSchedule, Policy};
 use crate::domain::watch::{Stage, StallPolicy};
@@ -40,6 +41,26 @@ pub struct ServeArgs {
     /// Fixed fee per processed payment, in minor units (default 0).
     #[arg(long, env = "PAYVISOR_FEE_FIXED_MINOR", default_value_t = 0)]
     pub fee_fixed_minor: i64,
+    /// A bank over HTTP (`docs/bank-protocol.md`), e.g. a `payvisor bank-sim`:
+    /// payments go there instead of the built-in simulator.
+    #[arg(long, env = "PAYVISOR_BANK_URL")]
+    pub bank_url: Option<String>,
+    /// That bank's name (in callbacks, logs and the inbox).
+    #[arg(long, env = "PAYVISOR_BANK_NAME", default_value = "bank")]
+    pub bank_name: String,
+    /// The secret that bank signs its callbacks with (at least 16 bytes).
+    #[arg(long, env = "PAYVISOR_BANK_SECRET", hide_env_values = true)]
+    pub bank_secret: Option<String>,
+    /// Where payvisor listens for the bank's callbacks.
+    #[arg(
+        long,
+        env = "PAYVISOR_BANK_CALLBACK_LISTEN",
+        default_value = "127.0.0.1:50052"
+    )]
+    pub bank_callback_listen: SocketAddr,
+    /// The callback URL given to the bank (default: on the listen address).
+    #[arg(long, env = "PAYVISOR_BANK_CALLBACK_URL")]
+    pub bank_callback_url: Option<String>,
     /// Bank simulator latency range in milliseconds, `MIN..MAX`.
     #[arg(long, env = "PAYVISOR_BANK_LATENCY_MS", default_value = "5..50")]
     pub bank_latency_ms: String,
@@ -213,6 +234,27 @@ pub struct Config {
     /// The approval rules file, if any (validated).
     pub rules: Option<PathBuf>,
     pub webhooks: WebhookSettings,
+    /// A bank over HTTP instead of the built-in simulator.
+    pub bank: Option<HttpBankConfig>,
+}
+
+/// One bank over HTTP, and where its callbacks come in.
+#[derive(Clone)]
+pub struct HttpBankConfig {
+    pub endpoint: BankEndpoint,
+    /// Its callbacks' signing secret; never printed.
+    pub secret: String,
+    pub callback_listen: SocketAddr,
+}
+
+impl std::fmt::Debug for HttpBankConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpBankConfig")
+            .field("endpoint", &self.endpoint)
+            .field("secret", &"<redacted>")
+            .field("callback_listen", &self.callback_listen)
+            .finish()
+    }
 }
 
 /// `{"endpoints": [{"name": "...", "url": "...", "secret": "..."}]}`.
@@ -305,6 +347,8 @@ pub enum ConfigError {
     Webhooks(String, String),
     #[error("--webhook-retry-for {0:?}: expected a duration from 1s to 30d, like 24h")]
     WebhookRetryFor(String),
+    #[error("--bank-url: {0}")]
+    Bank(String),
     #[error("--bank-latency-ms {0:?}: expected MIN..MAX in milliseconds, MIN <= MAX")]
     Latency(String),
     #[error("--bank-failure-per-mille must be at most 1000")]
@@ -333,6 +377,44 @@ impl ServeArgs {
         let retry_for = parse_duration(&self.webhook_retry_for)
             .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(30 * 86_400))
             .ok_or_else(|| ConfigError::WebhookRetryFor(self.webhook_retry_for.clone()))?;
+        let bank = match &self.bank_url {
+            None => None,
+            Some(url) => {
+                let bad = |why: &str| ConfigError::Bank(why.to_owned());
+                let base_url = crate::outbound::parse_url(url).map_err(|why| bad(&why))?;
+                let secret = self
+                    .bank_secret
+                    .clone()
+                    .filter(|secret| secret.len() >= limits::WEBHOOK_SECRET_BYTES_MIN)
+                    .ok_or_else(|| bad("--bank-secret of at least 16 bytes is required"))?;
+                let name_ok = !self.bank_name.is_empty()
+                    && self.bank_name.len() <= limits::WEBHOOK_ENDPOINT_NAME_CHARS_MAX
+                    && self
+                        .bank_name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if !name_ok {
+                    return Err(bad("--bank-name: 1..=64 characters of [A-Za-z0-9._-]"));
+                }
+                let callback_url = self.bank_callback_url.clone().unwrap_or_else(|| {
+                    format!(
+                        "http://{}/v1/callbacks/{}",
+                        self.bank_callback_listen, self.bank_name
+                    )
+                });
+                crate::outbound::parse_url(&callback_url)
+                    .map_err(|why| bad(&format!("--bank-callback-url: {why}")))?;
+                Some(HttpBankConfig {
+                    endpoint: BankEndpoint {
+                        name: self.bank_name.clone(),
+                        base_url,
+                        callback_url,
+                    },
+                    secret,
+                    callback_listen: self.bank_callback_listen,
+                })
+            }
+        };
         let webhooks = WebhookSettings {
             endpoints: match &self.webhooks {
                 Some(path) => load_webhooks_file(path)?,
@@ -409,6 +491,7 @@ impl ServeArgs {
             policy: Policy { fees, stalls },
             rules: self.rules.clone(),
             webhooks,
+            bank,
             watchdog: WatchdogConfig {
                 sweep_every,
                 node_name: self.node_name.clone(),

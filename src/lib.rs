@@ -4,11 +4,13 @@
 //! - [`domain`] and [`ledger`]: the pure core. Money, ids, the payment state
 //!   machine, approval, double-entry bookkeeping. No I/O, no clock.
 //! - [`store`]: the storage boundary (DynamoDB-shaped) and its backends.
-//! - [`connectors`]: the bank boundary and the built-in bank simulator.
+//! - [`connectors`]: the bank boundary, the built-in bank simulator, a bank
+//!   over HTTP with its circuit breaker.
 //! - [`actors`]: one actor per account supervising one per payment; they
 //!   execute what the core decides.
-//! - [`approval`], [`webhooks`], [`watchdog`]: the rules in force, merchant
-//!   notifications, stalled payments (each with its boundary trait).
+//! - [`approval`], [`webhooks`], [`watchdog`], [`callbacks`]: the rules in
+//!   force, merchant notifications, stalled payments, bank callbacks.
+//! - [`banksim`]: `payvisor bank-sim`, a simulated bank in its own process.
 //! - [`grpc`]: the API surface, the only place that sees protobuf types.
 //! - [`server`], [`config`], [`cli`]: wiring, settings, the command line.
 //! - [`clock`] and [`limits`]: injected time and randomness; every bound.
@@ -18,12 +20,15 @@ pub mod actors;
 pub mod alerts;
 pub mod approval;
 pub mod audit;
+pub mod banksim;
+pub mod callbacks;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod connectors;
 pub mod domain;
 pub mod grpc;
+pub mod inbound;
 pub mod ledger;
 pub mod limits;
 pub mod loadgen;

@@ -322,3 +322,132 @@ pub const PAYER_ID_CHARS_MAX: usize = 64;
 /// Payments read to fill one page of a state-filtered ListPayments: bounds
 /// the work of a page when few payments match (the rest comes with a token).
 pub const LIST_FILTER_SCAN_MAX: usize = 5_000;
+
+/// HTTP bank connector: one attempt of one request, connect to last response
+/// byte, and also the longest wait for a slot among a bank's requests in
+/// flight. A bank answers in well under a second; with the attempts and
+/// back-off below, a call gives up within about half a minute, well inside
+/// the SENT stall deadline (a minute), so the watchdog's re-drive is never
+/// racing a call still retrying.
+pub const BANK_REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// Attempts of one bank request (same idempotency key, so safe to repeat)
+/// before the outcome is reported unknown; the watchdog re-drives later.
+pub const BANK_ATTEMPTS_DEFAULT: u32 = 3;
+/// Most attempts an operator may configure: beyond this, retrying in the
+/// connector only delays the re-drive that would happen anyway.
+pub const BANK_ATTEMPTS_MAX: u32 = 10;
+/// Full-jitter exponential back-off between attempts: the n-th retry waits a
+/// uniform draw in [0, min(cap, base * 2^(n-1))]. The jitter spreads the
+/// retries of many payments hit by the same bank blip.
+pub const BANK_BACKOFF_BASE: Duration = Duration::from_millis(100);
+pub const BANK_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Requests in flight to one bank by default: a bank's API is rate limited,
+/// and past this, requests wait (at most the request timeout) for a slot.
+pub const BANK_IN_FLIGHT_DEFAULT: usize = 64;
+/// Most requests in flight to one bank an operator may configure (each holds
+/// a connection and a task).
+pub const BANK_IN_FLIGHT_MAX: usize = 4096;
+/// Bytes of a bank's response read: its answers are a few hundred bytes, and
+/// a misbehaving bank or proxy must not make us buffer megabytes.
+pub const BANK_RESPONSE_BYTES_MAX: usize = 64 * 1024;
+/// Characters of a bank's error answer kept in a `ConnectorError`: enough
+/// for a reason, short enough for one log line.
+pub const BANK_ERROR_CHARS_MAX: usize = 256;
+
+/// Per-bank circuit breaker: the last this-many calls are the window whose
+/// failure rate opens the breaker. Twenty calls react within a second at
+/// normal traffic and smooth over one unlucky timeout.
+pub const BREAKER_WINDOW_CALLS_DEFAULT: usize = 20;
+/// Largest window an operator may configure (it is kept in memory per bank).
+pub const BREAKER_WINDOW_CALLS_MAX: usize = 1024;
+/// Calls in the window before the failure rate counts: two failures out of
+/// two calls are not an outage.
+pub const BREAKER_MIN_CALLS_DEFAULT: usize = 10;
+/// Failure rate, in percent of the window, at which the breaker opens (an
+/// integer: no floating point in decisions).
+pub const BREAKER_FAILURE_PERCENT_DEFAULT: u32 = 50;
+/// How long an open breaker refuses calls before letting one probe through:
+/// long enough for a bank to restart or shed its load, short enough that
+/// traffic returns soon after it recovers.
+pub const BREAKER_COOL_DOWN_DEFAULT: Duration = Duration::from_secs(10);
+
+/// Bytes of one bank callback: a few hundred in practice.
+pub const BANK_CALLBACK_BYTES_MAX: usize = 16 * 1024;
+/// A callback's signature timestamp may differ from our clock by this much;
+/// older ones are refused as replays (Stripe's tolerance).
+pub const BANK_CALLBACK_REPLAY_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// Characters of a bank's message id (part of the inbox key).
+pub const BANK_MESSAGE_ID_CHARS_MAX: usize = 128;
+/// Open connections to the callback endpoint (banks keep a few each).
+pub const BANK_CALLBACK_CONNECTIONS_MAX: usize = 256;
+/// Time a bank gets to send a callback's headers.
+pub const BANK_CALLBACK_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+// --- `payvisor bank-sim` (src/banksim/): the simulated bank process. ---
+
+/// Characters in a simulated bank's name: it prefixes every callback's
+/// `message_id` and names the bank in settlement reports.
+pub const BANKSIM_NAME_CHARS_MAX: usize = 64;
+/// Bytes of one request body. A submission is a few hundred bytes; the
+/// largest legitimate one (32 metadata entries at their own bounds) stays
+/// under 20 KiB, so this refuses floods without refusing payments.
+pub const BANKSIM_REQUEST_BYTES_MAX: usize = 64 * 1024;
+/// Characters in a `payment_id` or `refund_id`. payvisor's payment names are
+/// at most ~150 (`accounts/{64}/payments/{64}`); the bound keeps keys small.
+pub const BANKSIM_ID_CHARS_MAX: usize = 256;
+/// Bytes of a submission's `callback_url`: a URL, not a document.
+pub const BANKSIM_CALLBACK_URL_BYTES_MAX: usize = 2048;
+/// Open client connections; beyond this new ones are closed at once
+/// instead of each holding a task.
+pub const BANKSIM_CONNECTIONS_MAX: usize = 1024;
+/// Time a client gets to send its request headers, so that idle or slow
+/// connections cannot hold the slots above.
+pub const BANKSIM_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Answers held back at once by `--timeout-per-mille` (each holds a
+/// connection). Beyond this a drawn timeout is skipped and the answer sent:
+/// a fault injector must not become the overload it simulates.
+pub const BANKSIM_HOLDS_MAX: usize = 256;
+/// Longest `--hold-ms`: clients time out in seconds; ten minutes outlasts
+/// any of them.
+pub const BANKSIM_HOLD_MAX: Duration = Duration::from_secs(10 * 60);
+/// Longest `--latency-ms` added to one answer: a minute is already far past
+/// any client's timeout.
+pub const BANKSIM_LATENCY_MAX: Duration = Duration::from_secs(60);
+/// Longest `--outcome-delay-ms`: a day, for tests of payments that settle
+/// late (stall deadlines, re-drive) without hanging them for ever.
+pub const BANKSIM_OUTCOME_DELAY_MAX: Duration = Duration::from_secs(24 * 60 * 60);
+/// `--outage` windows: a test script has a handful; 64 keeps the per-request
+/// check trivial.
+pub const BANKSIM_OUTAGES_MAX: usize = 64;
+/// Due outcomes decided in one transaction (one fsync). A backlog (after a
+/// restart) is worked off in several transactions, so a submission never
+/// waits behind one huge write.
+pub const BANKSIM_DECISIONS_PER_BATCH: usize = 256;
+/// Backstop wake-up of the outcome decider and the callback dispatcher when
+/// nothing woke them: catches a wake-up lost to a failed write.
+pub const BANKSIM_IDLE_POLL: Duration = Duration::from_secs(1);
+/// Attempts to deliver one callback, counted across restarts: with the
+/// back-off below, about eight minutes, enough to outlast a payvisor restart
+/// or a test's failing receiver; a receiver gone for good is then given up
+/// (the status query still answers).
+pub const BANKSIM_CALLBACK_ATTEMPTS_MAX: u32 = 100;
+/// First wait before re-sending a callback that was not acknowledged; each
+/// further wait doubles.
+pub const BANKSIM_CALLBACK_BACKOFF_INITIAL: Duration = Duration::from_millis(200);
+/// Longest wait between two attempts of one callback.
+pub const BANKSIM_CALLBACK_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// One callback POST, connect to last response byte; a receiver answers
+/// after one durable write, far below this.
+pub const BANKSIM_CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Response bytes read from a callback receiver (only for the log).
+pub const BANKSIM_CALLBACK_RESPONSE_BYTES_MAX: usize = 4 * 1024;
+/// Callbacks being delivered at once (each a task, possibly sleeping in
+/// back-off). More undelivered messages wait in the database.
+pub const BANKSIM_CALLBACKS_IN_FLIGHT_MAX: usize = 64;
+/// Largest random delay `--reorder-callbacks` adds before a callback: long
+/// against the default outcome delays (5..50 ms), so callbacks of
+/// neighbouring payments overtake each other.
+pub const BANKSIM_CALLBACK_REORDER_DELAY_MAX: Duration = Duration::from_millis(500);
+/// Entries in one settlement report; a longer window is refused (ask for a
+/// shorter one), so one report never builds an unbounded answer in memory.
+pub const BANKSIM_SETTLEMENT_ENTRIES_MAX: usize = 100_000;

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run a server (embedded store, built-in bank simulator).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Create, read, list and refund payments on a running server.
     Payments {
         #[command(flatten)]
@@ -55,6 +55,9 @@ enum Command {
         #[command(subcommand)]
         command: AccountsCommand,
     },
+    /// Run a simulated bank speaking the HTTP bank protocol
+    /// (docs/bank-protocol.md), with fault knobs for tests.
+    BankSim(payvisor::banksim::BankSimArgs),
     /// Load a running server over gRPC and verify nothing was lost or doubled.
     Bench(payvisor::loadgen::BenchArgs),
     /// Manage the DynamoDB table.
@@ -130,6 +133,18 @@ fn main() -> std::process::ExitCode {
                 command: RulesCommand::Check { file },
             } => cli::check_rules(&file),
             Command::Ledger { json, command } => cli::ledger(json, command).await,
+            Command::BankSim(args) => {
+                init_logging(false);
+                let options = args.validate().map_err(anyhow::Error::msg)?;
+                let bank = payvisor::banksim::BankSim::open(options).await?;
+                println!(
+                    "bank-sim {} listening on {}",
+                    bank.name(),
+                    bank.local_addr()
+                );
+                bank.run(payvisor::server::shutdown_signal()).await?;
+                Ok(())
+            }
             Command::Bench(args) => {
                 let summary = payvisor::loadgen::run(args).await?;
                 anyhow::ensure!(

@@ -6,19 +6,15 @@
 //! **Boundary:** scrapes are read-only and idempotent, so on shutdown open
 //! connections are simply dropped, not drained.
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use crate::limits;
 use crate::store::BoxFuture;
@@ -33,52 +29,18 @@ pub type Render = Arc<dyn Fn() -> BoxFuture<'static, String> + Send + Sync>;
 
 /// Serves scrapes on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, render: Render, shutdown: impl Future<Output = ()>) {
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            // Reap finished connections so their slots free up.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Per-connection failures (e.g. out of file
-                        // descriptors); pause so they cannot spin the loop.
-                        tracing::warn!(%error, "metrics: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                if connections.len() >= limits::METRICS_CONNECTIONS_MAX {
-                    tracing::warn!(%peer, "metrics: too many connections, closing");
-                    continue;
-                }
-                let render = Arc::clone(&render);
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        respond(request, Arc::clone(&render))
-                    });
-                    let served = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(limits::METRICS_HEADER_READ_TIMEOUT)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                    if let Err(error) = served {
-                        tracing::debug!(%peer, %error, "metrics: connection ended");
-                    }
-                });
-            }
-        }
-    }
-    // Dropping `connections` aborts the scrapes still open.
+    let handler: crate::inbound::Handler = Arc::new(move |request| {
+        let render = Arc::clone(&render);
+        Box::pin(respond(request, render))
+    });
+    let bounds = crate::inbound::ServerLimits {
+        connections_max: limits::METRICS_CONNECTIONS_MAX,
+        header_read_timeout: limits::METRICS_HEADER_READ_TIMEOUT,
+    };
+    crate::inbound::serve("metrics", listener, bounds, handler, shutdown).await;
 }
 
-async fn respond(
-    request: Request<Incoming>,
-    render: Render,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn respond(request: Request<Incoming>, render: Render) -> Response<Full<Bytes>> {
     let response = if request.method() == Method::GET && request.uri().path() == "/metrics" {
         Response::builder()
             .header(header::CONTENT_TYPE, CONTENT_TYPE)
@@ -91,7 +53,7 @@ async fn respond(
                 b"not found; try GET /metrics\n",
             )))
     };
-    Ok(response.expect("static headers are valid"))
+    response.expect("static headers are valid")
 }
 
 /// One gauge family in the text format: `# HELP`, `# TYPE`, then one line per

@@ -1,7 +1,7 @@
 //! Outbound HTTP for everything payvisor calls on its own (PagerDuty,
-//! merchant webhooks): one hyper client on rustls with ring (the TLS stack
-//! the AWS SDK already builds), JSON POSTs with a timeout and a bounded
-//! response. Callers decide what a status means.
+//! merchant webhooks, banks): one hyper client on rustls with ring (the TLS
+//! stack the AWS SDK already builds), JSON POSTs and GETs with a timeout and
+//! a bounded response. Callers decide what a status means.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,7 +40,7 @@ pub enum ExchangeError {
     Request(String),
 }
 
-/// A keep-alive client for JSON POSTs; cheap to clone.
+/// A keep-alive client for JSON POSTs and GETs; cheap to clone.
 #[derive(Clone)]
 pub struct HttpPoster {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
@@ -94,6 +94,40 @@ impl HttpPoster {
         let request = request
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| ExchangeError::Request(e.to_string()))?;
+        self.exchange(request, timeout, response_bytes_max).await
+    }
+
+    /// GETs `url` (expecting JSON) with extra `headers`; returns the status
+    /// and at most `response_bytes_max` of the response body.
+    pub async fn get_json(
+        &self,
+        url: &Uri,
+        headers: &[(&str, String)],
+        timeout: Duration,
+        response_bytes_max: usize,
+    ) -> Result<(StatusCode, Bytes), ExchangeError> {
+        let mut request = Request::builder()
+            .method(Method::GET)
+            .uri(url.clone())
+            .header(hyper::header::ACCEPT, "application/json")
+            .header(hyper::header::USER_AGENT, "payvisor");
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let request = request
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ExchangeError::Request(e.to_string()))?;
+        self.exchange(request, timeout, response_bytes_max).await
+    }
+
+    /// Sends `request`; the whole exchange, connect to last body byte, is
+    /// bounded by `timeout`.
+    async fn exchange(
+        &self,
+        request: Request<Full<Bytes>>,
+        timeout: Duration,
+        response_bytes_max: usize,
+    ) -> Result<(StatusCode, Bytes), ExchangeError> {
         let exchange = async {
             let response = self
                 .client

@@ -12,14 +12,17 @@ use crate::actors::{ActorSettings, Components, Orchestrator};
 use crate::alerts::pagerduty::PagerDutySink;
 use crate::alerts::{AlertSink, LogSink};
 use crate::approval::RulesInForce;
+use crate::callbacks::CallbackEndpoint;
 use crate::clock::{SeededRandom, SystemClock};
 use crate::config::{Config, PagerConfig};
+use crate::connectors::http::{HttpBankConnector, HttpConnectorSettings};
 use crate::connectors::simulator::BankSimulator;
 use crate::domain::payment::PaymentState;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
 use crate::grpc::{pb, PaymentApi};
 use crate::limits;
 use crate::webhooks::HttpWebhookSink;
+use std::collections::HashMap;
 
 /// Runs a server until `shutdown` completes, then stops taking requests,
 /// lets in-flight work finish (bounded) and returns.
@@ -30,11 +33,21 @@ pub async fn run(
     let store = config.store.open().await?;
     let random = Arc::new(SeededRandom::from_entropy());
     let (bank_events, bank_event_queue) = mpsc::channel(limits::BANK_EVENT_QUEUE_MAX);
-    let connector = Arc::new(BankSimulator::new(
-        config.simulator,
-        random.clone(),
-        bank_events,
-    ));
+    let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
+    let connector: Arc<dyn crate::connectors::Connector> = match &config.bank {
+        // A bank over HTTP: its outcomes come back as signed callbacks.
+        Some(bank) => Arc::new(HttpBankConnector::new(
+            bank.endpoint.clone(),
+            HttpConnectorSettings::default(),
+            clock.clone(),
+            random.clone(),
+        )?),
+        None => Arc::new(BankSimulator::new(
+            config.simulator,
+            random.clone(),
+            bank_events,
+        )),
+    };
     let settings = ActorSettings {
         passivate_after: config.passivate_after,
         ..ActorSettings::default()
@@ -49,7 +62,7 @@ pub async fn run(
         Components {
             store,
             connector,
-            clock: Arc::new(SystemClock),
+            clock: clock.clone(),
             random,
             policy: config.policy.clone(),
             settings,
@@ -70,6 +83,27 @@ pub async fn run(
         },
         bank_event_queue,
     );
+
+    if let Some(bank) = &config.bank {
+        let endpoint = Arc::new(CallbackEndpoint::new(
+            HashMap::from([(bank.endpoint.name.clone(), bank.secret.as_bytes().to_vec())]),
+            orchestrator.clone(),
+            clock.clone(),
+        ));
+        let listener = TcpListener::bind(bank.callback_listen).await?;
+        tracing::info!(listen = %listener.local_addr()?, bank = %bank.endpoint.name, "bank callbacks serving");
+        let bounds = crate::inbound::ServerLimits {
+            connections_max: limits::BANK_CALLBACK_CONNECTIONS_MAX,
+            header_read_timeout: limits::BANK_CALLBACK_HEADER_READ_TIMEOUT,
+        };
+        tokio::spawn(crate::inbound::serve(
+            "bank-callbacks",
+            listener,
+            bounds,
+            endpoint.handler(),
+            std::future::pending(),
+        ));
+    }
 
     let listener = TcpListener::bind(config.listen).await?;
     let local = listener.local_addr()?;

@@ -19,7 +19,10 @@ use tokio::time::Instant;
 
 use super::directory::{Batched, Inbox};
 use super::payment::{PaymentActor, PaymentArgs, PaymentMsg};
-use super::{CommandError, CreatePayment, OperatorAction, OperatorCommand, RefundPayment, Shared};
+use super::{
+    BankCallback, CallbackAck, CommandError, CreatePayment, OperatorAction, OperatorCommand,
+    RefundPayment, Shared,
+};
 use crate::clock::new_payment_id;
 use crate::connectors::BankEvent;
 use crate::domain::payment::{self, Decision, NewPayment, Payment, ReviewVerdict};
@@ -53,6 +56,11 @@ pub enum AccountMsg {
     Reminder(PaymentId),
     /// An operator's retry or fail of a stuck payment.
     Operate(OperatorCommand, Reply),
+    /// A bank's callback, to record in the inbox and apply.
+    Callback(
+        BankCallback,
+        RpcReplyPort<Result<CallbackAck, CommandError>>,
+    ),
     /// A bank outcome a child learned synchronously (a definite rejection).
     /// Comes from a child, not through the directory, so it is not counted.
     FromChild(BankEvent),
@@ -304,6 +312,10 @@ impl AccountState {
             }
             AccountMsg::Operate(command, reply) => {
                 let result = self.operate(&myself, command).await;
+                let _ = reply.send(result);
+            }
+            AccountMsg::Callback(callback, reply) => {
+                let result = self.on_callback(&myself, callback).await;
                 let _ = reply.send(result);
             }
             AccountMsg::Reminder(payment) => {
@@ -790,6 +802,70 @@ impl AccountState {
                     self.invalidate()
                 }
                 Err(CommitError::Failed(error)) => return Err(error),
+            }
+        }
+        Err(CommandError::Conflict)
+    }
+
+    /// Records a callback in the inbox (first action, `NotExists`: a
+    /// duplicate fails there) together with the decision it causes, if any.
+    async fn on_callback(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        callback: BankCallback,
+    ) -> Result<CallbackAck, CommandError> {
+        let name = callback.event.payment_name().clone();
+        for _ in 0..=limits::CONCURRENCY_RETRIES_MAX {
+            self.hydrate().await?;
+            let current = self
+                .payment(&name.payment)
+                .await?
+                .ok_or_else(|| CommandError::NotFound(format!("payment {name}")))?;
+            let now = self.shared.clock.now();
+            let decision = match &callback.event {
+                BankEvent::Payment { outcome, .. } => {
+                    current
+                        .value
+                        .on_bank_outcome(outcome, now, &self.shared.policy)?
+                }
+                BankEvent::Refund {
+                    refund_id, outcome, ..
+                } => {
+                    current
+                        .value
+                        .on_refund_outcome(refund_id, outcome, now, &self.shared.policy)?
+                }
+            };
+            let applied = decision.is_some();
+            let mut staging = self.staging();
+            staging.ops.push(WriteOp::Put {
+                item: schema::inbox_item(&schema::InboxRecord {
+                    bank: callback.bank.clone(),
+                    message_id: callback.message_id.clone(),
+                    payment: name.clone(),
+                    kind: callback.kind.clone(),
+                    received_at: now,
+                    applied,
+                }),
+                condition: Condition::NotExists,
+            });
+            if let Some(decision) = decision {
+                self.stage(&mut staging, decision, Some(current.version), None)?;
+            }
+            match self.write(&staging).await {
+                Ok(()) => {
+                    self.apply_written(myself, staging).await;
+                    return Ok(if applied {
+                        CallbackAck::Applied
+                    } else {
+                        CallbackAck::Ignored
+                    });
+                }
+                Err(StoreError::ConditionFailed { index: 0, .. }) => {
+                    return Ok(CallbackAck::Duplicate)
+                }
+                Err(StoreError::ConditionFailed { .. }) => self.invalidate(),
+                Err(error) => return Err(error.into()),
             }
         }
         Err(CommandError::Conflict)

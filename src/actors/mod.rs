@@ -153,6 +153,28 @@ pub enum OperatorAction {
     },
 }
 
+/// A bank's callback, authenticated by the callback endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BankCallback {
+    pub bank: String,
+    /// Unique per message of that bank: the inbox key.
+    pub message_id: String,
+    /// `payment.processed`, `refund.failed`, …
+    pub kind: String,
+    pub event: BankEvent,
+}
+
+/// What became of a callback (all are acknowledged to the bank).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallbackAck {
+    /// Recorded, and it moved the payment.
+    Applied,
+    /// Recorded; the payment was not waiting for it (late, out of order).
+    Ignored,
+    /// This message id was recorded before: nothing changed.
+    Duplicate,
+}
+
 /// Settings of the actor layer that tests shorten.
 #[derive(Clone, Debug)]
 pub struct ActorSettings {
@@ -309,6 +331,18 @@ impl Orchestrator {
         let account = command.name.account.clone();
         self.call(|reply| self.send(&account, AccountMsg::Operate(command, reply)))
             .await
+    }
+
+    /// A bank's callback: recorded in the payment's inbox with the decision
+    /// it causes, in one atomic write; a duplicate changes nothing. Answers
+    /// once that write is durable.
+    pub async fn bank_callback(&self, callback: BankCallback) -> Result<CallbackAck, CommandError> {
+        let account = callback.event.payment_name().account.clone();
+        let (reply, answer) = ractor::concurrency::oneshot();
+        self.send(&account, AccountMsg::Callback(callback, reply.into()))?;
+        answer.await.map_err(|_| {
+            CommandError::Unavailable("the account actor stopped before answering".into())
+        })?
     }
 
     /// Sends a message to an account's actor (spawning it if needed).

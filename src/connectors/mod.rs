@@ -7,6 +7,8 @@
 //! called again with the same key after a crash or a retry, and must not
 //! collect or return money twice for it.
 
+pub mod breaker;
+pub mod http;
 pub mod simulator;
 
 use std::collections::BTreeMap;

@@ -11,6 +11,7 @@
 //! | alert       | `A#{acct}#{shard}`  | `L#{payment}#{stage}#{since:013}#{n}` | `PAGE#nn` / `{at:013}/{acct}/{payment}/{n}` until delivered |
 //! | events      | `A#{acct}#{shard}`  | `E#{payment}#{first seq:010}` | `EVENTS#nn` / `{at:013}/{acct}/{payment}/{first seq:010}` (the feed) |
 //! | webhook due | `A#{acct}#{shard}`  | `W#{payment}#{first seq:010}` | `HOOK#nn` / `{next attempt:013}/{acct}/{payment}/{first seq:010}` |
+//! | inbox       | `A#{acct}#{shard}`  | `X#{bank}#{message id}` | –                                     |
 //!
 //! **Events.** The events of one decision are one item, written with the
 //! decision (the event outbox); with them, the state of their delivery to
@@ -61,6 +62,7 @@ pub const IDEMPOTENCY_SK_PREFIX: &str = "I#";
 pub const ALERT_SK_PREFIX: &str = "L#";
 pub const EVENTS_SK_PREFIX: &str = "E#";
 pub const WEBHOOK_DUE_SK_PREFIX: &str = "W#";
+pub const INBOX_SK_PREFIX: &str = "X#";
 
 /// Index families (each in `ACCOUNT_SHARDS` partitions `{family}#00`…).
 /// Watched payments, not stalled: sort key starts with the due time.
@@ -537,6 +539,40 @@ pub async fn webhooks_due(
         })
         .await?;
     page.items.iter().map(decode_webhook_due).collect()
+}
+
+/// A bank callback as received (the inbox): written once, with the
+/// decision it caused, keyed by the bank's message id, so a duplicate finds
+/// it and changes nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxRecord {
+    pub bank: String,
+    pub message_id: String,
+    pub payment: PaymentName,
+    /// What the message said (`payment.processed`, …).
+    pub kind: String,
+    pub received_at: Timestamp,
+    /// Whether it changed the payment (false: late, duplicate in meaning, or
+    /// out of order).
+    pub applied: bool,
+}
+
+/// Bank names and message ids are checked by the callback endpoint: short,
+/// without `#` or `/`.
+pub fn inbox_key(payment: &PaymentName, bank: &str, message_id: &str) -> Key {
+    Key::new(
+        shard_partition(&payment.account, shard_of(payment.payment.as_str())),
+        format!("{INBOX_SK_PREFIX}{bank}#{message_id}"),
+    )
+}
+
+pub fn inbox_item(record: &InboxRecord) -> Item {
+    Item {
+        key: inbox_key(&record.payment, &record.bank, &record.message_id),
+        version: 1,
+        body: encode(record),
+        index: None,
+    }
 }
 
 pub async fn load_account(

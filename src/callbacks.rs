@@ -1,0 +1,209 @@
+//! The bank callback endpoint (`docs/bank-protocol.md`): `POST
+//! /v1/callbacks/{bank}`. A callback is authenticated (HMAC-SHA256 with the
+//! bank's own secret, timestamp within the replay window), checked, and
+//! handed to the payment's account actor, which records it in the inbox
+//! (keyed by the bank's message id) in the same atomic write as the change
+//! it causes. The bank gets `200` only once that write is durable; a
+//! duplicate gets `200` and changes nothing; an unsigned, wrongly signed or
+//! stale callback gets `401` and is logged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{header, Method, Request, Response, StatusCode};
+use serde::Deserialize;
+
+use crate::actors::{BankCallback, CallbackAck, CommandError, Orchestrator};
+use crate::clock::Clock;
+use crate::connectors::BankEvent;
+use crate::domain::parse_payment_name;
+use crate::domain::payment::{BankOutcome, RefundOutcome};
+use crate::limits;
+
+/// The header with the bank's signature.
+pub const BANK_SIGNATURE_HEADER: &str = "bank-signature";
+
+/// Who may call back, with what secret.
+pub struct CallbackEndpoint {
+    /// Bank name → its signing secret.
+    secrets: HashMap<String, Vec<u8>>,
+    orchestrator: Orchestrator,
+    clock: Arc<dyn Clock>,
+}
+
+/// One callback as a bank sends it.
+#[derive(Deserialize)]
+struct Message {
+    message_id: String,
+    bank: String,
+    #[serde(rename = "type")]
+    kind: String,
+    payment_id: String,
+    #[serde(default)]
+    refund_id: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+impl CallbackEndpoint {
+    pub fn new(
+        secrets: HashMap<String, Vec<u8>>,
+        orchestrator: Orchestrator,
+        clock: Arc<dyn Clock>,
+    ) -> CallbackEndpoint {
+        CallbackEndpoint {
+            secrets,
+            orchestrator,
+            clock,
+        }
+    }
+
+    /// The handler to serve with [`crate::inbound::serve`].
+    pub fn handler(self: Arc<Self>) -> crate::inbound::Handler {
+        Arc::new(move |request| {
+            let endpoint = Arc::clone(&self);
+            Box::pin(async move { endpoint.handle(request).await })
+        })
+    }
+
+    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+        let bank = match (
+            request.method(),
+            request.uri().path().strip_prefix("/v1/callbacks/"),
+        ) {
+            (&Method::POST, Some(bank)) if !bank.is_empty() && !bank.contains('/') => {
+                bank.to_owned()
+            }
+            _ => {
+                return answer(
+                    StatusCode::NOT_FOUND,
+                    "not found; POST /v1/callbacks/{bank}",
+                )
+            }
+        };
+        let Some(secret) = self.secrets.get(&bank) else {
+            return answer(StatusCode::NOT_FOUND, "unknown bank");
+        };
+        let signature = request
+            .headers()
+            .get(BANK_SIGNATURE_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let body = match Limited::new(request.into_body(), limits::BANK_CALLBACK_BYTES_MAX)
+            .collect()
+            .await
+        {
+            Ok(body) => body.to_bytes(),
+            Err(_) => return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
+        };
+        let now_unix = self.clock.now().unix_millis().div_euclid(1000);
+        if let Err(error) = crate::webhooks::verify_signature(
+            secret,
+            signature.as_deref(),
+            &body,
+            now_unix,
+            limits::BANK_CALLBACK_REPLAY_WINDOW.as_secs() as i64,
+        ) {
+            tracing::warn!(%bank, %error, "bank callback refused");
+            return answer(StatusCode::UNAUTHORIZED, &error.to_string());
+        }
+        let callback = match parse(&bank, &body) {
+            Ok(callback) => callback,
+            Err(why) => {
+                tracing::warn!(%bank, %why, "malformed bank callback");
+                return answer(StatusCode::BAD_REQUEST, &why);
+            }
+        };
+        match self.orchestrator.bank_callback(callback).await {
+            Ok(ack) => {
+                let result = match ack {
+                    CallbackAck::Applied => "applied",
+                    CallbackAck::Ignored => "ignored",
+                    CallbackAck::Duplicate => "duplicate",
+                };
+                answer(StatusCode::OK, &format!("{{\"result\":\"{result}\"}}"))
+            }
+            Err(CommandError::NotFound(what)) => answer(StatusCode::NOT_FOUND, &what),
+            Err(CommandError::InvalidArgument { .. }) => {
+                answer(StatusCode::BAD_REQUEST, "invalid callback")
+            }
+            Err(error) => {
+                tracing::warn!(%bank, %error, "bank callback not recorded; the bank will retry");
+                answer(StatusCode::SERVICE_UNAVAILABLE, &error.to_string())
+            }
+        }
+    }
+}
+
+/// A message id or refund id: short and safe inside a store key.
+fn valid_token(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= limits::BANK_MESSAGE_ID_CHARS_MAX
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
+}
+
+fn parse(bank: &str, body: &[u8]) -> Result<BankCallback, String> {
+    let message: Message =
+        serde_json::from_slice(body).map_err(|error| format!("not a callback: {error}"))?;
+    if message.bank != bank {
+        return Err(format!("bank {:?} differs from the path", message.bank));
+    }
+    if !valid_token(&message.message_id) {
+        return Err("message_id: 1..=128 characters of [A-Za-z0-9._:-]".into());
+    }
+    let name =
+        parse_payment_name(&message.payment_id).map_err(|error| format!("payment_id: {error}"))?;
+    let reason = || {
+        message
+            .reason
+            .clone()
+            .unwrap_or_else(|| "no reason given".into())
+    };
+    let refund_id = || {
+        message
+            .refund_id
+            .clone()
+            .filter(|id| valid_token(id))
+            .ok_or_else(|| "refund_id: required for refund callbacks".to_owned())
+    };
+    let event = match message.kind.as_str() {
+        "payment.processed" => BankEvent::Payment {
+            name,
+            outcome: BankOutcome::Processed,
+        },
+        "payment.failed" => BankEvent::Payment {
+            name,
+            outcome: BankOutcome::Failed { reason: reason() },
+        },
+        "refund.succeeded" => BankEvent::Refund {
+            name,
+            refund_id: refund_id()?,
+            outcome: RefundOutcome::Succeeded,
+        },
+        "refund.failed" => BankEvent::Refund {
+            name,
+            refund_id: refund_id()?,
+            outcome: RefundOutcome::Failed { reason: reason() },
+        },
+        other => return Err(format!("unknown type {other:?}")),
+    };
+    Ok(BankCallback {
+        bank: bank.to_owned(),
+        message_id: message.message_id,
+        kind: message.kind,
+        event,
+    })
+}
+
+fn answer(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(text.to_owned())))
+        .expect("static headers are valid")
+}
