@@ -61,6 +61,15 @@ pub struct ServeArgs {
     /// The callback URL given to the bank (default: on the listen address).
     #[arg(long, env = "PAYVISOR_BANK_CALLBACK_URL")]
     pub bank_callback_url: Option<String>,
+    /// How often payvisor reconciles with the bank over HTTP (each period
+    /// once it is this old).
+    #[arg(long, env = "PAYVISOR_RECONCILE_EVERY", default_value = "10m")]
+    pub reconcile_every: String,
+    /// How old a period must be before it is reconciled: longer than it
+    /// takes an outcome to reach payvisor (a lost callback waits for the
+    /// `sent` stall deadline and a status query).
+    #[arg(long, env = "PAYVISOR_RECONCILE_LAG", default_value = "15m")]
+    pub reconcile_lag: String,
     /// Bank simulator latency range in milliseconds, `MIN..MAX`.
     #[arg(long, env = "PAYVISOR_BANK_LATENCY_MS", default_value = "5..50")]
     pub bank_latency_ms: String,
@@ -236,6 +245,9 @@ pub struct Config {
     pub webhooks: WebhookSettings,
     /// A bank over HTTP instead of the built-in simulator.
     pub bank: Option<HttpBankConfig>,
+    /// How often to reconcile with that bank, and how old a period must be.
+    pub reconcile_every: Duration,
+    pub reconcile_lag: Duration,
 }
 
 /// One bank over HTTP, and where its callbacks come in.
@@ -349,6 +361,10 @@ pub enum ConfigError {
     WebhookRetryFor(String),
     #[error("--bank-url: {0}")]
     Bank(String),
+    #[error("--reconcile-every {0:?}: expected a duration from 1s to 1d, like 10m")]
+    ReconcileEvery(String),
+    #[error("--reconcile-lag {0:?}: expected a duration from 1s to 1d, like 15m")]
+    ReconcileLag(String),
     #[error("--bank-latency-ms {0:?}: expected MIN..MAX in milliseconds, MIN <= MAX")]
     Latency(String),
     #[error("--bank-failure-per-mille must be at most 1000")]
@@ -415,6 +431,12 @@ impl ServeArgs {
                 })
             }
         };
+        let reconcile_every = parse_duration(&self.reconcile_every)
+            .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(86_400))
+            .ok_or_else(|| ConfigError::ReconcileEvery(self.reconcile_every.clone()))?;
+        let reconcile_lag = parse_duration(&self.reconcile_lag)
+            .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(86_400))
+            .ok_or_else(|| ConfigError::ReconcileLag(self.reconcile_lag.clone()))?;
         let webhooks = WebhookSettings {
             endpoints: match &self.webhooks {
                 Some(path) => load_webhooks_file(path)?,
@@ -492,6 +514,8 @@ impl ServeArgs {
             rules: self.rules.clone(),
             webhooks,
             bank,
+            reconcile_every,
+            reconcile_lag,
             watchdog: WatchdogConfig {
                 sweep_every,
                 node_name: self.node_name.clone(),

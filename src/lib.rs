@@ -34,6 +34,7 @@ pub mod limits;
 pub mod loadgen;
 pub mod metrics;
 pub mod outbound;
+pub mod reconcile;
 pub mod server;
 pub mod store;
 pub mod watchdog;

@@ -451,3 +451,12 @@ pub const BANKSIM_CALLBACK_REORDER_DELAY_MAX: Duration = Duration::from_millis(5
 /// Entries in one settlement report; a longer window is refused (ask for a
 /// shorter one), so one report never builds an unbounded answer in memory.
 pub const BANKSIM_SETTLEMENT_ENTRIES_MAX: usize = 100_000;
+/// Bytes of a bank's settlement report read at most: 100,000 entries of
+/// about 160 bytes (the bank simulator's own bound on entries).
+pub const BANK_SETTLEMENT_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// How far outside the reconciled period payvisor looks for its own side:
+/// a bank settles a payment a moment before payvisor hears of it, so one
+/// near the edge is on either side of it.
+pub const RECONCILE_EDGE_SLACK: Duration = Duration::from_secs(5 * 60);
+/// Mismatches listed in one reconciliation report (all are counted).
+pub const RECONCILE_MISMATCHES_LISTED_MAX: usize = 1_000;

@@ -48,6 +48,9 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Compare a bank's settlement report with the store, and the ledger
+    /// with the payments (exit 1 on any mismatch).
+    Reconcile(cli::ReconcileArgs),
     /// Read account balances on a running server.
     Accounts {
         #[command(flatten)]
@@ -133,6 +136,7 @@ fn main() -> std::process::ExitCode {
                 command: RulesCommand::Check { file },
             } => cli::check_rules(&file),
             Command::Ledger { json, command } => cli::ledger(json, command).await,
+            Command::Reconcile(args) => cli::reconcile(args).await,
             Command::BankSim(args) => {
                 init_logging(false);
                 let options = args.validate().map_err(anyhow::Error::msg)?;

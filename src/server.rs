@@ -34,14 +34,18 @@ pub async fn run(
     let random = Arc::new(SeededRandom::from_entropy());
     let (bank_events, bank_event_queue) = mpsc::channel(limits::BANK_EVENT_QUEUE_MAX);
     let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
-    let connector: Arc<dyn crate::connectors::Connector> = match &config.bank {
-        // A bank over HTTP: its outcomes come back as signed callbacks.
-        Some(bank) => Arc::new(HttpBankConnector::new(
+    // A bank over HTTP: its outcomes come back as signed callbacks.
+    let http_bank = match &config.bank {
+        Some(bank) => Some(Arc::new(HttpBankConnector::new(
             bank.endpoint.clone(),
             HttpConnectorSettings::default(),
             clock.clone(),
             random.clone(),
-        )?),
+        )?)),
+        None => None,
+    };
+    let connector: Arc<dyn crate::connectors::Connector> = match &http_bank {
+        Some(bank) => bank.clone(),
         None => Arc::new(BankSimulator::new(
             config.simulator,
             random.clone(),
@@ -60,13 +64,13 @@ pub async fn run(
     };
     let orchestrator = Orchestrator::start(
         Components {
-            store,
+            store: store.clone(),
             connector,
             clock: clock.clone(),
             random,
             policy: config.policy.clone(),
             settings,
-            alert_sink,
+            alert_sink: alert_sink.clone(),
             node_name: config.watchdog.node_name.clone(),
             rules: Arc::new(match &config.rules {
                 Some(path) => RulesInForce::from_file(path.clone())?,
@@ -105,6 +109,23 @@ pub async fn run(
         ));
     }
 
+    // Reconciliation against the bank, periodically; mismatches found are
+    // counted since start (a dashboard alerts on any increase).
+    let reconciliation = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    if let Some(bank) = &http_bank {
+        crate::reconcile::Periodic {
+            store: store.clone(),
+            bank: bank.clone(),
+            clock: clock.clone(),
+            sink: alert_sink.clone(),
+            node_name: config.watchdog.node_name.clone(),
+            every: config.reconcile_every,
+            lag: config.reconcile_lag,
+            found: reconciliation.clone(),
+        }
+        .spawn();
+    }
+
     let listener = TcpListener::bind(config.listen).await?;
     let local = listener.local_addr()?;
     let resumed = orchestrator.recover().await?;
@@ -133,7 +154,7 @@ pub async fn run(
         tracing::info!(listen = %listener.local_addr()?, "metrics serving");
         tokio::spawn(crate::metrics::serve(
             listener,
-            metrics_renderer(orchestrator.clone()),
+            metrics_renderer(orchestrator.clone(), reconciliation.clone()),
             std::future::pending(),
         ));
     }
@@ -187,9 +208,13 @@ pub async fn run(
 
 /// The Prometheus exposition: stalled payments by state (a bounded count
 /// from the store's stalled index, so every node reports the same truth).
-fn metrics_renderer(orchestrator: Orchestrator) -> crate::metrics::Render {
+fn metrics_renderer(
+    orchestrator: Orchestrator,
+    reconciliation: Arc<std::sync::atomic::AtomicI64>,
+) -> crate::metrics::Render {
     Arc::new(move || {
         let orchestrator = orchestrator.clone();
+        let mismatches = reconciliation.load(std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
             let (counts, up) = match orchestrator.stalled_counts().await {
                 Ok(counts) => (counts, 1),
@@ -213,6 +238,11 @@ fn metrics_renderer(orchestrator: Orchestrator) -> crate::metrics::Render {
                 "Payments that missed a stall deadline (being re-driven or paged), by state.",
                 &samples,
             );
+            text.push_str(&crate::metrics::render_gauge(
+                "payvisor_reconciliation_mismatches_total",
+                "Mismatches found by reconciliation with the bank since start.",
+                &[("", "", mismatches)],
+            ));
             text.push_str(&crate::metrics::render_gauge(
                 "payvisor_stalled_scan_ok",
                 "1 if the last count of stalled payments read the store successfully.",

@@ -22,9 +22,11 @@ struct BankSim {
 }
 
 impl BankSim {
-    fn start(dir: &std::path::Path, extra: &[&str]) -> BankSim {
+    fn start(dir: &std::path::Path, port: u16, extra: &[&str]) -> BankSim {
         let mut process = Command::new(BINARY)
-            .args(["bank-sim", "--listen", "127.0.0.1:0", "--name", "bank-a"])
+            .args(["bank-sim", "--name", "bank-a"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(dir)
             .args(["--secret", SECRET, "--seed", "7"])
@@ -78,8 +80,10 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_9() {
     let bank_dir = tempfile::tempdir().unwrap();
+    let bank_port = free_port();
     let bank = BankSim::start(
         bank_dir.path(),
+        bank_port,
         &[
             "--drop-callback-per-mille",
             "150",
@@ -91,6 +95,7 @@ async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_
         ],
     );
     let callback_listen = format!("127.0.0.1:{}", free_port());
+    let metrics_listen = format!("127.0.0.1:{}", free_port());
     let bank_url = format!("http://{}", bank.address);
     let mut server = Server::start(&[
         "--bank-url",
@@ -108,6 +113,14 @@ async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_
         "refunding=2s",
         "--redrive-max",
         "8",
+        // Reconcile every second, each second once it is 5 s old (lost
+        // callbacks are found after 2 s).
+        "--reconcile-every",
+        "1s",
+        "--reconcile-lag",
+        "5s",
+        "--metrics-listen",
+        &metrics_listen,
     ]);
     let mut client = server.client().await;
 
@@ -186,4 +199,73 @@ async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_
         assert_balances_match_payments(&mut client, account).await;
     }
     server.verify_ledger(&["acct0", "acct1", "acct2", "acct3"]);
+
+    // Reconciliation: the bank's settlement report, payvisor's payments and
+    // its ledger agree...
+    let reconcile = |server: &Server| {
+        Command::new(BINARY)
+            .args([
+                "reconcile",
+                "--bank-name",
+                "bank-a",
+                "--period",
+                "1h",
+                "--data-dir",
+            ])
+            .arg(server.data_dir())
+            .args(["--bank-url", &bank_url])
+            .output()
+            .unwrap()
+    };
+    let clean = reconcile(&server);
+    let text = String::from_utf8_lossy(&clean.stdout);
+    assert!(
+        clean.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
+    assert!(
+        text.contains("bank entries 36") && text.contains("clean"),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&metrics_listen, "payvisor_reconciliation_mismatches_total"),
+        0
+    );
+
+    // ...and a corrupted settlement report is caught, by the command and by
+    // the server's own periodic run.
+    drop(bank);
+    let _bank = BankSim::start(bank_dir.path(), bank_port, &["--corrupt-settlement"]);
+    let caught = reconcile(&server);
+    let text = String::from_utf8_lossy(&caught.stdout);
+    assert!(!caught.status.success(), "{text}");
+    assert!(text.contains("MISMATCH amount_differs"), "{text}");
+    let later = processed_payment(&mut client, "acct0", "after-corruption", 777).await;
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    while metric(&metrics_listen, "payvisor_reconciliation_mismatches_total") < 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server never caught it ({})",
+            later.name
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One unlabelled gauge from `/metrics`.
+fn metric(listen: &str, name: &str) -> i64 {
+    let mut stream = std::net::TcpStream::connect(listen).unwrap();
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {answer}"))
 }

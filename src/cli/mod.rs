@@ -546,6 +546,69 @@ pub async fn accounts(options: &ClientOptions, command: AccountsCommand) -> anyh
     Ok(())
 }
 
+/// `payvisor reconcile`: a bank's settlement report against the store.
+#[derive(Args, Debug)]
+pub struct ReconcileArgs {
+    #[command(flatten)]
+    pub store: crate::config::StoreArgs,
+    /// The bank (`docs/bank-protocol.md`).
+    #[arg(long, env = "PAYVISOR_BANK_URL")]
+    pub bank_url: String,
+    #[arg(long, env = "PAYVISOR_BANK_NAME", default_value = "bank")]
+    pub bank_name: String,
+    /// Start of the period, Unix ms (default: `--period` before the end).
+    #[arg(long)]
+    pub from_ms: Option<i64>,
+    /// End of the period (exclusive), Unix ms (default: now).
+    #[arg(long)]
+    pub to_ms: Option<i64>,
+    /// Length of the period when `--from-ms` is not given.
+    #[arg(long, default_value = "24h")]
+    pub period: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `reconcile`; fails (exit 1) on any mismatch.
+pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
+    use crate::clock::Clock;
+    let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(crate::clock::SystemClock);
+    let to = args.to_ms.unwrap_or_else(|| clock.now().unix_millis());
+    let period = crate::config::parse_duration(&args.period)
+        .with_context(|| format!("bad --period {:?}", args.period))?;
+    let from = args.from_ms.unwrap_or(to - period.as_millis() as i64);
+    anyhow::ensure!(from < to, "the period is empty: from {from} to {to}");
+    let store = args.store.validate()?.open().await?;
+    let bank = crate::connectors::http::HttpBankConnector::new(
+        crate::connectors::http::BankEndpoint {
+            name: args.bank_name.clone(),
+            base_url: crate::outbound::parse_url(&args.bank_url)
+                .map_err(|why| anyhow::anyhow!("bad --bank-url: {why}"))?,
+            // Not used: reconciliation only reads the bank.
+            callback_url: "http://127.0.0.1/unused".into(),
+        },
+        Default::default(),
+        clock,
+        std::sync::Arc::new(SeededRandom::from_entropy()),
+    )?;
+    let report = crate::reconcile::run(
+        store.as_ref(),
+        &bank,
+        crate::domain::Timestamp::from_unix_millis(from),
+        crate::domain::Timestamp::from_unix_millis(to),
+    )
+    .await
+    .map_err(|why| anyhow::anyhow!(why))?;
+    render::reconciliation(args.json, &report);
+    anyhow::ensure!(
+        report.is_clean(),
+        "{} mismatches (see above)",
+        report.mismatch_count
+    );
+    Ok(())
+}
+
 /// Runs `ledger verify`; fails (exit 1) when any account's books are off.
 pub async fn ledger(json: bool, command: LedgerCommand) -> anyhow::Result<()> {
     let LedgerCommand::Verify { store, accounts } = command;

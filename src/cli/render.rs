@@ -362,3 +362,33 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
     }
     anyhow::anyhow!(text)
 }
+
+pub fn reconciliation(as_json: bool, report: &crate::reconcile::Report) {
+    if as_json {
+        println!(
+            "{}",
+            serde_json::to_string(report).expect("a report serialises")
+        );
+        return;
+    }
+    println!(
+        "bank {}  period {}..{}  bank entries {}  payvisor items {}  accounts audited {}",
+        report.bank,
+        report.from_ms,
+        report.to_ms,
+        report.bank_entries,
+        report.payvisor_items,
+        report.accounts_audited
+    );
+    for mismatch in &report.mismatches {
+        println!(
+            "MISMATCH {:<20} {}  {}",
+            mismatch.kind, mismatch.subject, mismatch.detail
+        );
+    }
+    if report.is_clean() {
+        println!("clean");
+    } else {
+        println!("{} mismatches", report.mismatch_count);
+    }
+}

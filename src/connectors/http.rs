@@ -290,7 +290,9 @@ impl HttpBankConnector {
                     .post_json(url, &[], body.clone(), timeout, bound)
                     .await
             }
-            BankRequest::Get { url } => self.poster.get_json(url, &[], timeout, bound).await,
+            BankRequest::Get { url, bound } => {
+                self.poster.get_json(url, &[], timeout, *bound).await
+            }
         };
         drop(permit);
         match exchange {
@@ -326,8 +328,15 @@ impl HttpBankConnector {
 }
 
 enum BankRequest {
-    Post { url: Uri, body: Vec<u8> },
-    Get { url: Uri },
+    Post {
+        url: Uri,
+        body: Vec<u8>,
+    },
+    /// `bound`: response bytes read at most.
+    Get {
+        url: Uri,
+        bound: usize,
+    },
 }
 
 /// How one attempt ended.
@@ -457,6 +466,55 @@ fn to_json(body: &impl Serialize) -> Vec<u8> {
     serde_json::to_vec(body).expect("a request body serializes")
 }
 
+/// One line of a bank's settlement report (`docs/bank-protocol.md`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct SettlementEntry {
+    pub payment_id: String,
+    #[serde(default)]
+    pub refund_id: Option<String>,
+    /// `payment` or `refund`.
+    pub kind: String,
+    pub currency_code: String,
+    pub minor_units: i64,
+    pub settled_at_ms: i64,
+}
+
+/// The bank's totals per currency, as it states them.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct SettlementTotal {
+    pub currency_code: String,
+    pub payments_minor_units: i64,
+    pub refunds_minor_units: i64,
+}
+
+/// What a bank settled in `[from_ms, to_ms)`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Settlement {
+    pub bank: String,
+    pub entries: Vec<SettlementEntry>,
+    pub totals: Vec<SettlementTotal>,
+}
+
+impl HttpBankConnector {
+    /// `GET /v1/settlements?from_ms&to_ms`: the bank's settlement report.
+    pub async fn settlement(&self, from_ms: i64, to_ms: i64) -> Result<Settlement, ConnectorError> {
+        let url = format!(
+            "{}/v1/settlements?from_ms={from_ms}&to_ms={to_ms}",
+            self.base
+        )
+        .parse::<Uri>()
+        .map_err(|error| ConnectorError::Rejected(format!("settlement URL: {error}")))?;
+        let request = BankRequest::Get {
+            url,
+            bound: limits::BANK_SETTLEMENT_BYTES_MAX,
+        };
+        self.call("settlement", &request, |body| {
+            serde_json::from_slice::<Settlement>(body).map_err(|error| error.to_string())
+        })
+        .await
+    }
+}
+
 impl Connector for HttpBankConnector {
     fn submit_payment(
         &self,
@@ -507,6 +565,7 @@ impl Connector for HttpBankConnector {
             let payment_id = name.to_string();
             let request = BankRequest::Get {
                 url: self.status_url(&name)?,
+                bound: limits::BANK_RESPONSE_BYTES_MAX,
             };
             self.call(&payment_id, &request, |body| {
                 parse_status(&payment_id, body)

@@ -1,0 +1,416 @@
+//! Reconciliation: payvisor's record against a bank's settlement report for
+//! a period, and payvisor's ledger against its payments. Run by `payvisor
+//! reconcile` and periodically inside the server; every mismatch is reported
+//! with the payment involved.
+//!
+//! For the period `[from, to)`:
+//! - **The bank's report against itself**: its entries must sum to the
+//!   totals it states, per currency and kind.
+//! - **Bank → payvisor**: every payment and refund the bank settled must be
+//!   processed (or succeeded) in payvisor, for the same amount and currency.
+//! - **payvisor → bank**: every payment payvisor processed and every refund
+//!   it saw succeed in the period (from its event feed) must be in the
+//!   bank's report, looked up in a window wider by
+//!   [`limits::RECONCILE_EDGE_SLACK`] on each side (the bank settles a
+//!   moment before payvisor hears of it, so an item near an edge may fall
+//!   on either side).
+//! - **Ledger against payments**: every account with activity in the
+//!   period passes the audit (`crate::audit`).
+//!
+//! Boundary: with one bank configured every payment went to it; once
+//! payments route across banks, the payvisor side is filtered by the bank
+//! recorded on each payment.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::audit::audit_account;
+use crate::connectors::http::{HttpBankConnector, Settlement, SettlementEntry};
+use crate::domain::events::Change;
+use crate::domain::payment::{PaymentState, RefundState};
+use crate::domain::{parse_payment_name, Timestamp};
+use crate::limits;
+use crate::store::{schema, Store, StoreError};
+
+/// One disagreement.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Mismatch {
+    /// `report_inconsistent`, `missing_in_payvisor`, `state_differs`,
+    /// `amount_differs`, `missing_at_bank` or `ledger_off`.
+    pub kind: &'static str,
+    /// The payment (or refund, `…/refunds/{id}`), or the account.
+    pub subject: String,
+    pub detail: String,
+}
+
+/// The outcome of one reconciliation.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub bank: String,
+    pub from_ms: i64,
+    pub to_ms: i64,
+    pub bank_entries: usize,
+    pub payvisor_items: usize,
+    pub accounts_audited: usize,
+    /// All of them are counted here; at most
+    /// [`limits::RECONCILE_MISMATCHES_LISTED_MAX`] are listed.
+    pub mismatch_count: usize,
+    pub mismatches: Vec<Mismatch>,
+}
+
+impl Report {
+    pub fn is_clean(&self) -> bool {
+        self.mismatch_count == 0
+    }
+
+    fn add(&mut self, kind: &'static str, subject: String, detail: String) {
+        self.mismatch_count += 1;
+        if self.mismatches.len() < limits::RECONCILE_MISMATCHES_LISTED_MAX {
+            self.mismatches.push(Mismatch {
+                kind,
+                subject,
+                detail,
+            });
+        }
+    }
+}
+
+/// What payvisor says it settled, by key (`payment` or `payment/refunds/id`).
+struct Settled {
+    currency: String,
+    minor_units: i64,
+}
+
+fn key(entry: &SettlementEntry) -> String {
+    match &entry.refund_id {
+        Some(refund) => format!("{}/refunds/{refund}", entry.payment_id),
+        None => entry.payment_id.clone(),
+    }
+}
+
+/// Reconciles `[from, to)`. `period` is the bank's report for it, `wide`
+/// its report for the period widened by the edge slack.
+pub async fn reconcile(
+    store: &dyn Store,
+    bank: &str,
+    from: Timestamp,
+    to: Timestamp,
+    period: &Settlement,
+    wide: &Settlement,
+) -> Result<Report, StoreError> {
+    let mut report = Report {
+        bank: bank.to_owned(),
+        from_ms: from.unix_millis(),
+        to_ms: to.unix_millis(),
+        bank_entries: period.entries.len(),
+        ..Report::default()
+    };
+
+    // The report against itself.
+    let mut sums: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+    for entry in &period.entries {
+        let sum = sums.entry(entry.currency_code.as_str()).or_default();
+        if entry.refund_id.is_some() {
+            sum.1 = sum.1.saturating_add(entry.minor_units);
+        } else {
+            sum.0 = sum.0.saturating_add(entry.minor_units);
+        }
+    }
+    for total in &period.totals {
+        let (payments, refunds) = sums
+            .get(total.currency_code.as_str())
+            .copied()
+            .unwrap_or_default();
+        if (payments, refunds) != (total.payments_minor_units, total.refunds_minor_units) {
+            report.add(
+                "report_inconsistent",
+                format!("{bank} totals {}", total.currency_code),
+                format!(
+                    "the report states payments {} and refunds {}; its entries sum to {payments} and {refunds}",
+                    total.payments_minor_units, total.refunds_minor_units
+                ),
+            );
+        }
+    }
+
+    // Bank → payvisor.
+    let mut accounts = BTreeSet::new();
+    for entry in &period.entries {
+        let subject = key(entry);
+        let Ok(name) = parse_payment_name(&entry.payment_id) else {
+            report.add(
+                "missing_in_payvisor",
+                subject,
+                "not a payvisor payment name".into(),
+            );
+            continue;
+        };
+        accounts.insert(name.account.clone());
+        let Some(payment) = schema::load_payment(store, &name).await? else {
+            report.add(
+                "missing_in_payvisor",
+                subject,
+                "payvisor has no such payment".into(),
+            );
+            continue;
+        };
+        let payment = payment.value;
+        let (state_ok, amount, state) = match &entry.refund_id {
+            None => (
+                matches!(
+                    payment.state,
+                    PaymentState::Processed
+                        | PaymentState::PartiallyRefunded
+                        | PaymentState::Refunded
+                ),
+                Some(payment.amount),
+                payment.state.as_str().to_owned(),
+            ),
+            Some(refund_id) => match payment.refunds.iter().find(|r| &r.id == refund_id) {
+                None => {
+                    report.add(
+                        "missing_in_payvisor",
+                        subject,
+                        "payvisor has no such refund".into(),
+                    );
+                    continue;
+                }
+                Some(refund) => (
+                    refund.state == RefundState::Succeeded,
+                    Some(refund.amount),
+                    format!("refund {}", refund.state.as_str()),
+                ),
+            },
+        };
+        if !state_ok {
+            report.add(
+                "state_differs",
+                subject.clone(),
+                format!("the bank settled it; payvisor has it {state}"),
+            );
+        }
+        if let Some(amount) = amount {
+            if amount.currency().code() != entry.currency_code
+                || amount.minor_units() != entry.minor_units
+            {
+                report.add(
+                    "amount_differs",
+                    subject,
+                    format!(
+                        "the bank settled {} {}; payvisor has {} {}",
+                        entry.minor_units,
+                        entry.currency_code,
+                        amount.minor_units(),
+                        amount.currency().code()
+                    ),
+                );
+            }
+        }
+    }
+
+    // payvisor → bank: what the feed says was settled in the period.
+    let at_bank: HashMap<String, &SettlementEntry> = wide
+        .entries
+        .iter()
+        .map(|entry| (key(entry), entry))
+        .collect();
+    let mut settled: BTreeMap<String, Settled> = BTreeMap::new();
+    let slack = limits::RECONCILE_EDGE_SLACK.as_millis() as i64;
+    let mut position = Some(schema::feed_position_at(from.plus_millis(-slack)));
+    'feed: loop {
+        let records =
+            schema::feed_after(store, position.as_deref(), limits::EVENT_REPLAY_PAGE).await?;
+        for record in &records {
+            position = Some(schema::feed_position(record));
+            for event in &record.events {
+                if event.at >= to.plus_millis(slack) {
+                    break 'feed;
+                }
+                if event.at < from || event.at >= to {
+                    continue;
+                }
+                accounts.insert(event.payment.account.clone());
+                let (subject, amount) = match &event.change {
+                    Change::Payment {
+                        to: PaymentState::Processed,
+                        ..
+                    } => (event.payment.to_string(), event.amount),
+                    Change::Refund {
+                        refund_id,
+                        amount,
+                        state: RefundState::Succeeded,
+                        ..
+                    } => (format!("{}/refunds/{refund_id}", event.payment), *amount),
+                    _ => continue,
+                };
+                settled.insert(
+                    subject,
+                    Settled {
+                        currency: amount.currency().code().to_owned(),
+                        minor_units: amount.minor_units(),
+                    },
+                );
+            }
+        }
+        if records.len() < limits::EVENT_REPLAY_PAGE {
+            break;
+        }
+    }
+    report.payvisor_items = settled.len();
+    for (subject, ours) in &settled {
+        match at_bank.get(subject) {
+            None => report.add(
+                "missing_at_bank",
+                subject.clone(),
+                format!(
+                    "payvisor settled {} {}; the bank's report has no such entry",
+                    ours.minor_units, ours.currency
+                ),
+            ),
+            Some(entry)
+                if entry.minor_units != ours.minor_units
+                    || entry.currency_code != ours.currency =>
+            {
+                // Reported from the bank's side above when inside the period.
+                if entry.settled_at_ms < from.unix_millis()
+                    || entry.settled_at_ms >= to.unix_millis()
+                {
+                    report.add(
+                        "amount_differs",
+                        subject.clone(),
+                        format!(
+                            "payvisor settled {} {}; the bank {} {}",
+                            ours.minor_units, ours.currency, entry.minor_units, entry.currency_code
+                        ),
+                    );
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    // The ledger against the payments, for every account involved.
+    for account in &accounts {
+        let audit = audit_account(store, account).await?;
+        for problem in audit.problems {
+            report.add("ledger_off", format!("accounts/{account}"), problem);
+        }
+    }
+    report.accounts_audited = accounts.len();
+    Ok(report)
+}
+
+/// Fetches the bank's reports for `[from, to)` (and the widened window) and
+/// reconciles.
+pub async fn run(
+    store: &dyn Store,
+    bank: &HttpBankConnector,
+    from: Timestamp,
+    to: Timestamp,
+) -> Result<Report, String> {
+    let slack = limits::RECONCILE_EDGE_SLACK.as_millis() as i64;
+    let period = bank
+        .settlement(from.unix_millis(), to.unix_millis())
+        .await
+        .map_err(|error| format!("settlement report of {}: {error}", bank.name()))?;
+    let wide = bank
+        .settlement(from.unix_millis() - slack, to.unix_millis() + slack)
+        .await
+        .map_err(|error| format!("settlement report of {}: {error}", bank.name()))?;
+    reconcile(store, bank.name(), from, to, &period, &wide)
+        .await
+        .map_err(|error| error.to_string())
+}
+
+/// Reconciles each period of `every` with the bank, once it is `lag` old
+/// (outcomes have reached payvisor, through callbacks or the watchdog's
+/// status queries, and the bank has settled); a failed run is
+/// tried again on the next tick for the same period. Mismatches are logged
+/// one by one, counted in `found`, and paged once per period.
+pub struct Periodic {
+    pub store: Arc<dyn Store>,
+    pub bank: Arc<HttpBankConnector>,
+    pub clock: Arc<dyn crate::clock::Clock>,
+    pub sink: Arc<dyn crate::alerts::AlertSink>,
+    pub node_name: String,
+    pub every: std::time::Duration,
+    pub lag: std::time::Duration,
+    /// Mismatches found since start (the metric).
+    pub found: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Periodic {
+    pub fn spawn(self) {
+        let Periodic {
+            store,
+            bank,
+            clock,
+            sink,
+            node_name,
+            every,
+            lag,
+            found,
+        } = self;
+        let (every_ms, lag_ms) = (every.as_millis() as i64, lag.as_millis() as i64);
+        tokio::spawn(async move {
+            let mut from = clock.now().plus_millis(-lag_ms - every_ms);
+            loop {
+                tokio::time::sleep(every).await;
+                let to = clock.now().plus_millis(-lag_ms);
+                if to <= from {
+                    continue;
+                }
+                let report = match run(store.as_ref(), &bank, from, to).await {
+                    Ok(report) => report,
+                    Err(error) => {
+                        tracing::warn!(%error, "reconciliation failed; retrying next tick");
+                        continue;
+                    }
+                };
+                found.fetch_add(
+                    report.mismatch_count as i64,
+                    std::sync::atomic::Ordering::SeqCst,
+                );
+                if report.is_clean() {
+                    tracing::info!(bank = %report.bank, from = report.from_ms, to = report.to_ms, entries = report.bank_entries, "reconciliation clean");
+                } else {
+                    for mismatch in &report.mismatches {
+                        tracing::error!(bank = %report.bank, kind = mismatch.kind, subject = %mismatch.subject, detail = %mismatch.detail, "reconciliation mismatch");
+                    }
+                    let page = crate::alerts::Page {
+                        action: crate::alerts::PageAction::Trigger,
+                        dedup_key: format!(
+                            "payvisor/reconcile/{}/{}-{}",
+                            report.bank, report.from_ms, report.to_ms
+                        ),
+                        summary: format!(
+                            "{} reconciliation mismatches with {} for {}..{}",
+                            report.mismatch_count, report.bank, report.from_ms, report.to_ms
+                        ),
+                        source: node_name.clone(),
+                        severity: crate::alerts::Severity::Error,
+                        timestamp: clock.now(),
+                        custom_details: report
+                            .mismatches
+                            .iter()
+                            .take(20)
+                            .enumerate()
+                            .map(|(n, m)| {
+                                (
+                                    format!("{n:02}"),
+                                    format!("{} {} {}", m.kind, m.subject, m.detail),
+                                )
+                            })
+                            .collect(),
+                    };
+                    if let Err(error) = sink.send(&page).await {
+                        tracing::error!(%error, "reconciliation page not delivered");
+                    }
+                }
+                from = to;
+            }
+        });
+    }
+}
