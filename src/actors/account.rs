@@ -534,21 +534,8 @@ impl AccountState {
                             continue;
                         }
                     };
-                    let decision = match &event {
-                        BankEvent::Payment { outcome, .. } => {
-                            current
-                                .value
-                                .on_bank_outcome(outcome, now, &self.shared.policy)
-                        }
-                        BankEvent::Refund {
-                            refund_id, outcome, ..
-                        } => current.value.on_refund_outcome(
-                            refund_id,
-                            outcome,
-                            now,
-                            &self.shared.policy,
-                        ),
-                    };
+                    let decision =
+                        decide_bank_event(&current.value, &event, now, &self.shared.policy);
                     match decision {
                         Ok(Some(decision)) => {
                             if self
@@ -822,20 +809,8 @@ impl AccountState {
                 .await?
                 .ok_or_else(|| CommandError::NotFound(format!("payment {name}")))?;
             let now = self.shared.clock.now();
-            let decision = match &callback.event {
-                BankEvent::Payment { outcome, .. } => {
-                    current
-                        .value
-                        .on_bank_outcome(outcome, now, &self.shared.policy)?
-                }
-                BankEvent::Refund {
-                    refund_id, outcome, ..
-                } => {
-                    current
-                        .value
-                        .on_refund_outcome(refund_id, outcome, now, &self.shared.policy)?
-                }
-            };
+            let decision =
+                decide_bank_event(&current.value, &callback.event, now, &self.shared.policy)?;
             let applied = decision.is_some();
             let mut staging = self.staging();
             staging.ops.push(WriteOp::Put {
@@ -884,20 +859,7 @@ impl AccountState {
                 return Ok(());
             };
             let now = self.shared.clock.now();
-            let decision = match event {
-                BankEvent::Payment { outcome, .. } => {
-                    current
-                        .value
-                        .on_bank_outcome(outcome, now, &self.shared.policy)?
-                }
-                BankEvent::Refund {
-                    refund_id, outcome, ..
-                } => {
-                    current
-                        .value
-                        .on_refund_outcome(refund_id, outcome, now, &self.shared.policy)?
-                }
-            };
+            let decision = decide_bank_event(&current.value, event, now, &self.shared.policy)?;
             let Some(decision) = decision else {
                 tracing::debug!(payment = %event.payment_name(), "duplicate or late bank outcome ignored");
                 return Ok(());
@@ -1269,5 +1231,21 @@ impl AccountState {
             tracing::debug!(account = %self.account, "passivating idle account actor");
             myself.stop(Some("idle".into()));
         }
+    }
+}
+
+/// What a bank outcome means for its payment (`None`: nothing; the payment
+/// was not waiting for it).
+fn decide_bank_event(
+    payment: &Payment,
+    event: &BankEvent,
+    now: Timestamp,
+    policy: &payment::Policy,
+) -> Result<Option<Decision>, payment::Rejection> {
+    match event {
+        BankEvent::Payment { outcome, .. } => payment.on_bank_outcome(outcome, now, policy),
+        BankEvent::Refund {
+            refund_id, outcome, ..
+        } => payment.on_refund_outcome(refund_id, outcome, now, policy),
     }
 }

@@ -10,17 +10,14 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use super::decider;
 use super::outcome::{self, Behaviour, PaymentStatus, RefundStatus};
@@ -38,45 +35,20 @@ type Answer = Response<Full<Bytes>>;
 /// Serves on `listener` until `shutdown` completes; then open connections
 /// (held answers included) are dropped: what they answered is committed.
 pub async fn serve(listener: TcpListener, bank: Arc<Bank>, shutdown: impl Future<Output = ()>) {
-    let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            // Reap finished connections so their slots free up.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Per-connection failures (e.g. out of file
-                        // descriptors); pause so they cannot spin the loop.
-                        tracing::warn!(%error, "bank-sim: accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                if connections.len() >= limits::BANKSIM_CONNECTIONS_MAX {
-                    tracing::warn!(%peer, "bank-sim: too many connections, closing");
-                    continue;
-                }
-                let bank = Arc::clone(&bank);
-                connections.spawn(async move {
-                    let service = hyper::service::service_fn(move |request| {
-                        respond(Arc::clone(&bank), request)
-                    });
-                    let served = hyper::server::conn::http1::Builder::new()
-                        .timer(TokioTimer::new())
-                        .header_read_timeout(limits::BANKSIM_HEADER_READ_TIMEOUT)
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                    if let Err(error) = served {
-                        tracing::debug!(%peer, %error, "bank-sim: connection ended");
-                    }
-                });
+    let handler: crate::inbound::Handler = Arc::new(move |request| {
+        let bank = Arc::clone(&bank);
+        Box::pin(async move {
+            match respond(bank, request).await {
+                Ok(answer) => answer,
+                Err(never) => match never {},
             }
-        }
-    }
+        })
+    });
+    let bounds = crate::inbound::ServerLimits {
+        connections_max: limits::BANKSIM_CONNECTIONS_MAX,
+        header_read_timeout: limits::BANKSIM_HEADER_READ_TIMEOUT,
+    };
+    crate::inbound::serve("bank-sim", listener, bounds, handler, shutdown).await;
 }
 
 async fn respond(bank: Arc<Bank>, request: Request<Incoming>) -> Result<Answer, Infallible> {
