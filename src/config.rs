@@ -41,8 +41,13 @@ pub struct ServeArgs {
     /// Fixed fee per processed payment, in minor units (default 0).
     #[arg(long, env = "PAYVISOR_FEE_FIXED_MINOR", default_value_t = 0)]
     pub fee_fixed_minor: i64,
-    /// A bank over HTTP (`docs/bank-protocol.md`), e.g. a `payvisor bank-sim`:
-    /// payments go there instead of the built-in simulator.
+    /// Banks over HTTP, routed by cost, priority, currency and health (JSON:
+    /// `{"banks": [{"name", "url", "secret", "priority", "cost_bps",
+    /// "currencies"}]}`); instead of the built-in simulator.
+    #[arg(long, env = "PAYVISOR_BANKS")]
+    pub banks: Option<PathBuf>,
+    /// One bank over HTTP (`docs/bank-protocol.md`), e.g. a `payvisor
+    /// bank-sim`: the short form of `--banks` for a single bank.
     #[arg(long, env = "PAYVISOR_BANK_URL")]
     pub bank_url: Option<String>,
     /// That bank's name (in callbacks, logs and the inbox).
@@ -243,20 +248,133 @@ pub struct Config {
     /// The approval rules file, if any (validated).
     pub rules: Option<PathBuf>,
     pub webhooks: WebhookSettings,
-    /// A bank over HTTP instead of the built-in simulator.
-    pub bank: Option<HttpBankConfig>,
+    /// Banks over HTTP instead of the built-in simulator (none: simulator).
+    pub banks: Vec<HttpBankConfig>,
+    /// Where their callbacks come in.
+    pub bank_callback_listen: SocketAddr,
     /// How often to reconcile with that bank, and how old a period must be.
     pub reconcile_every: Duration,
     pub reconcile_lag: Duration,
 }
 
-/// One bank over HTTP, and where its callbacks come in.
+/// One bank over HTTP, and how routing weighs it.
 #[derive(Clone)]
 pub struct HttpBankConfig {
     pub endpoint: BankEndpoint,
     /// Its callbacks' signing secret; never printed.
     pub secret: String,
-    pub callback_listen: SocketAddr,
+    pub priority: u32,
+    pub cost_bps: u32,
+    /// `None`: every currency.
+    pub currencies: Option<std::collections::BTreeSet<crate::domain::Currency>>,
+}
+
+/// `{"banks": [{"name", "url", "secret", "priority", "cost_bps", "currencies"}]}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanksFile {
+    banks: Vec<BankEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BankEntry {
+    name: String,
+    url: String,
+    secret: String,
+    #[serde(default)]
+    priority: u32,
+    #[serde(default)]
+    cost_bps: u32,
+    #[serde(default)]
+    currencies: Option<Vec<String>>,
+}
+
+impl ServeArgs {
+    /// The banks of `--banks FILE`, or the one of `--bank-url`.
+    fn banks(&self) -> Result<Vec<HttpBankConfig>, ConfigError> {
+        let entries = match (&self.banks, &self.bank_url) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Bank(
+                    "give --banks or --bank-url, not both".into(),
+                ))
+            }
+            (None, None) => return Ok(Vec::new()),
+            (None, Some(url)) => vec![BankEntry {
+                name: self.bank_name.clone(),
+                url: url.clone(),
+                secret: self.bank_secret.clone().unwrap_or_default(),
+                priority: 0,
+                cost_bps: 0,
+                currencies: None,
+            }],
+            (Some(path), None) => {
+                let bad = |why: String| ConfigError::Bank(format!("{}: {why}", path.display()));
+                let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+                let file: BanksFile =
+                    serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+                if file.banks.is_empty() || file.banks.len() > limits::BANKS_MAX {
+                    return Err(bad(format!("1 to {} banks", limits::BANKS_MAX)));
+                }
+                file.banks
+            }
+        };
+        let mut banks: Vec<HttpBankConfig> = Vec::new();
+        for entry in entries {
+            let bad = |why: &str| ConfigError::Bank(format!("bank {:?}: {why}", entry.name));
+            let name_ok = !entry.name.is_empty()
+                && entry.name.len() <= limits::WEBHOOK_ENDPOINT_NAME_CHARS_MAX
+                && entry
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+            if !name_ok {
+                return Err(bad("name: 1..=64 characters of [A-Za-z0-9._-]"));
+            }
+            if banks.iter().any(|known| known.endpoint.name == entry.name) {
+                return Err(bad("appears twice"));
+            }
+            let base_url = crate::outbound::parse_url(&entry.url).map_err(|why| bad(&why))?;
+            if entry.secret.len() < limits::WEBHOOK_SECRET_BYTES_MIN {
+                return Err(bad(
+                    "a secret of at least 16 bytes is required (--bank-secret)",
+                ));
+            }
+            let callback_url = match (&self.bank_callback_url, banks.is_empty()) {
+                (Some(url), true) if self.banks.is_none() => url.clone(),
+                _ => format!(
+                    "http://{}/v1/callbacks/{}",
+                    self.bank_callback_listen, entry.name
+                ),
+            };
+            crate::outbound::parse_url(&callback_url)
+                .map_err(|why| bad(&format!("callback URL: {why}")))?;
+            let currencies = match &entry.currencies {
+                None => None,
+                Some(codes) => Some(
+                    codes
+                        .iter()
+                        .map(|code| {
+                            crate::domain::Currency::from_code(code)
+                                .ok_or_else(|| bad(&format!("unknown currency {code:?}")))
+                        })
+                        .collect::<Result<_, _>>()?,
+                ),
+            };
+            banks.push(HttpBankConfig {
+                endpoint: BankEndpoint {
+                    name: entry.name.clone(),
+                    base_url,
+                    callback_url,
+                },
+                secret: entry.secret,
+                priority: entry.priority,
+                cost_bps: entry.cost_bps,
+                currencies,
+            });
+        }
+        Ok(banks)
+    }
 }
 
 impl std::fmt::Debug for HttpBankConfig {
@@ -264,7 +382,9 @@ impl std::fmt::Debug for HttpBankConfig {
         f.debug_struct("HttpBankConfig")
             .field("endpoint", &self.endpoint)
             .field("secret", &"<redacted>")
-            .field("callback_listen", &self.callback_listen)
+            .field("priority", &self.priority)
+            .field("cost_bps", &self.cost_bps)
+            .field("currencies", &self.currencies)
             .finish()
     }
 }
@@ -393,44 +513,7 @@ impl ServeArgs {
         let retry_for = parse_duration(&self.webhook_retry_for)
             .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(30 * 86_400))
             .ok_or_else(|| ConfigError::WebhookRetryFor(self.webhook_retry_for.clone()))?;
-        let bank = match &self.bank_url {
-            None => None,
-            Some(url) => {
-                let bad = |why: &str| ConfigError::Bank(why.to_owned());
-                let base_url = crate::outbound::parse_url(url).map_err(|why| bad(&why))?;
-                let secret = self
-                    .bank_secret
-                    .clone()
-                    .filter(|secret| secret.len() >= limits::WEBHOOK_SECRET_BYTES_MIN)
-                    .ok_or_else(|| bad("--bank-secret of at least 16 bytes is required"))?;
-                let name_ok = !self.bank_name.is_empty()
-                    && self.bank_name.len() <= limits::WEBHOOK_ENDPOINT_NAME_CHARS_MAX
-                    && self
-                        .bank_name
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-                if !name_ok {
-                    return Err(bad("--bank-name: 1..=64 characters of [A-Za-z0-9._-]"));
-                }
-                let callback_url = self.bank_callback_url.clone().unwrap_or_else(|| {
-                    format!(
-                        "http://{}/v1/callbacks/{}",
-                        self.bank_callback_listen, self.bank_name
-                    )
-                });
-                crate::outbound::parse_url(&callback_url)
-                    .map_err(|why| bad(&format!("--bank-callback-url: {why}")))?;
-                Some(HttpBankConfig {
-                    endpoint: BankEndpoint {
-                        name: self.bank_name.clone(),
-                        base_url,
-                        callback_url,
-                    },
-                    secret,
-                    callback_listen: self.bank_callback_listen,
-                })
-            }
-        };
+        let banks = self.banks()?;
         let reconcile_every = parse_duration(&self.reconcile_every)
             .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(86_400))
             .ok_or_else(|| ConfigError::ReconcileEvery(self.reconcile_every.clone()))?;
@@ -513,7 +596,8 @@ impl ServeArgs {
             policy: Policy { fees, stalls },
             rules: self.rules.clone(),
             webhooks,
-            bank,
+            banks,
+            bank_callback_listen: self.bank_callback_listen,
             reconcile_every,
             reconcile_lag,
             watchdog: WatchdogConfig {

@@ -460,3 +460,6 @@ pub const BANK_SETTLEMENT_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub const RECONCILE_EDGE_SLACK: Duration = Duration::from_secs(5 * 60);
 /// Mismatches listed in one reconciliation report (all are counted).
 pub const RECONCILE_MISMATCHES_LISTED_MAX: usize = 1_000;
+/// Banks one node routes across (each has a connector, a breaker and a
+/// reconciliation run).
+pub const BANKS_MAX: usize = 16;

@@ -157,6 +157,17 @@ pub async fn reconcile(
             continue;
         };
         let payment = payment.value;
+        // Sent to another bank: this bank should not have settled it.
+        if let Some(at) = payment.routes.last().map(|route| route.bank.as_str()) {
+            if at != bank {
+                report.add(
+                    "routed_elsewhere",
+                    subject,
+                    format!("{bank} settled it; payvisor sent it to {at}"),
+                );
+                continue;
+            }
+        }
         let (state_ok, amount, state) = match &entry.refund_id {
             None => (
                 matches!(
@@ -258,8 +269,23 @@ pub async fn reconcile(
             break;
         }
     }
-    report.payvisor_items = settled.len();
-    for (subject, ours) in &settled {
+    // Only what was sent to this bank (payments recorded before routing
+    // existed have no route: they went to the only bank there was).
+    let mut at_this_bank = BTreeMap::new();
+    for (subject, ours) in settled {
+        let name = subject.split("/refunds/").next().unwrap_or(&subject);
+        let Ok(name) = parse_payment_name(name) else {
+            continue;
+        };
+        let routed = schema::load_payment(store, &name)
+            .await?
+            .and_then(|payment| payment.value.routes.last().map(|route| route.bank.clone()));
+        if routed.is_none_or(|routed| routed == bank) {
+            at_this_bank.insert(subject, ours);
+        }
+    }
+    report.payvisor_items = at_this_bank.len();
+    for (subject, ours) in &at_this_bank {
         match at_bank.get(subject) {
             None => report.add(
                 "missing_at_bank",

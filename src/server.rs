@@ -16,6 +16,7 @@ use crate::callbacks::CallbackEndpoint;
 use crate::clock::{SeededRandom, SystemClock};
 use crate::config::{Config, PagerConfig};
 use crate::connectors::http::{HttpBankConnector, HttpConnectorSettings};
+use crate::connectors::routing::{RoutedBank, Router};
 use crate::connectors::simulator::BankSimulator;
 use crate::domain::payment::PaymentState;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
@@ -34,23 +35,47 @@ pub async fn run(
     let random = Arc::new(SeededRandom::from_entropy());
     let (bank_events, bank_event_queue) = mpsc::channel(limits::BANK_EVENT_QUEUE_MAX);
     let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
-    // A bank over HTTP: its outcomes come back as signed callbacks.
-    let http_bank = match &config.bank {
-        Some(bank) => Some(Arc::new(HttpBankConnector::new(
-            bank.endpoint.clone(),
-            HttpConnectorSettings::default(),
-            clock.clone(),
-            random.clone(),
-        )?)),
-        None => None,
-    };
-    let connector: Arc<dyn crate::connectors::Connector> = match &http_bank {
-        Some(bank) => bank.clone(),
-        None => Arc::new(BankSimulator::new(
-            config.simulator,
-            random.clone(),
-            bank_events,
-        )),
+    // Banks over HTTP (their outcomes come back as signed callbacks), or
+    // the built-in simulator.
+    let http_banks = config
+        .banks
+        .iter()
+        .map(|bank| {
+            HttpBankConnector::new(
+                bank.endpoint.clone(),
+                HttpConnectorSettings::default(),
+                clock.clone(),
+                random.clone(),
+            )
+            .map(Arc::new)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let router = if http_banks.is_empty() {
+        Router::single(
+            "built-in",
+            Arc::new(BankSimulator::new(
+                config.simulator,
+                random.clone(),
+                bank_events,
+            )),
+        )
+    } else {
+        Router::new(
+            config
+                .banks
+                .iter()
+                .zip(&http_banks)
+                .map(|(bank, http)| RoutedBank {
+                    name: bank.endpoint.name.clone(),
+                    priority: bank.priority,
+                    cost_bps: bank.cost_bps,
+                    currencies: bank.currencies.clone(),
+                    connector: http.clone(),
+                    http: Some(http.clone()),
+                })
+                .collect(),
+        )
+        .map_err(|why| anyhow::anyhow!(why))?
     };
     let settings = ActorSettings {
         passivate_after: config.passivate_after,
@@ -65,7 +90,7 @@ pub async fn run(
     let orchestrator = Orchestrator::start(
         Components {
             store: store.clone(),
-            connector,
+            banks: Arc::new(router),
             clock: clock.clone(),
             random,
             policy: config.policy.clone(),
@@ -88,14 +113,18 @@ pub async fn run(
         bank_event_queue,
     );
 
-    if let Some(bank) = &config.bank {
+    if !config.banks.is_empty() {
         let endpoint = Arc::new(CallbackEndpoint::new(
-            HashMap::from([(bank.endpoint.name.clone(), bank.secret.as_bytes().to_vec())]),
+            config
+                .banks
+                .iter()
+                .map(|bank| (bank.endpoint.name.clone(), bank.secret.as_bytes().to_vec()))
+                .collect::<HashMap<_, _>>(),
             orchestrator.clone(),
             clock.clone(),
         ));
-        let listener = TcpListener::bind(bank.callback_listen).await?;
-        tracing::info!(listen = %listener.local_addr()?, bank = %bank.endpoint.name, "bank callbacks serving");
+        let listener = TcpListener::bind(config.bank_callback_listen).await?;
+        tracing::info!(listen = %listener.local_addr()?, banks = config.banks.len(), "bank callbacks serving");
         let bounds = crate::inbound::ServerLimits {
             connections_max: limits::BANK_CALLBACK_CONNECTIONS_MAX,
             header_read_timeout: limits::BANK_CALLBACK_HEADER_READ_TIMEOUT,
@@ -112,7 +141,7 @@ pub async fn run(
     // Reconciliation against the bank, periodically; mismatches found are
     // counted since start (a dashboard alerts on any increase).
     let reconciliation = Arc::new(std::sync::atomic::AtomicI64::new(0));
-    if let Some(bank) = &http_bank {
+    for bank in &http_banks {
         crate::reconcile::Periodic {
             store: store.clone(),
             bank: bank.clone(),

@@ -141,7 +141,10 @@ fn harness_on(
     let orchestrator = Orchestrator::start(
         Components {
             store: Arc::clone(&store),
-            connector: connector.clone(),
+            banks: Arc::new(payvisor::connectors::routing::Router::single(
+                "built-in",
+                connector.clone(),
+            )),
             clock: Arc::new(SystemClock),
             random,
             policy: Policy::default(),

@@ -269,3 +269,199 @@ fn metric(listen: &str, name: &str) -> i64 {
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} not in {answer}"))
 }
+
+fn set_outage(bank: &BankSim, down: bool) {
+    let body = format!("{{\"down\": {down}}}");
+    let mut stream = std::net::TcpStream::connect(&bank.address).unwrap();
+    write!(
+        stream,
+        "POST /admin/outage HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+fn eur(minor_units: i64) -> payvisor::grpc::pb::Money {
+    payvisor::grpc::pb::Money {
+        currency_code: "EUR".into(),
+        minor_units,
+    }
+}
+
+/// Three banks: `bank-a` is the cheapest and claims USD and EUR, but its
+/// simulator takes only USD (a EUR payment is refused for good and must
+/// move on); `bank-b` takes USD, `bank-c` EUR. `bank-a` then goes down mid-run:
+/// its breaker opens and new payments go to `bank-b`; payments caught at
+/// `bank-a` wait until it is known not to have them. The banks' own records
+/// are the judge: every payment at exactly one bank.
+#[tokio::test(flavor = "multi_thread")]
+async fn routing_fails_over_without_ever_sending_a_payment_to_two_banks() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let start = |n: usize, name: &str, currencies: &str| {
+        let mut process = Command::new(BINARY)
+            .args(["bank-sim", "--name", name, "--seed", "3"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", ports[n]))
+            .arg("--data-dir")
+            .arg(dirs[n].path())
+            .args(["--secret", SECRET, "--currencies", currencies])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = process.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let line = lines.next().unwrap().unwrap();
+        let address = line
+            .split_once(" listening on ")
+            .unwrap()
+            .1
+            .trim()
+            .to_owned();
+        std::thread::spawn(move || for _ in lines {});
+        BankSim { process, address }
+    };
+    let banks = [
+        start(0, "bank-a", "USD"),
+        start(1, "bank-b", "USD"),
+        start(2, "bank-c", "EUR"),
+    ];
+    let config = tempfile::tempdir().unwrap();
+    let banks_file = config.path().join("banks.json");
+    let entry = |n: usize, name: &str, cost: u32, currencies: &[&str]| {
+        serde_json::json!({"name": name, "url": format!("http://127.0.0.1:{}", ports[n]), "secret": SECRET,
+            "priority": n, "cost_bps": cost, "currencies": currencies})
+    };
+    std::fs::write(
+        &banks_file,
+        serde_json::json!({"banks": [
+            entry(0, "bank-a", 10, &["USD", "EUR"]),
+            entry(1, "bank-b", 20, &["USD"]),
+            entry(2, "bank-c", 30, &["EUR"]),
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    let callback_listen = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(&[
+        "--banks",
+        banks_file.to_str().unwrap(),
+        "--bank-callback-listen",
+        &callback_listen,
+        "--stall-deadline",
+        "sent=2s",
+        "--redrive-max",
+        "10",
+    ]);
+    let mut client = server.client().await;
+
+    // USD to the cheapest bank; EUR refused there for good, then to bank-c.
+    let usd_first = processed_payment(&mut client, "route", "usd-1", 1_000).await;
+    assert_eq!(usd_first.routes.len(), 1);
+    assert_eq!(usd_first.routes[0].bank, "bank-a");
+    assert!(
+        usd_first.routes[0].why.contains("cheapest healthy"),
+        "{:?}",
+        usd_first.routes
+    );
+    // (In an account of its own: the balance helper sums one currency.)
+    let mut request = create_request("route-eur", "eur-1", 2_000);
+    request.payment.as_mut().unwrap().amount = Some(eur(2_000));
+    let eur_payment = client.create_payment(request).await.unwrap().into_inner();
+    let eur_payment = wait_for(&mut client, &eur_payment.name, |p| {
+        state(p) == State::Processed
+    })
+    .await;
+    let hops: Vec<_> = eur_payment
+        .routes
+        .iter()
+        .map(|route| (route.bank.as_str(), route.left.starts_with("rejected")))
+        .collect();
+    assert_eq!(
+        hops,
+        [("bank-a", true), ("bank-c", false)],
+        "{:?}",
+        eur_payment.routes
+    );
+
+    // bank-a goes down: its breaker opens, new payments go to bank-b.
+    set_outage(&banks[0], true);
+    let mut during = Vec::new();
+    for n in 0..12 {
+        let payment = created_payment(&mut client, "route", &format!("down-{n}"), 3_000 + n).await;
+        during.push(payment.name);
+    }
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    loop {
+        let payment = created_payment(
+            &mut client,
+            "route",
+            &format!("probe-{}", during.len()),
+            4_000,
+        )
+        .await;
+        let name = payment.name.clone();
+        during.push(name.clone());
+        let routed = client
+            .get_payment(payvisor::grpc::pb::GetPaymentRequest { name })
+            .await
+            .unwrap()
+            .into_inner();
+        if routed
+            .routes
+            .last()
+            .is_some_and(|route| route.bank == "bank-b")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never failed over to bank-b"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // bank-a comes back: what was caught there is found not to be there
+    // (its status query says unknown) and routed again; all settle.
+    set_outage(&banks[0], false);
+    for name in &during {
+        wait_for(&mut client, name, |p| state(p) == State::Processed).await;
+    }
+
+    // The judge: every payment is at exactly one bank.
+    let total: u64 = banks
+        .iter()
+        .map(|bank| bank.stats()["distinct_payments"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        total as usize,
+        during.len() + 2,
+        "a payment reached two banks"
+    );
+    for name in &during {
+        let payment = client
+            .get_payment(payvisor::grpc::pb::GetPaymentRequest { name: name.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        let at: Vec<_> = payment
+            .routes
+            .iter()
+            .filter(|r| r.left.is_empty())
+            .collect();
+        assert_eq!(at.len(), 1, "{:?}", payment.routes);
+        assert!(
+            payment
+                .routes
+                .iter()
+                .all(|r| r.left.is_empty() || r.left == "unknown"),
+            "{:?}",
+            payment.routes
+        );
+    }
+    assert_balances_match_payments(&mut client, "route").await;
+    server.verify_ledger(&["route", "route-eur"]);
+}

@@ -43,7 +43,11 @@ async fn start(store: Arc<dyn Store>) -> Node {
     let orchestrator = Orchestrator::start(
         Components {
             store,
-            connector: Arc::new(BankSimulator::new(simulator, random.clone(), events)),
+            // The bank that calls back is the one payments are routed to.
+            banks: Arc::new(payvisor::connectors::routing::Router::single(
+                "bank-a",
+                Arc::new(BankSimulator::new(simulator, random.clone(), events)),
+            )),
             clock: clock.clone(),
             random,
             policy: Policy::default(),

@@ -132,7 +132,10 @@ fn start_node(store: Arc<dyn Store>, clock: Arc<ManualClock>, sink: Arc<Recordin
     let orchestrator = Orchestrator::start(
         Components {
             store,
-            connector: Arc::new(BankSimulator::new(simulator, random.clone(), events)),
+            banks: Arc::new(payvisor::connectors::routing::Router::single(
+                "built-in",
+                Arc::new(BankSimulator::new(simulator, random.clone(), events)),
+            )),
             clock: clock.clone(),
             random,
             policy: policy(),

@@ -809,8 +809,20 @@ impl AccountState {
                 .await?
                 .ok_or_else(|| CommandError::NotFound(format!("payment {name}")))?;
             let now = self.shared.clock.now();
-            let decision =
-                decide_bank_event(&current.value, &callback.event, now, &self.shared.policy)?;
+            // An outcome from a bank the payment is not at changes nothing
+            // (recorded, logged; reconciliation reports the bank's side).
+            let elsewhere = current
+                .value
+                .current_bank()
+                .is_some_and(|bank| bank != callback.bank);
+            if elsewhere {
+                tracing::error!(payment = %name, bank = %callback.bank, at = ?current.value.current_bank(), "outcome from a bank the payment is not at; ignored");
+            }
+            let decision = if elsewhere {
+                None
+            } else {
+                decide_bank_event(&current.value, &callback.event, now, &self.shared.policy)?
+            };
             let applied = decision.is_some();
             let mut staging = self.staging();
             staging.ops.push(WriteOp::Put {
@@ -953,6 +965,7 @@ impl AccountState {
         payment_version: Option<u64>,
         idempotency: Option<NewIdempotency<'_>>,
     ) -> Result<(), CommandError> {
+        let decision = self.route(decision)?;
         // Assert before writing (and `payment()` asserts after reading).
         decision
             .payment
@@ -1070,6 +1083,51 @@ impl AccountState {
         Ok(())
     }
 
+    /// Picks the bank for a decision that sends its payment somewhere new
+    /// (`SubmitPayment` without a bank) and records the route on the
+    /// payment, so that where it went, and why, is written before it is
+    /// sent. No bank left: the payment fails in the same decision.
+    fn route(&self, mut decision: Decision) -> Result<Decision, CommandError> {
+        let unrouted = |effect: &payment::Effect| {
+            matches!(effect, payment::Effect::SubmitPayment { bank: None, .. })
+        };
+        if !decision.effects.iter().any(unrouted) {
+            return Ok(decision);
+        }
+        let now = self.shared.clock.now();
+        let currency = decision.payment.amount.currency();
+        let choice = self
+            .shared
+            .router
+            .choose(currency, decision.payment.refused_by());
+        match choice {
+            Some((bank, why)) => {
+                decision.payment.route_to(&bank, &why, now);
+                for effect in &mut decision.effects {
+                    if let payment::Effect::SubmitPayment { bank: target, .. } = effect {
+                        target.get_or_insert_with(|| bank.clone());
+                    }
+                }
+                Ok(decision)
+            }
+            None => {
+                let reason = format!("no bank can take a {currency} payment");
+                let failed = decision
+                    .payment
+                    .fail_unroutable(&reason, now, &self.shared.policy)?;
+                decision.movements.extend(failed.movements);
+                decision.events.extend(failed.events);
+                Ok(Decision {
+                    payment: failed.payment,
+                    movements: decision.movements,
+                    effects: Vec::new(),
+                    alert: failed.alert.or(decision.alert),
+                    events: decision.events,
+                })
+            }
+        }
+    }
+
     /// Writes what is staged, and the account item, in one atomic write.
     async fn write(&self, staging: &Staging) -> Result<(), StoreError> {
         let mut ops = staging.ops.clone();
@@ -1151,7 +1209,7 @@ impl AccountState {
         let args = PaymentArgs {
             name: self.name(&payment),
             effects,
-            connector: Arc::clone(&self.shared.connector),
+            router: Arc::clone(&self.shared.router),
             parent: myself.clone(),
         };
         // Instant: the child's start-up runs on its own task, so a batch
@@ -1247,5 +1305,8 @@ fn decide_bank_event(
         BankEvent::Refund {
             refund_id, outcome, ..
         } => payment.on_refund_outcome(refund_id, outcome, now, policy),
+        BankEvent::NotAtBank {
+            bank, departure, ..
+        } => Ok(payment.on_not_at_bank(bank, departure.clone(), now, policy)),
     }
 }

@@ -24,7 +24,8 @@ use tokio::sync::mpsc;
 use crate::alerts::AlertSink;
 use crate::approval::RulesInForce;
 use crate::clock::{Clock, Random};
-use crate::connectors::{BankEvent, Connector};
+use crate::connectors::routing::Router;
+use crate::connectors::BankEvent;
 use crate::domain::events::PaymentEvent;
 use crate::domain::payment::{Payment, PaymentState, Policy, Rejection, ReviewVerdict};
 use crate::domain::watch::OperatorRejection;
@@ -194,7 +195,8 @@ impl Default for ActorSettings {
 /// Everything the actors share. Built once; read-only afterwards.
 pub struct Shared {
     pub store: Arc<dyn Store>,
-    pub connector: Arc<dyn Connector>,
+    /// The banks, and which one a payment goes to.
+    pub router: Arc<Router>,
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn Random>,
     pub policy: Policy,
@@ -229,7 +231,8 @@ impl Shared {
 /// What an orchestrator is built from.
 pub struct Components {
     pub store: Arc<dyn Store>,
-    pub connector: Arc<dyn Connector>,
+    /// The banks (one, for the built-in simulator).
+    pub banks: Arc<Router>,
     pub clock: Arc<dyn Clock>,
     pub random: Arc<dyn Random>,
     pub policy: Policy,
@@ -269,7 +272,7 @@ impl Orchestrator {
         let (events, _) = tokio::sync::broadcast::channel(limits::EVENT_FEED_BUFFER);
         let shared = Arc::new(Shared {
             store: parts.store,
-            connector: parts.connector,
+            router: parts.banks,
             clock: parts.clock,
             random: parts.random,
             policy: parts.policy,

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::account::AccountMsg;
+use crate::connectors::routing::Router;
 use crate::connectors::{
     BankEvent, BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission,
 };
-use crate::domain::payment::{BankOutcome, Effect, RefundOutcome};
+use crate::domain::payment::{Departure, Effect, RefundOutcome};
 use crate::domain::PaymentName;
 use crate::limits;
 
@@ -21,7 +22,8 @@ pub struct PaymentArgs {
     pub name: PaymentName,
     /// Work to start with (the decision's effects, or the re-drive).
     pub effects: Vec<Effect>,
-    pub connector: Arc<dyn Connector>,
+    /// The banks; each effect names its bank.
+    pub router: Arc<Router>,
     /// Where definite bank answers learned synchronously go.
     pub parent: ActorRef<AccountMsg>,
 }
@@ -32,7 +34,7 @@ pub enum PaymentMsg {
 
 pub struct PaymentState {
     name: PaymentName,
-    connector: Arc<dyn Connector>,
+    router: Arc<Router>,
     parent: ActorRef<AccountMsg>,
 }
 
@@ -53,7 +55,7 @@ impl Actor for PaymentActor {
         }
         Ok(PaymentState {
             name: args.name,
-            connector: args.connector,
+            router: args.router,
             parent: args.parent,
         })
     }
@@ -73,6 +75,25 @@ impl Actor for PaymentActor {
 }
 
 impl PaymentState {
+    /// The bank an effect goes to: the one it names, or (for payments
+    /// recorded before routing existed) the router's first.
+    fn bank<'a>(&'a self, named: &'a Option<String>) -> (&'a str, Option<&'a Arc<dyn Connector>>) {
+        let bank = named
+            .as_deref()
+            .unwrap_or_else(|| self.router.default_bank());
+        (bank, self.router.connector(bank))
+    }
+
+    /// Tells the account actor that `bank` does not have the payment.
+    fn not_at_bank(&self, name: &PaymentName, bank: &str, departure: Departure) {
+        let event = BankEvent::NotAtBank {
+            name: name.clone(),
+            bank: bank.to_owned(),
+            departure,
+        };
+        let _ = self.parent.cast(AccountMsg::FromChild(event));
+    }
+
     async fn execute(&self, effect: Effect) {
         let mut backoff = limits::BANK_SUBMIT_BACKOFF_INITIAL;
         for attempt in 1..=limits::BANK_SUBMIT_ATTEMPTS_MAX {
@@ -81,43 +102,87 @@ impl PaymentState {
                     name,
                     amount,
                     metadata,
-                } => self.submit_payment(name, *amount, metadata).await,
-                Effect::QueryPayment {
-                    name,
-                    amount,
-                    metadata,
-                } => match self.connector.payment_status(name.clone()).await {
-                    Ok(BankStatus::Done(outcome)) => {
-                        tracing::info!(payment = %self.name, ?outcome, "status query found the outcome");
-                        let event = BankEvent::Payment {
-                            name: name.clone(),
-                            outcome,
-                        };
-                        let _ = self.parent.cast(AccountMsg::FromChild(event));
+                    bank,
+                } => {
+                    let (bank, connector) = self.bank(bank);
+                    let Some(connector) = connector else {
+                        tracing::error!(payment = %self.name, bank, "no such bank configured; left for re-drive");
                         return;
+                    };
+                    let submission = PaymentSubmission {
+                        name: name.clone(),
+                        amount: *amount,
+                        metadata: metadata.clone(),
+                    };
+                    match connector.submit_payment(submission).await {
+                        Err(ConnectorError::Rejected(reason)) => {
+                            // Refused for good: routing may send it elsewhere.
+                            tracing::info!(payment = %self.name, bank, %reason, "bank rejected the payment");
+                            self.not_at_bank(name, bank, Departure::Rejected { reason });
+                            return;
+                        }
+                        other => other,
                     }
-                    Ok(BankStatus::Pending) => {
-                        tracing::info!(payment = %self.name, "status query: bank still processing");
+                }
+                Effect::QueryPayment { name, bank, .. } => {
+                    let (bank, connector) = self.bank(bank);
+                    let Some(connector) = connector else {
+                        tracing::error!(payment = %self.name, bank, "no such bank configured; left for re-drive");
                         return;
+                    };
+                    match connector.payment_status(name.clone()).await {
+                        Ok(BankStatus::Done(outcome)) => {
+                            tracing::info!(payment = %self.name, bank, ?outcome, "status query found the outcome");
+                            let event = BankEvent::Payment {
+                                name: name.clone(),
+                                outcome,
+                            };
+                            let _ = self.parent.cast(AccountMsg::FromChild(event));
+                            return;
+                        }
+                        Ok(BankStatus::Pending) => {
+                            tracing::info!(payment = %self.name, bank, "status query: bank still processing");
+                            return;
+                        }
+                        Ok(BankStatus::Unknown) => {
+                            // The bank never got it: route it again (the
+                            // same bank under the same key, or another).
+                            tracing::info!(payment = %self.name, bank, "status query: unknown to the bank");
+                            self.not_at_bank(name, bank, Departure::Unknown);
+                            return;
+                        }
+                        Err(error) => Err(error),
                     }
-                    Ok(BankStatus::Unknown) => {
-                        // The bank never got it: send again, same key.
-                        tracing::info!(payment = %self.name, "status query: unknown to the bank; re-submitting");
-                        self.submit_payment(name, *amount, metadata).await
-                    }
-                    Err(error) => Err(error),
-                },
+                }
                 Effect::SubmitRefund {
                     name,
                     refund_id,
                     amount,
+                    bank,
                 } => {
+                    let (bank, connector) = self.bank(bank);
+                    let Some(connector) = connector else {
+                        tracing::error!(payment = %self.name, bank, "no such bank configured; left for re-drive");
+                        return;
+                    };
                     let submission = RefundSubmission {
                         name: name.clone(),
                         refund_id: refund_id.clone(),
                         amount: *amount,
                     };
-                    self.connector.submit_refund(submission).await
+                    match connector.submit_refund(submission).await {
+                        Err(ConnectorError::Rejected(reason)) => {
+                            tracing::info!(payment = %self.name, bank, %reason, "bank rejected the refund");
+                            let event = BankEvent::Refund {
+                                name: name.clone(),
+                                refund_id: refund_id.clone(),
+                                outcome: RefundOutcome::Failed { reason },
+                            };
+                            let _ = self.parent.cast(AccountMsg::FromChild(event));
+                            return;
+                        }
+                        other => other,
+                    }
                 }
             };
             match result {
@@ -126,23 +191,7 @@ impl PaymentState {
                     return;
                 }
                 Err(ConnectorError::Rejected(reason)) => {
-                    tracing::info!(payment = %self.name, %reason, "bank rejected");
-                    let event = match &effect {
-                        Effect::SubmitPayment { name, .. } | Effect::QueryPayment { name, .. } => {
-                            BankEvent::Payment {
-                                name: name.clone(),
-                                outcome: BankOutcome::Failed { reason },
-                            }
-                        }
-                        Effect::SubmitRefund {
-                            name, refund_id, ..
-                        } => BankEvent::Refund {
-                            name: name.clone(),
-                            refund_id: refund_id.clone(),
-                            outcome: RefundOutcome::Failed { reason },
-                        },
-                    };
-                    let _ = self.parent.cast(AccountMsg::FromChild(event));
+                    tracing::warn!(payment = %self.name, %reason, "bank rejected");
                     return;
                 }
                 Err(ConnectorError::Transient(error)) => {
@@ -155,19 +204,5 @@ impl PaymentState {
         // Persisted as SENT / refund pending: the watchdog re-drives it with
         // the same idempotency key when its reminder falls due.
         tracing::error!(payment = %self.name, "bank unreachable after bounded retries; left for re-drive");
-    }
-
-    async fn submit_payment(
-        &self,
-        name: &PaymentName,
-        amount: crate::domain::Money,
-        metadata: &std::collections::BTreeMap<String, String>,
-    ) -> Result<(), ConnectorError> {
-        let submission = PaymentSubmission {
-            name: name.clone(),
-            amount,
-            metadata: metadata.clone(),
-        };
-        self.connector.submit_payment(submission).await
     }
 }

@@ -9,11 +9,12 @@
 
 pub mod breaker;
 pub mod http;
+pub mod routing;
 pub mod simulator;
 
 use std::collections::BTreeMap;
 
-use crate::domain::payment::{BankOutcome, RefundOutcome};
+use crate::domain::payment::{BankOutcome, Departure, RefundOutcome};
 use crate::domain::{Money, PaymentName};
 use crate::store::BoxFuture;
 
@@ -66,12 +67,21 @@ pub enum BankEvent {
         refund_id: String,
         outcome: RefundOutcome,
     },
+    /// The bank does not have the payment: it refused it for good, or its
+    /// status query said it never received it. Routing may move it on.
+    NotAtBank {
+        name: PaymentName,
+        bank: String,
+        departure: Departure,
+    },
 }
 
 impl BankEvent {
     pub fn payment_name(&self) -> &PaymentName {
         match self {
-            BankEvent::Payment { name, .. } | BankEvent::Refund { name, .. } => name,
+            BankEvent::Payment { name, .. }
+            | BankEvent::Refund { name, .. }
+            | BankEvent::NotAtBank { name, .. } => name,
         }
     }
 }

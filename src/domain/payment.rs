@@ -97,6 +97,29 @@ impl RefundState {
     }
 }
 
+/// Which bank a payment was sent to, and why; and, once it left that bank
+/// (a definite rejection, or the bank said it never got it), why.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Route {
+    pub bank: String,
+    /// Why this bank: e.g. `cheapest healthy bank for USD (cost 20 bps)`.
+    pub why: String,
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub left: Option<Departure>,
+}
+
+/// Why a payment left a bank. Only these two: a payment moves on only once
+/// the bank is known not to have it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(tag = "because", rename_all = "snake_case")]
+pub enum Departure {
+    /// The bank refused it for good (it will never process it).
+    Rejected { reason: String },
+    /// Its status query said it never received it.
+    Unknown,
+}
+
 /// A person's verdict on a payment in review.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -170,6 +193,10 @@ pub struct Payment {
     /// Events emitted so far; the next one gets this number plus one.
     #[serde(default)]
     pub events_emitted: u64,
+    /// The banks this payment was sent to, in order; the last one it has
+    /// not left is where it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<Route>,
     /// Events of the decision being made, not yet handed to its `Decision`
     /// (never stored: `Decision::new` takes them out).
     #[serde(skip)]
@@ -242,6 +269,9 @@ pub enum Effect {
         name: PaymentName,
         amount: Money,
         metadata: BTreeMap<String, String>,
+        /// `None`: to be routed (the actor picks the bank and records the
+        /// route in the same write, before sending).
+        bank: Option<String>,
     },
     /// Re-drive of a sent payment: ask the bank what it knows; apply a known
     /// outcome, re-submit (same key) if the bank never got it.
@@ -249,12 +279,15 @@ pub enum Effect {
         name: PaymentName,
         amount: Money,
         metadata: BTreeMap<String, String>,
+        bank: Option<String>,
     },
     /// Ask the bank to return `amount`; `(name, refund_id)` is the key.
     SubmitRefund {
         name: PaymentName,
         refund_id: String,
         amount: Money,
+        /// The bank that has the payment.
+        bank: Option<String>,
     },
 }
 
@@ -326,6 +359,101 @@ impl Payment {
             account: self.account.clone(),
             payment: self.id.clone(),
         }
+    }
+
+    /// The bank the payment is at (routed to and not left), if any.
+    pub fn current_bank(&self) -> Option<&str> {
+        self.routes
+            .last()
+            .filter(|route| route.left.is_none())
+            .map(|route| route.bank.as_str())
+    }
+
+    /// Banks that refused this payment for good: never tried again.
+    pub fn refused_by(&self) -> impl Iterator<Item = &str> + Clone {
+        self.routes
+            .iter()
+            .filter(|route| matches!(route.left, Some(Departure::Rejected { .. })))
+            .map(|route| route.bank.as_str())
+    }
+
+    /// Records that the payment goes to `bank` (written with the decision
+    /// that sends it; the route carries its time and reason, so the history
+    /// is not repeated).
+    pub fn route_to(&mut self, bank: &str, why: &str, now: Timestamp) {
+        self.routes.push(Route {
+            bank: bank.to_owned(),
+            why: why.to_owned(),
+            at: now,
+            left: None,
+        });
+    }
+
+    /// The bank the payment is at says it does not have it: refused for
+    /// good, or unknown to its status query. The payment leaves that bank
+    /// and is sent again, to be routed (the same bank may be chosen again
+    /// after `Unknown`; never after `Rejected`). `None` unless the payment
+    /// is SENT and at `bank` (a late or stale answer changes nothing).
+    pub fn on_not_at_bank(
+        &self,
+        bank: &str,
+        departure: Departure,
+        now: Timestamp,
+        policy: &Policy,
+    ) -> Option<Decision> {
+        if self.state != PaymentState::Sent || self.current_bank() != Some(bank) {
+            return None;
+        }
+        let mut next = self.clone();
+        let cause = match &departure {
+            Departure::Rejected { .. } => format!("rejected_by_{bank}"),
+            Departure::Unknown => format!("unknown_to_{bank}"),
+        };
+        if let Some(route) = next.routes.last_mut() {
+            route.left = Some(departure);
+        }
+        next.updated_at = now;
+        next.record_event(self.state, &cause, now);
+        let effect = Effect::SubmitPayment {
+            name: self.name(),
+            amount: self.amount,
+            metadata: self.metadata.clone(),
+            bank: None,
+        };
+        Some(Decision::decide(
+            self,
+            next,
+            Vec::new(),
+            vec![effect],
+            now,
+            &policy.stalls,
+        ))
+    }
+
+    /// No bank can take this payment (none supports its currency, or every
+    /// one refused it): it ends FAILED and its pending funds are released.
+    pub fn fail_unroutable(
+        &self,
+        reason: &str,
+        now: Timestamp,
+        policy: &Policy,
+    ) -> Result<Decision, Rejection> {
+        let mut next = self.clone();
+        next.failure_reason = Some(reason.to_owned());
+        next.transition(PaymentState::Failed, "no_bank", now);
+        let movements = if self.state == PaymentState::Sent {
+            vec![Movement::payment_failed(self.id.clone(), self.amount)?]
+        } else {
+            Vec::new()
+        };
+        Ok(Decision::decide(
+            self,
+            next,
+            movements,
+            Vec::new(),
+            now,
+            &policy.stalls,
+        ))
     }
 
     /// Money returned to the payer (succeeded refunds).
@@ -401,6 +529,7 @@ impl Payment {
                 name: self.name(),
                 amount: self.amount,
                 metadata: self.metadata.clone(),
+                bank: self.current_bank().map(str::to_owned),
             });
         }
         for refund in self
@@ -412,6 +541,7 @@ impl Payment {
                 name: self.name(),
                 refund_id: refund.id.clone(),
                 amount: refund.amount,
+                bank: self.current_bank().map(str::to_owned),
             });
         }
         effects
@@ -568,6 +698,7 @@ impl Payment {
             name: self.name(),
             refund_id,
             amount,
+            bank: self.current_bank().map(str::to_owned),
         };
         Ok(Decision::decide(
             self,
@@ -773,6 +904,7 @@ pub fn create(
         approval: evaluation,
         review: None,
         events_emitted: 0,
+        routes: Vec::new(),
         unsaved_events: Vec::new(),
     };
     payment.record(None, PaymentState::Created, "created", now);
@@ -1056,6 +1188,56 @@ mod tests {
             done.on_refund_outcome("r3", &RefundOutcome::Succeeded, at(9), &Policy::default()),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn a_payment_leaves_a_bank_only_when_the_bank_does_not_have_it() {
+        let policy = Policy::default();
+        let mut sent = create_new(new_payment(500), at(1), &policy)
+            .unwrap()
+            .payment;
+        sent.route_to("bank-a", "cheapest", at(1));
+        assert_eq!(sent.current_bank(), Some("bank-a"));
+        // Another bank's answer, or one for a settled payment: nothing.
+        assert!(sent
+            .on_not_at_bank("bank-b", Departure::Unknown, at(2), &policy)
+            .is_none());
+        let rejected = sent
+            .on_not_at_bank(
+                "bank-a",
+                Departure::Rejected {
+                    reason: "no EUR".into(),
+                },
+                at(2),
+                &policy,
+            )
+            .unwrap();
+        assert_eq!(rejected.payment.state, PaymentState::Sent);
+        assert_eq!(rejected.payment.current_bank(), None);
+        assert!(rejected.movements.is_empty(), "the money stays pending");
+        assert!(matches!(
+            rejected.effects[..],
+            [Effect::SubmitPayment { bank: None, .. }]
+        ));
+        assert_eq!(
+            rejected.payment.refused_by().collect::<Vec<_>>(),
+            ["bank-a"]
+        );
+        let processed = sent
+            .on_bank_outcome(&BankOutcome::Processed, at(3), &policy)
+            .unwrap()
+            .unwrap()
+            .payment;
+        assert!(processed
+            .on_not_at_bank("bank-a", Departure::Unknown, at(4), &policy)
+            .is_none());
+        // No bank left: FAILED, the pending money released.
+        let failed = rejected
+            .payment
+            .fail_unroutable("no bank can take a EUR payment", at(5), &policy)
+            .unwrap();
+        assert_eq!(failed.payment.state, PaymentState::Failed);
+        assert_eq!(failed.movements.len(), 1);
     }
 
     #[test]

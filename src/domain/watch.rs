@@ -418,6 +418,7 @@ impl Payment {
                         name: self.name(),
                         amount: self.amount,
                         metadata: self.metadata.clone(),
+                        bank: self.current_bank().map(str::to_owned),
                     });
                 }
                 effects.extend(

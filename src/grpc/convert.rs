@@ -10,7 +10,7 @@ use crate::actors::{
 };
 use crate::domain::events::{Change, PaymentEvent};
 use crate::domain::payment::{
-    Payment, PaymentState, Refund, RefundState, ReviewVerdict, Transition,
+    Departure, Payment, PaymentState, Refund, RefundState, ReviewVerdict, Transition,
 };
 use crate::domain::rules::Action;
 use crate::domain::watch::PageAction;
@@ -360,6 +360,20 @@ pub fn payment_to_pb(payment: &Payment) -> pb::Payment {
                 .collect(),
             rules_version: evaluation.rules_version.clone(),
         }),
+        routes: payment
+            .routes
+            .iter()
+            .map(|route| pb::BankRoute {
+                bank: route.bank.clone(),
+                why: route.why.clone(),
+                time: Some(timestamp(route.at)),
+                left: match &route.left {
+                    None => String::new(),
+                    Some(Departure::Rejected { reason }) => format!("rejected: {reason}"),
+                    Some(Departure::Unknown) => "unknown".into(),
+                },
+            })
+            .collect(),
         review: payment.review.as_ref().map(|review| pb::PaymentReview {
             verdict: match review.verdict {
                 ReviewVerdict::Approve => "approve",
