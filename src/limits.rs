@@ -74,8 +74,9 @@ pub const STORE_READER_CACHE_KIB: usize = 8 * 1024;
 /// writes at most [`DECISION_ITEMS_MAX`] items, plus the account item once:
 /// 16 commands stay within the 100-item transaction bound.
 pub const ACCOUNT_BATCH_COMMANDS_MAX: usize = 16;
-/// Items one decision writes at most: idempotency record, payment, one
-/// movement, one page, its events and their webhook pointer.
+/// Items a batched decision (a create, a bank outcome) writes at most:
+/// idempotency record, payment, one movement, its events, their webhook
+/// pointer, and a page or a message to the bank (outbox).
 pub const DECISION_ITEMS_MAX: usize = 6;
 
 /// Times a command is retried from fresh state after losing an optimistic
@@ -463,3 +464,11 @@ pub const RECONCILE_MISMATCHES_LISTED_MAX: usize = 1_000;
 /// Banks one node routes across (each has a connector, a breaker and a
 /// reconciliation run).
 pub const BANKS_MAX: usize = 16;
+/// Messages to banks per payment: its submissions (one per bank it is
+/// routed to) and its refunds' (bounded by `REFUNDS_PER_PAYMENT_MAX`).
+pub const OUTBOX_PER_PAYMENT_MAX: usize = 128;
+/// Unacknowledged messages listed per index shard by one reconciliation.
+pub const RECONCILE_UNACKNOWLEDGED_PER_SHARD: usize = 256;
+/// Attempts to record a bank's acknowledgement (a lost one shows as an
+/// unacknowledged message in reconciliation; the next re-drive retries).
+pub const OUTBOX_ACK_ATTEMPTS_MAX: u32 = 3;

@@ -14,6 +14,9 @@
 //!   [`limits::RECONCILE_EDGE_SLACK`] on each side (the bank settles a
 //!   moment before payvisor hears of it, so an item near an edge may fall
 //!   on either side).
+//! - **Outbox against acknowledgements**: every message to the bank decided
+//!   in the period was acknowledged by it, unless the payment no longer
+//!   waits there (the bank's outcome arrived, or it moved on).
 //! - **Ledger against payments**: every account with activity in the
 //!   period passes the audit (`crate::audit`).
 //!
@@ -317,6 +320,45 @@ pub async fn reconcile(
         }
     }
 
+    // The outbox against the bank's acknowledgements: a message decided in
+    // the period, never acknowledged, whose payment (or refund) still waits
+    // at this bank. (One the bank's outcome answered, or that left the bank,
+    // needs nothing more.)
+    for record in
+        schema::unacknowledged_before(store, to, limits::RECONCILE_UNACKNOWLEDGED_PER_SHARD).await?
+    {
+        if record.bank != bank || record.created_at < from {
+            continue;
+        }
+        let Some(payment) = schema::load_payment(store, &record.payment).await? else {
+            continue;
+        };
+        let payment = payment.value;
+        let waiting = payment.current_bank().is_none_or(|at| at == bank)
+            && match &record.refund_id {
+                None => payment.state == PaymentState::Sent,
+                Some(refund_id) => payment
+                    .refunds
+                    .iter()
+                    .any(|refund| &refund.id == refund_id && refund.state == RefundState::Pending),
+            };
+        if waiting {
+            let subject = match &record.refund_id {
+                Some(refund_id) => format!("{}/refunds/{refund_id}", record.payment),
+                None => record.payment.to_string(),
+            };
+            report.add(
+                "unacknowledged",
+                subject,
+                format!(
+                    "message {} to {bank} decided at {} ms was never acknowledged",
+                    record.seq,
+                    record.created_at.unix_millis()
+                ),
+            );
+        }
+    }
+
     // The ledger against the payments, for every account involved.
     for account in &accounts {
         let audit = audit_account(store, account).await?;
@@ -438,5 +480,93 @@ impl Periodic {
                 from = to;
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::domain::payment::{self, NewPayment, Policy};
+    use crate::domain::{AccountId, Currency, Money, PaymentId};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{Condition, WriteOp};
+
+    fn empty_report() -> Settlement {
+        Settlement {
+            bank: "bank-a".into(),
+            entries: Vec::new(),
+            totals: Vec::new(),
+        }
+    }
+
+    /// A message to the bank never acknowledged while its payment still
+    /// waits there is reported; acknowledged, it is not.
+    #[tokio::test]
+    async fn an_unacknowledged_message_to_the_bank_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let at = Timestamp::from_unix_millis(1_800_000_000_000);
+        let new = NewPayment {
+            account: AccountId::new("acme").unwrap(),
+            id: PaymentId::new("p1").unwrap(),
+            amount: Money::from_minor(Currency::from_code("USD").unwrap(), 500),
+            metadata: BTreeMap::new(),
+            payer_id: None,
+            payer_country: None,
+        };
+        let mut sent = payment::create(new, None, at, &Policy::default())
+            .unwrap()
+            .payment;
+        sent.route_to("bank-a", "cheapest", at);
+        let mut record = schema::OutboxRecord {
+            payment: sent.name(),
+            seq: 1,
+            bank: "bank-a".into(),
+            refund_id: None,
+            currency: "USD".into(),
+            minor_units: 500,
+            created_at: at,
+            acknowledged_at: None,
+        };
+        store
+            .transact(vec![
+                WriteOp::Put {
+                    item: schema::payment_item(&sent, 1),
+                    condition: Condition::NotExists,
+                },
+                WriteOp::Put {
+                    item: schema::outbox_item(&record),
+                    condition: Condition::NotExists,
+                },
+            ])
+            .await
+            .unwrap();
+        let (from, to) = (at.plus_millis(-1_000), at.plus_millis(1_000));
+        let report = reconcile(&store, "bank-a", from, to, &empty_report(), &empty_report())
+            .await
+            .unwrap();
+        let kinds: Vec<_> = report.mismatches.iter().map(|m| m.kind).collect();
+        assert_eq!(kinds, ["unacknowledged"], "{report:?}");
+        assert_eq!(report.mismatches[0].subject, "accounts/acme/payments/p1");
+        // Another bank's reconciliation does not see it.
+        let other = reconcile(&store, "bank-b", from, to, &empty_report(), &empty_report())
+            .await
+            .unwrap();
+        assert!(other.is_clean(), "{other:?}");
+
+        record.acknowledged_at = Some(at);
+        store
+            .transact(vec![WriteOp::Put {
+                item: schema::outbox_item(&record),
+                condition: Condition::VersionIs(1),
+            }])
+            .await
+            .unwrap();
+        let report = reconcile(&store, "bank-a", from, to, &empty_report(), &empty_report())
+            .await
+            .unwrap();
+        assert!(report.is_clean(), "{report:?}");
     }
 }

@@ -464,4 +464,24 @@ async fn routing_fails_over_without_ever_sending_a_payment_to_two_banks() {
     }
     assert_balances_match_payments(&mut client, "route").await;
     server.verify_ledger(&["route", "route-eur"]);
+    // Each bank reconciles clean: its report, payvisor's payments routed to
+    // it, every message to it acknowledged (or answered), the ledger.
+    for (n, name) in ["bank-a", "bank-b", "bank-c"].into_iter().enumerate() {
+        let output = Command::new(BINARY)
+            .args([
+                "reconcile",
+                "--bank-name",
+                name,
+                "--period",
+                "1h",
+                "--data-dir",
+            ])
+            .arg(server.data_dir())
+            .args(["--bank-url", &format!("http://127.0.0.1:{}", ports[n])])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{name}: {text}");
+        assert!(text.contains("clean"), "{name}: {text}");
+    }
 }

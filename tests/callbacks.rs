@@ -151,6 +151,21 @@ async fn scenario(store: Arc<dyn Store>) {
     let node = start(store.clone()).await;
     let payment = hung_payment(&node, "acme").await;
     assert_eq!(payment.state, PaymentState::Sent);
+    // Its message to the bank was written with it (the outbox) and is
+    // acknowledged once the bank accepted it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let outbox = payvisor::store::schema::payment_outbox(store.as_ref(), &payment.name())
+            .await
+            .unwrap();
+        assert_eq!(outbox.len(), 1, "{outbox:?}");
+        assert_eq!((outbox[0].bank.as_str(), outbox[0].seq), ("bank-a", 1));
+        if outbox[0].acknowledged_at.is_some() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never acknowledged");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 
     // Unsigned, wrongly signed and stale callbacks are refused.
     let processed = callback("m-1", "payment.processed", &payment);

@@ -965,7 +965,8 @@ impl AccountState {
         payment_version: Option<u64>,
         idempotency: Option<NewIdempotency<'_>>,
     ) -> Result<(), CommandError> {
-        let decision = self.route(decision)?;
+        let mut decision = self.route(decision)?;
+        let outbox = self.outbox(&mut decision);
         // Assert before writing (and `payment()` asserts after reading).
         decision
             .payment
@@ -1020,6 +1021,13 @@ impl AccountState {
         if let Some(alert) = &alert {
             staging.ops.push(WriteOp::Put {
                 item: schema::alert_item(alert),
+                condition: Condition::NotExists,
+            });
+        }
+        // Every message to a bank, in the same write (the outbox).
+        for record in &outbox {
+            staging.ops.push(WriteOp::Put {
+                item: schema::outbox_item(record),
                 condition: Condition::NotExists,
             });
         }
@@ -1128,6 +1136,40 @@ impl AccountState {
         }
     }
 
+    /// The decision's messages to banks (submissions of the payment and of
+    /// refunds), numbered on the payment, to write with it.
+    fn outbox(&self, decision: &mut Decision) -> Vec<schema::OutboxRecord> {
+        let now = self.shared.clock.now();
+        let payment = &mut decision.payment;
+        let mut records = Vec::new();
+        for effect in &decision.effects {
+            let (bank, refund_id, amount) = match effect {
+                payment::Effect::SubmitPayment { bank, amount, .. } => (bank, None, *amount),
+                payment::Effect::SubmitRefund {
+                    bank,
+                    refund_id,
+                    amount,
+                    ..
+                } => (bank, Some(refund_id.clone()), *amount),
+                payment::Effect::QueryPayment { .. } => continue,
+            };
+            payment.messages_sent += 1;
+            records.push(schema::OutboxRecord {
+                payment: payment.name(),
+                seq: payment.messages_sent,
+                bank: bank
+                    .clone()
+                    .unwrap_or_else(|| self.shared.router.default_bank().to_owned()),
+                refund_id,
+                currency: amount.currency().code().to_owned(),
+                minor_units: amount.minor_units(),
+                created_at: now,
+                acknowledged_at: None,
+            });
+        }
+        records
+    }
+
     /// Writes what is staged, and the account item, in one atomic write.
     async fn write(&self, staging: &Staging) -> Result<(), StoreError> {
         let mut ops = staging.ops.clone();
@@ -1210,6 +1252,8 @@ impl AccountState {
             name: self.name(&payment),
             effects,
             router: Arc::clone(&self.shared.router),
+            store: Arc::clone(&self.shared.store),
+            clock: Arc::clone(&self.shared.clock),
             parent: myself.clone(),
         };
         // Instant: the child's start-up runs on its own task, so a batch

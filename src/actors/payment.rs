@@ -8,6 +8,7 @@ use std::sync::Arc;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use super::account::AccountMsg;
+use crate::clock::Clock;
 use crate::connectors::routing::Router;
 use crate::connectors::{
     BankEvent, BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission,
@@ -15,6 +16,7 @@ use crate::connectors::{
 use crate::domain::payment::{Departure, Effect, RefundOutcome};
 use crate::domain::PaymentName;
 use crate::limits;
+use crate::store::{schema, Condition, Store, WriteOp};
 
 pub struct PaymentActor;
 
@@ -24,6 +26,9 @@ pub struct PaymentArgs {
     pub effects: Vec<Effect>,
     /// The banks; each effect names its bank.
     pub router: Arc<Router>,
+    /// Where the outbox is: acknowledgements are recorded there.
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
     /// Where definite bank answers learned synchronously go.
     pub parent: ActorRef<AccountMsg>,
 }
@@ -35,6 +40,8 @@ pub enum PaymentMsg {
 pub struct PaymentState {
     name: PaymentName,
     router: Arc<Router>,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
     parent: ActorRef<AccountMsg>,
 }
 
@@ -56,6 +63,8 @@ impl Actor for PaymentActor {
         Ok(PaymentState {
             name: args.name,
             router: args.router,
+            store: args.store,
+            clock: args.clock,
             parent: args.parent,
         })
     }
@@ -92,6 +101,53 @@ impl PaymentState {
             departure,
         };
         let _ = self.parent.cast(AccountMsg::FromChild(event));
+    }
+
+    /// Records the bank's acceptance of a submission on its outbox
+    /// messages (every one still open for that bank and refund: a re-drive
+    /// re-sends the same message). A lost acknowledgement shows in
+    /// reconciliation as an unacknowledged message; the next re-drive
+    /// records it again.
+    async fn acknowledge(&self, effect: &Effect) {
+        let (bank, refund_id) = match effect {
+            Effect::SubmitPayment { bank, .. } => (bank, None),
+            Effect::SubmitRefund {
+                bank, refund_id, ..
+            } => (bank, Some(refund_id)),
+            Effect::QueryPayment { .. } => return,
+        };
+        let bank = self.bank(bank).0;
+        for _ in 0..limits::OUTBOX_ACK_ATTEMPTS_MAX {
+            let records = match schema::payment_outbox(self.store.as_ref(), &self.name).await {
+                Ok(records) => records,
+                Err(error) => {
+                    tracing::warn!(payment = %self.name, %error, "outbox not read; acknowledgement retried");
+                    continue;
+                }
+            };
+            let mut ops = Vec::new();
+            for mut record in records {
+                if record.acknowledged_at.is_none()
+                    && record.bank == bank
+                    && record.refund_id.as_ref() == refund_id
+                {
+                    record.acknowledged_at = Some(self.clock.now());
+                    ops.push(WriteOp::Put {
+                        item: schema::outbox_item(&record),
+                        condition: Condition::VersionIs(1),
+                    });
+                }
+            }
+            if ops.is_empty() {
+                return;
+            }
+            match self.store.transact(ops).await {
+                Ok(()) => return,
+                Err(error) => {
+                    tracing::warn!(payment = %self.name, %error, "acknowledgement not recorded; retrying")
+                }
+            }
+        }
     }
 
     async fn execute(&self, effect: Effect) {
@@ -188,6 +244,7 @@ impl PaymentState {
             match result {
                 Ok(()) => {
                     tracing::debug!(payment = %self.name, attempt, "handed to bank");
+                    self.acknowledge(&effect).await;
                     return;
                 }
                 Err(ConnectorError::Rejected(reason)) => {

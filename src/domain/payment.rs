@@ -197,6 +197,9 @@ pub struct Payment {
     /// not left is where it is.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    /// Messages to banks recorded so far (the outbox's sequence).
+    #[serde(default)]
+    pub messages_sent: u64,
     /// Events of the decision being made, not yet handed to its `Decision`
     /// (never stored: `Decision::new` takes them out).
     #[serde(skip)]
@@ -905,6 +908,7 @@ pub fn create(
         review: None,
         events_emitted: 0,
         routes: Vec::new(),
+        messages_sent: 0,
         unsaved_events: Vec::new(),
     };
     payment.record(None, PaymentState::Created, "created", now);

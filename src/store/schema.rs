@@ -12,6 +12,7 @@
 //! | events      | `A#{acct}#{shard}`  | `E#{payment}#{first seq:010}` | `EVENTS#nn` / `{at:013}/{acct}/{payment}/{first seq:010}` (the feed) |
 //! | webhook due | `A#{acct}#{shard}`  | `W#{payment}#{first seq:010}` | `HOOK#nn` / `{next attempt:013}/{acct}/{payment}/{first seq:010}` |
 //! | inbox       | `A#{acct}#{shard}`  | `X#{bank}#{message id}` | –                                     |
+//! | outbox      | `A#{acct}#{shard}`  | `O#{payment}#{n:06}` | `OUTBOX#nn` / `{created:013}/{acct}/{payment}/{n:06}` until acknowledged |
 //!
 //! **Events.** The events of one decision are one item, written with the
 //! decision (the event outbox); with them, the state of their delivery to
@@ -63,6 +64,7 @@ pub const ALERT_SK_PREFIX: &str = "L#";
 pub const EVENTS_SK_PREFIX: &str = "E#";
 pub const WEBHOOK_DUE_SK_PREFIX: &str = "W#";
 pub const INBOX_SK_PREFIX: &str = "X#";
+pub const OUTBOX_SK_PREFIX: &str = "O#";
 
 /// Index families (each in `ACCOUNT_SHARDS` partitions `{family}#00`…).
 /// Watched payments, not stalled: sort key starts with the due time.
@@ -77,6 +79,8 @@ pub const STALLED_PAGED: &str = "PAGED";
 pub const IN_REVIEW: &str = "REVIEW";
 /// Pages not yet delivered: sort key starts with when they were decided.
 pub const PAGES_UNDELIVERED: &str = "PAGE";
+/// Messages to banks not yet acknowledged, by when they were decided.
+pub const OUTBOX_UNACKNOWLEDGED: &str = "OUTBOX";
 /// Every decision's events, by time (the feed).
 pub const EVENT_FEED: &str = "EVENTS";
 /// Webhook deliveries pending: sort key starts with the next attempt's time.
@@ -539,6 +543,96 @@ pub async fn webhooks_due(
         })
         .await?;
     page.items.iter().map(decode_webhook_due).collect()
+}
+
+/// A message to a bank (the outbox): written with the decision that sends
+/// it, acknowledged when the bank has accepted it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxRecord {
+    pub payment: PaymentName,
+    /// 1, 2, … per payment.
+    pub seq: u64,
+    pub bank: String,
+    /// `None` for the payment itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_id: Option<String>,
+    pub currency: String,
+    pub minor_units: i64,
+    pub created_at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledged_at: Option<Timestamp>,
+}
+
+pub fn outbox_key(payment: &PaymentName, seq: u64) -> Key {
+    Key::new(
+        shard_partition(&payment.account, shard_of(payment.payment.as_str())),
+        format!("{OUTBOX_SK_PREFIX}{}#{seq:06}", payment.payment),
+    )
+}
+
+/// Version 1 when decided (in the `OUTBOX` index), 2 once acknowledged.
+pub fn outbox_item(record: &OutboxRecord) -> Item {
+    let index = record.acknowledged_at.is_none().then(|| {
+        let tail = format!("{}/{}", record.payment.account, record.payment.payment);
+        IndexKey {
+            pk: index_partition(OUTBOX_UNACKNOWLEDGED, shard_of(&tail)),
+            sk: format!(
+                "{}/{tail}/{:06}",
+                time_prefix(record.created_at),
+                record.seq
+            ),
+        }
+    });
+    Item {
+        key: outbox_key(&record.payment, record.seq),
+        version: if record.acknowledged_at.is_some() {
+            2
+        } else {
+            1
+        },
+        body: encode(record),
+        index,
+    }
+}
+
+/// A payment's messages to banks, oldest first.
+pub async fn payment_outbox(
+    store: &dyn Store,
+    payment: &PaymentName,
+) -> Result<Vec<OutboxRecord>, StoreError> {
+    let page = store
+        .query(Query {
+            pk: shard_partition(&payment.account, shard_of(payment.payment.as_str())),
+            sk_prefix: format!("{OUTBOX_SK_PREFIX}{}#", payment.payment),
+            start_after: None,
+            limit: limits::OUTBOX_PER_PAYMENT_MAX,
+        })
+        .await?;
+    page.items.iter().map(decode).collect()
+}
+
+/// Messages decided before `before` and still not acknowledged, across
+/// shards (bounded by `limit` per shard).
+pub async fn unacknowledged_before(
+    store: &dyn Store,
+    before: Timestamp,
+    limit: usize,
+) -> Result<Vec<OutboxRecord>, StoreError> {
+    let mut records = Vec::new();
+    for shard in 0..limits::ACCOUNT_SHARDS {
+        let page = store
+            .query_index(IndexQuery {
+                index_pk: index_partition(OUTBOX_UNACKNOWLEDGED, shard),
+                start_after: None,
+                end_at: Some(due_by(before)),
+                limit,
+            })
+            .await?;
+        for item in &page.items {
+            records.push(decode::<OutboxRecord>(item)?);
+        }
+    }
+    Ok(records)
 }
 
 /// A bank callback as received (the inbox): written once, with the
