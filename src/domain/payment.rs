@@ -441,14 +441,26 @@ impl Payment {
         now: Timestamp,
         policy: &Policy,
     ) -> Result<Decision, Rejection> {
-        let mut next = self.clone();
-        next.failure_reason = Some(reason.to_owned());
-        next.transition(PaymentState::Failed, "no_bank", now);
+        Ok(self.give_up(reason, "no_bank", now, policy)?)
+    }
+
+    /// FAILED with `reason` before the bank settled it (`cause` names who
+    /// gave up); a SENT payment's pending money goes back to the account.
+    pub(super) fn give_up(
+        &self,
+        reason: &str,
+        cause: &str,
+        now: Timestamp,
+        policy: &Policy,
+    ) -> Result<Decision, LedgerError> {
         let movements = if self.state == PaymentState::Sent {
             vec![Movement::payment_failed(self.id.clone(), self.amount)?]
         } else {
             Vec::new()
         };
+        let mut next = self.clone();
+        next.failure_reason = Some(reason.to_owned());
+        next.transition(PaymentState::Failed, cause, now);
         Ok(Decision::decide(
             self,
             next,

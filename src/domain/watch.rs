@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 
 use super::payment::{Decision, Effect, Payment, PaymentState, RefundState, Rejection};
 use super::Timestamp;
-use crate::ledger::Movement;
 use crate::limits;
 
 /// Where a payment can stall, each with its own deadline.
@@ -366,23 +365,15 @@ impl Payment {
         now: Timestamp,
         policy: &super::payment::Policy,
     ) -> Result<Decision, OperatorRejection> {
-        let movements = match self.state {
-            PaymentState::Created | PaymentState::Approved | PaymentState::InReview => Vec::new(),
-            PaymentState::Sent => vec![Movement::payment_failed(self.id.clone(), self.amount)
-                .map_err(|_| OperatorRejection::NotFailable(self.state))?],
-            state => return Err(OperatorRejection::NotFailable(state)),
-        };
-        let mut next = self.clone();
-        next.failure_reason = Some(reason.to_owned());
-        next.transition(PaymentState::Failed, "operator_failed", now);
-        Ok(Decision::decide(
-            self,
-            next,
-            movements,
-            Vec::new(),
-            now,
-            &policy.stalls,
-        ))
+        match self.state {
+            PaymentState::Created
+            | PaymentState::Approved
+            | PaymentState::InReview
+            | PaymentState::Sent => self
+                .give_up(reason, "operator_failed", now, policy)
+                .map_err(|_| OperatorRejection::NotFailable(self.state)),
+            state => Err(OperatorRejection::NotFailable(state)),
+        }
     }
 
     /// One re-drive: the step of the current stage again, idempotently.
