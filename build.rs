@@ -1,6 +1,5 @@
 //! Compiles `proto/` with protox (pure Rust: no `protoc` on the machine) and
-//! writes the descriptor set that server reflection serves. The benchmark's
-//! echo service is compiled apart, so reflection does not advertise it.
+//! writes the descriptor set that server reflection serves.
 use std::path::PathBuf;
 
 use prost::Message;
@@ -14,10 +13,5 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         .build_server(true)
         .compile_fds(api)?;
-    let echo = protox::compile(["proto/payvisor/bench/v1/echo.proto"], ["proto"])?;
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(echo)?;
     Ok(())
 }

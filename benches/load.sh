@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The load-test figures of BENCHMARKS.md, in one run: a release server on the
-# embedded store with the built-in bank at zero latency, and `payvisor bench`
+# embedded store with the built-in bank at zero latency, and `payvisor-bench`
 # on the same machine. Prints each run's JSON summary, and the server's peak
 # resident memory for the 100,000-account run.
 #
@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-3}"
-cargo build --release --quiet
+cargo build --release --quiet --workspace --bins
 BIN=target/release/payvisor
+BENCH=target/release/payvisor-bench
 WORK="$(mktemp -d)"
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
@@ -22,7 +23,7 @@ serve() { # $1: port; a fresh data directory each time
   echo "server did not start" >&2; exit 1
 }
 stop() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; }
-bench() { "$BIN" bench "$@" 2>/dev/null | tail -1; }
+bench() { "$BENCH" "$@" 2>/dev/null | tail -1; }
 
 echo "# saturation: closed loop, 256 in flight, 1,000 accounts, 30 s"
 for _ in $(seq "$RUNS"); do

@@ -10,7 +10,6 @@
 //!   execute what the core decides.
 //! - [`approval`], [`webhooks`], [`watchdog`], [`callbacks`]: the rules in
 //!   force, merchant notifications, stalled payments, bank callbacks.
-//! - [`banksim`]: `payvisor bank-sim`, a simulated bank in its own process.
 //! - [`grpc`]: the API surface, the only place that sees protobuf types.
 //! - [`server`], [`config`], [`cli`]: wiring, settings, the command line.
 //! - [`clock`] and [`limits`]: injected time and randomness; every bound.
@@ -20,7 +19,6 @@ pub mod actors;
 pub mod alerts;
 pub mod approval;
 pub mod audit;
-pub mod banksim;
 pub mod callbacks;
 pub mod cli;
 pub mod clock;
@@ -31,7 +29,6 @@ pub mod grpc;
 pub mod inbound;
 pub mod ledger;
 pub mod limits;
-pub mod loadgen;
 pub mod metrics;
 pub mod outbound;
 pub mod reconcile;

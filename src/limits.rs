@@ -222,24 +222,6 @@ pub const METRICS_CONNECTIONS_MAX: usize = 16;
 /// connections cannot hold the slots above.
 pub const METRICS_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// `payvisor bench`: requests in flight at most in an open-loop run; beyond
-/// this the server is hopelessly behind the rate, and requests are shed
-/// (counted) instead of piling up in the client's memory.
-pub const BENCH_IN_FLIGHT_MAX: usize = 20_000;
-/// `payvisor bench`: gRPC connections at most (HTTP/2 multiplexes requests;
-/// a few connections spread them over the server's reactor threads).
-pub const BENCH_CONNECTIONS_MAX: usize = 8;
-/// `payvisor bench`: closed-loop workers at most.
-pub const BENCH_CONCURRENCY_MAX: usize = 4096;
-/// `payvisor bench`: how often a sampled payment is polled for its bank
-/// outcome; the end-to-end latency's resolution.
-pub const BENCH_POLL_EVERY: Duration = Duration::from_millis(2);
-/// `payvisor bench`: accounts verified at once after the load.
-pub const BENCH_VERIFY_CONCURRENCY: usize = 32;
-/// `payvisor bench`: largest reply read while verifying (a page of 500
-/// payments with their histories).
-pub const BENCH_VERIFY_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
-
 /// Characters in a webhook endpoint's name (deliveries are recorded under it).
 pub const WEBHOOK_ENDPOINT_NAME_CHARS_MAX: usize = 64;
 /// Webhook endpoints per node: each is a delivery state in every event item.
@@ -384,74 +366,6 @@ pub const BANK_CALLBACK_CONNECTIONS_MAX: usize = 256;
 /// Time a bank gets to send a callback's headers.
 pub const BANK_CALLBACK_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
-// --- `payvisor bank-sim` (src/banksim/): the simulated bank process. ---
-
-/// Characters in a simulated bank's name: it prefixes every callback's
-/// `message_id` and names the bank in settlement reports.
-pub const BANKSIM_NAME_CHARS_MAX: usize = 64;
-/// Bytes of one request body. A submission is a few hundred bytes; the
-/// largest legitimate one (32 metadata entries at their own bounds) stays
-/// under 20 KiB, so this refuses floods without refusing payments.
-pub const BANKSIM_REQUEST_BYTES_MAX: usize = 64 * 1024;
-/// Characters in a `payment_id` or `refund_id`. payvisor's payment names are
-/// at most ~150 (`accounts/{64}/payments/{64}`); the bound keeps keys small.
-pub const BANKSIM_ID_CHARS_MAX: usize = 256;
-/// Bytes of a submission's `callback_url`: a URL, not a document.
-pub const BANKSIM_CALLBACK_URL_BYTES_MAX: usize = 2048;
-/// Open client connections; beyond this new ones are closed at once
-/// instead of each holding a task.
-pub const BANKSIM_CONNECTIONS_MAX: usize = 1024;
-/// Time a client gets to send its request headers, so that idle or slow
-/// connections cannot hold the slots above.
-pub const BANKSIM_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Answers held back at once by `--timeout-per-mille` (each holds a
-/// connection). Beyond this a drawn timeout is skipped and the answer sent:
-/// a fault injector must not become the overload it simulates.
-pub const BANKSIM_HOLDS_MAX: usize = 256;
-/// Longest `--hold-ms`: clients time out in seconds; ten minutes outlasts
-/// any of them.
-pub const BANKSIM_HOLD_MAX: Duration = Duration::from_secs(10 * 60);
-/// Longest `--latency-ms` added to one answer: a minute is already far past
-/// any client's timeout.
-pub const BANKSIM_LATENCY_MAX: Duration = Duration::from_secs(60);
-/// Longest `--outcome-delay-ms`: a day, for tests of payments that settle
-/// late (stall deadlines, re-drive) without hanging them for ever.
-pub const BANKSIM_OUTCOME_DELAY_MAX: Duration = Duration::from_secs(24 * 60 * 60);
-/// `--outage` windows: a test script has a handful; 64 keeps the per-request
-/// check trivial.
-pub const BANKSIM_OUTAGES_MAX: usize = 64;
-/// Due outcomes decided in one transaction (one fsync). A backlog (after a
-/// restart) is worked off in several transactions, so a submission never
-/// waits behind one huge write.
-pub const BANKSIM_DECISIONS_PER_BATCH: usize = 256;
-/// Backstop wake-up of the outcome decider and the callback dispatcher when
-/// nothing woke them: catches a wake-up lost to a failed write.
-pub const BANKSIM_IDLE_POLL: Duration = Duration::from_secs(1);
-/// Attempts to deliver one callback, counted across restarts: with the
-/// back-off below, about eight minutes, enough to outlast a payvisor restart
-/// or a test's failing receiver; a receiver gone for good is then given up
-/// (the status query still answers).
-pub const BANKSIM_CALLBACK_ATTEMPTS_MAX: u32 = 100;
-/// First wait before re-sending a callback that was not acknowledged; each
-/// further wait doubles.
-pub const BANKSIM_CALLBACK_BACKOFF_INITIAL: Duration = Duration::from_millis(200);
-/// Longest wait between two attempts of one callback.
-pub const BANKSIM_CALLBACK_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// One callback POST, connect to last response byte; a receiver answers
-/// after one durable write, far below this.
-pub const BANKSIM_CALLBACK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Response bytes read from a callback receiver (only for the log).
-pub const BANKSIM_CALLBACK_RESPONSE_BYTES_MAX: usize = 4 * 1024;
-/// Callbacks being delivered at once (each a task, possibly sleeping in
-/// back-off). More undelivered messages wait in the database.
-pub const BANKSIM_CALLBACKS_IN_FLIGHT_MAX: usize = 64;
-/// Largest random delay `--reorder-callbacks` adds before a callback: long
-/// against the default outcome delays (5..50 ms), so callbacks of
-/// neighbouring payments overtake each other.
-pub const BANKSIM_CALLBACK_REORDER_DELAY_MAX: Duration = Duration::from_millis(500);
-/// Entries in one settlement report; a longer window is refused (ask for a
-/// shorter one), so one report never builds an unbounded answer in memory.
-pub const BANKSIM_SETTLEMENT_ENTRIES_MAX: usize = 100_000;
 /// Bytes of a bank's settlement report read at most: 100,000 entries of
 /// about 160 bytes (the bank simulator's own bound on entries).
 pub const BANK_SETTLEMENT_BYTES_MAX: usize = 16 * 1024 * 1024;

@@ -58,11 +58,6 @@ enum Command {
         #[command(subcommand)]
         command: AccountsCommand,
     },
-    /// Run a simulated bank speaking the HTTP bank protocol
-    /// (docs/bank-protocol.md), with fault knobs for tests.
-    BankSim(payvisor::banksim::BankSimArgs),
-    /// Load a running server over gRPC and verify nothing was lost or doubled.
-    Bench(payvisor::loadgen::BenchArgs),
     /// Manage the DynamoDB table.
     Dynamodb {
         #[command(subcommand)]
@@ -137,29 +132,6 @@ fn main() -> std::process::ExitCode {
             } => cli::check_rules(&file),
             Command::Ledger { json, command } => cli::ledger(json, command).await,
             Command::Reconcile(args) => cli::reconcile(args).await,
-            Command::BankSim(args) => {
-                init_logging(false);
-                let options = args.validate().map_err(anyhow::Error::msg)?;
-                let bank = payvisor::banksim::BankSim::open(options).await?;
-                println!(
-                    "bank-sim {} listening on {}",
-                    bank.name(),
-                    bank.local_addr()
-                );
-                bank.run(payvisor::server::shutdown_signal()).await?;
-                Ok(())
-            }
-            Command::Bench(args) => {
-                let summary = payvisor::loadgen::run(args).await?;
-                anyhow::ensure!(
-                    summary.lost == 0 && summary.duplicated == 0 && summary.ledger_mismatches == 0,
-                    "verification failed: {} lost, {} duplicated, {} ledger mismatches",
-                    summary.lost,
-                    summary.duplicated,
-                    summary.ledger_mismatches
-                );
-                Ok(())
-            }
             Command::Dynamodb {
                 command: DynamodbCommand::CreateTable { table, dynamodb },
             } => {

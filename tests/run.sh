@@ -37,12 +37,14 @@ export AWS_ACCESS_KEY_ID="testing" AWS_SECRET_ACCESS_KEY="testing" AWS_REGION="u
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== cargo build (every binary: the tests run payvisor-bank-sim and payvisor-bench beside payvisor)"
+cargo build --locked --workspace --bins
 echo "== cargo test"
-cargo test --locked --all-targets
+cargo test --locked --workspace --all-targets
 echo "== cfn-lint deploy/cloudformation"
 "$VENV/bin/cfn-lint" deploy/cloudformation/*.yaml
 echo "== the CloudFormation template and create-table define the same table"
 "$VENV/bin/python" tests/cloudformation_matches_create_table.py target/debug/payvisor
 echo "== end-to-end, crash, stalls, reviews and webhooks tests again, with --store dynamodb"
-PAYVISOR_TEST_STORE=dynamodb cargo test --locked --test e2e --test crash --test stalls --test reviews --test webhooks
+PAYVISOR_TEST_STORE=dynamodb cargo test --locked --test it -- e2e:: crash:: stalls:: reviews:: webhooks::

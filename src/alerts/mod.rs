@@ -10,9 +10,8 @@
 //!
 //! Implementations: [`pagerduty::PagerDutySink`] (Events API v2 over HTTPS),
 //! [`LogSink`] (structured log lines, for a node with no pager configured).
-//! Both pass [`conformance`].
+//! Both pass the conformance suite (`payvisor_testkit::alerts`).
 
-pub mod conformance;
 pub mod pagerduty;
 
 use std::collections::BTreeMap;

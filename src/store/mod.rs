@@ -2,7 +2,7 @@
 //! conditional writes on a version attribute and atomic multi-item writes of
 //! at most 100 items. The shape is DynamoDB's, so the embedded store
 //! ([`sqlite`]) and the production one share one contract, checked by one
-//! conformance suite ([`conformance`]).
+//! conformance suite (`payvisor_testkit::store`, kept out of the server).
 //!
 //! [`schema`] maps domain records onto items; nothing else knows key formats.
 //!
@@ -10,7 +10,6 @@
 //! (`NotExists` or `VersionIs`): a writer that lost a race, or a node that
 //! lost ownership of an account, fails instead of overwriting.
 
-pub mod conformance;
 pub mod dynamodb;
 pub mod schema;
 pub mod sqlite;

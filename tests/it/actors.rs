@@ -1,0 +1,507 @@
+//! The actor layer in-process: supervision after a panic, passivation and
+//! re-hydration, recovery of persisted work. Real store (SQLite on disk),
+//! real bank simulator.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use payvisor::actors::{ActorSettings, Components, CreatePayment, Orchestrator, RefundPayment};
+use payvisor::alerts::LogSink;
+use payvisor::audit::audit_account;
+use payvisor::clock::{SeededRandom, SystemClock};
+use payvisor::connectors::simulator::{BankSimulator, SimulatorConfig};
+use payvisor::connectors::{
+    BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission,
+};
+use payvisor::domain::payment::{Payment, PaymentState, Policy};
+use payvisor::domain::{AccountId, Currency, Money, PaymentName, RequestId};
+use payvisor::store::sqlite::SqliteStore;
+use payvisor::store::{BoxFuture, Store};
+use tokio::sync::mpsc;
+
+use crate::common::dynamodb as dynamodb_server;
+
+/// Wraps a connector; panics on the first `panics` payment submissions.
+struct PanickingConnector {
+    inner: BankSimulator,
+    panics: u32,
+    submissions: AtomicU32,
+}
+
+impl Connector for PanickingConnector {
+    fn submit_payment(
+        &self,
+        submission: PaymentSubmission,
+    ) -> BoxFuture<'_, Result<(), ConnectorError>> {
+        let attempt = self.submissions.fetch_add(1, Ordering::SeqCst) + 1;
+        if attempt <= self.panics {
+            panic!("injected connector panic #{attempt}");
+        }
+        self.inner.submit_payment(submission)
+    }
+    fn submit_refund(
+        &self,
+        submission: RefundSubmission,
+    ) -> BoxFuture<'_, Result<(), ConnectorError>> {
+        self.inner.submit_refund(submission)
+    }
+    fn payment_status(
+        &self,
+        name: PaymentName,
+    ) -> BoxFuture<'_, Result<BankStatus, ConnectorError>> {
+        self.inner.payment_status(name)
+    }
+}
+
+/// Wraps a store; fails the transactions whose 1-based numbers are listed,
+/// as a DynamoDB throttle or timeout would.
+struct FlakyStore {
+    inner: Arc<dyn Store>,
+    fail: Vec<u32>,
+    transactions: AtomicU32,
+}
+
+impl Store for FlakyStore {
+    fn transact(
+        &self,
+        ops: Vec<payvisor::store::WriteOp>,
+    ) -> BoxFuture<'_, Result<(), payvisor::store::StoreError>> {
+        let number = self.transactions.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail.contains(&number) {
+            return Box::pin(async move {
+                Err(payvisor::store::StoreError::Unavailable(format!(
+                    "injected failure #{number}"
+                )))
+            });
+        }
+        self.inner.transact(ops)
+    }
+    fn get(
+        &self,
+        key: payvisor::store::Key,
+    ) -> BoxFuture<'_, Result<Option<payvisor::store::Item>, payvisor::store::StoreError>> {
+        self.inner.get(key)
+    }
+    fn query(
+        &self,
+        query: payvisor::store::Query,
+    ) -> BoxFuture<'_, Result<payvisor::store::Page, payvisor::store::StoreError>> {
+        self.inner.query(query)
+    }
+    fn query_index(
+        &self,
+        query: payvisor::store::IndexQuery,
+    ) -> BoxFuture<'_, Result<payvisor::store::Page, payvisor::store::StoreError>> {
+        self.inner.query_index(query)
+    }
+}
+
+struct Harness {
+    orchestrator: Orchestrator,
+    store: Arc<dyn Store>,
+    connector: Arc<PanickingConnector>,
+    _dir: tempfile::TempDir,
+}
+
+fn harness(panics: u32, settings: ActorSettings) -> Harness {
+    harness_with_store(panics, settings, |store| store)
+}
+
+fn harness_with_store(
+    panics: u32,
+    settings: ActorSettings,
+    wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = wrap(Arc::new(SqliteStore::open(dir.path()).unwrap()));
+    harness_on(store, panics, settings, dir)
+}
+
+fn harness_on(
+    store: Arc<dyn Store>,
+    panics: u32,
+    settings: ActorSettings,
+    dir: tempfile::TempDir,
+) -> Harness {
+    let random = Arc::new(SeededRandom::new(7));
+    let (events, queue) = mpsc::channel(1024);
+    let config = SimulatorConfig {
+        latency_min: Duration::from_millis(1),
+        latency_max: Duration::from_millis(3),
+        failure_per_mille: 0,
+    };
+    let connector = Arc::new(PanickingConnector {
+        inner: BankSimulator::new(config, random.clone(), events),
+        panics,
+        submissions: AtomicU32::new(0),
+    });
+    let orchestrator = Orchestrator::start(
+        Components {
+            store: Arc::clone(&store),
+            banks: Arc::new(payvisor::connectors::routing::Router::single(
+                "built-in",
+                connector.clone(),
+            )),
+            clock: Arc::new(SystemClock),
+            random,
+            policy: Policy::default(),
+            settings,
+            alert_sink: Arc::new(LogSink),
+            node_name: "test".into(),
+            rules: Arc::new(payvisor::approval::RulesInForce::approve_all()),
+            webhooks: payvisor::webhooks::WebhookSettings::default(),
+            webhook_sink: Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
+        },
+        queue,
+    );
+    Harness {
+        orchestrator,
+        store,
+        connector,
+        _dir: dir,
+    }
+}
+
+/// Processed exactly once: one PROCESSED transition, clean books, and two
+/// movements (one for sending, one for processing).
+async fn assert_processed_once(h: &Harness, processed: &Payment) {
+    assert_eq!(
+        processed
+            .history
+            .iter()
+            .filter(|t| t.to == PaymentState::Processed)
+            .count(),
+        1
+    );
+    let report = audit_account(h.store.as_ref(), &processed.account)
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(
+        report.movements, 2,
+        "one movement for sending, one for processing"
+    );
+}
+
+fn usd(minor: i64) -> Money {
+    Money::from_minor(Currency::from_code("USD").unwrap(), minor)
+}
+
+fn create(account: &str, request_id: &str, minor: i64) -> CreatePayment {
+    CreatePayment {
+        account: AccountId::new(account).unwrap(),
+        payment_id: None,
+        amount: usd(minor),
+        metadata: BTreeMap::new(),
+        payer_id: None,
+        payer_country: None,
+        request_id: RequestId::new(request_id).unwrap(),
+    }
+}
+
+async fn wait_until(
+    orchestrator: &Orchestrator,
+    payment: &Payment,
+    done: impl Fn(&Payment) -> bool,
+) -> Payment {
+    for _ in 0..3000 {
+        let current = orchestrator.get_payment(&payment.name()).await.unwrap();
+        if done(&current) {
+            return current;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("payment {} never got there", payment.name());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_payment_actor_is_restarted_from_persisted_state_and_nothing_is_applied_twice()
+{
+    let h = harness(2, ActorSettings::default());
+    let payment = h
+        .orchestrator
+        .create_payment(create("acme", "req-1", 1000))
+        .await
+        .unwrap();
+    assert_eq!(payment.state, PaymentState::Sent);
+    let processed = wait_until(&h.orchestrator, &payment, |p| {
+        p.state == PaymentState::Processed
+    })
+    .await;
+
+    // Two panics, then the third submission went through: restarted twice.
+    assert_eq!(h.connector.submissions.load(Ordering::SeqCst), 3);
+    assert_processed_once(&h, &processed).await;
+    let report = audit_account(h.store.as_ref(), &processed.account)
+        .await
+        .unwrap();
+    assert_eq!(
+        report.balances.currency(usd(0).currency()).available,
+        usd(1000)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_account_actors_passivate_and_rehydrate_from_the_store() {
+    let settings = ActorSettings {
+        passivate_after: Duration::from_millis(50),
+        idle_check_every: Duration::from_millis(10),
+    };
+    let h = harness(0, settings);
+    let payment = h
+        .orchestrator
+        .create_payment(create("acme", "req-1", 1000))
+        .await
+        .unwrap();
+    wait_until(&h.orchestrator, &payment, |p| {
+        p.state == PaymentState::Processed
+    })
+    .await;
+    for _ in 0..500 {
+        if h.orchestrator.active_accounts() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        h.orchestrator.active_accounts(),
+        0,
+        "the idle account actor stopped"
+    );
+
+    // A new actor re-hydrates: the replay is recognised, balances carry on.
+    let replay = h
+        .orchestrator
+        .create_payment(create("acme", "req-1", 1000))
+        .await
+        .unwrap();
+    assert_eq!(replay.id, payment.id);
+    let refund = RefundPayment {
+        name: payment.name(),
+        amount: Some(usd(400)),
+        reason: "customer asked".into(),
+        request_id: RequestId::new("refund-1").unwrap(),
+    };
+    h.orchestrator.refund_payment(refund).await.unwrap();
+    wait_until(&h.orchestrator, &payment, |p| {
+        p.state == PaymentState::PartiallyRefunded
+    })
+    .await;
+    let report = audit_account(h.store.as_ref(), &AccountId::new("acme").unwrap())
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(
+        report.balances.currency(usd(0).currency()).available,
+        usd(600)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_accounts_progress_concurrently_with_per_account_order() {
+    let h = harness(0, ActorSettings::default());
+    let mut tasks = Vec::new();
+    for account in 0..20 {
+        let orchestrator = h.orchestrator.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut payments = Vec::new();
+            for n in 0..10 {
+                payments.push(
+                    orchestrator
+                        .create_payment(create(
+                            &format!("acct-{account}"),
+                            &format!("req-{n}"),
+                            100,
+                        ))
+                        .await
+                        .unwrap(),
+                );
+            }
+            payments
+        }));
+    }
+    for task in tasks {
+        for payment in task.await.unwrap() {
+            wait_until(&h.orchestrator, &payment, |p| {
+                p.state == PaymentState::Processed
+            })
+            .await;
+        }
+    }
+    for account in 0..20 {
+        let report = audit_account(
+            h.store.as_ref(),
+            &AccountId::new(format!("acct-{account}")).unwrap(),
+        )
+        .await
+        .unwrap();
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert_eq!(report.payments, 10);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bank_outcome_survives_transient_store_failures() {
+    // Write 1 creates the payment; writes 2 and 3 (applying the bank's
+    // answer) fail as a throttled or timed-out store would.
+    let h = harness_with_store(0, ActorSettings::default(), |inner| {
+        Arc::new(FlakyStore {
+            inner,
+            fail: vec![2, 3],
+            transactions: AtomicU32::new(0),
+        })
+    });
+    let payment = h
+        .orchestrator
+        .create_payment(create("acme", "req-1", 1000))
+        .await
+        .unwrap();
+    let processed = wait_until(&h.orchestrator, &payment, |p| {
+        p.state == PaymentState::Processed
+    })
+    .await;
+    assert_processed_once(&h, &processed).await;
+}
+
+/// Two orchestrators on one store (two nodes that both think they own an
+/// account, as during an ownership change) hammer the same account. Every
+/// lost optimistic-concurrency race is retried from fresh state: nothing is
+/// overwritten, nothing lost, the books balance.
+async fn two_writers_on_one_account_lose_no_update(store: Arc<dyn Store>) {
+    let node_a = harness_on(
+        Arc::clone(&store),
+        0,
+        ActorSettings::default(),
+        tempfile::tempdir().unwrap(),
+    );
+    let node_b = harness_on(
+        Arc::clone(&store),
+        0,
+        ActorSettings::default(),
+        tempfile::tempdir().unwrap(),
+    );
+    let mut tasks = Vec::new();
+    for (node, orchestrator) in [
+        ("a", node_a.orchestrator.clone()),
+        ("b", node_b.orchestrator.clone()),
+    ] {
+        tasks.push(tokio::spawn(async move {
+            let mut payments = Vec::new();
+            for n in 0..15 {
+                let command = create("shared", &format!("{node}-{n}"), 100);
+                // A client retries ABORTED with the same request id.
+                let mut attempts = 0;
+                let payment = loop {
+                    match orchestrator.create_payment(command.clone()).await {
+                        Ok(payment) => break payment,
+                        Err(payvisor::actors::CommandError::Conflict) if attempts < 20 => {
+                            attempts += 1
+                        }
+                        Err(error) => panic!("{error:?}"),
+                    }
+                };
+                payments.push(payment);
+            }
+            payments
+        }));
+    }
+    let mut payments = Vec::new();
+    for task in tasks {
+        payments.extend(task.await.unwrap());
+    }
+    for payment in &payments {
+        wait_until(&node_a.orchestrator, payment, |p| {
+            p.state == PaymentState::Processed
+        })
+        .await;
+    }
+    let report = audit_account(store.as_ref(), &AccountId::new("shared").unwrap())
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.payments, 30);
+    assert_eq!(
+        report.balances.currency(usd(0).currency()).available,
+        usd(3000)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_on_one_account_lose_no_update_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    two_writers_on_one_account_lose_no_update(Arc::new(SqliteStore::open(dir.path()).unwrap()))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_writers_on_one_account_lose_no_update_on_dynamodb() {
+    if !dynamodb_server::available("two writers on dynamodb") {
+        return;
+    }
+    two_writers_on_one_account_lose_no_update(Arc::new(
+        dynamodb_server::fresh_store("two-writers").await,
+    ))
+    .await;
+}
+
+/// A busy account folds the commands waiting for it into shared atomic
+/// writes, without changing any answer: every create is acknowledged once,
+/// duplicates in the same batch are replays, a key used before makes its
+/// batch fall back to one-by-one (and is replayed), and the books balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_accounts_commands_share_atomic_writes_with_the_same_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let store: Arc<dyn Store> = sqlite.clone();
+    let h = harness_on(store, 0, ActorSettings::default(), dir);
+    let earlier = h
+        .orchestrator
+        .create_payment(create("hot", "used-before", 700))
+        .await
+        .unwrap();
+    let commits_before = sqlite.commit_count();
+    let mut tasks = Vec::new();
+    for n in 0..200 {
+        let orchestrator = h.orchestrator.clone();
+        tasks.push(tokio::spawn(async move {
+            let request = match n % 50 {
+                0 => create("hot", "used-before", 700),
+                1 => create("hot", "twice-in-a-batch", 300),
+                _ => create("hot", &format!("busy-{n}"), 100 + n),
+            };
+            orchestrator.create_payment(request).await.unwrap()
+        }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    let commits = sqlite.commit_count() - commits_before;
+    assert!(
+        commits < 200,
+        "200 creates on one account took {commits} commits: they were not folded"
+    );
+    let replays: Vec<_> = answers.iter().filter(|p| p.id == earlier.id).collect();
+    assert_eq!(replays.len(), 4, "the earlier key replays its payment");
+    let twice: std::collections::HashSet<_> = answers
+        .iter()
+        .filter(|p| p.amount == usd(300))
+        .map(|p| p.id.clone())
+        .collect();
+    assert_eq!(twice.len(), 1, "one payment for a key sent four times");
+    let distinct: std::collections::HashSet<_> = answers.iter().map(|p| p.id.clone()).collect();
+    assert_eq!(distinct.len(), 1 + 1 + 192);
+    for payment in &answers {
+        wait_until(&h.orchestrator, payment, |p| {
+            p.state == PaymentState::Processed
+        })
+        .await;
+    }
+    let report = audit_account(h.store.as_ref(), &AccountId::new("hot").unwrap())
+        .await
+        .unwrap();
+    assert!(report.is_clean(), "{:?}", report.problems);
+    assert_eq!(report.movements, 2 * 194, "sent and processed, once each");
+}

@@ -1,0 +1,429 @@
+//! Test harness: runs the real `payvisor` binary on a free loopback port with
+//! its own data directory (or, with `PAYVISOR_TEST_STORE=dynamodb`, its own
+//! DynamoDB table), and talks to it over real gRPC.
+#![allow(dead_code)]
+
+pub mod dynamodb;
+pub mod pager;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use payvisor::grpc::pb;
+use payvisor::grpc::pb::payment_service_client::PaymentServiceClient;
+use tonic::transport::Channel;
+use tonic_types::StatusExt;
+
+pub const BINARY: &str = env!("CARGO_BIN_EXE_payvisor");
+
+/// A binary of another workspace member (`payvisor-bank-sim`,
+/// `payvisor-bench`): cargo gives a test only its own package's binaries,
+/// so this one is looked up beside `payvisor`, where
+/// `cargo build --workspace --bins` (run by `tests/run.sh`) puts it. Build
+/// it again after changing that crate, or the test runs the old one.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let path = Path::new(BINARY)
+        .parent()
+        .expect("the target directory")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        path.display()
+    );
+    path
+}
+
+/// How long a test waits for the server to make progress before it fails.
+/// A liveness bound, not a performance assertion: generous on purpose.
+pub const PROGRESS_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct Server {
+    process: Child,
+    pub address: String,
+    pub data_dir: PathBuf,
+    /// Which store the server uses (`--store …`), shared by `ledger verify`.
+    store_args: Vec<String>,
+    extra_args: Vec<String>,
+    /// Keeps the temporary directory alive for the server's lifetime.
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server on a fresh data directory (and a fresh table, on
+    /// DynamoDB).
+    pub fn start(extra_args: &[&str]) -> Server {
+        let temp = tempfile::tempdir().expect("temp dir");
+        let data_dir = temp.path().to_path_buf();
+        let store_args = store_args();
+        let mut all_args = store_args.clone();
+        all_args.extend(extra_args.iter().map(|arg| arg.to_string()));
+        let (process, address) = spawn(&data_dir, &all_args);
+        Server {
+            process,
+            address,
+            data_dir,
+            store_args,
+            extra_args: all_args,
+            _temp: Some(temp),
+        }
+    }
+
+    /// Runs `payvisor ledger verify` on this server's store; panics unless
+    /// every account's books are clean.
+    pub fn verify_ledger(&self, accounts: &[&str]) {
+        let mut command = Command::new(BINARY);
+        command
+            .args(["ledger", "verify", "--data-dir"])
+            .arg(&self.data_dir)
+            .args(&self.store_args);
+        for account in accounts {
+            command.args(["--account", account]);
+        }
+        let output = command.output().expect("run ledger verify");
+        assert!(
+            output.status.success(),
+            "ledger verify failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    pub async fn client(&self) -> PaymentServiceClient<Channel> {
+        PaymentServiceClient::new(self.channel().await)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(format!("http://{}", self.address))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to payvisor")
+    }
+
+    /// `kill -9`: no shutdown hook runs.
+    pub fn kill9(&mut self) {
+        self.process.kill().expect("SIGKILL");
+        self.process.wait().expect("reap");
+    }
+
+    /// SIGTERM, then waits for the exit status. Blocks the calling thread:
+    /// from async tests use [`Server::terminate_async`], so the test's own
+    /// connections can answer the server's GOAWAY meanwhile.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.process.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+        self.process.wait().expect("wait for payvisor")
+    }
+
+    pub async fn terminate_async(&mut self) -> std::process::ExitStatus {
+        tokio::task::block_in_place(|| self.terminate())
+    }
+
+    /// Starts the server again on the same data directory (new port).
+    pub fn restart(&mut self) {
+        let (process, address) = spawn(&self.data_dir, &self.extra_args);
+        self.process = process;
+        self.address = address;
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String) {
+    let mut process = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(["--bank-latency-ms", "1..10"])
+        .args(extra_args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start payvisor");
+    let stdout = process.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let address = loop {
+        let line = lines
+            .next()
+            .expect("payvisor exited before listening")
+            .expect("read stdout");
+        if let Some(address) = line.strip_prefix("payvisor listening on ") {
+            break address.trim().to_owned();
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (process, address)
+}
+
+pub fn usd(minor_units: i64) -> pb::Money {
+    pb::Money {
+        currency_code: "USD".into(),
+        minor_units,
+    }
+}
+
+pub fn create_request(
+    account: &str,
+    request_id: &str,
+    minor_units: i64,
+) -> pb::CreatePaymentRequest {
+    pb::CreatePaymentRequest {
+        parent: format!("accounts/{account}"),
+        payment: Some(pb::Payment {
+            amount: Some(usd(minor_units)),
+            ..Default::default()
+        }),
+        request_id: request_id.into(),
+        payment_id: String::new(),
+    }
+}
+
+pub fn refund_request(
+    name: &str,
+    request_id: &str,
+    minor_units: Option<i64>,
+) -> pb::RefundPaymentRequest {
+    pb::RefundPaymentRequest {
+        name: name.into(),
+        amount: minor_units.map(usd),
+        reason: "customer request".into(),
+        request_id: request_id.into(),
+    }
+}
+
+/// The `ErrorInfo.reason` of a status.
+pub fn reason(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}
+
+/// The fields named by a status's `BadRequest`.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    status
+        .get_error_details()
+        .bad_request()
+        .map(|bad| {
+            bad.field_violations
+                .iter()
+                .map(|v| v.field.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn state(payment: &pb::Payment) -> pb::payment::State {
+    pb::payment::State::try_from(payment.state).unwrap()
+}
+
+/// Whether a payment still waits for a bank answer.
+pub fn is_settled(payment: &pb::Payment) -> bool {
+    state(payment) != pb::payment::State::Sent
+        && payment
+            .refunds
+            .iter()
+            .all(|refund| refund.state != pb::refund::State::Pending as i32)
+}
+
+/// Polls a payment until `done` holds (bounded by [`PROGRESS_DEADLINE`]).
+pub async fn wait_for(
+    client: &mut PaymentServiceClient<Channel>,
+    name: &str,
+    done: impl Fn(&pb::Payment) -> bool,
+) -> pb::Payment {
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    loop {
+        let payment = client
+            .get_payment(pb::GetPaymentRequest { name: name.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        if done(&payment) {
+            return payment;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "payment never got there: {payment:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Creates a payment (expecting success) and returns it as acknowledged.
+pub async fn created_payment(
+    client: &mut PaymentServiceClient<Channel>,
+    account: &str,
+    request_id: &str,
+    minor_units: i64,
+) -> pb::Payment {
+    client
+        .create_payment(create_request(account, request_id, minor_units))
+        .await
+        .expect("create payment")
+        .into_inner()
+}
+
+/// Creates a payment and waits until the bank has processed it.
+pub async fn processed_payment(
+    client: &mut PaymentServiceClient<Channel>,
+    account: &str,
+    request_id: &str,
+    minor_units: i64,
+) -> pb::Payment {
+    let created = created_payment(client, account, request_id, minor_units).await;
+    wait_for(client, &created.name, |p| {
+        state(p) == pb::payment::State::Processed
+    })
+    .await
+}
+
+/// Every payment of an account, following page tokens.
+pub async fn list_all(
+    client: &mut PaymentServiceClient<Channel>,
+    account: &str,
+    page_size: i32,
+) -> Vec<pb::Payment> {
+    let mut payments = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_payments(pb::ListPaymentsRequest {
+                parent: format!("accounts/{account}"),
+                page_size,
+                page_token,
+                state: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.payments.len() <= page_size.max(1) as usize);
+        payments.extend(page.payments);
+        if page.next_page_token.is_empty() {
+            return payments;
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+/// Checks GetAccount against the payments: available = processed − fees −
+/// refunds (pending or done), nothing pending once all payments settled.
+pub async fn assert_balances_match_payments(
+    client: &mut PaymentServiceClient<Channel>,
+    account: &str,
+) {
+    let payments = list_all(client, account, 100).await;
+    let mut collected = 0;
+    let mut refunded = 0;
+    for payment in &payments {
+        use pb::payment::State;
+        if matches!(
+            state(payment),
+            State::Processed | State::PartiallyRefunded | State::Refunded
+        ) {
+            collected += payment.amount.as_ref().unwrap().minor_units
+                - payment.fee.as_ref().unwrap().minor_units;
+        }
+        refunded += payment.refunded_amount.as_ref().unwrap().minor_units;
+        assert!(
+            payment.refunded_amount.as_ref().unwrap().minor_units
+                <= payment.amount.as_ref().unwrap().minor_units
+        );
+    }
+    let account_view = client
+        .get_account(pb::GetAccountRequest {
+            name: format!("accounts/{account}"),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let usd_balance = account_view
+        .balances
+        .iter()
+        .find(|b| b.currency_code == "USD")
+        .expect("USD balance");
+    assert_eq!(
+        usd_balance.available.as_ref().unwrap().minor_units,
+        collected - refunded,
+        "available"
+    );
+    assert_eq!(
+        usd_balance.pending.as_ref().unwrap().minor_units,
+        0,
+        "pending"
+    );
+    assert_eq!(
+        usd_balance.refunding.as_ref().unwrap().minor_units,
+        0,
+        "refunding"
+    );
+}
+
+/// The store flags for servers under test: the embedded store by default,
+/// a fresh DynamoDB table (created with `payvisor dynamodb create-table`)
+/// when `PAYVISOR_TEST_STORE=dynamodb`.
+fn store_args() -> Vec<String> {
+    match std::env::var("PAYVISOR_TEST_STORE").as_deref() {
+        Ok("dynamodb") => {
+            assert!(
+                dynamodb::available("e2e on dynamodb"),
+                "PAYVISOR_TEST_STORE=dynamodb needs AWS_ENDPOINT_URL_DYNAMODB"
+            );
+            let table = dynamodb::fresh_table("e2e");
+            let output = Command::new(BINARY)
+                .args(["dynamodb", "create-table", "--table", &table])
+                .output()
+                .expect("run dynamodb create-table");
+            assert!(
+                output.status.success(),
+                "create-table failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            vec![
+                "--store".into(),
+                "dynamodb".into(),
+                "--dynamodb-table".into(),
+                table,
+            ]
+        }
+        Ok("sqlite") | Err(_) => Vec::new(),
+        Ok(other) => panic!("PAYVISOR_TEST_STORE={other}: expected sqlite or dynamodb"),
+    }
+}
+
+/// Runs the command line against `server` (`--json`), expecting success.
+pub fn cli(server: &Server, args: &[&str]) -> serde_json::Value {
+    let output = cli_output(server, args);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("JSON output")
+}
+
+/// Runs the command line against `server` (`--json`), whatever the outcome.
+pub fn cli_output(server: &Server, args: &[&str]) -> std::process::Output {
+    Command::new(BINARY)
+        .args(args)
+        .args(["--json", "--server", &format!("http://{}", server.address)])
+        .output()
+        .expect("run the CLI")
+}

@@ -1,0 +1,229 @@
+//! Crash safety: `kill -9` the server while clients stream creates and
+//! refunds at it; after a restart every acknowledged request is present
+//! exactly once, every payment with pending work resumes and finishes, and
+//! the books balance.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::common::*;
+use payvisor::grpc::pb;
+use tonic::Code;
+
+const ACCOUNTS: usize = 4;
+const CLIENTS: usize = 8;
+/// Acknowledgements to collect before each kill: enough that the kill lands
+/// mid-stream, with creates and refunds in flight.
+const ACKS_BEFORE_KILL: usize = 150;
+
+#[derive(Clone, Debug)]
+enum Acked {
+    Create {
+        request: Box<pb::CreatePaymentRequest>,
+        name: String,
+    },
+    Refund {
+        request: pb::RefundPaymentRequest,
+    },
+}
+
+/// Unique per create request, so each payment maps back to one request.
+fn amount_of(payment: &pb::Payment) -> i64 {
+    payment.amount.as_ref().unwrap().minor_units
+}
+
+async fn stream_requests(
+    server: &Server,
+    cycle: usize,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    sent_amounts: Arc<Mutex<HashSet<i64>>>,
+    stop: Arc<AtomicBool>,
+    ack_count: Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let client = server.client().await;
+    (0..CLIENTS)
+        .map(|task| {
+            let mut client = client.clone();
+            let (acked, sent_amounts, stop, ack_count) = (
+                acked.clone(),
+                sent_amounts.clone(),
+                stop.clone(),
+                ack_count.clone(),
+            );
+            tokio::spawn(async move {
+                let mut mine: Vec<String> = Vec::new();
+                let mut n = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let amount = 1_000_000 * (cycle as i64 + 1) + (task as i64) * 10_000 + n;
+                    let account = format!("crash-{}", n as usize % ACCOUNTS);
+                    let request =
+                        create_request(&account, &format!("c{cycle}-t{task}-{n}"), amount);
+                    sent_amounts.lock().unwrap().insert(amount);
+                    match client.create_payment(request.clone()).await {
+                        Ok(payment) => {
+                            let name = payment.into_inner().name;
+                            mine.push(name.clone());
+                            acked.lock().unwrap().push(Acked::Create {
+                                request: Box::new(request),
+                                name,
+                            });
+                            ack_count.fetch_add(1, Ordering::SeqCst);
+                        }
+                        Err(_) => break, // the server is gone
+                    }
+                    if n % 3 == 0 && mine.len() > 2 {
+                        let target = mine[mine.len() - 3].clone();
+                        let request =
+                            refund_request(&target, &format!("r{cycle}-t{task}-{n}"), Some(100));
+                        match client.refund_payment(request.clone()).await {
+                            Ok(_) => {
+                                acked.lock().unwrap().push(Acked::Refund { request });
+                                ack_count.fetch_add(1, Ordering::SeqCst);
+                            }
+                            // Not processed yet: a clean refusal, not an ack.
+                            Err(status) if status.code() == Code::FailedPrecondition => {}
+                            Err(_) => break,
+                        }
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_loses_nothing_and_doubles_nothing() {
+    let mut server = Server::start(&[]);
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let sent_amounts = Arc::new(Mutex::new(HashSet::new()));
+
+    for cycle in 0..2 {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ack_count = Arc::new(AtomicUsize::new(0));
+        let tasks = stream_requests(
+            &server,
+            cycle,
+            acked.clone(),
+            sent_amounts.clone(),
+            stop.clone(),
+            ack_count.clone(),
+        )
+        .await;
+        while ack_count.load(Ordering::SeqCst) < ACKS_BEFORE_KILL {
+            assert!(
+                !tasks.iter().all(|task| task.is_finished()),
+                "clients stopped before the kill"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        server.kill9();
+        stop.store(true, Ordering::SeqCst);
+        for task in tasks {
+            task.await.unwrap();
+        }
+        server.restart();
+        let acked_so_far = acked.lock().unwrap().clone();
+        let sent_so_far = sent_amounts.lock().unwrap().clone();
+        check_after_restart(&server, &acked_so_far, &sent_so_far).await;
+    }
+
+    let status = server.terminate_async().await;
+    assert!(
+        status.success(),
+        "graceful stop after the crashes: {status:?}"
+    );
+    let accounts: Vec<String> = (0..ACCOUNTS).map(|n| format!("crash-{n}")).collect();
+    server.verify_ledger(&accounts.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+async fn check_after_restart(server: &Server, acked: &[Acked], sent_amounts: &HashSet<i64>) {
+    let mut client = server.client().await;
+
+    // Nothing doubled: every stored payment maps to exactly one request sent.
+    let mut by_amount: HashMap<i64, String> = HashMap::new();
+    let mut refunds_before: HashMap<String, usize> = HashMap::new();
+    let mut in_flight = 0;
+    for account in 0..ACCOUNTS {
+        for payment in list_all(&mut client, &format!("crash-{account}"), 100).await {
+            in_flight += usize::from(!is_settled(&payment));
+            assert!(
+                sent_amounts.contains(&amount_of(&payment)),
+                "a payment nobody asked for: {payment:?}"
+            );
+            let previous = by_amount.insert(amount_of(&payment), payment.name.clone());
+            assert!(
+                previous.is_none(),
+                "two payments for one request: {previous:?} and {}",
+                payment.name
+            );
+            refunds_before.insert(payment.name.clone(), payment.refunds.len());
+        }
+    }
+
+    eprintln!("after restart: {} payments, {in_flight} with bank work in flight, {} acknowledged requests", by_amount.len(), acked.len());
+
+    // Nothing lost: every acknowledged create is there, and replaying it
+    // returns the same payment without creating another.
+    let mut acked_refunds: HashMap<String, usize> = HashMap::new();
+    for ack in acked {
+        match ack {
+            Acked::Create { request, name } => {
+                assert_eq!(
+                    by_amount.get(&amount_of(request.payment.as_ref().unwrap())),
+                    Some(name),
+                    "acknowledged create lost"
+                );
+                let replay = client
+                    .create_payment(request.as_ref().clone())
+                    .await
+                    .expect("replay of an acknowledged create");
+                assert_eq!(&replay.into_inner().name, name);
+            }
+            Acked::Refund { request } => {
+                *acked_refunds.entry(request.name.clone()).or_default() += 1;
+                let replay = client
+                    .refund_payment(request.clone())
+                    .await
+                    .expect("replay of an acknowledged refund");
+                assert_eq!(replay.into_inner().name, request.name);
+            }
+        }
+    }
+    for account in 0..ACCOUNTS {
+        for payment in list_all(&mut client, &format!("crash-{account}"), 100).await {
+            let before = refunds_before[&payment.name];
+            assert_eq!(
+                payment.refunds.len(),
+                before,
+                "a replay added a refund to {}",
+                payment.name
+            );
+            assert!(
+                before >= acked_refunds.get(&payment.name).copied().unwrap_or(0),
+                "acknowledged refund lost on {}",
+                payment.name
+            );
+        }
+    }
+    let total_payments = by_amount.len();
+    let after_replays: usize = {
+        let mut count = 0;
+        for account in 0..ACCOUNTS {
+            count += list_all(&mut client, &format!("crash-{account}"), 100)
+                .await
+                .len();
+        }
+        count
+    };
+    assert_eq!(after_replays, total_payments, "replays created payments");
+
+    // Everything in flight at the kill resumes and finishes; books balance.
+    for name in by_amount.values() {
+        wait_for(&mut client, name, is_settled).await;
+    }
+    for account in 0..ACCOUNTS {
+        assert_balances_match_payments(&mut client, &format!("crash-{account}")).await;
+    }
+}

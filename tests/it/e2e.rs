@@ -1,0 +1,715 @@
+//! End-to-end tests: a real `payvisor serve` process, real gRPC.
+
+use std::collections::HashSet;
+
+use crate::common::*;
+use payvisor::grpc::pb;
+use payvisor::grpc::pb::payment::State;
+use tonic::Code;
+
+#[tokio::test]
+async fn a_payment_is_created_and_processed() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let created = created_payment(&mut client, "acme", "req-1", 1250).await;
+    assert!(
+        created.name.starts_with("accounts/acme/payments/pay_"),
+        "{}",
+        created.name
+    );
+    assert_eq!(
+        state(&created),
+        State::Sent,
+        "acknowledged once durably sent"
+    );
+    let history: Vec<i32> = created.history.iter().map(|t| t.to_state).collect();
+    assert_eq!(
+        history,
+        [
+            State::Created as i32,
+            State::Approved as i32,
+            State::Sent as i32
+        ]
+    );
+
+    let processed = wait_for(&mut client, &created.name, |p| state(p) == State::Processed).await;
+    assert_eq!(processed.amount, Some(usd(1250)));
+    assert!(processed.update_time.unwrap().seconds >= processed.create_time.unwrap().seconds);
+    assert_balances_match_payments(&mut client, "acme").await;
+}
+
+#[tokio::test]
+async fn a_caller_chosen_payment_id_is_used_and_never_silently_reused() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let mut request = create_request("acme", "req-1", 500);
+    request.payment_id = "order-42".into();
+    let payment = client
+        .create_payment(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(payment.name, "accounts/acme/payments/order-42");
+
+    // Same payment id under another request id: refused, original untouched.
+    request.request_id = "req-2".into();
+    request.payment.as_mut().unwrap().amount = Some(usd(999));
+    let error = client.create_payment(request).await.unwrap_err();
+    assert_eq!(error.code(), Code::AlreadyExists);
+    assert_eq!(reason(&error), "PAYMENT_ALREADY_EXISTS");
+    let stored = client
+        .get_payment(pb::GetPaymentRequest {
+            name: payment.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(stored.amount, Some(usd(500)));
+}
+
+#[tokio::test]
+async fn a_sequential_replay_returns_the_original_payment_without_a_second_effect() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let first = created_payment(&mut client, "acme", "req-1", 700).await;
+    let second = created_payment(&mut client, "acme", "req-1", 700).await;
+    assert_eq!(first.name, second.name);
+    assert_eq!(list_all(&mut client, "acme", 10).await.len(), 1);
+
+    wait_for(&mut client, &first.name, |p| state(p) == State::Processed).await;
+    let refund = refund_request(&first.name, "refund-1", Some(200));
+    client.refund_payment(refund.clone()).await.unwrap();
+    let replayed = client.refund_payment(refund).await.unwrap().into_inner();
+    assert_eq!(
+        replayed.refunds.len(),
+        1,
+        "one refund, however often it is asked for"
+    );
+    wait_for(&mut client, &first.name, is_settled).await;
+    assert_balances_match_payments(&mut client, "acme").await;
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_produce_exactly_one_payment() {
+    let server = Server::start(&[]);
+    let client = server.client().await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .create_payment(create_request("acme", "same-key", 300))
+                    .await
+            })
+        })
+        .collect();
+    let mut names = HashSet::new();
+    for task in tasks {
+        names.insert(
+            task.await
+                .unwrap()
+                .expect("every duplicate is answered")
+                .into_inner()
+                .name,
+        );
+    }
+    assert_eq!(names.len(), 1, "all duplicates see the same payment");
+    let mut client = client;
+    assert_eq!(list_all(&mut client, "acme", 10).await.len(), 1);
+}
+
+#[tokio::test]
+async fn reusing_a_request_id_for_a_different_request_is_rejected() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let payment = created_payment(&mut client, "acme", "req-1", 700).await;
+    let error = client
+        .create_payment(create_request("acme", "req-1", 701))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::AlreadyExists);
+    assert_eq!(reason(&error), "IDEMPOTENCY_KEY_REUSED");
+
+    // A refund may not borrow the create's key either.
+    wait_for(&mut client, &payment.name, |p| state(p) == State::Processed).await;
+    let error = client
+        .refund_payment(refund_request(&payment.name, "req-1", None))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&error), "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(list_all(&mut client, "acme", 10).await.len(), 1);
+}
+
+#[tokio::test]
+async fn bad_input_is_rejected_with_field_violations_and_leaves_no_state() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let valid = || create_request("fresh", "req-ok", 100);
+    let with_amount = |currency: &str, minor_units: i64| {
+        let mut request = valid();
+        request.payment.as_mut().unwrap().amount = Some(pb::Money {
+            currency_code: currency.into(),
+            minor_units,
+        });
+        request
+    };
+    let with_metadata = |entries: Vec<(String, String)>| {
+        let mut request = valid();
+        request.payment.as_mut().unwrap().metadata = entries.into_iter().collect();
+        request
+    };
+    let cases: Vec<(&str, pb::CreatePaymentRequest, &str)> = vec![
+        (
+            "unknown currency",
+            with_amount("XYZ", 100),
+            "payment.amount.currency_code",
+        ),
+        (
+            "lower-case currency",
+            with_amount("usd", 100),
+            "payment.amount.currency_code",
+        ),
+        (
+            "zero amount",
+            with_amount("USD", 0),
+            "payment.amount.minor_units",
+        ),
+        (
+            "negative amount",
+            with_amount("USD", -5),
+            "payment.amount.minor_units",
+        ),
+        (
+            "overflowing amount",
+            with_amount("USD", i64::MAX),
+            "payment.amount.minor_units",
+        ),
+        (
+            "missing amount",
+            {
+                let mut request = valid();
+                request.payment.as_mut().unwrap().amount = None;
+                request
+            },
+            "payment.amount",
+        ),
+        (
+            "missing payment",
+            pb::CreatePaymentRequest {
+                payment: None,
+                ..valid()
+            },
+            "payment",
+        ),
+        (
+            "malformed parent",
+            pb::CreatePaymentRequest {
+                parent: "acct/fresh".into(),
+                ..valid()
+            },
+            "parent",
+        ),
+        (
+            "parent with a slash",
+            pb::CreatePaymentRequest {
+                parent: "accounts/a/b".into(),
+                ..valid()
+            },
+            "parent",
+        ),
+        (
+            "malformed payment id",
+            pb::CreatePaymentRequest {
+                payment_id: "no spaces".into(),
+                ..valid()
+            },
+            "payment_id",
+        ),
+        (
+            "missing request id",
+            pb::CreatePaymentRequest {
+                request_id: String::new(),
+                ..valid()
+            },
+            "request_id",
+        ),
+        (
+            "oversize request id",
+            pb::CreatePaymentRequest {
+                request_id: "x".repeat(256),
+                ..valid()
+            },
+            "request_id",
+        ),
+        (
+            "too many metadata entries",
+            with_metadata((0..33).map(|n| (format!("k{n}"), "v".into())).collect()),
+            "payment.metadata",
+        ),
+        (
+            "oversize metadata value",
+            with_metadata(vec![("k".into(), "v".repeat(513))]),
+            "payment.metadata[\"k\"]",
+        ),
+        (
+            "oversize metadata key",
+            with_metadata(vec![("k".repeat(65), "v".into())]),
+            "payment.metadata",
+        ),
+    ];
+    for (what, request, field) in cases {
+        let error = client.create_payment(request).await.expect_err(what);
+        assert_eq!(error.code(), Code::InvalidArgument, "{what}: {error:?}");
+        assert_eq!(reason(&error), "INVALID_ARGUMENT", "{what}");
+        let fields = bad_fields(&error);
+        assert!(
+            fields.iter().any(|f| f.starts_with(field)),
+            "{what}: {fields:?} should name {field}"
+        );
+    }
+    // Several mistakes at once are all reported.
+    let mut many = with_amount("XYZ", -1);
+    many.request_id = String::new();
+    let error = client.create_payment(many).await.unwrap_err();
+    assert!(bad_fields(&error).len() >= 3, "{:?}", bad_fields(&error));
+
+    // Nothing was left behind: the account does not exist, no payments.
+    let error = client
+        .get_account(pb::GetAccountRequest {
+            name: "accounts/fresh".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::NotFound);
+    assert!(list_all(&mut client, "fresh", 10).await.is_empty());
+    // And the key is still free for a correct request.
+    client.create_payment(valid()).await.unwrap();
+
+    // Reads and refunds validate too.
+    for name in [
+        "",
+        "accounts/fresh",
+        "accounts/fresh/payments/",
+        "payments/x",
+    ] {
+        let error = client
+            .get_payment(pb::GetPaymentRequest { name: name.into() })
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Code::InvalidArgument, "{name:?}");
+    }
+    let error = client
+        .list_payments(pb::ListPaymentsRequest {
+            parent: "accounts/fresh".into(),
+            page_size: 10,
+            page_token: "garbage".into(),
+            state: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&error), ["page_token"]);
+    let error = client
+        .list_payments(pb::ListPaymentsRequest {
+            parent: "accounts/fresh".into(),
+            page_size: -1,
+            page_token: String::new(),
+            state: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&error), ["page_size"]);
+    // Across accounts only the review queue can be listed.
+    let error = client
+        .list_payments(pb::ListPaymentsRequest {
+            parent: "accounts/-".into(),
+            page_size: 10,
+            page_token: String::new(),
+            state: pb::payment::State::Sent as i32,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&error), ["state"]);
+    let mut refund = refund_request("accounts/fresh/payments/p", "r", Some(0));
+    refund.reason = String::new();
+    let error = client.refund_payment(refund).await.unwrap_err();
+    assert_eq!(error.code(), Code::InvalidArgument);
+    let fields = bad_fields(&error);
+    assert!(
+        fields.contains(&"amount.minor_units".to_string())
+            && fields.contains(&"reason".to_string()),
+        "{fields:?}"
+    );
+}
+
+#[tokio::test]
+async fn unknown_resources_are_not_found() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let error = client
+        .get_payment(pb::GetPaymentRequest {
+            name: "accounts/acme/payments/nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code(), reason(&error).as_str()),
+        (Code::NotFound, "NOT_FOUND")
+    );
+    let error = client
+        .refund_payment(refund_request("accounts/acme/payments/nope", "r1", None))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::NotFound);
+}
+
+#[tokio::test]
+async fn refunds_of_unprocessed_payments_or_beyond_what_remains_fail_their_precondition() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let mut hanging = create_request("acme", "req-hang", 1000);
+    hanging
+        .payment
+        .as_mut()
+        .unwrap()
+        .metadata
+        .insert("bank_sim".into(), "hang".into());
+    let hanging = client.create_payment(hanging).await.unwrap().into_inner();
+    let error = client
+        .refund_payment(refund_request(&hanging.name, "r1", None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code(), reason(&error).as_str()),
+        (Code::FailedPrecondition, "PAYMENT_NOT_REFUNDABLE")
+    );
+
+    let payment = processed_payment(&mut client, "acme", "req-ok", 1000).await;
+    let error = client
+        .refund_payment(refund_request(&payment.name, "r2", Some(1001)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (error.code(), reason(&error).as_str()),
+        (Code::FailedPrecondition, "REFUND_EXCEEDS_REMAINING")
+    );
+    let mut euros = refund_request(&payment.name, "r3", Some(10));
+    euros.amount.as_mut().unwrap().currency_code = "EUR".into();
+    let error = client.refund_payment(euros).await.unwrap_err();
+    assert_eq!(bad_fields(&error), ["amount.currency_code"]);
+    let unchanged = client
+        .get_payment(pb::GetPaymentRequest {
+            name: payment.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        unchanged.refunds.is_empty(),
+        "rejected refunds leave nothing behind"
+    );
+}
+
+#[tokio::test]
+async fn partial_then_full_refunds_return_all_the_money() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let payment = processed_payment(&mut client, "acme", "req-1", 1000).await;
+
+    client
+        .refund_payment(refund_request(&payment.name, "refund-1", Some(300)))
+        .await
+        .unwrap();
+    let partial = wait_for(&mut client, &payment.name, is_settled).await;
+    assert_eq!(state(&partial), State::PartiallyRefunded);
+    assert_eq!(partial.refunded_amount, Some(usd(300)));
+    assert_balances_match_payments(&mut client, "acme").await;
+
+    // No amount: all that remains.
+    let rest = client
+        .refund_payment(refund_request(&payment.name, "refund-2", None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.refunds[1].amount, Some(usd(700)));
+    let refunded = wait_for(&mut client, &payment.name, is_settled).await;
+    assert_eq!(state(&refunded), State::Refunded);
+    assert_eq!(refunded.refunded_amount, Some(usd(1000)));
+    assert_eq!(
+        refunded
+            .refunds
+            .iter()
+            .map(|r| r.reason.as_str())
+            .collect::<Vec<_>>(),
+        ["customer request"; 2]
+    );
+
+    let error = client
+        .refund_payment(refund_request(&payment.name, "refund-3", None))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Code::FailedPrecondition);
+    assert_balances_match_payments(&mut client, "acme").await;
+    let account = client
+        .get_account(pb::GetAccountRequest {
+            name: "accounts/acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(account.balances[0].available, Some(usd(0)));
+}
+
+#[tokio::test]
+async fn twenty_concurrent_refunds_never_exceed_the_amount() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let payment = processed_payment(&mut client, "acme", "req-1", 1000).await;
+
+    let tasks: Vec<_> = (0..20)
+        .map(|n| {
+            let mut client = client.clone();
+            let request = refund_request(&payment.name, &format!("refund-{n}"), Some(150));
+            tokio::spawn(async move { client.refund_payment(request).await })
+        })
+        .collect();
+    let mut accepted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => accepted += 1,
+            Err(error) => {
+                assert_eq!(error.code(), Code::FailedPrecondition, "{error:?}");
+                assert_eq!(reason(&error), "REFUND_EXCEEDS_REMAINING");
+            }
+        }
+    }
+    assert_eq!(accepted, 6, "6 × 150 fits in 1000, a 7th does not");
+    let settled = wait_for(&mut client, &payment.name, is_settled).await;
+    assert_eq!(settled.refunded_amount, Some(usd(900)));
+    assert_eq!(state(&settled), State::PartiallyRefunded);
+    assert_balances_match_payments(&mut client, "acme").await;
+    server.verify_ledger(&["acme"]);
+}
+
+#[tokio::test]
+async fn pagination_returns_every_payment_exactly_once() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let mut created = HashSet::new();
+    for n in 0..57 {
+        let payment = client
+            .create_payment(create_request("acme", &format!("req-{n}"), 100 + n))
+            .await
+            .unwrap();
+        created.insert(payment.into_inner().name);
+    }
+    client
+        .create_payment(create_request("other", "req-0", 100))
+        .await
+        .unwrap();
+    for page_size in [1, 10, 57, 500] {
+        let listed: Vec<String> = list_all(&mut client, "acme", page_size)
+            .await
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        let unique: HashSet<String> = listed.iter().cloned().collect();
+        assert_eq!(listed.len(), 57, "page size {page_size}");
+        assert_eq!(unique, created, "page size {page_size}");
+    }
+}
+
+#[tokio::test]
+async fn balances_equal_processed_minus_refunded() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let mut names = Vec::new();
+    for n in 0..12 {
+        let mut request = create_request("acme", &format!("req-{n}"), 1000 + n * 10);
+        if n % 4 == 0 {
+            request
+                .payment
+                .as_mut()
+                .unwrap()
+                .metadata
+                .insert("bank_sim".into(), "fail".into());
+        }
+        names.push(
+            client
+                .create_payment(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .name,
+        );
+    }
+    for (n, name) in names.iter().enumerate() {
+        let payment = wait_for(&mut client, name, is_settled).await;
+        if state(&payment) == State::Failed {
+            assert_eq!(payment.failure_reason, "insufficient funds at payer bank");
+            continue;
+        }
+        if n % 3 == 0 {
+            client
+                .refund_payment(refund_request(name, &format!("refund-{n}"), Some(250)))
+                .await
+                .unwrap();
+        }
+    }
+    for name in &names {
+        wait_for(&mut client, name, is_settled).await;
+    }
+    assert_balances_match_payments(&mut client, "acme").await;
+    server.verify_ledger(&["acme"]);
+}
+
+#[tokio::test]
+async fn fees_are_kept_from_processed_payments() {
+    let server = Server::start(&["--fee-basis-points", "290", "--fee-fixed-minor", "30"]);
+    let mut client = server.client().await;
+    let payment = created_payment(&mut client, "acme", "req-1", 10_000).await;
+    let processed = wait_for(&mut client, &payment.name, |p| state(p) == State::Processed).await;
+    assert_eq!(processed.fee, Some(usd(320)));
+    let account = client
+        .get_account(pb::GetAccountRequest {
+            name: "accounts/acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(account.balances[0].available, Some(usd(9_680)));
+    // A full refund needs more than is available after the fee.
+    let error = client
+        .refund_payment(refund_request(&payment.name, "refund-1", None))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&error), "INSUFFICIENT_FUNDS");
+    client
+        .refund_payment(refund_request(&payment.name, "refund-2", Some(9_680)))
+        .await
+        .unwrap();
+    wait_for(&mut client, &payment.name, is_settled).await;
+    server.verify_ledger(&["acme"]);
+}
+
+#[tokio::test]
+async fn health_and_reflection_are_served() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::{
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+
+    let server = Server::start(&[]);
+    let channel = server.channel().await;
+    let mut health = HealthClient::new(channel.clone());
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "payvisor.v1.PaymentService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let response = responses.message().await.unwrap().unwrap();
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("{response:?}")
+    };
+    let services: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        services.contains(&"payvisor.v1.PaymentService".to_string()),
+        "{services:?}"
+    );
+}
+
+#[tokio::test]
+async fn the_bank_simulator_can_be_steered_per_payment() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let steer = |key: &str, behaviour: &str| {
+        let mut request = create_request("acme", key, 500);
+        request
+            .payment
+            .as_mut()
+            .unwrap()
+            .metadata
+            .insert("bank_sim".into(), behaviour.into());
+        request
+    };
+    let fail = client
+        .create_payment(steer("k1", "fail"))
+        .await
+        .unwrap()
+        .into_inner();
+    let hang = client
+        .create_payment(steer("k2", "hang"))
+        .await
+        .unwrap()
+        .into_inner();
+    let dropped = client
+        .create_payment(steer("k3", "drop_callback"))
+        .await
+        .unwrap()
+        .into_inner();
+    let succeed = client
+        .create_payment(steer("k4", "succeed"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        state(&wait_for(&mut client, &fail.name, is_settled).await),
+        State::Failed
+    );
+    assert_eq!(
+        state(&wait_for(&mut client, &succeed.name, is_settled).await),
+        State::Processed
+    );
+    // hang and drop_callback never answer: they stay SENT (the watchdog's job).
+    for name in [&hang.name, &dropped.name] {
+        let payment = client
+            .get_payment(pb::GetPaymentRequest { name: name.clone() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(state(&payment), State::Sent);
+    }
+    let account = client
+        .get_account(pb::GetAccountRequest {
+            name: "accounts/acme".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        account.balances[0].pending,
+        Some(usd(1000)),
+        "two payments still in flight"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_shuts_down_gracefully_with_exit_code_zero() {
+    let mut server = Server::start(&[]);
+    let mut client = server.client().await;
+    let payment = created_payment(&mut client, "acme", "req-1", 100).await;
+    // The client stays connected: shutdown must not wait on it forever.
+    let status = server.terminate_async().await;
+    assert!(status.success(), "{status:?}");
+    server.restart();
+    let mut client = server.client().await;
+    wait_for(&mut client, &payment.name, |p| state(p) == State::Processed).await;
+}

@@ -1,0 +1,461 @@
+//! Signed merchant webhooks and the event feed, end to end: the real binary
+//! delivers to a receiver written in Python (`tests/webhook_receiver.py`),
+//! which checks every signature with its own HMAC implementation. Covers a
+//! receiver outage across a `kill -9` of payvisor, order per payment, the
+//! delivery state an operator sees, giving up after the retry period and an
+//! operator's re-send, and resuming `WatchPaymentEvents` from an event id.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::*;
+use payvisor::grpc::pb;
+use payvisor::grpc::pb::event_delivery::State as DeliveryState;
+use serde_json::Value;
+
+const SECRET: &str = "whsec_test_0123456789abcdef";
+
+/// The Python receiver on a fixed port (so it can be restarted on it).
+struct Receiver {
+    process: Option<Child>,
+    port: u16,
+    log: PathBuf,
+    rejected: PathBuf,
+}
+
+impl Receiver {
+    fn start(dir: &Path) -> Receiver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut receiver = Receiver {
+            process: None,
+            port,
+            log: dir.join("received.jsonl"),
+            rejected: dir.join("rejected.jsonl"),
+        };
+        receiver.restart();
+        receiver
+    }
+
+    fn restart(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/webhook_receiver.py");
+        let mut process = Command::new("python3")
+            .arg(script)
+            .args(["--port", &self.port.to_string(), "--secret", SECRET])
+            .arg("--log")
+            .arg(&self.log)
+            .arg("--rejected")
+            .arg(&self.rejected)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 runs the webhook receiver");
+        let mut ready = [0u8; 8];
+        process
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut ready)
+            .expect("receiver starts");
+        self.process = Some(process);
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// Accepted events in arrival order.
+    fn received(&self) -> Vec<Value> {
+        read_lines(&self.log)
+    }
+
+    fn rejected(&self) -> Vec<Value> {
+        read_lines(&self.rejected)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+fn webhooks_file(dir: &Path, url: &str) -> PathBuf {
+    let path = dir.join("webhooks.json");
+    let text = serde_json::json!({
+        "endpoints": [{"name": "shop", "url": url, "secret": SECRET}]
+    });
+    std::fs::write(&path, text.to_string()).unwrap();
+    path
+}
+
+/// Event sequence numbers per payment, first arrival of each id only,
+/// in arrival order.
+fn sequences_per_payment(received: &[Value]) -> BTreeMap<String, Vec<u64>> {
+    let mut seen = HashSet::new();
+    let mut per_payment: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for event in received {
+        if seen.insert(event["id"].as_str().unwrap().to_owned()) {
+            per_payment
+                .entry(event["payment"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(event["sequence"].as_u64().unwrap());
+        }
+    }
+    per_payment
+}
+
+async fn events_of(
+    client: &mut pb::payment_service_client::PaymentServiceClient<tonic::transport::Channel>,
+    payment: &str,
+) -> Vec<pb::PaymentEvent> {
+    client
+        .list_payment_events(pb::ListPaymentEventsRequest {
+            parent: payment.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+}
+
+/// Waits until `done` holds of what the receiver accepted.
+async fn wait_received(receiver: &Receiver, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    loop {
+        let received = receiver.received();
+        if done(&received) {
+            return received;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "webhooks never arrived: {received:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every payment's events 1..=n arrived, first arrivals in order.
+fn all_in_order(received: &[Value], expected: &BTreeMap<String, u64>) -> bool {
+    let got = sequences_per_payment(received);
+    expected.iter().all(|(payment, count)| {
+        got.get(payment)
+            .is_some_and(|seqs| *seqs == (1..=*count).collect::<Vec<_>>())
+    })
+}
+
+#[test]
+fn the_python_receiver_refuses_a_wrong_signature() {
+    // Without this, a receiver that accepts everything would pass the rest.
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path());
+    let body = r#"{"id":"x","type":"payment.sent","payment":"p","sequence":1}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let good = payvisor::webhooks::signature(SECRET.as_bytes(), now, body.as_bytes());
+    let cases = [
+        (good.replace("v1=", "v1=0"), 400),
+        (
+            payvisor::webhooks::signature(b"other-secret-000000", now, body.as_bytes()),
+            400,
+        ),
+        (
+            payvisor::webhooks::signature(SECRET.as_bytes(), now - 3600, body.as_bytes()),
+            400,
+        ),
+        (good, 200),
+    ];
+    for (signature, expected) in cases {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", receiver.port)).unwrap();
+        write!(
+            stream,
+            "POST /hook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nPayvisor-Signature: {signature}\r\nPayvisor-Event-Id: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.0 {expected}")),
+            "{signature}: {answer}"
+        );
+    }
+    assert_eq!(receiver.rejected().len(), 3);
+    assert_eq!(receiver.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn webhooks_are_signed_in_order_and_survive_a_receiver_outage_and_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut receiver = Receiver::start(dir.path());
+    let hooks = webhooks_file(dir.path(), &receiver.url());
+    let mut server = Server::start(&["--webhooks", hooks.to_str().unwrap()]);
+    let mut client = server.client().await;
+
+    // Receiver up: created, approved, sent, processed for each payment.
+    let mut expected = BTreeMap::new();
+    let mut up = Vec::new();
+    for n in 0..3 {
+        let payment = processed_payment(&mut client, "shop", &format!("up-{n}"), 1_000 + n).await;
+        expected.insert(payment.name.clone(), 4);
+        up.push(payment.name);
+    }
+    wait_received(&receiver, |received| all_in_order(received, &expected)).await;
+
+    // Receiver down: new events are recorded, attempted, and wait.
+    receiver.stop();
+    let mut during = Vec::new();
+    for n in 0..3 {
+        let payment = processed_payment(&mut client, "shop", &format!("down-{n}"), 2_000 + n).await;
+        expected.insert(payment.name.clone(), 4);
+        during.push(payment.name);
+    }
+    let refunded = up[0].clone();
+    client
+        .refund_payment(refund_request(&refunded, "refund-1", None))
+        .await
+        .unwrap();
+    wait_for(&mut client, &refunded, |p| {
+        state(p) == pb::payment::State::Refunded
+    })
+    .await;
+    // refund.pending, refund.succeeded, payment.refunded.
+    expected.insert(refunded.clone(), 7);
+    // The operator's view: pending, attempted, with the error.
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    loop {
+        let events = events_of(&mut client, &during[0]).await;
+        assert_eq!(events.len(), 4);
+        let first = &events[0].deliveries[0];
+        assert_eq!(first.endpoint, "shop");
+        if first.attempts >= 1 {
+            assert_eq!(first.state, DeliveryState::Pending as i32);
+            assert!(!first.last_error.is_empty());
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // payvisor is killed while deliveries are pending, and comes back;
+    // then the receiver does. Everything arrives, in order per payment.
+    server.kill9();
+    server.restart();
+    let mut client = server.client().await;
+    receiver.restart();
+    let received = wait_received(&receiver, |received| all_in_order(received, &expected)).await;
+    assert!(receiver.rejected().is_empty(), "{:?}", receiver.rejected());
+    let types: Vec<_> = received
+        .iter()
+        .filter(|event| event["payment"] == refunded.as_str())
+        .map(|event| event["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        &types[..7],
+        [
+            "payment.created",
+            "payment.approved",
+            "payment.sent",
+            "payment.processed",
+            "refund.pending",
+            "refund.succeeded",
+            "payment.refunded"
+        ]
+    );
+    // Delivered is what the operator sees too.
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    loop {
+        let events = events_of(&mut client, &during[0]).await;
+        if events
+            .iter()
+            .all(|event| event.deliveries[0].state == DeliveryState::Delivered as i32)
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.verify_ledger(&["shop"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delivery_given_up_after_its_retry_period_is_resent_by_an_operator() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut receiver = Receiver::start(dir.path());
+    receiver.stop();
+    let hooks = webhooks_file(dir.path(), &receiver.url());
+    let server = Server::start(&[
+        "--webhooks",
+        hooks.to_str().unwrap(),
+        "--webhook-retry-for",
+        "2s",
+    ]);
+    let mut client = server.client().await;
+    let payment = processed_payment(&mut client, "shop", "given-up", 500).await;
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    let events = loop {
+        let events = events_of(&mut client, &payment.name).await;
+        if events
+            .iter()
+            .all(|event| event.deliveries[0].state == DeliveryState::Failed as i32)
+        {
+            break events;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(events[0].deliveries[0].attempts >= 2);
+
+    receiver.restart();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.received().is_empty(), "given up means not retried");
+    let resent = client
+        .resend_payment_event(pb::ResendPaymentEventRequest {
+            name: events[0].name.clone(),
+            endpoint: "shop".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resent.deliveries[0].state, DeliveryState::Pending as i32);
+    // The re-send takes the event and the ones decided with it after it.
+    let mut expected = BTreeMap::new();
+    expected.insert(payment.name.clone(), 3);
+    wait_received(&receiver, |received| all_in_order(received, &expected)).await;
+
+    let error = client
+        .resend_payment_event(pb::ResendPaymentEventRequest {
+            name: events[0].name.clone(),
+            endpoint: "nowhere".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&error), ["endpoint"]);
+    let error = client
+        .resend_payment_event(pb::ResendPaymentEventRequest {
+            name: format!("{}/events/99", payment.name),
+            endpoint: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound);
+}
+
+/// Reads a stream until `count` events arrived (bounded).
+async fn take_events(
+    stream: &mut tonic::Streaming<pb::PaymentEvent>,
+    count: usize,
+) -> Vec<pb::PaymentEvent> {
+    let mut events = Vec::new();
+    while events.len() < count {
+        let next = tokio::time::timeout(PROGRESS_DEADLINE, stream.message())
+            .await
+            .expect("events keep coming")
+            .unwrap()
+            .expect("stream open");
+        events.push(next);
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_payment_events_is_live_and_resumes_after_an_event_id() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let mut live = client
+        .watch_payment_events(pb::WatchPaymentEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let first = processed_payment(&mut client, "feed", "first", 100).await;
+    let seen = take_events(&mut live, 4).await;
+    let names: Vec<_> = seen.iter().map(|e| e.name.clone()).collect();
+    assert_eq!(
+        names,
+        (1..=4)
+            .map(|n| format!("{}/events/{n}", first.name))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(seen[2].r#type, "payment.sent");
+    drop(live);
+
+    // Disconnected: more happens.
+    let second = processed_payment(&mut client, "feed", "second", 200).await;
+    client
+        .refund_payment(refund_request(&first.name, "refund", Some(50)))
+        .await
+        .unwrap();
+    wait_for(&mut client, &first.name, |p| {
+        state(p) == pb::payment::State::PartiallyRefunded && is_settled(p)
+    })
+    .await;
+
+    // Resume after the first payment's `sent` event.
+    let mut resumed = client
+        .watch_payment_events(pb::WatchPaymentEventsRequest {
+            after_event: seen[2].name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // first: processed (4), refund.pending (5), refund.succeeded (6),
+    // payment.partially_refunded (7); second: 1..=4.
+    let mut wanted: HashSet<String> = (4..=7)
+        .map(|n| format!("{}/events/{n}", first.name))
+        .chain((1..=4).map(|n| format!("{}/events/{n}", second.name)))
+        .collect();
+    let mut last_seq: BTreeMap<String, i64> = BTreeMap::new();
+    while !wanted.is_empty() {
+        let event = take_events(&mut resumed, 1).await.remove(0);
+        assert!(
+            !(event.payment == first.name && event.sequence <= 3),
+            "{} was before the resume point",
+            event.name
+        );
+        // In order per payment.
+        let previous = last_seq.insert(event.payment.clone(), event.sequence);
+        assert!(previous.is_none_or(|previous| previous < event.sequence));
+        wanted.remove(&event.name);
+    }
+    // And then live.
+    let third = created_payment(&mut client, "feed", "third", 300).await;
+    let next = take_events(&mut resumed, 1).await.remove(0);
+    assert_eq!(next.name, format!("{}/events/1", third.name));
+
+    let error = client
+        .watch_payment_events(pb::WatchPaymentEventsRequest {
+            after_event: "accounts/feed/payments/nope/events/1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), tonic::Code::NotFound);
+    let error = client
+        .watch_payment_events(pb::WatchPaymentEventsRequest {
+            after_event: "garbage".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&error), ["after_event"]);
+}
