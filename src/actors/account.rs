@@ -25,14 +25,12 @@ use super::{
 };
 use crate::clock::new_payment_id;
 use crate::connectors::BankEvent;
+use crate::domain::account::{AccountBook, NewIdempotency, StageContext, StagedDecision};
 use crate::domain::payment::{self, Decision, NewPayment, Payment, ReviewVerdict};
-use crate::domain::rules::{Action, Candidate, VelocityLog};
+use crate::domain::rules::{Candidate, VelocityLog};
 use crate::domain::{AccountId, PaymentId, PaymentName, RequestId, Timestamp};
 use crate::limits;
-use crate::store::schema::{
-    self, AccountRecord, AlertRecord, Delivery, DeliveryState, EventRecord, IdempotencyRecord,
-    Versioned,
-};
+use crate::store::schema::{self, Versioned};
 use crate::store::{Condition, StoreError, WriteOp};
 
 pub struct AccountActor;
@@ -99,7 +97,7 @@ pub struct AccountState {
     inbox: Inbox,
     /// The account item as last read or written; `None` until hydrated.
     /// Version 0 means the account has no item yet.
-    record: Option<Versioned<AccountRecord>>,
+    record: Option<Versioned<AccountBook>>,
     /// Payments as persisted (cache; the store is the truth).
     payments: HashMap<PaymentId, Versioned<Payment>>,
     /// Running child actors, by payment and by actor id.
@@ -262,28 +260,15 @@ impl Fingerprint<'_> {
     }
 }
 
-/// An idempotency record to write with a decision.
-struct NewIdempotency<'a> {
-    request_id: &'a RequestId,
-    fingerprint: String,
-}
-
 /// Decisions prepared for one atomic write.
 struct Staging {
     /// The account item as it will be after the write.
-    record: AccountRecord,
+    book: AccountBook,
     /// The account item's version now (0: it does not exist yet).
     base_version: u64,
     /// Every action but the account item's, in order.
     ops: Vec<WriteOp>,
-    staged: Vec<Staged>,
-}
-
-struct Staged {
-    decision: Decision,
-    /// The payment item's version after the write.
-    version: u64,
-    alert: Option<AlertRecord>,
+    staged: Vec<StagedDecision>,
 }
 
 /// What committing a decision ran into.
@@ -353,7 +338,7 @@ impl AccountState {
         if self.record.is_none() {
             let record = schema::load_account(self.shared.store.as_ref(), &self.account).await?;
             let record = record.unwrap_or(Versioned {
-                value: AccountRecord::default(),
+                value: AccountBook::default(),
                 version: 0,
             });
             record.value.balances.check_invariants().map_err(|error| {
@@ -501,7 +486,7 @@ impl AccountState {
                         continue;
                     };
                     let decision =
-                        match self.decide_create(&create, id, &staging.record.velocity, now) {
+                        match self.decide_create(&create, id, &staging.book.velocity, now) {
                             Ok(decision) => decision,
                             Err(rejection) => {
                                 let _ = reply.send(Err(rejection.into()));
@@ -509,7 +494,7 @@ impl AccountState {
                             }
                         };
                     let idempotency = NewIdempotency {
-                        request_id: &create.request_id,
+                        request_id: create.request_id.clone(),
                         fingerprint,
                     };
                     match self.stage(&mut staging, decision, None, Some(idempotency)) {
@@ -605,7 +590,7 @@ impl AccountState {
             let velocity = &self.record.as_ref().expect("hydrated").value.velocity;
             let decision = self.decide_create(&command, id, velocity, self.shared.clock.now())?;
             let idempotency = NewIdempotency {
-                request_id: &command.request_id,
+                request_id: command.request_id.clone(),
                 fingerprint: fingerprint.clone(),
             };
             match self.commit(myself, decision, None, Some(idempotency)).await {
@@ -742,7 +727,7 @@ impl AccountState {
                 .ok_or_else(|| CommandError::NotFound(format!("payment {name}")))?;
             let decision = decide(&current.value, self.shared.clock.now())?;
             let idempotency = NewIdempotency {
-                request_id,
+                request_id: request_id.clone(),
                 fingerprint: fingerprint.clone(),
             };
             match self
@@ -919,7 +904,7 @@ impl AccountState {
         myself: &ActorRef<AccountMsg>,
         decision: Decision,
         payment_version: Option<u64>,
-        idempotency: Option<NewIdempotency<'_>>,
+        idempotency: Option<NewIdempotency>,
     ) -> Result<Payment, CommitError> {
         let has_key = idempotency.is_some();
         let mut staging = self.staging();
@@ -948,226 +933,46 @@ impl AccountState {
     fn staging(&self) -> Staging {
         let record = self.record.as_ref().expect("hydrated before commit");
         Staging {
-            record: record.value.clone(),
+            book: record.value.clone(),
             base_version: record.version,
             ops: Vec::new(),
             staged: Vec::new(),
         }
     }
 
-    /// Adds one decision to `staging`: the payment, its movements (applied
-    /// to the balances, which must keep their invariants), its idempotency
-    /// record and alert. On error `staging` is unchanged.
+    /// Adds one decision to `staging`: the core stages everything it
+    /// writes (route, outbox, movements, velocity, idempotency record, page,
+    /// deliveries) and the schema turns that into items. On error `staging`
+    /// is unchanged.
     fn stage(
         &self,
         staging: &mut Staging,
         decision: Decision,
         payment_version: Option<u64>,
-        idempotency: Option<NewIdempotency<'_>>,
+        idempotency: Option<NewIdempotency>,
     ) -> Result<(), CommandError> {
-        let mut decision = self.route(decision)?;
-        let outbox = self.outbox(&mut decision);
-        // Assert before writing (and `payment()` asserts after reading).
-        decision
-            .payment
-            .check_invariants()
-            .map_err(CommandError::Internal)?;
-        let mut balances = staging.record.balances.clone();
-        for movement in &decision.movements {
-            balances = balances
-                .apply(movement)
-                .map_err(|error| CommandError::from(payment::Rejection::from(error)))?;
-        }
-        let now = self.shared.clock.now();
-        // The idempotency record goes first: if a duplicate raced us, its
-        // failure is the one reported and the request is replayed.
-        if let Some(idempotency) = &idempotency {
-            let retention = limits::IDEMPOTENCY_RETENTION.as_millis() as i64;
-            let record = IdempotencyRecord {
-                fingerprint: idempotency.fingerprint.clone(),
-                payment: decision.payment.id.clone(),
-                created_at: now,
-                expires_at: now.plus_millis(retention),
-            };
-            staging.ops.push(WriteOp::Put {
-                item: schema::idempotency_item(&self.account, idempotency.request_id, &record),
-                condition: Condition::NotExists,
-            });
-        }
-        let condition = match payment_version {
-            None => Condition::NotExists,
-            Some(version) => Condition::VersionIs(version),
+        let rules = self.shared.rules.current();
+        let webhooks = self.shared.webhooks.settings();
+        let endpoints: Vec<&str> = webhooks
+            .endpoints
+            .iter()
+            .map(|endpoint| endpoint.name.as_str())
+            .collect();
+        let context = StageContext {
+            now: self.shared.clock.now(),
+            policy: &self.shared.policy,
+            banks: self.shared.router.as_ref(),
+            velocity_keep_millis: rules.keep_millis(),
+            webhook_endpoints: &endpoints,
+            webhook_retry_for_millis: webhooks.retry_for.as_millis() as i64,
+            idempotency_retention_millis: limits::IDEMPOTENCY_RETENTION.as_millis() as i64,
         };
-        let version = payment_version.unwrap_or(0) + 1;
-        staging.ops.push(WriteOp::Put {
-            item: schema::payment_item(&decision.payment, version),
-            condition,
-        });
-        for movement in &decision.movements {
-            staging.ops.push(WriteOp::Put {
-                item: schema::movement_item(&self.account, staging.record.movement_count, movement),
-                condition: Condition::NotExists,
-            });
-            staging.record.movement_count += 1;
-        }
-        staging.record.balances = balances;
-        // The page to deliver, in the same write (alert outbox): a stall is
-        // marked paged exactly when its page is recorded.
-        let alert = decision.alert.as_ref().map(|alert| AlertRecord {
-            payment: decision.payment.name(),
-            alert: alert.clone(),
-            delivered_at: None,
-        });
-        if let Some(alert) = &alert {
-            staging.ops.push(WriteOp::Put {
-                item: schema::alert_item(alert),
-                condition: Condition::NotExists,
-            });
-        }
-        // Every message to a bank, in the same write (the outbox).
-        for record in &outbox {
-            staging.ops.push(WriteOp::Put {
-                item: schema::outbox_item(record),
-                condition: Condition::NotExists,
-            });
-        }
-        // A new payment the rules let through counts towards the account's
-        // velocity limits from now on.
-        let accepted = payment_version.is_none()
-            && decision
-                .payment
-                .approval
-                .as_ref()
-                .is_some_and(|evaluation| evaluation.action != Action::Decline);
-        if accepted {
-            let keep = self.shared.rules.current().keep_millis();
-            if keep > 0 {
-                staging
-                    .record
-                    .velocity
-                    .record(now, decision.payment.amount, keep);
-            } else {
-                staging.record.velocity = VelocityLog::default();
-            }
-        }
-        // The events, with a pending delivery per webhook endpoint and its
-        // pointer in the due index, in the same write (event outbox).
-        if !decision.events.is_empty() {
-            let settings = self.shared.webhooks.settings();
-            let retry_until = now.plus_millis(settings.retry_for.as_millis() as i64);
-            let record = EventRecord {
-                events: decision.events.clone(),
-                deliveries: settings
-                    .endpoints
-                    .iter()
-                    .map(|endpoint| Delivery {
-                        endpoint: endpoint.name.clone(),
-                        state: DeliveryState::Pending,
-                        acknowledged: 0,
-                        attempts: 0,
-                        next_attempt_at: now,
-                        retry_until,
-                        last_error: None,
-                        last_attempt_at: None,
-                    })
-                    .collect(),
-            };
-            staging.ops.push(WriteOp::Put {
-                item: schema::event_record_item(&record, 1),
-                condition: Condition::NotExists,
-            });
-            if let Some(due) = record.next_due() {
-                staging.ops.push(WriteOp::Put {
-                    item: schema::webhook_due_item(record.payment(), record.first_seq(), due, 1),
-                    condition: Condition::NotExists,
-                });
-            }
-        }
-        staging.staged.push(Staged {
-            decision,
-            version,
-            alert,
-        });
+        let staged = staging
+            .book
+            .stage(decision, payment_version, idempotency, &context)?;
+        schema::staged_writes(&self.account, &staged, &mut staging.ops);
+        staging.staged.push(staged);
         Ok(())
-    }
-
-    /// Picks the bank for a decision that sends its payment somewhere new
-    /// (`SubmitPayment` without a bank) and records the route on the
-    /// payment, so that where it went, and why, is written before it is
-    /// sent. No bank left: the payment fails in the same decision.
-    fn route(&self, mut decision: Decision) -> Result<Decision, CommandError> {
-        let unrouted = |effect: &payment::Effect| {
-            matches!(effect, payment::Effect::SubmitPayment { bank: None, .. })
-        };
-        if !decision.effects.iter().any(unrouted) {
-            return Ok(decision);
-        }
-        let now = self.shared.clock.now();
-        let currency = decision.payment.amount.currency();
-        let choice = self
-            .shared
-            .router
-            .choose(currency, decision.payment.refused_by());
-        match choice {
-            Some((bank, why)) => {
-                decision.payment.route_to(&bank, &why, now);
-                for effect in &mut decision.effects {
-                    if let payment::Effect::SubmitPayment { bank: target, .. } = effect {
-                        target.get_or_insert_with(|| bank.clone());
-                    }
-                }
-                Ok(decision)
-            }
-            None => {
-                let reason = format!("no bank can take a {currency} payment");
-                let failed = decision
-                    .payment
-                    .fail_unroutable(&reason, now, &self.shared.policy)?;
-                decision.movements.extend(failed.movements);
-                decision.events.extend(failed.events);
-                Ok(Decision {
-                    payment: failed.payment,
-                    movements: decision.movements,
-                    effects: Vec::new(),
-                    alert: failed.alert.or(decision.alert),
-                    events: decision.events,
-                })
-            }
-        }
-    }
-
-    /// The decision's messages to banks (submissions of the payment and of
-    /// refunds), numbered on the payment, to write with it.
-    fn outbox(&self, decision: &mut Decision) -> Vec<schema::OutboxRecord> {
-        let now = self.shared.clock.now();
-        let payment = &mut decision.payment;
-        let mut records = Vec::new();
-        for effect in &decision.effects {
-            let (bank, refund_id, amount) = match effect {
-                payment::Effect::SubmitPayment { bank, amount, .. } => (bank, None, *amount),
-                payment::Effect::SubmitRefund {
-                    bank,
-                    refund_id,
-                    amount,
-                    ..
-                } => (bank, Some(refund_id.clone()), *amount),
-                payment::Effect::QueryPayment { .. } => continue,
-            };
-            payment.messages_sent += 1;
-            records.push(schema::OutboxRecord {
-                payment: payment.name(),
-                seq: payment.messages_sent,
-                bank: bank
-                    .clone()
-                    .unwrap_or_else(|| self.shared.router.default_bank().to_owned()),
-                refund_id,
-                currency: amount.currency().code().to_owned(),
-                minor_units: amount.minor_units(),
-                created_at: now,
-                acknowledged_at: None,
-            });
-        }
-        records
     }
 
     /// Writes what is staged, and the account item, in one atomic write.
@@ -1180,7 +985,7 @@ impl AccountState {
             version => Condition::VersionIs(version),
         };
         ops.push(WriteOp::Put {
-            item: schema::account_item(&self.account, &staging.record, staging.base_version + 1),
+            item: schema::account_item(&self.account, &staging.book, staging.base_version + 1),
             condition,
         });
         self.shared.store.transact(ops).await
@@ -1194,16 +999,15 @@ impl AccountState {
         staging: Staging,
     ) -> Vec<Payment> {
         self.record = Some(Versioned {
-            value: staging.record,
+            value: staging.book,
             version: staging.base_version + 1,
         });
         let mut written = Vec::with_capacity(staging.staged.len());
-        for Staged {
-            decision,
-            version,
-            alert,
-        } in staging.staged
-        {
+        for staged in staging.staged {
+            let version = staged.version();
+            let StagedDecision {
+                decision, alert, ..
+            } = staged;
             if let Some(alert) = alert {
                 self.shared.pager.recorded(alert);
             }

@@ -102,6 +102,7 @@ impl From<Rejection> for CommandError {
                 CommandError::InsufficientFunds
             }
             Rejection::Ledger(other) => CommandError::Internal(other.to_string()),
+            Rejection::Invariant(detail) => CommandError::Internal(detail),
             Rejection::CurrencyMismatch { .. } => {
                 CommandError::invalid("amount.currency_code", rejection.to_string())
             }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use super::breaker::BreakerState;
 use super::http::HttpBankConnector;
 use super::Connector;
+use crate::domain::account::BankChooser;
 use crate::domain::Currency;
 
 /// One bank as routing sees it.
@@ -38,6 +39,17 @@ impl RoutedBank {
         self.currencies
             .as_ref()
             .is_none_or(|currencies| currencies.contains(&currency))
+    }
+}
+
+/// The core decides routes through this view of the node's banks.
+impl BankChooser for Router {
+    fn choose(&self, currency: Currency, refused: &[&str]) -> Option<(String, String)> {
+        Router::choose(self, currency, refused.iter().copied())
+    }
+
+    fn default_bank(&self) -> &str {
+        Router::default_bank(self)
     }
 }
 

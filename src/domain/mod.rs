@@ -4,6 +4,7 @@
 //! **Invariant:** this module imports nothing async, nothing from tonic, AWS
 //! or the store. Time and ids are passed in; effects are returned as values.
 
+pub mod account;
 pub mod events;
 pub mod money;
 pub mod payment;

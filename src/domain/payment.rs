@@ -354,6 +354,10 @@ pub enum Rejection {
     TooManyRefunds { max: usize },
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// The decision would break one of the payment's own invariants: a
+    /// bug, refused before anything is written.
+    #[error("a decision would break an invariant: {0}")]
+    Invariant(String),
 }
 
 impl Payment {

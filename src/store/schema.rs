@@ -47,13 +47,15 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::{IndexKey, IndexQuery, Item, Key, Query, Store, StoreError};
-use crate::domain::events::PaymentEvent;
+use super::{Condition, IndexKey, IndexQuery, Item, Key, Query, Store, StoreError, WriteOp};
+use crate::domain::account::StagedDecision;
+pub use crate::domain::account::{
+    AccountBook, AlertRecord, Delivery, DeliveryState, EventRecord, IdempotencyRecord, OutboxRecord,
+};
 use crate::domain::payment::Payment;
-use crate::domain::rules::VelocityLog;
 use crate::domain::watch::{Alert, PageAction, Stage};
 use crate::domain::{AccountId, PaymentId, PaymentName, RequestId, Timestamp};
-use crate::ledger::{Balances, Movement};
+use crate::ledger::Movement;
 use crate::limits;
 
 pub const ACCOUNT_SK: &str = "ACCOUNT";
@@ -99,30 +101,6 @@ pub const STALLED_FAMILIES: [&str; 2] = [STALLED_REDRIVING, STALLED_PAGED];
 pub struct Versioned<T> {
     pub value: T,
     pub version: u64,
-}
-
-/// The account item: balances and how many movements have been written.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct AccountRecord {
-    pub balances: Balances,
-    /// Movements written so far; the next one gets this sequence number.
-    pub movement_count: u64,
-    /// Recent accepted payments, for the approval rules' velocity limits.
-    #[serde(default)]
-    pub velocity: VelocityLog,
-}
-
-/// What an idempotency key was used for, so a replay can be answered and a
-/// reuse with other parameters refused.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IdempotencyRecord {
-    /// The canonical form of the original request.
-    pub fingerprint: String,
-    /// The payment the request created or changed.
-    pub payment: PaymentId,
-    pub created_at: Timestamp,
-    /// Kept at least until then (24 h after creation).
-    pub expires_at: Timestamp,
 }
 
 /// FNV-1a: a hash that never changes across processes, platforms or Rust
@@ -193,16 +171,6 @@ pub fn due_by(now: Timestamp) -> String {
     // '/' follows the time in every key; '0' sorts after it, so every key
     // of this millisecond is included and none of the next.
     format!("{}0", time_prefix(now))
-}
-
-/// The page to deliver, as stored (the alert outbox).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AlertRecord {
-    pub payment: PaymentName,
-    pub alert: Alert,
-    /// Set when the sink acknowledged it; the item then leaves the index.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivered_at: Option<Timestamp>,
 }
 
 fn alert_ordinal(alert: &Alert) -> &'static str {
@@ -291,7 +259,7 @@ pub fn payment_item(payment: &Payment, version: u64) -> Item {
     }
 }
 
-pub fn account_item(account: &AccountId, record: &AccountRecord, version: u64) -> Item {
+pub fn account_item(account: &AccountId, record: &AccountBook, version: u64) -> Item {
     Item {
         key: account_key(account),
         version,
@@ -309,6 +277,48 @@ pub fn movement_item(account: &AccountId, sequence: u64, movement: &Movement) ->
     }
 }
 
+/// The items one staged decision writes, appended to `ops` in this order:
+/// the idempotency record first (a duplicate request fails there and is
+/// replayed), then the payment (created, or under its version), its
+/// movements, its page, its messages to banks, and its events with the
+/// pointer of their pending deliveries. Every one is conditional.
+pub fn staged_writes(account: &AccountId, staged: &StagedDecision, ops: &mut Vec<WriteOp>) {
+    let created = |item: Item| WriteOp::Put {
+        item,
+        condition: Condition::NotExists,
+    };
+    if let Some((request_id, record)) = &staged.idempotency {
+        ops.push(created(idempotency_item(account, request_id, record)));
+    }
+    ops.push(WriteOp::Put {
+        item: payment_item(&staged.decision.payment, staged.version()),
+        condition: match staged.base_version {
+            None => Condition::NotExists,
+            Some(version) => Condition::VersionIs(version),
+        },
+    });
+    for (sequence, movement) in &staged.movements {
+        ops.push(created(movement_item(account, *sequence, movement)));
+    }
+    if let Some(alert) = &staged.alert {
+        ops.push(created(alert_item(alert)));
+    }
+    for record in &staged.outbox {
+        ops.push(created(outbox_item(record)));
+    }
+    if let Some(record) = &staged.events {
+        ops.push(created(event_record_item(record, 1)));
+        if let Some(due) = record.next_due() {
+            ops.push(created(webhook_due_item(
+                record.payment(),
+                record.first_seq(),
+                due,
+                1,
+            )));
+        }
+    }
+}
+
 pub fn idempotency_item(
     account: &AccountId,
     request_id: &RequestId,
@@ -319,61 +329,6 @@ pub fn idempotency_item(
         version: 1,
         body: encode(record),
         index: None,
-    }
-}
-
-/// A decision's events as stored, with their delivery to each endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventRecord {
-    /// At least one; consecutive numbers of one payment.
-    pub events: Vec<PaymentEvent>,
-    /// One per webhook endpoint configured when the events were written.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub deliveries: Vec<Delivery>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DeliveryState {
-    /// Being attempted (with back-off) until `retry_until`.
-    Pending,
-    /// Every event of the record was acknowledged by the endpoint.
-    Delivered,
-    /// Not acknowledged by `retry_until`: given up until an operator re-sends.
-    Failed,
-}
-
-/// The delivery of one record's events to one endpoint, in order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Delivery {
-    pub endpoint: String,
-    pub state: DeliveryState,
-    /// Events of the record acknowledged so far (they go in order).
-    pub acknowledged: usize,
-    /// Attempts since the delivery was last (re)started.
-    pub attempts: u32,
-    pub next_attempt_at: Timestamp,
-    pub retry_until: Timestamp,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_attempt_at: Option<Timestamp>,
-}
-
-impl EventRecord {
-    pub fn payment(&self) -> &PaymentName {
-        &self.events[0].payment
-    }
-    pub fn first_seq(&self) -> u64 {
-        self.events[0].seq
-    }
-    /// When the next attempt of any pending delivery is due, if any is.
-    pub fn next_due(&self) -> Option<Timestamp> {
-        self.deliveries
-            .iter()
-            .filter(|delivery| delivery.state == DeliveryState::Pending)
-            .map(|delivery| delivery.next_attempt_at)
-            .min()
     }
 }
 
@@ -545,24 +500,6 @@ pub async fn webhooks_due(
     page.items.iter().map(decode_webhook_due).collect()
 }
 
-/// A message to a bank (the outbox): written with the decision that sends
-/// it, acknowledged when the bank has accepted it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutboxRecord {
-    pub payment: PaymentName,
-    /// 1, 2, … per payment.
-    pub seq: u64,
-    pub bank: String,
-    /// `None` for the payment itself.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refund_id: Option<String>,
-    pub currency: String,
-    pub minor_units: i64,
-    pub created_at: Timestamp,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub acknowledged_at: Option<Timestamp>,
-}
-
 pub fn outbox_key(payment: &PaymentName, seq: u64) -> Key {
     Key::new(
         shard_partition(&payment.account, shard_of(payment.payment.as_str())),
@@ -672,7 +609,7 @@ pub fn inbox_item(record: &InboxRecord) -> Item {
 pub async fn load_account(
     store: &dyn Store,
     account: &AccountId,
-) -> Result<Option<Versioned<AccountRecord>>, StoreError> {
+) -> Result<Option<Versioned<AccountBook>>, StoreError> {
     store
         .get(account_key(account))
         .await?
