@@ -18,8 +18,8 @@ use serde::Deserialize;
 
 use crate::actors::{BankCallback, CallbackAck, CommandError, Orchestrator};
 use crate::clock::Clock;
-use crate::connectors::BankEvent;
 use crate::domain::parse_payment_name;
+use crate::domain::payment::BankEvent;
 use crate::domain::payment::{BankOutcome, RefundOutcome};
 use crate::limits;
 

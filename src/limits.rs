@@ -78,6 +78,9 @@ pub const ACCOUNT_BATCH_COMMANDS_MAX: usize = 16;
 /// idempotency record, payment, one movement, its events, their webhook
 /// pointer, and a page or a message to the bank (outbox).
 pub const DECISION_ITEMS_MAX: usize = 6;
+// A full batch, and the account item written once with it, fits in one
+// atomic write.
+const _: () = assert!(ACCOUNT_BATCH_COMMANDS_MAX * DECISION_ITEMS_MAX < TRANSACT_ITEMS_MAX);
 
 /// Times a command is retried from fresh state after losing an optimistic
 /// concurrency race (another writer changed the account meanwhile).

@@ -24,8 +24,8 @@ use super::{
     RefundPayment, Shared,
 };
 use crate::clock::new_payment_id;
-use crate::connectors::BankEvent;
 use crate::domain::account::{AccountBook, NewIdempotency, StageContext, StagedDecision};
+use crate::domain::payment::BankEvent;
 use crate::domain::payment::{self, Decision, NewPayment, Payment, ReviewVerdict};
 use crate::domain::rules::{Candidate, VelocityLog};
 use crate::domain::{AccountId, PaymentId, PaymentName, RequestId, Timestamp};
@@ -519,8 +519,9 @@ impl AccountState {
                             continue;
                         }
                     };
-                    let decision =
-                        decide_bank_event(&current.value, &event, now, &self.shared.policy);
+                    let decision = current
+                        .value
+                        .on_bank_event(&event, now, &self.shared.policy);
                     match decision {
                         Ok(Some(decision)) => {
                             if self
@@ -806,7 +807,9 @@ impl AccountState {
             let decision = if elsewhere {
                 None
             } else {
-                decide_bank_event(&current.value, &callback.event, now, &self.shared.policy)?
+                current
+                    .value
+                    .on_bank_event(&callback.event, now, &self.shared.policy)?
             };
             let applied = decision.is_some();
             let mut staging = self.staging();
@@ -856,7 +859,9 @@ impl AccountState {
                 return Ok(());
             };
             let now = self.shared.clock.now();
-            let decision = decide_bank_event(&current.value, event, now, &self.shared.policy)?;
+            let decision = current
+                .value
+                .on_bank_event(event, now, &self.shared.policy)?;
             let Some(decision) = decision else {
                 tracing::debug!(payment = %event.payment_name(), "duplicate or late bank outcome ignored");
                 return Ok(());
@@ -1137,24 +1142,5 @@ impl AccountState {
             tracing::debug!(account = %self.account, "passivating idle account actor");
             myself.stop(Some("idle".into()));
         }
-    }
-}
-
-/// What a bank outcome means for its payment (`None`: nothing; the payment
-/// was not waiting for it).
-fn decide_bank_event(
-    payment: &Payment,
-    event: &BankEvent,
-    now: Timestamp,
-    policy: &payment::Policy,
-) -> Result<Option<Decision>, payment::Rejection> {
-    match event {
-        BankEvent::Payment { outcome, .. } => payment.on_bank_outcome(outcome, now, policy),
-        BankEvent::Refund {
-            refund_id, outcome, ..
-        } => payment.on_refund_outcome(refund_id, outcome, now, policy),
-        BankEvent::NotAtBank {
-            bank, departure, ..
-        } => Ok(payment.on_not_at_bank(bank, departure.clone(), now, policy)),
     }
 }

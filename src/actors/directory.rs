@@ -43,7 +43,7 @@ pub type Inbox = Arc<Mutex<std::collections::VecDeque<Batched>>>;
 /// A command waiting in an account's [`Inbox`].
 pub enum Batched {
     Create(super::CreatePayment, super::account::Reply),
-    Bank(crate::connectors::BankEvent),
+    Bank(crate::domain::payment::BankEvent),
 }
 
 pub struct Directory {

@@ -11,9 +11,9 @@ use super::account::AccountMsg;
 use crate::clock::Clock;
 use crate::connectors::routing::Router;
 use crate::connectors::{
-    BankEvent, BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission,
+    BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission,
 };
-use crate::domain::payment::{Departure, Effect, RefundOutcome};
+use crate::domain::payment::{BankEvent, Departure, Effect, RefundOutcome};
 use crate::domain::PaymentName;
 use crate::limits;
 use crate::store::{schema, Condition, Store, WriteOp};

@@ -1,5 +1,5 @@
 //! The bank boundary. A [`Connector`] hands payments and refunds to a bank;
-//! the bank's answers arrive later, asynchronously, as [`BankEvent`]s on the
+//! the bank's answers arrive later, asynchronously, as `BankEvent`s on the
 //! channel the orchestrator reads (like a bank's callbacks).
 //!
 //! **Boundary:** everything a connector is given carries its idempotency key
@@ -14,7 +14,7 @@ pub mod simulator;
 
 use std::collections::BTreeMap;
 
-use crate::domain::payment::{BankOutcome, Departure, RefundOutcome};
+use crate::domain::payment::BankOutcome;
 use crate::domain::{Money, PaymentName};
 use crate::store::BoxFuture;
 
@@ -53,37 +53,6 @@ pub enum ConnectorError {
     /// the same key.
     #[error("bank unavailable: {0}")]
     Transient(String),
-}
-
-/// An outcome reported by a bank.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum BankEvent {
-    Payment {
-        name: PaymentName,
-        outcome: BankOutcome,
-    },
-    Refund {
-        name: PaymentName,
-        refund_id: String,
-        outcome: RefundOutcome,
-    },
-    /// The bank does not have the payment: it refused it for good, or its
-    /// status query said it never received it. Routing may move it on.
-    NotAtBank {
-        name: PaymentName,
-        bank: String,
-        departure: Departure,
-    },
-}
-
-impl BankEvent {
-    pub fn payment_name(&self) -> &PaymentName {
-        match self {
-            BankEvent::Payment { name, .. }
-            | BankEvent::Refund { name, .. }
-            | BankEvent::NotAtBank { name, .. } => name,
-        }
-    }
 }
 
 /// A bank, as payvisor sees it.

@@ -20,11 +20,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{
-    BankEvent, BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission,
-};
+use super::{BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission};
 use crate::clock::Random;
-use crate::domain::payment::{BankOutcome, RefundOutcome};
+use crate::domain::payment::{BankEvent, BankOutcome, RefundOutcome};
 use crate::domain::PaymentName;
 use crate::limits;
 use crate::store::BoxFuture;

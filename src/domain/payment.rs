@@ -120,6 +120,38 @@ pub enum Departure {
     Unknown,
 }
 
+/// An outcome reported by a bank (by its callback, its answer to a
+/// submission, or its status query).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BankEvent {
+    Payment {
+        name: PaymentName,
+        outcome: BankOutcome,
+    },
+    Refund {
+        name: PaymentName,
+        refund_id: String,
+        outcome: RefundOutcome,
+    },
+    /// The bank does not have the payment: it refused it for good, or its
+    /// status query said it never received it. Routing may move it on.
+    NotAtBank {
+        name: PaymentName,
+        bank: String,
+        departure: Departure,
+    },
+}
+
+impl BankEvent {
+    pub fn payment_name(&self) -> &PaymentName {
+        match self {
+            BankEvent::Payment { name, .. }
+            | BankEvent::Refund { name, .. }
+            | BankEvent::NotAtBank { name, .. } => name,
+        }
+    }
+}
+
 /// A person's verdict on a payment in review.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -394,6 +426,25 @@ impl Payment {
             at: now,
             left: None,
         });
+    }
+
+    /// What a bank outcome means for this payment (`None`: nothing; it was
+    /// not waiting for it).
+    pub fn on_bank_event(
+        &self,
+        event: &BankEvent,
+        now: Timestamp,
+        policy: &Policy,
+    ) -> Result<Option<Decision>, Rejection> {
+        match event {
+            BankEvent::Payment { outcome, .. } => self.on_bank_outcome(outcome, now, policy),
+            BankEvent::Refund {
+                refund_id, outcome, ..
+            } => self.on_refund_outcome(refund_id, outcome, now, policy),
+            BankEvent::NotAtBank {
+                bank, departure, ..
+            } => Ok(self.on_not_at_bank(bank, departure.clone(), now, policy)),
+        }
     }
 
     /// The bank the payment is at says it does not have it: refused for
