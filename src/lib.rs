@@ -12,7 +12,8 @@
 //!   force, merchant notifications, stalled payments, bank callbacks.
 //! - [`grpc`]: the API surface, the only place that sees protobuf types.
 //! - [`server`], [`config`], [`cli`]: wiring, settings, the command line.
-//! - [`clock`] and [`limits`]: injected time and randomness; every bound.
+//! - [`clock`], [`random`] and [`limits`]: injected time, injected
+//!   randomness and ids; every bound.
 #![forbid(unsafe_code)]
 
 pub mod actors;
@@ -31,6 +32,7 @@ pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod outbound;
+pub mod random;
 pub mod reconcile;
 pub mod server;
 pub mod store;

@@ -13,7 +13,7 @@ use crate::alerts::pagerduty::PagerDutySink;
 use crate::alerts::{AlertSink, LogSink};
 use crate::approval::RulesInForce;
 use crate::callbacks::CallbackEndpoint;
-use crate::clock::{SeededRandom, SystemClock};
+use crate::clock::SystemClock;
 use crate::config::{Config, PagerConfig};
 use crate::connectors::http::{HttpBankConnector, HttpConnectorSettings};
 use crate::connectors::routing::{RoutedBank, Router};
@@ -22,6 +22,7 @@ use crate::domain::payment::PaymentState;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
 use crate::grpc::{pb, PaymentApi};
 use crate::limits;
+use crate::random::SeededRandom;
 use crate::webhooks::HttpWebhookSink;
 use std::collections::HashMap;
 

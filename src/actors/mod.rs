@@ -23,7 +23,7 @@ use tokio::sync::mpsc;
 
 use crate::alerts::AlertSink;
 use crate::approval::RulesInForce;
-use crate::clock::{Clock, Random};
+use crate::clock::Clock;
 use crate::connectors::routing::Router;
 use crate::domain::events::PaymentEvent;
 use crate::domain::payment::BankEvent;
@@ -32,6 +32,7 @@ use crate::domain::watch::OperatorRejection;
 use crate::domain::{AccountId, Money, PaymentId, PaymentName, RequestId};
 use crate::ledger::{Balances, LedgerError};
 use crate::limits;
+use crate::random::Random;
 use crate::store::{schema, Store, StoreError};
 
 use crate::watchdog::{self, AlertEvent, Pager};

@@ -9,10 +9,10 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use tonic::transport::Channel;
 
-use crate::clock::{Random, SeededRandom};
 use crate::domain::{parse_payment_name, AccountId, Currency, Money};
 use crate::grpc::pb;
 use crate::grpc::pb::payment_service_client::PaymentServiceClient;
+use crate::random::{Random, SeededRandom};
 
 /// Options shared by every client command.
 #[derive(Args, Debug, Clone)]

@@ -38,11 +38,12 @@ use tokio::sync::Semaphore;
 
 use super::breaker::{BreakerSettings, BreakerState, CircuitBreaker};
 use super::{BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission};
-use crate::clock::{Clock, Random};
+use crate::clock::Clock;
 use crate::domain::payment::BankOutcome;
 use crate::domain::{Money, PaymentName};
 use crate::limits;
 use crate::outbound::{self, ExchangeError, HttpPoster};
+use crate::random::Random;
 use crate::store::BoxFuture;
 
 /// The `Transient` reason of a call the breaker refused.
@@ -578,7 +579,7 @@ impl Connector for HttpBankConnector {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::clock::SeededRandom;
+    use crate::random::SeededRandom;
 
     #[test]
     fn payment_names_are_one_path_segment() {

@@ -21,10 +21,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission};
-use crate::clock::Random;
 use crate::domain::payment::{BankEvent, BankOutcome, RefundOutcome};
 use crate::domain::PaymentName;
 use crate::limits;
+use crate::random::Random;
 use crate::store::BoxFuture;
 
 /// The metadata key that steers the simulator.

@@ -40,6 +40,7 @@ use super::{
     StoreError, WriteOp,
 };
 use crate::limits;
+use crate::random::{Random, SeededRandom};
 
 /// Name of the sparse global secondary index.
 pub const INDEX_NAME: &str = "by-index";
@@ -119,16 +120,11 @@ impl DynamoDbStore {
             .retry_config(RetryConfig::standard().with_max_attempts(settings.max_attempts))
             .load()
             .await;
-        let seed = {
-            use std::hash::{BuildHasher, Hasher};
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u32(std::process::id());
-            hasher.finish()
-        };
         DynamoDbStore {
             client: Client::new(&config),
             table: settings.table.clone(),
-            token_prefix: seed,
+            // Unique per process, so two nodes never share a request token.
+            token_prefix: SeededRandom::from_entropy().next_u64(),
             token_counter: AtomicU64::new(0),
         }
     }

@@ -10,13 +10,14 @@ use std::time::Duration;
 use payvisor::actors::{ActorSettings, Components, CreatePayment, Orchestrator, RefundPayment};
 use payvisor::alerts::LogSink;
 use payvisor::audit::audit_account;
-use payvisor::clock::{SeededRandom, SystemClock};
+use payvisor::clock::SystemClock;
 use payvisor::connectors::simulator::{BankSimulator, SimulatorConfig};
 use payvisor::connectors::{
     BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission,
 };
 use payvisor::domain::payment::{Payment, PaymentState, Policy};
 use payvisor::domain::{AccountId, Currency, Money, PaymentName, RequestId};
+use payvisor::random::SeededRandom;
 use payvisor::store::sqlite::SqliteStore;
 use payvisor::store::{BoxFuture, Store};
 use tokio::sync::mpsc;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::Uri;
-use payvisor::clock::{ManualClock, SeededRandom};
+use payvisor::clock::ManualClock;
 use payvisor::connectors::breaker::{BreakerSettings, BreakerState};
 use payvisor::connectors::http::{
     BankEndpoint, HttpBankConnector, HttpConnectorSettings, CIRCUIT_OPEN,
@@ -20,6 +20,7 @@ use payvisor::connectors::{
 };
 use payvisor::domain::payment::BankOutcome;
 use payvisor::domain::{parse_payment_name, Currency, Money, PaymentName, Timestamp};
+use payvisor::random::SeededRandom;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

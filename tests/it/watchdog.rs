@@ -14,11 +14,12 @@ use payvisor::actors::{
     Orchestrator,
 };
 use payvisor::alerts::{AlertError, AlertSink, Page, PageAction};
-use payvisor::clock::{Clock, ManualClock, SeededRandom};
+use payvisor::clock::{Clock, ManualClock};
 use payvisor::connectors::simulator::{BankSimulator, SimulatorConfig, BEHAVIOUR_KEY};
 use payvisor::domain::payment::{Payment, PaymentState, Policy};
 use payvisor::domain::watch::{OperatorRejection, Stage};
 use payvisor::domain::{AccountId, Currency, Money, PaymentName, RequestId, Timestamp};
+use payvisor::random::SeededRandom;
 use payvisor::store::schema;
 use payvisor::store::sqlite::SqliteStore;
 use payvisor::store::{BoxFuture, IndexQuery, Page as StorePage, Store, StoreError};

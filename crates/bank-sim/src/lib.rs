@@ -56,7 +56,7 @@ use tokio::sync::{Notify, Semaphore};
 pub use options::{BankSimArgs, Options};
 pub use record::RecordError;
 
-use payvisor::clock::SeededRandom;
+use payvisor::random::SeededRandom;
 use record::Record;
 use stats::Stats;
 

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use super::options::PerMille;
 use crate::limits;
-use payvisor::clock::Random;
+use payvisor::random::Random;
 
 /// The metadata key that steers the simulated bank.
 pub const BEHAVIOUR_KEY: &str = "bank_sim";
@@ -200,7 +200,7 @@ pub fn message_id(bank: &str, seq: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use payvisor::clock::SeededRandom;
+    use payvisor::random::SeededRandom;
 
     fn behaviour(value: &str) -> Behaviour {
         let metadata = serde_json::json!({ BEHAVIOUR_KEY: value });

@@ -29,9 +29,9 @@ use hdrhistogram::Histogram;
 use serde_json::json;
 use tonic::transport::Channel;
 
-use payvisor::clock::{Random, SeededRandom};
 use payvisor::grpc::pb;
 use payvisor::grpc::pb::payment_service_client::PaymentServiceClient;
+use payvisor::random::{Random, SeededRandom};
 
 /// Metadata key carrying the bench's request number on every payment, so
 /// verification can map payments back to requests.

@@ -1,0 +1,62 @@
+//! A bank's outcome for a payment or a refund, as a connector reported it
+//! (the built-in bank, or a definite answer a payment actor got): applied
+//! once; a duplicate or late one changes nothing.
+
+use ractor::ActorRef;
+
+use super::commit::CommitError;
+use super::retry::{AccountCommand, Attempt};
+use super::{AccountMsg, AccountState};
+use crate::actors::CommandError;
+use crate::domain::payment::BankEvent;
+
+struct Outcome<'a> {
+    event: &'a BankEvent,
+}
+
+impl AccountCommand for Outcome<'_> {
+    type Answer = ();
+
+    async fn attempt(
+        &mut self,
+        state: &mut AccountState,
+        myself: &ActorRef<AccountMsg>,
+    ) -> Result<Attempt<()>, CommandError> {
+        let event = self.event;
+        let Some(current) = state.payment(&event.payment_name().payment).await? else {
+            tracing::warn!(payment = %event.payment_name(), "bank outcome for an unknown payment ignored");
+            return Ok(Attempt::Done(()));
+        };
+        let now = state.shared.clock.now();
+        let Some(decision) = current
+            .value
+            .on_bank_event(event, now, &state.shared.policy)?
+        else {
+            tracing::debug!(payment = %event.payment_name(), "duplicate or late bank outcome ignored");
+            return Ok(Attempt::Done(()));
+        };
+        match state
+            .commit(myself, decision, Some(current.version), None)
+            .await
+        {
+            Ok(payment) => {
+                tracing::info!(payment = %event.payment_name(), state = ?payment.state, "bank outcome applied");
+                Ok(Attempt::Done(()))
+            }
+            Err(CommitError::KeyTaken | CommitError::PaymentTaken | CommitError::Stale) => {
+                Ok(Attempt::Stale)
+            }
+            Err(CommitError::Failed(error)) => Err(error),
+        }
+    }
+}
+
+impl AccountState {
+    pub(super) async fn on_bank_event(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        event: &BankEvent,
+    ) -> Result<(), CommandError> {
+        self.retrying(myself, &mut Outcome { event }).await
+    }
+}

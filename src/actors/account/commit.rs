@@ -1,0 +1,189 @@
+//! Persist, then act: decisions are staged by the pure core, written in
+//! one atomic conditional write with the account item, and only then
+//! applied to memory and executed (pages, live events, bank calls).
+
+use std::sync::Arc;
+
+use ractor::ActorRef;
+
+use super::{AccountMsg, AccountState};
+use crate::actors::payment::PaymentMsg;
+use crate::actors::CommandError;
+use crate::domain::account::{AccountBook, NewIdempotency, StageContext, StagedDecision};
+use crate::domain::payment::{Decision, Payment};
+use crate::limits;
+use crate::store::schema::{self, Versioned};
+use crate::store::{Condition, StoreError, WriteOp};
+
+/// Decisions prepared for one atomic write.
+pub(super) struct Staging {
+    /// The account item as it will be after the write.
+    pub(super) book: AccountBook,
+    /// The account item's version now (0: it does not exist yet).
+    pub(super) base_version: u64,
+    /// Every action but the account item's, in order.
+    pub(super) ops: Vec<WriteOp>,
+    pub(super) staged: Vec<StagedDecision>,
+}
+
+/// What committing a decision ran into.
+pub(super) enum CommitError {
+    /// The idempotency key was taken (by a concurrent duplicate).
+    KeyTaken,
+    /// The payment item exists already (create) or changed (update).
+    PaymentTaken,
+    /// Someone else changed the account meanwhile: reload and retry.
+    Stale,
+    Failed(CommandError),
+}
+
+impl AccountState {
+    /// Persists `decision` in one atomic write, then updates memory and
+    /// hands the decision's effects to the payment's child actor.
+    pub(super) async fn commit(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        decision: Decision,
+        payment_version: Option<u64>,
+        idempotency: Option<NewIdempotency>,
+    ) -> Result<Payment, CommitError> {
+        let has_key = idempotency.is_some();
+        let mut staging = self.staging();
+        self.stage(&mut staging, decision, payment_version, idempotency)
+            .map_err(CommitError::Failed)?;
+        match self.write(&staging).await {
+            Ok(()) => {}
+            Err(StoreError::ConditionFailed { index, .. }) => {
+                // The idempotency record is the first action, the payment
+                // the next. Anything else (the account item, or an alert
+                // recorded already by an earlier commit) means what we hold
+                // is stale.
+                return Err(match (has_key, index) {
+                    (true, 0) => CommitError::KeyTaken,
+                    (true, 1) | (false, 0) => CommitError::PaymentTaken,
+                    _ => CommitError::Stale,
+                });
+            }
+            Err(error) => return Err(CommitError::Failed(error.into())),
+        }
+        let mut written = self.apply_written(myself, staging).await;
+        Ok(written.pop().expect("one decision staged"))
+    }
+
+    /// An empty atomic write on top of the account as last read or written.
+    pub(super) fn staging(&self) -> Staging {
+        let record = self.record.as_ref().expect("hydrated before commit");
+        Staging {
+            book: record.value.clone(),
+            base_version: record.version,
+            ops: Vec::new(),
+            staged: Vec::new(),
+        }
+    }
+
+    /// Adds one decision to `staging`: the core stages everything it
+    /// writes (route, outbox, movements, velocity, idempotency record, page,
+    /// deliveries) and the schema turns that into items. On error `staging`
+    /// is unchanged.
+    pub(super) fn stage(
+        &self,
+        staging: &mut Staging,
+        decision: Decision,
+        payment_version: Option<u64>,
+        idempotency: Option<NewIdempotency>,
+    ) -> Result<(), CommandError> {
+        let rules = self.shared.rules.current();
+        let webhooks = self.shared.webhooks.settings();
+        let endpoints: Vec<&str> = webhooks
+            .endpoints
+            .iter()
+            .map(|endpoint| endpoint.name.as_str())
+            .collect();
+        let context = StageContext {
+            now: self.shared.clock.now(),
+            policy: &self.shared.policy,
+            banks: self.shared.router.as_ref(),
+            velocity_keep_millis: rules.keep_millis(),
+            webhook_endpoints: &endpoints,
+            webhook_retry_for_millis: webhooks.retry_for.as_millis() as i64,
+            idempotency_retention_millis: limits::IDEMPOTENCY_RETENTION.as_millis() as i64,
+        };
+        let staged = staging
+            .book
+            .stage(decision, payment_version, idempotency, &context)?;
+        schema::staged_writes(&self.account, &staged, &mut staging.ops);
+        staging.staged.push(staged);
+        Ok(())
+    }
+
+    /// Writes what is staged, and the account item, in one atomic write.
+    pub(super) async fn write(&self, staging: &Staging) -> Result<(), StoreError> {
+        let mut ops = staging.ops.clone();
+        // Every write touches the account item under its version: the
+        // account is the unit of ordering, and (later) of ownership fencing.
+        let condition = match staging.base_version {
+            0 => Condition::NotExists,
+            version => Condition::VersionIs(version),
+        };
+        ops.push(WriteOp::Put {
+            item: schema::account_item(&self.account, &staging.book, staging.base_version + 1),
+            condition,
+        });
+        self.shared.store.transact(ops).await
+    }
+
+    /// After a durable write: update memory, then act (pages, bank calls).
+    /// Returns the staged payments as written.
+    pub(super) async fn apply_written(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        staging: Staging,
+    ) -> Vec<Payment> {
+        self.record = Some(Versioned {
+            value: staging.book,
+            version: staging.base_version + 1,
+        });
+        let mut written = Vec::with_capacity(staging.staged.len());
+        for staged in staging.staged {
+            let version = staged.version();
+            let StagedDecision {
+                decision, alert, ..
+            } = staged;
+            if let Some(alert) = alert {
+                self.shared.pager.recorded(alert);
+            }
+            if !decision.events.is_empty() {
+                for event in &decision.events {
+                    // No subscriber is fine: the feed is durable.
+                    let _ = self.shared.events.send(Arc::new(event.clone()));
+                }
+                self.shared.webhooks.wake();
+            }
+            let payment = decision.payment;
+            self.cache(Versioned {
+                value: payment.clone(),
+                version,
+            });
+            let id = payment.id.clone();
+            if !decision.effects.is_empty() {
+                match self.children.get(&id) {
+                    Some(child) => {
+                        if child
+                            .cast(PaymentMsg::Execute(decision.effects.clone()))
+                            .is_err()
+                        {
+                            self.spawn_child(myself, id.clone(), decision.effects).await;
+                        }
+                    }
+                    None => self.spawn_child(myself, id.clone(), decision.effects).await,
+                }
+            } else if !payment.has_pending_work() {
+                if let Some(child) = self.children.get(&id) {
+                    child.stop(None);
+                }
+            }
+            written.push(payment);
+        }
+        written
+    }
+}

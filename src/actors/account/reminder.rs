@@ -1,0 +1,59 @@
+//! A payment's reminder fell due (the watchdog found it): the core decides
+//! whether to re-drive it, page on-call, or nothing, if the watch moved on
+//! meanwhile.
+
+use ractor::ActorRef;
+
+use super::commit::CommitError;
+use super::retry::{AccountCommand, Attempt};
+use super::{AccountMsg, AccountState};
+use crate::actors::CommandError;
+use crate::domain::PaymentId;
+
+struct Reminder<'a> {
+    payment: &'a PaymentId,
+}
+
+impl AccountCommand for Reminder<'_> {
+    type Answer = ();
+
+    async fn attempt(
+        &mut self,
+        state: &mut AccountState,
+        myself: &ActorRef<AccountMsg>,
+    ) -> Result<Attempt<()>, CommandError> {
+        let Some(current) = state.payment(self.payment).await? else {
+            return Ok(Attempt::Done(()));
+        };
+        let Some(decision) = current
+            .value
+            .on_reminder(state.shared.clock.now(), &state.shared.policy)?
+        else {
+            return Ok(Attempt::Done(()));
+        };
+        match state
+            .commit(myself, decision, Some(current.version), None)
+            .await
+        {
+            Ok(payment) => {
+                let watch = payment.watch.as_ref();
+                tracing::warn!(payment = %payment.name(), state = ?payment.state, redrives = watch.map(|w| w.redrives), paged = watch.map(|w| w.paged), "stalled payment handled");
+                Ok(Attempt::Done(()))
+            }
+            Err(CommitError::KeyTaken | CommitError::PaymentTaken | CommitError::Stale) => {
+                Ok(Attempt::Stale)
+            }
+            Err(CommitError::Failed(error)) => Err(error),
+        }
+    }
+}
+
+impl AccountState {
+    pub(super) async fn on_reminder(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        payment: &PaymentId,
+    ) -> Result<(), CommandError> {
+        self.retrying(myself, &mut Reminder { payment }).await
+    }
+}
