@@ -100,7 +100,7 @@ impl CallbackEndpoint {
             Err(_) => return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
         };
         let now_unix = self.clock.now().unix_millis().div_euclid(1000);
-        if let Err(error) = crate::webhooks::verify_signature(
+        if let Err(error) = crate::signature::verify(
             secret,
             signature.as_deref(),
             &body,

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::approval::load_rules_file;
+use crate::connectors::built_in_bank::BuiltInBankConfig;
 use crate::connectors::http::BankEndpoint;
-use crate::connectors::simulator::SimulatorConfig;
 use crate::domain::payment::{Fee, FeeSchedule, Policy};
 use crate::domain::watch::{Stage, StallPolicy};
 use crate::limits;
@@ -241,7 +241,7 @@ pub struct Config {
     pub listen: SocketAddr,
     pub store: StoreConfig,
     pub policy: Policy,
-    pub simulator: SimulatorConfig,
+    pub built_in_bank: BuiltInBankConfig,
     pub passivate_after: Duration,
     pub watchdog: WatchdogConfig,
     pub metrics_listen: Option<SocketAddr>,
@@ -606,7 +606,7 @@ impl ServeArgs {
                 pager,
             },
             metrics_listen: self.metrics_listen,
-            simulator: SimulatorConfig {
+            built_in_bank: BuiltInBankConfig {
                 latency_min: Duration::from_millis(min),
                 latency_max: Duration::from_millis(max),
                 failure_per_mille: self.bank_failure_per_mille,

@@ -35,6 +35,7 @@ pub mod outbound;
 pub mod random;
 pub mod reconcile;
 pub mod server;
+pub mod signature;
 pub mod store;
 pub mod watchdog;
 pub mod webhooks;

@@ -15,9 +15,9 @@ use crate::approval::RulesInForce;
 use crate::callbacks::CallbackEndpoint;
 use crate::clock::SystemClock;
 use crate::config::{Config, PagerConfig};
+use crate::connectors::built_in_bank::BuiltInBank;
 use crate::connectors::http::{HttpBankConnector, HttpConnectorSettings};
 use crate::connectors::routing::{RoutedBank, Router};
-use crate::connectors::simulator::BankSimulator;
 use crate::domain::payment::PaymentState;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
 use crate::grpc::{pb, PaymentApi};
@@ -54,8 +54,8 @@ pub async fn run(
     let router = if http_banks.is_empty() {
         Router::single(
             "built-in",
-            Arc::new(BankSimulator::new(
-                config.simulator,
+            Arc::new(BuiltInBank::new(
+                config.built_in_bank,
                 random.clone(),
                 bank_events,
             )),

@@ -37,7 +37,7 @@ pub enum PaymentMsg {
     Execute(Vec<Effect>),
 }
 
-pub struct PaymentState {
+pub struct PaymentActorState {
     name: PaymentName,
     router: Arc<Router>,
     store: Arc<dyn Store>,
@@ -47,20 +47,20 @@ pub struct PaymentState {
 
 impl Actor for PaymentActor {
     type Msg = PaymentMsg;
-    type State = PaymentState;
+    type State = PaymentActorState;
     type Arguments = PaymentArgs;
 
     async fn pre_start(
         &self,
         myself: ActorRef<PaymentMsg>,
         args: PaymentArgs,
-    ) -> Result<PaymentState, ActorProcessingErr> {
+    ) -> Result<PaymentActorState, ActorProcessingErr> {
         if !args.effects.is_empty() {
             // Queued to ourselves so a panic while executing is a supervised
             // failure of a running actor, not a failed start.
             myself.cast(PaymentMsg::Execute(args.effects))?;
         }
-        Ok(PaymentState {
+        Ok(PaymentActorState {
             name: args.name,
             router: args.router,
             store: args.store,
@@ -73,7 +73,7 @@ impl Actor for PaymentActor {
         &self,
         _myself: ActorRef<PaymentMsg>,
         message: PaymentMsg,
-        state: &mut PaymentState,
+        state: &mut PaymentActorState,
     ) -> Result<(), ActorProcessingErr> {
         let PaymentMsg::Execute(effects) = message;
         for effect in effects {
@@ -83,7 +83,7 @@ impl Actor for PaymentActor {
     }
 }
 
-impl PaymentState {
+impl PaymentActorState {
     /// The bank an effect goes to: the one it names, or (for payments
     /// recorded before routing existed) the router's first.
     fn bank<'a>(&'a self, named: &'a Option<String>) -> (&'a str, Option<&'a Arc<dyn Connector>>) {

@@ -8,9 +8,9 @@
 //! collect or return money twice for it.
 
 pub mod breaker;
+pub mod built_in_bank;
 pub mod http;
 pub mod routing;
-pub mod simulator;
 
 use std::collections::BTreeMap;
 

@@ -11,7 +11,7 @@ use payvisor::actors::{ActorSettings, Components, CreatePayment, Orchestrator, R
 use payvisor::alerts::LogSink;
 use payvisor::audit::audit_account;
 use payvisor::clock::SystemClock;
-use payvisor::connectors::simulator::{BankSimulator, SimulatorConfig};
+use payvisor::connectors::built_in_bank::{BuiltInBank, BuiltInBankConfig};
 use payvisor::connectors::{
     BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission,
 };
@@ -26,7 +26,7 @@ use crate::common::dynamodb as dynamodb_server;
 
 /// Wraps a connector; panics on the first `panics` payment submissions.
 struct PanickingConnector {
-    inner: BankSimulator,
+    inner: BuiltInBank,
     panics: u32,
     submissions: AtomicU32,
 }
@@ -128,13 +128,13 @@ fn harness_on(
 ) -> Harness {
     let random = Arc::new(SeededRandom::new(7));
     let (events, queue) = mpsc::channel(1024);
-    let config = SimulatorConfig {
+    let config = BuiltInBankConfig {
         latency_min: Duration::from_millis(1),
         latency_max: Duration::from_millis(3),
         failure_per_mille: 0,
     };
     let connector = Arc::new(PanickingConnector {
-        inner: BankSimulator::new(config, random.clone(), events),
+        inner: BuiltInBank::new(config, random.clone(), events),
         panics,
         submissions: AtomicU32::new(0),
     });

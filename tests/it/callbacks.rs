@@ -14,7 +14,7 @@ use payvisor::actors::{ActorSettings, Components, CreatePayment, Orchestrator};
 use payvisor::alerts::LogSink;
 use payvisor::callbacks::CallbackEndpoint;
 use payvisor::clock::{Clock, SystemClock};
-use payvisor::connectors::simulator::{BankSimulator, SimulatorConfig, BEHAVIOUR_KEY};
+use payvisor::connectors::built_in_bank::{BuiltInBank, BuiltInBankConfig, BEHAVIOUR_KEY};
 use payvisor::domain::payment::{Payment, PaymentState, Policy};
 use payvisor::domain::{AccountId, Currency, Money, RequestId};
 use payvisor::random::SeededRandom;
@@ -34,7 +34,7 @@ struct Node {
 async fn start(store: Arc<dyn Store>) -> Node {
     let random = Arc::new(SeededRandom::new(5));
     let (events, queue) = mpsc::channel(1024);
-    let simulator = SimulatorConfig {
+    let simulator = BuiltInBankConfig {
         latency_min: Duration::from_millis(1),
         latency_max: Duration::from_millis(2),
         failure_per_mille: 0,
@@ -46,7 +46,7 @@ async fn start(store: Arc<dyn Store>) -> Node {
             // The bank that calls back is the one payments are routed to.
             banks: Arc::new(payvisor::connectors::routing::Router::single(
                 "bank-a",
-                Arc::new(BankSimulator::new(simulator, random.clone(), events)),
+                Arc::new(BuiltInBank::new(simulator, random.clone(), events)),
             )),
             clock: clock.clone(),
             random,
@@ -134,7 +134,7 @@ fn callback(message_id: &str, kind: &str, payment: &Payment) -> String {
 }
 
 fn signed(body: &str) -> Option<String> {
-    Some(payvisor::webhooks::signature(
+    Some(payvisor::signature::sign(
         SECRET,
         now_unix(),
         body.as_bytes(),
@@ -170,10 +170,9 @@ async fn scenario(store: Arc<dyn Store>) {
     // Unsigned, wrongly signed and stale callbacks are refused.
     let processed = callback("m-1", "payment.processed", &payment);
     assert_eq!(run(node.port, processed.clone(), None).await.0, 401);
-    let wrong =
-        payvisor::webhooks::signature(b"not-the-secret-00", now_unix(), processed.as_bytes());
+    let wrong = payvisor::signature::sign(b"not-the-secret-00", now_unix(), processed.as_bytes());
     assert_eq!(run(node.port, processed.clone(), Some(wrong)).await.0, 401);
-    let stale = payvisor::webhooks::signature(SECRET, now_unix() - 3_600, processed.as_bytes());
+    let stale = payvisor::signature::sign(SECRET, now_unix() - 3_600, processed.as_bytes());
     assert_eq!(run(node.port, processed.clone(), Some(stale)).await.0, 401);
     let unknown_bank = tokio::task::spawn_blocking({
         let (port, body) = (node.port, processed.clone());

@@ -15,7 +15,7 @@ use payvisor::actors::{
 };
 use payvisor::alerts::{AlertError, AlertSink, Page, PageAction};
 use payvisor::clock::{Clock, ManualClock};
-use payvisor::connectors::simulator::{BankSimulator, SimulatorConfig, BEHAVIOUR_KEY};
+use payvisor::connectors::built_in_bank::{BuiltInBank, BuiltInBankConfig, BEHAVIOUR_KEY};
 use payvisor::domain::payment::{Payment, PaymentState, Policy};
 use payvisor::domain::watch::{OperatorRejection, Stage};
 use payvisor::domain::{AccountId, Currency, Money, PaymentName, RequestId, Timestamp};
@@ -124,7 +124,7 @@ fn policy() -> Policy {
 fn start_node(store: Arc<dyn Store>, clock: Arc<ManualClock>, sink: Arc<RecordingSink>) -> Node {
     let random = Arc::new(SeededRandom::new(11));
     let (events, queue) = mpsc::channel(1024);
-    let simulator = SimulatorConfig {
+    let simulator = BuiltInBankConfig {
         latency_min: Duration::from_millis(1),
         latency_max: Duration::from_millis(2),
         failure_per_mille: 0,
@@ -134,7 +134,7 @@ fn start_node(store: Arc<dyn Store>, clock: Arc<ManualClock>, sink: Arc<Recordin
             store,
             banks: Arc::new(payvisor::connectors::routing::Router::single(
                 "built-in",
-                Arc::new(BankSimulator::new(simulator, random.clone(), events)),
+                Arc::new(BuiltInBank::new(simulator, random.clone(), events)),
             )),
             clock: clock.clone(),
             random,

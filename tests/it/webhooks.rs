@@ -174,15 +174,15 @@ fn the_python_receiver_refuses_a_wrong_signature() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let good = payvisor::webhooks::signature(SECRET.as_bytes(), now, body.as_bytes());
+    let good = payvisor::signature::sign(SECRET.as_bytes(), now, body.as_bytes());
     let cases = [
         (good.replace("v1=", "v1=0"), 400),
         (
-            payvisor::webhooks::signature(b"other-secret-000000", now, body.as_bytes()),
+            payvisor::signature::sign(b"other-secret-000000", now, body.as_bytes()),
             400,
         ),
         (
-            payvisor::webhooks::signature(SECRET.as_bytes(), now - 3600, body.as_bytes()),
+            payvisor::signature::sign(SECRET.as_bytes(), now - 3600, body.as_bytes()),
             400,
         ),
         (good, 200),

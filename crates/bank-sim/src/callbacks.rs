@@ -176,8 +176,7 @@ async fn send(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs() as i64;
-    let signature =
-        payvisor::webhooks::signature(bank.options.secret(), unix_seconds, &message.body);
+    let signature = payvisor::signature::sign(bank.options.secret(), unix_seconds, &message.body);
     let answer = poster
         .post_json(
             url,

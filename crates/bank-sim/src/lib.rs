@@ -11,7 +11,7 @@
 //!   `GET /v1/settlements?from_ms=A&to_ms=B`.
 //! - Outcomes are decided after `--outcome-delay-ms` (see [`outcome`] for
 //!   the `bank_sim` metadata) and announced by callbacks signed with
-//!   `Bank-Signature` ([`payvisor::webhooks::signature`]), re-sent with
+//!   `Bank-Signature` ([`payvisor::signature`]), re-sent with
 //!   doubling back-off until a 2xx, also across restarts.
 //!
 //! **Boundary:** `POST /admin/outage` (`{"down": true|false}`) and

@@ -249,7 +249,7 @@ async fn receive(mut stream: TcpStream, answer: Arc<AtomicU16>, seen: Arc<Mutex<
         .expect("t=<unix seconds>");
     assert_eq!(
         signature,
-        payvisor::webhooks::signature(SECRET.as_bytes(), t, &body),
+        payvisor::signature::sign(SECRET.as_bytes(), t, &body),
         "signature over the raw body"
     );
     let now = std::time::SystemTime::now()

@@ -31,7 +31,7 @@ use crate::store::BoxFuture;
 pub const BEHAVIOUR_KEY: &str = "bank_sim";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SimulatorConfig {
+pub struct BuiltInBankConfig {
     /// Shortest time from submission to outcome.
     pub latency_min: Duration,
     /// Longest time from submission to outcome (uniform in between).
@@ -41,9 +41,9 @@ pub struct SimulatorConfig {
     pub failure_per_mille: u32,
 }
 
-impl Default for SimulatorConfig {
+impl Default for BuiltInBankConfig {
     fn default() -> Self {
-        SimulatorConfig {
+        BuiltInBankConfig {
             latency_min: Duration::from_millis(5),
             latency_max: Duration::from_millis(50),
             failure_per_mille: 0,
@@ -67,8 +67,8 @@ struct Record {
     outcome: Option<BankOutcome>,
 }
 
-pub struct BankSimulator {
-    config: SimulatorConfig,
+pub struct BuiltInBank {
+    config: BuiltInBankConfig,
     random: Arc<dyn Random>,
     events: mpsc::Sender<BankEvent>,
     payments: Arc<Mutex<HashMap<String, Record>>>,
@@ -76,13 +76,13 @@ pub struct BankSimulator {
     refunds: Mutex<HashSet<String>>,
 }
 
-impl BankSimulator {
+impl BuiltInBank {
     pub fn new(
-        config: SimulatorConfig,
+        config: BuiltInBankConfig,
         random: Arc<dyn Random>,
         events: mpsc::Sender<BankEvent>,
     ) -> Self {
-        BankSimulator {
+        BuiltInBank {
             config,
             random,
             events,
@@ -122,7 +122,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
 }
 
-impl Connector for BankSimulator {
+impl Connector for BuiltInBank {
     fn submit_payment(
         &self,
         submission: PaymentSubmission,
@@ -134,7 +134,7 @@ impl Connector for BankSimulator {
                 match payments.get(&key) {
                     Some(record) => (record.behaviour, Some(record.outcome.clone())),
                     None => {
-                        BankSimulator::make_room(&mut payments);
+                        BuiltInBank::make_room(&mut payments);
                         let behaviour = self.behaviour_for(&submission);
                         payments.insert(
                             key.clone(),
