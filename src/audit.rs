@@ -6,9 +6,9 @@
 
 use std::collections::BTreeMap;
 
+use crate::domain::ledger::{Balances, CurrencyBalances};
 use crate::domain::payment::{Payment, PaymentState, RefundState};
 use crate::domain::{AccountId, Currency};
-use crate::ledger::{Balances, CurrencyBalances};
 use crate::limits;
 use crate::store::{schema, Store, StoreError};
 

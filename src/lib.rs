@@ -1,7 +1,7 @@
 //! payvisor: an actor-based payment orchestrator. Persist first, then act.
 //!
 //! Reading order (see `ARCHITECTURE.md` for the full map):
-//! - [`domain`] and [`ledger`]: the pure core. Money, ids, the payment state
+//! - [`domain`]: the pure core. Money, ids, the payment state
 //!   machine, approval, double-entry bookkeeping. No I/O, no clock.
 //! - [`store`]: the storage boundary (DynamoDB-shaped) and its backends.
 //! - [`connectors`]: the bank boundary, the built-in bank simulator, a bank
@@ -28,7 +28,6 @@ pub mod connectors;
 pub mod domain;
 pub mod grpc;
 pub mod inbound;
-pub mod ledger;
 pub mod limits;
 pub mod metrics;
 pub mod outbound;

@@ -18,7 +18,8 @@ use std::sync::{Arc, Mutex};
 
 use ractor::{ActorId, ActorRef, MessagingErr};
 
-use super::account::{AccountActor, AccountArgs, AccountMsg};
+use super::account::{AccountActor, AccountArgs, AccountMsg, Passivation};
+use super::inbox::{Batched, Inbox};
 use super::{CommandError, Shared};
 use crate::domain::AccountId;
 
@@ -31,19 +32,6 @@ struct Entry {
     sent: u64,
     /// Commands the actor takes several at a time (see [`Inbox`]).
     inbox: Inbox,
-}
-
-/// Commands an account actor may fold into one atomic write: creates and
-/// bank outcomes, the bulk of the traffic. Each push is followed by a
-/// counted [`AccountMsg::Drain`] through the mailbox, and a drain takes
-/// everything queued, so "every message received" (the passivation check)
-/// still implies "every command taken".
-pub type Inbox = Arc<Mutex<std::collections::VecDeque<Batched>>>;
-
-/// A command waiting in an account's [`Inbox`].
-pub enum Batched {
-    Create(super::CreatePayment, super::account::Reply),
-    Bank(crate::domain::payment::BankEvent),
 }
 
 pub struct Directory {
@@ -76,7 +64,7 @@ impl Directory {
 
     /// Sends `message` to the account's actor, spawning it if needed.
     pub fn send(
-        &self,
+        self: &Arc<Self>,
         shared: &Arc<Shared>,
         account: &AccountId,
         message: AccountMsg,
@@ -86,7 +74,7 @@ impl Directory {
 
     /// Queues a command in the account's inbox and rings its actor.
     pub fn send_batched(
-        &self,
+        self: &Arc<Self>,
         shared: &Arc<Shared>,
         account: &AccountId,
         command: Batched,
@@ -95,7 +83,7 @@ impl Directory {
     }
 
     fn deliver(
-        &self,
+        self: &Arc<Self>,
         shared: &Arc<Shared>,
         account: &AccountId,
         message: AccountMsg,
@@ -122,6 +110,7 @@ impl Directory {
                         account: account.clone(),
                         shared: Arc::clone(shared),
                         inbox: Arc::clone(&inbox),
+                        passivation: Arc::clone(self) as Arc<dyn Passivation>,
                     };
                     let (actor, _) = ractor::ActorRuntime::spawn_instant(None, AccountActor, args)
                         .map_err(|error| {
@@ -176,18 +165,6 @@ impl Directory {
         )))
     }
 
-    /// Removes the actor's entry if every message sent to it was received.
-    pub fn try_passivate(&self, account: &AccountId, actor: ActorId, received: u64) -> bool {
-        let mut shard = self.shard(account);
-        match shard.get(account) {
-            Some(entry) if entry.actor.get_id() == actor && entry.sent == received => {
-                shard.remove(account);
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// Whether `close` was called (the node is stopping).
     pub fn is_closed(&self) -> bool {
         self.closed.load(std::sync::atomic::Ordering::SeqCst)
@@ -222,5 +199,19 @@ impl Directory {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Passivation for Directory {
+    /// Removes the actor's entry if every message sent to it was received.
+    fn try_passivate(&self, account: &AccountId, actor: ActorId, received: u64) -> bool {
+        let mut shard = self.shard(account);
+        match shard.get(account) {
+            Some(entry) if entry.actor.get_id() == actor && entry.sent == received => {
+                shard.remove(account);
+                true
+            }
+            _ => false,
+        }
     }
 }

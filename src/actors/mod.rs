@@ -13,6 +13,7 @@
 
 pub mod account;
 pub mod directory;
+pub mod inbox;
 pub mod payment;
 
 use std::collections::BTreeMap;
@@ -26,11 +27,11 @@ use crate::approval::RulesInForce;
 use crate::clock::Clock;
 use crate::connectors::routing::Router;
 use crate::domain::events::PaymentEvent;
+use crate::domain::ledger::{Balances, LedgerError};
 use crate::domain::payment::BankEvent;
 use crate::domain::payment::{Payment, PaymentState, Policy, Rejection, ReviewVerdict};
 use crate::domain::watch::OperatorRejection;
 use crate::domain::{AccountId, Money, PaymentId, PaymentName, RequestId};
-use crate::ledger::{Balances, LedgerError};
 use crate::limits;
 use crate::random::Random;
 use crate::store::{schema, Store, StoreError};
@@ -203,7 +204,6 @@ pub struct Shared {
     pub random: Arc<dyn Random>,
     pub policy: Policy,
     pub settings: ActorSettings,
-    pub directory: Directory,
     pub pager: Pager,
     /// The approval rules in force (reloadable).
     pub rules: Arc<RulesInForce>,
@@ -253,6 +253,8 @@ pub struct Components {
 #[derive(Clone)]
 pub struct Orchestrator {
     shared: Arc<Shared>,
+    /// Which account actors run; starts them on first use.
+    directory: Arc<Directory>,
 }
 
 impl Orchestrator {
@@ -279,14 +281,16 @@ impl Orchestrator {
             random: parts.random,
             policy: parts.policy,
             settings: parts.settings,
-            directory: Directory::default(),
             pager,
             rules: parts.rules,
             webhooks,
             events,
             reminders_in_hand: Default::default(),
         });
-        let orchestrator = Orchestrator { shared };
+        let orchestrator = Orchestrator {
+            shared,
+            directory: Arc::new(Directory::default()),
+        };
         let router = orchestrator.clone();
         tokio::spawn(async move {
             while let Some(event) = bank_events.recv().await {
@@ -303,11 +307,10 @@ impl Orchestrator {
     /// Routes a bank outcome to the payment's account actor.
     pub fn deliver(&self, event: BankEvent) {
         let account = event.payment_name().account.clone();
-        if let Err(error) = self.shared.directory.send_batched(
-            &self.shared,
-            &account,
-            directory::Batched::Bank(event),
-        ) {
+        if let Err(error) =
+            self.directory
+                .send_batched(&self.shared, &account, inbox::Batched::Bank(event))
+        {
             // Only during shutdown; the payment stays SENT in the store and is
             // re-driven on the next start.
             tracing::warn!(%account, %error, "bank outcome not routed");
@@ -317,10 +320,8 @@ impl Orchestrator {
     pub async fn create_payment(&self, command: CreatePayment) -> Result<Payment, CommandError> {
         let account = command.account.clone();
         self.call(|reply| {
-            let create = directory::Batched::Create(command, reply);
-            self.shared
-                .directory
-                .send_batched(&self.shared, &account, create)
+            let create = inbox::Batched::Create(command, reply);
+            self.directory.send_batched(&self.shared, &account, create)
         })
         .await
     }
@@ -352,7 +353,7 @@ impl Orchestrator {
 
     /// Sends a message to an account's actor (spawning it if needed).
     fn send(&self, account: &AccountId, message: AccountMsg) -> Result<(), CommandError> {
-        self.shared.directory.send(&self.shared, account, message)
+        self.directory.send(&self.shared, account, message)
     }
 
     /// Sends a command with a reply port (through `send`) and awaits the
@@ -470,11 +471,7 @@ impl Orchestrator {
         let now = self.shared.clock.now();
         let due = watchdog::sweep_due(store, now, |name| {
             let message = AccountMsg::Reminder(name.payment);
-            if let Err(error) = self
-                .shared
-                .directory
-                .send(&self.shared, &name.account, message)
-            {
+            if let Err(error) = self.directory.send(&self.shared, &name.account, message) {
                 tracing::debug!(account = %name.account, %error, "reminder not routed (stopping)");
             }
         })
@@ -492,7 +489,7 @@ impl Orchestrator {
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 ticks.tick().await;
-                if orchestrator.shared.directory.is_closed() {
+                if orchestrator.directory.is_closed() {
                     return;
                 }
                 if let Err(error) = orchestrator.sweep_watchdog().await {
@@ -535,18 +532,18 @@ impl Orchestrator {
 
     /// Runs the webhook dispatcher until the orchestrator shuts down.
     pub fn run_webhooks(&self, every: Duration) {
-        let shared = Arc::clone(&self.shared);
+        let directory = Arc::clone(&self.directory);
         self.shared
             .webhooks
-            .run(every, move || shared.directory.is_closed());
+            .run(every, move || directory.is_closed());
     }
 
     /// Runs the approval rules' reloader until the orchestrator shuts down.
     pub fn watch_rules(&self, every: Duration) {
-        let shared = Arc::clone(&self.shared);
+        let directory = Arc::clone(&self.directory);
         self.shared
             .rules
-            .watch(every, move || shared.directory.is_closed());
+            .watch(every, move || directory.is_closed());
     }
 
     /// An event and its delivery state, by name.
@@ -623,7 +620,7 @@ impl Orchestrator {
     /// Stops taking commands, lets every account actor finish what is in its
     /// mailbox, and waits for them (bounded by `grace`).
     pub async fn shutdown(&self, grace: Duration) {
-        let actors = self.shared.directory.close();
+        let actors = self.directory.close();
         let drains = actors.into_iter().map(|actor| async move {
             let _ = actor.drain_and_wait(Some(grace)).await;
         });
@@ -632,7 +629,7 @@ impl Orchestrator {
 
     /// Accounts with a running actor (for tests of passivation).
     pub fn active_accounts(&self) -> usize {
-        self.shared.directory.len()
+        self.directory.len()
     }
 }
 

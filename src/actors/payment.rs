@@ -5,9 +5,8 @@
 
 use std::sync::Arc;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
 
-use super::account::AccountMsg;
 use crate::clock::Clock;
 use crate::connectors::routing::Router;
 use crate::connectors::{
@@ -30,8 +29,16 @@ pub struct PaymentArgs {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     /// Where definite bank answers learned synchronously go.
-    pub parent: ActorRef<AccountMsg>,
+    pub parent: ParentPort,
 }
+
+/// A bank outcome the payment actor learned itself (a definite refusal, a
+/// status answer), for its account actor to decide on.
+pub struct LearnedOutcome(pub BankEvent);
+
+/// How a payment actor reports to its parent: a port that takes only what
+/// a child may say, so the child does not know its parent's messages.
+pub type ParentPort = DerivedActorRef<LearnedOutcome>;
 
 pub enum PaymentMsg {
     Execute(Vec<Effect>),
@@ -42,7 +49,7 @@ pub struct PaymentActorState {
     router: Arc<Router>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
-    parent: ActorRef<AccountMsg>,
+    parent: ParentPort,
 }
 
 impl Actor for PaymentActor {
@@ -100,7 +107,7 @@ impl PaymentActorState {
             bank: bank.to_owned(),
             departure,
         };
-        let _ = self.parent.cast(AccountMsg::FromChild(event));
+        let _ = self.parent.send_message(LearnedOutcome(event));
     }
 
     /// Records the bank's acceptance of a submission on its outbox
@@ -193,7 +200,7 @@ impl PaymentActorState {
                                 name: name.clone(),
                                 outcome,
                             };
-                            let _ = self.parent.cast(AccountMsg::FromChild(event));
+                            let _ = self.parent.send_message(LearnedOutcome(event));
                             return;
                         }
                         Ok(BankStatus::Pending) => {
@@ -234,7 +241,7 @@ impl PaymentActorState {
                                 refund_id: refund_id.clone(),
                                 outcome: RefundOutcome::Failed { reason },
                             };
-                            let _ = self.parent.cast(AccountMsg::FromChild(event));
+                            let _ = self.parent.send_message(LearnedOutcome(event));
                             return;
                         }
                         other => other,

@@ -17,12 +17,12 @@
 use serde::{Deserialize, Serialize};
 
 use super::events::PaymentEvent;
+use super::ledger::{Balances, Movement};
 use super::money::Currency;
 use super::payment::{Decision, Effect, Payment, Policy, Rejection};
 use super::rules::{Action, VelocityLog};
 use super::watch::Alert;
 use super::{PaymentId, PaymentName, RequestId, Timestamp};
-use crate::ledger::{Balances, Movement};
 
 /// The account item: balances, how many movements have been written, and
 /// the approval rules' memory of recent payments.

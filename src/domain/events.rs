@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::payment::{PaymentState, RefundState};
+use super::state::{PaymentState, RefundState};
 use super::{parse_payment_name, Money, NameError, PaymentName, Timestamp};
 
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]

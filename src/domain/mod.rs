@@ -6,9 +6,12 @@
 
 pub mod account;
 pub mod events;
+pub mod ledger;
 pub mod money;
 pub mod payment;
 pub mod rules;
+pub mod stalls;
+pub mod state;
 pub mod watch;
 
 use std::fmt;

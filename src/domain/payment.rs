@@ -23,79 +23,12 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::events::{Change, PaymentEvent};
+use super::ledger::{LedgerError, Movement};
 use super::rules::{Action, Evaluation};
+pub use super::state::{PaymentState, RefundState};
 use super::watch::{Alert, OperatorRejection, Stage, StallPolicy, Watch};
 use super::{AccountId, Currency, Money, PaymentId, PaymentName, Timestamp};
-use crate::ledger::{LedgerError, Movement};
 use crate::limits;
-
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PaymentState {
-    Created,
-    Approved,
-    InReview,
-    Sent,
-    Processed,
-    PartiallyRefunded,
-    Refunded,
-    Declined,
-    Failed,
-}
-
-impl PaymentState {
-    pub const ALL: [PaymentState; 9] = [
-        PaymentState::Created,
-        PaymentState::Approved,
-        PaymentState::InReview,
-        PaymentState::Sent,
-        PaymentState::Processed,
-        PaymentState::PartiallyRefunded,
-        PaymentState::Refunded,
-        PaymentState::Declined,
-        PaymentState::Failed,
-    ];
-
-    /// The state's name in logs, metrics and flags.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PaymentState::Created => "created",
-            PaymentState::Approved => "approved",
-            PaymentState::InReview => "in_review",
-            PaymentState::Sent => "sent",
-            PaymentState::Processed => "processed",
-            PaymentState::PartiallyRefunded => "partially_refunded",
-            PaymentState::Refunded => "refunded",
-            PaymentState::Declined => "declined",
-            PaymentState::Failed => "failed",
-        }
-    }
-
-    pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            PaymentState::Refunded | PaymentState::Declined | PaymentState::Failed
-        )
-    }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RefundState {
-    Pending,
-    Succeeded,
-    Failed,
-}
-
-impl RefundState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RefundState::Pending => "pending",
-            RefundState::Succeeded => "succeeded",
-            RefundState::Failed => "failed",
-        }
-    }
-}
 
 /// Which bank a payment was sent to, and why; and, once it left that bank
 /// (a definite rejection, or the bank said it never got it), why.

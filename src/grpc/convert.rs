@@ -9,6 +9,7 @@ use crate::actors::{
     CommandError, CreatePayment, FieldViolation, OperatorAction, OperatorCommand, RefundPayment,
 };
 use crate::domain::events::{Change, PaymentEvent};
+use crate::domain::ledger::Balances;
 use crate::domain::payment::{
     Departure, Payment, PaymentState, Refund, RefundState, ReviewVerdict, Transition,
 };
@@ -17,7 +18,6 @@ use crate::domain::watch::PageAction;
 use crate::domain::{
     parse_account_name, parse_payment_name, Currency, Money, PaymentId, RequestId, Timestamp,
 };
-use crate::ledger::Balances;
 use crate::limits;
 use crate::store::schema::{DeliveryState, EventRecord};
 use crate::watchdog::AlertEvent;

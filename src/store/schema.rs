@@ -52,10 +52,10 @@ use crate::domain::account::StagedDecision;
 pub use crate::domain::account::{
     AccountBook, AlertRecord, Delivery, DeliveryState, EventRecord, IdempotencyRecord, OutboxRecord,
 };
+use crate::domain::ledger::Movement;
 use crate::domain::payment::Payment;
 use crate::domain::watch::{Alert, PageAction, Stage};
 use crate::domain::{AccountId, PaymentId, PaymentName, RequestId, Timestamp};
-use crate::ledger::Movement;
 use crate::limits;
 
 pub const ACCOUNT_SK: &str = "ACCOUNT";

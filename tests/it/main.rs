@@ -21,6 +21,7 @@ mod callbacks;
 mod crash;
 mod e2e;
 mod http_connector;
+mod layout;
 mod properties;
 mod reviews;
 mod stalls;

@@ -18,6 +18,7 @@ use std::collections::BTreeMap;
 
 use payvisor::domain::account::{AccountBook, BankChooser, OutboxRecord, StageContext};
 use payvisor::domain::events::{Change, PaymentEvent};
+use payvisor::domain::ledger::{Balances, Movement};
 use payvisor::domain::payment::{
     self, BankOutcome, Departure, Effect, Fee, FeeSchedule, NewPayment, Payment, PaymentState,
     Policy, RefundOutcome, RefundState, ReviewVerdict,
@@ -25,7 +26,6 @@ use payvisor::domain::payment::{
 use payvisor::domain::rules::{Candidate, RuleSet, VelocityLog};
 use payvisor::domain::watch::{PageAction, Stage};
 use payvisor::domain::{AccountId, Currency, Money, PaymentId, Timestamp};
-use payvisor::ledger::{Balances, Movement};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]

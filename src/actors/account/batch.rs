@@ -8,7 +8,7 @@ use ractor::ActorRef;
 use super::commit::Staging;
 use super::create::Fingerprint;
 use super::{AccountMsg, AccountState, RetryableWork};
-use crate::actors::directory::Batched;
+use crate::actors::inbox::Batched;
 use crate::actors::CommandError;
 use crate::domain::account::NewIdempotency;
 use crate::domain::payment::Decision;

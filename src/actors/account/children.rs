@@ -47,7 +47,7 @@ impl AccountState {
             router: Arc::clone(&self.shared.router),
             store: Arc::clone(&self.shared.store),
             clock: Arc::clone(&self.shared.clock),
-            parent: myself.clone(),
+            parent: myself.get_derived(),
         };
         // Instant: the child's start-up runs on its own task, so a batch
         // that creates many payments does not wait for each start in turn.

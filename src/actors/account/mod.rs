@@ -40,8 +40,8 @@ use std::sync::Arc;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 use tokio::time::Instant;
 
-use super::directory::Inbox;
-use super::payment::PaymentMsg;
+use super::inbox::Inbox;
+use super::payment::{LearnedOutcome, PaymentMsg};
 use super::{BankCallback, CallbackAck, CommandError, OperatorCommand, RefundPayment, Shared};
 use crate::domain::account::AccountBook;
 use crate::domain::payment::{BankEvent, Payment};
@@ -55,9 +55,17 @@ pub struct AccountArgs {
     pub account: AccountId,
     pub shared: Arc<Shared>,
     pub inbox: Inbox,
+    pub passivation: Arc<dyn Passivation>,
 }
 
-pub type Reply = RpcReplyPort<Result<Payment, CommandError>>;
+pub use super::inbox::Reply;
+
+/// Where an idle account actor asks to stop: the directory that started
+/// it, which agrees only if the actor received every message sent to it
+/// (a port, so the actor does not depend on the directory).
+pub trait Passivation: Send + Sync + 'static {
+    fn try_passivate(&self, account: &AccountId, actor: ActorId, received: u64) -> bool;
+}
 
 pub enum AccountMsg {
     /// Creates and bank outcomes wait in the inbox: take them, several per
@@ -96,6 +104,24 @@ pub enum RetryableWork {
     Resume(PaymentId),
 }
 
+impl From<LearnedOutcome> for AccountMsg {
+    fn from(learned: LearnedOutcome) -> AccountMsg {
+        AccountMsg::FromChild(learned.0)
+    }
+}
+
+impl TryFrom<AccountMsg> for LearnedOutcome {
+    type Error = AccountMsg;
+
+    /// Back from a message the parent's mailbox refused.
+    fn try_from(message: AccountMsg) -> Result<LearnedOutcome, AccountMsg> {
+        match message {
+            AccountMsg::FromChild(event) => Ok(LearnedOutcome(event)),
+            other => Err(other),
+        }
+    }
+}
+
 impl AccountMsg {
     /// Whether the directory counted this message when sending it.
     fn via_directory(&self) -> bool {
@@ -111,6 +137,8 @@ pub struct AccountState {
     shared: Arc<Shared>,
     /// Creates and bank outcomes, taken in batches (see `Drain`).
     inbox: Inbox,
+    /// Asked before stopping when idle.
+    passivation: Arc<dyn Passivation>,
     /// The account item as last read or written; `None` until hydrated.
     /// Version 0 means the account has no item yet.
     record: Option<Versioned<AccountBook>>,
@@ -146,6 +174,7 @@ impl Actor for AccountActor {
             account: args.account,
             shared: args.shared,
             inbox: args.inbox,
+            passivation: args.passivation,
             record: None,
             payments: HashMap::new(),
             children: HashMap::new(),
@@ -274,8 +303,7 @@ impl AccountState {
             && self.children.is_empty()
             && self.retries_pending == 0
             && self
-                .shared
-                .directory
+                .passivation
                 .try_passivate(&self.account, myself.get_id(), self.received)
         {
             tracing::debug!(account = %self.account, "passivating idle account actor");

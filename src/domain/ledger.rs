@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Currency, Money, MoneyError, PaymentId};
+use super::{Currency, Money, MoneyError, PaymentId};
 
 /// The book accounts of one payvisor account, per currency.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]

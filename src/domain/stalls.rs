@@ -1,0 +1,448 @@
+//! The stall decisions on a payment ([`super::watch`] has the types): the
+//! stage a payment waits in, a due reminder (re-drive with back-off, then
+//! page once), an operator's retry or fail, and re-arming the watch on
+//! every transition (resolving a page when the payment moves on).
+
+use std::collections::BTreeMap;
+
+use super::payment::{Decision, Effect, Payment, PaymentState, RefundState, Rejection};
+use super::watch::{Alert, OperatorRejection, PageAction, Severity, Stage, StallPolicy, Watch};
+use super::Timestamp;
+
+impl Stage {
+    /// The stage a payment waits in, if it waits for anything.
+    pub fn of(payment: &Payment) -> Option<Stage> {
+        match payment.state {
+            PaymentState::Created => Some(Stage::Created),
+            PaymentState::Approved => Some(Stage::Approved),
+            PaymentState::InReview => Some(Stage::InReview),
+            PaymentState::Sent => Some(Stage::Sent),
+            PaymentState::Processed | PaymentState::PartiallyRefunded
+                if payment
+                    .refunds
+                    .iter()
+                    .any(|refund| refund.state == RefundState::Pending) =>
+            {
+                Some(Stage::Refunding)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Watch {
+    /// The PagerDuty dedup key of this stall: stable across re-drives and
+    /// restarts, different for the next stall of the same payment.
+    pub fn dedup_key(&self, payment: &Payment) -> String {
+        format!(
+            "payvisor/{}/{}/{}",
+            payment.name(),
+            self.stage,
+            self.since.unix_millis()
+        )
+    }
+}
+
+impl Payment {
+    /// Re-arms the watch after a change from `previous`: a new stage gets a
+    /// fresh watch (and resolves the old stall's page), the same stage keeps
+    /// its watch, no stage clears it.
+    pub(super) fn rearm(
+        &mut self,
+        previous: &Payment,
+        now: Timestamp,
+        policy: &StallPolicy,
+    ) -> Option<Alert> {
+        let stage = Stage::of(self);
+        let old = previous.watch.as_ref();
+        if let (Some(old), Some(stage)) = (old, stage) {
+            if old.stage == stage {
+                self.watch = Some(old.clone());
+                return None;
+            }
+        }
+        self.watch = stage.map(|stage| Watch {
+            stage,
+            since: now,
+            due_at: Some(now.plus_millis(policy.deadline_ms(stage))),
+            redrives: 0,
+            paged: false,
+        });
+        let old = old.filter(|old| old.paged)?;
+        Some(previous.alert(old, PageAction::Resolve, "payment moved on".into(), now))
+    }
+
+    fn alert(&self, watch: &Watch, action: PageAction, summary: String, now: Timestamp) -> Alert {
+        let severity = match watch.stage {
+            Stage::Sent | Stage::Refunding => Severity::Critical,
+            Stage::Created | Stage::Approved => Severity::Error,
+            Stage::InReview => Severity::Warning,
+        };
+        let details = BTreeMap::from([
+            ("payment".to_owned(), self.name().to_string()),
+            ("state".to_owned(), self.state.as_str().to_uppercase()),
+            ("stage".to_owned(), watch.stage.to_string()),
+            ("amount".to_owned(), self.amount.to_string()),
+            (
+                "stalled_since_unix_ms".to_owned(),
+                watch.since.unix_millis().to_string(),
+            ),
+            ("redrives".to_owned(), watch.redrives.to_string()),
+        ]);
+        Alert {
+            action,
+            dedup_key: watch.dedup_key(self),
+            stage: watch.stage,
+            stall_since: watch.since,
+            summary,
+            severity,
+            details,
+            at: now,
+        }
+    }
+
+    /// The reminder fell due. `None` when it is not due (an early or
+    /// duplicate reminder: the watch was re-armed meanwhile) or the payment
+    /// waits for a person after a page.
+    pub fn on_reminder(
+        &self,
+        now: Timestamp,
+        policy: &super::payment::Policy,
+    ) -> Result<Option<Decision>, Rejection> {
+        let Some(watch) = &self.watch else {
+            return Ok(None);
+        };
+        if watch.due_at.is_none_or(|due| due > now) {
+            return Ok(None);
+        }
+        if watch.stage.redrivable() && watch.redrives < policy.stalls.redrive_max {
+            let redrives = watch.redrives + 1;
+            let cause = format!("redrive_{redrives}_of_{}", policy.stalls.redrive_max);
+            return self.redrive(cause, redrives, now, policy).map(Some);
+        }
+        if watch.paged {
+            // Re-armed by an operator's retry after a page: keep waiting for
+            // a person without paging again for the same stall.
+            let mut next = self.clone();
+            let watch = next.watch.as_mut().expect("checked above");
+            watch.due_at = None;
+            next.updated_at = now;
+            return Ok(Some(Decision::new(next, Vec::new(), Vec::new(), None)));
+        }
+        let mut next = self.clone();
+        next.updated_at = now;
+        let watch = next.watch.as_mut().expect("checked above");
+        watch.paged = true;
+        watch.due_at = None;
+        let watch = watch.clone();
+        let waited_ms = now.unix_millis() - watch.since.unix_millis();
+        let summary = format!(
+            "payment {} stuck in {} for {}s after {} re-drives",
+            self.name(),
+            watch.stage,
+            waited_ms / 1000,
+            watch.redrives
+        );
+        let alert = next.alert(&watch, PageAction::Trigger, summary, now);
+        next.record_event(self.state, "paged_on_call", now);
+        Ok(Some(Decision::new(
+            next,
+            Vec::new(),
+            Vec::new(),
+            Some(alert),
+        )))
+    }
+
+    /// An operator asks for a re-drive now. The re-drive count starts over;
+    /// a page already sent for this stall stays open (no second page).
+    pub fn operator_retry(
+        &self,
+        now: Timestamp,
+        policy: &super::payment::Policy,
+    ) -> Result<Decision, OperatorRejection> {
+        match Stage::of(self) {
+            None => Err(OperatorRejection::NothingToRetry(self.state)),
+            Some(Stage::InReview) => Err(OperatorRejection::AwaitsReview),
+            Some(_) => self
+                .redrive("operator_retry".into(), 0, now, policy)
+                // Redriving a waiting payment only fails on ledger overflow,
+                // which approval would have refused; report it as not retryable.
+                .map_err(|_| OperatorRejection::NothingToRetry(self.state)),
+        }
+    }
+
+    /// An operator gives up on a payment that has not been processed: it is
+    /// FAILED with `reason`, its pending funds released, its page resolved.
+    pub fn operator_fail(
+        &self,
+        reason: &str,
+        now: Timestamp,
+        policy: &super::payment::Policy,
+    ) -> Result<Decision, OperatorRejection> {
+        match self.state {
+            PaymentState::Created
+            | PaymentState::Approved
+            | PaymentState::InReview
+            | PaymentState::Sent => self
+                .give_up(reason, "operator_failed", now, policy)
+                .map_err(|_| OperatorRejection::NotFailable(self.state)),
+            state => Err(OperatorRejection::NotFailable(state)),
+        }
+    }
+
+    /// One re-drive: the step of the current stage again, idempotently.
+    fn redrive(
+        &self,
+        cause: String,
+        redrives: u32,
+        now: Timestamp,
+        policy: &super::payment::Policy,
+    ) -> Result<Decision, Rejection> {
+        let stage = self
+            .watch
+            .as_ref()
+            .map(|watch| watch.stage)
+            .or(Stage::of(self));
+        match stage {
+            Some(Stage::Created | Stage::Approved) => {
+                // Run approval and dispatch again from where it stopped.
+                let mut next = self.clone();
+                next.record_event(self.state, &cause, now);
+                let decision = next.advance(now, policy)?;
+                Ok(decision)
+            }
+            _ => {
+                let mut next = self.clone();
+                next.updated_at = now;
+                next.record_event(self.state, &cause, now);
+                let mut effects = Vec::new();
+                if self.state == PaymentState::Sent {
+                    // Ask before re-sending: a lost callback is found, and a
+                    // submission the bank never got is sent again (same key).
+                    effects.push(Effect::QueryPayment {
+                        name: self.name(),
+                        amount: self.amount,
+                        metadata: self.metadata.clone(),
+                        bank: self.current_bank().map(str::to_owned),
+                    });
+                }
+                effects.extend(
+                    self.pending_effects()
+                        .into_iter()
+                        .filter(|effect| matches!(effect, Effect::SubmitRefund { .. })),
+                );
+                if let Some(watch) = next.watch.as_mut() {
+                    watch.redrives = redrives;
+                    let wait = policy.stalls.backoff_ms(watch.stage, redrives);
+                    watch.due_at = Some(now.plus_millis(wait));
+                }
+                Ok(Decision::new(next, Vec::new(), effects, None))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::payment::{self, BankOutcome, NewPayment, Policy, RefundOutcome};
+    use crate::domain::{AccountId, Currency, Money, PaymentId};
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_unix_millis(seconds * 1000)
+    }
+    fn policy(sent_secs: i64, redrive_max: u32) -> Policy {
+        let mut policy = Policy::default();
+        policy
+            .stalls
+            .deadline_ms
+            .insert(Stage::Sent, sent_secs * 1000);
+        policy.stalls.redrive_max = redrive_max;
+        policy
+    }
+    fn sent(policy: &Policy) -> Payment {
+        let new = NewPayment {
+            account: AccountId::new("acme").unwrap(),
+            id: PaymentId::new("p1").unwrap(),
+            amount: Money::from_minor(Currency::from_code("USD").unwrap(), 500),
+            metadata: BTreeMap::new(),
+            payer_id: None,
+            payer_country: None,
+        };
+        payment::create(new, None, at(0), policy).unwrap().payment
+    }
+    fn remind(payment: &Payment, now: i64, policy: &Policy) -> Option<Decision> {
+        payment.on_reminder(at(now), policy).unwrap()
+    }
+
+    #[test]
+    fn a_sent_payment_is_watched_from_the_moment_it_is_written() {
+        let policy = policy(60, 3);
+        let payment = sent(&policy);
+        let watch = payment.watch.clone().unwrap();
+        assert_eq!(
+            (watch.stage, watch.due_at, watch.redrives, watch.paged),
+            (Stage::Sent, Some(at(60)), 0, false)
+        );
+        assert!(remind(&payment, 59, &policy).is_none(), "not due yet");
+    }
+
+    #[test]
+    fn due_reminders_redrive_with_backoff_then_page_once() {
+        let policy = policy(10, 2);
+        let mut payment = sent(&policy);
+        // Re-drive 1 at 10 s waits 20 s; re-drive 2 at 30 s waits 40 s.
+        let mut expected_due = [30, 70].into_iter();
+        for now in [10, 30] {
+            let decision = remind(&payment, now, &policy).unwrap();
+            assert!(matches!(
+                decision.effects[..],
+                [Effect::QueryPayment { .. }]
+            ));
+            assert!(decision.alert.is_none());
+            payment = decision.payment;
+            assert_eq!(
+                payment.watch.as_ref().unwrap().due_at,
+                Some(at(expected_due.next().unwrap()))
+            );
+            assert!(
+                remind(&payment, now + 1, &policy).is_none(),
+                "re-armed, not due"
+            );
+        }
+        let paged = remind(&payment, 70, &policy).unwrap();
+        let alert = paged.alert.clone().unwrap();
+        assert_eq!(alert.action, PageAction::Trigger);
+        assert_eq!(alert.dedup_key, "payvisor/accounts/acme/payments/p1/sent/0");
+        assert_eq!(alert.severity, Severity::Critical);
+        assert!(paged.effects.is_empty());
+        let payment = paged.payment;
+        assert!(payment.watch.as_ref().unwrap().paged);
+        assert!(
+            remind(&payment, 10_000, &policy).is_none(),
+            "one stall pages once"
+        );
+        let causes: Vec<_> = payment
+            .history
+            .iter()
+            .map(|entry| entry.cause.as_str())
+            .collect();
+        assert!(
+            causes.ends_with(&["redrive_1_of_2", "redrive_2_of_2", "paged_on_call"]),
+            "{causes:?}"
+        );
+    }
+
+    #[test]
+    fn moving_on_resolves_the_page_and_leaving_a_stage_clears_the_watch() {
+        let policy = policy(10, 0);
+        let paged = remind(&sent(&policy), 10, &policy).unwrap().payment;
+        let processed = paged
+            .on_bank_outcome(&BankOutcome::Processed, at(99), &policy)
+            .unwrap()
+            .unwrap();
+        let resolve = processed.alert.unwrap();
+        assert_eq!(resolve.action, PageAction::Resolve);
+        assert_eq!(
+            resolve.dedup_key,
+            "payvisor/accounts/acme/payments/p1/sent/0"
+        );
+        assert_eq!(processed.payment.watch, None);
+        // A refund starts a new stall window with its own key.
+        let refunding = processed
+            .payment
+            .request_refund(None, "r", at(100), &policy)
+            .unwrap();
+        assert!(refunding.alert.is_none());
+        let watch = refunding.payment.watch.clone().unwrap();
+        assert_eq!((watch.stage, watch.since), (Stage::Refunding, at(100)));
+        let done = refunding
+            .payment
+            .on_refund_outcome("r1", &RefundOutcome::Succeeded, at(101), &policy)
+            .unwrap()
+            .unwrap();
+        assert_eq!(done.payment.watch, None);
+        assert!(done.alert.is_none(), "never paged, nothing to resolve");
+    }
+
+    #[test]
+    fn operators_retry_without_a_second_page_and_fail_with_a_resolve() {
+        let policy = policy(10, 1);
+        let redriven = remind(&sent(&policy), 10, &policy).unwrap().payment;
+        let paged = remind(&redriven, 30, &policy).unwrap().payment;
+        let retried = paged.operator_retry(at(40), &policy).unwrap();
+        assert!(matches!(retried.effects[..], [Effect::QueryPayment { .. }]));
+        let retried = retried.payment;
+        assert_eq!(retried.watch.as_ref().unwrap().redrives, 0);
+        let again = remind(&retried, 50, &policy).unwrap().payment; // re-drive 1
+        let quiet = remind(&again, 1000, &policy).unwrap();
+        assert!(quiet.alert.is_none(), "the stall was paged already");
+        let failed = quiet
+            .payment
+            .operator_fail("bank lost it", at(2000), &policy)
+            .unwrap();
+        assert_eq!(failed.payment.state, PaymentState::Failed);
+        assert_eq!(failed.movements.len(), 1, "pending funds released");
+        assert_eq!(failed.alert.unwrap().action, PageAction::Resolve);
+        assert_eq!(
+            failed.payment.operator_fail("again", at(2001), &policy),
+            Err(OperatorRejection::NotFailable(PaymentState::Failed))
+        );
+        assert_eq!(
+            failed
+                .payment
+                .operator_retry(at(2001), &policy)
+                .unwrap_err(),
+            OperatorRejection::NothingToRetry(PaymentState::Failed)
+        );
+    }
+
+    #[test]
+    fn a_payment_stuck_before_the_bank_is_redriven_through_approval_and_dispatch() {
+        let policy = policy(60, 2);
+        // As if a crash had left it APPROVED (a future review step can).
+        let mut approved = sent(&policy);
+        approved.state = PaymentState::Approved;
+        approved.history.truncate(2);
+        approved.watch = Some(Watch {
+            stage: Stage::Approved,
+            since: at(0),
+            due_at: Some(at(10)),
+            redrives: 0,
+            paged: false,
+        });
+        let decision = remind(&approved, 10, &policy).unwrap();
+        assert_eq!(decision.payment.state, PaymentState::Sent);
+        assert!(matches!(
+            decision.effects[..],
+            [Effect::SubmitPayment { .. }]
+        ));
+        assert_eq!(
+            decision.movements.len(),
+            1,
+            "the money moves to pending once"
+        );
+        let watch = decision.payment.watch.unwrap();
+        assert_eq!(
+            (watch.stage, watch.since, watch.redrives),
+            (Stage::Sent, at(10), 0)
+        );
+        let causes: Vec<_> = decision
+            .payment
+            .history
+            .iter()
+            .map(|e| e.cause.as_str())
+            .collect();
+        assert_eq!(
+            causes,
+            ["created", "approved", "redrive_1_of_2", "dispatched"]
+        );
+    }
+
+    #[test]
+    fn stages_parse_from_flag_names() {
+        assert_eq!("sent".parse(), Ok(Stage::Sent));
+        assert_eq!("IN_REVIEW".parse(), Ok(Stage::InReview));
+        assert!("processed".parse::<Stage>().is_err());
+    }
+}

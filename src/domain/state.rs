@@ -1,0 +1,73 @@
+//! The states a payment and a refund can be in: leaf types that the state
+//! machine ([`super::payment`]), its events and its watch all name, so they
+//! sit below all three.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentState {
+    Created,
+    Approved,
+    InReview,
+    Sent,
+    Processed,
+    PartiallyRefunded,
+    Refunded,
+    Declined,
+    Failed,
+}
+
+impl PaymentState {
+    pub const ALL: [PaymentState; 9] = [
+        PaymentState::Created,
+        PaymentState::Approved,
+        PaymentState::InReview,
+        PaymentState::Sent,
+        PaymentState::Processed,
+        PaymentState::PartiallyRefunded,
+        PaymentState::Refunded,
+        PaymentState::Declined,
+        PaymentState::Failed,
+    ];
+
+    /// The state's name in logs, metrics and flags.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PaymentState::Created => "created",
+            PaymentState::Approved => "approved",
+            PaymentState::InReview => "in_review",
+            PaymentState::Sent => "sent",
+            PaymentState::Processed => "processed",
+            PaymentState::PartiallyRefunded => "partially_refunded",
+            PaymentState::Refunded => "refunded",
+            PaymentState::Declined => "declined",
+            PaymentState::Failed => "failed",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            PaymentState::Refunded | PaymentState::Declined | PaymentState::Failed
+        )
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefundState {
+    Pending,
+    Succeeded,
+    Failed,
+}
+
+impl RefundState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefundState::Pending => "pending",
+            RefundState::Succeeded => "succeeded",
+            RefundState::Failed => "failed",
+        }
+    }
+}
