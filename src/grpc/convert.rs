@@ -532,7 +532,7 @@ pub fn decode_stalled_token(token: &str) -> Result<Option<String>, CommandError>
     // fault.
     token
         .strip_prefix("s1.")
-        .filter(|position| crate::store::schema::parse_index_token(position).is_some())
+        .filter(|position| crate::store::is_index_position(position))
         .map(|position| Some(position.to_owned()))
         .ok_or_else(|| {
             CommandError::invalid("page_token", "not a token returned by ListStalledPayments")
@@ -550,7 +550,7 @@ pub fn decode_review_token(token: &str) -> Result<Option<String>, CommandError> 
     }
     token
         .strip_prefix("r1.")
-        .filter(|position| crate::store::schema::parse_index_token(position).is_some())
+        .filter(|position| crate::store::is_index_position(position))
         .map(|position| Some(position.to_owned()))
         .ok_or_else(|| CommandError::invalid("page_token", "not a token returned by ListPayments"))
 }

@@ -45,6 +45,24 @@
 //! Ids never contain `#` or `/` (checked at construction), so keys are
 //! unambiguous.
 
+mod account;
+mod alert;
+mod events;
+mod idempotency;
+mod inbox;
+mod movement;
+mod outbox;
+mod payment;
+
+pub use account::*;
+pub use alert::*;
+pub use events::*;
+pub use idempotency::*;
+pub use inbox::*;
+pub use movement::*;
+pub use outbox::*;
+pub use payment::*;
+
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::{Condition, IndexKey, IndexQuery, Item, Key, Query, Store, StoreError, WriteOp};
@@ -58,41 +76,42 @@ use crate::domain::watch::{Alert, PageAction, Stage};
 use crate::domain::{AccountId, PaymentId, PaymentName, RequestId, Timestamp};
 use crate::limits;
 
-pub const ACCOUNT_SK: &str = "ACCOUNT";
-pub const PAYMENT_SK_PREFIX: &str = "P#";
-pub const MOVEMENT_SK_PREFIX: &str = "M#";
-pub const IDEMPOTENCY_SK_PREFIX: &str = "I#";
-pub const ALERT_SK_PREFIX: &str = "L#";
-pub const EVENTS_SK_PREFIX: &str = "E#";
-pub const WEBHOOK_DUE_SK_PREFIX: &str = "W#";
-pub const INBOX_SK_PREFIX: &str = "X#";
-pub const OUTBOX_SK_PREFIX: &str = "O#";
-
 /// Index families (each in `ACCOUNT_SHARDS` partitions `{family}#00`…).
 /// Watched payments, not stalled: sort key starts with the due time.
 pub const WATCHING: &str = "WATCH";
+
 /// Stalled payments being re-driven: sort key starts with the due time.
 pub const STALLED_REDRIVING: &str = "STALL";
+
 /// Stalled payments on-call was paged for: sort key starts with the stall's
 /// beginning; no reminder (a person acts).
 pub const STALLED_PAGED: &str = "PAGED";
+
 /// Payments waiting for a person's review, not stalled: sort key starts
 /// with the review deadline (the reminder). `payvisor reviews list` reads it.
 pub const IN_REVIEW: &str = "REVIEW";
+
 /// Pages not yet delivered: sort key starts with when they were decided.
 pub const PAGES_UNDELIVERED: &str = "PAGE";
+
 /// Messages to banks not yet acknowledged, by when they were decided.
 pub const OUTBOX_UNACKNOWLEDGED: &str = "OUTBOX";
+
 /// Every decision's events, by time (the feed).
 pub const EVENT_FEED: &str = "EVENTS";
+
 /// Webhook deliveries pending: sort key starts with the next attempt's time.
 pub const WEBHOOKS_DUE: &str = "HOOK";
+
 /// Families with reminders that fall due.
 pub const DUE_FAMILIES: [&str; 3] = [WATCHING, IN_REVIEW, STALLED_REDRIVING];
+
 /// Every watched payment (start-up recovery reads them all).
 pub const WATCHED_FAMILIES: [&str; 4] = [WATCHING, IN_REVIEW, STALLED_REDRIVING, STALLED_PAGED];
+
 /// Where payments in review are (the review queue; stalled ones too).
 pub const REVIEW_FAMILIES: [&str; 3] = [IN_REVIEW, STALLED_REDRIVING, STALLED_PAGED];
+
 /// Stalled payments (`ListStalledPayments`, the gauge).
 pub const STALLED_FAMILIES: [&str; 2] = [STALLED_REDRIVING, STALLED_PAGED];
 
@@ -126,36 +145,6 @@ pub fn shard_partition(account: &AccountId, shard: usize) -> String {
     format!("A#{account}#{shard:02}")
 }
 
-pub fn account_key(account: &AccountId) -> Key {
-    Key::new(account_partition(account), ACCOUNT_SK)
-}
-
-pub fn payment_key(account: &AccountId, payment: &PaymentId) -> Key {
-    Key::new(
-        shard_partition(account, shard_of(payment.as_str())),
-        format!("{PAYMENT_SK_PREFIX}{payment}"),
-    )
-}
-
-/// A movement lives beside its payment.
-pub fn movement_key(account: &AccountId, payment: &PaymentId, sequence: u64) -> Key {
-    Key::new(
-        shard_partition(account, shard_of(payment.as_str())),
-        movement_sk(sequence),
-    )
-}
-
-fn movement_sk(sequence: u64) -> String {
-    format!("{MOVEMENT_SK_PREFIX}{sequence:020}")
-}
-
-pub fn idempotency_key(account: &AccountId, request_id: &RequestId) -> Key {
-    Key::new(
-        shard_partition(account, shard_of(request_id.as_str())),
-        format!("{IDEMPOTENCY_SK_PREFIX}{}", request_id.as_str()),
-    )
-}
-
 fn index_partition(family: &str, shard: usize) -> String {
     format!("{family}#{shard:02}")
 }
@@ -173,53 +162,6 @@ pub fn due_by(now: Timestamp) -> String {
     format!("{}0", time_prefix(now))
 }
 
-fn alert_ordinal(alert: &Alert) -> &'static str {
-    // A resolve sorts after its trigger.
-    match alert.action {
-        PageAction::Trigger => "1",
-        PageAction::Resolve => "2",
-    }
-}
-
-pub fn alert_key(payment: &PaymentName, alert: &Alert) -> Key {
-    Key::new(
-        shard_partition(&payment.account, shard_of(payment.payment.as_str())),
-        format!(
-            "{ALERT_SK_PREFIX}{}#{}#{}#{}",
-            payment.payment,
-            alert.stage,
-            time_prefix(alert.stall_since),
-            alert_ordinal(alert)
-        ),
-    )
-}
-
-/// The alert item: version 1 when decided, 2 once delivered.
-pub fn alert_item(record: &AlertRecord) -> Item {
-    let index = record.delivered_at.is_none().then(|| {
-        let tail = format!(
-            "{}/{}/{}",
-            record.payment.account,
-            record.payment.payment,
-            alert_ordinal(&record.alert)
-        );
-        IndexKey {
-            pk: index_partition(PAGES_UNDELIVERED, shard_of(&tail)),
-            sk: format!("{}/{tail}", time_prefix(record.alert.at)),
-        }
-    });
-    Item {
-        key: alert_key(&record.payment, &record.alert),
-        version: if record.delivered_at.is_some() { 2 } else { 1 },
-        body: encode(record),
-        index,
-    }
-}
-
-pub fn decode_alert(item: &Item) -> Result<AlertRecord, StoreError> {
-    decode(item)
-}
-
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     // Serialising plain data structs to JSON cannot fail.
     serde_json::to_vec(value).expect("records serialise to JSON")
@@ -235,46 +177,6 @@ fn versioned<T: DeserializeOwned>(item: Item) -> Result<Versioned<T>, StoreError
         value: decode(&item)?,
         version: item.version,
     })
-}
-
-pub fn payment_item(payment: &Payment, version: u64) -> Item {
-    let index = payment.watch.as_ref().map(|watch| {
-        let tail = format!("{}/{}", payment.account, payment.id);
-        let (family, at) = match watch.due_at {
-            Some(due) if watch.is_stalled() => (STALLED_REDRIVING, due),
-            Some(due) if watch.stage == Stage::InReview => (IN_REVIEW, due),
-            Some(due) => (WATCHING, due),
-            None => (STALLED_PAGED, watch.since),
-        };
-        IndexKey {
-            pk: index_partition(family, shard_of(&tail)),
-            sk: format!("{}/{tail}", time_prefix(at)),
-        }
-    });
-    Item {
-        key: payment_key(&payment.account, &payment.id),
-        version,
-        body: encode(payment),
-        index,
-    }
-}
-
-pub fn account_item(account: &AccountId, record: &AccountBook, version: u64) -> Item {
-    Item {
-        key: account_key(account),
-        version,
-        body: encode(record),
-        index: None,
-    }
-}
-
-pub fn movement_item(account: &AccountId, sequence: u64, movement: &Movement) -> Item {
-    Item {
-        key: movement_key(account, &movement.payment, sequence),
-        version: 1,
-        body: encode(movement),
-        index: None,
-    }
 }
 
 /// The items one staged decision writes, appended to `ops` in this order:
@@ -319,326 +221,6 @@ pub fn staged_writes(account: &AccountId, staged: &StagedDecision, ops: &mut Vec
     }
 }
 
-pub fn idempotency_item(
-    account: &AccountId,
-    request_id: &RequestId,
-    record: &IdempotencyRecord,
-) -> Item {
-    Item {
-        key: idempotency_key(account, request_id),
-        version: 1,
-        body: encode(record),
-        index: None,
-    }
-}
-
-fn event_tail(payment: &PaymentName, first_seq: u64) -> String {
-    format!("{}/{}/{first_seq:010}", payment.account, payment.payment)
-}
-
-pub fn event_record_key(payment: &PaymentName, first_seq: u64) -> Key {
-    Key::new(
-        shard_partition(&payment.account, shard_of(payment.payment.as_str())),
-        format!("{EVENTS_SK_PREFIX}{}#{first_seq:010}", payment.payment),
-    )
-}
-
-/// The events item; its index key places it in the feed by time.
-pub fn event_record_item(record: &EventRecord, version: u64) -> Item {
-    let tail = event_tail(record.payment(), record.first_seq());
-    Item {
-        key: event_record_key(record.payment(), record.first_seq()),
-        version,
-        body: encode(record),
-        index: Some(IndexKey {
-            pk: index_partition(
-                EVENT_FEED,
-                shard_of(&format!(
-                    "{}/{}",
-                    record.payment().account,
-                    record.payment().payment
-                )),
-            ),
-            sk: format!("{}/{tail}", time_prefix(record.events[0].at)),
-        }),
-    }
-}
-
-/// Where a record sits in the feed (the resume point of a watcher).
-pub fn feed_position(record: &EventRecord) -> String {
-    format!(
-        "{}/{}",
-        time_prefix(record.events[0].at),
-        event_tail(record.payment(), record.first_seq())
-    )
-}
-
-/// The feed position just before everything at `at` or later.
-pub fn feed_position_at(at: Timestamp) -> String {
-    time_prefix(at)
-}
-
-/// What the webhook dispatcher reads to find the record, and when.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WebhookDue {
-    pub payment: PaymentName,
-    pub first_seq: u64,
-}
-
-pub fn webhook_due_key(payment: &PaymentName, first_seq: u64) -> Key {
-    Key::new(
-        shard_partition(&payment.account, shard_of(payment.payment.as_str())),
-        format!("{WEBHOOK_DUE_SK_PREFIX}{}#{first_seq:010}", payment.payment),
-    )
-}
-
-/// The pointer item of a pending delivery, due at `at`.
-pub fn webhook_due_item(
-    payment: &PaymentName,
-    first_seq: u64,
-    at: Timestamp,
-    version: u64,
-) -> Item {
-    let tail = event_tail(payment, first_seq);
-    Item {
-        key: webhook_due_key(payment, first_seq),
-        version,
-        body: encode(&WebhookDue {
-            payment: payment.clone(),
-            first_seq,
-        }),
-        index: Some(IndexKey {
-            pk: index_partition(
-                WEBHOOKS_DUE,
-                shard_of(&format!("{}/{}", payment.account, payment.payment)),
-            ),
-            sk: format!("{}/{tail}", time_prefix(at)),
-        }),
-    }
-}
-
-pub fn decode_webhook_due(item: &Item) -> Result<WebhookDue, StoreError> {
-    decode(item)
-}
-
-pub fn decode_event_record(item: &Item) -> Result<Versioned<EventRecord>, StoreError> {
-    versioned(item.clone())
-}
-
-/// Every event record of one payment, oldest first (a payment has at most a
-/// few dozen: its states and its refunds').
-pub async fn payment_event_records(
-    store: &dyn Store,
-    payment: &PaymentName,
-) -> Result<Vec<Versioned<EventRecord>>, StoreError> {
-    let mut records = Vec::new();
-    let mut start_after = None;
-    loop {
-        let page = store
-            .query(Query {
-                pk: shard_partition(&payment.account, shard_of(payment.payment.as_str())),
-                sk_prefix: format!("{EVENTS_SK_PREFIX}{}#", payment.payment),
-                start_after: start_after.take(),
-                limit: limits::PAGE_SIZE_MAX,
-            })
-            .await?;
-        for item in page.items {
-            records.push(versioned(item)?);
-        }
-        match page.next {
-            Some(next) => start_after = Some(next),
-            None => return Ok(records),
-        }
-    }
-}
-
-/// The next records of the feed after `position`, across its shards, in
-/// feed order: up to `limit` + 1 from every shard, merged (each shard is
-/// sorted, so the first `limit` of the merge are the next `limit` overall).
-pub async fn feed_after(
-    store: &dyn Store,
-    position: Option<&str>,
-    limit: usize,
-) -> Result<Vec<EventRecord>, StoreError> {
-    let limit = limit.max(1);
-    let mut items = Vec::new();
-    for shard in 0..limits::ACCOUNT_SHARDS {
-        let page = store
-            .query_index(IndexQuery {
-                index_pk: index_partition(EVENT_FEED, shard),
-                start_after: position.map(str::to_owned),
-                end_at: None,
-                limit: limit + 1,
-            })
-            .await?;
-        items.extend(page.items);
-    }
-    let mut records = items
-        .iter()
-        .map(decode::<EventRecord>)
-        .collect::<Result<Vec<_>, _>>()?;
-    records.sort_by_key(feed_position);
-    records.truncate(limit);
-    Ok(records)
-}
-
-/// Pointers of webhook deliveries due by `now` in one shard.
-pub async fn webhooks_due(
-    store: &dyn Store,
-    shard: usize,
-    now: Timestamp,
-    limit: usize,
-) -> Result<Vec<WebhookDue>, StoreError> {
-    let page = store
-        .query_index(IndexQuery {
-            index_pk: index_partition(WEBHOOKS_DUE, shard),
-            start_after: None,
-            end_at: Some(due_by(now)),
-            limit,
-        })
-        .await?;
-    page.items.iter().map(decode_webhook_due).collect()
-}
-
-pub fn outbox_key(payment: &PaymentName, seq: u64) -> Key {
-    Key::new(
-        shard_partition(&payment.account, shard_of(payment.payment.as_str())),
-        format!("{OUTBOX_SK_PREFIX}{}#{seq:06}", payment.payment),
-    )
-}
-
-/// Version 1 when decided (in the `OUTBOX` index), 2 once acknowledged.
-pub fn outbox_item(record: &OutboxRecord) -> Item {
-    let index = record.acknowledged_at.is_none().then(|| {
-        let tail = format!("{}/{}", record.payment.account, record.payment.payment);
-        IndexKey {
-            pk: index_partition(OUTBOX_UNACKNOWLEDGED, shard_of(&tail)),
-            sk: format!(
-                "{}/{tail}/{:06}",
-                time_prefix(record.created_at),
-                record.seq
-            ),
-        }
-    });
-    Item {
-        key: outbox_key(&record.payment, record.seq),
-        version: if record.acknowledged_at.is_some() {
-            2
-        } else {
-            1
-        },
-        body: encode(record),
-        index,
-    }
-}
-
-/// A payment's messages to banks, oldest first.
-pub async fn payment_outbox(
-    store: &dyn Store,
-    payment: &PaymentName,
-) -> Result<Vec<OutboxRecord>, StoreError> {
-    let page = store
-        .query(Query {
-            pk: shard_partition(&payment.account, shard_of(payment.payment.as_str())),
-            sk_prefix: format!("{OUTBOX_SK_PREFIX}{}#", payment.payment),
-            start_after: None,
-            limit: limits::OUTBOX_PER_PAYMENT_MAX,
-        })
-        .await?;
-    page.items.iter().map(decode).collect()
-}
-
-/// Messages decided before `before` and still not acknowledged, across
-/// shards (bounded by `limit` per shard).
-pub async fn unacknowledged_before(
-    store: &dyn Store,
-    before: Timestamp,
-    limit: usize,
-) -> Result<Vec<OutboxRecord>, StoreError> {
-    let mut records = Vec::new();
-    for shard in 0..limits::ACCOUNT_SHARDS {
-        let page = store
-            .query_index(IndexQuery {
-                index_pk: index_partition(OUTBOX_UNACKNOWLEDGED, shard),
-                start_after: None,
-                end_at: Some(due_by(before)),
-                limit,
-            })
-            .await?;
-        for item in &page.items {
-            records.push(decode::<OutboxRecord>(item)?);
-        }
-    }
-    Ok(records)
-}
-
-/// A bank callback as received (the inbox): written once, with the
-/// decision it caused, keyed by the bank's message id, so a duplicate finds
-/// it and changes nothing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InboxRecord {
-    pub bank: String,
-    pub message_id: String,
-    pub payment: PaymentName,
-    /// What the message said (`payment.processed`, …).
-    pub kind: String,
-    pub received_at: Timestamp,
-    /// Whether it changed the payment (false: late, duplicate in meaning, or
-    /// out of order).
-    pub applied: bool,
-}
-
-/// Bank names and message ids are checked by the callback endpoint: short,
-/// without `#` or `/`.
-pub fn inbox_key(payment: &PaymentName, bank: &str, message_id: &str) -> Key {
-    Key::new(
-        shard_partition(&payment.account, shard_of(payment.payment.as_str())),
-        format!("{INBOX_SK_PREFIX}{bank}#{message_id}"),
-    )
-}
-
-pub fn inbox_item(record: &InboxRecord) -> Item {
-    Item {
-        key: inbox_key(&record.payment, &record.bank, &record.message_id),
-        version: 1,
-        body: encode(record),
-        index: None,
-    }
-}
-
-pub async fn load_account(
-    store: &dyn Store,
-    account: &AccountId,
-) -> Result<Option<Versioned<AccountBook>>, StoreError> {
-    store
-        .get(account_key(account))
-        .await?
-        .map(versioned)
-        .transpose()
-}
-
-pub async fn load_payment(
-    store: &dyn Store,
-    name: &PaymentName,
-) -> Result<Option<Versioned<Payment>>, StoreError> {
-    store
-        .get(payment_key(&name.account, &name.payment))
-        .await?
-        .map(versioned)
-        .transpose()
-}
-
-pub async fn load_idempotency(
-    store: &dyn Store,
-    account: &AccountId,
-    request_id: &RequestId,
-) -> Result<Option<IdempotencyRecord>, StoreError> {
-    match store.get(idempotency_key(account, request_id)).await? {
-        Some(item) => decode(&item).map(Some),
-        None => Ok(None),
-    }
-}
-
 /// Reads up to `limit` + 1 items after `start_after` from every shard of an
 /// account and merges them by sort key: the first `limit` of the merge are
 /// the next page of the whole account (each shard is sorted, so nothing
@@ -667,40 +249,6 @@ async fn merged_page(
     let more = items.len() > limit;
     items.truncate(limit);
     Ok((items, more))
-}
-
-/// One page of an account's payments, in payment id order.
-pub async fn list_payments(
-    store: &dyn Store,
-    account: &AccountId,
-    start_after: Option<&PaymentId>,
-    limit: usize,
-) -> Result<(Vec<Payment>, Option<PaymentId>), StoreError> {
-    let start_after = start_after.map(|id| format!("{PAYMENT_SK_PREFIX}{id}"));
-    let (items, more) = merged_page(store, account, PAYMENT_SK_PREFIX, start_after, limit).await?;
-    let payments = items
-        .iter()
-        .map(decode)
-        .collect::<Result<Vec<Payment>, _>>()?;
-    let next = if more {
-        payments.last().map(|payment| payment.id.clone())
-    } else {
-        None
-    };
-    Ok((payments, next))
-}
-
-/// One page of an account's movements, in sequence order, starting at
-/// sequence number `from`.
-pub async fn list_movements(
-    store: &dyn Store,
-    account: &AccountId,
-    from: u64,
-    limit: usize,
-) -> Result<Vec<Movement>, StoreError> {
-    let start_after = from.checked_sub(1).map(movement_sk);
-    let (items, _) = merged_page(store, account, MOVEMENT_SK_PREFIX, start_after, limit).await?;
-    items.iter().map(decode).collect()
 }
 
 /// Reads an [`index_page`] token: `{family}:{shard}:{last index sort key}`.
@@ -769,42 +317,6 @@ pub async fn index_page(
         }
     }
     Ok((items, None))
-}
-
-/// A page of watched payments (families as given), decoded.
-pub async fn watched_payments(
-    store: &dyn Store,
-    families: &[&str],
-    end_at: Option<&str>,
-    token: Option<&str>,
-    limit: usize,
-) -> Result<(Vec<Payment>, Option<String>), StoreError> {
-    let (items, next) = index_page(store, families, end_at, token, limit).await?;
-    let payments = items.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
-    Ok((payments, next))
-}
-
-/// Reminders due by `now` in one partition of one family: the watchdog's
-/// sweep reads each partition this way, bounded.
-pub async fn due_reminders(
-    store: &dyn Store,
-    family: &str,
-    shard: usize,
-    now: Timestamp,
-    limit: usize,
-) -> Result<Vec<PaymentName>, StoreError> {
-    let page = store
-        .query_index(IndexQuery {
-            index_pk: index_partition(family, shard),
-            start_after: None,
-            end_at: Some(due_by(now)),
-            limit,
-        })
-        .await?;
-    page.items
-        .iter()
-        .map(|item| decode::<Payment>(item).map(|payment| payment.name()))
-        .collect()
 }
 
 #[cfg(test)]

@@ -1,0 +1,176 @@
+//! Each decision's events with their webhook deliveries, the feed (`EVENTS`
+//! index) and the pointers of pending deliveries (`HOOK` index).
+
+use super::*;
+
+pub const EVENTS_SK_PREFIX: &str = "E#";
+
+pub const WEBHOOK_DUE_SK_PREFIX: &str = "W#";
+
+pub(super) fn event_tail(payment: &PaymentName, first_seq: u64) -> String {
+    format!("{}/{}/{first_seq:010}", payment.account, payment.payment)
+}
+
+pub fn event_record_key(payment: &PaymentName, first_seq: u64) -> Key {
+    Key::new(
+        shard_partition(&payment.account, shard_of(payment.payment.as_str())),
+        format!("{EVENTS_SK_PREFIX}{}#{first_seq:010}", payment.payment),
+    )
+}
+
+/// The events item; its index key places it in the feed by time.
+pub fn event_record_item(record: &EventRecord, version: u64) -> Item {
+    let tail = event_tail(record.payment(), record.first_seq());
+    Item {
+        key: event_record_key(record.payment(), record.first_seq()),
+        version,
+        body: encode(record),
+        index: Some(IndexKey {
+            pk: index_partition(
+                EVENT_FEED,
+                shard_of(&format!(
+                    "{}/{}",
+                    record.payment().account,
+                    record.payment().payment
+                )),
+            ),
+            sk: format!("{}/{tail}", time_prefix(record.events[0].at)),
+        }),
+    }
+}
+
+/// Where a record sits in the feed (the resume point of a watcher).
+pub fn feed_position(record: &EventRecord) -> String {
+    format!(
+        "{}/{}",
+        time_prefix(record.events[0].at),
+        event_tail(record.payment(), record.first_seq())
+    )
+}
+
+/// The feed position just before everything at `at` or later.
+pub fn feed_position_at(at: Timestamp) -> String {
+    time_prefix(at)
+}
+
+/// What the webhook dispatcher reads to find the record, and when.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WebhookDue {
+    pub payment: PaymentName,
+    pub first_seq: u64,
+}
+
+pub fn webhook_due_key(payment: &PaymentName, first_seq: u64) -> Key {
+    Key::new(
+        shard_partition(&payment.account, shard_of(payment.payment.as_str())),
+        format!("{WEBHOOK_DUE_SK_PREFIX}{}#{first_seq:010}", payment.payment),
+    )
+}
+
+/// The pointer item of a pending delivery, due at `at`.
+pub fn webhook_due_item(
+    payment: &PaymentName,
+    first_seq: u64,
+    at: Timestamp,
+    version: u64,
+) -> Item {
+    let tail = event_tail(payment, first_seq);
+    Item {
+        key: webhook_due_key(payment, first_seq),
+        version,
+        body: encode(&WebhookDue {
+            payment: payment.clone(),
+            first_seq,
+        }),
+        index: Some(IndexKey {
+            pk: index_partition(
+                WEBHOOKS_DUE,
+                shard_of(&format!("{}/{}", payment.account, payment.payment)),
+            ),
+            sk: format!("{}/{tail}", time_prefix(at)),
+        }),
+    }
+}
+
+pub fn decode_webhook_due(item: &Item) -> Result<WebhookDue, StoreError> {
+    decode(item)
+}
+
+pub fn decode_event_record(item: &Item) -> Result<Versioned<EventRecord>, StoreError> {
+    versioned(item.clone())
+}
+
+/// Every event record of one payment, oldest first (a payment has at most a
+/// few dozen: its states and its refunds').
+pub async fn payment_event_records(
+    store: &dyn Store,
+    payment: &PaymentName,
+) -> Result<Vec<Versioned<EventRecord>>, StoreError> {
+    let mut records = Vec::new();
+    let mut start_after = None;
+    loop {
+        let page = store
+            .query(Query {
+                pk: shard_partition(&payment.account, shard_of(payment.payment.as_str())),
+                sk_prefix: format!("{EVENTS_SK_PREFIX}{}#", payment.payment),
+                start_after: start_after.take(),
+                limit: limits::PAGE_SIZE_MAX,
+            })
+            .await?;
+        for item in page.items {
+            records.push(versioned(item)?);
+        }
+        match page.next {
+            Some(next) => start_after = Some(next),
+            None => return Ok(records),
+        }
+    }
+}
+
+/// The next records of the feed after `position`, across its shards, in
+/// feed order: up to `limit` + 1 from every shard, merged (each shard is
+/// sorted, so the first `limit` of the merge are the next `limit` overall).
+pub async fn feed_after(
+    store: &dyn Store,
+    position: Option<&str>,
+    limit: usize,
+) -> Result<Vec<EventRecord>, StoreError> {
+    let limit = limit.max(1);
+    let mut items = Vec::new();
+    for shard in 0..limits::ACCOUNT_SHARDS {
+        let page = store
+            .query_index(IndexQuery {
+                index_pk: index_partition(EVENT_FEED, shard),
+                start_after: position.map(str::to_owned),
+                end_at: None,
+                limit: limit + 1,
+            })
+            .await?;
+        items.extend(page.items);
+    }
+    let mut records = items
+        .iter()
+        .map(decode::<EventRecord>)
+        .collect::<Result<Vec<_>, _>>()?;
+    records.sort_by_key(feed_position);
+    records.truncate(limit);
+    Ok(records)
+}
+
+/// Pointers of webhook deliveries due by `now` in one shard.
+pub async fn webhooks_due(
+    store: &dyn Store,
+    shard: usize,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<WebhookDue>, StoreError> {
+    let page = store
+        .query_index(IndexQuery {
+            index_pk: index_partition(WEBHOOKS_DUE, shard),
+            start_after: None,
+            end_at: Some(due_by(now)),
+            limit,
+        })
+        .await?;
+    page.items.iter().map(decode_webhook_due).collect()
+}

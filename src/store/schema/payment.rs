@@ -1,0 +1,103 @@
+//! Payment items, and the sparse index of watched payments (reminders, the
+//! review queue, stalled payments).
+
+use super::*;
+
+pub const PAYMENT_SK_PREFIX: &str = "P#";
+
+pub fn payment_key(account: &AccountId, payment: &PaymentId) -> Key {
+    Key::new(
+        shard_partition(account, shard_of(payment.as_str())),
+        format!("{PAYMENT_SK_PREFIX}{payment}"),
+    )
+}
+
+pub fn payment_item(payment: &Payment, version: u64) -> Item {
+    let index = payment.watch.as_ref().map(|watch| {
+        let tail = format!("{}/{}", payment.account, payment.id);
+        let (family, at) = match watch.due_at {
+            Some(due) if watch.is_stalled() => (STALLED_REDRIVING, due),
+            Some(due) if watch.stage == Stage::InReview => (IN_REVIEW, due),
+            Some(due) => (WATCHING, due),
+            None => (STALLED_PAGED, watch.since),
+        };
+        IndexKey {
+            pk: index_partition(family, shard_of(&tail)),
+            sk: format!("{}/{tail}", time_prefix(at)),
+        }
+    });
+    Item {
+        key: payment_key(&payment.account, &payment.id),
+        version,
+        body: encode(payment),
+        index,
+    }
+}
+
+pub async fn load_payment(
+    store: &dyn Store,
+    name: &PaymentName,
+) -> Result<Option<Versioned<Payment>>, StoreError> {
+    store
+        .get(payment_key(&name.account, &name.payment))
+        .await?
+        .map(versioned)
+        .transpose()
+}
+
+/// One page of an account's payments, in payment id order.
+pub async fn list_payments(
+    store: &dyn Store,
+    account: &AccountId,
+    start_after: Option<&PaymentId>,
+    limit: usize,
+) -> Result<(Vec<Payment>, Option<PaymentId>), StoreError> {
+    let start_after = start_after.map(|id| format!("{PAYMENT_SK_PREFIX}{id}"));
+    let (items, more) = merged_page(store, account, PAYMENT_SK_PREFIX, start_after, limit).await?;
+    let payments = items
+        .iter()
+        .map(decode)
+        .collect::<Result<Vec<Payment>, _>>()?;
+    let next = if more {
+        payments.last().map(|payment| payment.id.clone())
+    } else {
+        None
+    };
+    Ok((payments, next))
+}
+
+/// A page of watched payments (families as given), decoded.
+pub async fn watched_payments(
+    store: &dyn Store,
+    families: &[&str],
+    end_at: Option<&str>,
+    token: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Payment>, Option<String>), StoreError> {
+    let (items, next) = index_page(store, families, end_at, token, limit).await?;
+    let payments = items.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
+    Ok((payments, next))
+}
+
+/// Reminders due by `now` in one partition of one family: the watchdog's
+/// sweep reads each partition this way, bounded.
+pub async fn due_reminders(
+    store: &dyn Store,
+    family: &str,
+    shard: usize,
+    now: Timestamp,
+    limit: usize,
+) -> Result<Vec<PaymentName>, StoreError> {
+    let page = store
+        .query_index(IndexQuery {
+            index_pk: index_partition(family, shard),
+            start_after: None,
+            end_at: Some(due_by(now)),
+            limit,
+        })
+        .await?;
+    page.items
+        .iter()
+        .map(|item| decode::<Payment>(item).map(|payment| payment.name()))
+        .collect()
+}
