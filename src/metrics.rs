@@ -29,15 +29,15 @@ pub type Render = Arc<dyn Fn() -> BoxFuture<'static, String> + Send + Sync>;
 
 /// Serves scrapes on `listener` until `shutdown` completes.
 pub async fn serve(listener: TcpListener, render: Render, shutdown: impl Future<Output = ()>) {
-    let handler: crate::inbound::Handler = Arc::new(move |request| {
+    let handler: crate::http_server::Handler = Arc::new(move |request| {
         let render = Arc::clone(&render);
         Box::pin(respond(request, render))
     });
-    let bounds = crate::inbound::ServerLimits {
+    let bounds = crate::http_server::ServerLimits {
         connections_max: limits::METRICS_CONNECTIONS_MAX,
         header_read_timeout: limits::METRICS_HEADER_READ_TIMEOUT,
     };
-    crate::inbound::serve("metrics", listener, bounds, handler, shutdown).await;
+    crate::http_server::serve("metrics", listener, bounds, handler, shutdown).await;
 }
 
 async fn respond(request: Request<Incoming>, render: Render) -> Response<Full<Bytes>> {

@@ -125,11 +125,11 @@ pub async fn run(
         ));
         let listener = TcpListener::bind(config.bank_callback_listen).await?;
         tracing::info!(listen = %listener.local_addr()?, banks = config.banks.len(), "bank callbacks serving");
-        let bounds = crate::inbound::ServerLimits {
+        let bounds = crate::http_server::ServerLimits {
             connections_max: limits::BANK_CALLBACK_CONNECTIONS_MAX,
             header_read_timeout: limits::BANK_CALLBACK_HEADER_READ_TIMEOUT,
         };
-        tokio::spawn(crate::inbound::serve(
+        tokio::spawn(crate::http_server::serve(
             "bank-callbacks",
             listener,
             bounds,

@@ -66,11 +66,11 @@ async fn start(store: Arc<dyn Store>) -> Node {
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let bounds = payvisor::inbound::ServerLimits {
+    let bounds = payvisor::http_server::ServerLimits {
         connections_max: 16,
         header_read_timeout: Duration::from_secs(5),
     };
-    tokio::spawn(payvisor::inbound::serve(
+    tokio::spawn(payvisor::http_server::serve(
         "callbacks",
         listener,
         bounds,

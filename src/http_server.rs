@@ -1,7 +1,8 @@
-//! Inbound HTTP for the small endpoints payvisor serves besides gRPC (the
-//! Prometheus scrape, bank callbacks): an HTTP/1.1 accept loop on hyper with
-//! a bound on open connections and on the time a client gets to send its
-//! headers, so idle or slow clients cannot pile up tasks.
+//! The HTTP server for the small endpoints payvisor serves besides gRPC (the
+//! Prometheus scrape, bank callbacks; the simulated bank's API too): an
+//! HTTP/1.1 accept loop on hyper with a bound on open connections and on the
+//! time a client gets to send its headers, so idle or slow clients cannot
+//! pile up tasks.
 
 use std::convert::Infallible;
 use std::future::Future;
