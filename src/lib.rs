@@ -11,7 +11,8 @@
 //! - [`approval`], [`webhooks`], [`watchdog`], [`callbacks`]: the rules in
 //!   force, merchant notifications, stalled payments, bank callbacks.
 //! - [`grpc`]: the API surface, the only place that sees protobuf types.
-//! - [`server`], [`config`], [`cli`]: wiring, settings, the command line.
+//! - [`server`], [`config`], [`cli`]: wiring, settings, the command line;
+//!   [`shutdown`]: the one signal every task of a node stops on.
 //! - [`clock`] and [`limits`]: injected time and randomness; every bound.
 #![forbid(unsafe_code)]
 
@@ -33,6 +34,7 @@ pub mod limits;
 pub mod metrics;
 pub mod reconcile;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 pub mod watchdog;
 pub mod webhooks;

@@ -7,7 +7,6 @@
 //! connections are simply dropped, not drained.
 
 use std::fmt::Write as _;
-use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,6 +16,7 @@ use hyper::{header, Method, Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
 use crate::limits;
+use crate::shutdown::Shutdown;
 use crate::store::BoxFuture;
 
 // Bounds of this module (to move into `limits.rs`).
@@ -27,8 +27,8 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Builds the whole exposition text, once per scrape.
 pub type Render = Arc<dyn Fn() -> BoxFuture<'static, String> + Send + Sync>;
 
-/// Serves scrapes on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, render: Render, shutdown: impl Future<Output = ()>) {
+/// Serves scrapes on `listener` until `shutdown` fires.
+pub async fn serve(listener: TcpListener, render: Render, shutdown: Shutdown) {
     let handler: crate::http_server::Handler = Arc::new(move |request| {
         let render = Arc::clone(&render);
         Box::pin(respond(request, render))
@@ -36,6 +36,7 @@ pub async fn serve(listener: TcpListener, render: Render, shutdown: impl Future<
     let bounds = crate::http_server::ServerLimits {
         connections_max: limits::METRICS_CONNECTIONS_MAX,
         header_read_timeout: limits::METRICS_HEADER_READ_TIMEOUT,
+        drain_max: limits::METRICS_DRAIN_MAX,
     };
     crate::http_server::serve("metrics", listener, bounds, handler, shutdown).await;
 }
@@ -162,10 +163,8 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let render: Render =
             Arc::new(|| Box::pin(async { render_gauge("up", "Up.", &[("", "", 1)]) }));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, render, async {
-            let _ = stopped.await;
-        }));
+        let (stop, shutdown) = crate::shutdown::channel();
+        let server = tokio::spawn(serve(listener, render, shutdown));
 
         let metrics = get(address, "GET /metrics HTTP/1.1").await;
         assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
@@ -182,7 +181,7 @@ mod tests {
             assert!(response.starts_with("HTTP/1.1 404"), "{other}: {response}");
         }
 
-        stop.send(()).unwrap();
+        stop.fire();
         server.await.unwrap();
         assert!(tokio::net::TcpStream::connect(address).await.is_err());
     }

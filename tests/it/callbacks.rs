@@ -28,6 +28,8 @@ const SECRET: &[u8] = b"bank-a-secret-0123456789";
 struct Node {
     orchestrator: Orchestrator,
     port: u16,
+    /// Stops the callback endpoint when the node is dropped.
+    _shutdown: payvisor::shutdown::ShutdownTrigger,
 }
 
 async fn start(store: Arc<dyn Store>) -> Node {
@@ -69,15 +71,21 @@ async fn start(store: Arc<dyn Store>) -> Node {
     let bounds = payvisor::http_server::ServerLimits {
         connections_max: 16,
         header_read_timeout: Duration::from_secs(5),
+        drain_max: Duration::from_secs(5),
     };
+    let (trigger, shutdown) = payvisor::shutdown::channel();
     tokio::spawn(payvisor::http_server::serve(
         "callbacks",
         listener,
         bounds,
         endpoint.handler(),
-        std::future::pending(),
+        shutdown,
     ));
-    Node { orchestrator, port }
+    Node {
+        orchestrator,
+        port,
+        _shutdown: trigger,
+    }
 }
 
 /// A payment the built-in bank holds forever: only callbacks move it.

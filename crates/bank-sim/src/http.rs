@@ -7,7 +7,6 @@
 //! bank knows is decided by the [`record`](super::record).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -29,12 +28,13 @@ use super::wire::{
 use super::{now_ms, Bank};
 use crate::limits;
 use payvisor::http_client::parse_url;
+use payvisor::shutdown::Shutdown;
 
 type Answer = Response<Full<Bytes>>;
 
-/// Serves on `listener` until `shutdown` completes; then open connections
+/// Serves on `listener` until `shutdown` fires; then open connections
 /// (held answers included) are dropped: what they answered is committed.
-pub async fn serve(listener: TcpListener, bank: Arc<Bank>, shutdown: impl Future<Output = ()>) {
+pub async fn serve(listener: TcpListener, bank: Arc<Bank>, shutdown: Shutdown) {
     let handler: payvisor::http_server::Handler = Arc::new(move |request| {
         let bank = Arc::clone(&bank);
         Box::pin(async move {
@@ -47,6 +47,7 @@ pub async fn serve(listener: TcpListener, bank: Arc<Bank>, shutdown: impl Future
     let bounds = payvisor::http_server::ServerLimits {
         connections_max: limits::CONNECTIONS_MAX,
         header_read_timeout: limits::HEADER_READ_TIMEOUT,
+        drain_max: limits::DRAIN_MAX,
     };
     payvisor::http_server::serve("bank-sim", listener, bounds, handler, shutdown).await;
 }
