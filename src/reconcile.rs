@@ -35,6 +35,7 @@ use crate::domain::events::Change;
 use crate::domain::payment::{PaymentState, RefundState};
 use crate::domain::{parse_payment_name, Timestamp};
 use crate::limits;
+use crate::metrics::Counter;
 use crate::shutdown::Shutdown;
 use crate::store::{schema, Store, StoreError};
 
@@ -414,7 +415,7 @@ pub struct Periodic {
     /// Age a period must reach before it is reconciled.
     pub lag: std::time::Duration,
     /// Mismatches found since start (the metric).
-    pub found: Arc<std::sync::atomic::AtomicI64>,
+    pub found: Counter,
 }
 
 impl Periodic {
@@ -444,10 +445,7 @@ impl Periodic {
                 return false;
             }
         };
-        self.found.fetch_add(
-            report.mismatch_count as i64,
-            std::sync::atomic::Ordering::SeqCst,
-        );
+        self.found.inc_by(report.mismatch_count as u64);
         if report.is_clean() {
             tracing::info!(bank = %report.bank, from = report.from_ms, to = report.to_ms, entries = report.bank_entries, "reconciliation clean");
             return true;

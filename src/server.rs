@@ -19,10 +19,10 @@ use crate::config::{Config, PagerConfig};
 use crate::connectors::http::{HttpBankConnector, HttpConnectorSettings};
 use crate::connectors::routing::{RoutedBank, Router};
 use crate::connectors::simulator::BankSimulator;
-use crate::domain::payment::PaymentState;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
 use crate::grpc::{pb, PaymentApi};
 use crate::limits;
+use crate::metrics::NodeMetrics;
 use crate::shutdown::{Shutdown, ShutdownTrigger, Tasks};
 use crate::webhooks::HttpWebhookSink;
 use std::collections::HashMap;
@@ -151,8 +151,8 @@ pub async fn run(
     }
 
     // Reconciliation against the bank, periodically; mismatches found are
-    // counted since start (a dashboard alerts on any increase).
-    let reconciliation = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    // counted since start.
+    let metrics = NodeMetrics::default();
     for bank in &http_banks {
         let periodic = crate::reconcile::Periodic {
             store: store.clone(),
@@ -162,7 +162,7 @@ pub async fn run(
             node_name: config.watchdog.node_name.clone(),
             every: config.reconcile_every,
             lag: config.reconcile_lag,
-            found: reconciliation.clone(),
+            found: metrics.reconciliation_mismatches.clone(),
         };
         tasks.spawn("periodic reconciliation", periodic.run(shutdown.clone()));
     }
@@ -204,7 +204,7 @@ pub async fn run(
             "metrics",
             crate::metrics::serve(
                 listener,
-                metrics_renderer(orchestrator.clone(), reconciliation.clone()),
+                metrics_renderer(orchestrator.clone(), metrics),
                 shutdown.clone(),
             ),
         );
@@ -299,49 +299,22 @@ async fn late_recovery_sweep(orchestrator: Orchestrator, bound: Duration, shutdo
     }
 }
 
-/// The Prometheus exposition: stalled payments by state (a bounded count
-/// from the store's stalled index, so every node reports the same truth).
-fn metrics_renderer(
-    orchestrator: Orchestrator,
-    reconciliation: Arc<std::sync::atomic::AtomicI64>,
-) -> crate::metrics::Render {
+/// The Prometheus exposition: `metrics`, and stalled payments by state (a
+/// bounded count from the store's stalled index, so every node reports the
+/// same truth).
+fn metrics_renderer(orchestrator: Orchestrator, metrics: NodeMetrics) -> crate::metrics::Render {
     Arc::new(move || {
         let orchestrator = orchestrator.clone();
-        let mismatches = reconciliation.load(std::sync::atomic::Ordering::SeqCst);
+        let metrics = metrics.clone();
         Box::pin(async move {
-            let (counts, up) = match orchestrator.stalled_counts().await {
-                Ok(counts) => (counts, 1),
+            let stalled = match orchestrator.stalled_counts().await {
+                Ok(counts) => Some(counts),
                 Err(error) => {
                     tracing::warn!(%error, "stalled payments not counted");
-                    (Default::default(), 0)
+                    None
                 }
             };
-            // Every state that can stall, zero included, so a dashboard
-            // sees a flat line rather than no data.
-            let samples: Vec<(&str, &str, i64)> = PaymentState::ALL
-                .iter()
-                .filter(|state| !state.is_terminal())
-                .map(|state| {
-                    let name = state.as_str();
-                    ("state", name, counts.get(name).copied().unwrap_or(0) as i64)
-                })
-                .collect();
-            let mut text = crate::metrics::render_gauge(
-                "payvisor_stalled_payments",
-                "Payments that missed a stall deadline (being re-driven or paged), by state.",
-                &samples,
-            );
-            text.push_str(&crate::metrics::render_gauge(
-                "payvisor_reconciliation_mismatches_total",
-                "Mismatches found by reconciliation with the bank since start.",
-                &[("", "", mismatches)],
-            ));
-            text.push_str(&crate::metrics::render_gauge(
-                "payvisor_stalled_scan_ok",
-                "1 if the last count of stalled payments read the store successfully.",
-                &[("", "", up)],
-            ));
-            text
+            metrics.page(stalled.as_ref())
         })
     })
 }

@@ -40,7 +40,7 @@ async fn the_periodic_reconciliation_returns_when_the_signal_fires() {
         Arc::new(SeededRandom::new(1)),
     )
     .unwrap();
-    let found = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let found = payvisor::metrics::Counter::default();
     let periodic = Periodic {
         store: Arc::new(SqliteStore::open(dir.path()).unwrap()),
         bank: Arc::new(bank),
@@ -58,7 +58,7 @@ async fn the_periodic_reconciliation_returns_when_the_signal_fires() {
 
     trigger.fire();
     returns(running).await;
-    assert_eq!(found.load(Ordering::SeqCst), 0, "no period was reconciled");
+    assert_eq!(found.get(), 0, "no period was reconciled");
 }
 
 #[tokio::test]
