@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use crate::domain::rules::RuleSet;
 use crate::limits;
+use crate::shutdown::Shutdown;
 
 /// Why a rules file could not be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,7 +127,25 @@ impl RulesInForce {
         Ok(true)
     }
 
-    /// Checks the file every `every` until `stop` says so.
+    /// Checks the file every `every` until `shutdown` fires (at once if
+    /// the rules came from no file).
+    pub async fn watch_until(self: Arc<Self>, every: Duration, shutdown: Shutdown) {
+        if self.path.is_none() {
+            return;
+        }
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = shutdown.signalled() => return,
+                _ = ticks.tick() => {}
+            }
+            Arc::clone(&self).reload_logged().await;
+        }
+    }
+
+    /// Checks the file every `every` until `stop` says so. The server runs
+    /// [`Self::watch_until`]; this stays for `Orchestrator::watch_rules`
+    /// until the actor layer takes a [`Shutdown`].
     pub fn watch(self: &Arc<Self>, every: Duration, stop: impl Fn() -> bool + Send + 'static) {
         if self.path.is_none() {
             return;
@@ -139,12 +158,16 @@ impl RulesInForce {
                 if stop() {
                     return;
                 }
-                let check = Arc::clone(&rules);
-                let reloaded = tokio::task::spawn_blocking(move || check.reload_if_changed()).await;
-                if let Ok(Err(error)) = reloaded {
-                    tracing::error!(%error, "approval rules not reloaded; the previous rules stay in force");
-                }
+                Arc::clone(&rules).reload_logged().await;
             }
         });
+    }
+
+    /// Reloads off the async threads (it reads a file); a refusal is logged.
+    async fn reload_logged(self: Arc<Self>) {
+        let reloaded = tokio::task::spawn_blocking(move || self.reload_if_changed()).await;
+        if let Ok(Err(error)) = reloaded {
+            tracing::error!(%error, "approval rules not reloaded; the previous rules stay in force");
+        }
     }
 }

@@ -61,8 +61,8 @@ impl CallbackEndpoint {
         }
     }
 
-    /// The handler to serve with [`crate::inbound::serve`].
-    pub fn handler(self: Arc<Self>) -> crate::inbound::Handler {
+    /// The handler to serve with [`crate::http_server::serve`].
+    pub fn handler(self: Arc<Self>) -> crate::http_server::Handler {
         Arc::new(move |request| {
             let endpoint = Arc::clone(&self);
             Box::pin(async move { endpoint.handle(request).await })

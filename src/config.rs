@@ -334,7 +334,7 @@ impl ServeArgs {
             if banks.iter().any(|known| known.endpoint.name == entry.name) {
                 return Err(bad("appears twice"));
             }
-            let base_url = crate::outbound::parse_url(&entry.url).map_err(|why| bad(&why))?;
+            let base_url = crate::http_client::parse_url(&entry.url).map_err(|why| bad(&why))?;
             if entry.secret.len() < limits::WEBHOOK_SECRET_BYTES_MIN {
                 return Err(bad(
                     "a secret of at least 16 bytes is required (--bank-secret)",
@@ -347,7 +347,7 @@ impl ServeArgs {
                     self.bank_callback_listen, entry.name
                 ),
             };
-            crate::outbound::parse_url(&callback_url)
+            crate::http_client::parse_url(&callback_url)
                 .map_err(|why| bad(&format!("callback URL: {why}")))?;
             let currencies = match &entry.currencies {
                 None => None,

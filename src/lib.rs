@@ -11,7 +11,8 @@
 //! - [`approval`], [`webhooks`], [`watchdog`], [`callbacks`]: the rules in
 //!   force, merchant notifications, stalled payments, bank callbacks.
 //! - [`grpc`]: the API surface, the only place that sees protobuf types.
-//! - [`server`], [`config`], [`cli`]: wiring, settings, the command line.
+//! - [`server`], [`config`], [`cli`]: wiring, settings, the command line;
+//!   [`shutdown`]: the one signal every task of a node stops on.
 //! - [`clock`], [`random`] and [`limits`]: injected time, injected
 //!   randomness and ids; every bound.
 #![forbid(unsafe_code)]
@@ -27,13 +28,14 @@ pub mod config;
 pub mod connectors;
 pub mod domain;
 pub mod grpc;
-pub mod inbound;
+pub mod http_client;
+pub mod http_server;
 pub mod limits;
 pub mod metrics;
-pub mod outbound;
 pub mod random;
 pub mod reconcile;
 pub mod server;
+pub mod shutdown;
 pub mod signature;
 pub mod store;
 pub mod watchdog;

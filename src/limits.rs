@@ -131,7 +131,13 @@ pub const GRPC_MESSAGE_BYTES_MAX: usize = 256 * 1024;
 pub const GRPC_CONCURRENCY_PER_CONNECTION: usize = 1024;
 /// Longest a gRPC request may take before it is answered DEADLINE_EXCEEDED.
 pub const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// On shutdown, in-flight work gets this long to finish and flush.
+/// On shutdown, in-flight work gets this long to finish and flush, twice:
+/// first the requests in progress and the background tasks (a sweep, a
+/// delivery, a reconciliation run), then the account actors' mailboxes. What
+/// is cut off at a bound is safe to repeat: re-driven on the next start,
+/// re-sent by a bank, or delivered again with the same id. Twice this stays
+/// below the service manager's stop timeout (`TimeoutStopSec` in
+/// `deploy/systemd/payvisor.service`), so the node ends its own shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// Extra wait, beyond the store's late-write bound, before the second
 /// recovery sweep on a store that can apply a dead node's in-flight writes.
@@ -224,6 +230,15 @@ pub const METRICS_CONNECTIONS_MAX: usize = 16;
 /// Time a client gets to send its request headers, so that idle or slow
 /// connections cannot hold the slots above.
 pub const METRICS_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// On shutdown, open scrape connections are dropped at once: a scrape is
+/// read-only, and Prometheus scrapes again (another node, or this one after
+/// its restart).
+pub const METRICS_DRAIN_MAX: Duration = Duration::ZERO;
+
+/// After a failed accept (most often: out of file descriptors), an HTTP
+/// server waits this long before accepting again, instead of spinning on
+/// the same error; connections being served meanwhile free descriptors.
+pub const HTTP_ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Characters in a webhook endpoint's name (deliveries are recorded under it).
 pub const WEBHOOK_ENDPOINT_NAME_CHARS_MAX: usize = 64;
@@ -368,6 +383,10 @@ pub const BANK_MESSAGE_ID_CHARS_MAX: usize = 128;
 pub const BANK_CALLBACK_CONNECTIONS_MAX: usize = 256;
 /// Time a bank gets to send a callback's headers.
 pub const BANK_CALLBACK_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown, a callback being recorded gets this long to finish, so the
+/// bank hears `200` rather than retrying it (a retry would be a harmless
+/// duplicate).
+pub const BANK_CALLBACK_DRAIN_MAX: Duration = SHUTDOWN_GRACE;
 
 /// Bytes of a bank's settlement report read at most: 100,000 entries of
 /// about 160 bytes (the bank simulator's own bound on entries).
@@ -389,3 +408,23 @@ pub const RECONCILE_UNACKNOWLEDGED_PER_SHARD: usize = 256;
 /// Attempts to record a bank's acknowledgement (a lost one shows as an
 /// unacknowledged message in reconciliation; the next re-drive retries).
 pub const OUTBOX_ACK_ATTEMPTS_MAX: u32 = 3;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The node ends its own shutdown (two phases of `SHUTDOWN_GRACE`)
+    /// before the service manager would kill it.
+    #[test]
+    fn the_shutdown_fits_in_the_service_stop_timeout() {
+        let unit = include_str!("../deploy/systemd/payvisor.service");
+        let stop_timeout_s: u64 = unit
+            .lines()
+            .find_map(|line| line.strip_prefix("TimeoutStopSec="))
+            .expect("the unit sets TimeoutStopSec")
+            .trim()
+            .parse()
+            .expect("TimeoutStopSec in seconds");
+        assert!(2 * SHUTDOWN_GRACE < Duration::from_secs(stop_timeout_s));
+    }
+}

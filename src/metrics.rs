@@ -1,43 +1,55 @@
 //! A Prometheus scrape endpoint: `GET /metrics` answers the text exposition
 //! format (0.0.4), anything else 404. What to expose is the caller's
-//! business: it passes a [`Render`] that builds the whole page per scrape
-//! (with [`render_gauge`] for each family).
+//! business: it passes a [`Render`] that builds the whole page per scrape;
+//! a node's page is [`NodeMetrics::page`].
+//!
+//! The text is written by the official client library (`prometheus-client`:
+//! format, escapes, a counter's `_total`). Gauges read at scrape time go
+//! through [`render_gauge`]'s collector rather than the library's `Family`,
+//! which keeps no order: the page lists states in the same order on every
+//! scrape.
 //!
 //! **Boundary:** scrapes are read-only and idempotent, so on shutdown open
 //! connections are simply dropped, not drained.
 
-use std::fmt::Write as _;
-use std::future::Future;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{prometheus_text, DescriptorEncoder};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+pub use prometheus_client::metrics::counter::Counter;
+
+use crate::domain::payment::PaymentState;
 use crate::limits;
+use crate::shutdown::Shutdown;
 use crate::store::BoxFuture;
 
-// Bounds of this module (to move into `limits.rs`).
-
 /// The content type of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Builds the whole exposition text, once per scrape.
 pub type Render = Arc<dyn Fn() -> BoxFuture<'static, String> + Send + Sync>;
 
-/// Serves scrapes on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, render: Render, shutdown: impl Future<Output = ()>) {
-    let handler: crate::inbound::Handler = Arc::new(move |request| {
+/// Serves scrapes on `listener` until `shutdown` fires.
+pub async fn serve(listener: TcpListener, render: Render, shutdown: Shutdown) {
+    let handler: crate::http_server::Handler = Arc::new(move |request| {
         let render = Arc::clone(&render);
         Box::pin(respond(request, render))
     });
-    let bounds = crate::inbound::ServerLimits {
+    let bounds = crate::http_server::ServerLimits {
         connections_max: limits::METRICS_CONNECTIONS_MAX,
         header_read_timeout: limits::METRICS_HEADER_READ_TIMEOUT,
+        drain_max: limits::METRICS_DRAIN_MAX,
     };
-    crate::inbound::serve("metrics", listener, bounds, handler, shutdown).await;
+    crate::http_server::serve("metrics", listener, bounds, handler, shutdown).await;
 }
 
 async fn respond(request: Request<Incoming>, render: Render) -> Response<Full<Bytes>> {
@@ -56,49 +68,118 @@ async fn respond(request: Request<Incoming>, render: Render) -> Response<Full<By
     response.expect("static headers are valid")
 }
 
-/// One gauge family in the text format: `# HELP`, `# TYPE`, then one line per
-/// sample `(label name, label value, value)`. An empty label name writes an
-/// unlabelled sample.
-pub fn render_gauge(name: &str, help: &str, samples: &[(&str, &str, i64)]) -> String {
-    debug_assert!(is_metric_name(name), "bad metric name {name:?}");
-    let mut text = String::new();
-    // Writing to a String cannot fail.
-    let _ = writeln!(text, "# HELP {name} {}", escape(help, false));
-    let _ = writeln!(text, "# TYPE {name} gauge");
-    for (label, value, sample) in samples {
-        if label.is_empty() {
-            let _ = writeln!(text, "{name} {sample}");
-        } else {
-            debug_assert!(
-                is_metric_name(label) && !label.contains(':'),
-                "bad label {label:?}"
-            );
-            let _ = writeln!(
-                text,
-                "{name}{{{label}=\"{}\"}} {sample}",
-                escape(value, true)
-            );
-        }
+/// What a node exposes besides what it reads at scrape time. Cheap to
+/// clone: the counter is shared with the task that counts.
+#[derive(Clone, Debug, Default)]
+pub struct NodeMetrics {
+    /// Mismatches found by the periodic reconciliation since start (a
+    /// dashboard alerts on any increase).
+    pub reconciliation_mismatches: Counter,
+}
+
+impl NodeMetrics {
+    /// The page of one scrape. `stalled`: payments that missed a stall
+    /// deadline, by state name, as read from the store now (`None`: the
+    /// store could not be read; every state then shows 0, and
+    /// `payvisor_stalled_scan_ok` says so).
+    pub fn page(&self, stalled: Option<&BTreeMap<String, u64>>) -> String {
+        let mut registry = Registry::default();
+        registry.register(
+            "payvisor_reconciliation_mismatches",
+            "Mismatches found by reconciliation with the bank since start",
+            self.reconciliation_mismatches.clone(),
+        );
+        // Every state that can stall, zero included, so a dashboard sees a
+        // flat line rather than no data.
+        let by_state = PaymentState::ALL
+            .iter()
+            .filter(|state| !state.is_terminal())
+            .map(|state| {
+                let count = stalled
+                    .and_then(|counts| counts.get(state.as_str()))
+                    .copied()
+                    .unwrap_or(0);
+                ("state", state.as_str(), count as i64)
+            })
+            .collect::<Vec<_>>();
+        registry.register_collector(Box::new(GaugeFamily::new(
+            "payvisor_stalled_payments",
+            "Payments that missed a stall deadline (being re-driven or paged), by state.",
+            &by_state,
+        )));
+        registry.register_collector(Box::new(GaugeFamily::new(
+            "payvisor_stalled_scan_ok",
+            "1 if the last count of stalled payments read the store successfully.",
+            &[("", "", i64::from(stalled.is_some()))],
+        )));
+        encode(&registry)
     }
+}
+
+/// One gauge family in the text format: `# HELP`, `# TYPE`, then one line per
+/// sample `(label name, label value, value)`, in the order given. An empty
+/// label name writes an unlabelled sample.
+pub fn render_gauge(name: &str, help: &str, samples: &[(&str, &str, i64)]) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(GaugeFamily::new(name, help, samples)));
+    encode(&registry)
+}
+
+fn encode(registry: &Registry) -> String {
+    let mut text = String::new();
+    prometheus_text::encode(&mut text, registry).expect("writing to a String cannot fail");
     text
 }
 
-/// The format's escapes: backslash and newline everywhere, double quote in
-/// label values only.
-fn escape(text: &str, label_value: bool) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '\\' => escaped.push_str("\\\\"),
-            '\n' => escaped.push_str("\\n"),
-            '"' if label_value => escaped.push_str("\\\""),
-            c => escaped.push(c),
-        }
-    }
-    escaped
+/// A gauge family read at scrape time, encoded in the order of its samples.
+#[derive(Debug)]
+struct GaugeFamily {
+    name: String,
+    /// Written as given (the registry's own metrics get a `.` appended).
+    help: String,
+    /// `(label name, label value, value)`; no label name: unlabelled.
+    samples: Vec<(String, String, i64)>,
 }
 
-/// `[a-zA-Z_:][a-zA-Z0-9_:]*`, the format's metric names.
+impl GaugeFamily {
+    fn new(name: &str, help: &str, samples: &[(&str, &str, i64)]) -> GaugeFamily {
+        debug_assert!(is_metric_name(name), "bad metric name {name:?}");
+        GaugeFamily {
+            name: name.to_owned(),
+            help: help.to_owned(),
+            samples: samples
+                .iter()
+                .map(|(label, value, sample)| {
+                    debug_assert!(
+                        label.is_empty() || (is_metric_name(label) && !label.contains(':')),
+                        "bad label {label:?}"
+                    );
+                    (label.to_string(), value.to_string(), *sample)
+                })
+                .collect(),
+        }
+    }
+}
+
+impl Collector for GaugeFamily {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family =
+            encoder.encode_descriptor(&self.name, &self.help, None, MetricType::Gauge)?;
+        for (label, value, sample) in &self.samples {
+            if label.is_empty() {
+                family.encode_gauge(sample)?;
+            } else {
+                family
+                    .encode_family(&[(label.as_str(), value.as_str())])?
+                    .encode_gauge(sample)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `[a-zA-Z_:][a-zA-Z0-9_:]*`, the format's metric names (the library
+/// writes names as given).
 fn is_metric_name(name: &str) -> bool {
     let mut chars = name.chars();
     chars
@@ -139,6 +220,48 @@ mod tests {
     }
 
     #[test]
+    fn a_nodes_page_counts_mismatches_and_lists_every_state_that_can_stall() {
+        let metrics = NodeMetrics::default();
+        metrics.reconciliation_mismatches.inc_by(2);
+        let stalled = BTreeMap::from([("sent".to_owned(), 3)]);
+        let page = metrics.page(Some(&stalled));
+        let mut expected = "# HELP payvisor_reconciliation_mismatches_total Mismatches found by reconciliation with the bank since start.\n\
+             # TYPE payvisor_reconciliation_mismatches_total counter\n\
+             payvisor_reconciliation_mismatches_total 2\n\
+             # HELP payvisor_stalled_payments Payments that missed a stall deadline (being re-driven or paged), by state.\n\
+             # TYPE payvisor_stalled_payments gauge\n"
+            .to_owned();
+        for state in PaymentState::ALL
+            .iter()
+            .filter(|state| !state.is_terminal())
+        {
+            let count = if *state == PaymentState::Sent { 3 } else { 0 };
+            expected.push_str(&format!(
+                "payvisor_stalled_payments{{state=\"{}\"}} {count}\n",
+                state.as_str()
+            ));
+        }
+        expected.push_str(
+            "# HELP payvisor_stalled_scan_ok 1 if the last count of stalled payments read the store successfully.\n\
+             # TYPE payvisor_stalled_scan_ok gauge\n\
+             payvisor_stalled_scan_ok 1\n",
+        );
+        assert_eq!(page, expected);
+
+        // The store could not be read: zeros, and the scan says so.
+        let page = metrics.page(None);
+        assert!(
+            page.contains("payvisor_stalled_payments{state=\"sent\"} 0\n"),
+            "{page}"
+        );
+        assert!(page.ends_with("payvisor_stalled_scan_ok 0\n"), "{page}");
+        assert!(
+            page.contains("payvisor_reconciliation_mismatches_total 2\n"),
+            "{page}"
+        );
+    }
+
+    #[test]
     fn metric_names_follow_the_format() {
         assert!(is_metric_name("payvisor_up:ratio"));
         assert!(!is_metric_name(""));
@@ -162,10 +285,8 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let render: Render =
             Arc::new(|| Box::pin(async { render_gauge("up", "Up.", &[("", "", 1)]) }));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, render, async {
-            let _ = stopped.await;
-        }));
+        let (stop, shutdown) = crate::shutdown::channel();
+        let server = tokio::spawn(serve(listener, render, shutdown));
 
         let metrics = get(address, "GET /metrics HTTP/1.1").await;
         assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
@@ -182,7 +303,7 @@ mod tests {
             assert!(response.starts_with("HTTP/1.1 404"), "{other}: {response}");
         }
 
-        stop.send(()).unwrap();
+        stop.fire();
         server.await.unwrap();
         assert!(tokio::net::TcpStream::connect(address).await.is_err());
     }

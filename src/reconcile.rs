@@ -35,6 +35,8 @@ use crate::domain::events::Change;
 use crate::domain::payment::{PaymentState, RefundState};
 use crate::domain::{parse_payment_name, Timestamp};
 use crate::limits;
+use crate::metrics::Counter;
+use crate::shutdown::Shutdown;
 use crate::store::{schema, Store, StoreError};
 
 /// One disagreement.
@@ -398,88 +400,89 @@ pub async fn run(
 /// tried again on the next tick for the same period. Mismatches are logged
 /// one by one, counted in `found`, and paged once per period.
 pub struct Periodic {
+    /// Where payvisor's side is read.
     pub store: Arc<dyn Store>,
+    /// The bank whose settlement reports are reconciled.
     pub bank: Arc<HttpBankConnector>,
+    /// Says where the periods end.
     pub clock: Arc<dyn crate::clock::Clock>,
+    /// Where a period with mismatches is paged.
     pub sink: Arc<dyn crate::alerts::AlertSink>,
+    /// This node, as the source of its pages.
     pub node_name: String,
+    /// Length of a period, and time between two runs.
     pub every: std::time::Duration,
+    /// Age a period must reach before it is reconciled.
     pub lag: std::time::Duration,
     /// Mismatches found since start (the metric).
-    pub found: Arc<std::sync::atomic::AtomicI64>,
+    pub found: Counter,
 }
 
 impl Periodic {
-    pub fn spawn(self) {
-        let Periodic {
-            store,
-            bank,
-            clock,
-            sink,
-            node_name,
-            every,
-            lag,
-            found,
-        } = self;
-        let (every_ms, lag_ms) = (every.as_millis() as i64, lag.as_millis() as i64);
-        tokio::spawn(async move {
-            let mut from = clock.now().plus_millis(-lag_ms - every_ms);
-            loop {
-                tokio::time::sleep(every).await;
-                let to = clock.now().plus_millis(-lag_ms);
-                if to <= from {
-                    continue;
-                }
-                let report = match run(store.as_ref(), &bank, from, to).await {
-                    Ok(report) => report,
-                    Err(error) => {
-                        tracing::warn!(%error, "reconciliation failed; retrying next tick");
-                        continue;
-                    }
-                };
-                found.fetch_add(
-                    report.mismatch_count as i64,
-                    std::sync::atomic::Ordering::SeqCst,
-                );
-                if report.is_clean() {
-                    tracing::info!(bank = %report.bank, from = report.from_ms, to = report.to_ms, entries = report.bank_entries, "reconciliation clean");
-                } else {
-                    for mismatch in &report.mismatches {
-                        tracing::error!(bank = %report.bank, kind = mismatch.kind, subject = %mismatch.subject, detail = %mismatch.detail, "reconciliation mismatch");
-                    }
-                    let page = crate::alerts::Page {
-                        action: crate::alerts::PageAction::Trigger,
-                        dedup_key: format!(
-                            "payvisor/reconcile/{}/{}-{}",
-                            report.bank, report.from_ms, report.to_ms
-                        ),
-                        summary: format!(
-                            "{} reconciliation mismatches with {} for {}..{}",
-                            report.mismatch_count, report.bank, report.from_ms, report.to_ms
-                        ),
-                        source: node_name.clone(),
-                        severity: crate::alerts::Severity::Error,
-                        timestamp: clock.now(),
-                        custom_details: report
-                            .mismatches
-                            .iter()
-                            .take(20)
-                            .enumerate()
-                            .map(|(n, m)| {
-                                (
-                                    format!("{n:02}"),
-                                    format!("{} {} {}", m.kind, m.subject, m.detail),
-                                )
-                            })
-                            .collect(),
-                    };
-                    if let Err(error) = sink.send(&page).await {
-                        tracing::error!(%error, "reconciliation page not delivered");
-                    }
-                }
+    /// Runs until `shutdown` fires; a run in progress finishes first.
+    pub async fn run(self, shutdown: Shutdown) {
+        let (every_ms, lag_ms) = (self.every.as_millis() as i64, self.lag.as_millis() as i64);
+        let mut from = self.clock.now().plus_millis(-lag_ms - every_ms);
+        loop {
+            tokio::select! {
+                () = shutdown.signalled() => return,
+                () = tokio::time::sleep(self.every) => {}
+            }
+            let to = self.clock.now().plus_millis(-lag_ms);
+            if to > from && self.reconcile_period(from, to).await {
                 from = to;
             }
-        });
+        }
+    }
+
+    /// Reconciles `[from, to)`: logs, counts and pages what it finds.
+    /// Whether the run completed (a failed one is retried next tick).
+    async fn reconcile_period(&self, from: Timestamp, to: Timestamp) -> bool {
+        let report = match run(self.store.as_ref(), &self.bank, from, to).await {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::warn!(%error, "reconciliation failed; retrying next tick");
+                return false;
+            }
+        };
+        self.found.inc_by(report.mismatch_count as u64);
+        if report.is_clean() {
+            tracing::info!(bank = %report.bank, from = report.from_ms, to = report.to_ms, entries = report.bank_entries, "reconciliation clean");
+            return true;
+        }
+        for mismatch in &report.mismatches {
+            tracing::error!(bank = %report.bank, kind = mismatch.kind, subject = %mismatch.subject, detail = %mismatch.detail, "reconciliation mismatch");
+        }
+        let page = crate::alerts::Page {
+            action: crate::alerts::PageAction::Trigger,
+            dedup_key: format!(
+                "payvisor/reconcile/{}/{}-{}",
+                report.bank, report.from_ms, report.to_ms
+            ),
+            summary: format!(
+                "{} reconciliation mismatches with {} for {}..{}",
+                report.mismatch_count, report.bank, report.from_ms, report.to_ms
+            ),
+            source: self.node_name.clone(),
+            severity: crate::alerts::Severity::Error,
+            timestamp: self.clock.now(),
+            custom_details: report
+                .mismatches
+                .iter()
+                .take(20)
+                .enumerate()
+                .map(|(n, m)| {
+                    (
+                        format!("{n:02}"),
+                        format!("{} {} {}", m.kind, m.subject, m.detail),
+                    )
+                })
+                .collect(),
+        };
+        if let Err(error) = self.sink.send(&page).await {
+            tracing::error!(%error, "reconciliation page not delivered");
+        }
+        true
     }
 }
 

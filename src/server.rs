@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -18,20 +19,26 @@ use crate::config::{Config, PagerConfig};
 use crate::connectors::built_in_bank::BuiltInBank;
 use crate::connectors::http::{HttpBankConnector, HttpConnectorSettings};
 use crate::connectors::routing::{RoutedBank, Router};
-use crate::domain::payment::PaymentState;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
 use crate::grpc::{pb, PaymentApi};
 use crate::limits;
+use crate::metrics::NodeMetrics;
 use crate::random::SeededRandom;
+use crate::shutdown::{Shutdown, ShutdownTrigger, Tasks};
 use crate::webhooks::HttpWebhookSink;
 use std::collections::HashMap;
 
-/// Runs a server until `shutdown` completes, then stops taking requests,
-/// lets in-flight work finish (bounded) and returns.
+/// Runs a server until `stop` completes, then shuts it down: health says
+/// NOT_SERVING, every listener and background task is told to stop (one
+/// [`Shutdown`] signal), the node waits for them and for the account actors
+/// (each bounded by [`limits::SHUTDOWN_GRACE`]) and returns.
 pub async fn run(
     config: Config,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Dropped on an early return: the tasks already started stop too.
+    let (trigger, shutdown) = crate::shutdown::channel();
+    let mut tasks = Tasks::default();
     let store = config.store.open().await?;
     let random = Arc::new(SeededRandom::from_entropy());
     let (bank_events, bank_event_queue) = mpsc::channel(limits::BANK_EVENT_QUEUE_MAX);
@@ -88,6 +95,10 @@ pub async fn run(
             Arc::new(PagerDutySink::new(url, routing_key.clone())?)
         }
     };
+    let rules = Arc::new(match &config.rules {
+        Some(path) => RulesInForce::from_file(path.clone())?,
+        None => RulesInForce::approve_all(),
+    });
     let orchestrator = Orchestrator::start(
         Components {
             store: store.clone(),
@@ -98,10 +109,7 @@ pub async fn run(
             settings,
             alert_sink: alert_sink.clone(),
             node_name: config.watchdog.node_name.clone(),
-            rules: Arc::new(match &config.rules {
-                Some(path) => RulesInForce::from_file(path.clone())?,
-                None => RulesInForce::approve_all(),
-            }),
+            rules: rules.clone(),
             webhook_sink: Arc::new(HttpWebhookSink::new(
                 config
                     .webhooks
@@ -126,24 +134,28 @@ pub async fn run(
         ));
         let listener = TcpListener::bind(config.bank_callback_listen).await?;
         tracing::info!(listen = %listener.local_addr()?, banks = config.banks.len(), "bank callbacks serving");
-        let bounds = crate::inbound::ServerLimits {
+        let bounds = crate::http_server::ServerLimits {
             connections_max: limits::BANK_CALLBACK_CONNECTIONS_MAX,
             header_read_timeout: limits::BANK_CALLBACK_HEADER_READ_TIMEOUT,
+            drain_max: limits::BANK_CALLBACK_DRAIN_MAX,
         };
-        tokio::spawn(crate::inbound::serve(
-            "bank-callbacks",
-            listener,
-            bounds,
-            endpoint.handler(),
-            std::future::pending(),
-        ));
+        tasks.spawn(
+            "bank callbacks",
+            crate::http_server::serve(
+                "bank-callbacks",
+                listener,
+                bounds,
+                endpoint.handler(),
+                shutdown.clone(),
+            ),
+        );
     }
 
     // Reconciliation against the bank, periodically; mismatches found are
-    // counted since start (a dashboard alerts on any increase).
-    let reconciliation = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    // counted since start.
+    let metrics = NodeMetrics::default();
     for bank in &http_banks {
-        crate::reconcile::Periodic {
+        let periodic = crate::reconcile::Periodic {
             store: store.clone(),
             bank: bank.clone(),
             clock: clock.clone(),
@@ -151,44 +163,75 @@ pub async fn run(
             node_name: config.watchdog.node_name.clone(),
             every: config.reconcile_every,
             lag: config.reconcile_lag,
-            found: reconciliation.clone(),
-        }
-        .spawn();
+            found: metrics.reconciliation_mismatches.clone(),
+        };
+        tasks.spawn("periodic reconciliation", periodic.run(shutdown.clone()));
     }
 
     let listener = TcpListener::bind(config.listen).await?;
     let local = listener.local_addr()?;
     let resumed = orchestrator.recover().await?;
     if let Some(bound) = config.store.late_write_bound() {
-        // A payment written by the previous incarnation after the sweep
-        // above (its request was still in flight at the store) would be
-        // missed: sweep again once no such write can still land.
-        let orchestrator = orchestrator.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(bound + limits::RECOVERY_LATE_SWEEP_MARGIN).await;
-            match orchestrator.recover().await {
-                Ok(resumed) => tracing::info!(resumed, "late recovery sweep done"),
-                Err(error) => tracing::error!(%error, "late recovery sweep failed"),
-            }
-        });
+        tasks.spawn(
+            "late recovery sweep",
+            late_recovery_sweep(orchestrator.clone(), bound, shutdown.clone()),
+        );
     }
 
     // The watchdog's first sweep runs now: reminders that fell due while the
     // node was down fire at once (catch-up), and undelivered pages go out.
-    orchestrator.run_watchdog(config.watchdog.sweep_every);
+    let watched = orchestrator.clone();
+    tasks.spawn(
+        "watchdog",
+        crate::watchdog::run_sweeps(config.watchdog.sweep_every, shutdown.clone(), move || {
+            let orchestrator = watched.clone();
+            async move { orchestrator.sweep_watchdog().await }
+        }),
+    );
     // Undelivered webhooks (from before a restart too) go out now.
-    orchestrator.run_webhooks(limits::WEBHOOK_SWEEP_EVERY);
-    orchestrator.watch_rules(limits::RULES_RELOAD_EVERY);
+    let webhooks = orchestrator.webhooks().clone();
+    let until = shutdown.clone();
+    tasks.spawn("webhook dispatcher", async move {
+        webhooks.run_until(limits::WEBHOOK_SWEEP_EVERY, until).await;
+    });
+    tasks.spawn(
+        "rules reload",
+        rules.watch_until(limits::RULES_RELOAD_EVERY, shutdown.clone()),
+    );
     if let Some(address) = config.metrics_listen {
         let listener = TcpListener::bind(address).await?;
         tracing::info!(listen = %listener.local_addr()?, "metrics serving");
-        tokio::spawn(crate::metrics::serve(
-            listener,
-            metrics_renderer(orchestrator.clone(), reconciliation.clone()),
-            std::future::pending(),
-        ));
+        tasks.spawn(
+            "metrics",
+            crate::metrics::serve(
+                listener,
+                metrics_renderer(orchestrator.clone(), metrics),
+                shutdown.clone(),
+            ),
+        );
     }
 
+    tracing::info!(listen = %local, store = ?config.store, resumed, "payvisor serving");
+    serve_grpc(listener, orchestrator.clone(), trigger, stop, tasks).await?;
+    tracing::info!("draining account actors");
+    orchestrator.shutdown(limits::SHUTDOWN_GRACE).await;
+    tracing::info!("payvisor stopped");
+    Ok(())
+}
+
+/// Serves gRPC on `listener` until `stop` completes. Then, in this order:
+/// health says NOT_SERVING for the payment service, the shutdown fires
+/// (gRPC stops accepting, in-flight calls finish, every task in `tasks`
+/// winds down), and the server and the tasks get [`limits::SHUTDOWN_GRACE`]
+/// in all; what still runs then is aborted (a client that keeps its
+/// connection open must not hold up the shutdown).
+async fn serve_grpc(
+    listener: TcpListener,
+    orchestrator: Orchestrator,
+    trigger: ShutdownTrigger,
+    stop: impl Future<Output = ()>,
+    tasks: Tasks,
+) -> anyhow::Result<()> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<PaymentServiceServer<PaymentApi>>()
@@ -196,89 +239,83 @@ pub async fn run(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let payments = PaymentServiceServer::new(PaymentApi::new(orchestrator.clone()))
+    let payments = PaymentServiceServer::new(PaymentApi::new(orchestrator, trigger.subscribe()))
         .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
-
-    tracing::info!(listen = %local, store = ?config.store, resumed, "payvisor serving");
+    let local = listener.local_addr()?;
+    let mut grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .timeout(limits::GRPC_REQUEST_TIMEOUT)
+            .concurrency_limit_per_connection(limits::GRPC_CONCURRENCY_PER_CONNECTION)
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(payments)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                trigger.subscribe().signalled(),
+            ),
+    );
     // A line on stdout that scripts and tests wait for (port 0 included).
     println!("payvisor listening on {local}");
 
-    // Graceful stop: on the signal, stop accepting and let in-flight calls
-    // finish, but never wait on connections longer than the grace period (a
-    // client that keeps its connection open must not hold up the shutdown).
-    let (stopping, stopped) = tokio::sync::oneshot::channel::<()>();
-    let signal = async move {
-        shutdown.await;
-        let _ = stopping.send(());
-    };
-    let serve = tonic::transport::Server::builder()
-        .timeout(limits::GRPC_REQUEST_TIMEOUT)
-        .concurrency_limit_per_connection(limits::GRPC_CONCURRENCY_PER_CONNECTION)
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(payments)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
-    let grace_expired = async move {
-        if stopped.await.is_ok() {
-            tokio::time::sleep(limits::SHUTDOWN_GRACE).await;
-        } else {
-            std::future::pending::<()>().await;
-        }
-    };
     tokio::select! {
-        served = serve => served?,
-        () = grace_expired => tracing::warn!("connections still open after the grace period; closing them"),
+        () = stop => {}
+        served = &mut grpc => {
+            served??;
+            anyhow::bail!("the gRPC server stopped without being asked to");
+        }
     }
-
-    tracing::info!("gRPC stopped; draining account actors");
-    orchestrator.shutdown(limits::SHUTDOWN_GRACE).await;
-    tracing::info!("payvisor stopped");
+    tracing::info!("shutting down: NOT_SERVING, then draining requests and tasks");
+    health
+        .set_not_serving::<PaymentServiceServer<PaymentApi>>()
+        .await;
+    trigger.fire();
+    let deadline = tokio::time::Instant::now() + limits::SHUTDOWN_GRACE;
+    match tokio::time::timeout_at(deadline, &mut grpc).await {
+        Ok(served) => served??,
+        Err(_) => {
+            tracing::warn!("gRPC connections still open after the grace period; closing them");
+            grpc.abort();
+        }
+    }
+    let still_running = tasks
+        .join(deadline.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
+    if !still_running.is_empty() {
+        tracing::warn!(tasks = ?still_running, "tasks still running after the grace period; aborted");
+    }
     Ok(())
 }
 
-/// The Prometheus exposition: stalled payments by state (a bounded count
-/// from the store's stalled index, so every node reports the same truth).
-fn metrics_renderer(
-    orchestrator: Orchestrator,
-    reconciliation: Arc<std::sync::atomic::AtomicI64>,
-) -> crate::metrics::Render {
+/// On a store that can apply a dead node's in-flight writes late, a payment
+/// written by the previous incarnation after the start-up sweep would be
+/// missed: sweep again once no such write can still land.
+async fn late_recovery_sweep(orchestrator: Orchestrator, bound: Duration, shutdown: Shutdown) {
+    tokio::select! {
+        () = shutdown.signalled() => return,
+        () = tokio::time::sleep(bound + limits::RECOVERY_LATE_SWEEP_MARGIN) => {}
+    }
+    match orchestrator.recover().await {
+        Ok(resumed) => tracing::info!(resumed, "late recovery sweep done"),
+        Err(error) => tracing::error!(%error, "late recovery sweep failed"),
+    }
+}
+
+/// The Prometheus exposition: `metrics`, and stalled payments by state (a
+/// bounded count from the store's stalled index, so every node reports the
+/// same truth).
+fn metrics_renderer(orchestrator: Orchestrator, metrics: NodeMetrics) -> crate::metrics::Render {
     Arc::new(move || {
         let orchestrator = orchestrator.clone();
-        let mismatches = reconciliation.load(std::sync::atomic::Ordering::SeqCst);
+        let metrics = metrics.clone();
         Box::pin(async move {
-            let (counts, up) = match orchestrator.stalled_counts().await {
-                Ok(counts) => (counts, 1),
+            let stalled = match orchestrator.stalled_counts().await {
+                Ok(counts) => Some(counts),
                 Err(error) => {
                     tracing::warn!(%error, "stalled payments not counted");
-                    (Default::default(), 0)
+                    None
                 }
             };
-            // Every state that can stall, zero included, so a dashboard
-            // sees a flat line rather than no data.
-            let samples: Vec<(&str, &str, i64)> = PaymentState::ALL
-                .iter()
-                .filter(|state| !state.is_terminal())
-                .map(|state| {
-                    let name = state.as_str();
-                    ("state", name, counts.get(name).copied().unwrap_or(0) as i64)
-                })
-                .collect();
-            let mut text = crate::metrics::render_gauge(
-                "payvisor_stalled_payments",
-                "Payments that missed a stall deadline (being re-driven or paged), by state.",
-                &samples,
-            );
-            text.push_str(&crate::metrics::render_gauge(
-                "payvisor_reconciliation_mismatches_total",
-                "Mismatches found by reconciliation with the bank since start.",
-                &[("", "", mismatches)],
-            ));
-            text.push_str(&crate::metrics::render_gauge(
-                "payvisor_stalled_scan_ok",
-                "1 if the last count of stalled payments read the store successfully.",
-                &[("", "", up)],
-            ));
-            text
+            metrics.page(stalled.as_ref())
         })
     })
 }

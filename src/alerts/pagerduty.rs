@@ -12,8 +12,8 @@ use hyper::{StatusCode, Uri};
 use serde_json::{json, Value};
 
 use super::{AlertError, AlertSink, Page, PageAction};
+use crate::http_client::{parse_url, ExchangeError, HttpPoster};
 use crate::limits;
-use crate::outbound::{parse_url, ExchangeError, HttpPoster};
 use crate::store::BoxFuture;
 
 // Bounds of this module (to move into `limits.rs`).

@@ -583,7 +583,7 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
     let bank = crate::connectors::http::HttpBankConnector::new(
         crate::connectors::http::BankEndpoint {
             name: args.bank_name.clone(),
-            base_url: crate::outbound::parse_url(&args.bank_url)
+            base_url: crate::http_client::parse_url(&args.bank_url)
                 .map_err(|why| anyhow::anyhow!("bad --bank-url: {why}"))?,
             // Not used: reconciliation only reads the bank.
             callback_url: "http://127.0.0.1/unused".into(),

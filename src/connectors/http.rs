@@ -41,8 +41,8 @@ use super::{BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubm
 use crate::clock::Clock;
 use crate::domain::payment::BankOutcome;
 use crate::domain::{Money, PaymentName};
+use crate::http_client::{self, ExchangeError, HttpPoster};
 use crate::limits;
-use crate::outbound::{self, ExchangeError, HttpPoster};
 use crate::random::Random;
 use crate::store::BoxFuture;
 
@@ -160,12 +160,12 @@ impl HttpBankConnector {
             return Err(invalid("empty bank name".into()));
         }
         settings.validate().map_err(invalid)?;
-        let base_url = outbound::parse_url(&endpoint.base_url.to_string())
+        let base_url = http_client::parse_url(&endpoint.base_url.to_string())
             .map_err(|why| invalid(format!("base URL: {why}")))?;
         if base_url.query().is_some() {
             return Err(invalid("base URL must not have a query".into()));
         }
-        outbound::parse_url(&endpoint.callback_url)
+        http_client::parse_url(&endpoint.callback_url)
             .map_err(|why| invalid(format!("callback URL: {why}")))?;
         let base = base_url.to_string().trim_end_matches('/').to_owned();
         let url = |path: &str| {

@@ -16,6 +16,7 @@ use crate::domain::events::parse_event_name;
 use crate::domain::payment::{PaymentState, ReviewVerdict};
 use crate::domain::{parse_account_name, parse_payment_name};
 use crate::limits;
+use crate::shutdown::Shutdown;
 use crate::store::schema;
 
 /// Generated protobuf and gRPC code for `payvisor.v1`.
@@ -34,11 +35,44 @@ use pb::payment_service_server::PaymentService;
 #[derive(Clone)]
 pub struct PaymentApi {
     orchestrator: Orchestrator,
+    /// Ends the live streams (`WatchAlerts`, `WatchPaymentEvents`) when the
+    /// node shuts down, so a subscriber does not hold up the drain.
+    shutdown: Shutdown,
 }
 
 impl PaymentApi {
-    pub fn new(orchestrator: Orchestrator) -> PaymentApi {
-        PaymentApi { orchestrator }
+    pub fn new(orchestrator: Orchestrator, shutdown: Shutdown) -> PaymentApi {
+        PaymentApi {
+            orchestrator,
+            shutdown,
+        }
+    }
+
+    /// Runs the task that fills a live stream through `sender` until it
+    /// ends or the node shuts down; then the stream ends with UNAVAILABLE,
+    /// which tells the client to subscribe again (elsewhere, or here after
+    /// the restart; `WatchPaymentEvents` resumes after its last event).
+    fn spawn_feed<T, F>(
+        &self,
+        sender: tokio::sync::mpsc::Sender<Result<T, Status>>,
+        feed: impl FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> F,
+    ) where
+        T: Send + 'static,
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let feed = feed(sender.clone());
+        let shutdown = self.shutdown.signalled();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = feed => {}
+                () = shutdown => {
+                    let stopping = CommandError::Unavailable("the server is shutting down; subscribe again".into());
+                    // A full stream just ends: the client reads no error,
+                    // only the end, and subscribes again all the same.
+                    let _ = sender.try_send(Err(stopping.into()));
+                }
+            }
+        });
     }
 }
 
@@ -195,7 +229,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
         let mut alerts = self.orchestrator.subscribe_alerts();
         let (sender, receiver) = tokio::sync::mpsc::channel(limits::ALERT_STREAM_BUFFER);
-        tokio::spawn(async move {
+        self.spawn_feed(sender, |sender| async move {
             let mut missed = 0;
             loop {
                 let alert = match alerts.recv().await {
@@ -319,7 +353,7 @@ impl PaymentService for PaymentApi {
         let overlap = limits::EVENT_REPLAY_OVERLAP.as_millis() as i64;
         let orchestrator = self.orchestrator.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(limits::ALERT_STREAM_BUFFER);
-        tokio::spawn(async move {
+        self.spawn_feed(sender, |sender| async move {
             let mut replayed = std::collections::HashSet::new();
             if let Some((at, payment, seq)) = resume {
                 let mut position = schema::feed_position_at(at.plus_millis(-overlap));

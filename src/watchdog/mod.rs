@@ -4,8 +4,9 @@
 //!
 //! - [`sweep_due`] reads, in every index partition of the reminder families,
 //!   the reminders due by now: a range read whose cost is what is due. It
-//!   runs every sweep interval, and at once on start (catch-up: reminders
-//!   that fell due while the node was down fire promptly, none is dropped).
+//!   runs every sweep interval ([`run_sweeps`], until shutdown), and at once
+//!   on start (catch-up: reminders that fell due while the node was down
+//!   fire promptly, none is dropped).
 //! - [`Pager`] delivers pages recorded by account actors (the alert outbox):
 //!   one at a time, in order, retried with back-off on retryable failures,
 //!   then marked delivered in the store. Before sending, it re-reads the
@@ -19,7 +20,9 @@
 //! incident.
 
 use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 
@@ -28,6 +31,7 @@ use crate::clock::Clock;
 use crate::domain::watch::{PageAction, Severity, Stage};
 use crate::domain::{PaymentName, Timestamp};
 use crate::limits;
+use crate::shutdown::Shutdown;
 use crate::store::schema::{self, AlertRecord};
 use crate::store::{Condition, Key, Store, StoreError, WriteOp};
 
@@ -214,6 +218,29 @@ impl Delivery {
                 // with the same dedup_key (no second incident).
                 tracing::warn!(payment = %record.payment, %error, "could not record a delivered page");
             }
+        }
+    }
+}
+
+/// Runs `sweep` every `every`, the first at once (catch-up after a
+/// restart), until `shutdown` fires; a sweep in progress finishes first.
+/// The sweep is passed in (`Orchestrator::sweep_watchdog`): waking actors
+/// belongs to the actor layer.
+pub async fn run_sweeps<F, S, E>(every: Duration, shutdown: Shutdown, mut sweep: F)
+where
+    F: FnMut() -> S,
+    S: Future<Output = Result<usize, E>>,
+    E: std::fmt::Display,
+{
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.signalled() => return,
+            _ = ticks.tick() => {}
+        }
+        if let Err(error) = sweep().await {
+            tracing::warn!(%error, "watchdog sweep failed; retrying next tick");
         }
     }
 }

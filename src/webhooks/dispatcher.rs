@@ -16,6 +16,7 @@ use crate::clock::Clock;
 use crate::domain::events::parse_event_name;
 use crate::domain::{PaymentName, Timestamp};
 use crate::limits;
+use crate::shutdown::Shutdown;
 use crate::store::schema::{self, Delivery, DeliveryState, EventRecord, Versioned};
 use crate::store::{Condition, Store, StoreError, WriteOp};
 
@@ -74,7 +75,23 @@ impl WebhookDispatcher {
         self.inner.wake.notify_one();
     }
 
-    /// Sweeps every `every`, and whenever woken, until `stop` says so.
+    /// Sweeps every `every`, and whenever woken, until `shutdown` fires; a
+    /// sweep in progress finishes first (its deliveries are recorded).
+    pub async fn run_until(&self, every: Duration, shutdown: Shutdown) {
+        loop {
+            self.sweep_logged().await;
+            tokio::select! {
+                () = shutdown.signalled() => return,
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// Sweeps every `every`, and whenever woken, until `stop` says so. The
+    /// server runs [`Self::run_until`]; this stays for
+    /// `Orchestrator::run_webhooks` until the actor layer takes a
+    /// [`Shutdown`].
     pub fn run(&self, every: Duration, stop: impl Fn() -> bool + Send + 'static) {
         let dispatcher = self.clone();
         tokio::spawn(async move {
@@ -82,15 +99,19 @@ impl WebhookDispatcher {
                 if stop() {
                     return;
                 }
-                if let Err(error) = dispatcher.sweep().await {
-                    tracing::warn!(%error, "webhook sweep failed; retrying next tick");
-                }
+                dispatcher.sweep_logged().await;
                 tokio::select! {
                     _ = dispatcher.inner.wake.notified() => {}
                     _ = tokio::time::sleep(every) => {}
                 }
             }
         });
+    }
+
+    async fn sweep_logged(&self) {
+        if let Err(error) = self.sweep().await {
+            tracing::warn!(%error, "webhook sweep failed; retrying next tick");
+        }
     }
 
     /// One pass: every payment with a delivery due by now gets its pending

@@ -27,8 +27,8 @@ use hyper::Uri;
 use serde_json::json;
 
 use crate::domain::events::PaymentEvent;
+use crate::http_client::{parse_url, ExchangeError, HttpPoster};
 use crate::limits;
-use crate::outbound::{parse_url, ExchangeError, HttpPoster};
 use crate::store::BoxFuture;
 
 /// The request header with the signature.

@@ -29,6 +29,8 @@ const SECRET: &[u8] = b"bank-a-secret-0123456789";
 struct Node {
     orchestrator: Orchestrator,
     port: u16,
+    /// Stops the callback endpoint when the node is dropped.
+    _shutdown: payvisor::shutdown::ShutdownTrigger,
 }
 
 async fn start(store: Arc<dyn Store>) -> Node {
@@ -67,18 +69,24 @@ async fn start(store: Arc<dyn Store>) -> Node {
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let bounds = payvisor::inbound::ServerLimits {
+    let bounds = payvisor::http_server::ServerLimits {
         connections_max: 16,
         header_read_timeout: Duration::from_secs(5),
+        drain_max: Duration::from_secs(5),
     };
-    tokio::spawn(payvisor::inbound::serve(
+    let (trigger, shutdown) = payvisor::shutdown::channel();
+    tokio::spawn(payvisor::http_server::serve(
         "callbacks",
         listener,
         bounds,
         endpoint.handler(),
-        std::future::pending(),
+        shutdown,
     ));
-    Node { orchestrator, port }
+    Node {
+        orchestrator,
+        port,
+        _shutdown: trigger,
+    }
 }
 
 /// A payment the built-in bank holds forever: only callbacks move it.

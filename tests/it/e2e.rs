@@ -713,3 +713,33 @@ async fn sigterm_shuts_down_gracefully_with_exit_code_zero() {
     let mut client = server.client().await;
     wait_for(&mut client, &payment.name, |p| state(p) == State::Processed).await;
 }
+
+/// Draining starts with health NOT_SERVING for the payment service: a
+/// health watcher, whose stream the draining server still serves, sees the
+/// change after SIGTERM; once it leaves, the server exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_turns_health_not_serving_while_draining_then_exits_zero() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let mut server = Server::start(&[]);
+    let mut health = HealthClient::new(server.channel().await);
+    let mut statuses = health
+        .watch(HealthCheckRequest {
+            service: "payvisor.v1.PaymentService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = statuses.message().await.unwrap().expect("a status");
+    assert_eq!(first.status, ServingStatus::Serving as i32);
+
+    server.send_sigterm();
+    let draining = statuses.message().await.unwrap().expect("a status");
+    assert_eq!(draining.status, ServingStatus::NotServing as i32);
+
+    drop((statuses, health));
+    let status = server.exited().await;
+    assert!(status.success(), "{status:?}");
+}

@@ -5,7 +5,8 @@
 //!
 //! Layers (see ARCHITECTURE.md, "Tests"): in-process tests of one boundary
 //! or component (`store_conformance`, `alert_sinks`, `http_connector`,
-//! `actors`, `callbacks`, `watchdog`, `webhook_dispatch`, `properties`), and
+//! `actors`, `callbacks`, `watchdog`, `webhook_dispatch`, `properties`,
+//! `shutdown`), and
 //! tests of the real binaries over the wire (`e2e`, `crash`, `stalls`,
 //! `reviews`, `webhooks`, `bank_over_http`, `bench_smoke`). `common` is the
 //! harness: a server process per test, the DynamoDB-API test server, a
@@ -24,6 +25,7 @@ mod http_connector;
 mod layout;
 mod properties;
 mod reviews;
+mod shutdown;
 mod stalls;
 mod store_conformance;
 mod watchdog;

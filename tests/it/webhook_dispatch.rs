@@ -272,3 +272,73 @@ async fn a_delivery_is_given_up_after_its_retry_period_and_resent_on_request() {
         "only what was re-sent"
     );
 }
+
+/// Holds every delivery until opened; says when one arrived.
+struct GatedSink {
+    arrived: tokio::sync::Notify,
+    /// No permits until opened.
+    gate: tokio::sync::Semaphore,
+}
+
+impl Default for GatedSink {
+    fn default() -> Self {
+        GatedSink {
+            arrived: tokio::sync::Notify::new(),
+            gate: tokio::sync::Semaphore::new(0),
+        }
+    }
+}
+
+impl WebhookSink for GatedSink {
+    fn deliver<'a>(
+        &'a self,
+        _endpoint: &'a Endpoint,
+        _event: &'a PaymentEvent,
+        _unix_seconds: i64,
+    ) -> BoxFuture<'a, Result<(), DeliveryError>> {
+        Box::pin(async move {
+            self.arrived.notify_one();
+            let _pass = self.gate.acquire().await.unwrap();
+            Ok(())
+        })
+    }
+}
+
+/// The dispatcher's loop holds the node's shutdown: it returns once the
+/// signal fires, but a sweep in progress finishes first, so the delivery it
+/// was making is recorded (not sent again after the restart).
+#[tokio::test]
+async fn the_dispatcher_returns_on_shutdown_after_recording_the_sweep_in_progress() {
+    let setup = setup(Duration::from_secs(3600)).await;
+    let sink = Arc::new(GatedSink::default());
+    let dispatcher = WebhookDispatcher::new(
+        setup.store.clone(),
+        sink.clone(),
+        setup.clock.clone(),
+        setup.dispatcher.settings().clone(),
+    );
+    let (trigger, shutdown) = payvisor::shutdown::channel();
+    // Without the signal it would sweep again in an hour, and on every wake.
+    let running = tokio::spawn(async move {
+        dispatcher
+            .run_until(Duration::from_secs(3600), shutdown)
+            .await
+    });
+    sink.arrived.notified().await;
+    trigger.fire();
+    assert!(
+        !running.is_finished(),
+        "the sweep in progress is not cut off"
+    );
+
+    sink.gate.add_permits(tokio::sync::Semaphore::MAX_PERMITS);
+    tokio::time::timeout(crate::common::PROGRESS_DEADLINE, running)
+        .await
+        .expect("the dispatcher returns once the signal fired")
+        .unwrap();
+    let states = deliveries(&setup).await;
+    assert!(
+        states.iter().all(|d| d.state == DeliveryState::Delivered),
+        "{states:?}"
+    );
+}

@@ -22,7 +22,7 @@ use super::record::Message;
 use super::stats::Stats;
 use super::Bank;
 use crate::limits;
-use payvisor::outbound::{parse_url, HttpPoster};
+use payvisor::http_client::{parse_url, HttpPoster};
 
 /// The request header with the signature.
 pub const SIGNATURE_HEADER: &str = "bank-signature";

@@ -7,7 +7,6 @@
 //! bank knows is decided by the [`record`](super::record).
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -28,14 +27,15 @@ use super::wire::{
 };
 use super::{now_ms, Bank};
 use crate::limits;
-use payvisor::outbound::parse_url;
+use payvisor::http_client::parse_url;
+use payvisor::shutdown::Shutdown;
 
 type Answer = Response<Full<Bytes>>;
 
-/// Serves on `listener` until `shutdown` completes; then open connections
+/// Serves on `listener` until `shutdown` fires; then open connections
 /// (held answers included) are dropped: what they answered is committed.
-pub async fn serve(listener: TcpListener, bank: Arc<Bank>, shutdown: impl Future<Output = ()>) {
-    let handler: payvisor::inbound::Handler = Arc::new(move |request| {
+pub async fn serve(listener: TcpListener, bank: Arc<Bank>, shutdown: Shutdown) {
+    let handler: payvisor::http_server::Handler = Arc::new(move |request| {
         let bank = Arc::clone(&bank);
         Box::pin(async move {
             match respond(bank, request).await {
@@ -44,11 +44,12 @@ pub async fn serve(listener: TcpListener, bank: Arc<Bank>, shutdown: impl Future
             }
         })
     });
-    let bounds = payvisor::inbound::ServerLimits {
+    let bounds = payvisor::http_server::ServerLimits {
         connections_max: limits::CONNECTIONS_MAX,
         header_read_timeout: limits::HEADER_READ_TIMEOUT,
+        drain_max: limits::DRAIN_MAX,
     };
-    payvisor::inbound::serve("bank-sim", listener, bounds, handler, shutdown).await;
+    payvisor::http_server::serve("bank-sim", listener, bounds, handler, shutdown).await;
 }
 
 async fn respond(bank: Arc<Bank>, request: Request<Incoming>) -> Result<Answer, Infallible> {

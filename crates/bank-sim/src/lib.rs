@@ -180,7 +180,14 @@ impl BankSim {
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), BankSimError> {
         let decider = tokio::spawn(decider::run(Arc::clone(&self.bank)));
         let dispatcher = tokio::spawn(callbacks::run(Arc::clone(&self.bank)));
-        http::serve(self.listener, Arc::clone(&self.bank), shutdown).await;
+        let (trigger, until) = payvisor::shutdown::channel();
+        tokio::join!(
+            http::serve(self.listener, Arc::clone(&self.bank), until),
+            async move {
+                shutdown.await;
+                trigger.fire();
+            }
+        );
         decider.abort();
         dispatcher.abort();
         tracing::info!(name = %self.bank.options.name, "bank-sim stopped");

@@ -20,6 +20,10 @@ pub const CONNECTIONS_MAX: usize = 1024;
 /// Time a client gets to send its request headers, so that idle or slow
 /// connections cannot hold the slots above.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown, open connections are dropped at once: what the bank
+/// answered was committed first, and a held answer (up to [`HOLD_MAX`])
+/// must not hold up a stop.
+pub const DRAIN_MAX: Duration = Duration::ZERO;
 /// Answers held back at once by `--timeout-per-mille` (each holds a
 /// connection). Beyond this a drawn timeout is skipped and the answer sent:
 /// a fault injector must not become the overload it simulates.

@@ -113,16 +113,38 @@ impl Server {
     /// from async tests use [`Server::terminate_async`], so the test's own
     /// connections can answer the server's GOAWAY meanwhile.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.process.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+        self.send_sigterm();
         self.process.wait().expect("wait for payvisor")
     }
 
     pub async fn terminate_async(&mut self) -> std::process::ExitStatus {
         tokio::task::block_in_place(|| self.terminate())
+    }
+
+    /// SIGTERM, without waiting for the exit (see [`Server::exited`]).
+    pub fn send_sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.process.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the exit status, polling (so the test's own tasks run
+    /// meanwhile), bounded by [`PROGRESS_DEADLINE`]: a liveness bound, well
+    /// above the server's own shutdown bound.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+        loop {
+            if let Some(status) = self.process.try_wait().expect("wait for payvisor") {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "payvisor did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Starts the server again on the same data directory (new port).

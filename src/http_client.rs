@@ -1,4 +1,4 @@
-//! Outbound HTTP for everything payvisor calls on its own (PagerDuty,
+//! The HTTP client for everything payvisor calls on its own (PagerDuty,
 //! merchant webhooks, banks): one hyper client on rustls with ring (the TLS
 //! stack the AWS SDK already builds), JSON POSTs and GETs with a timeout and
 //! a bounded response. Callers decide what a status means.

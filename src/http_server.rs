@@ -1,0 +1,228 @@
+//! The HTTP server for the small endpoints payvisor serves besides gRPC (the
+//! Prometheus scrape, bank callbacks; the simulated bank's API too): an
+//! HTTP/1.1 accept loop on hyper with a bound on open connections and on the
+//! time a client gets to send its headers, so idle or slow clients cannot
+//! pile up tasks.
+//!
+//! hyper serves each connection (parsing, keep-alive, the header timer,
+//! graceful close); what is written here is the accept loop that hyper 1
+//! leaves to its users. axum's `serve` would take it over but has neither a
+//! connection bound nor a header timeout, and needs axum features that
+//! nothing else here builds.
+//!
+//! On shutdown the listener closes at once (new connections are refused),
+//! each open connection finishes the request in progress and closes, and
+//! connections still open after the server's drain bound are dropped.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::limits;
+use crate::shutdown::Shutdown;
+use crate::store::BoxFuture;
+
+/// Answers one request.
+pub type Handler =
+    Arc<dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<Full<Bytes>>> + Send + Sync>;
+
+/// Bounds of one server.
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    /// Open connections; beyond this, new ones are closed at once.
+    pub connections_max: usize,
+    /// Time a client gets to send its request headers.
+    pub header_read_timeout: Duration,
+    /// Once shutdown starts, how long open connections get to finish the
+    /// request in progress; those still open then are dropped. Zero drops
+    /// them at once.
+    pub drain_max: Duration,
+}
+
+/// Serves `handler` on `listener` until `shutdown` fires, then drains (see
+/// the module's doc) and returns. `name` labels the log lines.
+pub async fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    limits: ServerLimits,
+    handler: Handler,
+    shutdown: Shutdown,
+) {
+    // A permit per open connection, released when its task ends.
+    let slots = Arc::new(Semaphore::new(limits.connections_max));
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            () = shutdown.signalled() => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, server = name, "accept failed");
+                        tokio::time::sleep(limits::HTTP_ACCEPT_ERROR_BACKOFF).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    tracing::warn!(%peer, server = name, "too many connections, closing");
+                    continue;
+                };
+                connections.spawn(connection(
+                    stream,
+                    Arc::clone(&handler),
+                    limits,
+                    shutdown.clone(),
+                    slot,
+                ));
+            }
+        }
+    }
+    drop(listener);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.drain_max, drained)
+        .await
+        .is_err()
+    {
+        tracing::debug!(
+            server = name,
+            open = connections.len(),
+            "connections still open after the drain bound; dropping them"
+        );
+    }
+}
+
+/// Serves one connection until the client closes it, or, once `shutdown`
+/// fires, until the request in progress is answered.
+async fn connection(
+    stream: TcpStream,
+    handler: Handler,
+    limits: ServerLimits,
+    shutdown: Shutdown,
+    _slot: OwnedSemaphorePermit,
+) {
+    let peer = stream.peer_addr().ok();
+    let service = hyper::service::service_fn(move |request| {
+        let answer = handler(request);
+        async move { Ok::<_, Infallible>(answer.await) }
+    });
+    let served = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(stream), service);
+    tokio::pin!(served);
+    let ended = tokio::select! {
+        ended = served.as_mut() => ended,
+        () = shutdown.signalled() => {
+            served.as_mut().graceful_shutdown();
+            served.await
+        }
+    };
+    if let Err(error) = ended {
+        tracing::debug!(?peer, %error, "connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    const LIMITS: ServerLimits = ServerLimits {
+        connections_max: 4,
+        header_read_timeout: Duration::from_secs(5),
+        drain_max: Duration::from_secs(60),
+    };
+
+    /// Sends a request on a fresh connection that stays open for more.
+    async fn send(address: std::net::SocketAddr, path: &str) -> TcpStream {
+        let mut stream = TcpStream::connect(address).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        stream
+    }
+
+    /// Reads until the server closes the connection (a reset included: a
+    /// connection closed unread is reset).
+    async fn read_all(mut stream: TcpStream) -> String {
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response).await;
+        String::from_utf8(response).unwrap()
+    }
+
+    #[tokio::test]
+    async fn on_shutdown_new_connections_are_refused_and_the_request_in_progress_is_answered() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (arrived, request_arrived) = oneshot::channel::<()>();
+        let (release, released) = oneshot::channel::<()>();
+        let hooks = std::sync::Mutex::new(Some((arrived, released)));
+        let handler: Handler = Arc::new(move |_request| {
+            let hooks = hooks.lock().unwrap().take();
+            Box::pin(async move {
+                if let Some((arrived, released)) = hooks {
+                    let _ = arrived.send(());
+                    let _ = released.await;
+                }
+                Response::new(Full::new(Bytes::from_static(b"answered")))
+            })
+        });
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let server = tokio::spawn(serve("test", listener, LIMITS, handler, shutdown));
+
+        let in_progress = send(address, "/slow").await;
+        request_arrived.await.unwrap();
+        trigger.fire();
+        // The listener closes while the request is still being answered.
+        while TcpStream::connect(address).await.is_ok() {
+            tokio::task::yield_now().await;
+        }
+        assert!(!server.is_finished());
+
+        release.send(()).unwrap();
+        let response = read_all(in_progress).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.ends_with("answered"), "{response}");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_beyond_the_bound_is_closed_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (hold, held) = tokio::sync::watch::channel(false);
+        let handler: Handler = Arc::new(move |_request| {
+            let mut held = held.clone();
+            Box::pin(async move {
+                let _ = held.wait_for(|go| *go).await;
+                Response::new(Full::new(Bytes::from_static(b"ok")))
+            })
+        });
+        let limits = ServerLimits {
+            connections_max: 1,
+            ..LIMITS
+        };
+        let (trigger, shutdown) = crate::shutdown::channel();
+        let server = tokio::spawn(serve("test", listener, limits, handler, shutdown));
+
+        let first = send(address, "/").await;
+        let refused = read_all(send(address, "/").await).await;
+        assert_eq!(refused, "", "closed without an answer");
+
+        hold.send_replace(true);
+        trigger.fire();
+        assert!(read_all(first).await.starts_with("HTTP/1.1 200"));
+        server.await.unwrap();
+    }
+}
