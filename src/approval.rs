@@ -143,26 +143,6 @@ impl RulesInForce {
         }
     }
 
-    /// Checks the file every `every` until `stop` says so. The server runs
-    /// [`Self::watch_until`]; this stays for `Orchestrator::watch_rules`
-    /// until the actor layer takes a [`Shutdown`].
-    pub fn watch(self: &Arc<Self>, every: Duration, stop: impl Fn() -> bool + Send + 'static) {
-        if self.path.is_none() {
-            return;
-        }
-        let rules = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            loop {
-                ticks.tick().await;
-                if stop() {
-                    return;
-                }
-                Arc::clone(&rules).reload_logged().await;
-            }
-        });
-    }
-
     /// Reloads off the async threads (it reads a file); a refusal is logged.
     async fn reload_logged(self: Arc<Self>) {
         let reloaded = tokio::task::spawn_blocking(move || self.reload_if_changed()).await;

@@ -480,25 +480,6 @@ impl Orchestrator {
         Ok(due)
     }
 
-    /// Runs the watchdog every `every` until the process stops; the first
-    /// pass runs at once (catch-up after a restart).
-    pub fn run_watchdog(&self, every: Duration) {
-        let orchestrator = self.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                if orchestrator.directory.is_closed() {
-                    return;
-                }
-                if let Err(error) = orchestrator.sweep_watchdog().await {
-                    tracing::warn!(%error, "watchdog sweep failed; retrying next tick");
-                }
-            }
-        });
-    }
-
     /// One page of stalled payments (re-driven or paged), across accounts.
     pub async fn list_stalled(
         &self,
@@ -528,22 +509,6 @@ impl Orchestrator {
     /// The webhook dispatcher (its sweep, re-sends).
     pub fn webhooks(&self) -> &WebhookDispatcher {
         &self.shared.webhooks
-    }
-
-    /// Runs the webhook dispatcher until the orchestrator shuts down.
-    pub fn run_webhooks(&self, every: Duration) {
-        let directory = Arc::clone(&self.directory);
-        self.shared
-            .webhooks
-            .run(every, move || directory.is_closed());
-    }
-
-    /// Runs the approval rules' reloader until the orchestrator shuts down.
-    pub fn watch_rules(&self, every: Duration) {
-        let directory = Arc::clone(&self.directory);
-        self.shared
-            .rules
-            .watch(every, move || directory.is_closed());
     }
 
     /// An event and its delivery state, by name.
@@ -620,25 +585,17 @@ impl Orchestrator {
     /// Stops taking commands, lets every account actor finish what is in its
     /// mailbox, and waits for them (bounded by `grace`).
     pub async fn shutdown(&self, grace: Duration) {
-        let actors = self.directory.close();
-        let drains = actors.into_iter().map(|actor| async move {
-            let _ = actor.drain_and_wait(Some(grace)).await;
-        });
-        let _ = tokio::time::timeout(grace, futures_join_all(drains)).await;
+        let mut drains = tokio::task::JoinSet::new();
+        for actor in self.directory.close() {
+            drains.spawn(async move {
+                let _ = actor.drain_and_wait(Some(grace)).await;
+            });
+        }
+        let _ = tokio::time::timeout(grace, drains.join_all()).await;
     }
 
     /// Accounts with a running actor (for tests of passivation).
     pub fn active_accounts(&self) -> usize {
         self.directory.len()
-    }
-}
-
-/// Awaits every future (a tiny join_all, to avoid a dependency for one use).
-async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
-    futures: impl IntoIterator<Item = F>,
-) {
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    for handle in handles {
-        let _ = handle.await;
     }
 }

@@ -88,26 +88,6 @@ impl WebhookDispatcher {
         }
     }
 
-    /// Sweeps every `every`, and whenever woken, until `stop` says so. The
-    /// server runs [`Self::run_until`]; this stays for
-    /// `Orchestrator::run_webhooks` until the actor layer takes a
-    /// [`Shutdown`].
-    pub fn run(&self, every: Duration, stop: impl Fn() -> bool + Send + 'static) {
-        let dispatcher = self.clone();
-        tokio::spawn(async move {
-            loop {
-                if stop() {
-                    return;
-                }
-                dispatcher.sweep_logged().await;
-                tokio::select! {
-                    _ = dispatcher.inner.wake.notified() => {}
-                    _ = tokio::time::sleep(every) => {}
-                }
-            }
-        });
-    }
-
     async fn sweep_logged(&self) {
         if let Err(error) = self.sweep().await {
             tracing::warn!(%error, "webhook sweep failed; retrying next tick");
