@@ -165,11 +165,6 @@ impl Directory {
         )))
     }
 
-    /// Whether `close` was called (the node is stopping).
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
     /// Refuses further messages and returns every running actor.
     pub fn close(&self) -> Vec<ActorRef<AccountMsg>> {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);

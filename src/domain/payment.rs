@@ -85,6 +85,19 @@ impl BankEvent {
     }
 }
 
+/// What a bank's callback does to its payment (it is recorded in the inbox
+/// in every case).
+#[derive(Debug)]
+pub enum CallbackEffect {
+    /// The payment moves: the decision is written with the inbox record.
+    Applies(Box<Decision>),
+    /// Nothing: a duplicate meaning, or an outcome the payment no longer
+    /// waits for.
+    Ignored,
+    /// Nothing: the payment is at another bank.
+    FromAnotherBank,
+}
+
 /// A person's verdict on a payment in review.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -359,6 +372,25 @@ impl Payment {
             at: now,
             left: None,
         });
+    }
+
+    /// What a bank's callback does to this payment: an outcome from a bank
+    /// the payment is not at changes nothing (reconciliation reports the
+    /// bank's side); any other is decided like [`Self::on_bank_event`].
+    pub fn on_bank_callback(
+        &self,
+        bank: &str,
+        event: &BankEvent,
+        now: Timestamp,
+        policy: &Policy,
+    ) -> Result<CallbackEffect, Rejection> {
+        if self.current_bank().is_some_and(|at| at != bank) {
+            return Ok(CallbackEffect::FromAnotherBank);
+        }
+        Ok(match self.on_bank_event(event, now, policy)? {
+            Some(decision) => CallbackEffect::Applies(Box::new(decision)),
+            None => CallbackEffect::Ignored,
+        })
     }
 
     /// What a bank outcome means for this payment (`None`: nothing; it was

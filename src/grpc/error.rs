@@ -33,6 +33,7 @@ impl From<CommandError> for Status {
                     Rejection::TooManyRefunds { .. } => "TOO_MANY_REFUNDS",
                     Rejection::CurrencyMismatch { .. } => "CURRENCY_MISMATCH",
                     Rejection::Ledger(_) => "LEDGER_REJECTED",
+                    // Never here: `From<Rejection>` makes it `Internal`.
                     Rejection::Invariant(_) => "INTERNAL",
                 },
             ),

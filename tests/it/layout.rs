@@ -44,9 +44,33 @@ fn modules() -> BTreeMap<String, String> {
     found
 }
 
+/// Grouped paths (`crate::{a::B, c::{d, e}}`) written out one by one
+/// (`crate::a::B crate::c::d crate::c::e`), innermost group first.
+fn expand_groups(code: &str) -> String {
+    let mut code = code.to_owned();
+    while let Some(open) = code.rfind("::{") {
+        let Some(close) = code[open..].find('}').map(|at| open + at) else {
+            break;
+        };
+        let start = code[..open]
+            .rfind(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
+            .map_or(0, |at| at + 1);
+        let prefix = code[start..open].to_owned();
+        let expanded = code[open + 3..close]
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|item| !item.is_empty())
+            .map(|item| format!("{prefix}::{item}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        code.replace_range(start..=close, &expanded);
+    }
+    code
+}
+
 /// The modules `module` names through `crate::…` or `super::…` paths.
 fn imports(module: &str, code: &str, known: &BTreeMap<String, String>) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
+    let code = expand_groups(code);
     let words: Vec<&str> = code
         .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == ':'))
         .filter(|word| word.starts_with("crate::") || word.starts_with("super::"))
@@ -131,6 +155,14 @@ fn cycle_below(scope: &str, edges: &BTreeMap<String, BTreeSet<String>>) -> Optio
     graph
         .keys()
         .find_map(|node| visit(node, &graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn grouped_imports_are_seen() {
+    assert_eq!(
+        expand_groups("use crate::{actors::inbox::X, domain::{a, b::C}};"),
+        "use crate::actors::inbox::X crate::domain::a crate::domain::b::C;"
+    );
 }
 
 #[test]

@@ -120,16 +120,23 @@ impl BankChooser for Banks {
     }
 }
 
+/// One to three banks; the first takes USD in nine cases of ten, so that
+/// most sequences get past routing and exercise the rest of the lifecycle,
+/// and some have no bank for the currency at all.
 fn banks() -> impl Strategy<Value = Banks> {
-    prop::collection::vec((any::<bool>(), 0u32..5), 1..4).prop_map(|banks| {
-        Banks(
-            banks
-                .into_iter()
-                .enumerate()
-                .map(|(n, (usd, cost))| (format!("bank-{n}"), usd, cost))
-                .collect(),
-        )
-    })
+    (
+        (prop::bool::weighted(0.9), 0u32..5),
+        prop::collection::vec((any::<bool>(), 0u32..5), 0..3),
+    )
+        .prop_map(|(first, others)| {
+            Banks(
+                std::iter::once(first)
+                    .chain(others)
+                    .enumerate()
+                    .map(|(n, (usd, cost))| (format!("bank-{n}"), usd, cost))
+                    .collect(),
+            )
+        })
 }
 
 fn usd(minor: i64) -> Money {

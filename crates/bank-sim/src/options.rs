@@ -1,4 +1,4 @@
-//! The flags of `payvisor bank-sim`, validated into one [`Options`].
+//! The flags of `payvisor-bank-sim`, validated into one [`Options`].
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::limits;
 use payvisor::domain::money::Currency;
+use payvisor::random::{Random, SeededRandom};
 
 /// An inclusive range of whole numbers, written `MIN..MAX` (or `N` for
 /// `N..N`) on the command line. The unit is the flag's.
@@ -44,7 +45,7 @@ impl fmt::Display for Span {
     }
 }
 
-/// `payvisor bank-sim`: a simulated bank speaking docs/bank-protocol.md.
+/// `payvisor-bank-sim`: a simulated bank speaking docs/bank-protocol.md.
 #[derive(clap::Args, Clone)]
 pub struct BankSimArgs {
     /// Address to listen on (port 0 picks a free port; the ready line says
@@ -258,17 +259,9 @@ impl BankSimArgs {
                 limits::HOLD_MAX.as_millis()
             ));
         }
-        let seed = self.seed.unwrap_or_else(|| {
-            use std::hash::{BuildHasher, Hasher};
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_nanos(),
-            );
-            hasher.finish()
-        });
+        let seed = self
+            .seed
+            .unwrap_or_else(|| SeededRandom::from_entropy().next_u64());
         Ok(Options {
             listen: self.listen,
             name: self.name.clone(),

@@ -686,7 +686,7 @@ async fn list_all(
 }
 
 fn print_summary(summary: &Summary) {
-    println!("payvisor bench — {}", summary.mode);
+    println!("payvisor-bench — {}", summary.mode);
     println!(
         "  payments    {} acknowledged of {} requested in {:.1}s: {:.0}/s",
         summary.acknowledged, summary.requested, summary.duration_secs, summary.payments_per_sec

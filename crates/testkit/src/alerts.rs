@@ -1,6 +1,6 @@
 //! The alert-sink contract as executable checks. Every sink runs all of them
 //! through [`alert_sink_conformance_tests!`](crate::alert_sink_conformance_tests):
-//! `tests/alert_sinks.rs` instantiates it once per sink.
+//! `tests/it/alert_sinks.rs` instantiates it once per sink.
 //!
 //! Each check takes a fresh sink and panics on a violation. What a sink's
 //! far end recorded (one incident per `dedup_key`) is for that sink's own

@@ -1,6 +1,6 @@
 //! The store contract as executable checks. Every backend runs all of them
 //! through [`store_conformance_tests!`](crate::store_conformance_tests):
-//! `tests/store_conformance.rs` instantiates it once per backend.
+//! `tests/it/store_conformance.rs` instantiates it once per backend.
 //!
 //! Each check takes a fresh, empty store and panics on a violation.
 

@@ -10,6 +10,7 @@ use ractor::ActorRef;
 use super::retry::{AccountCommand, Attempt};
 use super::{AccountMsg, AccountState};
 use crate::actors::{BankCallback, CallbackAck, CommandError};
+use crate::domain::payment::CallbackEffect;
 use crate::store::schema;
 use crate::store::{Condition, StoreError, WriteOp};
 
@@ -32,19 +33,19 @@ impl AccountCommand for Callback<'_> {
             .await?
             .ok_or_else(|| CommandError::NotFound(format!("payment {name}")))?;
         let now = state.shared.clock.now();
-        let elsewhere = current
-            .value
-            .current_bank()
-            .is_some_and(|bank| bank != callback.bank);
-        if elsewhere {
-            tracing::error!(payment = %name, bank = %callback.bank, at = ?current.value.current_bank(), "outcome from a bank the payment is not at; ignored");
-        }
-        let decision = if elsewhere {
-            None
-        } else {
-            current
-                .value
-                .on_bank_event(&callback.event, now, &state.shared.policy)?
+        let effect = current.value.on_bank_callback(
+            &callback.bank,
+            &callback.event,
+            now,
+            &state.shared.policy,
+        )?;
+        let decision = match effect {
+            CallbackEffect::Applies(decision) => Some(*decision),
+            CallbackEffect::Ignored => None,
+            CallbackEffect::FromAnotherBank => {
+                tracing::error!(payment = %name, bank = %callback.bank, at = ?current.value.current_bank(), "outcome from a bank the payment is not at; ignored");
+                None
+            }
         };
         let applied = decision.is_some();
         let mut staging = state.staging();
