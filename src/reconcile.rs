@@ -33,7 +33,7 @@ use crate::audit::audit_account;
 use crate::connectors::http::{HttpBankConnector, Settlement, SettlementEntry};
 use crate::domain::events::Change;
 use crate::domain::payment::{PaymentState, RefundState};
-use crate::domain::{parse_payment_name, Timestamp};
+use crate::domain::{parse_payment_name, AccountId, Timestamp};
 use crate::limits;
 use crate::metrics::Counter;
 use crate::shutdown::Shutdown;
@@ -112,8 +112,25 @@ pub async fn reconcile(
         bank_entries: period.entries.len(),
         ..Report::default()
     };
+    check_totals(bank, period, &mut report);
+    let mut accounts = BTreeSet::new();
+    match_bank_entries(store, bank, period, &mut report, &mut accounts).await?;
+    let settled = settled_by_payvisor(store, from, to, &mut accounts).await?;
+    match_payvisor_settlements(store, bank, from, to, settled, wide, &mut report).await?;
+    report_unacknowledged(store, bank, from, to, &mut report).await?;
+    // The ledger against the payments, for every account involved.
+    for account in &accounts {
+        let audit = audit_account(store, account).await?;
+        for problem in audit.problems {
+            report.add("ledger_off", format!("accounts/{account}"), problem);
+        }
+    }
+    report.accounts_audited = accounts.len();
+    Ok(report)
+}
 
-    // The report against itself.
+/// The report against itself: its entries sum to its stated totals.
+fn check_totals(bank: &str, period: &Settlement, report: &mut Report) {
     let mut sums: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     for entry in &period.entries {
         let sum = sums.entry(entry.currency_code.as_str()).or_default();
@@ -139,9 +156,17 @@ pub async fn reconcile(
             );
         }
     }
+}
 
-    // Bank → payvisor.
-    let mut accounts = BTreeSet::new();
+/// Bank → payvisor: each settled entry exists in payvisor, at this bank, in
+/// a settled state, with the same amount. The accounts seen are audited.
+async fn match_bank_entries(
+    store: &dyn Store,
+    bank: &str,
+    period: &Settlement,
+    report: &mut Report,
+    accounts: &mut BTreeSet<AccountId>,
+) -> Result<(), StoreError> {
     for entry in &period.entries {
         let subject = key(entry);
         let Ok(name) = parse_payment_name(&entry.payment_id) else {
@@ -225,13 +250,17 @@ pub async fn reconcile(
             }
         }
     }
+    Ok(())
+}
 
-    // payvisor → bank: what the feed says was settled in the period.
-    let at_bank: HashMap<String, &SettlementEntry> = wide
-        .entries
-        .iter()
-        .map(|entry| (key(entry), entry))
-        .collect();
+/// payvisor → bank, first half: what the event feed says payvisor settled
+/// in the period (read from a little before it, for events near the edge).
+async fn settled_by_payvisor(
+    store: &dyn Store,
+    from: Timestamp,
+    to: Timestamp,
+    accounts: &mut BTreeSet<AccountId>,
+) -> Result<BTreeMap<String, Settled>, StoreError> {
     let mut settled: BTreeMap<String, Settled> = BTreeMap::new();
     let slack = limits::RECONCILE_EDGE_SLACK.as_millis() as i64;
     let mut position = Some(schema::feed_position_at(from.plus_millis(-slack)));
@@ -274,6 +303,25 @@ pub async fn reconcile(
             break;
         }
     }
+    Ok(settled)
+}
+
+/// payvisor → bank, second half: each of payvisor's settlements at this
+/// bank is in the bank's report (widened at the edges), for the same amount.
+async fn match_payvisor_settlements(
+    store: &dyn Store,
+    bank: &str,
+    from: Timestamp,
+    to: Timestamp,
+    settled: BTreeMap<String, Settled>,
+    wide: &Settlement,
+    report: &mut Report,
+) -> Result<(), StoreError> {
+    let at_bank: HashMap<String, &SettlementEntry> = wide
+        .entries
+        .iter()
+        .map(|entry| (key(entry), entry))
+        .collect();
     // Only what was sent to this bank (payments recorded before routing
     // existed have no route: they went to the only bank there was).
     let mut at_this_bank = BTreeMap::new();
@@ -321,11 +369,20 @@ pub async fn reconcile(
             Some(_) => {}
         }
     }
+    Ok(())
+}
 
-    // The outbox against the bank's acknowledgements: a message decided in
-    // the period, never acknowledged, whose payment (or refund) still waits
-    // at this bank. (One the bank's outcome answered, or that left the bank,
-    // needs nothing more.)
+/// The outbox against the bank's acknowledgements: a message decided in the
+/// period, never acknowledged, whose payment (or refund) still waits at this
+/// bank. (One the bank's outcome answered, or that left the bank, needs
+/// nothing more.)
+async fn report_unacknowledged(
+    store: &dyn Store,
+    bank: &str,
+    from: Timestamp,
+    to: Timestamp,
+    report: &mut Report,
+) -> Result<(), StoreError> {
     for record in
         schema::unacknowledged_before(store, to, limits::RECONCILE_UNACKNOWLEDGED_PER_SHARD).await?
     {
@@ -360,16 +417,7 @@ pub async fn reconcile(
             );
         }
     }
-
-    // The ledger against the payments, for every account involved.
-    for account in &accounts {
-        let audit = audit_account(store, account).await?;
-        for problem in audit.problems {
-            report.add("ledger_off", format!("accounts/{account}"), problem);
-        }
-    }
-    report.accounts_audited = accounts.len();
-    Ok(report)
+    Ok(())
 }
 
 /// Fetches the bank's reports for `[from, to)` (and the widened window) and

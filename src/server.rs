@@ -19,6 +19,7 @@ use crate::config::{Config, PagerConfig};
 use crate::connectors::built_in_bank::BuiltInBank;
 use crate::connectors::http::{HttpBankConnector, HttpConnectorSettings};
 use crate::connectors::routing::{RoutedBank, Router};
+use crate::domain::payment::BankEvent;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
 use crate::grpc::{pb, PaymentApi};
 use crate::limits;
@@ -43,58 +44,12 @@ pub async fn run(
     let random = Arc::new(SeededRandom::from_entropy());
     let (bank_events, bank_event_queue) = mpsc::channel(limits::BANK_EVENT_QUEUE_MAX);
     let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
-    // Banks over HTTP (their outcomes come back as signed callbacks), or
-    // the built-in simulator.
-    let http_banks = config
-        .banks
-        .iter()
-        .map(|bank| {
-            HttpBankConnector::new(
-                bank.endpoint.clone(),
-                HttpConnectorSettings::default(),
-                clock.clone(),
-                random.clone(),
-            )
-            .map(Arc::new)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let router = if http_banks.is_empty() {
-        Router::single(
-            "built-in",
-            Arc::new(BuiltInBank::new(
-                config.built_in_bank,
-                random.clone(),
-                bank_events,
-            )),
-        )
-    } else {
-        Router::new(
-            config
-                .banks
-                .iter()
-                .zip(&http_banks)
-                .map(|(bank, http)| RoutedBank {
-                    name: bank.endpoint.name.clone(),
-                    priority: bank.priority,
-                    cost_bps: bank.cost_bps,
-                    currencies: bank.currencies.clone(),
-                    connector: http.clone(),
-                    http: Some(http.clone()),
-                })
-                .collect(),
-        )
-        .map_err(|why| anyhow::anyhow!(why))?
-    };
+    let (router, http_banks) = banks(&config, &clock, &random, bank_events)?;
     let settings = ActorSettings {
         passivate_after: config.passivate_after,
         ..ActorSettings::default()
     };
-    let alert_sink: Arc<dyn AlertSink> = match &config.watchdog.pager {
-        PagerConfig::Log => Arc::new(LogSink),
-        PagerConfig::PagerDuty { url, routing_key } => {
-            Arc::new(PagerDutySink::new(url, routing_key.clone())?)
-        }
-    };
+    let alert_sink = alert_sink(&config.watchdog.pager)?;
     let rules = Arc::new(match &config.rules {
         Some(path) => RulesInForce::from_file(path.clone())?,
         None => RulesInForce::approve_all(),
@@ -123,32 +78,15 @@ pub async fn run(
     );
 
     if !config.banks.is_empty() {
-        let endpoint = Arc::new(CallbackEndpoint::new(
-            config
-                .banks
-                .iter()
-                .map(|bank| (bank.endpoint.name.clone(), bank.secret.as_bytes().to_vec()))
-                .collect::<HashMap<_, _>>(),
-            orchestrator.clone(),
-            clock.clone(),
-        ));
         let listener = TcpListener::bind(config.bank_callback_listen).await?;
-        tracing::info!(listen = %listener.local_addr()?, banks = config.banks.len(), "bank callbacks serving");
-        let bounds = crate::http_server::ServerLimits {
-            connections_max: limits::BANK_CALLBACK_CONNECTIONS_MAX,
-            header_read_timeout: limits::BANK_CALLBACK_HEADER_READ_TIMEOUT,
-            drain_max: limits::BANK_CALLBACK_DRAIN_MAX,
-        };
-        tasks.spawn(
-            "bank callbacks",
-            crate::http_server::serve(
-                "bank-callbacks",
-                listener,
-                bounds,
-                endpoint.handler(),
-                shutdown.clone(),
-            ),
-        );
+        serve_bank_callbacks(
+            &config,
+            listener,
+            &orchestrator,
+            &clock,
+            &shutdown,
+            &mut tasks,
+        )?;
     }
 
     // Reconciliation against the bank, periodically; mismatches found are
@@ -216,6 +154,106 @@ pub async fn run(
     tracing::info!("draining account actors");
     orchestrator.shutdown(limits::SHUTDOWN_GRACE).await;
     tracing::info!("payvisor stopped");
+    Ok(())
+}
+
+/// The node's banks: each `--banks` entry over HTTP (outcomes come back as
+/// signed callbacks), or the built-in bank, whose outcomes go straight to
+/// `bank_events`. Returns the router and the HTTP connectors (reconciled
+/// periodically).
+fn banks(
+    config: &Config,
+    clock: &Arc<dyn crate::clock::Clock>,
+    random: &Arc<SeededRandom>,
+    bank_events: mpsc::Sender<BankEvent>,
+) -> anyhow::Result<(Router, Vec<Arc<HttpBankConnector>>)> {
+    let http_banks = config
+        .banks
+        .iter()
+        .map(|bank| {
+            HttpBankConnector::new(
+                bank.endpoint.clone(),
+                HttpConnectorSettings::default(),
+                clock.clone(),
+                random.clone(),
+            )
+            .map(Arc::new)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let router = if http_banks.is_empty() {
+        Router::single(
+            "built-in",
+            Arc::new(BuiltInBank::new(
+                config.built_in_bank,
+                random.clone(),
+                bank_events,
+            )),
+        )
+    } else {
+        Router::new(
+            config
+                .banks
+                .iter()
+                .zip(&http_banks)
+                .map(|(bank, http)| RoutedBank {
+                    name: bank.endpoint.name.clone(),
+                    priority: bank.priority,
+                    cost_bps: bank.cost_bps,
+                    currencies: bank.currencies.clone(),
+                    connector: http.clone(),
+                    http: Some(http.clone()),
+                })
+                .collect(),
+        )
+        .map_err(|why| anyhow::anyhow!(why))?
+    };
+    Ok((router, http_banks))
+}
+
+/// Where pages go: PagerDuty when a routing key is set, the log otherwise.
+fn alert_sink(pager: &PagerConfig) -> anyhow::Result<Arc<dyn AlertSink>> {
+    Ok(match pager {
+        PagerConfig::Log => Arc::new(LogSink),
+        PagerConfig::PagerDuty { url, routing_key } => {
+            Arc::new(PagerDutySink::new(url, routing_key.clone())?)
+        }
+    })
+}
+
+/// The bank-callback endpoint on `listener`, a task of the node.
+fn serve_bank_callbacks(
+    config: &Config,
+    listener: TcpListener,
+    orchestrator: &Orchestrator,
+    clock: &Arc<dyn crate::clock::Clock>,
+    shutdown: &Shutdown,
+    tasks: &mut Tasks,
+) -> anyhow::Result<()> {
+    let endpoint = Arc::new(CallbackEndpoint::new(
+        config
+            .banks
+            .iter()
+            .map(|bank| (bank.endpoint.name.clone(), bank.secret.as_bytes().to_vec()))
+            .collect::<HashMap<_, _>>(),
+        orchestrator.clone(),
+        clock.clone(),
+    ));
+    tracing::info!(listen = %listener.local_addr()?, banks = config.banks.len(), "bank callbacks serving");
+    let bounds = crate::http_server::ServerLimits {
+        connections_max: limits::BANK_CALLBACK_CONNECTIONS_MAX,
+        header_read_timeout: limits::BANK_CALLBACK_HEADER_READ_TIMEOUT,
+        drain_max: limits::BANK_CALLBACK_DRAIN_MAX,
+    };
+    tasks.spawn(
+        "bank callbacks",
+        crate::http_server::serve(
+            "bank-callbacks",
+            listener,
+            bounds,
+            endpoint.handler(),
+            shutdown.clone(),
+        ),
+    );
     Ok(())
 }
 

@@ -4,7 +4,6 @@
 
 use ractor::ActorRef;
 
-use super::commit::CommitError;
 use super::retry::{AccountCommand, Attempt};
 use super::{AccountMsg, AccountState};
 use crate::actors::CommandError;
@@ -35,19 +34,13 @@ impl AccountCommand for Outcome<'_> {
             tracing::debug!(payment = %event.payment_name(), "duplicate or late bank outcome ignored");
             return Ok(Attempt::Done(()));
         };
-        match state
-            .commit(myself, decision, Some(current.version), None)
-            .await
-        {
-            Ok(payment) => {
-                tracing::info!(payment = %event.payment_name(), state = ?payment.state, "bank outcome applied");
-                Ok(Attempt::Done(()))
-            }
-            Err(CommitError::KeyTaken | CommitError::PaymentTaken | CommitError::Stale) => {
-                Ok(Attempt::Stale)
-            }
-            Err(CommitError::Failed(error)) => Err(error),
+        let attempt = state
+            .commit_update(myself, decision, current.version)
+            .await?;
+        if let Attempt::Done(payment) = &attempt {
+            tracing::info!(payment = %event.payment_name(), state = ?payment.state, "bank outcome applied");
         }
+        Ok(attempt.map(|_| ()))
     }
 }
 

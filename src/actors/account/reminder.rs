@@ -4,7 +4,6 @@
 
 use ractor::ActorRef;
 
-use super::commit::CommitError;
 use super::retry::{AccountCommand, Attempt};
 use super::{AccountMsg, AccountState};
 use crate::actors::CommandError;
@@ -31,20 +30,14 @@ impl AccountCommand for Reminder<'_> {
         else {
             return Ok(Attempt::Done(()));
         };
-        match state
-            .commit(myself, decision, Some(current.version), None)
-            .await
-        {
-            Ok(payment) => {
-                let watch = payment.watch.as_ref();
-                tracing::warn!(payment = %payment.name(), state = ?payment.state, redrives = watch.map(|w| w.redrives), paged = watch.map(|w| w.paged), "stalled payment handled");
-                Ok(Attempt::Done(()))
-            }
-            Err(CommitError::KeyTaken | CommitError::PaymentTaken | CommitError::Stale) => {
-                Ok(Attempt::Stale)
-            }
-            Err(CommitError::Failed(error)) => Err(error),
+        let attempt = state
+            .commit_update(myself, decision, current.version)
+            .await?;
+        if let Attempt::Done(payment) = &attempt {
+            let watch = payment.watch.as_ref();
+            tracing::warn!(payment = %payment.name(), state = ?payment.state, redrives = watch.map(|w| w.redrives), paged = watch.map(|w| w.paged), "stalled payment handled");
         }
+        Ok(attempt.map(|_| ()))
     }
 }
 

@@ -7,8 +7,10 @@
 
 use ractor::ActorRef;
 
+use super::commit::CommitError;
 use super::{AccountMsg, AccountState};
 use crate::actors::CommandError;
+use crate::domain::payment::{Decision, Payment};
 use crate::limits;
 
 /// What one attempt of a command came to.
@@ -20,6 +22,16 @@ pub(super) enum Attempt<T> {
     /// Try again on the state held (a duplicate request turned up: it is
     /// replayed; a generated payment id collided: another is drawn).
     Again,
+}
+
+impl<T> Attempt<T> {
+    pub(super) fn map<U>(self, f: impl FnOnce(T) -> U) -> Attempt<U> {
+        match self {
+            Attempt::Done(answer) => Attempt::Done(f(answer)),
+            Attempt::Stale => Attempt::Stale,
+            Attempt::Again => Attempt::Again,
+        }
+    }
 }
 
 /// A command of the account, as one attempt on the state the actor holds.
@@ -50,5 +62,23 @@ impl AccountState {
             }
         }
         Err(CommandError::Conflict)
+    }
+
+    /// Commits a decision on an existing payment that carries no
+    /// idempotency key (a reminder, a bank outcome): any condition that
+    /// failed means what the actor holds is stale.
+    pub(super) async fn commit_update(
+        &mut self,
+        myself: &ActorRef<AccountMsg>,
+        decision: Decision,
+        version: u64,
+    ) -> Result<Attempt<Payment>, CommandError> {
+        match self.commit(myself, decision, Some(version), None).await {
+            Ok(payment) => Ok(Attempt::Done(payment)),
+            Err(CommitError::KeyTaken | CommitError::PaymentTaken | CommitError::Stale) => {
+                Ok(Attempt::Stale)
+            }
+            Err(CommitError::Failed(error)) => Err(error),
+        }
     }
 }
