@@ -47,9 +47,11 @@ echo "== cfn-lint deploy/cloudformation"
 echo "== the CloudFormation template and create-table define the same table"
 "$VENV/bin/python" tests/cloudformation_matches_create_table.py target/debug/payvisor
 echo "== end-to-end, crash, stalls, reviews and webhooks tests again, with --store dynamodb"
-# One group at a time, as when each was a test binary of its own: the
-# DynamoDB-API test server answers one request at a time, and the crash
-# test's load beside the end-to-end tests made its requests time out.
-for group in e2e:: crash:: stalls:: reviews:: webhooks::; do
+# One group at a time and in the order cargo ran them when each was a test
+# binary of its own (the crash test first, on a test server that holds
+# every table of the run in memory): the DynamoDB-API test server answers
+# one request at a time, and the crash test's load beside the end-to-end
+# tests made its requests time out.
+for group in crash:: e2e:: reviews:: stalls:: webhooks::; do
     PAYVISOR_TEST_STORE=dynamodb cargo test --locked --test it -- "$group"
 done
