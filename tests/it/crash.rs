@@ -29,6 +29,27 @@ enum Acked {
 }
 
 /// Unique per create request, so each payment maps back to one request.
+/// A replay as a client makes it: `UNAVAILABLE` says "try again" (the
+/// store timed out; on the serialised DynamoDB test server a request can
+/// wait behind a slow one), so the same request is sent again, a bounded
+/// number of times. Any other answer is the answer.
+async fn retry_unavailable<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut attempts = 0;
+    loop {
+        match call().await {
+            Err(status) if status.code() == Code::Unavailable && attempts < 3 => {
+                attempts += 1;
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 fn amount_of(payment: &pb::Payment) -> i64 {
     payment.amount.as_ref().unwrap().minor_units
 }
@@ -175,18 +196,22 @@ async fn check_after_restart(server: &Server, acked: &[Acked], sent_amounts: &Ha
                     Some(name),
                     "acknowledged create lost"
                 );
-                let replay = client
-                    .create_payment(request.as_ref().clone())
-                    .await
-                    .expect("replay of an acknowledged create");
+                let replay = retry_unavailable(|| {
+                    let (mut client, request) = (client.clone(), request.as_ref().clone());
+                    async move { client.create_payment(request).await }
+                })
+                .await
+                .expect("replay of an acknowledged create");
                 assert_eq!(&replay.into_inner().name, name);
             }
             Acked::Refund { request } => {
                 *acked_refunds.entry(request.name.clone()).or_default() += 1;
-                let replay = client
-                    .refund_payment(request.clone())
-                    .await
-                    .expect("replay of an acknowledged refund");
+                let replay = retry_unavailable(|| {
+                    let (mut client, request) = (client.clone(), request.clone());
+                    async move { client.refund_payment(request).await }
+                })
+                .await
+                .expect("replay of an acknowledged refund");
                 assert_eq!(replay.into_inner().name, request.name);
             }
         }
