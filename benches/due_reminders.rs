@@ -201,14 +201,13 @@ async fn indexed_once(store: &dyn Store) -> (Duration, Vec<PaymentName>) {
 async fn naive_once(store: &dyn Store) -> (Duration, Vec<PaymentName>, usize) {
     let mut found = Vec::new();
     let mut read = 0;
-    let mut token: Option<String> = None;
+    let mut token: Option<schema::IndexPosition> = None;
     let started = Instant::now();
     loop {
-        let (payments, next) = schema::watched_payments(
+        let (payments, next) = schema::waiting_payments(
             store,
-            &schema::DUE_FAMILIES,
-            None,
-            token.as_deref(),
+            schema::WaitingList::Watched,
+            token.as_ref(),
             limits::PAGE_SIZE_MAX,
         )
         .await

@@ -263,12 +263,12 @@ async fn settled_by_payvisor(
 ) -> Result<BTreeMap<String, Settled>, StoreError> {
     let mut settled: BTreeMap<String, Settled> = BTreeMap::new();
     let slack = limits::RECONCILE_EDGE_SLACK.as_millis() as i64;
-    let mut position = Some(schema::feed_position_at(from.plus_millis(-slack)));
+    let mut position = Some(schema::FeedPosition::before(from.plus_millis(-slack)));
     'feed: loop {
         let records =
-            schema::feed_after(store, position.as_deref(), limits::EVENT_REPLAY_PAGE).await?;
+            schema::feed_after(store, position.as_ref(), limits::EVENT_REPLAY_PAGE).await?;
         for record in &records {
-            position = Some(schema::feed_position(record));
+            position = Some(schema::FeedPosition::after(record));
             for event in &record.events {
                 if event.at >= to.plus_millis(slack) {
                     break 'feed;

@@ -34,6 +34,7 @@ use crate::domain::watch::OperatorRejection;
 use crate::domain::{AccountId, Money, PaymentId, PaymentName, RequestId};
 use crate::limits;
 use crate::random::Random;
+use crate::store::schema::{FeedPosition, IndexPosition, WaitingList};
 use crate::store::{schema, Store, StoreError};
 
 use crate::watchdog::{self, AlertEvent, Pager};
@@ -445,11 +446,10 @@ impl Orchestrator {
         let mut resumed = 0;
         let mut token = None;
         loop {
-            let (payments, next) = schema::watched_payments(
+            let (payments, next) = schema::waiting_payments(
                 self.shared.store.as_ref(),
-                &schema::WATCHED_FAMILIES,
-                None,
-                token.as_deref(),
+                WaitingList::Watched,
+                token.as_ref(),
                 limits::RECOVERY_PAGE_SIZE,
             )
             .await?;
@@ -483,14 +483,13 @@ impl Orchestrator {
     /// One page of stalled payments (re-driven or paged), across accounts.
     pub async fn list_stalled(
         &self,
-        page_token: Option<&str>,
+        after: Option<&IndexPosition>,
         page_size: usize,
-    ) -> Result<(Vec<Payment>, Option<String>), CommandError> {
-        Ok(schema::watched_payments(
+    ) -> Result<(Vec<Payment>, Option<IndexPosition>), CommandError> {
+        Ok(schema::waiting_payments(
             self.shared.store.as_ref(),
-            &schema::STALLED_FAMILIES,
-            None,
-            page_token,
+            WaitingList::Stalled,
+            after,
             page_size,
         )
         .await?)
@@ -550,7 +549,7 @@ impl Orchestrator {
     /// `schema::feed_after`).
     pub async fn feed_after(
         &self,
-        position: Option<&str>,
+        position: Option<&FeedPosition>,
         limit: usize,
     ) -> Result<Vec<schema::EventRecord>, CommandError> {
         Ok(schema::feed_after(self.shared.store.as_ref(), position, limit).await?)
@@ -559,14 +558,13 @@ impl Orchestrator {
     /// Payments in review across accounts, one page (review index).
     pub async fn list_in_review(
         &self,
-        page_token: Option<&str>,
+        after: Option<&IndexPosition>,
         page_size: usize,
-    ) -> Result<(Vec<Payment>, Option<String>), CommandError> {
-        let (payments, next) = schema::watched_payments(
+    ) -> Result<(Vec<Payment>, Option<IndexPosition>), CommandError> {
+        let (payments, next) = schema::waiting_payments(
             self.shared.store.as_ref(),
-            &schema::REVIEW_FAMILIES,
-            None,
-            page_token,
+            WaitingList::Review,
+            after,
             page_size,
         )
         .await?;

@@ -19,7 +19,7 @@ use crate::domain::{
     parse_account_name, parse_payment_name, Currency, Money, PaymentId, RequestId, Timestamp,
 };
 use crate::limits;
-use crate::store::schema::{DeliveryState, EventRecord};
+use crate::store::schema::{DeliveryState, EventRecord, IndexPosition};
 use crate::watchdog::AlertEvent;
 
 /// Accumulates field violations.
@@ -520,11 +520,11 @@ pub fn fail_reason(reason: String) -> Result<OperatorAction, FieldViolation> {
 }
 
 /// Stalled-list tokens: `s1.` and the store's index position.
-pub fn encode_stalled_token(position: &str) -> String {
-    format!("s1.{position}")
+pub fn encode_stalled_token(position: &IndexPosition) -> String {
+    format!("s1.{}", position.as_str())
 }
 
-pub fn decode_stalled_token(token: &str) -> Result<Option<String>, CommandError> {
+pub fn decode_stalled_token(token: &str) -> Result<Option<IndexPosition>, CommandError> {
     if token.is_empty() {
         return Ok(None);
     }
@@ -532,26 +532,26 @@ pub fn decode_stalled_token(token: &str) -> Result<Option<String>, CommandError>
     // fault.
     token
         .strip_prefix("s1.")
-        .filter(|position| crate::store::is_index_position(position))
-        .map(|position| Some(position.to_owned()))
+        .and_then(IndexPosition::parse)
+        .map(Some)
         .ok_or_else(|| {
             CommandError::invalid("page_token", "not a token returned by ListStalledPayments")
         })
 }
 
 /// Review-queue tokens: `r1.` and the store's index position.
-pub fn encode_review_token(position: &str) -> String {
-    format!("r1.{position}")
+pub fn encode_review_token(position: &IndexPosition) -> String {
+    format!("r1.{}", position.as_str())
 }
 
-pub fn decode_review_token(token: &str) -> Result<Option<String>, CommandError> {
+pub fn decode_review_token(token: &str) -> Result<Option<IndexPosition>, CommandError> {
     if token.is_empty() {
         return Ok(None);
     }
     token
         .strip_prefix("r1.")
-        .filter(|position| crate::store::is_index_position(position))
-        .map(|position| Some(position.to_owned()))
+        .and_then(IndexPosition::parse)
+        .map(Some)
         .ok_or_else(|| CommandError::invalid("page_token", "not a token returned by ListPayments"))
 }
 

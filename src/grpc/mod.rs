@@ -17,7 +17,7 @@ use crate::domain::payment::{PaymentState, ReviewVerdict};
 use crate::domain::{parse_account_name, parse_payment_name};
 use crate::limits;
 use crate::shutdown::Shutdown;
-use crate::store::schema;
+use crate::store::schema::FeedPosition;
 
 /// Generated protobuf and gRPC code for `payvisor.v1`.
 pub mod pb {
@@ -120,12 +120,12 @@ impl PaymentService for PaymentApi {
             let position = convert::decode_review_token(&request.page_token)?;
             let (payments, next) = self
                 .orchestrator
-                .list_in_review(position.as_deref(), page_size)
+                .list_in_review(position.as_ref(), page_size)
                 .await?;
             return Ok(Response::new(pb::ListPaymentsResponse {
                 payments: payments.iter().map(convert::payment_to_pb).collect(),
                 next_page_token: next
-                    .as_deref()
+                    .as_ref()
                     .map(convert::encode_review_token)
                     .unwrap_or_default(),
             }));
@@ -210,12 +210,12 @@ impl PaymentService for PaymentApi {
         let position = convert::decode_stalled_token(&request.page_token)?;
         let (payments, next) = self
             .orchestrator
-            .list_stalled(position.as_deref(), page_size)
+            .list_stalled(position.as_ref(), page_size)
             .await?;
         Ok(Response::new(pb::ListStalledPaymentsResponse {
             payments: payments.iter().map(convert::payment_to_pb).collect(),
             next_page_token: next
-                .as_deref()
+                .as_ref()
                 .map(convert::encode_stalled_token)
                 .unwrap_or_default(),
         }))
@@ -356,7 +356,7 @@ impl PaymentService for PaymentApi {
         self.spawn_feed(sender, |sender| async move {
             let mut replayed = std::collections::HashSet::new();
             if let Some((at, payment, seq)) = resume {
-                let mut position = schema::feed_position_at(at.plus_millis(-overlap));
+                let mut position = FeedPosition::before(at.plus_millis(-overlap));
                 loop {
                     let records = match orchestrator
                         .feed_after(Some(&position), limits::EVENT_REPLAY_PAGE)
@@ -369,7 +369,7 @@ impl PaymentService for PaymentApi {
                         }
                     };
                     for record in &records {
-                        position = schema::feed_position(record);
+                        position = FeedPosition::after(record);
                         for event in &record.events {
                             // The client has this payment's events up to `seq`.
                             if event.payment == payment && event.seq <= seq {

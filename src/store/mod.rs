@@ -14,14 +14,6 @@ pub mod dynamodb;
 pub mod schema;
 pub mod sqlite;
 
-/// Whether `token` is a position in the sparse index that one of the
-/// store's listings handed out: a page token that comes back from a client
-/// is checked with this before it reaches a query (the format is the
-/// schema's own).
-pub fn is_index_position(token: &str) -> bool {
-    schema::parse_index_token(token).is_some()
-}
-
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;

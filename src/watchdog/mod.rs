@@ -32,7 +32,7 @@ use crate::domain::watch::{PageAction, Severity, Stage};
 use crate::domain::{PaymentName, Timestamp};
 use crate::limits;
 use crate::shutdown::Shutdown;
-use crate::store::schema::{self, AlertRecord};
+use crate::store::schema::{self, AlertRecord, WaitingList};
 use crate::store::{Condition, Key, Store, StoreError, WriteOp};
 
 /// An alert as watchers of `WatchAlerts` see it.
@@ -141,26 +141,24 @@ impl Delivery {
             // A sweep may have read the page before its delivery was
             // recorded and queued it again after: ask the store (strongly
             // consistent; this task is the only one that records deliveries).
-            if self.still_undelivered(&key).await && self.deliver(&record).await {
+            if self.still_undelivered(&record).await && self.deliver(&record).await {
                 self.mark_delivered(record).await;
             }
             lock(&self.in_hand).remove(&key);
         }
     }
 
-    async fn still_undelivered(&self, key: &Key) -> bool {
-        match self.store.get(key.clone()).await {
-            Ok(Some(item)) => match schema::decode_alert(&item) {
-                Ok(record) => record.delivered_at.is_none(),
-                Err(error) => {
-                    tracing::error!(?key, %error, "undecodable page left undelivered");
-                    false
-                }
-            },
+    async fn still_undelivered(&self, record: &AlertRecord) -> bool {
+        match schema::load_alert(self.store.as_ref(), &record.payment, &record.alert).await {
+            Ok(Some(stored)) => stored.delivered_at.is_none(),
             Ok(None) => false,
+            Err(error @ StoreError::Corrupt(_)) => {
+                tracing::error!(payment = %record.payment, %error, "undecodable page left undelivered");
+                false
+            }
             // Unknown: leave it to the next sweep rather than risk a repeat.
             Err(error) => {
-                tracing::warn!(?key, %error, "page not checked; the next sweep retries");
+                tracing::warn!(payment = %record.payment, %error, "page not checked; the next sweep retries");
                 false
             }
         }
@@ -252,21 +250,9 @@ pub async fn sweep_due(
     now: Timestamp,
     mut wake: impl FnMut(PaymentName),
 ) -> Result<usize, StoreError> {
-    let mut woken = 0;
-    for family in schema::DUE_FAMILIES {
-        for shard in 0..limits::ACCOUNT_SHARDS {
-            let due = schema::due_reminders(
-                store,
-                family,
-                shard,
-                now,
-                limits::WATCHDOG_DUE_PER_SHARD_MAX,
-            )
-            .await?;
-            woken += due.len();
-            due.into_iter().for_each(&mut wake);
-        }
-    }
+    let due = schema::due_reminders(store, now, limits::WATCHDOG_DUE_PER_SHARD_MAX).await?;
+    let woken = due.len();
+    due.into_iter().for_each(&mut wake);
     Ok(woken)
 }
 
@@ -276,18 +262,12 @@ pub async fn sweep_pages(store: &dyn Store, pager: &Pager) -> Result<usize, Stor
     let mut undelivered = 0;
     let mut token = None;
     loop {
-        let (items, next) = schema::index_page(
-            store,
-            &[schema::PAGES_UNDELIVERED],
-            None,
-            token.as_deref(),
-            limits::PAGE_QUEUE_MAX,
-        )
-        .await?;
-        for item in &items {
-            pager.enqueue(schema::decode_alert(item)?);
+        let (records, next) =
+            schema::undelivered_alerts(store, token.as_ref(), limits::PAGE_QUEUE_MAX).await?;
+        undelivered += records.len();
+        for record in records {
+            pager.enqueue(record);
         }
-        undelivered += items.len();
         match next {
             Some(next) if undelivered < limits::PAGE_QUEUE_MAX => token = Some(next),
             _ => return Ok(undelivered),
@@ -301,11 +281,10 @@ pub async fn stalled_counts(store: &dyn Store) -> Result<BTreeMap<String, u64>, 
     let mut token = None;
     let mut scanned = 0;
     loop {
-        let (payments, next) = schema::watched_payments(
+        let (payments, next) = schema::waiting_payments(
             store,
-            &schema::STALLED_FAMILIES,
-            None,
-            token.as_deref(),
+            WaitingList::Stalled,
+            token.as_ref(),
             limits::PAGE_SIZE_MAX,
         )
         .await?;

@@ -102,16 +102,9 @@ impl WebhookDispatcher {
         }
         let now = self.inner.clock.now();
         let mut payments = BTreeSet::new();
-        for shard in 0..limits::ACCOUNT_SHARDS {
-            let due = schema::webhooks_due(
-                self.inner.store.as_ref(),
-                shard,
-                now,
-                limits::WEBHOOK_SWEEP_PAGE,
-            )
+        let due = schema::webhooks_due(self.inner.store.as_ref(), now, limits::WEBHOOK_SWEEP_PAGE)
             .await?;
-            payments.extend(due.into_iter().map(|due| due.payment.to_string()));
-        }
+        payments.extend(due.into_iter().map(|due| due.payment.to_string()));
         let handled = payments.len();
         let permits = Arc::new(Semaphore::new(limits::WEBHOOK_PAYMENTS_IN_FLIGHT_MAX));
         let mut tasks = tokio::task::JoinSet::new();

@@ -426,15 +426,13 @@ async fn a_restarted_node_catches_up_and_never_pages_a_stall_twice(store: Arc<dy
         "one stall, one page: {paged_keys:?}"
     );
     // Nothing is left undelivered in the store.
-    let (undelivered, _) =
-        schema::index_page(store.as_ref(), &[schema::PAGES_UNDELIVERED], None, None, 10)
-            .await
-            .unwrap();
+    let (undelivered, _) = schema::undelivered_alerts(store.as_ref(), None, 10)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let (still, _) =
-        schema::index_page(store.as_ref(), &[schema::PAGES_UNDELIVERED], None, None, 10)
-            .await
-            .unwrap();
+    let (still, _) = schema::undelivered_alerts(store.as_ref(), None, 10)
+        .await
+        .unwrap();
     assert!(still.len() <= undelivered.len());
 }
 
@@ -457,10 +455,9 @@ async fn pages_are_retried_until_the_pager_accepts_them(store: Arc<dyn Store>) {
     );
     // Delivery is recorded: the outbox entry leaves the undelivered index.
     for _ in 0..400 {
-        let (undelivered, _) =
-            schema::index_page(store.as_ref(), &[schema::PAGES_UNDELIVERED], None, None, 10)
-                .await
-                .unwrap();
+        let (undelivered, _) = schema::undelivered_alerts(store.as_ref(), None, 10)
+            .await
+            .unwrap();
         if undelivered.is_empty() {
             assert_eq!(node.sink.count(), 1);
             return;
@@ -514,10 +511,9 @@ async fn a_page_queued_again_after_delivery_is_not_sent_twice(store: Arc<dyn Sto
         .unwrap();
     pager.recorded(record.clone());
     for _ in 0..400 {
-        let (undelivered, _) =
-            schema::index_page(store.as_ref(), &[schema::PAGES_UNDELIVERED], None, None, 10)
-                .await
-                .unwrap();
+        let (undelivered, _) = schema::undelivered_alerts(store.as_ref(), None, 10)
+            .await
+            .unwrap();
         if undelivered.is_empty() {
             break;
         }

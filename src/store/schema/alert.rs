@@ -50,3 +50,28 @@ pub fn alert_item(record: &AlertRecord) -> Item {
 pub fn decode_alert(item: &Item) -> Result<AlertRecord, StoreError> {
     decode(item)
 }
+
+/// A page as recorded, if it is.
+pub async fn load_alert(
+    store: &dyn Store,
+    payment: &PaymentName,
+    alert: &Alert,
+) -> Result<Option<AlertRecord>, StoreError> {
+    store
+        .get(alert_key(payment, alert))
+        .await?
+        .as_ref()
+        .map(decode_alert)
+        .transpose()
+}
+
+/// One page of the pages not yet delivered, oldest first per partition.
+pub async fn undelivered_alerts(
+    store: &dyn Store,
+    after: Option<&IndexPosition>,
+    limit: usize,
+) -> Result<(Vec<AlertRecord>, Option<IndexPosition>), StoreError> {
+    let (items, next) = index_page(store, &[PAGES_UNDELIVERED], None, after, limit).await?;
+    let records = items.iter().map(decode_alert).collect::<Result<_, _>>()?;
+    Ok((records, next))
+}

@@ -39,18 +39,25 @@ pub fn event_record_item(record: &EventRecord, version: u64) -> Item {
     }
 }
 
-/// Where a record sits in the feed (the resume point of a watcher).
-pub fn feed_position(record: &EventRecord) -> String {
-    format!(
-        "{}/{}",
-        time_prefix(record.events[0].at),
-        event_tail(record.payment(), record.first_seq())
-    )
-}
+/// Where a reader of the event feed is: opaque above the store (a watcher
+/// resumes from one, reconciliation reads a period from one).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FeedPosition(String);
 
-/// The feed position just before everything at `at` or later.
-pub fn feed_position_at(at: Timestamp) -> String {
-    time_prefix(at)
+impl FeedPosition {
+    /// Just after `record`: the next read starts with what followed it.
+    pub fn after(record: &EventRecord) -> FeedPosition {
+        FeedPosition(format!(
+            "{}/{}",
+            time_prefix(record.events[0].at),
+            event_tail(record.payment(), record.first_seq())
+        ))
+    }
+
+    /// Just before everything recorded at `at` or later.
+    pub fn before(at: Timestamp) -> FeedPosition {
+        FeedPosition(time_prefix(at))
+    }
 }
 
 /// What the webhook dispatcher reads to find the record, and when.
@@ -132,7 +139,7 @@ pub async fn payment_event_records(
 /// sorted, so the first `limit` of the merge are the next `limit` overall).
 pub async fn feed_after(
     store: &dyn Store,
-    position: Option<&str>,
+    position: Option<&FeedPosition>,
     limit: usize,
 ) -> Result<Vec<EventRecord>, StoreError> {
     let limit = limit.max(1);
@@ -141,7 +148,7 @@ pub async fn feed_after(
         let page = store
             .query_index(IndexQuery {
                 index_pk: index_partition(EVENT_FEED, shard),
-                start_after: position.map(str::to_owned),
+                start_after: position.map(|position| position.0.clone()),
                 end_at: None,
                 limit: limit + 1,
             })
@@ -152,25 +159,31 @@ pub async fn feed_after(
         .iter()
         .map(decode::<EventRecord>)
         .collect::<Result<Vec<_>, _>>()?;
-    records.sort_by_key(feed_position);
+    records.sort_by_key(FeedPosition::after);
     records.truncate(limit);
     Ok(records)
 }
 
-/// Pointers of webhook deliveries due by `now` in one shard.
+/// Pointers of webhook deliveries due by `now`, at most
+/// `per_partition_limit` from each partition of the index.
 pub async fn webhooks_due(
     store: &dyn Store,
-    shard: usize,
     now: Timestamp,
-    limit: usize,
+    per_partition_limit: usize,
 ) -> Result<Vec<WebhookDue>, StoreError> {
-    let page = store
-        .query_index(IndexQuery {
-            index_pk: index_partition(WEBHOOKS_DUE, shard),
-            start_after: None,
-            end_at: Some(due_by(now)),
-            limit,
-        })
-        .await?;
-    page.items.iter().map(decode_webhook_due).collect()
+    let mut due = Vec::new();
+    for shard in 0..limits::ACCOUNT_SHARDS {
+        let page = store
+            .query_index(IndexQuery {
+                index_pk: index_partition(WEBHOOKS_DUE, shard),
+                start_after: None,
+                end_at: Some(due_by(now)),
+                limit: per_partition_limit,
+            })
+            .await?;
+        for item in &page.items {
+            due.push(decode_webhook_due(item)?);
+        }
+    }
+    Ok(due)
 }

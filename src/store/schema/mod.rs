@@ -78,42 +78,76 @@ use crate::limits;
 
 /// Index families (each in `ACCOUNT_SHARDS` partitions `{family}#00`…).
 /// Watched payments, not stalled: sort key starts with the due time.
-pub const WATCHING: &str = "WATCH";
+const WATCHING: &str = "WATCH";
 
 /// Stalled payments being re-driven: sort key starts with the due time.
-pub const STALLED_REDRIVING: &str = "STALL";
+const STALLED_REDRIVING: &str = "STALL";
 
 /// Stalled payments on-call was paged for: sort key starts with the stall's
 /// beginning; no reminder (a person acts).
-pub const STALLED_PAGED: &str = "PAGED";
+const STALLED_PAGED: &str = "PAGED";
 
 /// Payments waiting for a person's review, not stalled: sort key starts
 /// with the review deadline (the reminder). `payvisor reviews list` reads it.
-pub const IN_REVIEW: &str = "REVIEW";
+const IN_REVIEW: &str = "REVIEW";
 
 /// Pages not yet delivered: sort key starts with when they were decided.
-pub const PAGES_UNDELIVERED: &str = "PAGE";
+const PAGES_UNDELIVERED: &str = "PAGE";
 
 /// Messages to banks not yet acknowledged, by when they were decided.
-pub const OUTBOX_UNACKNOWLEDGED: &str = "OUTBOX";
+const OUTBOX_UNACKNOWLEDGED: &str = "OUTBOX";
 
 /// Every decision's events, by time (the feed).
-pub const EVENT_FEED: &str = "EVENTS";
+const EVENT_FEED: &str = "EVENTS";
 
 /// Webhook deliveries pending: sort key starts with the next attempt's time.
-pub const WEBHOOKS_DUE: &str = "HOOK";
+const WEBHOOKS_DUE: &str = "HOOK";
 
 /// Families with reminders that fall due.
-pub const DUE_FAMILIES: [&str; 3] = [WATCHING, IN_REVIEW, STALLED_REDRIVING];
+const DUE_FAMILIES: [&str; 3] = [WATCHING, IN_REVIEW, STALLED_REDRIVING];
 
-/// Every watched payment (start-up recovery reads them all).
-pub const WATCHED_FAMILIES: [&str; 4] = [WATCHING, IN_REVIEW, STALLED_REDRIVING, STALLED_PAGED];
+/// The lists of waiting payments across accounts. Each is read from its
+/// own families of the sparse index; callers name the list, never a family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitingList {
+    /// Every payment with a watch: start-up recovery resumes them all.
+    Watched,
+    /// Payments in review, stalled or not (the review queue filters to the
+    /// state, as a stalled payment may be in another).
+    Review,
+    /// Stalled payments, re-driven or paged (`ListStalledPayments`, the
+    /// gauge).
+    Stalled,
+}
 
-/// Where payments in review are (the review queue; stalled ones too).
-pub const REVIEW_FAMILIES: [&str; 3] = [IN_REVIEW, STALLED_REDRIVING, STALLED_PAGED];
+impl WaitingList {
+    fn families(self) -> &'static [&'static str] {
+        match self {
+            WaitingList::Watched => &[WATCHING, IN_REVIEW, STALLED_REDRIVING, STALLED_PAGED],
+            WaitingList::Review => &[IN_REVIEW, STALLED_REDRIVING, STALLED_PAGED],
+            WaitingList::Stalled => &[STALLED_REDRIVING, STALLED_PAGED],
+        }
+    }
+}
 
-/// Stalled payments (`ListStalledPayments`, the gauge).
-pub const STALLED_FAMILIES: [&str; 2] = [STALLED_REDRIVING, STALLED_PAGED];
+/// Where the next page of an index listing starts: handed out by the
+/// store with a page, and given back (perhaps by way of a client) for the
+/// next. Opaque above the store; [`IndexPosition::parse`] checks one that
+/// came back from outside before it reaches a query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexPosition(String);
+
+impl IndexPosition {
+    /// `None` unless `text` is a position a listing could have handed out.
+    pub fn parse(text: &str) -> Option<IndexPosition> {
+        parse_index_token(text).map(|_| IndexPosition(text.to_owned()))
+    }
+
+    /// The position as text (to wrap in a page token).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 /// A decoded item with the version its next writer must condition on.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -254,7 +288,7 @@ async fn merged_page(
 /// Reads an [`index_page`] token: `{family}:{shard}:{last index sort key}`.
 /// `None` unless it is one `index_page` could have made (so a token that
 /// came back from a client can be checked before it reaches the store).
-pub fn parse_index_token(token: &str) -> Option<(usize, usize, Option<String>)> {
+fn parse_index_token(token: &str) -> Option<(usize, usize, Option<String>)> {
     let mut parts = token.splitn(3, ':');
     let mut small_number = || {
         parts
@@ -276,18 +310,18 @@ pub fn parse_index_token(token: &str) -> Option<(usize, usize, Option<String>)> 
 }
 
 /// One page of an index read across `families`, each in all its shards,
-/// up to `end_at` (inclusive) when given. The token is
+/// up to `end_at` (inclusive) when given. The position is
 /// `{family}:{shard}:{last index sort key}`; partitions are read in turn.
-pub async fn index_page(
+async fn index_page(
     store: &dyn Store,
     families: &[&str],
     end_at: Option<&str>,
-    token: Option<&str>,
+    after: Option<&IndexPosition>,
     limit: usize,
-) -> Result<(Vec<Item>, Option<String>), StoreError> {
-    let (mut family, mut shard, mut start_after) = match token {
-        Some(token) => parse_index_token(token)
-            .ok_or_else(|| StoreError::Corrupt(format!("index page token {token:?}")))?,
+) -> Result<(Vec<Item>, Option<IndexPosition>), StoreError> {
+    let (mut family, mut shard, mut start_after) = match after {
+        Some(position) => parse_index_token(position.as_str())
+            .ok_or_else(|| StoreError::Corrupt(format!("index position {position:?}")))?,
         None => (0, 0, None),
     };
     let limit = limit.max(1);
@@ -305,7 +339,10 @@ pub async fn index_page(
             .await?;
         items.extend(page.items);
         if let Some(after) = page.next {
-            return Ok((items, Some(format!("{family}:{shard}:{after}"))));
+            return Ok((
+                items,
+                Some(IndexPosition(format!("{family}:{shard}:{after}"))),
+            ));
         }
         (family, shard) = if shard + 1 < limits::ACCOUNT_SHARDS {
             (family, shard + 1)
@@ -313,7 +350,7 @@ pub async fn index_page(
             (family + 1, 0)
         };
         if items.len() >= limit && family < families.len() {
-            return Ok((items, Some(format!("{family}:{shard}:"))));
+            return Ok((items, Some(IndexPosition(format!("{family}:{shard}:")))));
         }
     }
     Ok((items, None))

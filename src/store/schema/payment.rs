@@ -66,38 +66,41 @@ pub async fn list_payments(
     Ok((payments, next))
 }
 
-/// A page of watched payments (families as given), decoded.
-pub async fn watched_payments(
+/// One page of a list of waiting payments across accounts, decoded.
+pub async fn waiting_payments(
     store: &dyn Store,
-    families: &[&str],
-    end_at: Option<&str>,
-    token: Option<&str>,
+    list: WaitingList,
+    after: Option<&IndexPosition>,
     limit: usize,
-) -> Result<(Vec<Payment>, Option<String>), StoreError> {
-    let (items, next) = index_page(store, families, end_at, token, limit).await?;
+) -> Result<(Vec<Payment>, Option<IndexPosition>), StoreError> {
+    let (items, next) = index_page(store, list.families(), None, after, limit).await?;
     let payments = items.iter().map(decode).collect::<Result<Vec<_>, _>>()?;
     Ok((payments, next))
 }
 
-/// Reminders due by `now` in one partition of one family: the watchdog's
-/// sweep reads each partition this way, bounded.
+/// Payments whose reminder is due by `now`: each partition of the indexes
+/// with reminders is read up to `now`, at most `per_partition_limit` from
+/// each, so one sweep's cost is bounded whatever piled up.
 pub async fn due_reminders(
     store: &dyn Store,
-    family: &str,
-    shard: usize,
     now: Timestamp,
-    limit: usize,
+    per_partition_limit: usize,
 ) -> Result<Vec<PaymentName>, StoreError> {
-    let page = store
-        .query_index(IndexQuery {
-            index_pk: index_partition(family, shard),
-            start_after: None,
-            end_at: Some(due_by(now)),
-            limit,
-        })
-        .await?;
-    page.items
-        .iter()
-        .map(|item| decode::<Payment>(item).map(|payment| payment.name()))
-        .collect()
+    let mut due = Vec::new();
+    for family in DUE_FAMILIES {
+        for shard in 0..limits::ACCOUNT_SHARDS {
+            let page = store
+                .query_index(IndexQuery {
+                    index_pk: index_partition(family, shard),
+                    start_after: None,
+                    end_at: Some(due_by(now)),
+                    limit: per_partition_limit,
+                })
+                .await?;
+            for item in &page.items {
+                due.push(decode::<Payment>(item)?.name());
+            }
+        }
+    }
+    Ok(due)
 }
