@@ -75,6 +75,8 @@ pub async fn run(
             webhooks: config.webhooks.clone(),
         },
         bank_event_queue,
+        &shutdown,
+        &mut tasks,
     );
 
     if !config.banks.is_empty() {

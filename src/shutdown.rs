@@ -90,6 +90,11 @@ impl Tasks {
         });
     }
 
+    /// The names of the tasks not yet joined (what a shutdown waits for).
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+
     /// Waits until every task has returned, at most `bound`; aborts those
     /// still running then and returns their names (empty: all returned).
     pub async fn join(mut self, bound: Duration) -> Vec<&'static str> {

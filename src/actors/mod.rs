@@ -34,6 +34,7 @@ use crate::domain::watch::OperatorRejection;
 use crate::domain::{AccountId, Money, PaymentId, PaymentName, RequestId};
 use crate::limits;
 use crate::random::Random;
+use crate::shutdown::{Shutdown, Tasks};
 use crate::store::schema::{FeedPosition, IndexPosition, WaitingList};
 use crate::store::{schema, Store, StoreError};
 
@@ -259,14 +260,22 @@ pub struct Orchestrator {
 }
 
 impl Orchestrator {
-    /// Builds the orchestrator and starts routing bank outcomes from `events`
-    /// to account actors.
-    pub fn start(parts: Components, mut bank_events: mpsc::Receiver<BankEvent>) -> Orchestrator {
+    /// Builds the orchestrator and starts, in `tasks`, routing bank
+    /// outcomes from `bank_events` to account actors and delivering pages;
+    /// both stop on `shutdown`.
+    pub fn start(
+        parts: Components,
+        mut bank_events: mpsc::Receiver<BankEvent>,
+        shutdown: &Shutdown,
+        tasks: &mut Tasks,
+    ) -> Orchestrator {
         let pager = Pager::start(
             Arc::clone(&parts.store),
             parts.alert_sink,
             Arc::clone(&parts.clock),
             parts.node_name,
+            shutdown,
+            tasks,
         );
         let webhooks = WebhookDispatcher::new(
             Arc::clone(&parts.store),
@@ -293,9 +302,17 @@ impl Orchestrator {
             directory: Arc::new(Directory::default()),
         };
         let router = orchestrator.clone();
-        tokio::spawn(async move {
-            while let Some(event) = bank_events.recv().await {
-                router.deliver(event);
+        let stopping = shutdown.signalled();
+        tasks.spawn("bank outcome routing", async move {
+            tokio::pin!(stopping);
+            loop {
+                tokio::select! {
+                    () = &mut stopping => return,
+                    event = bank_events.recv() => match event {
+                        Some(event) => router.deliver(event),
+                        None => return,
+                    },
+                }
             }
         });
         orchestrator

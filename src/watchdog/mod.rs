@@ -31,7 +31,7 @@ use crate::clock::Clock;
 use crate::domain::watch::{PageAction, Severity, Stage};
 use crate::domain::{PaymentName, Timestamp};
 use crate::limits;
-use crate::shutdown::Shutdown;
+use crate::shutdown::{Shutdown, Tasks};
 use crate::store::schema::{self, AlertRecord, WaitingList};
 use crate::store::{Condition, Key, Store, StoreError, WriteOp};
 
@@ -72,12 +72,15 @@ pub struct Pager {
 }
 
 impl Pager {
-    /// Starts the delivery task.
+    /// Starts the delivery task in `tasks`; it stops on `shutdown` (a page
+    /// left undelivered is in the store, for the next sweep).
     pub fn start(
         store: Arc<dyn Store>,
         sink: Arc<dyn AlertSink>,
         clock: Arc<dyn Clock>,
         source: String,
+        shutdown: &Shutdown,
+        tasks: &mut Tasks,
     ) -> Pager {
         let (queue, pages) = mpsc::channel(limits::PAGE_QUEUE_MAX);
         let (feed, _) = broadcast::channel(limits::ALERT_STREAM_BUFFER);
@@ -93,7 +96,7 @@ impl Pager {
             source,
             in_hand: Arc::clone(&pager.in_hand),
         };
-        tokio::spawn(delivery.run(pages));
+        tasks.spawn("page delivery", delivery.run(pages, shutdown.clone()));
         pager
     }
 
@@ -133,10 +136,18 @@ struct Delivery {
 }
 
 impl Delivery {
-    async fn run(self, mut pages: mpsc::Receiver<AlertRecord>) {
+    async fn run(self, mut pages: mpsc::Receiver<AlertRecord>, shutdown: Shutdown) {
         // One at a time: a payment's resolve is never delivered before its
         // trigger, and a sink outage does not fan out into a retry storm.
-        while let Some(record) = pages.recv().await {
+        // A page being delivered when the shutdown comes is finished.
+        loop {
+            let record = tokio::select! {
+                () = shutdown.signalled() => return,
+                record = pages.recv() => match record {
+                    Some(record) => record,
+                    None => return,
+                },
+            };
             let key = schema::alert_key(&record.payment, &record.alert);
             // A sweep may have read the page before its delivery was
             // recorded and queued it again after: ask the store (strongly

@@ -104,6 +104,7 @@ struct Harness {
     store: Arc<dyn Store>,
     connector: Arc<PanickingConnector>,
     _dir: tempfile::TempDir,
+    _background: crate::common::Background,
 }
 
 fn harness(panics: u32, settings: ActorSettings) -> Harness {
@@ -138,6 +139,7 @@ fn harness_on(
         panics,
         submissions: AtomicU32::new(0),
     });
+    let mut background = crate::common::Background::new();
     let orchestrator = Orchestrator::start(
         Components {
             store: Arc::clone(&store),
@@ -156,12 +158,15 @@ fn harness_on(
             webhook_sink: Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
         },
         queue,
+        &background.shutdown,
+        &mut background.tasks,
     );
     Harness {
         orchestrator,
         store,
         connector,
         _dir: dir,
+        _background: background,
     }
 }
 

@@ -29,8 +29,9 @@ const SECRET: &[u8] = b"bank-a-secret-0123456789";
 struct Node {
     orchestrator: Orchestrator,
     port: u16,
-    /// Stops the callback endpoint when the node is dropped.
-    _shutdown: payvisor::shutdown::ShutdownTrigger,
+    /// Stops the callback endpoint and the orchestrator's tasks when the
+    /// node is dropped.
+    _background: crate::common::Background,
 }
 
 async fn start(store: Arc<dyn Store>) -> Node {
@@ -42,6 +43,7 @@ async fn start(store: Arc<dyn Store>) -> Node {
         failure_per_mille: 0,
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut background = crate::common::Background::new();
     let orchestrator = Orchestrator::start(
         Components {
             store,
@@ -61,6 +63,8 @@ async fn start(store: Arc<dyn Store>) -> Node {
             webhook_sink: Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
         },
         queue,
+        &background.shutdown,
+        &mut background.tasks,
     );
     let endpoint = Arc::new(CallbackEndpoint::new(
         HashMap::from([("bank-a".to_owned(), SECRET.to_vec())]),
@@ -74,18 +78,20 @@ async fn start(store: Arc<dyn Store>) -> Node {
         header_read_timeout: Duration::from_secs(5),
         drain_max: Duration::from_secs(5),
     };
-    let (trigger, shutdown) = payvisor::shutdown::channel();
-    tokio::spawn(payvisor::http_server::serve(
+    background.tasks.spawn(
         "callbacks",
-        listener,
-        bounds,
-        endpoint.handler(),
-        shutdown,
-    ));
+        payvisor::http_server::serve(
+            "callbacks",
+            listener,
+            bounds,
+            endpoint.handler(),
+            background.shutdown.clone(),
+        ),
+    );
     Node {
         orchestrator,
         port,
-        _shutdown: trigger,
+        _background: background,
     }
 }
 

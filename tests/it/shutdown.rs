@@ -90,3 +90,57 @@ async fn the_watchdog_sweeps_at_once_then_returns_when_the_signal_fires() {
         "the catch-up sweep, and none after the signal"
     );
 }
+
+/// The orchestrator's own tasks (routing bank outcomes, delivering pages)
+/// return when the signal fires, although the bank that feeds the first is
+/// still alive and holds its channel open.
+#[tokio::test]
+async fn the_orchestrators_tasks_return_when_the_signal_fires() {
+    let dir = tempfile::tempdir().unwrap();
+    let random = Arc::new(SeededRandom::new(3));
+    let (bank_events, bank_event_queue) = tokio::sync::mpsc::channel(16);
+    let bank = Arc::new(payvisor::connectors::built_in_bank::BuiltInBank::new(
+        payvisor::connectors::built_in_bank::BuiltInBankConfig::default(),
+        random.clone(),
+        bank_events,
+    ));
+    let (trigger, shutdown) = payvisor::shutdown::channel();
+    let mut tasks = payvisor::shutdown::Tasks::default();
+    let _orchestrator = payvisor::actors::Orchestrator::start(
+        payvisor::actors::Components {
+            store: Arc::new(SqliteStore::open(dir.path()).unwrap()),
+            banks: Arc::new(payvisor::connectors::routing::Router::single(
+                "built-in",
+                bank.clone(),
+            )),
+            clock: Arc::new(SystemClock),
+            random,
+            policy: Default::default(),
+            settings: Default::default(),
+            alert_sink: Arc::new(LogSink),
+            node_name: "shutdown-test".into(),
+            rules: Arc::new(payvisor::approval::RulesInForce::approve_all()),
+            webhooks: Default::default(),
+            webhook_sink: Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
+        },
+        bank_event_queue,
+        &shutdown,
+        &mut tasks,
+    );
+    tokio::task::yield_now().await;
+    for task in ["bank outcome routing", "page delivery"] {
+        assert!(
+            tasks.names().contains(&task),
+            "{task} is held: {:?}",
+            tasks.names()
+        );
+    }
+
+    trigger.fire();
+    let still_running = tasks.join(PROGRESS_DEADLINE).await;
+    assert!(
+        still_running.is_empty(),
+        "{still_running:?} still ran after the signal"
+    );
+    drop(bank);
+}

@@ -109,6 +109,7 @@ struct Node {
     orchestrator: Orchestrator,
     clock: Arc<ManualClock>,
     sink: Arc<RecordingSink>,
+    _background: crate::common::Background,
 }
 
 fn policy() -> Policy {
@@ -129,6 +130,7 @@ fn start_node(store: Arc<dyn Store>, clock: Arc<ManualClock>, sink: Arc<Recordin
         latency_max: Duration::from_millis(2),
         failure_per_mille: 0,
     };
+    let mut background = crate::common::Background::new();
     let orchestrator = Orchestrator::start(
         Components {
             store,
@@ -147,11 +149,14 @@ fn start_node(store: Arc<dyn Store>, clock: Arc<ManualClock>, sink: Arc<Recordin
             webhook_sink: Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
         },
         queue,
+        &background.shutdown,
+        &mut background.tasks,
     );
     Node {
         orchestrator,
         clock,
         sink,
+        _background: background,
     }
 }
 
@@ -474,11 +479,14 @@ async fn a_page_queued_again_after_delivery_is_not_sent_twice(store: Arc<dyn Sto
         1_800_000_000_000,
     )));
     let sink = Arc::new(RecordingSink::default());
+    let mut background = crate::common::Background::new();
     let pager = Pager::start(
         Arc::clone(&store),
         sink.clone(),
         clock.clone(),
         "test".into(),
+        &background.shutdown,
+        &mut background.tasks,
     );
     // A paged payment's alert, recorded as the account actor records it.
     let node = fresh_node(Arc::clone(&store));

@@ -36,6 +36,26 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The shutdown signal and background tasks of a node a test assembles in
+/// process (as `server::run` would): dropped with the node, which fires the
+/// signal and aborts the tasks.
+pub struct Background {
+    _trigger: payvisor::shutdown::ShutdownTrigger,
+    pub shutdown: payvisor::shutdown::Shutdown,
+    pub tasks: payvisor::shutdown::Tasks,
+}
+
+impl Background {
+    pub fn new() -> Background {
+        let (trigger, shutdown) = payvisor::shutdown::channel();
+        Background {
+            _trigger: trigger,
+            shutdown,
+            tasks: payvisor::shutdown::Tasks::default(),
+        }
+    }
+}
+
 /// How long a test waits for the server to make progress before it fails.
 /// A liveness bound, not a performance assertion: generous on purpose.
 pub const PROGRESS_DEADLINE: Duration = Duration::from_secs(60);
