@@ -14,7 +14,7 @@ use crate::alerts::pagerduty::PagerDutySink;
 use crate::alerts::{AlertSink, LogSink};
 use crate::approval::RulesInForce;
 use crate::callbacks::CallbackEndpoint;
-use crate::clock::SystemClock;
+use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, PagerConfig};
 use crate::connectors::built_in_bank::BuiltInBank;
 use crate::connectors::http::{HttpBankConnector, HttpConnectorSettings};
@@ -26,6 +26,7 @@ use crate::limits;
 use crate::metrics::NodeMetrics;
 use crate::random::SeededRandom;
 use crate::shutdown::{Shutdown, ShutdownTrigger, Tasks};
+use crate::store::Store;
 use crate::webhooks::HttpWebhookSink;
 use std::collections::HashMap;
 
@@ -40,66 +41,108 @@ pub async fn run(
     // Dropped on an early return: the tasks already started stop too.
     let (trigger, shutdown) = crate::shutdown::channel();
     let mut tasks = Tasks::default();
-    let store = config.store.open().await?;
-    let random = Arc::new(SeededRandom::from_entropy());
-    let (bank_events, bank_event_queue) = mpsc::channel(limits::BANK_EVENT_QUEUE_MAX);
-    let clock: Arc<dyn crate::clock::Clock> = Arc::new(SystemClock);
-    let (router, http_banks) = banks(&config, &clock, &random, bank_events)?;
-    let settings = ActorSettings {
-        passivate_after: config.passivate_after,
-        ..ActorSettings::default()
-    };
-    let alert_sink = alert_sink(&config.watchdog.pager)?;
-    let rules = Arc::new(match &config.rules {
-        Some(path) => RulesInForce::from_file(path.clone())?,
-        None => RulesInForce::approve_all(),
-    });
-    let orchestrator = Orchestrator::start(
-        Components {
+    let node = Node::start(&config, &shutdown, &mut tasks).await?;
+    if !config.banks.is_empty() {
+        let listener = TcpListener::bind(config.bank_callback_listen).await?;
+        serve_bank_callbacks(&config, listener, &node, &shutdown, &mut tasks)?;
+    }
+    let metrics = NodeMetrics::default();
+    reconcile_periodically(&config, &node, &metrics, &shutdown, &mut tasks);
+
+    let listener = TcpListener::bind(config.listen).await?;
+    let local = listener.local_addr()?;
+    let resumed = node.orchestrator.recover().await?;
+    sweep_periodically(&config, &node, &shutdown, &mut tasks);
+    if let Some(address) = config.metrics_listen {
+        let listener = TcpListener::bind(address).await?;
+        tracing::info!(listen = %listener.local_addr()?, "metrics serving");
+        let render = metrics_renderer(node.orchestrator.clone(), metrics);
+        let serving = crate::metrics::serve(listener, render, shutdown.clone());
+        tasks.spawn("metrics", serving);
+    }
+
+    tracing::info!(listen = %local, store = ?config.store, resumed, "payvisor serving");
+    serve_grpc(listener, node.orchestrator.clone(), trigger, stop, tasks).await?;
+    tracing::info!("draining account actors");
+    node.orchestrator.shutdown(limits::SHUTDOWN_GRACE).await;
+    tracing::info!("payvisor stopped");
+    Ok(())
+}
+
+/// What a node is built of, once started.
+struct Node {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    orchestrator: Orchestrator,
+    /// The banks over HTTP (none with the built-in bank): reconciled.
+    http_banks: Vec<Arc<HttpBankConnector>>,
+    alert_sink: Arc<dyn AlertSink>,
+    rules: Arc<RulesInForce>,
+}
+
+impl Node {
+    /// Opens the store and starts the orchestrator on the configured banks,
+    /// pager, rules and webhooks (its own tasks in `tasks`).
+    async fn start(
+        config: &Config,
+        shutdown: &Shutdown,
+        tasks: &mut Tasks,
+    ) -> anyhow::Result<Node> {
+        let store = config.store.open().await?;
+        let random = Arc::new(SeededRandom::from_entropy());
+        let (bank_events, bank_event_queue) = mpsc::channel(limits::BANK_EVENT_QUEUE_MAX);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let (router, http_banks) = banks(config, &clock, &random, bank_events)?;
+        let alert_sink = alert_sink(&config.watchdog.pager)?;
+        let rules = Arc::new(match &config.rules {
+            Some(path) => RulesInForce::from_file(path.clone())?,
+            None => RulesInForce::approve_all(),
+        });
+        let webhooks_over_tls = (config.webhooks.endpoints.iter())
+            .any(|endpoint| endpoint.url.scheme_str() == Some("https"));
+        let components = Components {
             store: store.clone(),
             banks: Arc::new(router),
             clock: clock.clone(),
             random,
             policy: config.policy.clone(),
-            settings,
+            settings: ActorSettings {
+                passivate_after: config.passivate_after,
+                ..ActorSettings::default()
+            },
             alert_sink: alert_sink.clone(),
             node_name: config.watchdog.node_name.clone(),
             rules: rules.clone(),
-            webhook_sink: Arc::new(HttpWebhookSink::new(
-                config
-                    .webhooks
-                    .endpoints
-                    .iter()
-                    .any(|endpoint| endpoint.url.scheme_str() == Some("https")),
-            )?),
+            webhook_sink: Arc::new(HttpWebhookSink::new(webhooks_over_tls)?),
             webhooks: config.webhooks.clone(),
-        },
-        bank_event_queue,
-        &shutdown,
-        &mut tasks,
-    );
-
-    if !config.banks.is_empty() {
-        let listener = TcpListener::bind(config.bank_callback_listen).await?;
-        serve_bank_callbacks(
-            &config,
-            listener,
-            &orchestrator,
-            &clock,
-            &shutdown,
-            &mut tasks,
-        )?;
+        };
+        let orchestrator = Orchestrator::start(components, bank_event_queue, shutdown, tasks);
+        Ok(Node {
+            store,
+            clock,
+            orchestrator,
+            http_banks,
+            alert_sink,
+            rules,
+        })
     }
+}
 
-    // Reconciliation against the bank, periodically; mismatches found are
-    // counted since start.
-    let metrics = NodeMetrics::default();
-    for bank in &http_banks {
+/// Reconciliation against each bank over HTTP, every
+/// `--reconcile-every`; mismatches found are counted since start.
+fn reconcile_periodically(
+    config: &Config,
+    node: &Node,
+    metrics: &NodeMetrics,
+    shutdown: &Shutdown,
+    tasks: &mut Tasks,
+) {
+    for bank in &node.http_banks {
         let periodic = crate::reconcile::Periodic {
-            store: store.clone(),
+            store: node.store.clone(),
             bank: bank.clone(),
-            clock: clock.clone(),
-            sink: alert_sink.clone(),
+            clock: node.clock.clone(),
+            sink: node.alert_sink.clone(),
             node_name: config.watchdog.node_name.clone(),
             every: config.reconcile_every,
             lag: config.reconcile_lag,
@@ -107,20 +150,19 @@ pub async fn run(
         };
         tasks.spawn("periodic reconciliation", periodic.run(shutdown.clone()));
     }
+}
 
-    let listener = TcpListener::bind(config.listen).await?;
-    let local = listener.local_addr()?;
-    let resumed = orchestrator.recover().await?;
+/// The node's periodic work after recovery: the late recovery sweep (on a
+/// store that needs one), the watchdog, the webhook dispatcher and the rules
+/// reloader.
+fn sweep_periodically(config: &Config, node: &Node, shutdown: &Shutdown, tasks: &mut Tasks) {
     if let Some(bound) = config.store.late_write_bound() {
-        tasks.spawn(
-            "late recovery sweep",
-            late_recovery_sweep(orchestrator.clone(), bound, shutdown.clone()),
-        );
+        let sweep = late_recovery_sweep(node.orchestrator.clone(), bound, shutdown.clone());
+        tasks.spawn("late recovery sweep", sweep);
     }
-
     // The watchdog's first sweep runs now: reminders that fell due while the
     // node was down fire at once (catch-up), and undelivered pages go out.
-    let watched = orchestrator.clone();
+    let watched = node.orchestrator.clone();
     tasks.spawn(
         "watchdog",
         crate::watchdog::run_sweeps(config.watchdog.sweep_every, shutdown.clone(), move || {
@@ -129,34 +171,14 @@ pub async fn run(
         }),
     );
     // Undelivered webhooks (from before a restart too) go out now.
-    let webhooks = orchestrator.webhooks().clone();
+    let webhooks = node.orchestrator.webhooks().clone();
     let until = shutdown.clone();
     tasks.spawn("webhook dispatcher", async move {
         webhooks.run_until(limits::WEBHOOK_SWEEP_EVERY, until).await;
     });
-    tasks.spawn(
-        "rules reload",
-        rules.watch_until(limits::RULES_RELOAD_EVERY, shutdown.clone()),
-    );
-    if let Some(address) = config.metrics_listen {
-        let listener = TcpListener::bind(address).await?;
-        tracing::info!(listen = %listener.local_addr()?, "metrics serving");
-        tasks.spawn(
-            "metrics",
-            crate::metrics::serve(
-                listener,
-                metrics_renderer(orchestrator.clone(), metrics),
-                shutdown.clone(),
-            ),
-        );
-    }
-
-    tracing::info!(listen = %local, store = ?config.store, resumed, "payvisor serving");
-    serve_grpc(listener, orchestrator.clone(), trigger, stop, tasks).await?;
-    tracing::info!("draining account actors");
-    orchestrator.shutdown(limits::SHUTDOWN_GRACE).await;
-    tracing::info!("payvisor stopped");
-    Ok(())
+    let reloading =
+        Arc::clone(&node.rules).watch_until(limits::RULES_RELOAD_EVERY, shutdown.clone());
+    tasks.spawn("rules reload", reloading);
 }
 
 /// The node's banks: each `--banks` entry over HTTP (outcomes come back as
@@ -165,7 +187,7 @@ pub async fn run(
 /// periodically).
 fn banks(
     config: &Config,
-    clock: &Arc<dyn crate::clock::Clock>,
+    clock: &Arc<dyn Clock>,
     random: &Arc<SeededRandom>,
     bank_events: mpsc::Sender<BankEvent>,
 ) -> anyhow::Result<(Router, Vec<Arc<HttpBankConnector>>)> {
@@ -226,8 +248,7 @@ fn alert_sink(pager: &PagerConfig) -> anyhow::Result<Arc<dyn AlertSink>> {
 fn serve_bank_callbacks(
     config: &Config,
     listener: TcpListener,
-    orchestrator: &Orchestrator,
-    clock: &Arc<dyn crate::clock::Clock>,
+    node: &Node,
     shutdown: &Shutdown,
     tasks: &mut Tasks,
 ) -> anyhow::Result<()> {
@@ -237,8 +258,8 @@ fn serve_bank_callbacks(
             .iter()
             .map(|bank| (bank.endpoint.name.clone(), bank.secret.as_bytes().to_vec()))
             .collect::<HashMap<_, _>>(),
-        orchestrator.clone(),
-        clock.clone(),
+        node.orchestrator.clone(),
+        node.clock.clone(),
     ));
     tracing::info!(listen = %listener.local_addr()?, banks = config.banks.len(), "bank callbacks serving");
     let bounds = crate::http_server::ServerLimits {
