@@ -6,6 +6,7 @@
 
 pub mod account;
 pub mod events;
+pub mod idempotency;
 pub mod ledger;
 pub mod money;
 pub mod payment;

@@ -6,7 +6,7 @@
 use ractor::ActorRef;
 
 use super::commit::Staging;
-use super::create::Fingerprint;
+use super::create::fingerprint;
 use super::{AccountMsg, AccountState, RetryableWork};
 use crate::actors::inbox::Batched;
 use crate::actors::CommandError;
@@ -80,7 +80,7 @@ impl AccountState {
                         alone.push(Batched::Create(create, reply));
                         continue;
                     }
-                    let fingerprint = Fingerprint::create(&create).encode();
+                    let fingerprint = fingerprint(&create);
                     let Ok(id) = PaymentId::new(new_payment_id(self.shared.random.as_ref())) else {
                         alone.push(Batched::Create(create, reply));
                         continue;

@@ -4,70 +4,28 @@
 //! conditional write, so a duplicate fails there and is replayed then; new
 //! requests, the common case, save a read.
 
-use ractor::ActorRef;
-use serde::Serialize;
-
 use super::commit::CommitError;
 use super::retry::{AccountCommand, Attempt};
 use super::{AccountMsg, AccountState};
 use crate::actors::{CommandError, CreatePayment};
 use crate::domain::account::NewIdempotency;
-use crate::domain::payment::{self, Decision, NewPayment, Payment, ReviewVerdict};
+use crate::domain::idempotency::Fingerprint;
+use crate::domain::payment::{self, Decision, NewPayment, Payment};
 use crate::domain::rules::{Candidate, VelocityLog};
 use crate::domain::{PaymentId, Timestamp};
 use crate::random::new_payment_id;
+use ractor::ActorRef;
 
-/// The canonical form of a request, compared on idempotent replay.
-#[derive(Serialize)]
-#[serde(tag = "method", rename_all = "snake_case")]
-pub(super) enum Fingerprint<'a> {
-    Create {
-        payment_id: Option<&'a str>,
-        currency: &'a str,
-        minor_units: i64,
-        metadata: &'a std::collections::BTreeMap<String, String>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        payer_id: Option<&'a str>,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        payer_country: Option<&'a str>,
-    },
-    Refund {
-        payment: String,
-        currency: Option<&'a str>,
-        minor_units: Option<i64>,
-        reason: &'a str,
-    },
-    Retry {
-        payment: String,
-    },
-    Fail {
-        payment: String,
-        reason: &'a str,
-    },
-    Review {
-        payment: String,
-        verdict: ReviewVerdict,
-        reason: &'a str,
-    },
-}
-
-impl<'a> Fingerprint<'a> {
-    pub(super) fn create(command: &'a CreatePayment) -> Fingerprint<'a> {
-        Fingerprint::Create {
-            payment_id: command.payment_id.as_ref().map(PaymentId::as_str),
-            currency: command.amount.currency().code(),
-            minor_units: command.amount.minor_units(),
-            metadata: &command.metadata,
-            payer_id: command.payer_id.as_deref(),
-            payer_country: command.payer_country.as_deref(),
-        }
-    }
-}
-
-impl Fingerprint<'_> {
-    pub(super) fn encode(&self) -> String {
-        serde_json::to_string(self).expect("fingerprints serialise")
-    }
+/// The canonical form of a create, kept with its idempotency key.
+pub(super) fn fingerprint(command: &CreatePayment) -> String {
+    Fingerprint::create(
+        command.payment_id.as_ref(),
+        command.amount,
+        &command.metadata,
+        command.payer_id.as_deref(),
+        command.payer_country.as_deref(),
+    )
+    .encode()
 }
 
 /// A create in progress: the request, its fingerprint, and whether its key
@@ -80,7 +38,7 @@ pub(super) struct Create {
 
 impl Create {
     pub(super) fn new(command: CreatePayment) -> Create {
-        let fingerprint = Fingerprint::create(&command).encode();
+        let fingerprint = fingerprint(&command);
         Create {
             command,
             fingerprint,

@@ -6,11 +6,11 @@
 use ractor::ActorRef;
 
 use super::commit::CommitError;
-use super::create::Fingerprint;
 use super::retry::{AccountCommand, Attempt};
 use super::{AccountMsg, AccountState};
 use crate::actors::{CommandError, OperatorAction, OperatorCommand, RefundPayment};
 use crate::domain::account::NewIdempotency;
+use crate::domain::idempotency::Fingerprint;
 use crate::domain::payment::{Decision, Payment};
 use crate::domain::{PaymentName, RequestId, Timestamp};
 
@@ -66,13 +66,8 @@ impl AccountState {
         myself: &ActorRef<AccountMsg>,
         command: RefundPayment,
     ) -> Result<Payment, CommandError> {
-        let fingerprint = Fingerprint::Refund {
-            payment: command.name.to_string(),
-            currency: command.amount.map(|amount| amount.currency().code()),
-            minor_units: command.amount.map(|amount| amount.minor_units()),
-            reason: &command.reason,
-        }
-        .encode();
+        let fingerprint =
+            Fingerprint::refund(&command.name, command.amount, &command.reason).encode();
         let shared = std::sync::Arc::clone(&self.shared);
         let mut refund = OnPayment {
             name: &command.name,
