@@ -10,14 +10,38 @@ moto's transactions atomic and isolated, as DynamoDB's are. (Connections
 are still served by threads, so keep-alive clients do not block each other
 between requests.)
 
+A second change, for speed only: before a TransactWriteItems moto
+deep-copies every table it touches, so that it can restore them if a
+condition fails. That copy costs what the whole table holds, so a test that
+writes thousands of payments into its table made each write slower than the
+last, and the crash test's replays timed out. A transaction of puts,
+deletes and condition checks never changes an item in place (a put replaces
+the item, a delete removes it), so copying the table's two levels of dicts
+keeps the same snapshot at a fraction of the cost; a transaction with an
+update still gets moto's full copy.
+
+A third, for speed only: moto answers every Query, on the table or on an
+index, by sorting the whole table and then filtering it, so a query cost
+what the table holds, and the watchdog's sweep (a few dozen index queries a
+second) kept the single-threaded server busy. Here a table query reads only
+its partition, and an index query only the items whose index partition key
+matches, from a map kept up to date on every put and delete. moto's own
+code still does the rest (ordering, conditions, paging, projection), so the
+answers are the ones it gave before.
+
 Usage: python dynamodb_server.py PORT
 """
 
+import copy
 import sys
 import threading
+from collections import defaultdict
 
 from werkzeug.serving import run_simple
 
+from moto.dynamodb.models import DynamoDBBackend
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.models.table import Table
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -34,6 +58,150 @@ class OneRequestAtATime:
         with self.lock:
             # Materialise the body inside the lock: moto does its work lazily.
             return list(self.app(environ, start_response))
+
+
+def snapshot_of_items(table, memo):
+    """A copy of `table` whose item dicts are its own and whose items are
+    shared: enough to restore it after puts, deletes and condition checks."""
+    snapshot = copy.copy(table)
+    snapshot.items = defaultdict(dict)
+    for hash_key, value in table.items.items():
+        snapshot.items[hash_key] = dict(value) if isinstance(value, dict) else value
+    partitions = table.__dict__.get("index_partitions")
+    if partitions is not None:
+        snapshot.index_partitions = partitions.copy()
+    return snapshot
+
+
+full_copy_transaction = DynamoDBBackend.transact_write_items
+
+
+def transact_write_items(self, transact_items):
+    if any("Update" in item for item in transact_items):
+        return full_copy_transaction(self, transact_items)
+    # Safe to switch per call: requests are served one at a time.
+    Table.__deepcopy__ = snapshot_of_items
+    try:
+        return full_copy_transaction(self, transact_items)
+    finally:
+        del Table.__deepcopy__
+
+
+DynamoDBBackend.transact_write_items = transact_write_items
+
+
+class IndexPartitions:
+    """A table's items by the value of each index's partition-key attribute:
+    {(attribute, value): {(hash key, range key): item}}."""
+
+    def __init__(self, table):
+        self.attributes = sorted(
+            {
+                key["AttributeName"]
+                for index in table.all_indexes()
+                for key in index.schema
+                if key["KeyType"] == "HASH"
+            }
+        )
+        self.members = {}
+        for item in moto_all_items(table):
+            self.add(item)
+
+    def copy(self):
+        copied = copy.copy(self)
+        copied.members = {at: dict(items) for at, items in self.members.items()}
+        return copied
+
+    def add(self, item):
+        for attribute in self.attributes:
+            value = item.attrs.get(attribute)
+            if value is not None:
+                self.members.setdefault((attribute, value), {})[
+                    (item.hash_key, item.range_key)
+                ] = item
+
+    def remove(self, item):
+        for attribute in self.attributes:
+            value = item.attrs.get(attribute)
+            if value is not None:
+                partition = self.members.get((attribute, value), {})
+                partition.pop((item.hash_key, item.range_key), None)
+
+    def items(self, attribute, value):
+        return list(self.members.get((attribute, value), {}).values())
+
+
+moto_all_items = Table.all_items
+moto_put_item = Table.put_item
+moto_delete_item = Table.delete_item
+moto_update_item = DynamoDBBackend.update_item
+moto_query = Table.query
+
+
+def put_item(self, item_attrs, *args, **kwargs):
+    partitions = self.__dict__.get("index_partitions")
+    if partitions is not None:
+        hash_key = DynamoType(item_attrs[self.hash_key_attr])
+        range_key = (
+            DynamoType(item_attrs[self.range_key_attr]) if self.range_key_attr else None
+        )
+        replaced = self.get_item(hash_key, range_key)
+    item = moto_put_item(self, item_attrs, *args, **kwargs)
+    if partitions is not None:
+        if replaced is not None:
+            partitions.remove(replaced)
+        partitions.add(item)
+    return item
+
+
+def delete_item(self, *args, **kwargs):
+    item = moto_delete_item(self, *args, **kwargs)
+    partitions = self.__dict__.get("index_partitions")
+    if partitions is not None and item is not None:
+        partitions.remove(item)
+    return item
+
+
+def update_item(self, table_name, *args, **kwargs):
+    # Updates change items in place: forget the map, rebuild it when needed.
+    if table_name in self.tables:
+        self.tables[table_name].__dict__.pop("index_partitions", None)
+    return moto_update_item(self, table_name, *args, **kwargs)
+
+
+def query(self, *args, **kwargs):
+    hash_key = args[0] if args else kwargs.get("hash_key")
+    index_name = args[7] if len(args) > 7 else kwargs.get("index_name")
+    conditions = kwargs.get("hash_key_conditions") or []
+    if index_name is None and hash_key is not None:
+        partition = self.items.get(hash_key)
+        if partition is None:
+            candidates = []
+        elif self.range_key_attr:
+            candidates = list(partition.values())
+        else:
+            candidates = [partition]
+    elif index_name is not None and len(conditions) == 1:
+        partitions = self.__dict__.get("index_partitions")
+        if partitions is None:
+            partitions = self.index_partitions = IndexPartitions(self)
+        attribute, value = conditions[0]
+        if attribute not in partitions.attributes:
+            return moto_query(self, *args, **kwargs)
+        candidates = partitions.items(attribute, value)
+    else:
+        return moto_query(self, *args, **kwargs)
+    self.all_items = lambda: candidates
+    try:
+        return moto_query(self, *args, **kwargs)
+    finally:
+        del self.all_items
+
+
+Table.put_item = put_item
+Table.delete_item = delete_item
+DynamoDBBackend.update_item = update_item
+Table.query = query
 
 
 def main():

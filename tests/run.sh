@@ -47,11 +47,10 @@ echo "== cfn-lint deploy/cloudformation"
 echo "== the CloudFormation template and create-table define the same table"
 "$VENV/bin/python" tests/cloudformation_matches_create_table.py target/debug/payvisor
 echo "== end-to-end, crash, stalls, reviews and webhooks tests again, with --store dynamodb"
-# One group at a time and in the order cargo ran them when each was a test
-# binary of its own (the crash test first, on a test server that holds
-# every table of the run in memory): the DynamoDB-API test server answers
-# one request at a time, and the crash test's load beside the end-to-end
-# tests made its requests time out.
+# One group at a time: the DynamoDB-API test server answers one request at
+# a time (tests/dynamodb_server.py says why, and how it keeps each request's
+# cost to what it reads), so groups run side by side only queue behind each
+# other, and a crash test's replays could time out behind the others.
 for group in crash:: e2e:: reviews:: stalls:: webhooks::; do
     PAYVISOR_TEST_STORE=dynamodb cargo test --locked --test it -- "$group"
 done
