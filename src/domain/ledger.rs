@@ -352,6 +352,25 @@ impl Balances {
         Ok(next)
     }
 
+    /// Balances as stored, per currency: each currency's books in that
+    /// currency, under the sign rules, summing to zero (what every fold of
+    /// movements leaves).
+    pub fn from_currencies(
+        per_currency: BTreeMap<Currency, CurrencyBalances>,
+    ) -> Result<Balances, LedgerError> {
+        for (currency, balances) in &per_currency {
+            for book in BookAccount::ALL {
+                let found = balances.get(book).currency();
+                if found != *currency {
+                    return Err(MoneyError::CurrencyMismatch(*currency, found).into());
+                }
+            }
+        }
+        let balances = Balances { per_currency };
+        balances.check_invariants()?;
+        Ok(balances)
+    }
+
     /// Applies movements in order.
     pub fn fold<'a>(
         movements: impl IntoIterator<Item = &'a Movement>,

@@ -339,6 +339,34 @@ pub enum Rejection {
 }
 
 impl Payment {
+    /// A payment made at `now` from `new`, CREATED, with nothing recorded
+    /// yet: [`create`] records and runs it; the store sets the rest of a
+    /// stored one (every other field is public).
+    pub fn new(new: NewPayment, now: Timestamp) -> Payment {
+        Payment {
+            account: new.account,
+            id: new.id,
+            fee: Money::zero(new.amount.currency()),
+            amount: new.amount,
+            metadata: new.metadata,
+            payer_id: new.payer_id,
+            payer_country: new.payer_country,
+            state: PaymentState::Created,
+            failure_reason: None,
+            refunds: Vec::new(),
+            history: Vec::new(),
+            created_at: now,
+            updated_at: now,
+            watch: None,
+            approval: None,
+            review: None,
+            events_emitted: 0,
+            routes: Vec::new(),
+            messages_sent: 0,
+            unsaved_events: Vec::new(),
+        }
+    }
+
     pub fn name(&self) -> PaymentName {
         PaymentName {
             account: self.account.clone(),
@@ -920,29 +948,8 @@ pub fn create(
     now: Timestamp,
     policy: &Policy,
 ) -> Result<Decision, Rejection> {
-    let currency = new.amount.currency();
-    let mut payment = Payment {
-        account: new.account,
-        id: new.id,
-        amount: new.amount,
-        metadata: new.metadata,
-        payer_id: new.payer_id,
-        payer_country: new.payer_country,
-        state: PaymentState::Created,
-        failure_reason: None,
-        fee: Money::zero(currency),
-        refunds: Vec::new(),
-        history: Vec::new(),
-        created_at: now,
-        updated_at: now,
-        watch: None,
-        approval: evaluation,
-        review: None,
-        events_emitted: 0,
-        routes: Vec::new(),
-        messages_sent: 0,
-        unsaved_events: Vec::new(),
-    };
+    let mut payment = Payment::new(new, now);
+    payment.approval = evaluation;
     payment.record(None, PaymentState::Created, "created", now);
     payment.emit(
         Change::Payment {
