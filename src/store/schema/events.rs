@@ -54,7 +54,7 @@ pub fn feed_position_at(at: Timestamp) -> String {
 }
 
 /// What the webhook dispatcher reads to find the record, and when.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookDue {
     pub payment: PaymentName,
     pub first_seq: u64,
