@@ -14,8 +14,6 @@
 //! **Invariant:** a staged decision leaves the book as the write will leave
 //! the account item; a decision refused here leaves the book unchanged.
 
-use serde::{Deserialize, Serialize};
-
 use super::events::PaymentEvent;
 use super::ledger::{Balances, Movement};
 use super::money::Currency;
@@ -26,19 +24,18 @@ use super::{PaymentId, PaymentName, RequestId, Timestamp};
 
 /// The account item: balances, how many movements have been written, and
 /// the approval rules' memory of recent payments.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct AccountBook {
     pub balances: Balances,
     /// Movements written so far; the next one gets this sequence number.
     pub movement_count: u64,
     /// Recent accepted payments, for the approval rules' velocity limits.
-    #[serde(default)]
     pub velocity: VelocityLog,
 }
 
 /// What an idempotency key was used for, so a replay can be answered and a
 /// reuse with other parameters refused.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdempotencyRecord {
     /// The canonical form of the original request.
     pub fingerprint: String,
@@ -50,27 +47,24 @@ pub struct IdempotencyRecord {
 }
 
 /// The page to deliver, as recorded (the alert outbox).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AlertRecord {
     pub payment: PaymentName,
     pub alert: Alert,
     /// Set when the sink acknowledged it; the item then leaves the index.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivered_at: Option<Timestamp>,
 }
 
 /// A decision's events as recorded, with their delivery to each endpoint.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventRecord {
     /// At least one; consecutive numbers of one payment.
     pub events: Vec<PaymentEvent>,
     /// One per webhook endpoint configured when the events were written.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deliveries: Vec<Delivery>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DeliveryState {
     /// Being attempted (with back-off) until `retry_until`.
     Pending,
@@ -81,7 +75,7 @@ pub enum DeliveryState {
 }
 
 /// The delivery of one record's events to one endpoint, in order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
     pub endpoint: String,
     pub state: DeliveryState,
@@ -91,9 +85,7 @@ pub struct Delivery {
     pub attempts: u32,
     pub next_attempt_at: Timestamp,
     pub retry_until: Timestamp,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_attempt_at: Option<Timestamp>,
 }
 
@@ -116,19 +108,17 @@ impl EventRecord {
 
 /// A message to a bank (the outbox): written with the decision that sends
 /// it, acknowledged when the bank has accepted it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboxRecord {
     pub payment: PaymentName,
     /// 1, 2, … per payment.
     pub seq: u64,
     pub bank: String,
     /// `None` for the payment itself.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refund_id: Option<String>,
     pub currency: String,
     pub minor_units: i64,
     pub created_at: Timestamp,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub acknowledged_at: Option<Timestamp>,
 }
 

@@ -7,12 +7,12 @@
 //! **Invariant:** a payment's events are numbered without gaps, in the order
 //! of its changes, and an event never changes once written.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::state::{PaymentState, RefundState};
 use super::{parse_payment_name, Money, NameError, PaymentName, Timestamp};
 
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct PaymentEvent {
     pub payment: PaymentName,
     /// 1, 2, … per payment, in the order of its changes.
@@ -24,8 +24,9 @@ pub struct PaymentEvent {
     pub change: Change,
 }
 
-/// What changed.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+/// What changed. Serialised as the `change` of a webhook's payload (not
+/// stored: the store has its own record of it).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize)]
 #[serde(tag = "of", rename_all = "snake_case")]
 pub enum Change {
     /// The payment moved to `to` (`from` is `None` for its creation).
@@ -33,7 +34,7 @@ pub enum Change {
         from: Option<PaymentState>,
         to: PaymentState,
         cause: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         failure_reason: Option<String>,
     },
     /// One refund was requested (`Pending`), succeeded or failed.
@@ -41,7 +42,7 @@ pub enum Change {
         refund_id: String,
         amount: Money,
         state: RefundState,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         failure_reason: Option<String>,
     },
 }

@@ -19,13 +19,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
-
 use super::{Currency, Money, MoneyError, PaymentId};
 
 /// The book accounts of one payvisor account, per currency.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub enum BookAccount {
     /// Sent to a bank, outcome unknown.
     Pending,
@@ -52,15 +49,14 @@ impl BookAccount {
 
 /// One side of a movement: a signed amount on one book account
 /// (positive = credit, negative = debit).
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct Posting {
     pub book: BookAccount,
     pub amount: Money,
 }
 
 /// What caused a movement.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum MovementKind {
     PaymentSent,
     PaymentProcessed,
@@ -71,12 +67,11 @@ pub enum MovementKind {
 }
 
 /// A balanced set of postings caused by one event on one payment.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Movement {
     pub kind: MovementKind,
     pub payment: PaymentId,
     /// The refund concerned, for refund movements.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refund: Option<String>,
     postings: Vec<Posting>,
 }
@@ -275,7 +270,7 @@ impl Movement {
 }
 
 /// One currency's balances on every book account.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct CurrencyBalances {
     pub pending: Money,
     pub available: Money,
@@ -327,7 +322,7 @@ impl CurrencyBalances {
 }
 
 /// An account's balances: the fold of all its movements.
-#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Balances {
     per_currency: BTreeMap<Currency, CurrencyBalances>,
 }
@@ -350,6 +345,25 @@ impl Balances {
         }
         next.check_invariants()?;
         Ok(next)
+    }
+
+    /// Balances as stored, per currency: each currency's books in that
+    /// currency, under the sign rules, summing to zero (what every fold of
+    /// movements leaves).
+    pub fn from_currencies(
+        per_currency: BTreeMap<Currency, CurrencyBalances>,
+    ) -> Result<Balances, LedgerError> {
+        for (currency, balances) in &per_currency {
+            for book in BookAccount::ALL {
+                let found = balances.get(book).currency();
+                if found != *currency {
+                    return Err(MoneyError::CurrencyMismatch(*currency, found).into());
+                }
+            }
+        }
+        let balances = Balances { per_currency };
+        balances.check_invariants()?;
+        Ok(balances)
     }
 
     /// Applies movements in order.

@@ -23,8 +23,9 @@ use crate::limits;
 
 pub use money::{Currency, Money, MoneyError};
 
-/// A point in time, in milliseconds since the Unix epoch (UTC).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Debug)]
+/// A point in time, in milliseconds since the Unix epoch (UTC). Serialised
+/// (as the number) in pages (`alerts::Page`).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
 pub struct Timestamp(i64);
 
 impl Timestamp {
@@ -77,8 +78,7 @@ fn validate_resource_id(id: &str) -> Result<(), IdError> {
 macro_rules! resource_id {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
 
         impl $name {
@@ -130,7 +130,7 @@ resource_id!(
 );
 
 /// A client-chosen idempotency key: 1..=255 characters of `[A-Za-z0-9._:-]`.
-#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct RequestId(String);
 
 impl RequestId {
@@ -158,7 +158,7 @@ impl RequestId {
 }
 
 /// `accounts/{account}/payments/{payment}`: a payment's full name.
-#[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
 pub struct PaymentName {
     pub account: AccountId,
     pub payment: PaymentId,

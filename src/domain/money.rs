@@ -4,7 +4,7 @@
 use std::fmt;
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::limits;
 
@@ -80,17 +80,10 @@ impl fmt::Display for Currency {
     }
 }
 
+/// As its code (in webhook payloads).
 impl Serialize for Currency {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.code)
-    }
-}
-
-impl<'de> Deserialize<'de> for Currency {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let code = String::deserialize(deserializer)?;
-        Currency::from_code(&code)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown currency {code}")))
     }
 }
 
@@ -115,7 +108,8 @@ pub enum MoneyError {
 
 /// An amount in one currency. The decimal always has exactly the currency's
 /// number of fractional digits, so it converts to minor units exactly.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// Serialised in webhook payloads as `{"currency":"USD","amount":"12.50"}`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 pub struct Money {
     currency: Currency,
     #[serde(with = "rust_decimal::serde::str")]

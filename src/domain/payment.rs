@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::events::{Change, PaymentEvent};
 use super::ledger::{LedgerError, Movement};
@@ -32,20 +32,18 @@ use crate::limits;
 
 /// Which bank a payment was sent to, and why; and, once it left that bank
 /// (a definite rejection, or the bank said it never got it), why.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Route {
     pub bank: String,
     /// Why this bank: e.g. `cheapest healthy bank for USD (cost 20 bps)`.
     pub why: String,
     pub at: Timestamp,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub left: Option<Departure>,
 }
 
 /// Why a payment left a bank. Only these two: a payment moves on only once
 /// the bank is known not to have it.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(tag = "because", rename_all = "snake_case")]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Departure {
     /// The bank refused it for good (it will never process it).
     Rejected { reason: String },
@@ -98,8 +96,9 @@ pub enum CallbackEffect {
     FromAnotherBank,
 }
 
-/// A person's verdict on a payment in review.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+/// A person's verdict on a payment in review. Serialised in the
+/// fingerprint of a review request (see `actors::account::create`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReviewVerdict {
     Approve,
@@ -107,14 +106,14 @@ pub enum ReviewVerdict {
 }
 
 /// The review of a payment, as recorded on it.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Review {
     pub verdict: ReviewVerdict,
     pub reason: String,
     pub at: Timestamp,
 }
 
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Refund {
     /// `r1`, `r2`, … in request order: unique within the payment, and the
     /// bank's idempotency key together with the payment name.
@@ -122,14 +121,13 @@ pub struct Refund {
     pub amount: Money,
     pub reason: String,
     pub state: RefundState,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }
 
 /// One entry of a payment's history.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Transition {
     /// `None` for the creation itself.
     pub from: Option<PaymentState>,
@@ -138,20 +136,17 @@ pub struct Transition {
     pub at: Timestamp,
 }
 
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Payment {
     pub account: AccountId,
     pub id: PaymentId,
     pub amount: Money,
     pub metadata: BTreeMap<String, String>,
     /// Who pays, as the caller knows them (read by block-list rules).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payer_id: Option<String>,
     /// ISO 3166-1 alpha-2, upper case.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payer_country: Option<String>,
     pub state: PaymentState,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure_reason: Option<String>,
     /// Kept by the platform when processed; zero until then.
     pub fee: Money,
@@ -160,27 +155,20 @@ pub struct Payment {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     /// The durable reminder while the payment waits (see [`super::watch`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<Watch>,
     /// What the approval rules said, and which fired.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<Evaluation>,
     /// A person's verdict, for payments that were in review.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub review: Option<Review>,
     /// Events emitted so far; the next one gets this number plus one.
-    #[serde(default)]
     pub events_emitted: u64,
     /// The banks this payment was sent to, in order; the last one it has
     /// not left is where it is.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
     /// Messages to banks recorded so far (the outbox's sequence).
-    #[serde(default)]
     pub messages_sent: u64,
     /// Events of the decision being made, not yet handed to its `Decision`
     /// (never stored: `Decision::new` takes them out).
-    #[serde(skip)]
     unsaved_events: Vec<PaymentEvent>,
 }
 
@@ -228,14 +216,14 @@ pub struct Policy {
 }
 
 /// What the bank said about a payment.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum BankOutcome {
     Processed,
     Failed { reason: String },
 }
 
 /// What the bank said about a refund.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub enum RefundOutcome {
     Succeeded,
     Failed { reason: String },
@@ -339,6 +327,34 @@ pub enum Rejection {
 }
 
 impl Payment {
+    /// A payment made at `now` from `new`, CREATED, with nothing recorded
+    /// yet: [`create`] records and runs it; the store sets the rest of a
+    /// stored one (every other field is public).
+    pub fn new(new: NewPayment, now: Timestamp) -> Payment {
+        Payment {
+            account: new.account,
+            id: new.id,
+            fee: Money::zero(new.amount.currency()),
+            amount: new.amount,
+            metadata: new.metadata,
+            payer_id: new.payer_id,
+            payer_country: new.payer_country,
+            state: PaymentState::Created,
+            failure_reason: None,
+            refunds: Vec::new(),
+            history: Vec::new(),
+            created_at: now,
+            updated_at: now,
+            watch: None,
+            approval: None,
+            review: None,
+            events_emitted: 0,
+            routes: Vec::new(),
+            messages_sent: 0,
+            unsaved_events: Vec::new(),
+        }
+    }
+
     pub fn name(&self) -> PaymentName {
         PaymentName {
             account: self.account.clone(),
@@ -920,29 +936,8 @@ pub fn create(
     now: Timestamp,
     policy: &Policy,
 ) -> Result<Decision, Rejection> {
-    let currency = new.amount.currency();
-    let mut payment = Payment {
-        account: new.account,
-        id: new.id,
-        amount: new.amount,
-        metadata: new.metadata,
-        payer_id: new.payer_id,
-        payer_country: new.payer_country,
-        state: PaymentState::Created,
-        failure_reason: None,
-        fee: Money::zero(currency),
-        refunds: Vec::new(),
-        history: Vec::new(),
-        created_at: now,
-        updated_at: now,
-        watch: None,
-        approval: evaluation,
-        review: None,
-        events_emitted: 0,
-        routes: Vec::new(),
-        messages_sent: 0,
-        unsaved_events: Vec::new(),
-    };
+    let mut payment = Payment::new(new, now);
+    payment.approval = evaluation;
     payment.record(None, PaymentState::Created, "created", now);
     payment.emit(
         Change::Payment {

@@ -63,15 +63,14 @@ use std::fmt;
 
 use rust_decimal::Decimal;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::Deserialize;
 
 use super::{AccountId, Currency, Money, Timestamp};
 use crate::limits;
 
 /// What a rule asks for when it fires. Declared from least to most severe:
 /// the derived order is the severity order the verdict takes the maximum of.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub enum Action {
     Approve,
     Review,
@@ -176,7 +175,7 @@ pub struct Candidate<'a> {
 }
 
 /// One rule that fired, and why, for the payment's approval record.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct FiredRule {
     pub rule: String,
     pub action: Action,
@@ -185,7 +184,7 @@ pub struct FiredRule {
 }
 
 /// The rules' verdict on one payment.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Evaluation {
     /// The most severe action of the fired rules; `Approve` if none fired.
     pub action: Action,
@@ -477,37 +476,41 @@ pub struct VelocityLog {
     entries: Vec<VelocityEntry>,
 }
 
-/// Serialised on every write of the account: hence the one-letter names and
-/// the count left out when it is 1, e.g. `{"t":1767225600000,"c":"USD","m":1500}`.
-/// 24 bytes in memory.
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// 24 bytes in memory (the log is read on every create of its account).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 struct VelocityEntry {
-    #[serde(rename = "t")]
     at: Timestamp,
-    #[serde(rename = "c")]
     currency: CurrencyKey,
     /// Sum of the payments' amounts, in minor units of `currency`.
-    #[serde(rename = "m")]
     minor_units: i64,
     /// Payments merged into this entry: 1 unless the log was full.
-    #[serde(rename = "n", default = "one", skip_serializing_if = "is_one")]
     payments: u32,
 }
 
-fn one() -> u32 {
-    1
+/// Payments the log holds at one time (one, unless the log was full and
+/// merged them): its entries as plain values, to store and restore it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct LoggedPayments {
+    pub at: Timestamp,
+    pub currency: Currency,
+    /// Sum of the payments' amounts, in minor units of `currency`.
+    pub minor_units: i64,
+    pub payments: u32,
 }
 
-fn is_one(payments: &u32) -> bool {
-    *payments == 1
+/// An entry the log never holds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+#[error("entry with {payments} payments and {minor_units} minor units")]
+pub struct BadLoggedPayments {
+    pub payments: u32,
+    pub minor_units: i64,
 }
 
 /// A currency as its three ASCII letters. Windows compare one per entry per
 /// windowed rule: a 3-byte compare, where `Currency` compares a string
 /// (benches/rules.rs, full log: 0.9 µs per evaluation against 2.5 µs).
-/// Serialised as the code, and only ever made from a [`Currency`], so it
-/// always names one payvisor accepts.
+/// Only ever made from a [`Currency`], so it always names one payvisor
+/// accepts.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct CurrencyKey([u8; 3]);
 
@@ -532,18 +535,6 @@ impl CurrencyKey {
 impl fmt::Debug for CurrencyKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
-    }
-}
-
-impl Serialize for CurrencyKey {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(self.code())
-    }
-}
-
-impl<'de> Deserialize<'de> for CurrencyKey {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Currency::deserialize(deserializer).map(CurrencyKey::from)
     }
 }
 
@@ -662,26 +653,41 @@ impl VelocityLog {
     }
 }
 
-impl Serialize for VelocityLog {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.entries.serialize(serializer)
+impl VelocityLog {
+    /// The entries, oldest first.
+    pub fn entries(&self) -> impl Iterator<Item = LoggedPayments> + '_ {
+        self.entries.iter().map(|entry| LoggedPayments {
+            at: entry.at,
+            currency: Currency::from_code(entry.currency.code())
+                .expect("a currency key is made from a currency"),
+            minor_units: entry.minor_units,
+            payments: entry.payments,
+        })
     }
-}
 
-impl<'de> Deserialize<'de> for VelocityLog {
-    /// Restores the log's invariants whatever was stored: entries sorted,
-    /// and merged down to the cap (should a later version lower it).
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut entries = Vec::<VelocityEntry>::deserialize(deserializer)?;
-        if let Some(bad) = entries
-            .iter()
-            .find(|entry| entry.payments == 0 || entry.minor_units < 0)
-        {
-            return Err(de::Error::custom(format!(
-                "velocity entry with {} payments and {} minor units",
-                bad.payments, bad.minor_units
-            )));
-        }
+    /// A log of these entries, with its invariants restored whatever their
+    /// order: sorted, and merged down to the cap (should a later version
+    /// lower it). Refuses an entry of no payments or a negative sum.
+    pub fn from_entries(
+        entries: impl IntoIterator<Item = LoggedPayments>,
+    ) -> Result<VelocityLog, BadLoggedPayments> {
+        let mut entries = entries
+            .into_iter()
+            .map(|entry| {
+                if entry.payments == 0 || entry.minor_units < 0 {
+                    return Err(BadLoggedPayments {
+                        payments: entry.payments,
+                        minor_units: entry.minor_units,
+                    });
+                }
+                Ok(VelocityEntry {
+                    at: entry.at,
+                    currency: entry.currency.into(),
+                    minor_units: entry.minor_units,
+                    payments: entry.payments,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         entries.sort_by_key(|entry| entry.at);
         let mut log = VelocityLog { entries };
         log.enforce_cap();
@@ -1894,39 +1900,22 @@ mod tests {
     }
 
     #[test]
-    fn the_log_serialises_compactly_and_restores_its_invariants() {
-        let log = log_of(&[(NOW, usd(1500))]);
-        let json = serde_json::to_string(&log).unwrap();
-        assert_eq!(json, format!(r#"[{{"t":{NOW},"c":"USD","m":1500}}]"#));
-        assert_eq!(serde_json::from_str::<VelocityLog>(&json).unwrap(), log);
-        // Unsorted on disk: sorted on load.
-        let unsorted: VelocityLog =
-            serde_json::from_str(r#"[{"t":5,"c":"USD","m":1,"n":3},{"t":1,"c":"EUR","m":2}]"#)
-                .unwrap();
+    fn a_log_restored_from_its_entries_restores_its_invariants() {
+        let log = log_of(&[(NOW, usd(1500)), (NOW + 1, eur(2))]);
+        assert_eq!(VelocityLog::from_entries(log.entries()).unwrap(), log);
+        // Unsorted: sorted on restore.
+        let entry = |at_ms, amount: Money, payments| LoggedPayments {
+            at: at(at_ms),
+            currency: amount.currency(),
+            minor_units: amount.minor_units(),
+            payments,
+        };
+        let unsorted =
+            VelocityLog::from_entries([entry(5, usd(1), 3), entry(1, eur(2), 1)]).unwrap();
         assert_eq!(unsorted.entries[0].at, at(1));
         assert_eq!(unsorted.window(at(5), 10, None).payments, 4);
-        assert!(serde_json::from_str::<VelocityLog>(r#"[{"t":1,"c":"USD","m":-1}]"#).is_err());
-        assert!(serde_json::from_str::<VelocityLog>(r#"[{"t":1,"c":"USD","m":1,"n":0}]"#).is_err());
-        assert!(serde_json::from_str::<VelocityLog>(r#"[{"t":1,"c":"USD","m":1,"x":0}]"#).is_err());
-    }
-
-    #[test]
-    fn evaluations_serialise_with_snake_case_actions() {
-        let evaluation = Evaluation {
-            action: Action::Review,
-            fired: vec![FiredRule {
-                rule: "r".into(),
-                action: Action::Review,
-                detail: "d".into(),
-            }],
-            rules_version: "v".into(),
-        };
-        let json = serde_json::to_string(&evaluation).unwrap();
-        assert!(json.contains(r#""action":"review""#), "{json}");
-        assert_eq!(
-            serde_json::from_str::<Evaluation>(&json).unwrap(),
-            evaluation
-        );
+        assert!(VelocityLog::from_entries([entry(1, usd(-1), 1)]).is_err());
+        assert!(VelocityLog::from_entries([entry(1, usd(1), 0)]).is_err());
     }
 
     /// One recording: milliseconds since the previous one (may go back a
@@ -1987,7 +1976,7 @@ mod tests {
                     prop_assert_eq!(totals, WindowTotals { payments, minor_units });
                 }
             }
-            let restored: VelocityLog = serde_json::from_str(&serde_json::to_string(&log).unwrap()).unwrap();
+            let restored = VelocityLog::from_entries(log.entries()).unwrap();
             prop_assert_eq!(restored, log);
         }
     }

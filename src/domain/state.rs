@@ -2,9 +2,10 @@
 //! machine ([`super::payment`]), its events and its watch all name, so they
 //! sit below all three.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+/// Serialised in webhook payloads (as part of [`super::events::Change`]).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PaymentState {
     Created,
@@ -54,7 +55,7 @@ impl PaymentState {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefundState {
     Pending,

@@ -30,8 +30,7 @@ use super::Timestamp;
 use crate::limits;
 
 /// Where a payment can stall, each with its own deadline.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
 pub enum Stage {
     Created,
     Approved,
@@ -133,7 +132,7 @@ impl StallPolicy {
 }
 
 /// The durable reminder of a waiting payment.
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Watch {
     pub stage: Stage,
     /// When the payment entered the stage: identifies this stall.
@@ -154,7 +153,8 @@ impl Watch {
     }
 }
 
-/// Trigger opens an incident; resolve closes it.
+/// Trigger opens an incident; resolve closes it. Serialised in pages
+/// (`alerts::Page`).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PageAction {
@@ -162,7 +162,7 @@ pub enum PageAction {
     Resolve,
 }
 
-/// PagerDuty's severities, lowest to highest.
+/// PagerDuty's severities, lowest to highest (serialised in pages).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
@@ -174,7 +174,7 @@ pub enum Severity {
 
 /// A page to deliver, decided with the transition that causes it (an outbox
 /// entry: recorded in the same write, delivered after commit).
-#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Debug)]
 pub struct Alert {
     pub action: PageAction,
     pub dedup_key: String,

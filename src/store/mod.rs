@@ -4,7 +4,8 @@
 //! ([`sqlite`]) and the production one share one contract, checked by one
 //! conformance suite (`payvisor_testkit::store`, kept out of the server).
 //!
-//! [`schema`] maps domain records onto items; nothing else knows key formats.
+//! [`schema`] maps domain records onto items, through storage records of its
+//! own (versioned bodies); nothing else knows key formats or bodies.
 //!
 //! **Invariant:** every write that changes an item carries a condition
 //! (`NotExists` or `VersionIs`): a writer that lost a race, or a node that
@@ -139,6 +140,10 @@ pub enum StoreError {
     /// Stored data could not be decoded.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A body in a storage format this build cannot read (written by a
+    /// newer build): not corrupt, but nothing here can decide on it.
+    #[error("{key:?} is in storage format {format}, which this build does not read")]
+    UnsupportedFormat { key: Key, format: u64 },
 }
 
 /// The storage boundary every backend implements.

@@ -244,8 +244,7 @@ async fn scenario(store: Arc<dyn Store>) {
             .await
             .unwrap()
             .expect("recorded");
-        let record: payvisor::store::schema::InboxRecord =
-            serde_json::from_slice(&item.body).unwrap();
+        let record = payvisor::store::schema::decode_inbox(&item).unwrap();
         assert_eq!(record.applied, applied, "{message}");
     }
 

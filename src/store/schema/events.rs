@@ -61,7 +61,7 @@ impl FeedPosition {
 }
 
 /// What the webhook dispatcher reads to find the record, and when.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WebhookDue {
     pub payment: PaymentName,
     pub first_seq: u64,

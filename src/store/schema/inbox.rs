@@ -7,7 +7,7 @@ pub const INBOX_SK_PREFIX: &str = "X#";
 /// A bank callback as received (the inbox): written once, with the
 /// decision it caused, keyed by the bank's message id, so a duplicate finds
 /// it and changes nothing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InboxRecord {
     pub bank: String,
     pub message_id: String,
@@ -36,4 +36,8 @@ pub fn inbox_item(record: &InboxRecord) -> Item {
         body: encode(record),
         index: None,
     }
+}
+
+pub fn decode_inbox(item: &Item) -> Result<InboxRecord, StoreError> {
+    decode(item)
 }

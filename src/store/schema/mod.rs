@@ -53,6 +53,7 @@ mod inbox;
 mod movement;
 mod outbox;
 mod payment;
+mod records;
 
 pub use account::*;
 pub use alert::*;
@@ -63,7 +64,7 @@ pub use movement::*;
 pub use outbox::*;
 pub use payment::*;
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 
 use super::{Condition, IndexKey, IndexQuery, Item, Key, Query, Store, StoreError, WriteOp};
 use crate::domain::account::StagedDecision;
@@ -75,6 +76,7 @@ use crate::domain::payment::Payment;
 use crate::domain::watch::{Alert, PageAction, Stage};
 use crate::domain::{AccountId, PaymentId, PaymentName, RequestId, Timestamp};
 use crate::limits;
+use records::{Invalid, Stored};
 
 /// Index families (each in `ACCOUNT_SHARDS` partitions `{family}#00`…).
 /// Watched payments, not stalled: sort key starts with the due time.
@@ -196,17 +198,47 @@ pub fn due_by(now: Timestamp) -> String {
     format!("{}0", time_prefix(now))
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+/// A body: the value's storage record, its format first
+/// (`{"format":1,…}`; see [`records`]).
+fn encode<T: Stored>(value: &T) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Envelope<'a, B> {
+        format: u64,
+        #[serde(flatten)]
+        body: &'a B,
+    }
     // Serialising plain data structs to JSON cannot fail.
-    serde_json::to_vec(value).expect("records serialise to JSON")
+    serde_json::to_vec(&Envelope {
+        format: T::FORMAT,
+        body: &T::Body::from(value),
+    })
+    .expect("records serialise to JSON")
 }
 
-fn decode<T: DeserializeOwned>(item: &Item) -> Result<T, StoreError> {
-    serde_json::from_slice(&item.body)
-        .map_err(|error| StoreError::Corrupt(format!("{:?}: {error}", item.key)))
+/// Decodes a body written by [`encode`] (or before formats were versioned),
+/// refusing a format this build does not know and any invalid value.
+fn decode<T: Stored>(item: &Item) -> Result<T, StoreError> {
+    #[derive(Deserialize)]
+    struct Header {
+        format: Option<u64>,
+    }
+    let corrupt =
+        |problem: &dyn std::fmt::Display| StoreError::Corrupt(format!("{:?}: {problem}", item.key));
+    let header: Header = serde_json::from_slice(&item.body).map_err(|error| corrupt(&error))?;
+    // Bodies written before formats were versioned have no `format`: they
+    // are format 1, whose field names are exactly theirs.
+    let format = header.format.unwrap_or(1);
+    if format != T::FORMAT {
+        return Err(StoreError::UnsupportedFormat {
+            key: item.key.clone(),
+            format,
+        });
+    }
+    let body: T::Body = serde_json::from_slice(&item.body).map_err(|error| corrupt(&error))?;
+    body.try_into().map_err(|error: Invalid| corrupt(&error))
 }
 
-fn versioned<T: DeserializeOwned>(item: Item) -> Result<Versioned<T>, StoreError> {
+fn versioned<T: Stored>(item: Item) -> Result<Versioned<T>, StoreError> {
     Ok(Versioned {
         value: decode(&item)?,
         version: item.version,
