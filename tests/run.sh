@@ -9,15 +9,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each phase's line says how long the command has run so far (seconds).
+phase() { echo "== [${SECONDS}s] $*"; }
+
 MOTO_VERSION="5.2.5"
 VENV=".venv"
 if ! "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOTO_VERSION')" 2>/dev/null; then
-    echo "== installing moto[server] $MOTO_VERSION into $VENV"
+    phase "installing moto[server] $MOTO_VERSION into $VENV"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
 
-echo "== starting the DynamoDB-API server"
+phase "starting the DynamoDB-API server"
 MOTO_PORT=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 mkdir -p target
 # moto's server, serving one request at a time so that its transactions are
@@ -34,19 +37,19 @@ done
 export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:$MOTO_PORT"
 export AWS_ACCESS_KEY_ID="testing" AWS_SECRET_ACCESS_KEY="testing" AWS_REGION="us-east-1"
 
-echo "== cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+phase "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
-echo "== cargo build (every binary: the tests run payvisor-bank-sim and payvisor-bench beside payvisor)"
+phase "cargo build (every binary: the tests run payvisor-bank-sim and payvisor-bench beside payvisor)"
 cargo build --locked --workspace --bins
-echo "== cargo test"
+phase "cargo test"
 cargo test --locked --workspace --all-targets
-echo "== cfn-lint deploy/cloudformation"
+phase "cfn-lint deploy/cloudformation"
 "$VENV/bin/cfn-lint" deploy/cloudformation/*.yaml
-echo "== the CloudFormation template and create-table define the same table"
+phase "the CloudFormation template and create-table define the same table"
 "$VENV/bin/python" tests/cloudformation_matches_create_table.py target/debug/payvisor
-echo "== end-to-end, crash, stalls, reviews and webhooks tests again, with --store dynamodb"
+phase "end-to-end, crash, stalls, reviews and webhooks tests again, with --store dynamodb"
 # One group at a time: the DynamoDB-API test server answers one request at
 # a time (tests/dynamodb_server.py says why, and how it keeps each request's
 # cost to what it reads), so groups run side by side only queue behind each
@@ -54,3 +57,4 @@ echo "== end-to-end, crash, stalls, reviews and webhooks tests again, with --sto
 for group in crash:: e2e:: reviews:: stalls:: webhooks::; do
     PAYVISOR_TEST_STORE=dynamodb cargo test --locked --test it -- "$group"
 done
+phase "passed"
