@@ -24,6 +24,7 @@ pub mod audit;
 pub mod callbacks;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod connectors;
 pub mod domain;
