@@ -481,14 +481,23 @@ impl Store for DynamoDbStore {
             };
             let upper = format!("{}\u{10FFFF}", query.sk_prefix);
             let build = || {
-                self.client
+                let builder = self
+                    .client
                     .query()
                     .table_name(&self.table)
                     .consistent_read(true)
-                    .key_condition_expression("pk = :pk AND sk BETWEEN :lower AND :upper")
                     .expression_attribute_values(":pk", AttributeValue::S(query.pk.clone()))
-                    .expression_attribute_values(":lower", AttributeValue::S(lower.clone()))
-                    .expression_attribute_values(":upper", AttributeValue::S(upper.clone()))
+                    .expression_attribute_values(":upper", AttributeValue::S(upper.clone()));
+                // DynamoDB refuses an empty string as a key value: the
+                // whole partition (an empty prefix, from the start) is
+                // everything up to the upper bound.
+                if lower.is_empty() {
+                    builder.key_condition_expression("pk = :pk AND sk <= :upper")
+                } else {
+                    builder
+                        .key_condition_expression("pk = :pk AND sk BETWEEN :lower AND :upper")
+                        .expression_attribute_values(":lower", AttributeValue::S(lower.clone()))
+                }
             };
             self.query_pages(build, query.limit, |item| item.key.sk.clone())
                 .await
