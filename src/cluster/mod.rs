@@ -1,7 +1,7 @@
 //! The cluster: nodes on one DynamoDB table share its accounts by shard.
-//! `ownership` holds the rules (pure: which shards a node claims, keeps and
-//! releases, and when a node is judged dead or must stop serving); the
-//! runtime that heartbeats, reads the leases and applies the rules is built
-//! on them.
+//! The rules are in the core (`domain::ownership`: which shards a node
+//! claims, keeps and releases, when a peer is dead, when a node must stop
+//! serving); [`membership`] is the node's part that executes them:
+//! heartbeat, read the leases, decide, write.
 
-pub mod ownership;
+pub mod membership;

@@ -9,6 +9,7 @@ pub mod events;
 pub mod idempotency;
 pub mod ledger;
 pub mod money;
+pub mod ownership;
 pub mod payment;
 pub mod rules;
 pub mod stalls;

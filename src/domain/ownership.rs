@@ -34,6 +34,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use super::Timestamp;
+
 /// A reading of this node's monotonic clock, in milliseconds since an
 /// arbitrary origin of its own. Only ever compared with readings of the
 /// same clock.
@@ -73,6 +75,11 @@ pub type ShardId = u16;
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct NodeRecord {
     pub id: NodeId,
+    /// Where peers reach the node's gRPC port (`HOST:PORT`).
+    pub address: String,
+    /// When the node started, by its own wall clock: shown to operators,
+    /// never compared with another node's clock.
+    pub started_at: Timestamp,
     /// Bumped by the node on every heartbeat.
     pub heartbeat: u64,
     /// Set by a node that is shutting down: it takes no share and releases
@@ -271,6 +278,16 @@ mod tests {
 
     fn node(name: &str) -> NodeId {
         NodeId::new(name)
+    }
+
+    fn record(id: NodeId, heartbeat: u64) -> NodeRecord {
+        NodeRecord {
+            id,
+            address: "127.0.0.1:50051".into(),
+            started_at: Timestamp::from_unix_millis(0),
+            heartbeat,
+            leaving: false,
+        }
     }
 
     fn free_leases(shards: u16) -> Vec<Lease> {
@@ -497,11 +514,7 @@ mod tests {
         // of two machines share no origin) reads the new counter then.
         let sent = Mono(100);
         let mut observer = Liveness::default();
-        let record = NodeRecord {
-            id: node("owner"),
-            heartbeat: 7,
-            leaving: false,
-        };
+        let record = record(node("owner"), 7);
         observer.observe(std::slice::from_ref(&record), Mono(5_000));
         for elapsed in (0..20_000).step_by(250) {
             let owner_serves = timeouts.may_serve(Some(sent), Mono(100 + elapsed));
@@ -520,14 +533,7 @@ mod tests {
         let mut liveness = Liveness::default();
         for beat in 0..30 {
             let now = Mono(beat * 1_000);
-            liveness.observe(
-                &[NodeRecord {
-                    id: node("b"),
-                    heartbeat: beat,
-                    leaving: false,
-                }],
-                now,
-            );
+            liveness.observe(&[record(node("b"), beat)], now);
             assert!(liveness.is_alive(&node("b"), now, &TIMEOUTS));
         }
         liveness.observe(&[], Mono(30_000));
@@ -537,11 +543,7 @@ mod tests {
     #[test]
     fn a_stuck_heartbeat_is_judged_dead_after_the_timeout_on_the_observers_clock() {
         let mut liveness = Liveness::default();
-        let stuck = [NodeRecord {
-            id: node("b"),
-            heartbeat: 3,
-            leaving: false,
-        }];
+        let stuck = [record(node("b"), 3)];
         liveness.observe(&stuck, Mono(1_000));
         liveness.observe(&stuck, Mono(10_999));
         assert!(liveness.is_alive(&node("b"), Mono(10_999), &TIMEOUTS));

@@ -19,6 +19,7 @@ mod alert_sinks;
 mod bank_over_http;
 mod bench_smoke;
 mod callbacks;
+mod cluster;
 mod crash;
 mod e2e;
 mod http_connector;

@@ -47,6 +47,7 @@
 
 mod account;
 mod alert;
+mod cluster;
 mod events;
 mod idempotency;
 mod inbox;
@@ -57,6 +58,7 @@ mod records;
 
 pub use account::*;
 pub use alert::*;
+pub use cluster::*;
 pub use events::*;
 pub use idempotency::*;
 pub use inbox::*;

@@ -1,0 +1,327 @@
+//! A node's membership: every [`Timeouts::heartbeat_every`] it bumps its
+//! heartbeat, reads every node record and lease (strongly consistent), lets
+//! the ownership rules decide, and writes their claims and releases, each
+//! conditional on the lease as read. What it holds is published as
+//! [`Owned`]; whoever serves accounts checks it (with the deadline in it)
+//! before every command.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::clock::Clock;
+use crate::domain::ownership::{
+    plan, Lease, Liveness, Mono, NodeId, NodeRecord, ShardId, Timeouts,
+};
+use crate::shutdown::Shutdown;
+use crate::store::schema::{self, ClusterSettings};
+use crate::store::{Store, StoreError};
+
+/// This node's monotonic clock, as the rules read it.
+pub trait MonoClock: Send + Sync + 'static {
+    fn now(&self) -> Mono;
+}
+
+/// The process's monotonic clock (tokio's, so tests may pause it).
+pub struct ProcessMono {
+    origin: tokio::time::Instant,
+}
+
+impl Default for ProcessMono {
+    fn default() -> ProcessMono {
+        ProcessMono {
+            origin: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl MonoClock for ProcessMono {
+    fn now(&self) -> Mono {
+        Mono(self.origin.elapsed().as_millis() as u64)
+    }
+}
+
+/// A monotonic clock a test moves by hand.
+#[derive(Default)]
+pub struct ManualMono(AtomicU64);
+
+impl ManualMono {
+    pub fn advance(&self, millis: u64) {
+        self.0.fetch_add(millis, Ordering::SeqCst);
+    }
+}
+
+impl MonoClock for ManualMono {
+    fn now(&self) -> Mono {
+        Mono(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// The shards this node holds, with their epochs (the fencing token of its
+/// writes to their accounts), and until when it may serve them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owned {
+    /// `None`: not at all (never heartbeated, or left).
+    pub valid_until: Option<Mono>,
+    pub shards: BTreeMap<ShardId, u64>,
+}
+
+impl Owned {
+    /// The epoch of `shard` if this node may serve it at `now`.
+    pub fn epoch_at(&self, shard: ShardId, now: Mono) -> Option<u64> {
+        match self.valid_until {
+            Some(until) if now < until => self.shards.get(&shard).copied(),
+            _ => None,
+        }
+    }
+}
+
+/// Why a node cannot join.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    #[error("the table's cluster has {recorded} shards, this node is set to {configured}: every node of a cluster must use the same count")]
+    ShardCountMismatch { recorded: u16, configured: u16 },
+    #[error(transparent)]
+    Timeouts(#[from] crate::domain::ownership::TimeoutsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How a node takes part.
+#[derive(Clone, Debug)]
+pub struct MembershipSettings {
+    pub shards: u16,
+    pub timeouts: Timeouts,
+    /// Where peers reach this node's gRPC port.
+    pub address: String,
+}
+
+pub struct Membership {
+    store: Arc<dyn Store>,
+    mono: Arc<dyn MonoClock>,
+    timeouts: Timeouts,
+    shards: u16,
+    me: NodeRecord,
+    /// The version of this node's record, as last written.
+    version: Option<u64>,
+    last_acknowledged_sent: Option<Mono>,
+    liveness: Liveness,
+    owned: watch::Sender<Owned>,
+}
+
+impl Membership {
+    /// Checks the settings against the table's and registers the node.
+    pub async fn join(
+        store: Arc<dyn Store>,
+        wall: &dyn Clock,
+        mono: Arc<dyn MonoClock>,
+        id: NodeId,
+        settings: MembershipSettings,
+    ) -> Result<(Membership, watch::Receiver<Owned>), JoinError> {
+        settings.timeouts.check()?;
+        let configured = ClusterSettings {
+            shards: settings.shards,
+        };
+        let recorded = schema::agree_on_settings(store.as_ref(), configured).await?;
+        if recorded != configured {
+            return Err(JoinError::ShardCountMismatch {
+                recorded: recorded.shards,
+                configured: configured.shards,
+            });
+        }
+        let (owned, watching) = watch::channel(Owned::default());
+        let membership = Membership {
+            store,
+            mono,
+            timeouts: settings.timeouts,
+            shards: settings.shards,
+            me: NodeRecord {
+                id,
+                address: settings.address,
+                started_at: wall.now(),
+                heartbeat: 0,
+                leaving: false,
+            },
+            version: None,
+            last_acknowledged_sent: None,
+            liveness: Liveness::default(),
+            owned,
+        };
+        Ok((membership, watching))
+    }
+
+    pub fn id(&self) -> &NodeId {
+        &self.me.id
+    }
+
+    /// One round: heartbeat, read, decide, write, publish.
+    pub async fn round(&mut self) -> Result<(), StoreError> {
+        self.heartbeat().await;
+        let view = schema::read_cluster(self.store.as_ref(), self.shards).await?;
+        let now = self.mono.now();
+        let nodes: Vec<NodeRecord> = view.nodes.iter().map(|node| node.value.clone()).collect();
+        self.liveness.observe(&nodes, now);
+        let may_serve = self.timeouts.may_serve(self.last_acknowledged_sent, now);
+        let alive =
+            |id: &NodeId| *id == self.me.id || self.liveness.is_alive(id, now, &self.timeouts);
+        let mut members: Vec<NodeId> = nodes
+            .iter()
+            .filter(|node| !node.leaving && alive(&node.id) && node.id != self.me.id)
+            .map(|node| node.id.clone())
+            .collect();
+        if !self.me.leaving {
+            members.push(self.me.id.clone());
+        }
+        members.sort();
+        let leases: Vec<Lease> = view.leases.iter().map(|(lease, _)| lease.clone()).collect();
+        let decided = plan(
+            &self.me.id,
+            &leases,
+            &members,
+            self.me.leaving,
+            may_serve,
+            alive,
+            self.timeouts.moves_per_round,
+        );
+        let mut held: BTreeMap<ShardId, u64> = leases
+            .iter()
+            .filter(|lease| lease.owner.as_ref() == Some(&self.me.id))
+            .map(|lease| (lease.shard, lease.epoch))
+            .collect();
+        for claim in &decided.claims {
+            let version = view.leases[usize::from(claim.shard)].1;
+            let taken = Lease {
+                shard: claim.shard,
+                owner: Some(self.me.id.clone()),
+                epoch: claim.epoch + 1,
+            };
+            if self.write_lease(&taken, version).await {
+                held.insert(taken.shard, taken.epoch);
+            }
+        }
+        for release in &decided.releases {
+            let version = view.leases[usize::from(release.shard)].1;
+            // Given up first: serving stops before the lease is free.
+            held.remove(&release.shard);
+            self.publish(&held);
+            let freed = Lease {
+                owner: None,
+                ..release.clone()
+            };
+            self.write_lease(&freed, version).await;
+        }
+        self.publish(&held);
+        self.forget_the_dead(&view, &leases, now).await;
+        Ok(())
+    }
+
+    /// Bumps this node's heartbeat. Only an acknowledged write extends how
+    /// long the node may serve, and from when it was *sent*.
+    async fn heartbeat(&mut self) {
+        let sent = self.mono.now();
+        self.me.heartbeat += 1;
+        match schema::put_node(self.store.as_ref(), &self.me, self.version).await {
+            Ok(version) => {
+                self.version = Some(version);
+                self.last_acknowledged_sent = Some(sent);
+            }
+            Err(StoreError::ConditionFailed { .. }) => {
+                // A peer removed the record (it judged this node dead): this
+                // node's leases are being taken. Register again next round,
+                // and serve nothing until then.
+                tracing::warn!(node = %self.me.id, "this node's record was removed by a peer; rejoining");
+                self.version = None;
+                self.last_acknowledged_sent = None;
+            }
+            Err(error) => {
+                tracing::warn!(node = %self.me.id, %error, "heartbeat not written");
+            }
+        }
+    }
+
+    async fn write_lease(&self, lease: &Lease, version: Option<u64>) -> bool {
+        match schema::put_lease(self.store.as_ref(), lease, version).await {
+            Ok(()) => true,
+            // Another node moved first: the next round reads what it did.
+            Err(StoreError::ConditionFailed { .. }) => false,
+            Err(error) => {
+                tracing::warn!(node = %self.me.id, shard = lease.shard, %error, "lease not written");
+                false
+            }
+        }
+    }
+
+    fn publish(&self, held: &BTreeMap<ShardId, u64>) {
+        let valid_until = self
+            .last_acknowledged_sent
+            .map(|sent| Mono(sent.0 + self.timeouts.self_demote_after));
+        self.owned.send_replace(Owned {
+            valid_until,
+            shards: held.clone(),
+        });
+    }
+
+    /// Removes the records of dead nodes that hold no lease (each process
+    /// start has a new id, so they would pile up).
+    async fn forget_the_dead(&self, view: &schema::ClusterView, leases: &[Lease], now: Mono) {
+        for node in &view.nodes {
+            let id = &node.value.id;
+            let holds = leases.iter().any(|lease| lease.owner.as_ref() == Some(id));
+            if *id != self.me.id && !holds && !self.liveness.is_alive(id, now, &self.timeouts) {
+                if let Err(error) = schema::remove_node(self.store.as_ref(), id, node.version).await
+                {
+                    tracing::debug!(node = %id, %error, "dead node's record not removed");
+                }
+            }
+        }
+    }
+
+    /// Leaves gracefully: stops serving, marks the record leaving, frees
+    /// every lease it holds (peers claim them at once) and removes its
+    /// record.
+    pub async fn leave(&mut self) -> Result<(), StoreError> {
+        self.owned.send_replace(Owned::default());
+        self.me.leaving = true;
+        // Marked first, so peers stop counting this node among the members
+        // even if a release below fails.
+        if let Ok(version) = schema::put_node(self.store.as_ref(), &self.me, self.version).await {
+            self.version = Some(version);
+        }
+        let view = schema::read_cluster(self.store.as_ref(), self.shards).await?;
+        for (lease, version) in &view.leases {
+            if lease.owner.as_ref() == Some(&self.me.id) {
+                let freed = Lease {
+                    owner: None,
+                    ..lease.clone()
+                };
+                self.write_lease(&freed, *version).await;
+            }
+        }
+        if let Some(version) = self.version {
+            schema::remove_node(self.store.as_ref(), &self.me.id, version).await?;
+        }
+        Ok(())
+    }
+
+    /// Rounds every heartbeat until `shutdown`, then leaves.
+    pub async fn run(mut self, shutdown: Shutdown) {
+        let mut ticks = tokio::time::interval(std::time::Duration::from_millis(
+            self.timeouts.heartbeat_every,
+        ));
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.signalled() => break,
+                _ = ticks.tick() => {}
+            }
+            if let Err(error) = self.round().await {
+                tracing::warn!(node = %self.me.id, %error, "cluster round failed; retrying next heartbeat");
+            }
+        }
+        if let Err(error) = self.leave().await {
+            tracing::warn!(node = %self.me.id, %error, "leases not released on leaving; peers take them once this node is judged dead");
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Cluster membership against a real store: nodes heartbeat, claim and
+//! release shard leases through conditional writes, and ownership moves
+//! when a node dies or leaves. Rounds are driven by hand and each node has
+//! its own monotonic clock moved by hand, so the tests decide the
+//! interleaving and time, and the store decides every race.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use payvisor::clock::SystemClock;
+use payvisor::cluster::membership::{
+    JoinError, ManualMono, Membership, MembershipSettings, MonoClock, Owned,
+};
+use payvisor::domain::ownership::{NodeId, ShardId, Timeouts};
+use payvisor::store::sqlite::SqliteStore;
+use payvisor::store::Store;
+use tokio::sync::watch;
+
+use crate::common::dynamodb as dynamodb_server;
+
+const SHARDS: u16 = 64;
+const TIMEOUTS: Timeouts = Timeouts {
+    heartbeat_every: 1_000,
+    self_demote_after: 3_000,
+    dead_after: 6_000,
+    moves_per_round: 16,
+};
+
+struct Node {
+    membership: Membership,
+    owned: watch::Receiver<Owned>,
+    clock: Arc<ManualMono>,
+}
+
+impl Node {
+    fn serves(&self) -> BTreeMap<ShardId, u64> {
+        let now = self.clock.now();
+        let owned = self.owned.borrow();
+        (0..SHARDS)
+            .filter_map(|shard| owned.epoch_at(shard, now).map(|epoch| (shard, epoch)))
+            .collect()
+    }
+}
+
+async fn join(store: &Arc<dyn Store>, name: &str) -> Node {
+    let clock = Arc::new(ManualMono::default());
+    // Each node's clock has an origin of its own.
+    clock.advance(name.len() as u64 * 7_919);
+    let (membership, owned) = Membership::join(
+        Arc::clone(store),
+        &SystemClock,
+        clock.clone(),
+        NodeId::new(name),
+        MembershipSettings {
+            shards: SHARDS,
+            timeouts: TIMEOUTS,
+            address: format!("{name}:50051"),
+        },
+    )
+    .await
+    .unwrap();
+    Node {
+        membership,
+        owned,
+        clock,
+    }
+}
+
+/// One heartbeat period: every clock moves on, each listed node rounds.
+async fn tick(nodes: &mut [&mut Node]) {
+    for node in nodes.iter() {
+        node.clock.advance(TIMEOUTS.heartbeat_every);
+    }
+    for node in nodes.iter_mut() {
+        node.membership.round().await.unwrap();
+    }
+}
+
+/// Shards served by each node; panics if two serve one.
+fn served(nodes: &[&Node]) -> Vec<usize> {
+    let mut seen = BTreeSet::new();
+    nodes
+        .iter()
+        .map(|node| {
+            let shards = node.serves();
+            for shard in shards.keys() {
+                assert!(seen.insert(*shard), "shard {shard} served twice");
+            }
+            shards.len()
+        })
+        .collect()
+}
+
+fn assert_even_and_complete(counts: &[usize]) {
+    assert_eq!(
+        counts.iter().sum::<usize>(),
+        usize::from(SHARDS),
+        "{counts:?}"
+    );
+    let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+    assert!(max - min <= 1, "even shares ±1: {counts:?}");
+}
+
+async fn nodes_starting_together_own_every_shard_once_in_even_shares(store: Arc<dyn Store>) {
+    let (mut a, mut b, mut c) = (
+        join(&store, "a").await,
+        join(&store, "b").await,
+        join(&store, "c").await,
+    );
+    for _ in 0..8 {
+        tick(&mut [&mut a, &mut b, &mut c]).await;
+        served(&[&a, &b, &c]);
+    }
+    assert_even_and_complete(&served(&[&a, &b, &c]));
+    for node in [&a, &b, &c] {
+        assert!(
+            node.serves().values().all(|epoch| *epoch == 1),
+            "first owners: epoch 1"
+        );
+    }
+}
+
+async fn a_dead_nodes_shards_move_only_after_it_stopped_serving(store: Arc<dyn Store>) {
+    let (mut a, mut b, mut c) = (
+        join(&store, "a").await,
+        join(&store, "b").await,
+        join(&store, "c").await,
+    );
+    for _ in 0..8 {
+        tick(&mut [&mut a, &mut b, &mut c]).await;
+    }
+    let c_held = c.serves();
+    assert!(!c_held.is_empty());
+    // c stops (killed, or paused): its clock goes on, its rounds do not.
+    let mut ticks_to_takeover = None;
+    for n in 1..=20 {
+        c.clock.advance(TIMEOUTS.heartbeat_every);
+        tick(&mut [&mut a, &mut b]).await;
+        let taken = [&a, &b]
+            .iter()
+            .any(|node| node.serves().keys().any(|shard| c_held.contains_key(shard)));
+        if taken {
+            assert!(
+                c.serves().is_empty(),
+                "c still served when its shards were taken"
+            );
+            ticks_to_takeover.get_or_insert(n);
+        }
+    }
+    let ticks_to_takeover = ticks_to_takeover.expect("c's shards were taken");
+    assert!(
+        u64::try_from(ticks_to_takeover).unwrap() * TIMEOUTS.heartbeat_every > TIMEOUTS.dead_after,
+        "not before the dead timeout: {ticks_to_takeover} ticks"
+    );
+    assert_even_and_complete(&served(&[&a, &b]));
+    for node in [&a, &b] {
+        for (shard, epoch) in node.serves() {
+            if c_held.contains_key(&shard) {
+                assert_eq!(
+                    epoch, 2,
+                    "a new owner raises the epoch: c's writes are fenced"
+                );
+            }
+        }
+    }
+}
+
+async fn a_leaving_node_hands_its_shards_over_without_waiting_for_the_timeout(
+    store: Arc<dyn Store>,
+) {
+    let (mut a, mut b, mut c) = (
+        join(&store, "a").await,
+        join(&store, "b").await,
+        join(&store, "c").await,
+    );
+    for _ in 0..8 {
+        tick(&mut [&mut a, &mut b, &mut c]).await;
+    }
+    c.membership.leave().await.unwrap();
+    assert!(c.serves().is_empty());
+    // 32 shards each, at 16 moves a round: two rounds, well inside the
+    // dead timeout (six).
+    for _ in 0..3 {
+        tick(&mut [&mut a, &mut b]).await;
+    }
+    assert_even_and_complete(&served(&[&a, &b]));
+}
+
+async fn a_new_node_gets_its_share_in_bounded_steps(store: Arc<dyn Store>) {
+    let (mut a, mut b) = (join(&store, "a").await, join(&store, "b").await);
+    for _ in 0..6 {
+        tick(&mut [&mut a, &mut b]).await;
+    }
+    let mut d = join(&store, "d").await;
+    for _ in 0..8 {
+        tick(&mut [&mut a, &mut b, &mut d]).await;
+        // Never a shard served twice while they move.
+        served(&[&a, &b, &d]);
+    }
+    assert_even_and_complete(&served(&[&a, &b, &d]));
+}
+
+async fn a_node_with_another_shard_count_is_refused(store: Arc<dyn Store>) {
+    join(&store, "a").await;
+    let refused = Membership::join(
+        Arc::clone(&store),
+        &SystemClock,
+        Arc::new(ManualMono::default()),
+        NodeId::new("b"),
+        MembershipSettings {
+            shards: SHARDS * 2,
+            timeouts: TIMEOUTS,
+            address: "b:50051".into(),
+        },
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(JoinError::ShardCountMismatch {
+                recorded: SHARDS,
+                ..
+            })
+        ),
+        "{:?}",
+        refused.err()
+    );
+}
+
+fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    (Arc::new(SqliteStore::open(dir.path()).unwrap()), dir)
+}
+
+async fn dynamodb(test: &str) -> Option<Arc<dyn Store>> {
+    if !dynamodb_server::available(test) {
+        return None;
+    }
+    Some(Arc::new(dynamodb_server::fresh_store("cluster").await))
+}
+
+macro_rules! on_both_stores {
+    ($($scenario:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let (store, _dir) = super::sqlite();
+                    super::$scenario(store).await;
+                }
+            )*
+        }
+        mod on_dynamodb {
+            $(
+                #[tokio::test]
+                async fn $scenario() {
+                    let Some(store) = super::dynamodb(stringify!($scenario)).await else { return };
+                    super::$scenario(store).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_stores!(
+    nodes_starting_together_own_every_shard_once_in_even_shares,
+    a_dead_nodes_shards_move_only_after_it_stopped_serving,
+    a_leaving_node_hands_its_shards_over_without_waiting_for_the_timeout,
+    a_new_node_gets_its_share_in_bounded_steps,
+    a_node_with_another_shard_count_is_refused,
+);
