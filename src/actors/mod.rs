@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 use crate::alerts::AlertSink;
 use crate::approval::RulesInForce;
 use crate::clock::Clock;
+use crate::cluster::AccountOwnership;
 use crate::connectors::routing::Router;
 use crate::domain::events::PaymentEvent;
 use crate::domain::ledger::{Balances, LedgerError};
@@ -186,6 +187,9 @@ pub enum CallbackAck {
 pub struct ActorSettings {
     pub passivate_after: Duration,
     pub idle_check_every: Duration,
+    /// Which accounts this node may write (all of them, unless it is a
+    /// cluster member).
+    pub ownership: AccountOwnership,
 }
 
 impl Default for ActorSettings {
@@ -193,6 +197,7 @@ impl Default for ActorSettings {
         ActorSettings {
             passivate_after: limits::ACCOUNT_IDLE_PASSIVATE,
             idle_check_every: limits::ACCOUNT_IDLE_CHECK,
+            ownership: AccountOwnership::Everything,
         }
     }
 }

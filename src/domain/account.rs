@@ -31,6 +31,10 @@ pub struct AccountBook {
     pub movement_count: u64,
     /// Recent accepted payments, for the approval rules' velocity limits.
     pub velocity: VelocityLog,
+    /// The lease epoch of the node that last wrote the account (0 on a
+    /// single node): a node holding an older epoch may not write it again
+    /// ([`super::ownership::fence`]).
+    pub owner_epoch: u64,
 }
 
 /// What an idempotency key was used for, so a replay can be answered and a

@@ -204,6 +204,36 @@ pub fn share_of(member: &NodeId, members: &[NodeId], shards: usize) -> usize {
     shards / n + usize::from(position < shards % n)
 }
 
+/// The shard `account` belongs to among `shards`: FNV-1a of its id, so it
+/// never changes across processes, platforms or versions (every node must
+/// agree, and leases are stored).
+pub fn shard_of(account: &str, shards: u16) -> ShardId {
+    let hash = account
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    (hash % u64::from(shards.max(1))) as ShardId
+}
+
+/// Why a node may not write an account.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, thiserror::Error)]
+#[error("the account was written under lease epoch {stored}; this node holds epoch {mine}")]
+pub struct Fenced {
+    pub stored: u64,
+    pub mine: u64,
+}
+
+/// The epoch a write by a node holding `mine` stamps on an account last
+/// written under `stored`: its own, raising the fence for any older owner;
+/// refused if a newer owner has written the account already.
+pub fn fence(stored: u64, mine: u64) -> Result<u64, Fenced> {
+    if mine < stored {
+        return Err(Fenced { stored, mine });
+    }
+    Ok(mine)
+}
+
 /// FNV-1a of node and shard: the rendezvous weight of a shard for a node
 /// (stable across processes and versions, like the store's shard hash).
 fn weight(node: &NodeId, shard: ShardId) -> u64 {
@@ -372,6 +402,29 @@ mod tests {
         let (min, max) = (shares.iter().min().unwrap(), shares.iter().max().unwrap());
         assert!(max - min <= 1, "even shares ±1: {shares:?}");
         assert_eq!(shares.iter().sum::<usize>(), table.len());
+    }
+
+    #[test]
+    fn an_accounts_shard_never_changes_and_accounts_spread() {
+        // Pinned: a changed hash would move every account to another shard.
+        assert_eq!(shard_of("acme", 256), shard_of("acme", 256));
+        assert_eq!(shard_of("", 256), (0xcbf2_9ce4_8422_2325_u64 % 256) as u16);
+        let mut per_shard = [0_u32; 16];
+        for n in 0..16_000 {
+            per_shard[usize::from(shard_of(&format!("acct-{n}"), 16))] += 1;
+        }
+        assert!(
+            per_shard.iter().all(|count| (850..1150).contains(count)),
+            "{per_shard:?}"
+        );
+    }
+
+    #[test]
+    fn a_write_raises_the_fence_and_an_older_owner_is_refused() {
+        assert_eq!(fence(0, 0), Ok(0), "a single node");
+        assert_eq!(fence(1, 2), Ok(2), "the new owner's first write raises it");
+        assert_eq!(fence(2, 2), Ok(2));
+        assert_eq!(fence(2, 1), Err(Fenced { stored: 2, mine: 1 }));
     }
 
     #[test]

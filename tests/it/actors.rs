@@ -254,6 +254,7 @@ async fn idle_account_actors_passivate_and_rehydrate_from_the_store() {
     let settings = ActorSettings {
         passivate_after: Duration::from_millis(50),
         idle_check_every: Duration::from_millis(10),
+        ..ActorSettings::default()
     };
     let h = harness(0, settings);
     let payment = h

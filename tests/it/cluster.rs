@@ -7,11 +7,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use payvisor::actors::{CommandError, CreatePayment};
 use payvisor::clock::SystemClock;
 use payvisor::cluster::membership::{
     JoinError, ManualMono, Membership, MembershipSettings, MonoClock, Owned,
 };
-use payvisor::domain::ownership::{NodeId, ShardId, Timeouts};
+use payvisor::cluster::AccountOwnership;
+use payvisor::domain::ownership::{Mono, NodeId, ShardId, Timeouts};
+use payvisor::domain::{AccountId, Currency, Money, RequestId};
+use payvisor::store::schema;
 use payvisor::store::sqlite::SqliteStore;
 use payvisor::store::Store;
 use tokio::sync::watch;
@@ -227,6 +231,129 @@ async fn a_node_with_another_shard_count_is_refused(store: Arc<dyn Store>) {
     );
 }
 
+/// A node's orchestrator on `store`, writing the shards `owned` says, by
+/// its own monotonic clock `mono`.
+fn orchestrator(
+    store: &Arc<dyn Store>,
+    owned: watch::Receiver<Owned>,
+    mono: Arc<ManualMono>,
+    background: &mut crate::common::Background,
+) -> payvisor::actors::Orchestrator {
+    let random = Arc::new(payvisor::random::SeededRandom::new(9));
+    let (bank_events, bank_event_queue) = tokio::sync::mpsc::channel(64);
+    let bank = payvisor::connectors::built_in_bank::BuiltInBank::new(
+        payvisor::connectors::built_in_bank::BuiltInBankConfig::default(),
+        random.clone(),
+        bank_events,
+    );
+    let settings = payvisor::actors::ActorSettings {
+        ownership: AccountOwnership::Shards {
+            owned,
+            mono,
+            shards: SHARDS,
+        },
+        ..Default::default()
+    };
+    payvisor::actors::Orchestrator::start(
+        payvisor::actors::Components {
+            store: Arc::clone(store),
+            banks: Arc::new(payvisor::connectors::routing::Router::single(
+                "built-in",
+                Arc::new(bank),
+            )),
+            clock: Arc::new(SystemClock),
+            random,
+            policy: Default::default(),
+            settings,
+            alert_sink: Arc::new(payvisor::alerts::LogSink),
+            node_name: "cluster-test".into(),
+            rules: Arc::new(payvisor::approval::RulesInForce::approve_all()),
+            webhooks: Default::default(),
+            webhook_sink: Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
+        },
+        bank_event_queue,
+        &background.shutdown,
+        &mut background.tasks,
+    )
+}
+
+/// Every shard at `epoch`, servable until `until`.
+fn holding_everything(epoch: u64, until: u64) -> Owned {
+    Owned {
+        valid_until: Some(Mono(until)),
+        shards: (0..SHARDS).map(|shard| (shard, epoch)).collect(),
+    }
+}
+
+fn create(account: &str, request: &str) -> CreatePayment {
+    CreatePayment {
+        account: AccountId::new(account).unwrap(),
+        payment_id: None,
+        amount: Money::from_minor(Currency::from_code("USD").unwrap(), 1_000),
+        metadata: BTreeMap::new(),
+        payer_id: None,
+        payer_country: None,
+        request_id: RequestId::new(request).unwrap(),
+    }
+}
+
+/// An old owner (epoch 1) that still believes it owns the account, after a
+/// new owner (epoch 2) has written it: none of its writes lands, and the
+/// account carries the new owner's epoch.
+async fn a_superseded_owner_writes_nothing_after_the_new_owners_first_write(store: Arc<dyn Store>) {
+    let (mut old_background, mut new_background) = (
+        crate::common::Background::new(),
+        crate::common::Background::new(),
+    );
+    let (_old_owned, old_view) = watch::channel(holding_everything(1, u64::MAX));
+    let (_new_owned, new_view) = watch::channel(holding_everything(2, u64::MAX));
+    let old = orchestrator(&store, old_view, Arc::default(), &mut old_background);
+    let new = orchestrator(&store, new_view, Arc::default(), &mut new_background);
+
+    let first = old.create_payment(create("acme", "r-1")).await.unwrap();
+    let second = new.create_payment(create("acme", "r-2")).await.unwrap();
+    let refused = old.create_payment(create("acme", "r-3")).await;
+    assert!(
+        matches!(refused, Err(CommandError::Unavailable(_))),
+        "the old owner's write after the new owner's: {refused:?}"
+    );
+    let account = AccountId::new("acme").unwrap();
+    let (payments, _) = schema::list_payments(store.as_ref(), &account, None, 10)
+        .await
+        .unwrap();
+    let mut ids: Vec<_> = payments.iter().map(|payment| payment.id.clone()).collect();
+    ids.sort();
+    let mut expected = vec![first.id, second.id];
+    expected.sort();
+    assert_eq!(ids, expected, "only the two acknowledged creates");
+    let book = schema::load_account(store.as_ref(), &account)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(book.value.owner_epoch, 2);
+}
+
+/// A node past its self-demotion deadline (on its own clock) writes
+/// nothing, though its view still lists the shard.
+async fn a_node_past_its_deadline_writes_nothing(store: Arc<dyn Store>) {
+    let mut background = crate::common::Background::new();
+    let mono = Arc::new(ManualMono::default());
+    let (_owned, view) = watch::channel(holding_everything(1, 3_000));
+    let node = orchestrator(&store, view, mono.clone(), &mut background);
+    node.create_payment(create("acme", "r-1")).await.unwrap();
+    mono.advance(3_000);
+    let refused = node.create_payment(create("acme", "r-2")).await;
+    assert!(
+        matches!(refused, Err(CommandError::Unavailable(_))),
+        "{refused:?}"
+    );
+    let (payments, _) =
+        schema::list_payments(store.as_ref(), &AccountId::new("acme").unwrap(), None, 10)
+            .await
+            .unwrap();
+    assert_eq!(payments.len(), 1);
+}
+
 fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     (Arc::new(SqliteStore::open(dir.path()).unwrap()), dir)
@@ -243,7 +370,7 @@ macro_rules! on_both_stores {
     ($($scenario:ident),* $(,)?) => {
         mod on_sqlite {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
                     let (store, _dir) = super::sqlite();
                     super::$scenario(store).await;
@@ -252,7 +379,7 @@ macro_rules! on_both_stores {
         }
         mod on_dynamodb {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $scenario() {
                     let Some(store) = super::dynamodb(stringify!($scenario)).await else { return };
                     super::$scenario(store).await;
@@ -268,4 +395,6 @@ on_both_stores!(
     a_leaving_node_hands_its_shards_over_without_waiting_for_the_timeout,
     a_new_node_gets_its_share_in_bounded_steps,
     a_node_with_another_shard_count_is_refused,
+    a_superseded_owner_writes_nothing_after_the_new_owners_first_write,
+    a_node_past_its_deadline_writes_nothing,
 );

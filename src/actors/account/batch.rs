@@ -64,7 +64,13 @@ impl AccountState {
             return;
         }
         let now = self.shared.clock.now();
-        let mut staging = self.staging();
+        // Not writable here: each command alone gets the answer why.
+        let Ok(mut staging) = self.staging() else {
+            for command in batch {
+                self.run_one(myself, command).await;
+            }
+            return;
+        };
         // What was staged, to answer after the write or to run again alone.
         let mut staged: Vec<Batched> = Vec::new();
         let mut alone: Vec<Batched> = Vec::new();

@@ -48,7 +48,7 @@ impl AccountCommand for Callback<'_> {
             }
         };
         let applied = decision.is_some();
-        let mut staging = state.staging();
+        let mut staging = state.staging()?;
         staging.ops.push(WriteOp::Put {
             item: schema::inbox_item(&schema::InboxRecord {
                 bank: callback.bank.clone(),

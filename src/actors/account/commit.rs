@@ -10,6 +10,7 @@ use super::{AccountMsg, AccountState};
 use crate::actors::payment::PaymentMsg;
 use crate::actors::CommandError;
 use crate::domain::account::{AccountBook, NewIdempotency, StageContext, StagedDecision};
+use crate::domain::ownership::fence;
 use crate::domain::payment::{Decision, Payment};
 use crate::limits;
 use crate::store::schema::{self, Versioned};
@@ -48,7 +49,7 @@ impl AccountState {
         idempotency: Option<NewIdempotency>,
     ) -> Result<Payment, CommitError> {
         let has_key = idempotency.is_some();
-        let mut staging = self.staging();
+        let mut staging = self.staging().map_err(CommitError::Failed)?;
         self.stage(&mut staging, decision, payment_version, idempotency)
             .map_err(CommitError::Failed)?;
         match self.write(&staging).await {
@@ -70,15 +71,38 @@ impl AccountState {
         Ok(written.pop().expect("one decision staged"))
     }
 
-    /// An empty atomic write on top of the account as last read or written.
-    pub(super) fn staging(&self) -> Staging {
+    /// An empty atomic write on top of the account as last read or written,
+    /// stamped with this node's lease epoch; refused if this node may not
+    /// write the account now, or a newer owner has written it (fencing:
+    /// the write is conditional on the account's version, so a write
+    /// prepared before the new owner's cannot land after it, and reading
+    /// the account again shows the newer epoch).
+    pub(super) fn staging(&self) -> Result<Staging, CommandError> {
         let record = self.record.as_ref().expect("hydrated before commit");
-        Staging {
-            book: record.value.clone(),
+        let moved = || {
+            CommandError::Unavailable(format!(
+                "account {} is not served by this node now; retry",
+                self.account
+            ))
+        };
+        let mine = self
+            .shared
+            .settings
+            .ownership
+            .epoch(&self.account)
+            .ok_or_else(moved)?;
+        let epoch = fence(record.value.owner_epoch, mine).map_err(|fenced| {
+            tracing::warn!(account = %self.account, %fenced, "write refused: a newer owner wrote the account");
+            moved()
+        })?;
+        let mut book = record.value.clone();
+        book.owner_epoch = epoch;
+        Ok(Staging {
+            book,
             base_version: record.version,
             ops: Vec::new(),
             staged: Vec::new(),
-        }
+        })
     }
 
     /// Adds one decision to `staging`: the core stages everything it

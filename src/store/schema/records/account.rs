@@ -22,6 +22,13 @@ pub(in crate::store::schema) struct AccountBody {
     movement_count: u64,
     #[serde(default)]
     velocity: Vec<VelocityEntryBody>,
+    /// Left out while 0 (a single node), so such bodies read as before.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    owner_epoch: u64,
+}
+
+fn is_zero(epoch: &u64) -> bool {
+    *epoch == 0
 }
 
 #[derive(Serialize, Deserialize)]
@@ -91,6 +98,7 @@ impl From<&AccountBook> for AccountBody {
                     payments: entry.payments,
                 })
                 .collect(),
+            owner_epoch: book.owner_epoch,
         }
     }
 }
@@ -135,6 +143,7 @@ impl TryFrom<AccountBody> for AccountBook {
             balances,
             movement_count: body.movement_count,
             velocity,
+            owner_epoch: body.owner_epoch,
         })
     }
 }
@@ -151,6 +160,12 @@ mod tests {
     #[test]
     fn the_account_keeps_its_stored_format() {
         check(&fixtures::account_book(), GOLDEN);
+        // Written by a cluster member: its lease epoch, at the end.
+        let fenced = AccountBook {
+            owner_epoch: 7,
+            ..fixtures::account_book()
+        };
+        check(&fenced, &GOLDEN.replacen("]}", r#"],"owner_epoch":7}"#, 1));
     }
 
     /// A log entry that merged payments carries its count; unsorted entries

@@ -229,6 +229,7 @@ pub fn account_book() -> AccountBook {
         balances: Balances::fold(&movements()).unwrap(),
         movement_count: 4,
         velocity,
+        owner_epoch: 0,
     }
 }
 
