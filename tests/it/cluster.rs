@@ -105,6 +105,21 @@ fn assert_even_and_complete(counts: &[usize]) {
     assert!(max - min <= 1, "even shares ±1: {counts:?}");
 }
 
+/// Three nodes a, b and c that joined together and had eight rounds
+/// (ownership settles within three: 22 shards at 16 a round, and one to
+/// see no change).
+async fn three_settled_nodes(store: &Arc<dyn Store>) -> (Node, Node, Node) {
+    let (mut a, mut b, mut c) = (
+        join(store, "a").await,
+        join(store, "b").await,
+        join(store, "c").await,
+    );
+    for _ in 0..8 {
+        tick(&mut [&mut a, &mut b, &mut c]).await;
+    }
+    (a, b, c)
+}
+
 async fn nodes_starting_together_own_every_shard_once_in_even_shares(store: Arc<dyn Store>) {
     let (mut a, mut b, mut c) = (
         join(&store, "a").await,
@@ -125,14 +140,7 @@ async fn nodes_starting_together_own_every_shard_once_in_even_shares(store: Arc<
 }
 
 async fn a_dead_nodes_shards_move_only_after_it_stopped_serving(store: Arc<dyn Store>) {
-    let (mut a, mut b, mut c) = (
-        join(&store, "a").await,
-        join(&store, "b").await,
-        join(&store, "c").await,
-    );
-    for _ in 0..8 {
-        tick(&mut [&mut a, &mut b, &mut c]).await;
-    }
+    let (mut a, mut b, c) = three_settled_nodes(&store).await;
     let c_held = c.serves();
     assert!(!c_held.is_empty());
     // c stops (killed, or paused): its clock goes on, its rounds do not.
@@ -172,14 +180,7 @@ async fn a_dead_nodes_shards_move_only_after_it_stopped_serving(store: Arc<dyn S
 async fn a_leaving_node_hands_its_shards_over_without_waiting_for_the_timeout(
     store: Arc<dyn Store>,
 ) {
-    let (mut a, mut b, mut c) = (
-        join(&store, "a").await,
-        join(&store, "b").await,
-        join(&store, "c").await,
-    );
-    for _ in 0..8 {
-        tick(&mut [&mut a, &mut b, &mut c]).await;
-    }
+    let (mut a, mut b, mut c) = three_settled_nodes(&store).await;
     c.membership.leave().await.unwrap();
     assert!(c.serves().is_empty());
     // 32 shards each, at 16 moves a round: two rounds, well inside the

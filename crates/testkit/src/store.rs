@@ -171,6 +171,35 @@ pub async fn malformed_writes_are_refused(store: Arc<dyn Store>) {
     assert_eq!(store.get(Key::new("q", "s")).await.unwrap(), None);
 }
 
+/// The sort keys of a query read page by page to the end, each page no
+/// longer than `limit`.
+async fn sort_keys_in_pages(
+    store: &dyn Store,
+    pk: &str,
+    prefix: &str,
+    limit: usize,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    let mut start_after = None;
+    loop {
+        let page = store
+            .query(Query {
+                pk: pk.into(),
+                sk_prefix: prefix.into(),
+                start_after: start_after.clone(),
+                limit,
+            })
+            .await
+            .unwrap();
+        assert!(page.items.len() <= limit);
+        seen.extend(page.items.iter().map(|item| item.key.sk.clone()));
+        match page.next {
+            Some(next) => start_after = Some(next),
+            None => return seen,
+        }
+    }
+}
+
 pub async fn queries_page_through_a_prefix_exactly_once(store: Arc<dyn Store>) {
     let mut ops = Vec::new();
     for n in 0..57 {
@@ -184,25 +213,7 @@ pub async fn queries_page_through_a_prefix_exactly_once(store: Arc<dyn Store>) {
     ops.push(put(item("other", "P#0000", 1, "x"), Condition::NotExists));
     store.transact(ops).await.unwrap();
 
-    let mut seen = Vec::new();
-    let mut start_after = None;
-    loop {
-        let page = store
-            .query(Query {
-                pk: "acct".into(),
-                sk_prefix: "P#".into(),
-                start_after: start_after.clone(),
-                limit: 10,
-            })
-            .await
-            .unwrap();
-        assert!(page.items.len() <= 10);
-        seen.extend(page.items.iter().map(|item| item.key.sk.clone()));
-        match page.next {
-            Some(next) => start_after = Some(next),
-            None => break,
-        }
-    }
+    let seen = sort_keys_in_pages(store.as_ref(), "acct", "P#", 10).await;
     let expected: Vec<String> = (0..57).map(|n| format!("P#{n:04}")).collect();
     assert_eq!(seen, expected);
 }
@@ -218,24 +229,7 @@ pub async fn an_empty_prefix_reads_the_whole_partition(store: Arc<dyn Store>) {
     ops.push(put(item("clusters", "A", 1, "x"), Condition::NotExists));
     store.transact(ops).await.unwrap();
 
-    let mut seen = Vec::new();
-    let mut start_after = None;
-    loop {
-        let page = store
-            .query(Query {
-                pk: "cluster".into(),
-                sk_prefix: String::new(),
-                start_after: start_after.clone(),
-                limit: 2,
-            })
-            .await
-            .unwrap();
-        seen.extend(page.items.iter().map(|item| item.key.sk.clone()));
-        match page.next {
-            Some(next) => start_after = Some(next),
-            None => break,
-        }
-    }
+    let seen = sort_keys_in_pages(store.as_ref(), "cluster", "", 2).await;
     assert_eq!(seen, ["A", "NODE#x", "SHARD#00001", "SHARD#00002", "Z"]);
 }
 
