@@ -16,7 +16,6 @@ use payvisor::cluster::AccountOwnership;
 use payvisor::domain::ownership::{Mono, NodeId, ShardId, Timeouts};
 use payvisor::domain::{AccountId, Currency, Money, RequestId};
 use payvisor::store::schema;
-use payvisor::store::sqlite::SqliteStore;
 use payvisor::store::Store;
 use tokio::sync::watch;
 
@@ -356,15 +355,11 @@ async fn a_node_past_its_deadline_writes_nothing(store: Arc<dyn Store>) {
 }
 
 fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    (Arc::new(SqliteStore::open(dir.path()).unwrap()), dir)
+    crate::common::sqlite_store()
 }
 
 async fn dynamodb(test: &str) -> Option<Arc<dyn Store>> {
-    if !dynamodb_server::available(test) {
-        return None;
-    }
-    Some(Arc::new(dynamodb_server::fresh_store("cluster").await))
+    dynamodb_server::store_if_available(test, "cluster").await
 }
 
 macro_rules! on_both_stores {

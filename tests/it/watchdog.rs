@@ -21,7 +21,6 @@ use payvisor::domain::watch::{OperatorRejection, Stage};
 use payvisor::domain::{AccountId, Currency, Money, PaymentName, RequestId, Timestamp};
 use payvisor::random::SeededRandom;
 use payvisor::store::schema;
-use payvisor::store::sqlite::SqliteStore;
 use payvisor::store::{BoxFuture, IndexQuery, Page as StorePage, Store, StoreError};
 use payvisor::watchdog::Pager;
 use tokio::sync::mpsc;
@@ -582,15 +581,11 @@ async fn list_one(node: &Node, account: &str) -> payvisor::domain::PaymentId {
 }
 
 fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    (Arc::new(SqliteStore::open(dir.path()).unwrap()), dir)
+    crate::common::sqlite_store()
 }
 
 async fn dynamodb(test: &str) -> Option<Arc<dyn Store>> {
-    if !dynamodb_server::available(test) {
-        return None;
-    }
-    Some(Arc::new(dynamodb_server::fresh_store("watchdog").await))
+    dynamodb_server::store_if_available(test, "watchdog").await
 }
 
 macro_rules! on_both_stores {

@@ -31,6 +31,18 @@ pub fn fresh_table(purpose: &str) -> String {
     )
 }
 
+/// A store on a fresh table, if a DynamoDB endpoint is configured (see
+/// [`available`]).
+pub async fn store_if_available(
+    test: &str,
+    purpose: &str,
+) -> Option<std::sync::Arc<dyn payvisor::store::Store>> {
+    if !available(test) {
+        return None;
+    }
+    Some(std::sync::Arc::new(fresh_store(purpose).await))
+}
+
 /// A store on a fresh, empty table.
 pub async fn fresh_store(purpose: &str) -> DynamoDbStore {
     let store = DynamoDbStore::connect(&DynamoDbSettings::new(fresh_table(purpose))).await;

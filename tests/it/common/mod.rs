@@ -36,6 +36,16 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// An embedded store in a fresh directory (dropped with the directory).
+pub fn sqlite_store() -> (
+    std::sync::Arc<dyn payvisor::store::Store>,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = payvisor::store::sqlite::SqliteStore::open(dir.path()).unwrap();
+    (std::sync::Arc::new(store), dir)
+}
+
 /// The shutdown signal and background tasks of a node a test assembles in
 /// process (as `server::run` would): dropped with the node, which fires the
 /// signal and aborts the tasks.
