@@ -49,6 +49,7 @@ struct CurrencyBalancesBody {
 /// Written with every command: hence the one-letter names, and the count
 /// left out when it is 1, e.g. `{"t":1767225600000,"c":"USD","m":1500}`.
 #[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct VelocityEntryBody {
     #[serde(rename = "t")]
     at: i64,
@@ -205,6 +206,9 @@ mod tests {
             (r#""JPY":{"#, r#""EUR":{"#),
             (r#""m":700}"#, r#""m":700,"n":0}"#),
             (r#""m":700}"#, r#""m":-700}"#),
+            // A field no entry has (the log refused it before it was a
+            // storage record too).
+            (r#""m":700}"#, r#""m":700,"x":0}"#),
             (r#""c":"JPY""#, r#""c":"XXX""#),
         ] {
             assert!(GOLDEN.contains(good), "{good}");
