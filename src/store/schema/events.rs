@@ -171,19 +171,9 @@ pub async fn webhooks_due(
     now: Timestamp,
     per_partition_limit: usize,
 ) -> Result<Vec<WebhookDue>, StoreError> {
-    let mut due = Vec::new();
-    for shard in 0..limits::ACCOUNT_SHARDS {
-        let page = store
-            .query_index(IndexQuery {
-                index_pk: index_partition(WEBHOOKS_DUE, shard),
-                start_after: None,
-                end_at: Some(due_by(now)),
-                limit: per_partition_limit,
-            })
-            .await?;
-        for item in &page.items {
-            due.push(decode_webhook_due(item)?);
-        }
-    }
-    Ok(due)
+    due_in_family(store, WEBHOOKS_DUE, now, per_partition_limit)
+        .await?
+        .iter()
+        .map(decode_webhook_due)
+        .collect()
 }

@@ -319,6 +319,30 @@ async fn merged_page(
     Ok((items, more))
 }
 
+/// What is due by `now` in every partition of one index family, at most
+/// `per_partition_limit` from each: a sweep's cost is what is due, bounded
+/// however much piled up.
+async fn due_in_family(
+    store: &dyn Store,
+    family: &str,
+    now: Timestamp,
+    per_partition_limit: usize,
+) -> Result<Vec<Item>, StoreError> {
+    let mut due = Vec::new();
+    for shard in 0..limits::ACCOUNT_SHARDS {
+        let page = store
+            .query_index(IndexQuery {
+                index_pk: index_partition(family, shard),
+                start_after: None,
+                end_at: Some(due_by(now)),
+                limit: per_partition_limit,
+            })
+            .await?;
+        due.extend(page.items);
+    }
+    Ok(due)
+}
+
 /// Reads an [`index_page`] token: `{family}:{shard}:{last index sort key}`.
 /// `None` unless it is one `index_page` could have made (so a token that
 /// came back from a client can be checked before it reaches the store).

@@ -59,19 +59,9 @@ pub async fn unacknowledged_before(
     before: Timestamp,
     limit: usize,
 ) -> Result<Vec<OutboxRecord>, StoreError> {
-    let mut records = Vec::new();
-    for shard in 0..limits::ACCOUNT_SHARDS {
-        let page = store
-            .query_index(IndexQuery {
-                index_pk: index_partition(OUTBOX_UNACKNOWLEDGED, shard),
-                start_after: None,
-                end_at: Some(due_by(before)),
-                limit,
-            })
-            .await?;
-        for item in &page.items {
-            records.push(decode::<OutboxRecord>(item)?);
-        }
-    }
-    Ok(records)
+    due_in_family(store, OUTBOX_UNACKNOWLEDGED, before, limit)
+        .await?
+        .iter()
+        .map(decode::<OutboxRecord>)
+        .collect()
 }

@@ -88,18 +88,8 @@ pub async fn due_reminders(
 ) -> Result<Vec<PaymentName>, StoreError> {
     let mut due = Vec::new();
     for family in DUE_FAMILIES {
-        for shard in 0..limits::ACCOUNT_SHARDS {
-            let page = store
-                .query_index(IndexQuery {
-                    index_pk: index_partition(family, shard),
-                    start_after: None,
-                    end_at: Some(due_by(now)),
-                    limit: per_partition_limit,
-                })
-                .await?;
-            for item in &page.items {
-                due.push(decode::<Payment>(item)?.name());
-            }
+        for item in due_in_family(store, family, now, per_partition_limit).await? {
+            due.push(decode::<Payment>(&item)?.name());
         }
     }
     Ok(due)
