@@ -6,7 +6,13 @@ use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let api = protox::compile(["proto/payvisor/v1/payments.proto"], ["proto"])?;
+    let api = protox::compile(
+        [
+            "proto/payvisor/v1/payments.proto",
+            "proto/payvisor/v1/cluster.proto",
+        ],
+        ["proto"],
+    )?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("payvisor_descriptor.bin"), api.encode_to_vec())?;
     tonic_prost_build::configure()

@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use crate::actors::{BankCallback, CallbackAck, CommandError, Orchestrator};
 use crate::clock::Clock;
+use crate::cluster::{Cluster, Route};
 use crate::domain::parse_payment_name;
 use crate::domain::payment::BankEvent;
 use crate::domain::payment::{BankOutcome, RefundOutcome};
@@ -32,6 +33,9 @@ pub struct CallbackEndpoint {
     secrets: HashMap<String, Vec<u8>>,
     orchestrator: Orchestrator,
     clock: Arc<dyn Clock>,
+    /// Set on a cluster member: a callback for an account another node
+    /// owns is handed to it.
+    cluster: Option<Arc<Cluster>>,
 }
 
 /// One callback as a bank sends it.
@@ -53,11 +57,13 @@ impl CallbackEndpoint {
         secrets: HashMap<String, Vec<u8>>,
         orchestrator: Orchestrator,
         clock: Arc<dyn Clock>,
+        cluster: Option<Arc<Cluster>>,
     ) -> CallbackEndpoint {
         CallbackEndpoint {
             secrets,
             orchestrator,
             clock,
+            cluster,
         }
     }
 
@@ -84,9 +90,9 @@ impl CallbackEndpoint {
                 )
             }
         };
-        let Some(secret) = self.secrets.get(&bank) else {
+        if !self.secrets.contains_key(&bank) {
             return answer(StatusCode::NOT_FOUND, "unknown bank");
-        };
+        }
         let signature = request
             .headers()
             .get(BANK_SIGNATURE_HEADER)
@@ -99,40 +105,86 @@ impl CallbackEndpoint {
             Ok(body) => body.to_bytes(),
             Err(_) => return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
         };
+        let (status, text) = self.accept(&bank, signature.as_deref(), &body, false).await;
+        answer(status, &text)
+    }
+
+    /// Verifies, checks and records one callback; returns what the bank is
+    /// answered. `handed`: another node received it and handed it over
+    /// (it is recorded here or refused, never handed on again).
+    pub async fn accept(
+        &self,
+        bank: &str,
+        signature: Option<&str>,
+        body: &[u8],
+        handed: bool,
+    ) -> (StatusCode, String) {
+        let Some(secret) = self.secrets.get(bank) else {
+            return (StatusCode::NOT_FOUND, "unknown bank".into());
+        };
         let now_unix = self.clock.now().unix_millis().div_euclid(1000);
         if let Err(error) = crate::signature::verify(
             secret,
-            signature.as_deref(),
-            &body,
+            signature,
+            body,
             now_unix,
             limits::BANK_CALLBACK_REPLAY_WINDOW.as_secs() as i64,
         ) {
             tracing::warn!(%bank, %error, "bank callback refused");
-            return answer(StatusCode::UNAUTHORIZED, &error.to_string());
+            return (StatusCode::UNAUTHORIZED, error.to_string());
         }
-        let callback = match parse(&bank, &body) {
+        let callback = match parse(bank, body) {
             Ok(callback) => callback,
             Err(why) => {
                 tracing::warn!(%bank, %why, "malformed bank callback");
-                return answer(StatusCode::BAD_REQUEST, &why);
+                return (StatusCode::BAD_REQUEST, why);
             }
         };
-        match self.orchestrator.bank_callback(callback).await {
+        let recorded = match self.owner(&callback, handed).await {
+            Ok(Route::Local) => self.orchestrator.bank_callback(callback).await,
+            Ok(Route::Forward { node, channel }) => {
+                tracing::debug!(%bank, owner = %node, "bank callback handed to the account's owner");
+                match crate::grpc::cluster::hand_bank_callback(channel, bank, signature, body).await
+                {
+                    Ok((status, text)) => {
+                        let status =
+                            StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                        return (status, text);
+                    }
+                    Err(error) => Err(error),
+                }
+            }
+            Err(error) => Err(error),
+        };
+        match recorded {
             Ok(ack) => {
                 let result = match ack {
                     CallbackAck::Applied => "applied",
                     CallbackAck::Ignored => "ignored",
                     CallbackAck::Duplicate => "duplicate",
                 };
-                answer(StatusCode::OK, &format!("{{\"result\":\"{result}\"}}"))
+                (StatusCode::OK, format!("{{\"result\":\"{result}\"}}"))
             }
-            Err(CommandError::NotFound(what)) => answer(StatusCode::NOT_FOUND, &what),
+            Err(CommandError::NotFound(what)) => (StatusCode::NOT_FOUND, what),
             Err(CommandError::InvalidArgument { .. }) => {
-                answer(StatusCode::BAD_REQUEST, "invalid callback")
+                (StatusCode::BAD_REQUEST, "invalid callback".into())
             }
             Err(error) => {
                 tracing::warn!(%bank, %error, "bank callback not recorded; the bank will retry");
-                answer(StatusCode::SERVICE_UNAVAILABLE, &error.to_string())
+                (StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+            }
+        }
+    }
+
+    /// Where the callback is recorded: here, alone on the store or as the
+    /// account's owner; else at its owner (one hand-off at most).
+    async fn owner(&self, callback: &BankCallback, handed: bool) -> Result<Route, CommandError> {
+        match &self.cluster {
+            None => Ok(Route::Local),
+            Some(cluster) => {
+                let account = &callback.event.payment_name().account;
+                let deadline = tokio::time::Instant::now() + limits::CLUSTER_MOVE_WAIT;
+                cluster.route(account, handed, deadline).await
             }
         }
     }

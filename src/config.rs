@@ -120,6 +120,108 @@ pub struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "PAYVISOR_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// Running as one node of a cluster (see ARCHITECTURE.md, "The cluster").
+#[derive(clap::Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// Join the cluster of every node on the same DynamoDB table: accounts
+    /// are shared out by shard, and a call for an account another node owns
+    /// is forwarded to it. Needs --store dynamodb and banks over HTTP.
+    #[arg(long, env = "PAYVISOR_CLUSTER")]
+    pub cluster: bool,
+    /// Where peers reach this node's gRPC port (default: --listen; give it
+    /// when --listen is 0.0.0.0 or behind NAT).
+    #[arg(long, env = "PAYVISOR_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+    /// Shards accounts are hashed into; recorded in the table by the first
+    /// node, and every node must use the same count.
+    #[arg(long, env = "PAYVISOR_CLUSTER_SHARDS", default_value_t = limits::CLUSTER_SHARDS_DEFAULT)]
+    pub cluster_shards: u16,
+    /// How often this node heartbeats and rebalances, in milliseconds.
+    #[arg(long, env = "PAYVISOR_CLUSTER_HEARTBEAT_MS", default_value_t = limits::CLUSTER_HEARTBEAT_EVERY.as_millis() as u64)]
+    pub cluster_heartbeat_ms: u64,
+    /// After how long without a heartbeat a peer is judged dead and its
+    /// shards taken, in milliseconds (on this node's own clock). A node
+    /// stops serving after half of it without an acknowledged heartbeat.
+    #[arg(long, env = "PAYVISOR_CLUSTER_DEAD_AFTER_MS", default_value_t = limits::CLUSTER_DEAD_AFTER.as_millis() as u64)]
+    pub cluster_dead_after_ms: u64,
+}
+
+/// A cluster member's settings, validated.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This process start's identity (fresh every start).
+    pub node_id: crate::domain::ownership::NodeId,
+    /// Where peers reach this node's gRPC port.
+    pub advertise: String,
+    pub shards: u16,
+    pub timeouts: crate::domain::ownership::Timeouts,
+}
+
+impl ClusterArgs {
+    fn validate(
+        &self,
+        listen: SocketAddr,
+        store: &StoreConfig,
+        http_banks: usize,
+    ) -> Result<Option<ClusterConfig>, ConfigError> {
+        if !self.cluster {
+            return Ok(None);
+        }
+        if !matches!(store, StoreConfig::DynamoDb(_)) {
+            return Err(ConfigError::Cluster(
+                "--cluster needs --store dynamodb: the nodes of a cluster share one DynamoDB table (the embedded store belongs to one process)".into(),
+            ));
+        }
+        if http_banks == 0 {
+            return Err(ConfigError::Cluster(
+                "--cluster needs banks over HTTP (--bank-url or --banks): the built-in simulator lives inside one process, so a payment that moves to another node would meet a bank that never saw it".into(),
+            ));
+        }
+        if self.cluster_shards == 0 || self.cluster_shards > limits::CLUSTER_SHARDS_MAX {
+            return Err(ConfigError::Cluster(format!(
+                "--cluster-shards must be 1..={}",
+                limits::CLUSTER_SHARDS_MAX
+            )));
+        }
+        let advertise = match &self.advertise_addr {
+            Some(address) => address.clone(),
+            None if listen.ip().is_unspecified() || listen.port() == 0 => {
+                return Err(ConfigError::Cluster(format!(
+                    "--listen {listen} is not an address peers can reach: give --advertise-addr HOST:PORT"
+                )))
+            }
+            None => listen.to_string(),
+        };
+        let valid_address = advertise.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0)
+        });
+        if !valid_address {
+            return Err(ConfigError::Cluster(format!(
+                "--advertise-addr {advertise:?}: expected HOST:PORT"
+            )));
+        }
+        let timeouts = crate::domain::ownership::Timeouts {
+            heartbeat_every: self.cluster_heartbeat_ms,
+            self_demote_after: self.cluster_dead_after_ms / 2,
+            dead_after: self.cluster_dead_after_ms,
+            moves_per_round: limits::CLUSTER_MOVES_PER_ROUND,
+        };
+        timeouts.check().map_err(|error| {
+            ConfigError::Cluster(format!(
+                "--cluster-heartbeat-ms, --cluster-dead-after-ms: {error}"
+            ))
+        })?;
+        Ok(Some(ClusterConfig {
+            node_id: crate::cluster::fresh_node_id(),
+            advertise,
+            shards: self.cluster_shards,
+            timeouts,
+        }))
+    }
 }
 
 /// Which store, and how to reach it.
@@ -255,6 +357,8 @@ pub struct Config {
     /// How often to reconcile with that bank, and how old a period must be.
     pub reconcile_every: Duration,
     pub reconcile_lag: Duration,
+    /// Set when this node is a cluster member (`--cluster`).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// One bank over HTTP, and how routing weighs it.
@@ -499,6 +603,8 @@ pub enum ConfigError {
     RedriveMax,
     #[error("--watchdog-interval {0:?}: expected a duration from 10ms to 1m, like 1s")]
     WatchdogInterval(String),
+    #[error("{0}")]
+    Cluster(String),
     #[error("--pagerduty-url {0:?}: expected an http:// or https:// URL")]
     PagerDutyUrl(String),
 }
@@ -590,9 +696,12 @@ impl ServeArgs {
                 }
             }
         };
+        let store = self.store.validate()?;
+        let cluster = self.cluster.validate(self.listen, &store, banks.len())?;
         Ok(Config {
             listen: self.listen,
-            store: self.store.validate()?,
+            store,
+            cluster,
             policy: Policy { fees, stalls },
             rules: self.rules.clone(),
             webhooks,
@@ -635,6 +744,70 @@ mod tests {
             .expect("flags parse")
             .serve
             .validate()
+    }
+
+    #[test]
+    fn a_cluster_needs_dynamodb_banks_over_http_and_an_address_peers_can_reach() {
+        let bank = [
+            "--bank-url",
+            "http://127.0.0.1:9",
+            "--bank-secret",
+            "0123456789abcdef",
+        ];
+        let dynamodb = ["--store", "dynamodb", "--dynamodb-table", "t"];
+        let refused = |args: &[&str], says: &str| {
+            let error = parse(args).expect_err("refused").to_string();
+            assert!(error.contains(says), "{args:?}: {error}");
+        };
+        refused(&[&["--cluster"][..], &bank].concat(), "--store dynamodb");
+        refused(&[&["--cluster"][..], &dynamodb].concat(), "banks over HTTP");
+        let clustered = [&["--cluster"][..], &dynamodb, &bank].concat();
+        refused(
+            &[&clustered[..], &["--listen", "0.0.0.0:50051"]].concat(),
+            "--advertise-addr",
+        );
+        refused(
+            &[&clustered[..], &["--advertise-addr", "no-port"]].concat(),
+            "HOST:PORT",
+        );
+        refused(
+            &[&clustered[..], &["--cluster-dead-after-ms", "1000"]].concat(),
+            "heartbeat",
+        );
+        refused(
+            &[&clustered[..], &["--cluster-shards", "0"]].concat(),
+            "1..=",
+        );
+
+        let config = parse(&clustered).unwrap();
+        let cluster = config.cluster.expect("a cluster member");
+        assert_eq!(cluster.advertise, "127.0.0.1:50051");
+        assert_eq!(cluster.shards, limits::CLUSTER_SHARDS_DEFAULT);
+        assert_eq!(cluster.timeouts.dead_after, 6_000);
+        assert_eq!(cluster.timeouts.self_demote_after, 3_000);
+        assert_ne!(
+            cluster.node_id,
+            parse(&clustered).unwrap().cluster.unwrap().node_id,
+            "a fresh node id every start"
+        );
+        let behind_nat = parse(
+            &[
+                &clustered[..],
+                &[
+                    "--listen",
+                    "0.0.0.0:7000",
+                    "--advertise-addr",
+                    "10.0.0.5:7000",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        assert_eq!(behind_nat.cluster.unwrap().advertise, "10.0.0.5:7000");
+        assert!(
+            parse(&[]).unwrap().cluster.is_none(),
+            "single node by default"
+        );
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod grpc;
 pub mod http_client;
 pub mod http_server;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod random;
 pub mod reconcile;

@@ -409,12 +409,59 @@ pub const RECONCILE_UNACKNOWLEDGED_PER_SHARD: usize = 256;
 /// unacknowledged message in reconciliation; the next re-drive retries).
 pub const OUTBOX_ACK_ATTEMPTS_MAX: u32 = 3;
 
+/// Shards a cluster hashes accounts into (recorded in the table once; every
+/// node must agree). Many more than nodes, so that an even share ±1 is
+/// close to even, and few enough that one node's round reads every lease in
+/// one query (a lease item is ~100 bytes: 256 of them are well under the
+/// 1 MB a query page returns).
+pub const CLUSTER_SHARDS_DEFAULT: u16 = 256;
+pub const CLUSTER_SHARDS_MAX: u16 = 4096;
+/// How often a node heartbeats and runs a membership round. One write per
+/// node per round, whatever the number of shards.
+pub const CLUSTER_HEARTBEAT_EVERY: Duration = Duration::from_millis(1000);
+/// A node serves its shards until this long after it sent its last
+/// acknowledged heartbeat: two missed rounds and a spare.
+pub const CLUSTER_SELF_DEMOTE_AFTER: Duration = Duration::from_millis(3000);
+/// A peer is judged dead when its heartbeat has not changed for this long on
+/// the observer's clock: twice the self-demotion (the margin that makes the
+/// dead node stop serving before anyone takes over). With a round every
+/// second, a dead node's shards are claimed within ~7 s of its last beat.
+pub const CLUSTER_DEAD_AFTER: Duration = Duration::from_millis(6000);
+/// Shards one node claims or releases per round: a dead node's share of a
+/// 256-shard, 3-node cluster moves in one or two rounds, while a joining
+/// node takes its share in steps rather than all at once.
+pub const CLUSTER_MOVES_PER_ROUND: usize = 64;
+/// How long a call for an account whose shard is moving waits for an owner
+/// before it is answered UNAVAILABLE with a retry delay: long enough to
+/// ride out one round of a graceful hand-over, short next to a client's
+/// deadline.
+pub const CLUSTER_MOVE_WAIT: Duration = Duration::from_secs(2);
+/// The retry delay suggested (`google.rpc.RetryInfo`) while a shard moves
+/// or its owner cannot be reached: about one membership round.
+pub const CLUSTER_RETRY_DELAY: Duration = Duration::from_millis(1000);
+/// Time allowed to connect to a peer when forwarding.
+pub const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// A forwarded call without a caller deadline gets this one, below the
+/// node's own request timeout so the forwarding node can still answer.
+pub const CLUSTER_FORWARD_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long a leaving node takes to hand its shards over (free its leases)
+/// after its actors drained; past it, peers take them once the node is
+/// judged dead. Part of the shutdown's bound (see the test below).
+pub const CLUSTER_LEAVE_MAX: Duration = Duration::from_secs(10);
+/// Leases a leaving node frees at once: 256 shards in a few round trips,
+/// without a burst that would be throttled.
+pub const CLUSTER_RELEASES_IN_FLIGHT: usize = 16;
+/// Peers a node keeps connections to (a cluster larger than this is not
+/// what one table's leases are designed for).
+pub const CLUSTER_NODES_MAX: usize = 64;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The node ends its own shutdown (two phases of `SHUTDOWN_GRACE`)
-    /// before the service manager would kill it.
+    /// The node ends its own shutdown (two phases of `SHUTDOWN_GRACE`, and
+    /// a cluster member's hand-over) before the service manager would kill
+    /// it.
     #[test]
     fn the_shutdown_fits_in_the_service_stop_timeout() {
         let unit = include_str!("../deploy/systemd/payvisor.service");
@@ -425,6 +472,6 @@ mod tests {
             .trim()
             .parse()
             .expect("TimeoutStopSec in seconds");
-        assert!(2 * SHUTDOWN_GRACE < Duration::from_secs(stop_timeout_s));
+        assert!(2 * SHUTDOWN_GRACE + CLUSTER_LEAVE_MAX < Duration::from_secs(stop_timeout_s));
     }
 }

@@ -2,8 +2,8 @@
 
 use clap::{Parser, Subcommand};
 use payvisor::cli::{
-    self, AccountsCommand, ClientOptions, EventsCommand, LedgerCommand, PaymentsCommand,
-    ReviewsCommand,
+    self, AccountsCommand, ClientOptions, ClusterCommand, EventsCommand, LedgerCommand,
+    PaymentsCommand, ReviewsCommand,
 };
 use payvisor::config::{DynamoDbArgs, ServeArgs};
 
@@ -58,6 +58,13 @@ enum Command {
         #[command(subcommand)]
         command: AccountsCommand,
     },
+    /// The cluster a server belongs to.
+    Cluster {
+        #[command(flatten)]
+        options: ClientOptions,
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Manage the DynamoDB table.
     Dynamodb {
         #[command(subcommand)]
@@ -91,19 +98,6 @@ enum DynamodbCommand {
     },
 }
 
-fn init_logging(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -119,14 +113,16 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => {
-                init_logging(args.log_format == "json");
                 let config = args.validate()?;
+                let node = (config.cluster.as_ref()).map(|cluster| cluster.node_id.to_string());
+                payvisor::logging::init(args.log_format == "json", node);
                 payvisor::server::run(config, payvisor::server::shutdown_signal()).await
             }
             Command::Payments { options, command } => cli::payments(&options, command).await,
             Command::Accounts { options, command } => cli::accounts(&options, command).await,
             Command::Reviews { options, command } => cli::reviews(&options, command).await,
             Command::Events { options, command } => cli::events(&options, command).await,
+            Command::Cluster { options, command } => cli::cluster(&options, command).await,
             Command::Rules {
                 command: RulesCommand::Check { file },
             } => cli::check_rules(&file),

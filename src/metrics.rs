@@ -75,6 +75,8 @@ pub struct NodeMetrics {
     /// Mismatches found by the periodic reconciliation since start (a
     /// dashboard alerts on any increase).
     pub reconciliation_mismatches: Counter,
+    /// Set on a cluster member.
+    pub cluster: Option<crate::cluster::ClusterMetrics>,
 }
 
 impl NodeMetrics {
@@ -89,6 +91,28 @@ impl NodeMetrics {
             "Mismatches found by reconciliation with the bank since start",
             self.reconciliation_mismatches.clone(),
         );
+        if let Some(cluster) = &self.cluster {
+            registry.register(
+                "payvisor_cluster_shards_owned",
+                "Shards whose lease this node holds (sum over nodes: every shard once)",
+                cluster.shards_owned.clone(),
+            );
+            registry.register(
+                "payvisor_cluster_ownership_changes",
+                "Shards this node gained or lost since start",
+                cluster.ownership_changes.clone(),
+            );
+            registry.register(
+                "payvisor_cluster_forwarded_calls",
+                "Calls this node forwarded to the owner of their account",
+                cluster.forwarded_calls.clone(),
+            );
+            registry.register(
+                "payvisor_cluster_fenced_writes",
+                "Writes refused because the account was not, or no longer, this node's",
+                cluster.fenced_writes.clone(),
+            );
+        }
         // Every state that can stall, zero included, so a dashboard sees a
         // flat line rather than no data.
         let by_state = PaymentState::ALL

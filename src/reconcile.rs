@@ -464,6 +464,9 @@ pub struct Periodic {
     pub lag: std::time::Duration,
     /// Mismatches found since start (the metric).
     pub found: Counter,
+    /// In a cluster, only the node that owns shard 0 reconciles (one run
+    /// per period cluster-wide); the others skip their turn.
+    pub ownership: crate::cluster::AccountOwnership,
 }
 
 impl Periodic {
@@ -477,6 +480,10 @@ impl Periodic {
                 () = tokio::time::sleep(self.every) => {}
             }
             let to = self.clock.now().plus_millis(-lag_ms);
+            if !self.ownership.leads() {
+                from = to.max(from); // the leader reconciles this period
+                continue;
+            }
             if to > from && self.reconcile_period(from, to).await {
                 from = to;
             }

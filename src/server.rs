@@ -15,11 +15,15 @@ use crate::alerts::{AlertSink, LogSink};
 use crate::approval::RulesInForce;
 use crate::callbacks::CallbackEndpoint;
 use crate::clock::{Clock, SystemClock};
-use crate::config::{Config, PagerConfig};
+use crate::cluster::membership::{Membership, MembershipSettings, MonoClock, ProcessMono};
+use crate::cluster::{AccountOwnership, Cluster};
+use crate::config::{ClusterConfig, Config, PagerConfig};
 use crate::connectors::built_in_bank::BuiltInBank;
 use crate::connectors::http::{HttpBankConnector, HttpConnectorSettings};
 use crate::connectors::routing::{RoutedBank, Router};
 use crate::domain::payment::BankEvent;
+use crate::grpc::cluster::{ClusterApi, PeerFeed};
+use crate::grpc::pb::cluster_service_server::ClusterServiceServer;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
 use crate::grpc::{pb, PaymentApi};
 use crate::limits;
@@ -41,16 +45,30 @@ pub async fn run(
     // Dropped on an early return: the tasks already started stop too.
     let (trigger, shutdown) = crate::shutdown::channel();
     let mut tasks = Tasks::default();
-    let node = Node::start(&config, &shutdown, &mut tasks).await?;
-    if !config.banks.is_empty() {
+    let mut node = Node::start(&config, &shutdown, &mut tasks).await?;
+    let callbacks = if config.banks.is_empty() {
+        None
+    } else {
         let listener = TcpListener::bind(config.bank_callback_listen).await?;
-        serve_bank_callbacks(&config, listener, &node, &shutdown, &mut tasks)?;
-    }
-    let metrics = NodeMetrics::default();
+        Some(serve_bank_callbacks(
+            &config, listener, &node, &shutdown, &mut tasks,
+        )?)
+    };
+    let metrics = NodeMetrics {
+        cluster: node.cluster.as_ref().map(|cluster| cluster.metrics.clone()),
+        ..NodeMetrics::default()
+    };
     reconcile_periodically(&config, &node, &metrics, &shutdown, &mut tasks);
 
     let listener = TcpListener::bind(config.listen).await?;
     let local = listener.local_addr()?;
+    // The membership outlives the other tasks: it keeps the leases renewed
+    // while the actors drain, then hands them over.
+    let (membership_trigger, membership_stop) = crate::shutdown::channel();
+    let membership = node.membership.take().map(|membership| {
+        follow_ownership(&node, &shutdown, &mut tasks);
+        tokio::spawn(membership.run(membership_stop))
+    });
     let resumed = node.orchestrator.recover().await?;
     sweep_periodically(&config, &node, &shutdown, &mut tasks);
     if let Some(address) = config.metrics_listen {
@@ -61,10 +79,23 @@ pub async fn run(
         tasks.spawn("metrics", serving);
     }
 
-    tracing::info!(listen = %local, store = ?config.store, resumed, "payvisor serving");
-    serve_grpc(listener, node.orchestrator.clone(), trigger, stop, tasks).await?;
+    let clustered = node.cluster.as_ref().map(|cluster| cluster.me.to_string());
+    tracing::info!(listen = %local, store = ?config.store, resumed, node = clustered, "payvisor serving");
+    serve_grpc(listener, &node, callbacks, trigger, stop, tasks).await?;
     tracing::info!("draining account actors");
     node.orchestrator.shutdown(limits::SHUTDOWN_GRACE).await;
+    if let Some(membership) = membership {
+        tracing::info!("handing this node's shards over");
+        membership_trigger.fire();
+        if tokio::time::timeout(limits::CLUSTER_LEAVE_MAX, membership)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shards not handed over in time; peers take them once this node is judged dead"
+            );
+        }
+    }
     tracing::info!("payvisor stopped");
     Ok(())
 }
@@ -78,11 +109,19 @@ struct Node {
     http_banks: Vec<Arc<HttpBankConnector>>,
     alert_sink: Arc<dyn AlertSink>,
     rules: Arc<RulesInForce>,
+    /// Set on a cluster member.
+    cluster: Option<Arc<Cluster>>,
+    /// A cluster member's membership, until its rounds start.
+    membership: Option<Membership>,
+    /// What the peers decide, live (a cluster member follows them).
+    peers: Option<PeerFeed>,
 }
 
 impl Node {
-    /// Opens the store and starts the orchestrator on the configured banks,
-    /// pager, rules and webhooks (its own tasks in `tasks`).
+    /// Opens the store, joins the cluster (with `--cluster`: one round, so
+    /// the node holds its first shards before it serves) and starts the
+    /// orchestrator on the configured banks, pager, rules and webhooks (its
+    /// own tasks in `tasks`).
     async fn start(
         config: &Config,
         shutdown: &Shutdown,
@@ -100,6 +139,13 @@ impl Node {
         });
         let webhooks_over_tls = (config.webhooks.endpoints.iter())
             .any(|endpoint| endpoint.url.scheme_str() == Some("https"));
+        let (ownership, cluster, membership) = match &config.cluster {
+            None => (AccountOwnership::Everything, None, None),
+            Some(settings) => {
+                let (cluster, membership) = join(&store, clock.as_ref(), settings).await?;
+                (cluster.ownership.clone(), Some(cluster), Some(membership))
+            }
+        };
         let components = Components {
             store: store.clone(),
             banks: Arc::new(router),
@@ -108,6 +154,7 @@ impl Node {
             policy: config.policy.clone(),
             settings: ActorSettings {
                 passivate_after: config.passivate_after,
+                ownership,
                 ..ActorSettings::default()
             },
             alert_sink: alert_sink.clone(),
@@ -117,6 +164,11 @@ impl Node {
             webhooks: config.webhooks.clone(),
         };
         let orchestrator = Orchestrator::start(components, bank_event_queue, shutdown, tasks);
+        let peers = cluster.as_ref().map(|cluster| {
+            let (peers, _) = tokio::sync::broadcast::channel(limits::EVENT_FEED_BUFFER);
+            crate::grpc::cluster::follow_peers(Arc::clone(cluster), peers.clone(), shutdown, tasks);
+            peers
+        });
         Ok(Node {
             store,
             clock,
@@ -124,12 +176,109 @@ impl Node {
             http_banks,
             alert_sink,
             rules,
+            cluster,
+            membership,
+            peers,
         })
     }
 }
 
+/// Joins the cluster on `store` with a fresh node id and runs a first
+/// round.
+async fn join(
+    store: &Arc<dyn Store>,
+    wall: &dyn Clock,
+    settings: &ClusterConfig,
+) -> anyhow::Result<(Arc<Cluster>, Membership)> {
+    let mono: Arc<dyn MonoClock> = Arc::new(ProcessMono::default());
+    let me = settings.node_id.clone();
+    let (mut membership, owned) = Membership::join(
+        Arc::clone(store),
+        wall,
+        Arc::clone(&mono),
+        me.clone(),
+        MembershipSettings {
+            shards: settings.shards,
+            timeouts: settings.timeouts,
+            address: settings.advertise.clone(),
+        },
+    )
+    .await?;
+    if let Err(error) = membership.round().await {
+        tracing::warn!(%error, "first cluster round failed; the node owns nothing until a round succeeds");
+    }
+    let ownership = AccountOwnership::shards(owned.clone(), mono, settings.shards);
+    let cluster = Cluster::new(me, ownership, owned, membership.picture());
+    tracing::info!(node = %cluster.me, advertise = %settings.advertise, shards = owned_count(&cluster), "joined the cluster");
+    Ok((Arc::new(cluster), membership))
+}
+
+fn owned_count(cluster: &Cluster) -> usize {
+    match &cluster.ownership {
+        AccountOwnership::Shards(held) => held.owned.borrow().shards.len(),
+        AccountOwnership::Everything => 0,
+    }
+}
+
+/// A cluster member follows what it holds: when shards go, the actors of
+/// their accounts are retired (their new owner runs them); when shards
+/// come, their payments in flight are resumed (the previous owner may have
+/// died mid-way). Ownership changes are counted.
+fn follow_ownership(node: &Node, shutdown: &Shutdown, tasks: &mut Tasks) {
+    let Some(cluster) = node.cluster.clone() else {
+        return;
+    };
+    let AccountOwnership::Shards(held) = cluster.ownership.clone() else {
+        return;
+    };
+    let orchestrator = node.orchestrator.clone();
+    let mut owned = held.owned.clone();
+    let mut holding = owned.borrow_and_update().shards.clone();
+    cluster.metrics.shards_owned.set(holding.len() as i64);
+    let stopping = shutdown.clone();
+    tasks.spawn("ownership changes", async move {
+        loop {
+            tokio::select! {
+                () = stopping.signalled() => return,
+                changed = owned.changed() => if changed.is_err() { return },
+            }
+            let now = owned.borrow_and_update().shards.clone();
+            let gained: std::collections::BTreeSet<_> = (now.iter())
+                .filter(|(shard, epoch)| holding.get(shard) != Some(epoch))
+                .map(|(shard, _)| *shard)
+                .collect();
+            let lost = (holding.iter())
+                .filter(|(shard, epoch)| now.get(shard) != Some(epoch))
+                .count();
+            holding = now;
+            if gained.is_empty() && lost == 0 {
+                continue;
+            }
+            let metrics = &cluster.metrics;
+            metrics.ownership_changes.inc_by((gained.len() + lost) as u64);
+            metrics.shards_owned.set(holding.len() as i64);
+            if lost > 0 {
+                let retired = orchestrator.retire_unserved();
+                tracing::info!(lost, retired, held = holding.len(), "shards moved away");
+            }
+            if !gained.is_empty() {
+                let picked = |account: &crate::domain::AccountId| {
+                    (held.shards > 0)
+                        .then(|| crate::domain::ownership::shard_of(account.as_str(), held.shards))
+                        .is_some_and(|shard| gained.contains(&shard))
+                };
+                match orchestrator.recover_where(picked).await {
+                    Ok(resumed) => tracing::info!(gained = gained.len(), resumed, held = holding.len(), "shards gained"),
+                    Err(error) => tracing::warn!(%error, "payments of gained shards not resumed now; the watchdog re-drives them"),
+                }
+            }
+        }
+    });
+}
+
 /// Reconciliation against each bank over HTTP, every
-/// `--reconcile-every`; mismatches found are counted since start.
+/// `--reconcile-every` (in a cluster, by the owner of shard 0 only);
+/// mismatches found are counted since start.
 fn reconcile_periodically(
     config: &Config,
     node: &Node,
@@ -147,6 +296,11 @@ fn reconcile_periodically(
             every: config.reconcile_every,
             lag: config.reconcile_lag,
             found: metrics.reconciliation_mismatches.clone(),
+            ownership: node
+                .cluster
+                .as_ref()
+                .map(|cluster| cluster.ownership.clone())
+                .unwrap_or_default(),
         };
         tasks.spawn("periodic reconciliation", periodic.run(shutdown.clone()));
     }
@@ -244,14 +398,15 @@ fn alert_sink(pager: &PagerConfig) -> anyhow::Result<Arc<dyn AlertSink>> {
     })
 }
 
-/// The bank-callback endpoint on `listener`, a task of the node.
+/// The bank-callback endpoint on `listener`, a task of the node. Returned
+/// for the callbacks peers hand over (cluster).
 fn serve_bank_callbacks(
     config: &Config,
     listener: TcpListener,
     node: &Node,
     shutdown: &Shutdown,
     tasks: &mut Tasks,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Arc<CallbackEndpoint>> {
     let endpoint = Arc::new(CallbackEndpoint::new(
         config
             .banks
@@ -260,6 +415,7 @@ fn serve_bank_callbacks(
             .collect::<HashMap<_, _>>(),
         node.orchestrator.clone(),
         node.clock.clone(),
+        node.cluster.clone(),
     ));
     tracing::info!(listen = %listener.local_addr()?, banks = config.banks.len(), "bank callbacks serving");
     let bounds = crate::http_server::ServerLimits {
@@ -273,11 +429,11 @@ fn serve_bank_callbacks(
             "bank-callbacks",
             listener,
             bounds,
-            endpoint.handler(),
+            Arc::clone(&endpoint).handler(),
             shutdown.clone(),
         ),
     );
-    Ok(())
+    Ok(endpoint)
 }
 
 /// Serves gRPC on `listener` until `stop` completes. Then, in this order:
@@ -288,7 +444,8 @@ fn serve_bank_callbacks(
 /// connection open must not hold up the shutdown).
 async fn serve_grpc(
     listener: TcpListener,
-    orchestrator: Orchestrator,
+    node: &Node,
+    callbacks: Option<Arc<CallbackEndpoint>>,
     trigger: ShutdownTrigger,
     stop: impl Future<Output = ()>,
     tasks: Tasks,
@@ -300,8 +457,19 @@ async fn serve_grpc(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let payments = PaymentServiceServer::new(PaymentApi::new(orchestrator, trigger.subscribe()))
-        .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
+    let mut api = PaymentApi::new(node.orchestrator.clone(), trigger.subscribe());
+    if let (Some(cluster), Some(peers)) = (&node.cluster, &node.peers) {
+        api = api.in_cluster(Arc::clone(cluster), peers.clone());
+    }
+    let payments =
+        PaymentServiceServer::new(api).max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
+    let cluster = ClusterServiceServer::new(ClusterApi::new(
+        node.orchestrator.clone(),
+        node.cluster.clone(),
+        callbacks,
+        trigger.subscribe(),
+    ))
+    .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
     let local = listener.local_addr()?;
     let mut grpc = tokio::spawn(
         tonic::transport::Server::builder()
@@ -310,6 +478,7 @@ async fn serve_grpc(
             .add_service(health_service)
             .add_service(reflection)
             .add_service(payments)
+            .add_service(cluster)
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listener),
                 trigger.subscribe().signalled(),

@@ -9,8 +9,9 @@
 //! same critical section. A later message spawns a fresh actor, which
 //! re-hydrates from the store.
 //!
-//! This is also the seam for cluster ownership: today this node owns every
-//! account; later, `send` consults the lease table and forwards.
+//! In a cluster, calls reach the directory only for accounts this node owns
+//! (the gRPC layer forwards the others); when a shard moves away, its
+//! accounts' actors are retired.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -175,6 +176,26 @@ impl Directory {
                 shard
                     .values()
                     .map(|entry| entry.actor.clone())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Removes the entries of the accounts `retire` picks and returns their
+    /// actors (a later message for such an account spawns a fresh actor).
+    pub fn retire(&self, retire: impl Fn(&AccountId) -> bool) -> Vec<ActorRef<AccountMsg>> {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                let mut shard = lock(shard);
+                let picked: Vec<AccountId> = shard
+                    .keys()
+                    .filter(|account| retire(account))
+                    .cloned()
+                    .collect();
+                picked
+                    .into_iter()
+                    .filter_map(|account| shard.remove(&account).map(|entry| entry.actor))
                     .collect::<Vec<_>>()
             })
             .collect()

@@ -69,6 +69,10 @@ pub enum CommandError {
     StreamLagged,
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// The account is not served by this node now (its shard is moving
+    /// between nodes, or its owner cannot be reached): retry shortly.
+    #[error("{0}")]
+    Moving(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -287,6 +291,7 @@ impl Orchestrator {
             parts.webhook_sink,
             Arc::clone(&parts.clock),
             parts.webhooks,
+            parts.settings.ownership.clone(),
         );
         let (events, _) = tokio::sync::broadcast::channel(limits::EVENT_FEED_BUFFER);
         let shared = Arc::new(Shared {
@@ -462,9 +467,18 @@ impl Orchestrator {
             .ok_or_else(|| CommandError::NotFound(format!("account accounts/{account}")))
     }
 
-    /// Re-drives every watched payment: called at start-up. Returns how
-    /// many payments were resumed.
+    /// Re-drives every watched payment of the accounts this node serves:
+    /// called at start-up. Returns how many payments were resumed.
     pub async fn recover(&self) -> Result<usize, CommandError> {
+        self.recover_where(|_| true).await
+    }
+
+    /// Re-drives the watched payments of the accounts this node serves
+    /// that `pick` picks (a cluster member: those of the shards it gained).
+    pub async fn recover_where(
+        &self,
+        pick: impl Fn(&AccountId) -> bool,
+    ) -> Result<usize, CommandError> {
         let mut resumed = 0;
         let mut token = None;
         loop {
@@ -476,6 +490,9 @@ impl Orchestrator {
             )
             .await?;
             for payment in payments {
+                if !pick(&payment.account) || !self.serves(&payment.account) {
+                    continue;
+                }
                 self.send(&payment.account, AccountMsg::Resume(payment.id))?;
                 resumed += 1;
             }
@@ -492,13 +509,16 @@ impl Orchestrator {
         let store = self.shared.store.as_ref();
         let now = self.shared.clock.now();
         let due = watchdog::sweep_due(store, now, |name| {
+            if !self.serves(&name.account) {
+                return; // its owner's sweep wakes it
+            }
             let message = AccountMsg::Reminder(name.payment);
             if let Err(error) = self.directory.send(&self.shared, &name.account, message) {
                 tracing::debug!(account = %name.account, %error, "reminder not routed (stopping)");
             }
         })
         .await?;
-        watchdog::sweep_pages(store, &self.shared.pager).await?;
+        watchdog::sweep_pages(store, &self.shared.pager, |account| self.serves(account)).await?;
         Ok(due)
     }
 
@@ -612,6 +632,23 @@ impl Orchestrator {
             });
         }
         let _ = tokio::time::timeout(grace, drains.join_all()).await;
+    }
+
+    /// Whether this node may act for `account` now (always, alone on its
+    /// store; for a cluster member, while it owns the account's shard).
+    pub fn serves(&self, account: &AccountId) -> bool {
+        self.shared.settings.ownership.serves(account)
+    }
+
+    /// Stops the actors of accounts this node no longer serves (their
+    /// shard moved away): what they hold is stale, and their owner now
+    /// runs them. Returns how many were stopped.
+    pub fn retire_unserved(&self) -> usize {
+        self.directory
+            .retire(|account| !self.serves(account))
+            .into_iter()
+            .map(|actor| actor.stop(Some("its account moved to another node".into())))
+            .count()
     }
 
     /// Accounts with a running actor (for tests of passivation).

@@ -181,6 +181,13 @@ pub enum AccountsCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum ClusterCommand {
+    /// The cluster as the server sees it: nodes (address, start time,
+    /// heartbeat age, shards owned) and every shard's owner and epoch.
+    Status,
+}
+
+#[derive(Subcommand, Debug)]
 pub enum LedgerCommand {
     /// Check an account's books in the store: every movement balances,
     /// balances equal the fold of movements and what the payments imply.
@@ -199,7 +206,11 @@ fn new_request_id() -> String {
 }
 
 async fn connect(options: &ClientOptions) -> anyhow::Result<PaymentServiceClient<Channel>> {
-    let channel = Channel::from_shared(options.server.clone())
+    Ok(PaymentServiceClient::new(channel(options).await?))
+}
+
+async fn channel(options: &ClientOptions) -> anyhow::Result<Channel> {
+    Channel::from_shared(options.server.clone())
         .with_context(|| format!("bad --server {:?}", options.server))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
@@ -209,8 +220,7 @@ async fn connect(options: &ClientOptions) -> anyhow::Result<PaymentServiceClient
                 "cannot reach payvisor at {} (is `payvisor serve` running?)",
                 options.server
             )
-        })?;
-    Ok(PaymentServiceClient::new(channel))
+        })
 }
 
 fn parse_amount(amount: &str, currency: &str) -> anyhow::Result<pb::Money> {
@@ -541,6 +551,22 @@ pub async fn accounts(options: &ClientOptions, command: AccountsCommand) -> anyh
                 .await
                 .map_err(render::status_error)?;
             render::account(options.json, &account.into_inner());
+        }
+    }
+    Ok(())
+}
+
+/// Runs `cluster status`.
+pub async fn cluster(options: &ClientOptions, command: ClusterCommand) -> anyhow::Result<()> {
+    let mut client =
+        crate::grpc::pb::cluster_service_client::ClusterServiceClient::new(channel(options).await?);
+    match command {
+        ClusterCommand::Status => {
+            let status = client
+                .get_cluster_status(pb::GetClusterStatusRequest {})
+                .await
+                .map_err(render::status_error)?;
+            render::cluster_status(options.json, &status.into_inner());
         }
     }
     Ok(())

@@ -303,6 +303,81 @@ pub fn account(as_json: bool, account: &pb::Account) {
     }
 }
 
+pub fn cluster_status(as_json: bool, status: &pb::ClusterStatus) {
+    if as_json {
+        let value = json!({
+            "node": status.node,
+            "clustered": status.clustered,
+            "shard_count": status.shard_count,
+            "nodes": status.nodes.iter().map(|node| json!({
+                "id": node.id,
+                "address": node.address,
+                "start_time": time(node.start_time.as_ref()),
+                "heartbeat_age_ms": node.heartbeat_age_ms,
+                "alive": node.alive,
+                "leaving": node.leaving,
+                "shards_owned": node.shards_owned,
+            })).collect::<Vec<_>>(),
+            "shards": status.shards.iter().map(|shard| json!({
+                "shard": shard.shard,
+                "owner": shard.owner,
+                "epoch": shard.epoch,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{value}");
+        return;
+    }
+    if !status.clustered {
+        println!("not a cluster: this server owns every account (run with --cluster on DynamoDB to share them)");
+        return;
+    }
+    let free = status
+        .shards
+        .iter()
+        .filter(|shard| shard.owner.is_empty())
+        .count();
+    println!(
+        "{} nodes, {} shards ({free} without an owner), as seen by node {}",
+        status.nodes.len(),
+        status.shard_count,
+        status.node
+    );
+    println!(
+        "{:<20} {:<24} {:>16} {:>14} {:>7}  STATE",
+        "NODE", "ADDRESS", "STARTED", "HEARTBEAT AGE", "SHARDS"
+    );
+    for node in &status.nodes {
+        let state = match (node.alive, node.leaving) {
+            (_, true) => "leaving",
+            (true, false) => "alive",
+            (false, false) => "dead",
+        };
+        let age = if node.heartbeat_age_ms < 0 {
+            "-".to_owned()
+        } else {
+            format!("{} ms", node.heartbeat_age_ms)
+        };
+        println!(
+            "{:<20} {:<24} {:>16} {:>14} {:>7}  {state}",
+            node.id,
+            node.address,
+            time(node.start_time.as_ref()),
+            age,
+            node.shards_owned
+        );
+    }
+    println!();
+    println!("{:>5}  {:<20} {:>6}", "SHARD", "OWNER", "EPOCH");
+    for shard in &status.shards {
+        let owner = if shard.owner.is_empty() {
+            "-"
+        } else {
+            &shard.owner
+        };
+        println!("{:>5}  {:<20} {:>6}", shard.shard, owner, shard.epoch);
+    }
+}
+
 pub fn audit(as_json: bool, reports: &[(AccountId, AuditReport)]) {
     if as_json {
         let value: Vec<Value> = reports

@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::domain::ownership::{
     plan, Lease, Liveness, Mono, NodeId, NodeRecord, ShardId, Timeouts,
 };
+use crate::limits;
 use crate::shutdown::Shutdown;
 use crate::store::schema::{self, ClusterSettings};
 use crate::store::{Store, StoreError};
@@ -109,6 +110,7 @@ pub struct Membership {
     last_acknowledged_sent: Option<Mono>,
     liveness: Liveness,
     owned: watch::Sender<Owned>,
+    picture: watch::Sender<Arc<super::Picture>>,
 }
 
 impl Membership {
@@ -148,12 +150,22 @@ impl Membership {
             last_acknowledged_sent: None,
             liveness: Liveness::default(),
             owned,
+            picture: watch::Sender::new(Arc::new(super::Picture {
+                shards: settings.shards,
+                ..Default::default()
+            })),
         };
         Ok((membership, watching))
     }
 
     pub fn id(&self) -> &NodeId {
         &self.me.id
+    }
+
+    /// The cluster as each round reads it (published after the round's
+    /// writes).
+    pub fn picture(&self) -> watch::Receiver<Arc<super::Picture>> {
+        self.picture.subscribe()
     }
 
     /// One round: heartbeat, read, decide, write, publish.
@@ -190,6 +202,10 @@ impl Membership {
             .filter(|lease| lease.owner.as_ref() == Some(&self.me.id))
             .map(|lease| (lease.shard, lease.epoch))
             .collect();
+        let mut picture_leases: Vec<(Option<NodeId>, u64)> = leases
+            .iter()
+            .map(|lease| (lease.owner.clone(), lease.epoch))
+            .collect();
         for claim in &decided.claims {
             let version = view.leases[usize::from(claim.shard)].1;
             let taken = Lease {
@@ -199,6 +215,7 @@ impl Membership {
             };
             if self.write_lease(&taken, version).await {
                 held.insert(taken.shard, taken.epoch);
+                picture_leases[usize::from(taken.shard)] = (taken.owner, taken.epoch);
             }
         }
         for release in &decided.releases {
@@ -210,9 +227,24 @@ impl Membership {
                 owner: None,
                 ..release.clone()
             };
-            self.write_lease(&freed, version).await;
+            if self.write_lease(&freed, version).await {
+                picture_leases[usize::from(freed.shard)].0 = None;
+            }
         }
         self.publish(&held);
+        let nodes = nodes
+            .into_iter()
+            .map(|record| super::NodeSeen {
+                unchanged_for_ms: self.liveness.unchanged_for(&record.id, now),
+                alive: alive(&record.id),
+                record,
+            })
+            .collect();
+        self.picture.send_replace(Arc::new(super::Picture {
+            shards: self.shards,
+            nodes,
+            leases: picture_leases,
+        }));
         self.forget_the_dead(&view, &leases, now).await;
         Ok(())
     }
@@ -290,15 +322,27 @@ impl Membership {
             self.version = Some(version);
         }
         let view = schema::read_cluster(self.store.as_ref(), self.shards).await?;
-        for (lease, version) in &view.leases {
-            if lease.owner.as_ref() == Some(&self.me.id) {
-                let freed = Lease {
-                    owner: None,
-                    ..lease.clone()
-                };
-                self.write_lease(&freed, *version).await;
+        let mut releases = tokio::task::JoinSet::new();
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            limits::CLUSTER_RELEASES_IN_FLIGHT,
+        ));
+        for (lease, version) in view.leases {
+            if lease.owner.as_ref() != Some(&self.me.id) {
+                continue;
             }
+            let freed = Lease {
+                owner: None,
+                ..lease
+            };
+            let store = Arc::clone(&self.store);
+            let permits = Arc::clone(&permits);
+            releases.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                // Refused: a peer took it already (it judged this node dead).
+                let _ = schema::put_lease(store.as_ref(), &freed, version).await;
+            });
         }
+        while releases.join_next().await.is_some() {}
         if let Some(version) = self.version {
             schema::remove_node(self.store.as_ref(), &self.me.id, version).await?;
         }

@@ -177,9 +177,14 @@ impl Liveness {
 
     /// Seen, and its heartbeat changed less than `dead_after` ago.
     pub fn is_alive(&self, node: &NodeId, now: Mono, timeouts: &Timeouts) -> bool {
-        self.seen
-            .get(node)
-            .is_some_and(|(_, since)| now.since(*since) < timeouts.dead_after)
+        self.unchanged_for(node, now)
+            .is_some_and(|unchanged| unchanged < timeouts.dead_after)
+    }
+
+    /// How long (ms, on the observer's clock) the node's heartbeat has not
+    /// changed, if it was seen at all: an upper bound on its heartbeat's age.
+    pub fn unchanged_for(&self, node: &NodeId, now: Mono) -> Option<u64> {
+        self.seen.get(node).map(|(_, since)| now.since(*since))
     }
 }
 

@@ -50,6 +50,7 @@ impl From<CommandError> for Status {
             CommandError::Conflict => (Code::Aborted, "CONCURRENT_MODIFICATION"),
             CommandError::StreamLagged => (Code::Aborted, "EVENT_STREAM_LAGGED"),
             CommandError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+            CommandError::Moving(_) => (Code::Unavailable, "ACCOUNT_MOVING"),
             CommandError::Internal(_) => (Code::Internal, "INTERNAL"),
         };
         if code == Code::Internal {
@@ -65,6 +66,10 @@ impl From<CommandError> for Status {
                     })
                     .collect::<Vec<_>>(),
             );
+        }
+        if code == Code::Unavailable {
+            // Worth retrying, and when: about one membership round.
+            details.set_retry_info(Some(crate::limits::CLUSTER_RETRY_DELAY));
         }
         Status::with_error_details(code, message, details)
     }

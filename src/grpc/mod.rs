@@ -2,8 +2,10 @@
 //! sees protobuf types. It validates requests into domain commands, calls the
 //! [`Orchestrator`], and maps results back.
 
+pub mod cluster;
 pub mod convert;
 pub mod error;
+pub mod forward;
 
 use std::pin::Pin;
 
@@ -29,7 +31,32 @@ pub mod pb {
         include_bytes!(concat!(env!("OUT_DIR"), "/payvisor_descriptor.bin"));
 }
 
+use forward::Routed;
+use pb::payment_service_client::PaymentServiceClient;
 use pb::payment_service_server::PaymentService;
+
+/// A client of a peer's PaymentService (forwarding).
+fn peer(channel: tonic::transport::Channel) -> PaymentServiceClient<tonic::transport::Channel> {
+    PaymentServiceClient::new(channel).max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX)
+}
+
+/// Serves the call here, or returns the owner's answer: `route!(self,
+/// account, request, method)` forwards with the peer client's `method`.
+macro_rules! route {
+    ($api:expr, $account:expr, $request:expr, $method:ident) => {
+        match forward::route(
+            $api.cluster.as_deref(),
+            $account,
+            $request,
+            |channel, request| async move { peer(channel).$method(request).await },
+        )
+        .await?
+        {
+            Routed::Here(request) => request,
+            Routed::Answered(response) => return Ok(response),
+        }
+    };
+}
 
 /// The PaymentService implementation.
 #[derive(Clone)]
@@ -38,6 +65,12 @@ pub struct PaymentApi {
     /// Ends the live streams (`WatchAlerts`, `WatchPaymentEvents`) when the
     /// node shuts down, so a subscriber does not hold up the drain.
     shutdown: Shutdown,
+    /// Set on a cluster member: commands for accounts other nodes own are
+    /// forwarded to them.
+    cluster: Option<std::sync::Arc<crate::cluster::Cluster>>,
+    /// On a cluster member: what its peers decide, live (the watch streams
+    /// merge it with this node's own).
+    peers: Option<cluster::PeerFeed>,
 }
 
 impl PaymentApi {
@@ -45,7 +78,24 @@ impl PaymentApi {
         PaymentApi {
             orchestrator,
             shutdown,
+            cluster: None,
+            peers: None,
         }
+    }
+
+    /// As a member of `cluster`, following its peers' live feeds in `peers`.
+    pub fn in_cluster(
+        mut self,
+        cluster: std::sync::Arc<crate::cluster::Cluster>,
+        peers: cluster::PeerFeed,
+    ) -> PaymentApi {
+        self.cluster = Some(cluster);
+        self.peers = Some(peers);
+        self
+    }
+
+    fn subscribe_peers(&self) -> Option<tokio::sync::broadcast::Receiver<cluster::PeerItem>> {
+        self.peers.as_ref().map(|peers| peers.subscribe())
     }
 
     /// Runs the task that fills a live stream through `sender` until it
@@ -76,6 +126,16 @@ impl PaymentApi {
     }
 }
 
+/// The next item of the peers' feed; never, on a node alone on its store.
+async fn next_from_peers(
+    peers: &mut Option<tokio::sync::broadcast::Receiver<cluster::PeerItem>>,
+) -> Result<cluster::PeerItem, RecvError> {
+    match peers {
+        Some(peers) => peers.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn invalid_name(field: &str, error: impl ToString) -> Status {
     crate::actors::CommandError::invalid(field, error.to_string()).into()
 }
@@ -86,7 +146,9 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::CreatePaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        let command = convert::create_payment(request.into_inner())?;
+        // Checked before it goes anywhere: bad input never crosses a hop.
+        let command = convert::create_payment(request.get_ref().clone())?;
+        route!(self, &command.account, request, create_payment);
         let payment = self.orchestrator.create_payment(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
     }
@@ -158,7 +220,8 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::RefundPaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        let command = convert::refund_payment(request.into_inner())?;
+        let command = convert::refund_payment(request.get_ref().clone())?;
+        route!(self, &command.name.account, request, refund_payment);
         let payment = self.orchestrator.refund_payment(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
     }
@@ -177,12 +240,12 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::RetryPaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        let request = request.into_inner();
         let command = convert::operator_command(
-            &request.name,
-            request.request_id,
+            &request.get_ref().name,
+            request.get_ref().request_id.clone(),
             Ok(crate::actors::OperatorAction::Retry),
         )?;
+        route!(self, &command.name.account, request, retry_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
     }
@@ -191,12 +254,12 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::FailPaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        let request = request.into_inner();
         let command = convert::operator_command(
-            &request.name,
-            request.request_id,
-            convert::fail_reason(request.reason),
+            &request.get_ref().name,
+            request.get_ref().request_id.clone(),
+            convert::fail_reason(request.get_ref().reason.clone()),
         )?;
+        route!(self, &command.name.account, request, fail_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
     }
@@ -228,24 +291,33 @@ impl PaymentService for PaymentApi {
         _request: Request<pb::WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
         let mut alerts = self.orchestrator.subscribe_alerts();
+        let mut peers = self.subscribe_peers();
         let (sender, receiver) = tokio::sync::mpsc::channel(limits::ALERT_STREAM_BUFFER);
         self.spawn_feed(sender, |sender| async move {
             let mut missed = 0;
             loop {
-                let alert = match alerts.recv().await {
-                    Ok(event) => {
-                        let mut alert = convert::alert_to_pb(&event);
-                        alert.missed = std::mem::take(&mut missed);
-                        alert
-                    }
-                    // A slow subscriber is told how much it missed, on the
-                    // next alert it does get.
-                    Err(RecvError::Lagged(count)) => {
-                        missed += count as i64;
-                        continue;
-                    }
-                    Err(RecvError::Closed) => return,
+                let mut alert = tokio::select! {
+                    local = alerts.recv() => match local {
+                        Ok(event) => convert::alert_to_pb(&event),
+                        // A slow subscriber is told how much it missed, on
+                        // the next alert it does get.
+                        Err(RecvError::Lagged(count)) => {
+                            missed += count as i64;
+                            continue;
+                        }
+                        Err(RecvError::Closed) => return,
+                    },
+                    peer = next_from_peers(&mut peers) => match peer {
+                        Ok(cluster::PeerItem::Alert(alert)) => alert,
+                        Ok(_) => continue,
+                        Err(RecvError::Lagged(count)) => {
+                            missed += count as i64;
+                            continue;
+                        }
+                        Err(RecvError::Closed) => return,
+                    },
                 };
+                alert.missed = std::mem::take(&mut missed);
                 if sender.send(Ok(alert)).await.is_err() {
                     return; // the client went away
                 }
@@ -260,12 +332,12 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::ApprovePaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        let request = request.into_inner();
         let command = convert::operator_command(
-            &request.name,
-            request.request_id,
-            convert::review_action(ReviewVerdict::Approve, request.reason),
+            &request.get_ref().name,
+            request.get_ref().request_id.clone(),
+            convert::review_action(ReviewVerdict::Approve, request.get_ref().reason.clone()),
         )?;
+        route!(self, &command.name.account, request, approve_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
     }
@@ -274,12 +346,12 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::DeclinePaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        let request = request.into_inner();
         let command = convert::operator_command(
-            &request.name,
-            request.request_id,
-            convert::review_action(ReviewVerdict::Decline, request.reason),
+            &request.get_ref().name,
+            request.get_ref().request_id.clone(),
+            convert::review_action(ReviewVerdict::Decline, request.get_ref().reason.clone()),
         )?;
+        route!(self, &command.name.account, request, decline_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
     }
@@ -308,9 +380,10 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::ResendPaymentEventRequest>,
     ) -> Result<Response<pb::PaymentEvent>, Status> {
-        let request = request.into_inner();
-        let (_, seq) =
-            parse_event_name(&request.name).map_err(|error| invalid_name("name", error))?;
+        let (payment, seq) = parse_event_name(&request.get_ref().name)
+            .map_err(|error| invalid_name("name", error))?;
+        // Its owner's dispatcher delivers it at once.
+        let request = route!(self, &payment.account, request, resend_payment_event).into_inner();
         let endpoint = Some(request.endpoint.as_str()).filter(|name| !name.is_empty());
         let record = self
             .orchestrator
@@ -336,6 +409,7 @@ impl PaymentService for PaymentApi {
         // committed in between is missed (it may come twice: deduplicated
         // below for what the replay sent).
         let mut live = self.orchestrator.subscribe_events();
+        let mut peers = self.subscribe_peers();
         let subscribed_at = self.orchestrator.now();
         let resume = if after.is_empty() {
             None
@@ -394,22 +468,32 @@ impl PaymentService for PaymentApi {
                 }
             }
             loop {
-                let event = match live.recv().await {
-                    Ok(event) => event,
-                    Err(RecvError::Lagged(_)) => {
-                        let _ = sender.send(Err(CommandError::StreamLagged.into())).await;
-                        return;
-                    }
-                    Err(RecvError::Closed) => return,
+                let lagged = || CommandError::StreamLagged.into();
+                let event = tokio::select! {
+                    local = live.recv() => match local {
+                        Ok(event) => convert::event_to_pb(&event, None),
+                        Err(RecvError::Lagged(_)) => {
+                            let _ = sender.send(Err(lagged())).await;
+                            return;
+                        }
+                        Err(RecvError::Closed) => return,
+                    },
+                    peer = next_from_peers(&mut peers) => match peer {
+                        Ok(cluster::PeerItem::Event(event)) => event,
+                        Ok(cluster::PeerItem::Alert(_)) => continue,
+                        // A peer's events were missed: the client resumes
+                        // from the durable feed.
+                        Ok(cluster::PeerItem::Gap) | Err(RecvError::Lagged(_)) => {
+                            let _ = sender.send(Err(lagged())).await;
+                            return;
+                        }
+                        Err(RecvError::Closed) => return,
+                    },
                 };
-                if !replayed.is_empty() && replayed.remove(&event.name()) {
+                if !replayed.is_empty() && replayed.remove(&event.name) {
                     continue;
                 }
-                if sender
-                    .send(Ok(convert::event_to_pb(&event, None)))
-                    .await
-                    .is_err()
-                {
+                if sender.send(Ok(event)).await.is_err() {
                     return; // the client went away
                 }
             }

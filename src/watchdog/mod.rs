@@ -267,16 +267,26 @@ pub async fn sweep_due(
     Ok(woken)
 }
 
-/// Queues every undelivered page (after a restart, a sink outage, a full
-/// queue). Returns how many are undelivered.
-pub async fn sweep_pages(store: &dyn Store, pager: &Pager) -> Result<usize, StoreError> {
+/// Queues every undelivered page of the accounts this node `serves` (after
+/// a restart, a sink outage, a full queue, a change of owner). Returns how
+/// many are undelivered in all.
+pub async fn sweep_pages(
+    store: &dyn Store,
+    pager: &Pager,
+    serves: impl Fn(&crate::domain::AccountId) -> bool,
+) -> Result<usize, StoreError> {
     let mut undelivered = 0;
     let mut token = None;
     loop {
         let (records, next) =
             schema::undelivered_alerts(store, token.as_ref(), limits::PAGE_QUEUE_MAX).await?;
         undelivered += records.len();
-        for record in records {
+        // In a cluster, each node delivers the pages of the accounts it
+        // owns (their owner decided them, and resolves them).
+        for record in records
+            .into_iter()
+            .filter(|record| serves(&record.payment.account))
+        {
             pager.enqueue(record);
         }
         match next {

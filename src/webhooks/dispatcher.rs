@@ -13,6 +13,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use super::{WebhookSettings, WebhookSink};
 use crate::clock::Clock;
+use crate::cluster::AccountOwnership;
 use crate::domain::events::parse_event_name;
 use crate::domain::{PaymentName, Timestamp};
 use crate::limits;
@@ -45,6 +46,9 @@ struct Inner {
     sink: Arc<dyn WebhookSink>,
     clock: Arc<dyn Clock>,
     settings: WebhookSettings,
+    /// Whose webhooks this node delivers: in a cluster, those of the
+    /// accounts it owns (one dispatcher per payment at a time).
+    ownership: AccountOwnership,
     wake: Notify,
 }
 
@@ -54,6 +58,7 @@ impl WebhookDispatcher {
         sink: Arc<dyn WebhookSink>,
         clock: Arc<dyn Clock>,
         settings: WebhookSettings,
+        ownership: AccountOwnership,
     ) -> WebhookDispatcher {
         WebhookDispatcher {
             inner: Arc::new(Inner {
@@ -61,6 +66,7 @@ impl WebhookDispatcher {
                 sink,
                 clock,
                 settings,
+                ownership,
                 wake: Notify::new(),
             }),
         }
@@ -104,7 +110,11 @@ impl WebhookDispatcher {
         let mut payments = BTreeSet::new();
         let due = schema::webhooks_due(self.inner.store.as_ref(), now, limits::WEBHOOK_SWEEP_PAGE)
             .await?;
-        payments.extend(due.into_iter().map(|due| due.payment.to_string()));
+        payments.extend(
+            due.into_iter()
+                .filter(|due| self.inner.ownership.serves(&due.payment.account))
+                .map(|due| due.payment.to_string()),
+        );
         let handled = payments.len();
         let permits = Arc::new(Semaphore::new(limits::WEBHOOK_PAYMENTS_IN_FLIGHT_MAX));
         let mut tasks = tokio::task::JoinSet::new();

@@ -70,6 +70,7 @@ async fn start(store: Arc<dyn Store>) -> Node {
         HashMap::from([("bank-a".to_owned(), SECRET.to_vec())]),
         orchestrator.clone(),
         clock,
+        None,
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -247,11 +247,7 @@ fn orchestrator(
         bank_events,
     );
     let settings = payvisor::actors::ActorSettings {
-        ownership: AccountOwnership::Shards {
-            owned,
-            mono,
-            shards: SHARDS,
-        },
+        ownership: AccountOwnership::shards(owned, mono, SHARDS),
         ..Default::default()
     };
     payvisor::actors::Orchestrator::start(
@@ -314,7 +310,7 @@ async fn a_superseded_owner_writes_nothing_after_the_new_owners_first_write(stor
     let second = new.create_payment(create("acme", "r-2")).await.unwrap();
     let refused = old.create_payment(create("acme", "r-3")).await;
     assert!(
-        matches!(refused, Err(CommandError::Unavailable(_))),
+        matches!(refused, Err(CommandError::Moving(_))),
         "the old owner's write after the new owner's: {refused:?}"
     );
     let account = AccountId::new("acme").unwrap();
@@ -344,7 +340,7 @@ async fn a_node_past_its_deadline_writes_nothing(store: Arc<dyn Store>) {
     mono.advance(3_000);
     let refused = node.create_payment(create("acme", "r-2")).await;
     assert!(
-        matches!(refused, Err(CommandError::Unavailable(_))),
+        matches!(refused, Err(CommandError::Moving(_))),
         "{refused:?}"
     );
     let (payments, _) =

@@ -139,6 +139,7 @@ async fn setup(retry_for: Duration) -> Setup {
             ],
             retry_for,
         },
+        payvisor::cluster::AccountOwnership::Everything,
     );
     let payment = parse_payment_name("accounts/acme/payments/p1").unwrap();
     // Two decisions: created..sent, then processed.
@@ -312,6 +313,7 @@ async fn the_dispatcher_returns_on_shutdown_after_recording_the_sweep_in_progres
         sink.clone(),
         setup.clock.clone(),
         setup.dispatcher.settings().clone(),
+        payvisor::cluster::AccountOwnership::Everything,
     );
     let (trigger, shutdown) = payvisor::shutdown::channel();
     // Without the signal it would sweep again in an hour, and on every wake.

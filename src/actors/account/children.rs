@@ -96,6 +96,11 @@ impl AccountState {
             RetryableWork::Resume(payment) => self.resume(myself, payment).await,
         };
         let Err(error) = result else { return };
+        if let CommandError::Moving(_) = error {
+            // Not this node's any more: the new owner recovers the payment.
+            tracing::info!(account = %self.account, ?work, "account moved to another node; left to its owner");
+            return;
+        }
         let transient = matches!(error, CommandError::Unavailable(_) | CommandError::Conflict);
         if !transient || attempt >= limits::ACTOR_RETRY_ATTEMPTS_MAX {
             tracing::error!(account = %self.account, ?work, %error, attempt, "giving up; left for re-drive");

@@ -79,18 +79,15 @@ impl AccountState {
     /// the account again shows the newer epoch).
     pub(super) fn staging(&self) -> Result<Staging, CommandError> {
         let record = self.record.as_ref().expect("hydrated before commit");
+        let ownership = &self.shared.settings.ownership;
         let moved = || {
-            CommandError::Unavailable(format!(
-                "account {} is not served by this node now; retry",
+            ownership.count_fenced();
+            CommandError::Moving(format!(
+                "account {} is not served by this node now; retry with the same request_id",
                 self.account
             ))
         };
-        let mine = self
-            .shared
-            .settings
-            .ownership
-            .epoch(&self.account)
-            .ok_or_else(moved)?;
+        let mine = ownership.epoch(&self.account).ok_or_else(moved)?;
         let epoch = fence(record.value.owner_epoch, mine).map_err(|fenced| {
             tracing::warn!(account = %self.account, %fenced, "write refused: a newer owner wrote the account");
             moved()
