@@ -451,6 +451,11 @@ pub const CLUSTER_LEAVE_MAX: Duration = Duration::from_secs(10);
 /// Leases a leaving node frees at once: 256 shards in a few round trips,
 /// without a burst that would be throttled.
 pub const CLUSTER_RELEASES_IN_FLIGHT: usize = 16;
+/// A node reads every lease at least once in this many rounds even when
+/// its cluster looks settled (it reads them whenever the members change):
+/// a backstop, so a lease changed in a way this node did not foresee is
+/// seen within seconds.
+pub const CLUSTER_LEASE_REREAD_ROUNDS: u32 = 10;
 /// Peers a node keeps connections to (a cluster larger than this is not
 /// what one table's leases are designed for).
 pub const CLUSTER_NODES_MAX: usize = 64;

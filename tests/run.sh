@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (the README's, and what .ci/run runs):
 # formatting, lints, then every test (unit, property, store conformance on
-# SQLite and DynamoDB, actors, end-to-end over gRPC, kill -9 crash).
+# SQLite and DynamoDB, actors, end-to-end over gRPC, kill -9 crash, a
+# cluster of processes).
 #
 # Needs the Rust toolchain and python3. It installs a DynamoDB-API server
 # (moto[server], from PyPI, into .venv; it brings boto3 and cfn-lint along)
@@ -57,4 +58,7 @@ phase "end-to-end, crash, stalls, reviews and webhooks tests again, with --store
 for group in crash:: e2e:: reviews:: stalls:: webhooks::; do
     PAYVISOR_TEST_STORE=dynamodb cargo test --locked --test it -- "$group"
 done
+phase "the cluster: payvisor processes on one table (kill -9 under load, pause, hot account, scale out, cold start, rolling restart)"
+# One test at a time, for the same reason: each runs three or four nodes.
+PAYVISOR_TEST_CLUSTER=1 cargo test --locked --test it -- cluster_nodes:: --test-threads 1
 phase "passed"

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::domain::ownership::{
-    plan, Lease, Liveness, Mono, NodeId, NodeRecord, ShardId, Timeouts,
+    is_settled, plan, Lease, Liveness, Mono, NodeId, NodeRecord, ShardId, Timeouts,
 };
 use crate::limits;
 use crate::shutdown::Shutdown;
@@ -111,6 +111,59 @@ pub struct Membership {
     liveness: Liveness,
     owned: watch::Sender<Owned>,
     picture: watch::Sender<Arc<super::Picture>>,
+    /// The leases as last read and written, kept while the cluster is
+    /// settled (see [`LeaseCache`]).
+    leases: Option<LeaseCache>,
+}
+
+/// The leases as this node last read them (with its own writes since),
+/// for the members it saw then. Reading every lease costs a query of every
+/// shard's item; once the leases are at rest (`ownership::is_settled`:
+/// every shard held by a member, each holding its share) nothing in them
+/// changes unless the members do (a node joins, leaves, or is judged dead:
+/// only then does anyone claim or release). So a round reads the node
+/// records (a few items) and keeps the leases only while they were at rest
+/// when last read and written, and reads them again when the members
+/// changed, when its last round moved something or was refused a write,
+/// when its own
+/// heartbeats were not acknowledged without a gap (peers may have judged it
+/// dead meanwhile), or every [`limits::CLUSTER_LEASE_REREAD_ROUNDS`] rounds
+/// as a backstop.
+struct LeaseCache {
+    leases: Vec<(Lease, Option<u64>)>,
+    members: Vec<NodeId>,
+    rounds: u32,
+}
+
+impl LeaseCache {
+    async fn read(
+        store: &dyn Store,
+        shards: u16,
+        members: &[NodeId],
+    ) -> Result<LeaseCache, StoreError> {
+        Ok(LeaseCache {
+            leases: schema::read_leases(store, shards).await?,
+            members: members.to_vec(),
+            rounds: 0,
+        })
+    }
+
+    /// Whether it may stand in for a read this round (and counts the round).
+    fn still_valid(&mut self, members: &[NodeId]) -> bool {
+        self.rounds += 1;
+        self.members == members && self.rounds < limits::CLUSTER_LEASE_REREAD_ROUNDS
+    }
+
+    fn version(&self, shard: ShardId) -> Option<u64> {
+        self.leases[usize::from(shard)].1
+    }
+
+    /// This node wrote `lease` (one version on from the one read).
+    fn written(&mut self, lease: Lease) {
+        let slot = &mut self.leases[usize::from(lease.shard)];
+        slot.1 = Some(slot.1.map_or(1, |version| version + 1));
+        slot.0 = lease;
+    }
 }
 
 impl Membership {
@@ -154,6 +207,7 @@ impl Membership {
                 shards: settings.shards,
                 ..Default::default()
             })),
+            leases: None,
         };
         Ok((membership, watching))
     }
@@ -170,10 +224,21 @@ impl Membership {
 
     /// One round: heartbeat, read, decide, write, publish.
     pub async fn round(&mut self) -> Result<(), StoreError> {
+        let before = self.last_acknowledged_sent;
         self.heartbeat().await;
-        let view = schema::read_cluster(self.store.as_ref(), self.shards).await?;
+        let beating = before
+            .zip(self.last_acknowledged_sent)
+            .is_some_and(|(before, now)| {
+                now.0.saturating_sub(before.0) < self.timeouts.self_demote_after
+            });
+        if !beating {
+            // Peers may have judged this node dead meanwhile (a pause, an
+            // outage) and taken its shards: what it knew is void.
+            self.leases = None;
+        }
+        let records = schema::read_nodes(self.store.as_ref()).await?;
         let now = self.mono.now();
-        let nodes: Vec<NodeRecord> = view.nodes.iter().map(|node| node.value.clone()).collect();
+        let nodes: Vec<NodeRecord> = records.iter().map(|node| node.value.clone()).collect();
         self.liveness.observe(&nodes, now);
         let may_serve = self.timeouts.may_serve(self.last_acknowledged_sent, now);
         let alive =
@@ -187,7 +252,19 @@ impl Membership {
             members.push(self.me.id.clone());
         }
         members.sort();
-        let leases: Vec<Lease> = view.leases.iter().map(|(lease, _)| lease.clone()).collect();
+        let cached = self
+            .leases
+            .take()
+            .and_then(|mut cache| cache.still_valid(&members).then_some(cache));
+        let mut cache = match cached {
+            Some(cache) => cache,
+            None => LeaseCache::read(self.store.as_ref(), self.shards, &members).await?,
+        };
+        let leases: Vec<Lease> = cache
+            .leases
+            .iter()
+            .map(|(lease, _)| lease.clone())
+            .collect();
         let decided = plan(
             &self.me.id,
             &leases,
@@ -202,24 +279,22 @@ impl Membership {
             .filter(|lease| lease.owner.as_ref() == Some(&self.me.id))
             .map(|lease| (lease.shard, lease.epoch))
             .collect();
-        let mut picture_leases: Vec<(Option<NodeId>, u64)> = leases
-            .iter()
-            .map(|lease| (lease.owner.clone(), lease.epoch))
-            .collect();
+        let mut refused = false;
         for claim in &decided.claims {
-            let version = view.leases[usize::from(claim.shard)].1;
             let taken = Lease {
                 shard: claim.shard,
                 owner: Some(self.me.id.clone()),
                 epoch: claim.epoch + 1,
             };
-            if self.write_lease(&taken, version).await {
-                held.insert(taken.shard, taken.epoch);
-                picture_leases[usize::from(taken.shard)] = (taken.owner, taken.epoch);
+            match self.write_lease(&taken, cache.version(taken.shard)).await {
+                true => {
+                    held.insert(taken.shard, taken.epoch);
+                    cache.written(taken);
+                }
+                false => refused = true,
             }
         }
         for release in &decided.releases {
-            let version = view.leases[usize::from(release.shard)].1;
             // Given up first: serving stops before the lease is free.
             held.remove(&release.shard);
             self.publish(&held);
@@ -227,8 +302,9 @@ impl Membership {
                 owner: None,
                 ..release.clone()
             };
-            if self.write_lease(&freed, version).await {
-                picture_leases[usize::from(freed.shard)].0 = None;
+            match self.write_lease(&freed, cache.version(freed.shard)).await {
+                true => cache.written(freed),
+                false => refused = true,
             }
         }
         self.publish(&held);
@@ -243,9 +319,25 @@ impl Membership {
         self.picture.send_replace(Arc::new(super::Picture {
             shards: self.shards,
             nodes,
-            leases: picture_leases,
+            leases: (cache.leases.iter())
+                .map(|(lease, _)| (lease.owner.clone(), lease.epoch))
+                .collect(),
         }));
-        self.forget_the_dead(&view, &leases, now).await;
+        self.forget_the_dead(&records, &cache.leases, now).await;
+        // Read again next round unless the leases are at rest: then no
+        // member moves anything until the members change.
+        let now_held: Vec<Lease> = cache
+            .leases
+            .iter()
+            .map(|(lease, _)| lease.clone())
+            .collect();
+        let settled = decided.claims.is_empty()
+            && decided.releases.is_empty()
+            && !refused
+            && is_settled(&now_held, &members);
+        if settled {
+            self.leases = Some(cache);
+        }
         Ok(())
     }
 
@@ -297,10 +389,17 @@ impl Membership {
 
     /// Removes the records of dead nodes that hold no lease (each process
     /// start has a new id, so they would pile up).
-    async fn forget_the_dead(&self, view: &schema::ClusterView, leases: &[Lease], now: Mono) {
-        for node in &view.nodes {
+    async fn forget_the_dead(
+        &self,
+        records: &[schema::Versioned<NodeRecord>],
+        leases: &[(Lease, Option<u64>)],
+        now: Mono,
+    ) {
+        for node in records {
             let id = &node.value.id;
-            let holds = leases.iter().any(|lease| lease.owner.as_ref() == Some(id));
+            let holds = leases
+                .iter()
+                .any(|(lease, _)| lease.owner.as_ref() == Some(id));
             if *id != self.me.id && !holds && !self.liveness.is_alive(id, now, &self.timeouts) {
                 if let Err(error) = schema::remove_node(self.store.as_ref(), id, node.version).await
                 {

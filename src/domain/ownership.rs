@@ -251,6 +251,22 @@ fn weight(node: &NodeId, shard: ShardId) -> u64 {
         })
 }
 
+/// Whether `leases` are at rest for `members` (sorted, each once): every
+/// shard held by a member, each member holding exactly its share. Then no
+/// member's plan moves anything while the members stay the same, so a node
+/// need not read the leases again until they change.
+pub fn is_settled(leases: &[Lease], members: &[NodeId]) -> bool {
+    let mut held: BTreeMap<&NodeId, usize> = members.iter().map(|member| (member, 0)).collect();
+    for lease in leases {
+        match lease.owner.as_ref().and_then(|owner| held.get_mut(owner)) {
+            Some(count) => *count += 1,
+            None => return false,
+        }
+    }
+    held.iter()
+        .all(|(member, count)| *count == share_of(member, members, leases.len()))
+}
+
 /// One round for `me`: `may_serve` is whether its own heartbeat is current
 /// ([`Timeouts::may_serve`]); `alive` says which other nodes are live (by
 /// [`Liveness::is_alive`]); `members` are the live nodes not leaving,
@@ -476,6 +492,23 @@ mod tests {
         assert!(table.iter().all(|lease| lease.epoch == 1));
         // 86 shards at 16 a round take 6 rounds, and one to see no change.
         assert!(rounds <= 7, "{rounds} rounds");
+    }
+
+    #[test]
+    fn leases_are_settled_only_when_every_member_holds_exactly_its_share() {
+        let mut members = vec![node("a"), node("b"), node("c")];
+        let mut table = free_leases(64);
+        assert!(!is_settled(&table, &members), "free shards");
+        settle(&mut table, &members, &|_| true);
+        assert!(is_settled(&table, &members));
+        // A new member: the others hold more than their share now.
+        members.push(node("d"));
+        assert!(!is_settled(&table, &members));
+        // A member gone: its shards are held by a non-member.
+        members.retain(|member| *member != node("b") && *member != node("d"));
+        assert!(!is_settled(&table, &members));
+        settle(&mut table, &members, &|member| *member != node("b"));
+        assert!(is_settled(&table, &members));
     }
 
     #[test]

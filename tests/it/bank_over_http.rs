@@ -5,75 +5,15 @@
 //! and restarted. Judged by the bank's own record: every payment reached the
 //! bank under exactly one key, and payvisor's books match.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Write};
+use std::process::Command;
 use std::time::Duration;
 
+use crate::common::bank_sim::*;
 use crate::common::*;
 use payvisor::grpc::pb::payment::State;
 
-const SECRET: &str = "bank-a-secret-0123456789";
-
-struct BankSim {
-    process: Child,
-    address: String,
-}
-
-impl BankSim {
-    fn start(dir: &std::path::Path, port: u16, extra: &[&str]) -> BankSim {
-        let mut process = Command::new(workspace_binary("payvisor-bank-sim"))
-            .args(["--name", "bank-a"])
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--secret", SECRET, "--seed", "7"])
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start bank-sim");
-        let stdout = process.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let address = loop {
-            let line = lines.next().expect("bank-sim exited").unwrap();
-            if let Some((_, address)) = line.split_once(" listening on ") {
-                break address.trim().to_owned();
-            }
-        };
-        std::thread::spawn(move || for _ in lines {});
-        BankSim { process, address }
-    }
-
-    /// `GET /admin/stats` (the simulator's own counts; not protocol).
-    fn stats(&self) -> serde_json::Value {
-        let mut stream = std::net::TcpStream::connect(&self.address).unwrap();
-        write!(
-            stream,
-            "GET /admin/stats HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).unwrap();
-        let body = answer.split("\r\n\r\n").nth(1).unwrap();
-        serde_json::from_str(body.trim()).unwrap()
-    }
-}
-
-impl Drop for BankSim {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const SECRET: &str = BANK_SIM_SECRET;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_9() {
@@ -251,23 +191,6 @@ async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_
     }
 }
 
-/// One unlabelled gauge from `/metrics`.
-fn metric(listen: &str, name: &str) -> i64 {
-    let mut stream = std::net::TcpStream::connect(listen).unwrap();
-    write!(
-        stream,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    answer
-        .lines()
-        .find_map(|line| line.strip_prefix(&format!("{name} ")))
-        .and_then(|value| value.trim().parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in {answer}"))
-}
-
 fn set_outage(bank: &BankSim, down: bool) {
     let body = format!("{{\"down\": {down}}}");
     let mut stream = std::net::TcpStream::connect(&bank.address).unwrap();
@@ -300,28 +223,12 @@ async fn routing_fails_over_without_ever_sending_a_payment_to_two_banks() {
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let start = |n: usize, name: &str, currencies: &str| {
-        let mut process = Command::new(workspace_binary("payvisor-bank-sim"))
-            .args(["--name", name, "--seed", "3"])
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", ports[n]))
-            .arg("--data-dir")
-            .arg(dirs[n].path())
-            .args(["--secret", SECRET, "--currencies", currencies])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = process.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let line = lines.next().unwrap().unwrap();
-        let address = line
-            .split_once(" listening on ")
-            .unwrap()
-            .1
-            .trim()
-            .to_owned();
-        std::thread::spawn(move || for _ in lines {});
-        BankSim { process, address }
+        BankSim::named(
+            name,
+            dirs[n].path(),
+            ports[n],
+            &["--seed", "3", "--currencies", currencies],
+        )
     };
     let banks = [
         start(0, "bank-a", "USD"),

@@ -20,6 +20,7 @@ mod bank_over_http;
 mod bench_smoke;
 mod callbacks;
 mod cluster;
+mod cluster_nodes;
 mod crash;
 mod e2e;
 mod http_connector;

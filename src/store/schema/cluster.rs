@@ -1,7 +1,7 @@
 //! The cluster's items, all in one small partition: the shard count
-//! (written once), a record per running node, a lease per shard. Read
-//! whole, strongly consistent, by every node every heartbeat: a few hundred
-//! small items.
+//! (written once), a record per running node, a lease per shard. Node
+//! records are read by every node every heartbeat (a few items), the leases
+//! (one per shard) when the members change; both strongly consistent.
 
 use super::*;
 use crate::domain::ownership::{Lease, NodeId, NodeRecord, ShardId};
@@ -120,7 +120,28 @@ pub async fn put_lease(
 
 /// Reads every node record and the lease of each of `shards` shards.
 pub async fn read_cluster(store: &dyn Store, shards: u16) -> Result<ClusterView, StoreError> {
-    let mut view = ClusterView::default();
+    Ok(ClusterView {
+        nodes: read_nodes(store).await?,
+        leases: read_leases(store, shards).await?,
+    })
+}
+
+/// Every node record (a few small items: read every round).
+pub async fn read_nodes(store: &dyn Store) -> Result<Vec<Versioned<NodeRecord>>, StoreError> {
+    let mut nodes = Vec::new();
+    for item in read_all(store, NODE_SK_PREFIX).await? {
+        nodes.push(versioned(item)?);
+    }
+    Ok(nodes)
+}
+
+/// The lease of each of `shards` shards, with its version; a shard without
+/// a lease item is free at epoch 0 (version `None`: its first claim creates
+/// the item).
+pub async fn read_leases(
+    store: &dyn Store,
+    shards: u16,
+) -> Result<Vec<(Lease, Option<u64>)>, StoreError> {
     let mut leases: Vec<(Lease, Option<u64>)> = (0..shards)
         .map(|shard| {
             let free = Lease {
@@ -131,33 +152,35 @@ pub async fn read_cluster(store: &dyn Store, shards: u16) -> Result<ClusterView,
             (free, None)
         })
         .collect();
+    for item in read_all(store, LEASE_SK_PREFIX).await? {
+        let Versioned { value, version } = versioned::<Lease>(item)?;
+        // A lease beyond the agreed count cannot exist: the count is
+        // checked before any lease is written.
+        if let Some(slot) = leases.get_mut(usize::from(value.shard)) {
+            *slot = (value, Some(version));
+        }
+    }
+    Ok(leases)
+}
+
+/// Every item of the cluster partition under `prefix`, strongly
+/// consistent, page by page.
+async fn read_all(store: &dyn Store, prefix: &str) -> Result<Vec<Item>, StoreError> {
+    let mut items = Vec::new();
     let mut start_after = None;
     loop {
         let page = store
             .query(Query {
                 pk: CLUSTER_PARTITION.into(),
-                sk_prefix: String::new(),
+                sk_prefix: prefix.into(),
                 start_after: start_after.take(),
                 limit: limits::PAGE_SIZE_MAX,
             })
             .await?;
-        for item in page.items {
-            if item.key.sk.starts_with(NODE_SK_PREFIX) {
-                view.nodes.push(versioned(item)?);
-            } else if item.key.sk.starts_with(LEASE_SK_PREFIX) {
-                let Versioned { value, version } = versioned::<Lease>(item)?;
-                // A lease beyond the agreed count cannot exist: the count is
-                // checked before any lease is written.
-                if let Some(slot) = leases.get_mut(usize::from(value.shard)) {
-                    *slot = (value, Some(version));
-                }
-            }
-        }
+        items.extend(page.items);
         match page.next {
             Some(next) => start_after = Some(next),
-            None => break,
+            None => return Ok(items),
         }
     }
-    view.leases = leases;
-    Ok(view)
 }

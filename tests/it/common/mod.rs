@@ -3,6 +3,7 @@
 //! DynamoDB table), and talks to it over real gRPC.
 #![allow(dead_code)]
 
+pub mod bank_sim;
 pub mod dynamodb;
 pub mod pager;
 

@@ -1,0 +1,95 @@
+//! A `payvisor-bank-sim` process (the HTTP bank of `docs/bank-protocol.md`)
+//! for tests that run payvisor against a bank over the network, and the
+//! small HTTP reads tests make of it and of `/metrics`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::process::{Child, Command, Stdio};
+
+use super::workspace_binary;
+
+/// The secret `bank-a` signs its callbacks with.
+pub const BANK_SIM_SECRET: &str = "bank-a-secret-0123456789";
+
+pub struct BankSim {
+    process: Child,
+    pub address: String,
+}
+
+impl BankSim {
+    /// `bank-a` (seed 7) on `port`, its durable record in `dir`.
+    pub fn start(dir: &std::path::Path, port: u16, extra: &[&str]) -> BankSim {
+        let seeded = [&["--seed", "7"][..], extra].concat();
+        BankSim::named("bank-a", dir, port, &seeded)
+    }
+
+    /// Bank `name` on `port`, its durable record in `dir`.
+    pub fn named(name: &str, dir: &std::path::Path, port: u16, extra: &[&str]) -> BankSim {
+        let mut process = Command::new(workspace_binary("payvisor-bank-sim"))
+            .args(["--name", name])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--secret", BANK_SIM_SECRET])
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start bank-sim");
+        let stdout = process.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let address = loop {
+            let line = lines.next().expect("bank-sim exited").unwrap();
+            if let Some((_, address)) = line.split_once(" listening on ") {
+                break address.trim().to_owned();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        BankSim { process, address }
+    }
+
+    /// `GET /admin/stats` (the simulator's own counts; not protocol).
+    pub fn stats(&self) -> serde_json::Value {
+        let answer = http_get(&self.address, "/admin/stats");
+        let body = answer.split("\r\n\r\n").nth(1).unwrap();
+        serde_json::from_str(body.trim()).unwrap()
+    }
+}
+
+impl Drop for BankSim {
+    fn drop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The whole HTTP/1.1 answer (status line, headers, body) to a GET.
+pub fn http_get(address: &str, path: &str) -> String {
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// One unlabelled sample from a node's `/metrics` at `listen`.
+pub fn metric(listen: &str, name: &str) -> i64 {
+    let answer = http_get(listen, "/metrics");
+    answer
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in {answer}"))
+}
