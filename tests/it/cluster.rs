@@ -8,13 +8,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use payvisor::actors::{CommandError, CreatePayment};
-use payvisor::clock::SystemClock;
+use payvisor::clock::{Clock, ManualClock, SystemClock};
 use payvisor::cluster::membership::{
     JoinError, ManualMono, Membership, MembershipSettings, MonoClock, Owned,
 };
 use payvisor::cluster::AccountOwnership;
 use payvisor::domain::ownership::{Mono, NodeId, ShardId, Timeouts};
-use payvisor::domain::{AccountId, Currency, Money, RequestId};
+use payvisor::domain::{AccountId, Currency, Money, RequestId, Timestamp};
 use payvisor::store::schema;
 use payvisor::store::Store;
 use tokio::sync::watch;
@@ -46,12 +46,18 @@ impl Node {
 }
 
 async fn join(store: &Arc<dyn Store>, name: &str) -> Node {
+    join_with_wall_clock(store, name, &SystemClock).await
+}
+
+/// A node whose wall clock is `wall` (the membership reads it only for the
+/// start time it records).
+async fn join_with_wall_clock(store: &Arc<dyn Store>, name: &str, wall: &dyn Clock) -> Node {
     let clock = Arc::new(ManualMono::default());
     // Each node's clock has an origin of its own.
     clock.advance(name.len() as u64 * 7_919);
     let (membership, owned) = Membership::join(
         Arc::clone(store),
-        &SystemClock,
+        wall,
         clock.clone(),
         NodeId::new(name),
         MembershipSettings {
@@ -174,6 +180,61 @@ async fn a_dead_nodes_shards_move_only_after_it_stopped_serving(store: Arc<dyn S
             }
         }
     }
+}
+
+/// One node's wall clock an hour ahead, another's an hour behind: the
+/// shards are shared out and taken from a dead node exactly as with true
+/// clocks (only monotonic readings decide; the start times show the skew).
+async fn wall_clocks_an_hour_off_change_nothing_about_ownership(store: Arc<dyn Store>) {
+    const HOUR: i64 = 3_600_000;
+    let now = SystemClock.now().unix_millis();
+    let ahead = ManualClock::starting_at(Timestamp::from_unix_millis(now + HOUR));
+    let behind = ManualClock::starting_at(Timestamp::from_unix_millis(now - HOUR));
+    let (mut a, mut b, mut c) = (
+        join(&store, "a").await,
+        join_with_wall_clock(&store, "b", &ahead).await,
+        join_with_wall_clock(&store, "c", &behind).await,
+    );
+    for _ in 0..8 {
+        tick(&mut [&mut a, &mut b, &mut c]).await;
+        served(&[&a, &b, &c]);
+    }
+    assert_even_and_complete(&served(&[&a, &b, &c]));
+    let view = schema::read_cluster(store.as_ref(), SHARDS).await.unwrap();
+    let started = |name: &str| {
+        (view.nodes.iter())
+            .find(|node| node.value.id == NodeId::new(name))
+            .map(|node| node.value.started_at.unix_millis())
+            .unwrap()
+    };
+    assert!(
+        started("b") - started("c") >= 2 * HOUR - 60_000,
+        "the skew is real"
+    );
+
+    // a dies: the skewed nodes take its shards after the dead timeout, not
+    // before, and only then.
+    let a_held = a.serves();
+    for n in 1..=12 {
+        a.clock.advance(TIMEOUTS.heartbeat_every);
+        tick(&mut [&mut b, &mut c]).await;
+        let taken = [&b, &c]
+            .iter()
+            .any(|node| node.serves().keys().any(|shard| a_held.contains_key(shard)));
+        if taken {
+            assert!(
+                a.serves().is_empty(),
+                "a still served when its shards were taken"
+            );
+            // b and c read a's last heartbeat in the tick it was written
+            // (a rounds first): dead once unchanged for the timeout.
+            assert!(
+                u64::try_from(n).unwrap() * TIMEOUTS.heartbeat_every >= TIMEOUTS.dead_after,
+                "taken before the dead timeout: tick {n}"
+            );
+        }
+    }
+    assert_even_and_complete(&served(&[&b, &c]));
 }
 
 async fn a_leaving_node_hands_its_shards_over_without_waiting_for_the_timeout(
@@ -384,6 +445,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     nodes_starting_together_own_every_shard_once_in_even_shares,
     a_dead_nodes_shards_move_only_after_it_stopped_serving,
+    wall_clocks_an_hour_off_change_nothing_about_ownership,
     a_leaving_node_hands_its_shards_over_without_waiting_for_the_timeout,
     a_new_node_gets_its_share_in_bounded_steps,
     a_node_with_another_shard_count_is_refused,
