@@ -352,12 +352,26 @@ impl Membership {
                 self.last_acknowledged_sent = Some(sent);
             }
             Err(StoreError::ConditionFailed { .. }) => {
-                // A peer removed the record (it judged this node dead): this
-                // node's leases are being taken. Register again next round,
-                // and serve nothing until then.
-                tracing::warn!(node = %self.me.id, "this node's record was removed by a peer; rejoining");
-                self.version = None;
+                // The record is not as this node last wrote it: a peer
+                // removed it (it judged this node dead, so its leases are
+                // being taken), or an earlier heartbeat that timed out
+                // landed after all. Either way, serve nothing until a
+                // heartbeat is acknowledged again (and the leases read
+                // again, see `round`); write on top of what is there.
                 self.last_acknowledged_sent = None;
+                match schema::read_node(self.store.as_ref(), &self.me.id).await {
+                    Ok(Some(stored)) => {
+                        self.version = Some(stored.version);
+                        self.me.heartbeat = self.me.heartbeat.max(stored.value.heartbeat);
+                    }
+                    Ok(None) => {
+                        tracing::warn!(node = %self.me.id, "this node's record was removed by a peer; rejoining");
+                        self.version = None;
+                    }
+                    Err(error) => {
+                        tracing::warn!(node = %self.me.id, %error, "this node's record not read");
+                    }
+                }
             }
             Err(error) => {
                 tracing::warn!(node = %self.me.id, %error, "heartbeat not written");

@@ -5,6 +5,7 @@
 //! interleaving and time, and the store decides every race.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use payvisor::actors::{CommandError, CreatePayment};
@@ -17,6 +18,7 @@ use payvisor::domain::ownership::{Mono, NodeId, ShardId, Timeouts};
 use payvisor::domain::{AccountId, Currency, Money, RequestId, Timestamp};
 use payvisor::store::schema;
 use payvisor::store::Store;
+use payvisor_testkit::faults::{FaultScope, FaultyStore};
 use tokio::sync::watch;
 
 use crate::common::dynamodb as dynamodb_server;
@@ -411,6 +413,140 @@ async fn a_node_past_its_deadline_writes_nothing(store: Arc<dyn Store>) {
     assert_eq!(payments.len(), 1);
 }
 
+/// One heartbeat period in which a round may fail (its store injects
+/// faults): the node simply tries again next period.
+async fn tick_through_faults(nodes: &mut [&mut Node]) {
+    for node in nodes.iter() {
+        node.clock.advance(TIMEOUTS.heartbeat_every);
+    }
+    for node in nodes.iter_mut() {
+        let _ = node.membership.round().await;
+    }
+}
+
+/// Three nodes whose every cluster call may be cancelled by a conflict,
+/// throttled, or time out (a fifth of them; some timed-out writes land all
+/// the same): no shard is ever served by two nodes, a node that stops still
+/// loses its shards, and once the faults stop ownership is even and
+/// complete.
+async fn membership_under_injected_store_faults_never_serves_a_shard_twice(store: Arc<dyn Store>) {
+    let faulty: Vec<Arc<FaultyStore>> = (0..3)
+        .map(|n| {
+            let faulty = FaultyStore::new(Arc::clone(&store), FaultScope::Leases, 200, 41 + n);
+            faulty.set_faults(false);
+            Arc::new(faulty)
+        })
+        .collect();
+    let as_store = |n: usize| Arc::clone(&faulty[n]) as Arc<dyn Store>;
+    let (mut a, mut b, mut c) = (
+        join(&as_store(0), "a").await,
+        join(&as_store(1), "b").await,
+        join(&as_store(2), "c").await,
+    );
+    faulty.iter().for_each(|store| store.set_faults(true));
+    for _ in 0..15 {
+        tick_through_faults(&mut [&mut a, &mut b, &mut c]).await;
+        served(&[&a, &b, &c]);
+    }
+    // c stops; a and b go on through the faults.
+    for _ in 0..15 {
+        c.clock.advance(TIMEOUTS.heartbeat_every);
+        tick_through_faults(&mut [&mut a, &mut b]).await;
+        served(&[&a, &b, &c]);
+    }
+    assert!(c.serves().is_empty(), "a stopped node serves nothing");
+    let injected: u64 = faulty.iter().map(|store| store.injected.total()).sum();
+    let landed: u64 = (faulty.iter())
+        .map(|store| store.injected.timeouts_landed.load(Ordering::Relaxed))
+        .sum();
+    assert!(
+        injected > 20 && landed > 0,
+        "faults were injected: {injected}, {landed} landed"
+    );
+    faulty.iter().for_each(|store| store.set_faults(false));
+    for _ in 0..12 {
+        tick(&mut [&mut a, &mut b]).await;
+    }
+    assert_even_and_complete(&served(&[&a, &b]));
+}
+
+/// An owner whose data writes may be cancelled, throttled or time out
+/// (some landing all the same), with clients retrying each create under its
+/// `request_id` until it is acknowledged: every acknowledged create exists
+/// exactly once and the books verify. Then a new owner takes over (through
+/// the same faults): once it has written, none of the old owner's writes
+/// lands.
+async fn data_writes_under_injected_store_faults_are_never_lost_doubled_or_late(
+    store: Arc<dyn Store>,
+) {
+    let faulty = Arc::new(FaultyStore::new(
+        Arc::clone(&store),
+        FaultScope::Data,
+        150,
+        7,
+    ));
+    let faulty_store = Arc::clone(&faulty) as Arc<dyn Store>;
+    let (mut old_background, mut new_background) = (
+        crate::common::Background::new(),
+        crate::common::Background::new(),
+    );
+    let (_old_owned, old_view) = watch::channel(holding_everything(1, u64::MAX));
+    let old = orchestrator(&faulty_store, old_view, Arc::default(), &mut old_background);
+    let until_acknowledged = |node: &payvisor::actors::Orchestrator, request: String| {
+        let node = node.clone();
+        async move {
+            for _ in 0..100 {
+                match node.create_payment(create("acme", &request)).await {
+                    Ok(payment) => return payment,
+                    Err(CommandError::Unavailable(_) | CommandError::Conflict) => continue,
+                    Err(error) => panic!("{request}: {error:?}"),
+                }
+            }
+            panic!("{request} never acknowledged");
+        }
+    };
+    let mut acknowledged = BTreeSet::new();
+    for n in 0..30 {
+        let payment = until_acknowledged(&old, format!("r-{n}")).await;
+        acknowledged.insert(payment.id);
+    }
+    assert!(faulty.injected.total() > 0, "faults were injected");
+
+    let (_new_owned, new_view) = watch::channel(holding_everything(2, u64::MAX));
+    let new = orchestrator(&faulty_store, new_view, Arc::default(), &mut new_background);
+    let taken_over = until_acknowledged(&new, "r-new".into()).await;
+    acknowledged.insert(taken_over.id);
+    for n in 0..10 {
+        match old
+            .create_payment(create("acme", &format!("late-{n}")))
+            .await
+        {
+            Ok(payment) => panic!("the old owner wrote after the new one: {payment:?}"),
+            Err(CommandError::Moving(_) | CommandError::Unavailable(_)) => {}
+            Err(error) => panic!("{error:?}"),
+        }
+    }
+    faulty.set_faults(false);
+    // Quiet before the books are read: the audit reads the account item
+    // and the payments one after the other, not as one snapshot.
+    new.shutdown(std::time::Duration::from_secs(5)).await;
+    old.shutdown(std::time::Duration::from_secs(5)).await;
+    let account = AccountId::new("acme").unwrap();
+    let (payments, next) = schema::list_payments(store.as_ref(), &account, None, 100)
+        .await
+        .unwrap();
+    assert!(next.is_none());
+    let stored: BTreeSet<_> = payments.into_iter().map(|payment| payment.id).collect();
+    assert_eq!(
+        stored, acknowledged,
+        "exactly the acknowledged creates, once each"
+    );
+    let audit = payvisor::audit::audit_account(store.as_ref(), &account)
+        .await
+        .unwrap();
+    assert!(audit.is_clean(), "{audit:?}");
+}
+
 fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     crate::common::sqlite_store()
 }
@@ -451,4 +587,6 @@ on_both_stores!(
     a_node_with_another_shard_count_is_refused,
     a_superseded_owner_writes_nothing_after_the_new_owners_first_write,
     a_node_past_its_deadline_writes_nothing,
+    membership_under_injected_store_faults_never_serves_a_shard_twice,
+    data_writes_under_injected_store_faults_are_never_lost_doubled_or_late,
 );

@@ -126,6 +126,14 @@ pub async fn read_cluster(store: &dyn Store, shards: u16) -> Result<ClusterView,
     })
 }
 
+/// One node's record, strongly consistent.
+pub async fn read_node(
+    store: &dyn Store,
+    node: &NodeId,
+) -> Result<Option<Versioned<NodeRecord>>, StoreError> {
+    store.get(node_key(node)).await?.map(versioned).transpose()
+}
+
 /// Every node record (a few small items: read every round).
 pub async fn read_nodes(store: &dyn Store) -> Result<Vec<Versioned<NodeRecord>>, StoreError> {
     let mut nodes = Vec::new();
