@@ -783,8 +783,8 @@ mod tests {
         let cluster = config.cluster.expect("a cluster member");
         assert_eq!(cluster.advertise, "127.0.0.1:50051");
         assert_eq!(cluster.shards, limits::CLUSTER_SHARDS_DEFAULT);
-        assert_eq!(cluster.timeouts.dead_after, 6_000);
-        assert_eq!(cluster.timeouts.self_demote_after, 3_000);
+        assert_eq!(cluster.timeouts.dead_after, 5_000);
+        assert_eq!(cluster.timeouts.self_demote_after, 2_500);
         assert_ne!(
             cluster.node_id,
             parse(&clustered).unwrap().cluster.unwrap().node_id,

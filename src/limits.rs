@@ -420,13 +420,14 @@ pub const CLUSTER_SHARDS_MAX: u16 = 4096;
 /// node per round, whatever the number of shards.
 pub const CLUSTER_HEARTBEAT_EVERY: Duration = Duration::from_millis(1000);
 /// A node serves its shards until this long after it sent its last
-/// acknowledged heartbeat: two missed rounds and a spare.
-pub const CLUSTER_SELF_DEMOTE_AFTER: Duration = Duration::from_millis(3000);
+/// acknowledged heartbeat: a missed round and a half.
+pub const CLUSTER_SELF_DEMOTE_AFTER: Duration = Duration::from_millis(2500);
 /// A peer is judged dead when its heartbeat has not changed for this long on
 /// the observer's clock: twice the self-demotion (the margin that makes the
 /// dead node stop serving before anyone takes over). With a round every
-/// second, a dead node's shards are claimed within ~7 s of its last beat.
-pub const CLUSTER_DEAD_AFTER: Duration = Duration::from_millis(6000);
+/// second, a dead node's shards are claimed within ~6 s of its last beat,
+/// which keeps failover (kill to the first commit elsewhere) under 10 s.
+pub const CLUSTER_DEAD_AFTER: Duration = Duration::from_millis(5000);
 /// Shards one node claims or releases per round: a dead node's share of a
 /// 256-shard, 3-node cluster moves in one or two rounds, while a joining
 /// node takes its share in steps rather than all at once.
@@ -448,9 +449,10 @@ pub const CLUSTER_FORWARD_TIMEOUT: Duration = Duration::from_secs(25);
 /// after its actors drained; past it, peers take them once the node is
 /// judged dead. Part of the shutdown's bound (see the test below).
 pub const CLUSTER_LEAVE_MAX: Duration = Duration::from_secs(10);
-/// Leases a leaving node frees at once: 256 shards in a few round trips,
-/// without a burst that would be throttled.
-pub const CLUSTER_RELEASES_IN_FLIGHT: usize = 16;
+/// Lease writes a node has in flight at once (a round's claims, a leaving
+/// node's releases): 256 shards in a few round trips, without a burst that
+/// would be throttled.
+pub const CLUSTER_LEASE_WRITES_IN_FLIGHT: usize = 16;
 /// A node reads every lease at least once in this many rounds even when
 /// its cluster looks settled (it reads them whenever the members change):
 /// a backstop, so a lease changed in a way this node did not foresee is

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::actors::{ActorSettings, Components, Orchestrator};
 use crate::alerts::pagerduty::PagerDutySink;
@@ -480,7 +479,9 @@ async fn serve_grpc(
             .add_service(payments)
             .add_service(cluster)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listener),
+                // No Nagle: a response's frames go out at once (a peer's
+                // delayed ACK would hold the last one back ~40 ms).
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
                 trigger.subscribe().signalled(),
             ),
     );

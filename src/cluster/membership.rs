@@ -280,18 +280,25 @@ impl Membership {
             .map(|lease| (lease.shard, lease.epoch))
             .collect();
         let mut refused = false;
-        for claim in &decided.claims {
-            let taken = Lease {
-                shard: claim.shard,
-                owner: Some(self.me.id.clone()),
-                epoch: claim.epoch + 1,
-            };
-            match self.write_lease(&taken, cache.version(taken.shard)).await {
-                true => {
-                    held.insert(taken.shard, taken.epoch);
-                    cache.written(taken);
-                }
-                false => refused = true,
+        // Claims go out together: a dead node's shards are taken in one
+        // round trip, not one per shard.
+        let claims = (decided.claims.iter())
+            .map(|claim| {
+                let taken = Lease {
+                    shard: claim.shard,
+                    owner: Some(self.me.id.clone()),
+                    epoch: claim.epoch + 1,
+                };
+                let version = cache.version(taken.shard);
+                (taken, version)
+            })
+            .collect();
+        for (taken, landed) in self.write_leases(claims).await {
+            if landed {
+                held.insert(taken.shard, taken.epoch);
+                cache.written(taken);
+            } else {
+                refused = true;
             }
         }
         for release in &decided.releases {
@@ -379,6 +386,40 @@ impl Membership {
         }
     }
 
+    /// Writes `leases`, each conditional on its version as read, a bounded
+    /// number at a time; returns each with whether it landed.
+    async fn write_leases(&self, leases: Vec<(Lease, Option<u64>)>) -> Vec<(Lease, bool)> {
+        let permits = Arc::new(tokio::sync::Semaphore::new(
+            limits::CLUSTER_LEASE_WRITES_IN_FLIGHT,
+        ));
+        let mut writes = tokio::task::JoinSet::new();
+        for (lease, version) in leases {
+            let store = Arc::clone(&self.store);
+            let permits = Arc::clone(&permits);
+            let node = self.me.id.clone();
+            writes.spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let landed = match schema::put_lease(store.as_ref(), &lease, version).await {
+                    Ok(()) => true,
+                    // Another node moved first: the next round reads it.
+                    Err(StoreError::ConditionFailed { .. }) => false,
+                    Err(error) => {
+                        tracing::warn!(%node, shard = lease.shard, %error, "lease not written");
+                        false
+                    }
+                };
+                (lease, landed)
+            });
+        }
+        let mut written = Vec::new();
+        while let Some(result) = writes.join_next().await {
+            if let Ok(result) = result {
+                written.push(result);
+            }
+        }
+        written
+    }
+
     async fn write_lease(&self, lease: &Lease, version: Option<u64>) -> bool {
         match schema::put_lease(self.store.as_ref(), lease, version).await {
             Ok(()) => true,
@@ -435,27 +476,18 @@ impl Membership {
             self.version = Some(version);
         }
         let view = schema::read_cluster(self.store.as_ref(), self.shards).await?;
-        let mut releases = tokio::task::JoinSet::new();
-        let permits = Arc::new(tokio::sync::Semaphore::new(
-            limits::CLUSTER_RELEASES_IN_FLIGHT,
-        ));
-        for (lease, version) in view.leases {
-            if lease.owner.as_ref() != Some(&self.me.id) {
-                continue;
-            }
-            let freed = Lease {
-                owner: None,
-                ..lease
-            };
-            let store = Arc::clone(&self.store);
-            let permits = Arc::clone(&permits);
-            releases.spawn(async move {
-                let _permit = permits.acquire_owned().await;
-                // Refused: a peer took it already (it judged this node dead).
-                let _ = schema::put_lease(store.as_ref(), &freed, version).await;
-            });
-        }
-        while releases.join_next().await.is_some() {}
+        let mine = (view.leases.into_iter())
+            .filter(|(lease, _)| lease.owner.as_ref() == Some(&self.me.id))
+            .map(|(lease, version)| {
+                let freed = Lease {
+                    owner: None,
+                    ..lease
+                };
+                (freed, version)
+            })
+            .collect();
+        // Refused: a peer took it already (it judged this node dead).
+        self.write_leases(mine).await;
         if let Some(version) = self.version {
             schema::remove_node(self.store.as_ref(), &self.me.id, version).await?;
         }
