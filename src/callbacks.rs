@@ -34,9 +34,19 @@ pub struct CallbackEndpoint {
     orchestrator: Orchestrator,
     clock: Arc<dyn Clock>,
     /// Set on a cluster member: a callback for an account another node
-    /// owns is handed to it.
-    cluster: Option<Arc<Cluster>>,
+    /// owns is handed to it, with `HandOff` (the gRPC layer's).
+    cluster: Option<(Arc<Cluster>, HandOff)>,
 }
+
+/// Hands a callback, as received (bank, signature, body), to the node at
+/// the end of the channel; returns the HTTP status and body the bank is to
+/// be answered.
+pub type HandOff = fn(
+    tonic::transport::Channel,
+    String,
+    Option<String>,
+    Vec<u8>,
+) -> crate::store::BoxFuture<'static, Result<(u16, String), CommandError>>;
 
 /// One callback as a bank sends it.
 #[derive(Deserialize)]
@@ -57,7 +67,7 @@ impl CallbackEndpoint {
         secrets: HashMap<String, Vec<u8>>,
         orchestrator: Orchestrator,
         clock: Arc<dyn Clock>,
-        cluster: Option<Arc<Cluster>>,
+        cluster: Option<(Arc<Cluster>, HandOff)>,
     ) -> CallbackEndpoint {
         CallbackEndpoint {
             secrets,
@@ -144,8 +154,22 @@ impl CallbackEndpoint {
             Ok(Route::Local) => self.orchestrator.bank_callback(callback).await,
             Ok(Route::Forward { node, channel }) => {
                 tracing::debug!(%bank, owner = %node, "bank callback handed to the account's owner");
-                match crate::grpc::cluster::hand_bank_callback(channel, bank, signature, body).await
-                {
+                let hand_off = self.cluster.as_ref().map(|(_, hand_off)| *hand_off);
+                let handed = match hand_off {
+                    Some(hand_off) => {
+                        hand_off(
+                            channel,
+                            bank.to_owned(),
+                            signature.map(str::to_owned),
+                            body.to_vec(),
+                        )
+                        .await
+                    }
+                    None => Err(CommandError::Internal(
+                        "no hand-off outside a cluster".into(),
+                    )),
+                };
+                match handed {
                     Ok((status, text)) => {
                         let status =
                             StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -181,10 +205,10 @@ impl CallbackEndpoint {
     async fn owner(&self, callback: &BankCallback, handed: bool) -> Result<Route, CommandError> {
         match &self.cluster {
             None => Ok(Route::Local),
-            Some(cluster) => {
+            Some((cluster, _)) => {
                 let account = &callback.event.payment_name().account;
                 let deadline = tokio::time::Instant::now() + limits::CLUSTER_MOVE_WAIT;
-                cluster.route(account, handed, deadline).await
+                Ok(cluster.route(account, handed, deadline).await?)
             }
         }
     }

@@ -414,7 +414,10 @@ fn serve_bank_callbacks(
             .collect::<HashMap<_, _>>(),
         node.orchestrator.clone(),
         node.clock.clone(),
-        node.cluster.clone(),
+        (node.cluster.clone()).map(|cluster| {
+            let hand_off: crate::callbacks::HandOff = crate::grpc::cluster::hand_off;
+            (cluster, hand_off)
+        }),
     ));
     tracing::info!(listen = %listener.local_addr()?, banks = config.banks.len(), "bank callbacks serving");
     let bounds = crate::http_server::ServerLimits {

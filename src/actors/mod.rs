@@ -77,6 +77,17 @@ pub enum CommandError {
     Internal(String),
 }
 
+impl From<crate::cluster::RouteError> for CommandError {
+    fn from(error: crate::cluster::RouteError) -> CommandError {
+        match error {
+            crate::cluster::RouteError::Moving(_) => CommandError::Moving(error.to_string()),
+            crate::cluster::RouteError::BadPeerAddress(_) => {
+                CommandError::Internal(error.to_string())
+            }
+        }
+    }
+}
+
 /// One bad field of a request (AIP-193 `BadRequest.FieldViolation`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {

@@ -17,7 +17,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::actors::CommandError;
 use crate::domain::ownership::{shard_of, NodeId, NodeRecord, ShardId};
 use crate::domain::AccountId;
 use crate::limits;
@@ -179,6 +178,17 @@ pub struct ClusterMetrics {
     pub fenced_writes: Counter,
 }
 
+/// Why a call cannot be routed now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RouteError {
+    /// No node may serve the account now: its shard is moving, or its
+    /// owner cannot be reached. Retryable.
+    #[error("account {0} is moving between nodes; retry with the same request_id")]
+    Moving(AccountId),
+    #[error("peer address {0:?} is not a URL")]
+    BadPeerAddress(String),
+}
+
 /// Where a call for an account goes.
 pub enum Route {
     /// This node owns the account: serve it here.
@@ -243,7 +253,7 @@ impl Cluster {
         account: &AccountId,
         forwarded: bool,
         deadline: tokio::time::Instant,
-    ) -> Result<Route, CommandError> {
+    ) -> Result<Route, RouteError> {
         let give_up = deadline.min(tokio::time::Instant::now() + limits::CLUSTER_MOVE_WAIT);
         let mut owned = self.owned.clone();
         let mut picture = self.picture.clone();
@@ -269,12 +279,10 @@ impl Cluster {
                 () = tokio::time::sleep_until(give_up) => break,
             }
         }
-        Err(CommandError::Moving(format!(
-            "account {account} is moving between nodes; retry with the same request_id"
-        )))
+        Err(RouteError::Moving(account.clone()))
     }
 
-    fn channel(&self, address: &str) -> Result<Channel, CommandError> {
+    fn channel(&self, address: &str) -> Result<Channel, RouteError> {
         let mut channels = self
             .channels
             .lock()
@@ -288,7 +296,7 @@ impl Cluster {
             channels.clear();
         }
         let channel = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|_| CommandError::Internal(format!("peer address {address:?} is not a URL")))?
+            .map_err(|_| RouteError::BadPeerAddress(address.to_owned()))?
             .connect_timeout(limits::CLUSTER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .connect_lazy();
@@ -297,7 +305,7 @@ impl Cluster {
     }
 
     /// The channel to a live peer by id (for node-to-node calls).
-    pub fn peer(&self, node: &NodeId) -> Result<Option<Channel>, CommandError> {
+    pub fn peer(&self, node: &NodeId) -> Result<Option<Channel>, RouteError> {
         let address = self
             .picture
             .borrow()

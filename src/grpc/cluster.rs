@@ -181,6 +181,16 @@ impl ClusterService for ClusterApi {
     }
 }
 
+/// [`hand_bank_callback`] as the callback endpoint's `HandOff`.
+pub fn hand_off(
+    channel: Channel,
+    bank: String,
+    signature: Option<String>,
+    body: Vec<u8>,
+) -> crate::store::BoxFuture<'static, Result<(u16, String), CommandError>> {
+    Box::pin(async move { hand_bank_callback(channel, &bank, signature.as_deref(), &body).await })
+}
+
 /// Hands a verified-here bank callback to the node that owns its account;
 /// the owner verifies it again. Returns what the bank is to be answered.
 pub async fn hand_bank_callback(

@@ -67,7 +67,8 @@ where
     let mut picture = cluster.picture_changes();
     let mut hops = 0;
     loop {
-        let (node, channel) = match cluster.route(account, forwarded, deadline).await? {
+        let routed = cluster.route(account, forwarded, deadline).await;
+        let (node, channel) = match routed.map_err(CommandError::from)? {
             Route::Local => return Ok(Routed::Here(request)),
             Route::Forward { node, channel } => (node, channel),
         };
