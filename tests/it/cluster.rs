@@ -14,10 +14,11 @@ use payvisor::cluster::membership::{
     JoinError, ManualMono, Membership, MembershipSettings, MonoClock, Owned,
 };
 use payvisor::cluster::AccountOwnership;
-use payvisor::domain::ownership::{Mono, NodeId, ShardId, Timeouts};
+use payvisor::domain::ownership::{shard_of, Mono, NodeId, ShardId, Timeouts};
 use payvisor::domain::{AccountId, Currency, Money, RequestId, Timestamp};
 use payvisor::store::schema;
 use payvisor::store::Store;
+use payvisor::webhooks::{WebhookSettings, WebhookSink};
 use payvisor_testkit::faults::{FaultScope, FaultyStore};
 use tokio::sync::watch;
 
@@ -302,6 +303,21 @@ fn orchestrator(
     mono: Arc<ManualMono>,
     background: &mut crate::common::Background,
 ) -> payvisor::actors::Orchestrator {
+    let no_webhooks: (WebhookSettings, Arc<dyn WebhookSink>) = (
+        Default::default(),
+        Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
+    );
+    orchestrator_with_webhooks(store, owned, mono, background, no_webhooks)
+}
+
+/// The same, delivering webhooks to `webhooks`' endpoints through its sink.
+fn orchestrator_with_webhooks(
+    store: &Arc<dyn Store>,
+    owned: watch::Receiver<Owned>,
+    mono: Arc<ManualMono>,
+    background: &mut crate::common::Background,
+    (webhooks, webhook_sink): (WebhookSettings, Arc<dyn WebhookSink>),
+) -> payvisor::actors::Orchestrator {
     let random = Arc::new(payvisor::random::SeededRandom::new(9));
     let (bank_events, bank_event_queue) = tokio::sync::mpsc::channel(64);
     let bank = payvisor::connectors::built_in_bank::BuiltInBank::new(
@@ -327,8 +343,8 @@ fn orchestrator(
             alert_sink: Arc::new(payvisor::alerts::LogSink),
             node_name: "cluster-test".into(),
             rules: Arc::new(payvisor::approval::RulesInForce::approve_all()),
-            webhooks: Default::default(),
-            webhook_sink: Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
+            webhooks,
+            webhook_sink,
         },
         bank_event_queue,
         &background.shutdown,
@@ -547,6 +563,92 @@ async fn data_writes_under_injected_store_faults_are_never_lost_doubled_or_late(
     assert!(audit.is_clean(), "{audit:?}");
 }
 
+/// Remembers the payments whose events it was handed.
+#[derive(Default)]
+struct RecordingSink {
+    payments: std::sync::Mutex<BTreeSet<String>>,
+}
+
+impl WebhookSink for RecordingSink {
+    fn deliver<'a>(
+        &'a self,
+        _endpoint: &'a payvisor::webhooks::Endpoint,
+        event: &'a payvisor::domain::events::PaymentEvent,
+        _unix_seconds: i64,
+    ) -> payvisor::store::BoxFuture<'a, Result<(), payvisor::webhooks::DeliveryError>> {
+        Box::pin(async move {
+            self.payments
+                .lock()
+                .unwrap()
+                .insert(event.payment.account.to_string());
+            Ok(())
+        })
+    }
+}
+
+/// Background work follows ownership: of two nodes on one store, each
+/// holding half of the shards, each delivers the webhooks of the accounts
+/// it owns and only those, and only the owner of shard 0 reconciles.
+async fn background_work_runs_only_where_the_account_is_owned(store: Arc<dyn Store>) {
+    let half = |odd: bool| Owned {
+        valid_until: Some(Mono(u64::MAX)),
+        shards: (0..SHARDS)
+            .filter(|shard| (shard % 2 == 1) == odd)
+            .map(|shard| (shard, 1))
+            .collect(),
+    };
+    let accounts = |odd: bool| -> Vec<String> {
+        (0..)
+            .map(|n| format!("acct-{n}"))
+            .filter(|account| (shard_of(account, SHARDS) % 2 == 1) == odd)
+            .take(3)
+            .collect()
+    };
+    let webhooks = || WebhookSettings {
+        endpoints: vec![payvisor::webhooks::Endpoint::new(
+            "shop",
+            "http://127.0.0.1:9/",
+            "0123456789abcdef",
+        )
+        .unwrap()],
+        retry_for: std::time::Duration::from_secs(3_600),
+    };
+    let mut nodes = Vec::new();
+    for odd in [false, true] {
+        let mut background = crate::common::Background::new();
+        let (sender, view) = watch::channel(half(odd));
+        let sink = Arc::new(RecordingSink::default());
+        let node = orchestrator_with_webhooks(
+            &store,
+            view.clone(),
+            Arc::default(),
+            &mut background,
+            (webhooks(), sink.clone()),
+        );
+        let ownership = AccountOwnership::shards(view, Arc::new(ManualMono::default()), SHARDS);
+        for account in accounts(odd) {
+            node.create_payment(create(&account, &format!("{account}-r")))
+                .await
+                .unwrap();
+        }
+        nodes.push((node, sink, ownership, background, sender));
+    }
+    // Both sweep everything that is due.
+    for (node, ..) in &nodes {
+        node.webhooks().sweep().await.unwrap();
+    }
+    for (index, (_, sink, ownership, ..)) in nodes.iter().enumerate() {
+        let odd = index == 1;
+        let delivered = sink.payments.lock().unwrap().clone();
+        let owned: BTreeSet<String> = accounts(odd).into_iter().collect();
+        assert_eq!(
+            delivered, owned,
+            "node {index} delivers its own accounts' webhooks"
+        );
+        assert_eq!(ownership.leads(), !odd, "the owner of shard 0 reconciles");
+    }
+}
+
 fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     crate::common::sqlite_store()
 }
@@ -589,4 +691,5 @@ on_both_stores!(
     a_node_past_its_deadline_writes_nothing,
     membership_under_injected_store_faults_never_serves_a_shard_twice,
     data_writes_under_injected_store_faults_are_never_lost_doubled_or_late,
+    background_work_runs_only_where_the_account_is_owned,
 );

@@ -25,6 +25,7 @@ use payvisor::grpc::pb::cluster_service_client::ClusterServiceClient;
 use payvisor::grpc::pb::payment_service_client::PaymentServiceClient;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Response, Status};
+use tonic_types::StatusExt;
 
 use crate::common::bank_sim::{free_port, metric, BankSim, BANK_SIM_SECRET};
 use crate::common::*;
@@ -53,11 +54,13 @@ struct Node {
     args: Vec<String>,
     address: String,
     metrics: String,
+    callbacks: String,
 }
 
 impl Node {
-    /// Starts a node (without waiting for it to listen).
-    fn spawn(table: &str, bank: &str) -> Node {
+    /// Starts a node (without waiting for it to listen), with `extra`
+    /// flags.
+    fn spawn(table: &str, bank: &str, extra: &[&str]) -> Node {
         let address = format!("127.0.0.1:{}", free_port());
         let metrics = format!("127.0.0.1:{}", free_port());
         let callbacks = format!("127.0.0.1:{}", free_port());
@@ -88,6 +91,7 @@ impl Node {
             "refunding=3s",
         ]
         .iter()
+        .chain(extra)
         .map(|arg| arg.to_string())
         .collect();
         let process = launch(&args);
@@ -96,6 +100,7 @@ impl Node {
             args,
             address,
             metrics,
+            callbacks,
         }
     }
 
@@ -214,6 +219,11 @@ struct TestCluster {
 impl TestCluster {
     /// A fresh table, a bank, and `size` nodes started together, settled.
     async fn start(size: usize) -> TestCluster {
+        TestCluster::start_with(size, &[]).await
+    }
+
+    /// The same, every node with the `extra` flags.
+    async fn start_with(size: usize, extra: &[&str]) -> TestCluster {
         let table = crate::common::dynamodb::fresh_table("cluster");
         let output = Command::new(BINARY)
             .args(["dynamodb", "create-table", "--table", &table])
@@ -231,7 +241,9 @@ impl TestCluster {
             &["--outcome-delay-ms", "5..50"],
         );
         let bank_url = format!("http://{}", bank.address);
-        let mut nodes: Vec<Node> = (0..size).map(|_| Node::spawn(&table, &bank_url)).collect();
+        let mut nodes: Vec<Node> = (0..size)
+            .map(|_| Node::spawn(&table, &bank_url, extra))
+            .collect();
         listening(&mut nodes.iter_mut().collect::<Vec<_>>());
         let cluster = TestCluster {
             table,
@@ -246,7 +258,7 @@ impl TestCluster {
 
     /// Adds a node and waits for it to listen.
     fn add_node(&mut self) -> usize {
-        let mut node = Node::spawn(&self.table, &self.bank_url);
+        let mut node = Node::spawn(&self.table, &self.bank_url, &[]);
         listening(&mut [&mut node]);
         self.nodes.push(node);
         self.nodes.len() - 1
@@ -392,6 +404,12 @@ where
         match call(clients[node % clients.len()].clone()).await {
             Ok(answer) => return (Ok(answer.into_inner()), seen),
             Err(status) if retryable(&status) && tokio::time::Instant::now() < deadline => {
+                if reason(&status) == "ACCOUNT_MOVING" {
+                    assert!(
+                        status.get_error_details().retry_info().is_some(),
+                        "a moving account says when to retry: {status:?}"
+                    );
+                }
                 seen.push(status.code());
                 node += 1;
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -920,4 +938,170 @@ async fn a_rolling_restart_shows_clients_only_retryable_errors() {
         acknowledged.retried
     );
     verify(&cluster, &[0, 1, 2], &acknowledged, &accounts).await;
+}
+
+/// Any node is the whole cluster to its clients: live events and pages
+/// decided on another node reach a watcher here; a bank callback that
+/// arrives here for an account another node owns is handed to it and
+/// recorded there before the bank's 200; a call already forwarded once is
+/// never forwarded again (it waits for the shard, then `ACCOUNT_MOVING`
+/// with a retry delay); and `payvisor cluster status` shows every node and
+/// shard.
+#[tokio::test(flavor = "multi_thread")]
+async fn any_node_shows_the_whole_cluster_and_hands_work_to_the_owner() {
+    if !enabled("one cluster") {
+        return;
+    }
+    // A payment that waits for the bank is paged at its first stall
+    // deadline.
+    let cluster = TestCluster::start_with(3, &["--redrive-max", "0"]).await;
+    let owners = cluster.settled(3).await;
+    let owner = cluster.id_of(2).await;
+    let account = account_owned_by(&owners, &owner, "whole-");
+    let mut watcher = cluster.nodes[0].client();
+    let mut events = watcher
+        .watch_payment_events(pb::WatchPaymentEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut alerts = watcher
+        .watch_alerts(pb::WatchAlertsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Decided on node 2: the bank holds it without an answer.
+    let mut request = create_request(&account, "whole-hang", 2_500);
+    request
+        .payment
+        .as_mut()
+        .unwrap()
+        .metadata
+        .insert("bank_sim".into(), "hang".into());
+    let payment = cluster.nodes[2]
+        .client()
+        .create_payment(request)
+        .await
+        .unwrap()
+        .into_inner();
+    let event = tokio::time::timeout(PROGRESS_DEADLINE, async {
+        loop {
+            let event = events.message().await.unwrap().expect("the stream goes on");
+            if event.name.starts_with(&payment.name) {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("node 2's event seen on node 0");
+    eprintln!("seen on node 0: {}", event.name);
+    let alert = tokio::time::timeout(PROGRESS_DEADLINE, async {
+        loop {
+            let alert = alerts.message().await.unwrap().expect("the stream goes on");
+            if alert.payment == payment.name {
+                return alert;
+            }
+        }
+    })
+    .await
+    .expect("node 2's page seen on node 0");
+    assert_eq!(alert.action, pb::alert::Action::Trigger as i32);
+
+    // The bank calls back node 0, which does not own the account.
+    let body = serde_json::json!({
+        "message_id": "bank-a-handed-1",
+        "bank": "bank-a",
+        "type": "payment.processed",
+        "payment_id": payment.name,
+    })
+    .to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let signature = payvisor::signature::sign(BANK_SIM_SECRET.as_bytes(), now, body.as_bytes());
+    let answer = post(
+        &cluster.nodes[0].callbacks,
+        "/v1/callbacks/bank-a",
+        &signature,
+        &body,
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("applied"), "{answer}");
+    // Recorded by the time the bank heard 200.
+    let stored = cluster.nodes[1]
+        .client()
+        .get_payment(pb::GetPaymentRequest {
+            name: payment.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&stored), pb::payment::State::Processed);
+    // A forged one is refused at node 0, before any hand-over.
+    let forged = post(
+        &cluster.nodes[0].callbacks,
+        "/v1/callbacks/bank-a",
+        "t=1,v1=00",
+        &body,
+    );
+    assert!(forged.starts_with("HTTP/1.1 401"), "{forged}");
+
+    // A call marked as forwarded is not forwarded again.
+    let mut once = tonic::Request::new(create_request(&account, "whole-hop", 100));
+    once.metadata_mut()
+        .insert("payvisor-forwarded-by", "n-elsewhere".parse().unwrap());
+    let refused = cluster.nodes[1]
+        .client()
+        .create_payment(once)
+        .await
+        .expect_err("a second hop");
+    assert_eq!(refused.code(), Code::Unavailable);
+    assert_eq!(reason(&refused), "ACCOUNT_MOVING");
+    assert!(refused.get_error_details().retry_info().is_some());
+    assert_eq!(
+        cluster.nodes[1].metric("payvisor_cluster_forwarded_calls_total"),
+        0
+    );
+
+    // Operators see the cluster from any node.
+    let output = Command::new(BINARY)
+        .args(["cluster", "status", "--json", "--server"])
+        .arg(format!("http://{}", cluster.nodes[1].address))
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["clustered"], true);
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3);
+    let shards = status["shards"].as_array().unwrap();
+    assert_eq!(shards.len(), usize::from(SHARDS));
+    assert!(shards
+        .iter()
+        .all(|shard| shard["owner"] != "" && shard["epoch"].as_u64() >= Some(1)));
+    let table = Command::new(BINARY)
+        .args(["cluster", "status", "--server"])
+        .arg(format!("http://{}", cluster.nodes[0].address))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("3 nodes, 256 shards (0 without an owner)"),
+        "{text}"
+    );
+    assert!(text.contains(&owner), "{text}");
+}
+
+/// A raw HTTP/1.1 POST with a `bank-signature`; the whole answer.
+fn post(address: &str, path: &str, signature: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nbank-signature: {signature}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    answer
 }
