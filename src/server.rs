@@ -262,9 +262,7 @@ fn follow_ownership(node: &Node, shutdown: &Shutdown, tasks: &mut Tasks) {
             }
             if !gained.is_empty() {
                 let picked = |account: &crate::domain::AccountId| {
-                    (held.shards > 0)
-                        .then(|| crate::domain::ownership::shard_of(account.as_str(), held.shards))
-                        .is_some_and(|shard| gained.contains(&shard))
+                    (cluster.ownership.shard(account)).is_some_and(|shard| gained.contains(&shard))
                 };
                 match orchestrator.recover_where(picked).await {
                     Ok(resumed) => tracing::info!(gained = gained.len(), resumed, held = holding.len(), "shards gained"),
