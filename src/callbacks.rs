@@ -42,6 +42,7 @@ pub struct CallbackEndpoint {
 /// the end of the channel; returns the HTTP status and body the bank is to
 /// be answered.
 pub type HandOff = fn(
+    Arc<Cluster>,
     tonic::transport::Channel,
     String,
     Option<String>,
@@ -154,10 +155,10 @@ impl CallbackEndpoint {
             Ok(Route::Local) => self.orchestrator.bank_callback(callback).await,
             Ok(Route::Forward { node, channel }) => {
                 tracing::debug!(%bank, owner = %node, "bank callback handed to the account's owner");
-                let hand_off = self.cluster.as_ref().map(|(_, hand_off)| *hand_off);
-                let handed = match hand_off {
-                    Some(hand_off) => {
+                let handed = match &self.cluster {
+                    Some((cluster, hand_off)) => {
                         hand_off(
+                            Arc::clone(cluster),
                             channel,
                             bank.to_owned(),
                             signature.map(str::to_owned),

@@ -122,6 +122,89 @@ pub struct ServeArgs {
     pub log_format: String,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub security: SecurityArgs,
+}
+
+/// Who may call (docs/security.md).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SecurityArgs {
+    /// Access list (JSON): the API keys (id, SHA-256 of the secret, roles,
+    /// optional accounts and expiry) that may call. Checked at start and
+    /// reloaded when it changes. `payvisor auth new-key` makes keys.
+    /// Without it the server listens on loopback only.
+    #[arg(long, env = "PAYVISOR_AUTH")]
+    pub auth: Option<PathBuf>,
+    /// Serve without authentication on any address: anyone who reaches
+    /// the port can move money. For development only.
+    #[arg(long, env = "PAYVISOR_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// The key (role `node` in the access list) this node presents to its
+    /// peers in a cluster with --auth.
+    #[arg(long, env = "PAYVISOR_NODE_KEY", hide_env_values = true)]
+    pub node_key: Option<crate::secret::Secret>,
+}
+
+/// Who may call, validated.
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// The access list; `None`: no authentication (loopback, or
+    /// `--insecure-no-auth`).
+    pub access_list: Option<PathBuf>,
+    /// What this node presents to its peers.
+    pub node_key: Option<crate::secret::Secret>,
+}
+
+impl SecurityArgs {
+    fn validate(&self, listen: SocketAddr, clustered: bool) -> Result<AuthConfig, ConfigError> {
+        let refuse = |why: String| Err(ConfigError::Security(why));
+        let Some(path) = &self.auth else {
+            if !self.insecure_no_auth && !listen.ip().is_loopback() {
+                return refuse(format!(
+                    "refusing to serve on {listen} without authentication: anyone who reaches it could refund or fail payments. \
+                     Give --auth FILE (make keys with `payvisor auth new-key --role ROLE`; see docs/security.md), \
+                     or listen on loopback (--listen 127.0.0.1:50051), or, for development only, --insecure-no-auth"
+                ));
+            }
+            return Ok(AuthConfig::default());
+        };
+        if self.insecure_no_auth {
+            return refuse("--auth and --insecure-no-auth exclude each other".into());
+        }
+        let (access, _) = crate::reload::load::<crate::domain::access::AccessList>(path)?;
+        if clustered {
+            let Some(node_key) = &self.node_key else {
+                return refuse(
+                    "--cluster with --auth needs --node-key (PAYVISOR_NODE_KEY): a key with the node role, which this node presents to its peers".into(),
+                );
+            };
+            let authenticator = crate::auth::Authenticator::new(
+                std::sync::Arc::new(crate::reload::InForce::fixed(access)),
+                std::sync::Arc::new(crate::clock::SystemClock),
+            );
+            let bearer = format!("Bearer {}", node_key.expose());
+            match authenticator.bearer(Some(bearer.as_bytes())) {
+                Ok(grant) if grant.roles.contains(&crate::domain::access::Role::Node) => {}
+                Ok(grant) => {
+                    return refuse(format!(
+                        "--node-key: key {} has no node role in {}",
+                        grant.identity,
+                        path.display()
+                    ))
+                }
+                Err(error) => {
+                    return refuse(format!(
+                        "--node-key: {error} (checked against {})",
+                        path.display()
+                    ))
+                }
+            }
+        }
+        Ok(AuthConfig {
+            access_list: Some(path.clone()),
+            node_key: self.node_key.clone(),
+        })
+    }
 }
 
 /// Running as one node of a cluster (see ARCHITECTURE.md, "The cluster").
@@ -359,6 +442,7 @@ pub struct Config {
     pub reconcile_lag: Duration,
     /// Set when this node is a cluster member (`--cluster`).
     pub cluster: Option<ClusterConfig>,
+    pub auth: AuthConfig,
 }
 
 /// One bank over HTTP, and how routing weighs it.
@@ -578,7 +662,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{0}")]
-    Rules(#[from] crate::approval::RulesFileError),
+    File(#[from] crate::reload::FileError),
     #[error("--webhooks {0}: {1}")]
     Webhooks(String, String),
     #[error("--webhook-retry-for {0:?}: expected a duration from 1s to 30d, like 24h")]
@@ -605,6 +689,8 @@ pub enum ConfigError {
     WatchdogInterval(String),
     #[error("{0}")]
     Cluster(String),
+    #[error("{0}")]
+    Security(String),
     #[error("--pagerduty-url {0:?}: expected an http:// or https:// URL")]
     PagerDutyUrl(String),
 }
@@ -698,7 +784,9 @@ impl ServeArgs {
         };
         let store = self.store.validate()?;
         let cluster = self.cluster.validate(self.listen, &store, banks.len())?;
+        let auth = self.security.validate(self.listen, cluster.is_some())?;
         Ok(Config {
+            auth,
             listen: self.listen,
             store,
             cluster,
@@ -744,6 +832,77 @@ mod tests {
             .expect("flags parse")
             .serve
             .validate()
+    }
+
+    #[test]
+    fn beyond_loopback_a_server_needs_an_access_list_and_a_cluster_node_its_key() {
+        let refused = |args: &[&str], says: &str| {
+            let error = parse(args).expect_err("refused").to_string();
+            assert!(error.contains(says), "{args:?}: {error}");
+        };
+        refused(&["--listen", "0.0.0.0:50051"], "--auth FILE");
+        refused(&["--listen", "10.1.2.3:50051"], "without authentication");
+        assert!(parse(&["--listen", "[::1]:50051"]).is_ok());
+        assert!(parse(&["--listen", "0.0.0.0:50051", "--insecure-no-auth"]).is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let node = crate::auth::new_key(Some("node-1")).unwrap();
+        let gateway = crate::auth::new_key(Some("gw")).unwrap();
+        let file = dir.path().join("access.json");
+        std::fs::write(
+            &file,
+            format!(
+                r#"{{"keys": [{{"id": "node-1", "secret_sha256": "{}", "roles": ["node"]}},
+                             {{"id": "gw", "secret_sha256": "{}", "roles": ["gateway"]}}]}}"#,
+                node.secret_sha256, gateway.secret_sha256
+            ),
+        )
+        .unwrap();
+        let auth = [
+            "--listen",
+            "0.0.0.0:50051",
+            "--auth",
+            file.to_str().unwrap(),
+        ];
+        let with_auth = parse(&auth).unwrap();
+        assert_eq!(with_auth.auth.access_list.as_deref(), Some(file.as_path()));
+        refused(
+            &[&auth[..], &["--insecure-no-auth"]].concat(),
+            "exclude each other",
+        );
+        let clustered = [
+            &auth[..],
+            &[
+                "--cluster",
+                "--advertise-addr",
+                "10.0.0.5:50051",
+                "--store",
+                "dynamodb",
+                "--dynamodb-table",
+                "t",
+                "--bank-url",
+                "http://127.0.0.1:9",
+                "--bank-secret",
+                "0123456789abcdef",
+            ],
+        ]
+        .concat();
+        refused(&clustered, "--node-key");
+        refused(
+            &[&clustered[..], &["--node-key", gateway.key.expose()]].concat(),
+            "has no node role",
+        );
+        let wrong = format!("pvk_node-1_{}", "0".repeat(64));
+        let error = parse(&[&clustered[..], &["--node-key", &wrong]].concat())
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            error.contains("not valid") && !error.contains(&wrong),
+            "{error}"
+        );
+        let config = parse(&[&clustered[..], &["--node-key", node.key.expose()]].concat()).unwrap();
+        assert_eq!(config.auth.node_key.as_ref(), Some(&node.key));
+        assert!(!format!("{config:?}").contains(node.key.expose()));
     }
 
     #[test]
@@ -798,6 +957,8 @@ mod tests {
                     "0.0.0.0:7000",
                     "--advertise-addr",
                     "10.0.0.5:7000",
+                    // Beyond loopback a server needs an access list, or this.
+                    "--insecure-no-auth",
                 ],
             ]
             .concat(),

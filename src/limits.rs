@@ -316,6 +316,22 @@ pub const RULES_PROBLEMS_MAX: usize = 100;
 pub const RULES_FILE_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// How often the rules file is checked for changes (reloaded when changed).
 pub const RULES_RELOAD_EVERY: Duration = Duration::from_secs(2);
+/// Bytes of an access list (`--auth`): thousands of identities fit in
+/// far less; the bound keeps a reload's parse small.
+pub const AUTH_FILE_BYTES_MAX: usize = 1024 * 1024;
+/// Identities (keys and certificates) in one access list: a lookup is a
+/// map search, so the bound is about the reload, not the call.
+pub const AUTH_IDENTITIES_MAX: usize = 10_000;
+/// Characters of a key id, written into every attributed record.
+pub const AUTH_KEY_ID_CHARS_MAX: usize = 64;
+/// Characters of a certificate subject in the access list and in records.
+pub const AUTH_SUBJECT_CHARS_MAX: usize = 256;
+/// Bytes of a presented `authorization` header: a key is about 90; a
+/// longer value is refused before any work is spent on it.
+pub const AUTH_HEADER_BYTES_MAX: usize = 512;
+/// How often the access list is checked for changes: a removed key stops
+/// working within this (the acceptance bound is "within seconds").
+pub const AUTH_RELOAD_EVERY: Duration = Duration::from_secs(1);
 /// Bytes in a review's reason: a sentence for the audit trail.
 pub const REVIEW_REASON_BYTES_MAX: usize = 512;
 /// Characters in a payer id.

@@ -65,6 +65,11 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// API keys and access lists (docs/security.md).
+    Auth {
+        #[command(subcommand)]
+        command: cli::AuthCommand,
+    },
     /// Manage the DynamoDB table.
     Dynamodb {
         #[command(subcommand)]
@@ -127,6 +132,7 @@ fn main() -> std::process::ExitCode {
                 command: RulesCommand::Check { file },
             } => cli::check_rules(&file),
             Command::Ledger { json, command } => cli::ledger(json, command).await,
+            Command::Auth { command } => cli::auth(command),
             Command::Reconcile(args) => cli::reconcile(args).await,
             Command::Dynamodb {
                 command: DynamodbCommand::CreateTable { table, dynamodb },

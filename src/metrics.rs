@@ -77,6 +77,8 @@ pub struct NodeMetrics {
     pub reconciliation_mismatches: Counter,
     /// Set on a cluster member.
     pub cluster: Option<crate::cluster::ClusterMetrics>,
+    /// Calls refused for missing or bad credentials since start.
+    pub auth_failures: Counter,
 }
 
 impl NodeMetrics {
@@ -90,6 +92,11 @@ impl NodeMetrics {
             "payvisor_reconciliation_mismatches",
             "Mismatches found by reconciliation with the bank since start",
             self.reconciliation_mismatches.clone(),
+        );
+        registry.register(
+            "payvisor_auth_failures",
+            "Calls refused since start for missing, malformed, unknown or expired credentials",
+            self.auth_failures.clone(),
         );
         if let Some(cluster) = &self.cluster {
             registry.register(
@@ -247,11 +254,15 @@ mod tests {
     fn a_nodes_page_counts_mismatches_and_lists_every_state_that_can_stall() {
         let metrics = NodeMetrics::default();
         metrics.reconciliation_mismatches.inc_by(2);
+        metrics.auth_failures.inc();
         let stalled = BTreeMap::from([("sent".to_owned(), 3)]);
         let page = metrics.page(Some(&stalled));
         let mut expected = "# HELP payvisor_reconciliation_mismatches_total Mismatches found by reconciliation with the bank since start.\n\
              # TYPE payvisor_reconciliation_mismatches_total counter\n\
              payvisor_reconciliation_mismatches_total 2\n\
+             # HELP payvisor_auth_failures_total Calls refused since start for missing, malformed, unknown or expired credentials.\n\
+             # TYPE payvisor_auth_failures_total counter\n\
+             payvisor_auth_failures_total 1\n\
              # HELP payvisor_stalled_payments Payments that missed a stall deadline (being re-driven or paged), by state.\n\
              # TYPE payvisor_stalled_payments gauge\n"
             .to_owned();

@@ -12,6 +12,7 @@ use crate::actors::{ActorSettings, Components, Orchestrator};
 use crate::alerts::pagerduty::PagerDutySink;
 use crate::alerts::{AlertSink, LogSink};
 use crate::approval::RulesInForce;
+use crate::auth::Authenticator;
 use crate::callbacks::CallbackEndpoint;
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::membership::{Membership, MembershipSettings, MonoClock, ProcessMono};
@@ -21,6 +22,7 @@ use crate::connectors::built_in_bank::BuiltInBank;
 use crate::connectors::http::{HttpBankConnector, HttpConnectorSettings};
 use crate::connectors::routing::{RoutedBank, Router};
 use crate::domain::payment::BankEvent;
+use crate::grpc::auth::AuthLayer;
 use crate::grpc::cluster::{ClusterApi, PeerFeed};
 use crate::grpc::pb::cluster_service_server::ClusterServiceServer;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
@@ -53,8 +55,10 @@ pub async fn run(
             &config, listener, &node, &shutdown, &mut tasks,
         )?)
     };
+    let authenticator = Arc::new(authenticator(&config, &node, &shutdown, &mut tasks)?);
     let metrics = NodeMetrics {
         cluster: node.cluster.as_ref().map(|cluster| cluster.metrics.clone()),
+        auth_failures: authenticator.failures.clone(),
         ..NodeMetrics::default()
     };
     reconcile_periodically(&config, &node, &metrics, &shutdown, &mut tasks);
@@ -80,7 +84,16 @@ pub async fn run(
 
     let clustered = node.cluster.as_ref().map(|cluster| cluster.me.to_string());
     tracing::info!(listen = %local, store = ?config.store, resumed, node = clustered, "payvisor serving");
-    serve_grpc(listener, &node, callbacks, trigger, stop, tasks).await?;
+    serve_grpc(
+        listener,
+        &node,
+        authenticator,
+        callbacks,
+        trigger,
+        stop,
+        tasks,
+    )
+    .await?;
     tracing::info!("draining account actors");
     node.orchestrator.shutdown(limits::SHUTDOWN_GRACE).await;
     if let Some(membership) = membership {
@@ -142,6 +155,11 @@ impl Node {
             None => (AccountOwnership::Everything, None, None),
             Some(settings) => {
                 let (cluster, membership) = join(&store, clock.as_ref(), settings).await?;
+                let cluster = Arc::new(
+                    Arc::into_inner(cluster)
+                        .expect("the cluster is not shared yet")
+                        .with_credential(config.auth.node_key.clone()),
+                );
                 (cluster.ownership.clone(), Some(cluster), Some(membership))
             }
         };
@@ -180,6 +198,31 @@ impl Node {
             peers,
         })
     }
+}
+
+/// Who may call: the access list in force (reloaded when it changes), or
+/// no authentication, which the configuration allowed only on loopback or
+/// with `--insecure-no-auth`.
+fn authenticator(
+    config: &Config,
+    node: &Node,
+    shutdown: &Shutdown,
+    tasks: &mut Tasks,
+) -> anyhow::Result<Authenticator> {
+    let Some(path) = &config.auth.access_list else {
+        if config.listen.ip().is_loopback() {
+            tracing::info!("no --auth: callers are not authenticated (loopback only)");
+        } else {
+            tracing::warn!(listen = %config.listen, "--insecure-no-auth: anyone who reaches this port can move money");
+        }
+        return Ok(Authenticator::disabled(node.clock.clone()));
+    };
+    let authenticator = Authenticator::from_file(path.clone(), node.clock.clone())?;
+    if let Some(access) = authenticator.access() {
+        let reloading = Arc::clone(access).watch_until(limits::AUTH_RELOAD_EVERY, shutdown.clone());
+        tasks.spawn("access list reload", reloading);
+    }
+    Ok(authenticator)
 }
 
 /// Joins the cluster on `store` with a fresh node id and runs a first
@@ -445,6 +488,7 @@ fn serve_bank_callbacks(
 async fn serve_grpc(
     listener: TcpListener,
     node: &Node,
+    authenticator: Arc<Authenticator>,
     callbacks: Option<Arc<CallbackEndpoint>>,
     trigger: ShutdownTrigger,
     stop: impl Future<Output = ()>,
@@ -475,6 +519,7 @@ async fn serve_grpc(
         tonic::transport::Server::builder()
             .timeout(limits::GRPC_REQUEST_TIMEOUT)
             .concurrency_limit_per_connection(limits::GRPC_CONCURRENCY_PER_CONNECTION)
+            .layer(AuthLayer::new(authenticator))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(payments)

@@ -75,6 +75,14 @@ pub enum CommandError {
     Moving(String),
     #[error("internal error: {0}")]
     Internal(String),
+    /// No or bad credentials (the text says what to fix, never what was
+    /// presented).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller's roles or account scope do not cover the call. The
+    /// same answer whether the account exists or not.
+    #[error("the caller's roles or accounts do not allow this call")]
+    PermissionDenied,
 }
 
 impl From<crate::cluster::RouteError> for CommandError {

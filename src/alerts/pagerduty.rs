@@ -143,7 +143,7 @@ fn event(routing_key: &str, page: &Page) -> Value {
                 "summary": truncate_chars(&page.summary, limits::PAGERDUTY_SUMMARY_CHARS_MAX),
                 "source": page.source,
                 "severity": page.severity,
-                "timestamp": rfc3339_utc(page.timestamp.unix_millis()),
+                "timestamp": crate::domain::time::rfc3339(page.timestamp),
                 "component": "payvisor",
                 "group": "payments",
                 "class": "stalled_payment",
@@ -162,44 +162,6 @@ fn truncate_chars(text: &str, max: usize) -> String {
     let mut cut: String = text.chars().take(max.saturating_sub(1)).collect();
     cut.push('…');
     cut
-}
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for a Unix time in milliseconds, clamped to
-/// years 0000..=9999 (all RFC 3339 can write).
-fn rfc3339_utc(unix_millis: i64) -> String {
-    const MILLIS_MIN: i64 = -62_167_219_200_000; // 0000-01-01T00:00:00.000Z
-    const MILLIS_MAX: i64 = 253_402_300_799_999; // 9999-12-31T23:59:59.999Z
-    let millis = unix_millis.clamp(MILLIS_MIN, MILLIS_MAX);
-    let days = millis.div_euclid(86_400_000);
-    let of_day = millis.rem_euclid(86_400_000);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        of_day / 3_600_000,
-        of_day / 60_000 % 60,
-        of_day / 1000 % 60,
-        of_day % 1000
-    )
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard
-/// Hinnant's `civil_from_days`, exact over the clamped range above).
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153; // March = 0
-    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]
@@ -270,21 +232,6 @@ mod tests {
             truncate_chars(&exact, limits::PAGERDUTY_SUMMARY_CHARS_MAX),
             exact
         );
-    }
-
-    #[test]
-    fn rfc3339_formats_utc_milliseconds() {
-        for (millis, expected) in [
-            (0, "1970-01-01T00:00:00.000Z"),
-            (1_700_000_000_123, "2023-11-14T22:13:20.123Z"),
-            (951_782_400_000, "2000-02-29T00:00:00.000Z"),
-            (4_107_542_399_999, "2100-02-28T23:59:59.999Z"),
-            (-1, "1969-12-31T23:59:59.999Z"),
-            (i64::MAX, "9999-12-31T23:59:59.999Z"),
-            (i64::MIN, "0000-01-01T00:00:00.000Z"),
-        ] {
-            assert_eq!(rfc3339_utc(millis), expected, "{millis}");
-        }
     }
 
     #[test]

@@ -3,10 +3,14 @@
 //! books (`ledger verify`). Readable tables by default, JSON with `--json`,
 //! and errors that say what to do.
 
+mod keys;
 mod render;
+
+pub use keys::{auth, AuthCommand};
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::domain::{parse_payment_name, AccountId, Currency, Money};
@@ -25,6 +29,10 @@ pub struct ClientOptions {
         default_value = "http://127.0.0.1:50051"
     )]
     pub server: String,
+    /// API key (`pvk_...`) to authenticate with, sent as `authorization:
+    /// Bearer`. Never sent in plaintext to an address beyond this machine.
+    #[arg(long, global = true, env = "PAYVISOR_API_KEY", hide_env_values = true)]
+    pub api_key: Option<crate::secret::Secret>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -205,12 +213,17 @@ fn new_request_id() -> String {
     format!("cli-{:016x}{:016x}", random.next_u64(), random.next_u64())
 }
 
-async fn connect(options: &ClientOptions) -> anyhow::Result<PaymentServiceClient<Channel>> {
+/// A channel to the server that presents the API key on every call.
+type Authenticated = InterceptedService<Channel, keys::Credentials>;
+
+async fn connect(options: &ClientOptions) -> anyhow::Result<PaymentServiceClient<Authenticated>> {
     Ok(PaymentServiceClient::new(channel(options).await?))
 }
 
-async fn channel(options: &ClientOptions) -> anyhow::Result<Channel> {
-    Channel::from_shared(options.server.clone())
+async fn channel(options: &ClientOptions) -> anyhow::Result<Authenticated> {
+    let server = keys::server_url(&options.server)?;
+    let credentials = keys::Credentials::for_server(&server, options.api_key.as_ref())?;
+    let channel = Channel::from_shared(server.clone())
         .with_context(|| format!("bad --server {:?}", options.server))?
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
@@ -220,7 +233,8 @@ async fn channel(options: &ClientOptions) -> anyhow::Result<Channel> {
                 "cannot reach payvisor at {} (is `payvisor serve` running?)",
                 options.server
             )
-        })
+        })?;
+    Ok(InterceptedService::new(channel, credentials))
 }
 
 fn parse_amount(amount: &str, currency: &str) -> anyhow::Result<pb::Money> {

@@ -20,6 +20,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::domain::ownership::{shard_of, NodeId, NodeRecord, ShardId};
 use crate::domain::AccountId;
 use crate::limits;
+use crate::secret::Secret;
 use membership::{MonoClock, Owned};
 
 /// A fresh identity for this process start (64 random bits, hex): a
@@ -207,6 +208,9 @@ pub struct Cluster {
     /// One lazily connected channel per peer address.
     channels: Mutex<HashMap<String, Channel>>,
     pub metrics: ClusterMetrics,
+    /// The node key this node presents to its peers (when callers must
+    /// authenticate): forwarded calls, handed callbacks, followed feeds.
+    credential: Option<Secret>,
 }
 
 impl Cluster {
@@ -230,6 +234,7 @@ impl Cluster {
             picture,
             channels: Mutex::default(),
             metrics,
+            credential: None,
         }
     }
 
@@ -305,6 +310,26 @@ impl Cluster {
     }
 
     /// The channel to a live peer by id (for node-to-node calls).
+    /// Presents `credential` (a key with the `node` role) to peers.
+    pub fn with_credential(mut self, credential: Option<Secret>) -> Cluster {
+        self.credential = credential;
+        self
+    }
+
+    /// Sets this node's credential on a call to a peer, in place of any
+    /// the call carried (a caller's key never leaves the node it reached).
+    pub fn present_credential(&self, metadata: &mut tonic::metadata::MetadataMap) {
+        metadata.remove("authorization");
+        if let Some(credential) = &self.credential {
+            let bearer = format!("Bearer {}", credential.expose());
+            if let Ok(mut value) = tonic::metadata::MetadataValue::try_from(bearer) {
+                // Never indexed by HTTP/2 header compression.
+                value.set_sensitive(true);
+                metadata.insert("authorization", value);
+            }
+        }
+    }
+
     pub fn peer(&self, node: &NodeId) -> Result<Option<Channel>, RouteError> {
         let address = self
             .picture

@@ -4,6 +4,7 @@
 //! **Invariant:** this module imports nothing async, nothing from tonic, AWS
 //! or the store. Time and ids are passed in; effects are returned as values.
 
+pub mod access;
 pub mod account;
 pub mod events;
 pub mod idempotency;
@@ -14,6 +15,7 @@ pub mod payment;
 pub mod rules;
 pub mod stalls;
 pub mod state;
+pub mod time;
 pub mod watch;
 
 use std::fmt;

@@ -183,17 +183,21 @@ impl ClusterService for ClusterApi {
 
 /// [`hand_bank_callback`] as the callback endpoint's `HandOff`.
 pub fn hand_off(
+    cluster: Arc<Cluster>,
     channel: Channel,
     bank: String,
     signature: Option<String>,
     body: Vec<u8>,
 ) -> crate::store::BoxFuture<'static, Result<(u16, String), CommandError>> {
-    Box::pin(async move { hand_bank_callback(channel, &bank, signature.as_deref(), &body).await })
+    Box::pin(async move {
+        hand_bank_callback(&cluster, channel, &bank, signature.as_deref(), &body).await
+    })
 }
 
 /// Hands a verified-here bank callback to the node that owns its account;
 /// the owner verifies it again. Returns what the bank is to be answered.
 pub async fn hand_bank_callback(
+    cluster: &Cluster,
     channel: Channel,
     bank: &str,
     signature: Option<&str>,
@@ -206,6 +210,7 @@ pub async fn hand_bank_callback(
         signature: signature.unwrap_or_default().to_owned(),
     });
     request.set_timeout(limits::CLUSTER_FORWARD_TIMEOUT);
+    cluster.present_credential(request.metadata_mut());
     match client.hand_bank_callback(request).await {
         Ok(answer) => {
             let answer = answer.into_inner();
@@ -274,9 +279,11 @@ async fn follow(cluster: Arc<Cluster>, peer: NodeId, feed: PeerFeed, shutdown: S
     };
     let mut client = ClusterServiceClient::new(channel)
         .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
+    let mut request = Request::new(pb::WatchNodeEventsRequest {});
+    cluster.present_credential(request.metadata_mut());
     let stream = tokio::select! {
         () = shutdown.signalled() => return,
-        answer = client.watch_node_events(pb::WatchNodeEventsRequest {}) => answer,
+        answer = client.watch_node_events(request) => answer,
     };
     let Ok(stream) = stream else {
         tokio::time::sleep(limits::CLUSTER_RETRY_DELAY).await;

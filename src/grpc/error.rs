@@ -52,6 +52,8 @@ impl From<CommandError> for Status {
             CommandError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
             CommandError::Moving(_) => (Code::Unavailable, "ACCOUNT_MOVING"),
             CommandError::Internal(_) => (Code::Internal, "INTERNAL"),
+            CommandError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
+            CommandError::PermissionDenied => (Code::PermissionDenied, "PERMISSION_DENIED"),
         };
         if code == Code::Internal {
             tracing::error!(%message, "internal error");

@@ -12,6 +12,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
+use super::auth::{Caller, ON_BEHALF_OF};
 use crate::actors::CommandError;
 use crate::cluster::{Cluster, Route};
 use crate::domain::AccountId;
@@ -97,7 +98,9 @@ where
 }
 
 /// The call as it goes to the owner: the caller's metadata without the
-/// transport's, marked as forwarded, with what is left of the deadline.
+/// transport's or its credentials, marked as forwarded, with this node's
+/// credential and the caller's identity, with what is left of the
+/// deadline.
 fn outgoing<Req: Clone>(
     cluster: &Cluster,
     request: &Request<Req>,
@@ -109,6 +112,20 @@ fn outgoing<Req: Clone>(
     }
     if let Ok(me) = MetadataValue::try_from(cluster.me.as_str()) {
         metadata.insert(FORWARDED_BY, me);
+    }
+    // The owner learns the caller from this node, which proved it, and
+    // applies its own access list to it.
+    cluster.present_credential(&mut metadata);
+    metadata.remove(ON_BEHALF_OF);
+    if let Some(identity) = request
+        .extensions()
+        .get::<Caller>()
+        .and_then(Caller::identity)
+    {
+        let identity = MetadataValue::try_from(identity).map_err(|_| {
+            CommandError::Internal("the caller's identity cannot be sent to a peer".into())
+        })?;
+        metadata.insert(ON_BEHALF_OF, identity);
     }
     let mut outgoing = Request::from_parts(metadata, Default::default(), request.get_ref().clone());
     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -2,6 +2,7 @@
 //! sees protobuf types. It validates requests into domain commands, calls the
 //! [`Orchestrator`], and maps results back.
 
+pub mod auth;
 pub mod cluster;
 pub mod convert;
 pub mod error;
@@ -14,6 +15,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::actors::{CommandError, Orchestrator};
+use crate::domain::access::Action;
 use crate::domain::events::parse_event_name;
 use crate::domain::payment::{PaymentState, ReviewVerdict};
 use crate::domain::{parse_account_name, parse_payment_name};
@@ -148,6 +150,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::Payment>, Status> {
         // Checked before it goes anywhere: bad input never crosses a hop.
         let command = convert::create_payment(request.get_ref().clone())?;
+        auth::authorize(&request, Action::CreatePayment, &command.account)?;
         route!(self, &command.account, request, create_payment);
         let payment = self.orchestrator.create_payment(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
@@ -159,6 +162,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::Payment>, Status> {
         let name = crate::domain::parse_payment_name(&request.get_ref().name)
             .map_err(|error| invalid_name("name", error))?;
+        auth::authorize(&request, Action::GetPayment, &name.account)?;
         let payment = self.orchestrator.get_payment(&name).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
     }
@@ -167,6 +171,7 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::ListPaymentsRequest>,
     ) -> Result<Response<pb::ListPaymentsResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let request = request.into_inner();
         let page_size = convert::page_size(request.page_size)?;
         let state = convert::state_from_pb(request.state)?;
@@ -179,13 +184,22 @@ impl PaymentService for PaymentApi {
                 )
                 .into());
             }
+            if !caller.allows(Action::ListReviewQueue) {
+                return Err(CommandError::PermissionDenied.into());
+            }
             let position = convert::decode_review_token(&request.page_token)?;
             let (payments, next) = self
                 .orchestrator
                 .list_in_review(position.as_ref(), page_size)
                 .await?;
+            // A scoped reviewer sees its accounts' part of the queue (a
+            // page may come back short; the token goes on all the same).
             return Ok(Response::new(pb::ListPaymentsResponse {
-                payments: payments.iter().map(convert::payment_to_pb).collect(),
+                payments: payments
+                    .iter()
+                    .filter(|payment| caller.sees(&payment.account))
+                    .map(convert::payment_to_pb)
+                    .collect(),
                 next_page_token: next
                     .as_ref()
                     .map(convert::encode_review_token)
@@ -194,6 +208,7 @@ impl PaymentService for PaymentApi {
         }
         let account =
             parse_account_name(&request.parent).map_err(|error| invalid_name("parent", error))?;
+        caller.check(Action::ListPayments, &account)?;
         let start_after = convert::decode_page_token(&request.page_token)?;
         let (payments, next) = match state {
             None => {
@@ -221,6 +236,7 @@ impl PaymentService for PaymentApi {
         request: Request<pb::RefundPaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
         let command = convert::refund_payment(request.get_ref().clone())?;
+        auth::authorize(&request, Action::RefundPayment, &command.name.account)?;
         route!(self, &command.name.account, request, refund_payment);
         let payment = self.orchestrator.refund_payment(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
@@ -230,8 +246,10 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::GetAccountRequest>,
     ) -> Result<Response<pb::Account>, Status> {
+        let account = parse_account_name(&request.get_ref().name)
+            .map_err(|error| invalid_name("name", error))?;
+        auth::authorize(&request, Action::GetAccount, &account)?;
         let name = request.into_inner().name;
-        let account = parse_account_name(&name).map_err(|error| invalid_name("name", error))?;
         let balances = self.orchestrator.get_account(&account).await?;
         Ok(Response::new(convert::account_to_pb(name, &balances)))
     }
@@ -245,6 +263,7 @@ impl PaymentService for PaymentApi {
             request.get_ref().request_id.clone(),
             Ok(crate::actors::OperatorAction::Retry),
         )?;
+        auth::authorize(&request, Action::RetryPayment, &command.name.account)?;
         route!(self, &command.name.account, request, retry_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
@@ -259,6 +278,7 @@ impl PaymentService for PaymentApi {
             request.get_ref().request_id.clone(),
             convert::fail_reason(request.get_ref().reason.clone()),
         )?;
+        auth::authorize(&request, Action::FailPayment, &command.name.account)?;
         route!(self, &command.name.account, request, fail_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
@@ -268,6 +288,7 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::ListStalledPaymentsRequest>,
     ) -> Result<Response<pb::ListStalledPaymentsResponse>, Status> {
+        let caller = auth::caller(&request)?;
         let request = request.into_inner();
         let page_size = convert::page_size(request.page_size)?;
         let position = convert::decode_stalled_token(&request.page_token)?;
@@ -276,7 +297,11 @@ impl PaymentService for PaymentApi {
             .list_stalled(position.as_ref(), page_size)
             .await?;
         Ok(Response::new(pb::ListStalledPaymentsResponse {
-            payments: payments.iter().map(convert::payment_to_pb).collect(),
+            payments: payments
+                .iter()
+                .filter(|payment| caller.sees(&payment.account))
+                .map(convert::payment_to_pb)
+                .collect(),
             next_page_token: next
                 .as_ref()
                 .map(convert::encode_stalled_token)
@@ -288,8 +313,9 @@ impl PaymentService for PaymentApi {
 
     async fn watch_alerts(
         &self,
-        _request: Request<pb::WatchAlertsRequest>,
+        request: Request<pb::WatchAlertsRequest>,
     ) -> Result<Response<Self::WatchAlertsStream>, Status> {
+        let caller = auth::caller(&request)?;
         let mut alerts = self.orchestrator.subscribe_alerts();
         let mut peers = self.subscribe_peers();
         let (sender, receiver) = tokio::sync::mpsc::channel(limits::ALERT_STREAM_BUFFER);
@@ -317,6 +343,9 @@ impl PaymentService for PaymentApi {
                         Err(RecvError::Closed) => return,
                     },
                 };
+                if !caller.sees_name(&alert.payment) {
+                    continue;
+                }
                 alert.missed = std::mem::take(&mut missed);
                 if sender.send(Ok(alert)).await.is_err() {
                     return; // the client went away
@@ -337,6 +366,7 @@ impl PaymentService for PaymentApi {
             request.get_ref().request_id.clone(),
             convert::review_action(ReviewVerdict::Approve, request.get_ref().reason.clone()),
         )?;
+        auth::authorize(&request, Action::ApprovePayment, &command.name.account)?;
         route!(self, &command.name.account, request, approve_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
@@ -351,6 +381,7 @@ impl PaymentService for PaymentApi {
             request.get_ref().request_id.clone(),
             convert::review_action(ReviewVerdict::Decline, request.get_ref().reason.clone()),
         )?;
+        auth::authorize(&request, Action::DeclinePayment, &command.name.account)?;
         route!(self, &command.name.account, request, decline_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
@@ -362,6 +393,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::ListPaymentEventsResponse>, Status> {
         let name = parse_payment_name(&request.get_ref().parent)
             .map_err(|error| invalid_name("parent", error))?;
+        auth::authorize(&request, Action::ListPaymentEvents, &name.account)?;
         let records = self.orchestrator.payment_events(&name).await?;
         Ok(Response::new(pb::ListPaymentEventsResponse {
             events: records
@@ -382,6 +414,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::PaymentEvent>, Status> {
         let (payment, seq) = parse_event_name(&request.get_ref().name)
             .map_err(|error| invalid_name("name", error))?;
+        auth::authorize(&request, Action::ResendPaymentEvent, &payment.account)?;
         // Its owner's dispatcher delivers it at once.
         let request = route!(self, &payment.account, request, resend_payment_event).into_inner();
         let endpoint = Some(request.endpoint.as_str()).filter(|name| !name.is_empty());
@@ -404,6 +437,7 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::WatchPaymentEventsRequest>,
     ) -> Result<Response<Self::WatchPaymentEventsStream>, Status> {
+        let caller = auth::caller(&request)?;
         let after = request.into_inner().after_event;
         // Subscribe before reading the durable feed, so that nothing
         // committed in between is missed (it may come twice: deduplicated
@@ -416,6 +450,7 @@ impl PaymentService for PaymentApi {
         } else {
             let (payment, seq) =
                 parse_event_name(&after).map_err(|error| invalid_name("after_event", error))?;
+            caller.check(Action::WatchPaymentEvents, &payment.account)?;
             let records = self.orchestrator.payment_events(&payment).await?;
             let event = records
                 .iter()
@@ -446,7 +481,9 @@ impl PaymentService for PaymentApi {
                         position = FeedPosition::after(record);
                         for event in &record.events {
                             // The client has this payment's events up to `seq`.
-                            if event.payment == payment && event.seq <= seq {
+                            if event.payment == payment && event.seq <= seq
+                                || !caller.sees(&event.payment.account)
+                            {
                                 continue;
                             }
                             // Only recent ones can also arrive live.
@@ -491,6 +528,9 @@ impl PaymentService for PaymentApi {
                     },
                 };
                 if !replayed.is_empty() && replayed.remove(&event.name) {
+                    continue;
+                }
+                if !caller.sees_name(&event.payment) {
                     continue;
                 }
                 if sender.send(Ok(event)).await.is_err() {

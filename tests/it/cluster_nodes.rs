@@ -55,6 +55,8 @@ struct Node {
     address: String,
     metrics: String,
     callbacks: String,
+    /// The key the test presents for status (a cluster with `--auth`).
+    operator_key: Option<String>,
 }
 
 impl Node {
@@ -101,6 +103,7 @@ impl Node {
             address,
             metrics,
             callbacks,
+            operator_key: None,
         }
     }
 
@@ -151,8 +154,12 @@ impl Node {
     }
 
     async fn status(&self) -> Result<pb::ClusterStatus, Status> {
+        let mut request = tonic::Request::new(pb::GetClusterStatusRequest {});
+        if let Some(key) = &self.operator_key {
+            crate::security::present(&mut request, key);
+        }
         ClusterServiceClient::new(self.channel())
-            .get_cluster_status(pb::GetClusterStatusRequest {})
+            .get_cluster_status(request)
             .await
             .map(Response::into_inner)
     }
@@ -224,6 +231,11 @@ impl TestCluster {
 
     /// The same, every node with the `extra` flags.
     async fn start_with(size: usize, extra: &[&str]) -> TestCluster {
+        TestCluster::start_keyed(size, extra, None).await
+    }
+
+    /// The same, with `operator_key` presented for the cluster's status.
+    async fn start_keyed(size: usize, extra: &[&str], operator_key: Option<&str>) -> TestCluster {
         let table = crate::common::dynamodb::fresh_table("cluster");
         let output = Command::new(BINARY)
             .args(["dynamodb", "create-table", "--table", &table])
@@ -244,6 +256,9 @@ impl TestCluster {
         let mut nodes: Vec<Node> = (0..size)
             .map(|_| Node::spawn(&table, &bank_url, extra))
             .collect();
+        for node in &mut nodes {
+            node.operator_key = operator_key.map(str::to_owned);
+        }
         listening(&mut nodes.iter_mut().collect::<Vec<_>>());
         let cluster = TestCluster {
             table,
@@ -1104,4 +1119,86 @@ fn post(address: &str, path: &str, signature: &str, body: &str) -> String {
     let mut answer = String::new();
     stream.read_to_string(&mut answer).unwrap();
     answer
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_an_access_list_every_node_acts_for_the_caller_and_no_further() {
+    if !enabled("secured cluster") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (node_key, node_entry) = crate::security::new_key(&["--role", "node", "--id", "nodes"]);
+    let (admin, admin_entry) = crate::security::new_key(&["--role", "admin", "--id", "ops"]);
+    let (tenant, tenant_entry) = crate::security::new_key(&[
+        "--role",
+        "gateway",
+        "--id",
+        "gw-a",
+        "--account-prefix",
+        "sec-a",
+    ]);
+    let access = dir.path().join("access.json");
+    let list = serde_json::json!({ "keys": [node_entry, admin_entry, tenant_entry] });
+    std::fs::write(&access, list.to_string()).unwrap();
+    let cluster = TestCluster::start_keyed(
+        2,
+        &["--auth", access.to_str().unwrap(), "--node-key", &node_key],
+        Some(&admin),
+    )
+    .await;
+    let owners = cluster.settled(2).await;
+    let far = cluster.id_of(1).await;
+    let ours = account_owned_by(&owners, &far, "sec-a");
+    let theirs = account_owned_by(&owners, &far, "sec-b");
+    use crate::security::with_key as keyed;
+    let mut near = cluster.nodes[0].client();
+
+    // Node 0 follows node 1's feed with the node key: the tenant watching
+    // on node 0 sees what node 1 decides for its accounts.
+    let mut events = near
+        .watch_payment_events(keyed(pb::WatchPaymentEventsRequest::default(), &tenant))
+        .await
+        .unwrap()
+        .into_inner();
+    // Forwarded to node 1 on the tenant's behalf, and accepted there.
+    let payment = near
+        .create_payment(keyed(create_request(&ours, "sec-1", 700), &tenant))
+        .await
+        .expect("forwarded on the caller's behalf")
+        .into_inner();
+    assert!(cluster.nodes[0].metric("payvisor_cluster_forwarded_calls_total") >= 1);
+    tokio::time::timeout(PROGRESS_DEADLINE, async {
+        loop {
+            let event = events.message().await.unwrap().expect("the stream goes on");
+            assert!(
+                event.payment.starts_with(&format!("accounts/{ours}/")),
+                "{event:?}"
+            );
+            if event.payment == payment.name
+                && event.to_state == pb::payment::State::Processed as i32
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("node 1's events seen on node 0");
+
+    // Another tenant's account: refused, and no identity can be borrowed
+    // by a caller that is not a node.
+    let mut borrowed = keyed(create_request(&theirs, "sec-2", 700), &tenant);
+    borrowed
+        .metadata_mut()
+        .insert("payvisor-on-behalf-of", "ops".parse().unwrap());
+    let refused = near.create_payment(borrowed).await.unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let anonymous = near
+        .create_payment(create_request(&ours, "sec-3", 700))
+        .await
+        .unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    // The admin's call goes through node 0 to node 1 too.
+    near.create_payment(keyed(create_request(&theirs, "sec-4", 700), &admin))
+        .await
+        .expect("the admin's call");
 }

@@ -27,6 +27,7 @@ mod http_connector;
 mod layout;
 mod properties;
 mod reviews;
+mod security;
 mod shutdown;
 mod stalls;
 mod store_conformance;

@@ -78,6 +78,8 @@ pub struct Server {
     /// Which store the server uses (`--store …`), shared by `ledger verify`.
     store_args: Vec<String>,
     extra_args: Vec<String>,
+    /// Where the server's log goes, when a test reads it (else stderr).
+    log: Option<PathBuf>,
     /// Keeps the temporary directory alive for the server's lifetime.
     _temp: Option<tempfile::TempDir>,
 }
@@ -86,20 +88,38 @@ impl Server {
     /// Starts a server on a fresh data directory (and a fresh table, on
     /// DynamoDB).
     pub fn start(extra_args: &[&str]) -> Server {
+        Server::launch(extra_args, false)
+    }
+
+    /// [`Server::start`], logging at info level to a file that
+    /// [`Server::log`] reads (appended to across restarts).
+    pub fn start_logged(extra_args: &[&str]) -> Server {
+        Server::launch(extra_args, true)
+    }
+
+    fn launch(extra_args: &[&str], logged: bool) -> Server {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().to_path_buf();
+        let log = logged.then(|| temp.path().join("server.log"));
         let store_args = store_args();
         let mut all_args = store_args.clone();
         all_args.extend(extra_args.iter().map(|arg| arg.to_string()));
-        let (process, address) = spawn(&data_dir, &all_args);
+        let (process, address) = spawn(&data_dir, &all_args, log.as_deref());
         Server {
             process,
             address,
             data_dir,
             store_args,
             extra_args: all_args,
+            log,
             _temp: Some(temp),
         }
+    }
+
+    /// What the server logged (with [`Server::start_logged`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log.as_ref().expect("started with start_logged"))
+            .unwrap_or_default()
     }
 
     /// Runs `payvisor ledger verify` on this server's store; panics unless
@@ -180,7 +200,7 @@ impl Server {
 
     /// Starts the server again on the same data directory (new port).
     pub fn restart(&mut self) {
-        let (process, address) = spawn(&self.data_dir, &self.extra_args);
+        let (process, address) = spawn(&self.data_dir, &self.extra_args, self.log.as_deref());
         self.process = process;
         self.address = address;
     }
@@ -197,15 +217,26 @@ impl Drop for Server {
     }
 }
 
-fn spawn(data_dir: &Path, extra_args: &[String]) -> (Child, String) {
+fn spawn(data_dir: &Path, extra_args: &[String], log: Option<&Path>) -> (Child, String) {
+    let (level, stderr) = match log {
+        None => ("warn", Stdio::inherit()),
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("open the server log");
+            ("info", Stdio::from(file))
+        }
+    };
     let mut process = Command::new(BINARY)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(["--bank-latency-ms", "1..10"])
         .args(extra_args)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("start payvisor");
     let stdout = process.stdout.take().expect("stdout");

@@ -1,0 +1,357 @@
+//! Who calls, at the gRPC edge. A tower layer in front of every service
+//! authenticates each call (an API key in `authorization: Bearer <key>`),
+//! refuses what no role of the caller allows (by the RPC's path, from the
+//! one table [`RULES`]) and hands the handlers the [`Caller`], which they
+//! ask about the account a call names ([`authorize`]) or the accounts a
+//! list or a stream may show ([`Caller::sees`]).
+//!
+//! A call forwarded by a peer node carries the node's own key and the
+//! caller's identity in [`ON_BEHALF_OF`]; the owner applies its own access
+//! list to that identity (every node loads the same file).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::Request;
+
+use crate::actors::CommandError;
+use crate::auth::{AuthError, Authenticator};
+use crate::domain::access::{Action, Denied, Grant, Role};
+use crate::domain::{parse_payment_name, AccountId};
+
+/// The metadata of the caller's credentials.
+pub const AUTHORIZATION: &str = "authorization";
+/// Set by a node that forwards a call: the identity of its caller.
+pub const ON_BEHALF_OF: &str = "payvisor-on-behalf-of";
+
+/// What the edge does with a call, by its path.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Rule {
+    /// No credentials needed: health checks (load balancers, orchestrators).
+    Open,
+    /// The caller needs a role that allows the action.
+    Act(Action),
+}
+
+/// Every method served, and its rule. A path not in the table is refused
+/// to everyone (a new RPC without a rule fails closed, and the test that
+/// walks the API's descriptors fails).
+pub const RULES: &[(&str, Rule)] = &[
+    ("/grpc.health.v1.Health/Check", Rule::Open),
+    ("/grpc.health.v1.Health/Watch", Rule::Open),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        Rule::Act(Action::Reflect),
+    ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        Rule::Act(Action::Reflect),
+    ),
+    (
+        "/payvisor.v1.PaymentService/CreatePayment",
+        Rule::Act(Action::CreatePayment),
+    ),
+    (
+        "/payvisor.v1.PaymentService/GetPayment",
+        Rule::Act(Action::GetPayment),
+    ),
+    (
+        "/payvisor.v1.PaymentService/ListPayments",
+        Rule::Act(Action::ListPayments),
+    ),
+    (
+        "/payvisor.v1.PaymentService/RefundPayment",
+        Rule::Act(Action::RefundPayment),
+    ),
+    (
+        "/payvisor.v1.PaymentService/GetAccount",
+        Rule::Act(Action::GetAccount),
+    ),
+    (
+        "/payvisor.v1.PaymentService/RetryPayment",
+        Rule::Act(Action::RetryPayment),
+    ),
+    (
+        "/payvisor.v1.PaymentService/FailPayment",
+        Rule::Act(Action::FailPayment),
+    ),
+    (
+        "/payvisor.v1.PaymentService/ListStalledPayments",
+        Rule::Act(Action::ListStalledPayments),
+    ),
+    (
+        "/payvisor.v1.PaymentService/WatchAlerts",
+        Rule::Act(Action::WatchAlerts),
+    ),
+    (
+        "/payvisor.v1.PaymentService/ApprovePayment",
+        Rule::Act(Action::ApprovePayment),
+    ),
+    (
+        "/payvisor.v1.PaymentService/DeclinePayment",
+        Rule::Act(Action::DeclinePayment),
+    ),
+    (
+        "/payvisor.v1.PaymentService/WatchPaymentEvents",
+        Rule::Act(Action::WatchPaymentEvents),
+    ),
+    (
+        "/payvisor.v1.PaymentService/ListPaymentEvents",
+        Rule::Act(Action::ListPaymentEvents),
+    ),
+    (
+        "/payvisor.v1.PaymentService/ResendPaymentEvent",
+        Rule::Act(Action::ResendPaymentEvent),
+    ),
+    (
+        "/payvisor.v1.ClusterService/GetClusterStatus",
+        Rule::Act(Action::GetClusterStatus),
+    ),
+    (
+        "/payvisor.v1.ClusterService/HandBankCallback",
+        Rule::Act(Action::HandBankCallback),
+    ),
+    (
+        "/payvisor.v1.ClusterService/WatchNodeEvents",
+        Rule::Act(Action::WatchNodeEvents),
+    ),
+];
+
+/// The rule of a path; `None` for a path no rule covers (refused).
+pub fn rule(path: &str) -> Option<Rule> {
+    RULES
+        .iter()
+        .find(|(known, _)| *known == path)
+        .map(|(_, rule)| *rule)
+}
+
+/// Who a call is from, as its handler sees it (a request extension).
+#[derive(Clone, Debug)]
+pub enum Caller {
+    /// Authentication is off: a development server on loopback, or
+    /// `--insecure-no-auth`. Everything is allowed.
+    Anyone,
+    /// A proven identity and what the access list grants it.
+    Proven(Grant),
+}
+
+impl Caller {
+    /// Who acted, for records: the key id or certificate subject.
+    pub fn identity(&self) -> Option<&str> {
+        match self {
+            Caller::Anyone => None,
+            Caller::Proven(grant) => Some(&grant.identity),
+        }
+    }
+
+    /// Whether the caller may take `action` on `account`.
+    pub fn check(&self, action: Action, account: &AccountId) -> Result<(), CommandError> {
+        match self {
+            Caller::Anyone => Ok(()),
+            Caller::Proven(grant) => grant
+                .check(action, account)
+                .map_err(|_: Denied| CommandError::PermissionDenied),
+        }
+    }
+
+    /// Whether the caller may take `action`, an action across accounts.
+    pub fn allows(&self, action: Action) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::Proven(grant) => grant.allows(action),
+        }
+    }
+
+    /// Whether the caller may see `account`'s data in a list or a stream.
+    pub fn sees(&self, account: &AccountId) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::Proven(grant) => grant.sees(account),
+        }
+    }
+
+    /// [`Caller::sees`] for a payment's (or an event's) resource name; a
+    /// name without an account only for callers of every account.
+    pub fn sees_name(&self, name: &str) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::Proven(grant) => match parse_payment_name(name) {
+                Ok(payment) => grant.sees(&payment.account),
+                Err(_) => grant.scope == crate::domain::access::AccountScope::Every,
+            },
+        }
+    }
+}
+
+/// The caller of `request`, as the edge proved it. Missing only where the
+/// layer is not in front of the service: refused (fail closed).
+pub fn caller<T>(request: &Request<T>) -> Result<Caller, CommandError> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or(CommandError::PermissionDenied)
+}
+
+/// The caller of `request`, if it may take `action` on `account`.
+pub fn authorize<T>(
+    request: &Request<T>,
+    action: Action,
+    account: &AccountId,
+) -> Result<Caller, CommandError> {
+    let caller = caller(request)?;
+    caller.check(action, account)?;
+    Ok(caller)
+}
+
+/// The caller of `request`, if it may take `action` (across accounts).
+pub fn authorize_across<T>(request: &Request<T>, action: Action) -> Result<Caller, CommandError> {
+    let caller = caller(request)?;
+    if !caller.allows(action) {
+        return Err(CommandError::PermissionDenied);
+    }
+    Ok(caller)
+}
+
+/// The layer in front of every gRPC service.
+#[derive(Clone)]
+pub struct AuthLayer {
+    authenticator: Arc<Authenticator>,
+}
+
+impl AuthLayer {
+    pub fn new(authenticator: Arc<Authenticator>) -> AuthLayer {
+        AuthLayer { authenticator }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for AuthLayer {
+    type Service = Authenticated<S>;
+
+    fn layer(&self, inner: S) -> Authenticated<S> {
+        Authenticated {
+            inner,
+            authenticator: Arc::clone(&self.authenticator),
+        }
+    }
+}
+
+/// A service behind the [`AuthLayer`].
+#[derive(Clone)]
+pub struct Authenticated<S> {
+    inner: S,
+    authenticator: Arc<Authenticator>,
+}
+
+impl<S, B, R> tower_service::Service<http::Request<B>> for Authenticated<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        match admit(&self.authenticator, &request) {
+            Ok(Some(caller)) => {
+                request.extensions_mut().insert(caller);
+                Box::pin(self.inner.call(request))
+            }
+            Ok(None) => Box::pin(self.inner.call(request)),
+            Err(error) => {
+                let status = tonic::Status::from(error);
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
+    }
+}
+
+/// Decides on a call before any handler runs: `Ok(None)` for an open
+/// path, the proven [`Caller`], or the refusal.
+fn admit<B>(
+    authenticator: &Authenticator,
+    request: &http::Request<B>,
+) -> Result<Option<Caller>, CommandError> {
+    let path = request.uri().path();
+    let action = match rule(path) {
+        Some(Rule::Open) => return Ok(None),
+        Some(Rule::Act(action)) => action,
+        // An unknown method: the router answers UNIMPLEMENTED, unless a
+        // method was added without a rule; then no one may call it.
+        None if !authenticator.required() => return Ok(Some(Caller::Anyone)),
+        None => return Err(CommandError::PermissionDenied),
+    };
+    if !authenticator.required() {
+        return Ok(Some(Caller::Anyone));
+    }
+    let header = request
+        .headers()
+        .get(AUTHORIZATION)
+        .map(|value| value.as_bytes());
+    let grant = authenticator
+        .bearer(header)
+        .and_then(|grant| on_behalf_of(authenticator, grant, request))
+        .map_err(|error| {
+            let peer = request
+                .extensions()
+                .get::<tonic::transport::server::TcpConnectInfo>()
+                .and_then(|info| info.remote_addr());
+            // What was presented is never logged: only why it failed.
+            tracing::warn!(method = %path, peer = ?peer, %error, "call refused: not authenticated");
+            CommandError::Unauthenticated(error.to_string())
+        })?;
+    if !grant.allows(action) {
+        tracing::info!(method = %path, identity = %grant.identity, "call refused: no role allows it");
+        return Err(CommandError::PermissionDenied);
+    }
+    Ok(Some(Caller::Proven(grant)))
+}
+
+/// A node's call on behalf of a caller becomes that caller's; a node's
+/// call of its own stays the node's. Anyone else's [`ON_BEHALF_OF`] is
+/// ignored: it cannot lend them another identity.
+fn on_behalf_of<B>(
+    authenticator: &Authenticator,
+    grant: Grant,
+    request: &http::Request<B>,
+) -> Result<Grant, AuthError> {
+    if !grant.roles.contains(&Role::Node) {
+        return Ok(grant);
+    }
+    match request.headers().get(ON_BEHALF_OF) {
+        None => Ok(grant),
+        Some(identity) => {
+            let identity = identity.to_str().map_err(|_| AuthError::Malformed)?;
+            authenticator.on_behalf_of(identity)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_spells_every_path_once() {
+        let mut paths: Vec<&str> = RULES.iter().map(|(path, _)| *path).collect();
+        paths.sort_unstable();
+        let before = paths.len();
+        paths.dedup();
+        assert_eq!(paths.len(), before, "a path is listed twice");
+        for action in Action::ALL {
+            let covered = RULES.iter().any(|(_, rule)| *rule == Rule::Act(action));
+            // The review queue is ListPayments of accounts/- (checked by
+            // the handler).
+            assert!(covered || action == Action::ListReviewQueue, "{action:?}");
+        }
+    }
+}

@@ -1,0 +1,721 @@
+//! Every caller authenticated, every action authorized by role and account
+//! scope (docs/security.md): the real server with an access list made by
+//! `payvisor auth new-key`, called over gRPC with each kind of credential.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use payvisor::grpc::pb;
+use payvisor::grpc::pb::payment_service_client::PaymentServiceClient;
+use prost::Message;
+use tokio_stream::StreamExt;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+use crate::common::bank_sim::{free_port, metric};
+use crate::common::{create_request, refund_request, state, Server, BINARY, PROGRESS_DEADLINE};
+
+/// The roles, and what each may call (the product's table, written out
+/// here independently of the server's, so that a change to either shows).
+const ROLES: [&str; 6] = ["gateway", "support", "reviewer", "oncall", "admin", "node"];
+const READS: [&str; 5] = [
+    "GetPayment",
+    "ListPayments",
+    "GetAccount",
+    "ListPaymentEvents",
+    "WatchPaymentEvents",
+];
+
+/// The roles that may call `method` (`Service/Method`).
+fn allowed(method: &str) -> BTreeSet<&'static str> {
+    let persons = ["gateway", "support", "reviewer", "oncall", "admin"];
+    let (_, name) = method.split_once('/').unwrap();
+    let roles: Vec<&str> = if READS.contains(&name) {
+        persons.to_vec()
+    } else {
+        match method {
+            "PaymentService/CreatePayment" => vec!["gateway", "admin"],
+            "PaymentService/RefundPayment" => vec!["support", "admin"],
+            "PaymentService/ApprovePayment" | "PaymentService/DeclinePayment" => {
+                vec!["reviewer", "admin"]
+            }
+            "PaymentService/RetryPayment"
+            | "PaymentService/FailPayment"
+            | "PaymentService/ListStalledPayments"
+            | "PaymentService/WatchAlerts"
+            | "PaymentService/ResendPaymentEvent"
+            | "ClusterService/GetClusterStatus" => vec!["oncall", "admin"],
+            "ClusterService/HandBankCallback" | "ClusterService/WatchNodeEvents" => vec!["node"],
+            "ServerReflection/ServerReflectionInfo" => ROLES.to_vec(),
+            other => panic!("{other}: a method the test has no rule for; add it here"),
+        }
+    };
+    roles.into_iter().collect()
+}
+
+/// Keys drawn with the CLI, by name, and the access list holding them.
+struct Keys {
+    keys: BTreeMap<&'static str, String>,
+    file: PathBuf,
+    entries: Vec<serde_json::Value>,
+}
+
+impl Keys {
+    fn key(&self, name: &str) -> &str {
+        &self.keys[name]
+    }
+
+    /// Writes the access list with the entries whose id passes `keep`.
+    fn write(&self, keep: impl Fn(&str) -> bool) {
+        let keys: Vec<&serde_json::Value> = self
+            .entries
+            .iter()
+            .filter(|entry| keep(entry["id"].as_str().unwrap()))
+            .collect();
+        let text = serde_json::json!({ "keys": keys }).to_string();
+        // Written whole, then renamed: the server never reads half a file.
+        let partial = self.file.with_extension("partial");
+        std::fs::write(&partial, text).unwrap();
+        std::fs::rename(&partial, &self.file).unwrap();
+    }
+}
+
+/// `payvisor auth new-key --json` with `args`: (key, entry).
+pub fn new_key(args: &[&str]) -> (String, serde_json::Value) {
+    let output = Command::new(BINARY)
+        .args(["auth", "new-key", "--json"])
+        .args(args)
+        .output()
+        .expect("run auth new-key");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    (
+        printed["key"].as_str().unwrap().to_owned(),
+        printed["entry"].clone(),
+    )
+}
+
+/// A key per role (id = role), scoped keys for `acme`, and an expired one.
+fn keys(dir: &Path) -> Keys {
+    let mut keys = BTreeMap::new();
+    let mut entries = Vec::new();
+    let mut add = |name: &'static str, args: &[&str]| {
+        let (key, entry) = new_key(&[&["--id", name], args].concat());
+        keys.insert(name, key);
+        entries.push(entry);
+    };
+    for role in ROLES {
+        add(role, &["--role", role]);
+    }
+    add("gateway-acme", &["--role", "gateway", "--account", "acme"]);
+    add(
+        "support-acme",
+        &["--role", "support", "--account-prefix", "acme"],
+    );
+    add(
+        "reviewer-acme",
+        &["--role", "reviewer", "--account", "acme"],
+    );
+    add(
+        "expired",
+        &["--role", "admin", "--expires", "2020-01-01T00:00:00Z"],
+    );
+    let keys = Keys {
+        keys,
+        file: dir.join("access.json"),
+        entries,
+    };
+    keys.write(|_| true);
+    keys
+}
+
+/// Sets `key` as the request's credentials.
+pub fn present<T>(request: &mut Request<T>, key: &str) {
+    let value = MetadataValue::try_from(format!("Bearer {key}")).unwrap();
+    request.metadata_mut().insert("authorization", value);
+}
+
+/// A request carrying `key`.
+pub fn with_key<T>(message: T, key: &str) -> Request<T> {
+    let mut request = Request::new(message);
+    present(&mut request, key);
+    request
+}
+
+/// Every method the server serves, as (`Service/Method`, full path, client
+/// streaming, server streaming): payvisor's from its descriptors, and the
+/// health and reflection services tonic provides.
+fn methods() -> Vec<(String, String, bool, bool)> {
+    let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET).unwrap();
+    let mut methods = Vec::new();
+    for file in set
+        .file
+        .iter()
+        .filter(|file| file.package() == "payvisor.v1")
+    {
+        for service in &file.service {
+            for method in &service.method {
+                methods.push((
+                    format!("{}/{}", service.name(), method.name()),
+                    format!("/payvisor.v1.{}/{}", service.name(), method.name()),
+                    method.client_streaming(),
+                    method.server_streaming(),
+                ));
+            }
+        }
+    }
+    assert!(methods.len() >= 17, "{methods:?}");
+    methods.push((
+        "ServerReflection/ServerReflectionInfo".into(),
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".into(),
+        true,
+        true,
+    ));
+    methods
+}
+
+/// Calls `path` with an empty message (and `key`), returns the code: what
+/// the edge decides comes before any handler reads the message.
+async fn call(channel: &Channel, path: &str, streams: (bool, bool), key: Option<&str>) -> Code {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let path: tonic::codegen::http::uri::PathAndQuery = path.parse().unwrap();
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let answer = match streams {
+        (false, false) => {
+            let mut request = Request::new(());
+            if let Some(key) = key {
+                present(&mut request, key);
+            }
+            grpc.unary(request, path, codec).await.map(|_| ())
+        }
+        (false, true) => {
+            let mut request = Request::new(());
+            if let Some(key) = key {
+                present(&mut request, key);
+            }
+            grpc.server_streaming(request, path, codec)
+                .await
+                .map(|_| ())
+        }
+        _ => {
+            let mut request = Request::new(tokio_stream::iter(Vec::<()>::new()));
+            if let Some(key) = key {
+                present(&mut request, key);
+            }
+            grpc.streaming(request, path, codec).await.map(|_| ())
+        }
+    };
+    match answer {
+        Ok(()) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_answers_every_kind_of_caller_with_the_code_its_role_gets() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let server = Server::start_logged(&[
+        "--auth",
+        keys.file.to_str().unwrap(),
+        "--metrics-listen",
+        &metrics,
+    ]);
+    let channel = server.channel().await;
+    let admin = keys.key("admin");
+    let wrong_secret = format!("{}0000", &admin[..admin.len() - 4]);
+    let mut failures = Vec::new();
+    let mut refusals = 0;
+    for (method, path, client_streams, server_streams) in methods() {
+        let allowed = allowed(&method);
+        let streams = (client_streams, server_streams);
+        // No, bad, wrong and expired credentials: never past the edge.
+        for (who, key) in [
+            ("no key", None),
+            ("a malformed key", Some("pvk_nonsense")),
+            ("a wrong secret", Some(wrong_secret.as_str())),
+            ("an expired key", Some(keys.key("expired"))),
+        ] {
+            let code = call(&channel, &path, streams, key).await;
+            refusals += 1;
+            if code != Code::Unauthenticated {
+                failures.push(format!("{method} with {who}: {code:?}"));
+            }
+        }
+        for role in ROLES {
+            let code = call(&channel, &path, streams, Some(keys.key(role))).await;
+            // Past the edge, the handler answers an empty message as it
+            // will (OK, INVALID_ARGUMENT, NOT_FOUND...).
+            let passed = !matches!(code, Code::Unauthenticated | Code::PermissionDenied);
+            if passed != allowed.contains(role) {
+                failures.push(format!("{method} by {role}: {code:?}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Health needs no key: load balancers check it.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health without a key");
+
+    // Every refusal was counted and logged; nothing presented was logged.
+    assert_eq!(metric(&metrics, "payvisor_auth_failures_total"), refusals);
+    let log = server.log();
+    assert!(log.contains("not authenticated"), "{log}");
+    for secret in keys.keys.values().chain([&wrong_secret]) {
+        let (_, secret_part) = secret.rsplit_once('_').unwrap();
+        assert!(!log.contains(secret_part), "a secret reached the log");
+    }
+}
+
+/// Creates a payment with `key` and waits until the bank processed it.
+async fn processed(
+    client: &mut PaymentServiceClient<Channel>,
+    key: &str,
+    account: &str,
+    request_id: &str,
+    minor_units: i64,
+) -> pb::Payment {
+    let created = client
+        .create_payment(with_key(
+            create_request(account, request_id, minor_units),
+            key,
+        ))
+        .await
+        .expect("create")
+        .into_inner();
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    loop {
+        let payment = client
+            .get_payment(with_key(
+                pb::GetPaymentRequest {
+                    name: created.name.clone(),
+                },
+                key,
+            ))
+            .await
+            .expect("get")
+            .into_inner();
+        if state(&payment) == pb::payment::State::Processed {
+            return payment;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{payment:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_scoped_to_one_account_cannot_reach_or_learn_of_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path());
+    let server = Server::start(&["--auth", keys.file.to_str().unwrap()]);
+    let mut client = server.client().await;
+    let admin = keys.key("admin");
+    let acme = processed(&mut client, admin, "acme", "p-acme", 1_000).await;
+    let globex = processed(&mut client, admin, "globex", "p-globex", 1_000).await;
+    let gateway = keys.key("gateway-acme");
+
+    // Its own account: read, list, create.
+    client
+        .get_payment(with_key(
+            pb::GetPaymentRequest {
+                name: acme.name.clone(),
+            },
+            gateway,
+        ))
+        .await
+        .expect("its own payment");
+    // Another account's payment, and one that does not exist: the same
+    // answer, word for word.
+    let denied = |status: tonic::Status| (status.code(), status.message().to_owned());
+    let existing = client
+        .get_payment(with_key(
+            pb::GetPaymentRequest {
+                name: globex.name.clone(),
+            },
+            gateway,
+        ))
+        .await
+        .map_err(denied)
+        .unwrap_err();
+    let missing = client
+        .get_payment(with_key(
+            pb::GetPaymentRequest {
+                name: "accounts/globex/payments/never".into(),
+            },
+            gateway,
+        ))
+        .await
+        .map_err(denied)
+        .unwrap_err();
+    assert_eq!(existing.0, Code::PermissionDenied);
+    assert_eq!(existing, missing);
+    let missing_account = client
+        .get_account(with_key(
+            pb::GetAccountRequest {
+                name: "accounts/nobody".into(),
+            },
+            gateway,
+        ))
+        .await
+        .map_err(denied)
+        .unwrap_err();
+    let other_account = client
+        .get_account(with_key(
+            pb::GetAccountRequest {
+                name: "accounts/globex".into(),
+            },
+            gateway,
+        ))
+        .await
+        .map_err(denied)
+        .unwrap_err();
+    assert_eq!(missing_account, other_account);
+    assert_eq!(other_account.0, Code::PermissionDenied);
+
+    for refused in [
+        client
+            .list_payments(with_key(
+                pb::ListPaymentsRequest {
+                    parent: "accounts/globex".into(),
+                    ..Default::default()
+                },
+                gateway,
+            ))
+            .await
+            .map(|_| ()),
+        client
+            .create_payment(with_key(create_request("globex", "r-new", 100), gateway))
+            .await
+            .map(|_| ()),
+        client
+            .list_payment_events(with_key(
+                pb::ListPaymentEventsRequest {
+                    parent: globex.name.clone(),
+                },
+                gateway,
+            ))
+            .await
+            .map(|_| ()),
+        client
+            .watch_payment_events(with_key(
+                pb::WatchPaymentEventsRequest {
+                    after_event: format!("{}/events/1", globex.name),
+                },
+                gateway,
+            ))
+            .await
+            .map(|_| ()),
+        client
+            .refund_payment(with_key(
+                refund_request(&globex.name, "r-refund-globex", None),
+                keys.key("support-acme"),
+            ))
+            .await
+            .map(|_| ()),
+        // The review queue is not the gateway's, nor a scoped reviewer's
+        // way to another account.
+        client
+            .list_payments(with_key(
+                pb::ListPaymentsRequest {
+                    parent: "accounts/-".into(),
+                    state: pb::payment::State::InReview as i32,
+                    ..Default::default()
+                },
+                keys.key("gateway"),
+            ))
+            .await
+            .map(|_| ()),
+    ] {
+        assert_eq!(refused.unwrap_err().code(), Code::PermissionDenied);
+    }
+    // A support key for acme* refunds acme's payment.
+    client
+        .refund_payment(with_key(
+            refund_request(&acme.name, "r-refund-acme", None),
+            keys.key("support-acme"),
+        ))
+        .await
+        .expect("a refund in its own account");
+
+    // Watching: only its own account's events come through.
+    let mut everything = client
+        .watch_payment_events(with_key(pb::WatchPaymentEventsRequest::default(), admin))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut scoped = client
+        .watch_payment_events(with_key(pb::WatchPaymentEventsRequest::default(), gateway))
+        .await
+        .unwrap()
+        .into_inner();
+    let globex_2 = processed(&mut client, admin, "globex", "p-globex-2", 500).await;
+    // The admin's stream saw globex's payment processed: it was broadcast.
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    loop {
+        let event = tokio::time::timeout_at(deadline, everything.next())
+            .await
+            .expect("globex's events")
+            .unwrap()
+            .unwrap();
+        if event.payment == globex_2.name && event.to_state == pb::payment::State::Processed as i32
+        {
+            break;
+        }
+    }
+    let acme_2 = processed(&mut client, admin, "acme", "p-acme-2", 500).await;
+    loop {
+        let event = tokio::time::timeout_at(deadline, scoped.next())
+            .await
+            .expect("acme's events")
+            .unwrap()
+            .unwrap();
+        assert!(event.payment.starts_with("accounts/acme/"), "{event:?}");
+        if event.payment == acme_2.name && event.to_state == pb::payment::State::Processed as i32 {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_access_list_takes_effect_within_seconds_and_a_bad_one_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path());
+    keys.write(|id| id == "admin");
+    let server = Server::start_logged(&["--auth", keys.file.to_str().unwrap()]);
+    let mut client = server.client().await;
+    let get = |key: &str| {
+        with_key(
+            pb::GetAccountRequest {
+                name: "accounts/acme".into(),
+            },
+            key,
+        )
+    };
+    // No payments yet: an accepted key reads NOT_FOUND.
+    let code = |answer: Result<tonic::Response<pb::Account>, tonic::Status>| match answer {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    };
+    let accepted = Code::NotFound;
+    assert_eq!(
+        code(client.get_account(get(keys.key("oncall"))).await),
+        Code::Unauthenticated
+    );
+
+    // Added: in force within seconds (the list is checked every second).
+    // The bound is the acceptance's "within seconds", not a measurement.
+    keys.write(|id| id == "admin" || id == "oncall");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while code(client.get_account(get(keys.key("oncall"))).await) != accepted {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a new key took over 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Removed: refused within seconds.
+    keys.write(|id| id == "oncall");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while code(client.get_account(get(keys.key("admin"))).await) != Code::Unauthenticated {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a removed key took over 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A bad file is refused, with its problems; the keys in force stay.
+    std::fs::write(
+        &keys.file,
+        r#"{"keys": [{"id": "x", "secret_sha256": "short", "roles": ["root"]}]}"#,
+    )
+    .unwrap();
+    let checked = Command::new(BINARY)
+        .args(["auth", "check"])
+        .arg(&keys.file)
+        .output()
+        .unwrap();
+    assert!(!checked.status.success());
+    let problems = String::from_utf8_lossy(&checked.stderr);
+    assert!(
+        problems.contains("secret_sha256") && problems.contains("unknown role"),
+        "{problems}"
+    );
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    while !server.log().contains("access list not reloaded") {
+        assert!(tokio::time::Instant::now() < deadline, "{}", server.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.log().contains("unknown role"), "{}", server.log());
+    assert_eq!(
+        code(client.get_account(get(keys.key("oncall"))).await),
+        accepted
+    );
+    assert_eq!(
+        code(client.get_account(get(keys.key("admin"))).await),
+        Code::Unauthenticated
+    );
+}
+
+/// `payvisor serve` with `args` in a fresh directory: its exit status and
+/// stderr, or `None` if it started listening (then it is stopped).
+fn serve_outcome(args: &[&str]) -> Option<(bool, String)> {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut process = Command::new(BINARY)
+        .args(["serve", "--data-dir"])
+        .arg(dir.path())
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = process.stdout.take().unwrap();
+    let listening = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.starts_with("payvisor listening on"));
+    if listening {
+        let _ = process.kill();
+        let _ = process.wait();
+        return None;
+    }
+    let output = process.wait_with_output().unwrap();
+    Some((
+        output.status.success(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
+}
+
+#[test]
+fn without_an_access_list_the_server_listens_on_loopback_only() {
+    let (succeeded, stderr) = serve_outcome(&["--listen", "0.0.0.0:0"]).expect("refused");
+    assert!(!succeeded);
+    assert!(
+        stderr.contains("without authentication") && stderr.contains("--auth FILE"),
+        "{stderr}"
+    );
+    assert_eq!(serve_outcome(&["--listen", "127.0.0.1:0"]), None);
+    assert_eq!(
+        serve_outcome(&["--listen", "0.0.0.0:0", "--insecure-no-auth"]),
+        None
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"keys": [{"id": "a", "roles": []}]}"#).unwrap();
+    let (succeeded, stderr) =
+        serve_outcome(&["--listen", "0.0.0.0:0", "--auth", bad.to_str().unwrap()])
+            .expect("refused");
+    assert!(!succeeded);
+    assert!(
+        stderr.contains("access list") && stderr.contains("secret_sha256"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_presents_its_key_and_keeps_it_off_plaintext_networks() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path());
+    let server = Server::start(&["--auth", keys.file.to_str().unwrap()]);
+    let url = format!("http://{}", server.address);
+    let run = |args: &[&str], key: Option<&str>| {
+        let mut command = Command::new(BINARY);
+        command.args(args).env_remove("PAYVISOR_API_KEY");
+        if let Some(key) = key {
+            command.env("PAYVISOR_API_KEY", key);
+        }
+        command.output().unwrap()
+    };
+    let created = run(
+        &[
+            "payments",
+            "create",
+            "--account",
+            "acme",
+            "--amount",
+            "1.00",
+            "--currency",
+            "USD",
+            "--server",
+            &url,
+        ],
+        Some(keys.key("gateway")),
+    );
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let unauthenticated = run(&["accounts", "get", "acme", "--server", &url], None);
+    assert!(!unauthenticated.status.success());
+    let said = String::from_utf8_lossy(&unauthenticated.stderr);
+    assert!(
+        said.contains("UNAUTHENTICATED") || said.contains("Unauthenticated"),
+        "{said}"
+    );
+    // From the environment, and a server without a scheme.
+    let read = run(
+        &[
+            "accounts",
+            "get",
+            "acme",
+            "--json",
+            "--server",
+            &server.address,
+        ],
+        Some(keys.key("gateway")),
+    );
+    assert!(
+        read.status.success(),
+        "{}",
+        String::from_utf8_lossy(&read.stderr)
+    );
+    let flag = run(
+        &[
+            "accounts",
+            "get",
+            "acme",
+            "--server",
+            &url,
+            "--api-key",
+            keys.key("support"),
+        ],
+        None,
+    );
+    assert!(
+        flag.status.success(),
+        "{}",
+        String::from_utf8_lossy(&flag.stderr)
+    );
+    // Beyond loopback in plaintext: refused before anything is sent.
+    let refused = run(
+        &[
+            "accounts",
+            "get",
+            "acme",
+            "--server",
+            "http://192.0.2.1:50051",
+        ],
+        Some(keys.key("admin")),
+    );
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("refusing to send the API key in plaintext"),
+        "{said}"
+    );
+    assert!(!said.contains(keys.key("admin")));
+}
