@@ -113,7 +113,7 @@ pub enum AuthError {
     Malformed,
     #[error("the API key is not valid")]
     Invalid,
-    #[error("the API key has expired")]
+    #[error("the API key or certificate has expired in the access list")]
     Expired,
     #[error("the client certificate is not in the access list")]
     UnknownCertificate,
@@ -197,6 +197,27 @@ impl Authenticator {
         if !same_hash(&presented, expected) {
             return Err(AuthError::Invalid);
         }
+        if grant.expired(self.clock.now()) {
+            return Err(AuthError::Expired);
+        }
+        Ok(grant.clone())
+    }
+
+    /// The grant of a verified client certificate, by its subject.
+    pub fn certificate(&self, subject: &str) -> Result<Grant, AuthError> {
+        let verified = self.verify_certificate(subject);
+        if verified.is_err() {
+            self.failures.inc();
+        }
+        verified
+    }
+
+    fn verify_certificate(&self, subject: &str) -> Result<Grant, AuthError> {
+        let access = self.access.as_ref().ok_or(AuthError::Invalid)?.current();
+        let grant = access
+            .certificates
+            .get(subject)
+            .ok_or(AuthError::UnknownCertificate)?;
         if grant.expired(self.clock.now()) {
             return Err(AuthError::Expired);
         }

@@ -143,6 +143,22 @@ pub struct SecurityArgs {
     /// peers in a cluster with --auth.
     #[arg(long, env = "PAYVISOR_NODE_KEY", hide_env_values = true)]
     pub node_key: Option<crate::secret::Secret>,
+    /// Serve over TLS with this certificate chain (PEM): the gRPC port, and
+    /// the bank-callback and metrics ports. Reloaded when it changes.
+    #[arg(long, env = "PAYVISOR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, env = "PAYVISOR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Require gRPC clients to present a certificate signed by one of
+    /// these CAs (PEM; mutual TLS). The access list's `certificates` give
+    /// a certificate's subject its roles.
+    #[arg(long, env = "PAYVISOR_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// CAs (PEM) that sign the certificates of this cluster's nodes, which
+    /// a node checks its peers against (default: the system's roots).
+    #[arg(long, env = "PAYVISOR_TLS_PEER_CA", requires = "tls_cert")]
+    pub tls_peer_ca: Option<PathBuf>,
 }
 
 /// Who may call, validated.
@@ -153,11 +169,37 @@ pub struct AuthConfig {
     pub access_list: Option<PathBuf>,
     /// What this node presents to its peers.
     pub node_key: Option<crate::secret::Secret>,
+    /// TLS on the listeners; `None`: plaintext.
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// CAs a node checks its peers' certificates against (`None` with TLS:
+    /// the system's roots).
+    pub tls_peer_ca: Option<PathBuf>,
 }
 
 impl SecurityArgs {
     fn validate(&self, listen: SocketAddr, clustered: bool) -> Result<AuthConfig, ConfigError> {
         let refuse = |why: String| Err(ConfigError::Security(why));
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let files = crate::tls::TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                };
+                // Checked now: a bad file stops the start with its problem.
+                crate::tls::ServerTls::load(files.clone(), crate::tls::ALPN_GRPC)
+                    .map_err(|error| ConfigError::Security(format!("TLS: {error}")))?;
+                Some(files)
+            }
+            _ => None,
+        };
+        if let Some(path) = &self.tls_peer_ca {
+            let pem = std::fs::read(path).map_err(|error| {
+                ConfigError::Security(format!("--tls-peer-ca {}: {error}", path.display()))
+            })?;
+            crate::tls::certificates(path, &pem)
+                .map_err(|error| ConfigError::Security(format!("--tls-peer-ca: {error}")))?;
+        }
         let Some(path) = &self.auth else {
             if !self.insecure_no_auth && !listen.ip().is_loopback() {
                 return refuse(format!(
@@ -166,7 +208,11 @@ impl SecurityArgs {
                      or listen on loopback (--listen 127.0.0.1:50051), or, for development only, --insecure-no-auth"
                 ));
             }
-            return Ok(AuthConfig::default());
+            return Ok(AuthConfig {
+                tls,
+                tls_peer_ca: self.tls_peer_ca.clone(),
+                ..AuthConfig::default()
+            });
         };
         if self.insecure_no_auth {
             return refuse("--auth and --insecure-no-auth exclude each other".into());
@@ -203,6 +249,8 @@ impl SecurityArgs {
         Ok(AuthConfig {
             access_list: Some(path.clone()),
             node_key: self.node_key.clone(),
+            tls,
+            tls_peer_ca: self.tls_peer_ca.clone(),
         })
     }
 }

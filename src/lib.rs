@@ -43,5 +43,6 @@ pub mod server;
 pub mod shutdown;
 pub mod signature;
 pub mod store;
+pub mod tls;
 pub mod watchdog;
 pub mod webhooks;

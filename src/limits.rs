@@ -332,6 +332,18 @@ pub const AUTH_HEADER_BYTES_MAX: usize = 512;
 /// How often the access list is checked for changes: a removed key stops
 /// working within this (the acceptance bound is "within seconds").
 pub const AUTH_RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// Bytes of a PEM file (certificate chain, key, CA bundle): a chain of a
+/// few certificates is a few KB; a CA bundle of the system's size ~200 KB.
+pub const TLS_FILE_BYTES_MAX: usize = 1024 * 1024;
+/// How often TLS files are checked for changes: a renewed certificate is
+/// served within this.
+pub const TLS_RELOAD_EVERY: Duration = Duration::from_secs(5);
+/// Time a client gets to complete the TLS handshake: a slow or silent
+/// client must not hold a handshake slot.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TLS handshakes in progress on the gRPC port at once: each costs a task
+/// and a little memory; beyond this, new connections are closed at once.
+pub const TLS_HANDSHAKES_IN_FLIGHT: usize = 256;
 /// Bytes in a review's reason: a sentence for the audit trail.
 pub const REVIEW_REASON_BYTES_MAX: usize = 512;
 /// Characters in a payer id.

@@ -32,6 +32,7 @@ use crate::metrics::NodeMetrics;
 use crate::random::SeededRandom;
 use crate::shutdown::{Shutdown, ShutdownTrigger, Tasks};
 use crate::store::Store;
+use crate::tls::ServerTls;
 use crate::webhooks::HttpWebhookSink;
 use std::collections::HashMap;
 
@@ -84,16 +85,16 @@ pub async fn run(
 
     let clustered = node.cluster.as_ref().map(|cluster| cluster.me.to_string());
     tracing::info!(listen = %local, store = ?config.store, resumed, node = clustered, "payvisor serving");
-    serve_grpc(
-        listener,
-        &node,
-        authenticator,
-        callbacks,
-        trigger,
-        stop,
-        tasks,
-    )
-    .await?;
+    let tls = match &config.auth.tls {
+        None => None,
+        Some(files) => {
+            let tls = Arc::new(ServerTls::load(files.clone(), crate::tls::ALPN_GRPC)?);
+            tasks.spawn("TLS reload", Arc::clone(&tls).watch_until(shutdown.clone()));
+            Some(tls)
+        }
+    };
+    let edge = Edge { authenticator, tls };
+    serve_grpc(listener, &node, edge, callbacks, trigger, stop, tasks).await?;
     tracing::info!("draining account actors");
     node.orchestrator.shutdown(limits::SHUTDOWN_GRACE).await;
     if let Some(membership) = membership {
@@ -479,6 +480,12 @@ fn serve_bank_callbacks(
     Ok(endpoint)
 }
 
+/// What the gRPC port checks before any service: who calls, and TLS.
+struct Edge {
+    authenticator: Arc<Authenticator>,
+    tls: Option<Arc<ServerTls>>,
+}
+
 /// Serves gRPC on `listener` until `stop` completes. Then, in this order:
 /// health says NOT_SERVING for the payment service, the shutdown fires
 /// (gRPC stops accepting, in-flight calls finish, every task in `tasks`
@@ -488,7 +495,7 @@ fn serve_bank_callbacks(
 async fn serve_grpc(
     listener: TcpListener,
     node: &Node,
-    authenticator: Arc<Authenticator>,
+    edge: Edge,
     callbacks: Option<Arc<CallbackEndpoint>>,
     trigger: ShutdownTrigger,
     stop: impl Future<Output = ()>,
@@ -515,22 +522,28 @@ async fn serve_grpc(
     ))
     .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
     let local = listener.local_addr()?;
-    let mut grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .timeout(limits::GRPC_REQUEST_TIMEOUT)
-            .concurrency_limit_per_connection(limits::GRPC_CONCURRENCY_PER_CONNECTION)
-            .layer(AuthLayer::new(authenticator))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(payments)
-            .add_service(cluster)
-            .serve_with_incoming_shutdown(
-                // No Nagle: a response's frames go out at once (a peer's
-                // delayed ACK would hold the last one back ~40 ms).
-                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-                trigger.subscribe().signalled(),
-            ),
-    );
+    let router = tonic::transport::Server::builder()
+        .timeout(limits::GRPC_REQUEST_TIMEOUT)
+        .concurrency_limit_per_connection(limits::GRPC_CONCURRENCY_PER_CONNECTION)
+        .layer(AuthLayer::new(edge.authenticator))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(payments)
+        .add_service(cluster);
+    let stopping = trigger.subscribe();
+    let mut grpc = match edge.tls {
+        Some(tls) => tokio::spawn(router.serve_with_incoming_shutdown(
+            crate::tls::incoming(listener, tls, stopping.clone()),
+            stopping.signalled(),
+        )),
+        None => tokio::spawn(router.serve_with_incoming_shutdown(
+            // No Nagle: a response's frames go out at once (a peer's
+            // delayed ACK would hold the last one back ~40 ms).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stopping.signalled(),
+        )),
+    };
+
     // A line on stdout that scripts and tests wait for (port 0 included).
     println!("payvisor listening on {local}");
 

@@ -124,6 +124,26 @@ fn is_loopback(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// TLS for an `https://` server: its CA (or the system's roots) and, for
+/// mutual TLS, this client's certificate.
+pub fn client_tls(
+    options: &super::ClientOptions,
+) -> anyhow::Result<tonic::transport::ClientTlsConfig> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let mut tls = ClientTlsConfig::new();
+    tls = match &options.tls_ca {
+        Some(path) => tls.ca_certificate(Certificate::from_pem(read(path)?)),
+        None => tls.with_native_roots(),
+    };
+    if let (Some(cert), Some(key)) = (&options.tls_client_cert, &options.tls_client_key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(tls)
+}
+
 /// The API key presented on every call, as a gRPC interceptor.
 #[derive(Clone)]
 pub struct Credentials(Option<MetadataValue<Ascii>>);
@@ -135,12 +155,7 @@ impl Credentials {
         let Some(key) = key else {
             return Ok(Credentials(None));
         };
-        if server.starts_with("https://") {
-            anyhow::bail!(
-                "--server {server}: this client does not speak TLS yet; reach the server over loopback (e.g. an SSH tunnel)"
-            );
-        }
-        if !is_loopback(server) {
+        if !server.starts_with("https://") && !is_loopback(server) {
             anyhow::bail!(
                 "refusing to send the API key in plaintext to {server}: use https:// or a loopback address"
             );

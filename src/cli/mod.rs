@@ -33,6 +33,27 @@ pub struct ClientOptions {
     /// Bearer`. Never sent in plaintext to an address beyond this machine.
     #[arg(long, global = true, env = "PAYVISOR_API_KEY", hide_env_values = true)]
     pub api_key: Option<crate::secret::Secret>,
+    /// CA certificates (PEM) to check an `https://` server against
+    /// (default: the system's roots).
+    #[arg(long, global = true, env = "PAYVISOR_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// A client certificate (PEM) for a server that requires one (mutual
+    /// TLS), with --tls-client-key.
+    #[arg(
+        long,
+        global = true,
+        env = "PAYVISOR_TLS_CLIENT_CERT",
+        requires = "tls_client_key"
+    )]
+    pub tls_client_cert: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(
+        long,
+        global = true,
+        env = "PAYVISOR_TLS_CLIENT_KEY",
+        requires = "tls_client_cert"
+    )]
+    pub tls_client_key: Option<std::path::PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -223,8 +244,14 @@ async fn connect(options: &ClientOptions) -> anyhow::Result<PaymentServiceClient
 async fn channel(options: &ClientOptions) -> anyhow::Result<Authenticated> {
     let server = keys::server_url(&options.server)?;
     let credentials = keys::Credentials::for_server(&server, options.api_key.as_ref())?;
-    let channel = Channel::from_shared(server.clone())
-        .with_context(|| format!("bad --server {:?}", options.server))?
+    let mut endpoint = Channel::from_shared(server.clone())
+        .with_context(|| format!("bad --server {:?}", options.server))?;
+    if server.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(keys::client_tls(options)?)
+            .context("TLS settings")?;
+    }
+    let channel = endpoint
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect()
         .await

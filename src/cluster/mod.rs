@@ -309,7 +309,6 @@ impl Cluster {
         Ok(channel)
     }
 
-    /// The channel to a live peer by id (for node-to-node calls).
     /// Presents `credential` (a key with the `node` role) to peers.
     pub fn with_credential(mut self, credential: Option<Secret>) -> Cluster {
         self.credential = credential;
@@ -330,6 +329,7 @@ impl Cluster {
         }
     }
 
+    /// The channel to a live peer by id (for node-to-node calls).
     pub fn peer(&self, node: &NodeId) -> Result<Option<Channel>, RouteError> {
         let address = self
             .picture

@@ -20,6 +20,7 @@ use crate::actors::CommandError;
 use crate::auth::{AuthError, Authenticator};
 use crate::domain::access::{Action, Denied, Grant, Role};
 use crate::domain::{parse_payment_name, AccountId};
+use crate::tls::TlsPeer;
 
 /// The metadata of the caller's credentials.
 pub const AUTHORIZATION: &str = "authorization";
@@ -297,14 +298,21 @@ fn admit<B>(
         .headers()
         .get(AUTHORIZATION)
         .map(|value| value.as_bytes());
-    let grant = authenticator
-        .bearer(header)
+    let tls = request.extensions().get::<TlsPeer>();
+    let proven = match (header, tls.and_then(|peer| peer.client_subject.as_deref())) {
+        // A certificate speaks for its holder when no key is presented.
+        (None, Some(subject)) => authenticator.certificate(subject),
+        (header, _) => authenticator.bearer(header),
+    };
+    let grant = proven
         .and_then(|grant| on_behalf_of(authenticator, grant, request))
         .map_err(|error| {
-            let peer = request
-                .extensions()
-                .get::<tonic::transport::server::TcpConnectInfo>()
-                .and_then(|info| info.remote_addr());
+            let peer = tls.and_then(|peer| peer.remote_addr).or_else(|| {
+                request
+                    .extensions()
+                    .get::<tonic::transport::server::TcpConnectInfo>()
+                    .and_then(|info| info.remote_addr())
+            });
             // What was presented is never logged: only why it failed.
             tracing::warn!(method = %path, peer = ?peer, %error, "call refused: not authenticated");
             CommandError::Unauthenticated(error.to_string())

@@ -719,3 +719,225 @@ async fn the_command_line_presents_its_key_and_keeps_it_off_plaintext_networks()
     );
     assert!(!said.contains(keys.key("admin")));
 }
+
+/// A gRPC channel to `address` over TLS, trusting `ca`, presenting
+/// `identity` if given.
+async fn tls_channel(
+    address: &str,
+    ca: &Path,
+    identity: Option<&crate::common::certs::Issued>,
+) -> Result<Channel, tonic::transport::Error> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let mut tls =
+        ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()));
+    if let Some(issued) = identity {
+        tls = tls.identity(Identity::from_pem(
+            std::fs::read(&issued.cert).unwrap(),
+            std::fs::read(&issued.key).unwrap(),
+        ));
+    }
+    Channel::from_shared(format!("https://{address}"))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await
+}
+
+/// A call that broke in the transport (no answer of payvisor's: with the
+/// admin's key, payvisor answers NOT_FOUND).
+fn broken(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled
+    )
+}
+
+async fn account_code(channel: Channel, key: Option<&str>) -> Code {
+    let mut request = Request::new(pb::GetAccountRequest {
+        name: "accounts/acme".into(),
+    });
+    if let Some(key) = key {
+        present(&mut request, key);
+    }
+    match PaymentServiceClient::new(channel)
+        .get_account(request)
+        .await
+    {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_and_mutual_tls_only_trusted_clients_get_in() {
+    use crate::common::certs::Authority;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path());
+    let ours = Authority::new(dir.path(), "payvisor-test");
+    let strangers = Authority::new(dir.path(), "someone-else");
+    let server_cert = ours.server("payvisor-1");
+    let tool = ours.client("support-tool", "Acme");
+    let impostor = strangers.client("support-tool", "Acme");
+    // The certificate names a support tool; the admin key stays in the list.
+    let admin_entry = keys
+        .entries
+        .iter()
+        .find(|entry| entry["id"] == "admin")
+        .unwrap()
+        .clone();
+    let list = serde_json::json!({
+        "keys": [admin_entry],
+        "certificates": [{"subject": "CN=support-tool,O=Acme", "roles": ["support"]}],
+    });
+    std::fs::write(&keys.file, list.to_string()).unwrap();
+    let server = Server::start(&[
+        "--auth",
+        keys.file.to_str().unwrap(),
+        "--tls-cert",
+        server_cert.cert.to_str().unwrap(),
+        "--tls-key",
+        server_cert.key.to_str().unwrap(),
+        "--tls-client-ca",
+        ours.cert.to_str().unwrap(),
+    ]);
+    let admin = keys.key("admin");
+
+    // Plaintext on the TLS port gets nowhere.
+    let plaintext = Channel::from_shared(format!("http://{}", server.address))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = plaintext {
+        let code = account_code(channel, Some(admin)).await;
+        assert!(broken(code), "plaintext answered {code:?}");
+    }
+    // No client certificate, or one from another CA: the handshake fails.
+    for identity in [None, Some(&impostor)] {
+        match tls_channel(&server.address, &ours.cert, identity).await {
+            Err(_) => {}
+            Ok(channel) => {
+                // TLS 1.3: the server refuses the certificate after the
+                // client thinks the handshake done; the call breaks.
+                let code = account_code(channel, Some(admin)).await;
+                assert!(broken(code), "an untrusted client got {code:?}");
+            }
+        }
+    }
+    // A server certificate from an unknown CA is refused by the client.
+    if let Ok(channel) = tls_channel(&server.address, &strangers.cert, Some(&tool)).await {
+        let code = account_code(channel, Some(admin)).await;
+        assert!(broken(code), "a server of an unknown CA answered {code:?}");
+    }
+    // The support tool's certificate is its identity: it reads (NOT_FOUND:
+    // no payments yet), and may not create.
+    let trusted = tls_channel(&server.address, &ours.cert, Some(&tool))
+        .await
+        .expect("a trusted client connects");
+    assert_eq!(account_code(trusted.clone(), None).await, Code::NotFound);
+    let created = PaymentServiceClient::new(trusted.clone())
+        .create_payment(create_request("acme", "tls-1", 100))
+        .await
+        .unwrap_err();
+    assert_eq!(created.code(), Code::PermissionDenied);
+    // A key on the same connection speaks for the key's holder.
+    PaymentServiceClient::new(trusted)
+        .create_payment(with_key(create_request("acme", "tls-2", 100), admin))
+        .await
+        .expect("the admin's create over mutual TLS");
+
+    // The command line over https, with the CA, the client certificate
+    // and a key.
+    let output = Command::new(BINARY)
+        .args(["payments", "list", "--account", "acme", "--json"])
+        .args(["--server", &format!("https://{}", server.address)])
+        .arg("--tls-ca")
+        .arg(&ours.cert)
+        .arg("--tls-client-cert")
+        .arg(&tool.cert)
+        .arg("--tls-client-key")
+        .arg(&tool.key)
+        .env("PAYVISOR_API_KEY", admin)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        listed["payments"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_a_key_travels_encrypted_and_the_command_line_sends_it() {
+    use crate::common::certs::Authority;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path());
+    let ours = Authority::new(dir.path(), "payvisor-test");
+    let server_cert = ours.server("payvisor-1");
+    let server = Server::start(&[
+        "--auth",
+        keys.file.to_str().unwrap(),
+        "--tls-cert",
+        server_cert.cert.to_str().unwrap(),
+        "--tls-key",
+        server_cert.key.to_str().unwrap(),
+    ]);
+    let channel = tls_channel(&server.address, &ours.cert, None)
+        .await
+        .expect("TLS without a client certificate");
+    assert_eq!(
+        account_code(channel.clone(), None).await,
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        account_code(channel, Some(keys.key("gateway"))).await,
+        Code::NotFound
+    );
+    // The CLI to a non-loopback name over https may send its key; here
+    // `localhost` over https with the test CA.
+    let port = server.address.rsplit_once(':').unwrap().1;
+    let output = Command::new(BINARY)
+        .args(["accounts", "get", "acme"])
+        .args(["--server", &format!("https://localhost:{port}")])
+        .arg("--tls-ca")
+        .arg(&ours.cert)
+        .args(["--api-key", keys.key("gateway")])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stderr);
+    assert!(said.contains("NOT_FOUND"), "{said}");
+    // Without the CA the system's roots do not know the server.
+    let output = Command::new(BINARY)
+        .args(["accounts", "get", "acme"])
+        .args(["--server", &format!("https://localhost:{port}")])
+        .args(["--api-key", keys.key("gateway")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("NOT_FOUND"));
+
+    // A renewed certificate (here from a new CA) is served without a
+    // restart, within the reload period (5 s; the bound is generous).
+    let renewed_ca = Authority::new(dir.path(), "renewed");
+    let renewed = renewed_ca.server("payvisor-1");
+    std::fs::copy(&renewed.key, &server_cert.key).unwrap();
+    std::fs::copy(&renewed.cert, &server_cert.cert).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(channel) = tls_channel(&server.address, &renewed_ca.cert, None).await {
+            if account_code(channel, Some(keys.key("gateway"))).await == Code::NotFound {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

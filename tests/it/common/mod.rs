@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod bank_sim;
+pub mod certs;
 pub mod dynamodb;
 pub mod pager;
 
