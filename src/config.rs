@@ -159,6 +159,27 @@ pub struct SecurityArgs {
     /// a node checks its peers against (default: the system's roots).
     #[arg(long, env = "PAYVISOR_TLS_PEER_CA", requires = "tls_cert")]
     pub tls_peer_ca: Option<PathBuf>,
+    /// Serve bank callbacks over TLS with this certificate (PEM): one the
+    /// banks trust, often not the gRPC port's. Reloaded when it changes.
+    #[arg(
+        long,
+        env = "PAYVISOR_BANK_CALLBACK_TLS_CERT",
+        requires = "bank_callback_tls_key"
+    )]
+    pub bank_callback_tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(
+        long,
+        env = "PAYVISOR_BANK_CALLBACK_TLS_KEY",
+        requires = "bank_callback_tls_cert"
+    )]
+    pub bank_callback_tls_key: Option<PathBuf>,
+    /// Serve /metrics over TLS with this certificate (PEM).
+    #[arg(long, env = "PAYVISOR_METRICS_TLS_CERT", requires = "metrics_tls_key")]
+    pub metrics_tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "PAYVISOR_METRICS_TLS_KEY", requires = "metrics_tls_cert")]
+    pub metrics_tls_key: Option<PathBuf>,
 }
 
 /// Who may call, validated.
@@ -174,6 +195,9 @@ pub struct AuthConfig {
     /// CAs a node checks its peers' certificates against (`None` with TLS:
     /// the system's roots).
     pub tls_peer_ca: Option<PathBuf>,
+    /// TLS on the bank-callback port, and on the metrics port.
+    pub bank_callback_tls: Option<crate::tls::TlsFiles>,
+    pub metrics_tls: Option<crate::tls::TlsFiles>,
 }
 
 impl SecurityArgs {
@@ -193,6 +217,30 @@ impl SecurityArgs {
             }
             _ => None,
         };
+        let http1 = |cert: &Option<PathBuf>,
+                     key: &Option<PathBuf>,
+                     what: &str|
+         -> Result<Option<crate::tls::TlsFiles>, ConfigError> {
+            match (cert, key) {
+                (Some(cert), Some(key)) => {
+                    let files = crate::tls::TlsFiles {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                        client_ca: None,
+                    };
+                    crate::tls::ServerTls::load(files.clone(), crate::tls::ALPN_HTTP1)
+                        .map_err(|error| ConfigError::Security(format!("{what} TLS: {error}")))?;
+                    Ok(Some(files))
+                }
+                _ => Ok(None),
+            }
+        };
+        let bank_callback_tls = http1(
+            &self.bank_callback_tls_cert,
+            &self.bank_callback_tls_key,
+            "bank callback",
+        )?;
+        let metrics_tls = http1(&self.metrics_tls_cert, &self.metrics_tls_key, "metrics")?;
         if let Some(path) = &self.tls_peer_ca {
             let pem = std::fs::read(path).map_err(|error| {
                 ConfigError::Security(format!("--tls-peer-ca {}: {error}", path.display()))
@@ -211,6 +259,8 @@ impl SecurityArgs {
             return Ok(AuthConfig {
                 tls,
                 tls_peer_ca: self.tls_peer_ca.clone(),
+                bank_callback_tls,
+                metrics_tls,
                 ..AuthConfig::default()
             });
         };
@@ -251,6 +301,8 @@ impl SecurityArgs {
             node_key: self.node_key.clone(),
             tls,
             tls_peer_ca: self.tls_peer_ca.clone(),
+            bank_callback_tls,
+            metrics_tls,
         })
     }
 }
@@ -579,8 +631,14 @@ impl ServeArgs {
             let callback_url = match (&self.bank_callback_url, banks.is_empty()) {
                 (Some(url), true) if self.banks.is_none() => url.clone(),
                 _ => format!(
-                    "http://{}/v1/callbacks/{}",
-                    self.bank_callback_listen, entry.name
+                    "{}://{}/v1/callbacks/{}",
+                    if self.security.bank_callback_tls_cert.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    },
+                    self.bank_callback_listen,
+                    entry.name
                 ),
             };
             crate::http_client::parse_url(&callback_url)

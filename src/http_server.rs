@@ -23,13 +23,14 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::limits;
 use crate::shutdown::Shutdown;
 use crate::store::BoxFuture;
+use crate::tls::ServerTls;
 
 /// Answers one request.
 pub type Handler =
@@ -57,6 +58,19 @@ pub async fn serve(
     handler: Handler,
     shutdown: Shutdown,
 ) {
+    serve_over(name, listener, None, limits, handler, shutdown).await;
+}
+
+/// [`serve`], over TLS when `tls` is given (the handshake counts against
+/// the header timeout: a client that never completes it is dropped).
+pub async fn serve_over(
+    name: &'static str,
+    listener: TcpListener,
+    tls: Option<Arc<ServerTls>>,
+    limits: ServerLimits,
+    handler: Handler,
+    shutdown: Shutdown,
+) {
     // A permit per open connection, released when its task ends.
     let slots = Arc::new(Semaphore::new(limits.connections_max));
     let mut connections = JoinSet::new();
@@ -77,13 +91,23 @@ pub async fn serve(
                     tracing::warn!(%peer, server = name, "too many connections, closing");
                     continue;
                 };
-                connections.spawn(connection(
-                    stream,
-                    Arc::clone(&handler),
-                    limits,
-                    shutdown.clone(),
-                    slot,
-                ));
+                let handler = Arc::clone(&handler);
+                let shutdown = shutdown.clone();
+                match &tls {
+                    None => connections.spawn(connection(stream, peer, handler, limits, shutdown, slot)),
+                    Some(tls) => {
+                        let tls = Arc::clone(tls);
+                        connections.spawn(async move {
+                            let handshake = tokio::time::timeout(
+                                limits.header_read_timeout,
+                                tls.accept(stream),
+                            );
+                            if let Ok(Some(stream)) = handshake.await {
+                                connection(stream, peer, handler, limits, shutdown, slot).await;
+                            }
+                        })
+                    }
+                };
             }
         }
     }
@@ -103,14 +127,16 @@ pub async fn serve(
 
 /// Serves one connection until the client closes it, or, once `shutdown`
 /// fires, until the request in progress is answered.
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
+    peer: std::net::SocketAddr,
     handler: Handler,
     limits: ServerLimits,
     shutdown: Shutdown,
     _slot: OwnedSemaphorePermit,
-) {
-    let peer = stream.peer_addr().ok();
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |request| {
         let answer = handler(request);
         async move { Ok::<_, Infallible>(answer.await) }
@@ -128,13 +154,14 @@ async fn connection(
         }
     };
     if let Err(error) = ended {
-        tracing::debug!(?peer, %error, "connection ended");
+        tracing::debug!(%peer, %error, "connection ended");
     }
 }
 
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
     use tokio::sync::oneshot;
 
     use super::*;

@@ -39,7 +39,12 @@ pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 pub type Render = Arc<dyn Fn() -> BoxFuture<'static, String> + Send + Sync>;
 
 /// Serves scrapes on `listener` until `shutdown` fires.
-pub async fn serve(listener: TcpListener, render: Render, shutdown: Shutdown) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<crate::tls::ServerTls>>,
+    render: Render,
+    shutdown: Shutdown,
+) {
     let handler: crate::http_server::Handler = Arc::new(move |request| {
         let render = Arc::clone(&render);
         Box::pin(respond(request, render))
@@ -49,7 +54,7 @@ pub async fn serve(listener: TcpListener, render: Render, shutdown: Shutdown) {
         header_read_timeout: limits::METRICS_HEADER_READ_TIMEOUT,
         drain_max: limits::METRICS_DRAIN_MAX,
     };
-    crate::http_server::serve("metrics", listener, bounds, handler, shutdown).await;
+    crate::http_server::serve_over("metrics", listener, tls, bounds, handler, shutdown).await;
 }
 
 async fn respond(request: Request<Incoming>, render: Render) -> Response<Full<Bytes>> {
@@ -321,7 +326,7 @@ mod tests {
         let render: Render =
             Arc::new(|| Box::pin(async { render_gauge("up", "Up.", &[("", "", 1)]) }));
         let (stop, shutdown) = crate::shutdown::channel();
-        let server = tokio::spawn(serve(listener, render, shutdown));
+        let server = tokio::spawn(serve(listener, None, render, shutdown));
 
         let metrics = get(address, "GET /metrics HTTP/1.1").await;
         assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");

@@ -17,7 +17,7 @@ use crate::callbacks::CallbackEndpoint;
 use crate::clock::{Clock, SystemClock};
 use crate::cluster::membership::{Membership, MembershipSettings, MonoClock, ProcessMono};
 use crate::cluster::{AccountOwnership, Cluster};
-use crate::config::{ClusterConfig, Config, PagerConfig};
+use crate::config::{AuthConfig, ClusterConfig, Config, PagerConfig};
 use crate::connectors::built_in_bank::BuiltInBank;
 use crate::connectors::http::{HttpBankConnector, HttpConnectorSettings};
 use crate::connectors::routing::{RoutedBank, Router};
@@ -79,7 +79,8 @@ pub async fn run(
         let listener = TcpListener::bind(address).await?;
         tracing::info!(listen = %listener.local_addr()?, "metrics serving");
         let render = metrics_renderer(node.orchestrator.clone(), metrics);
-        let serving = crate::metrics::serve(listener, render, shutdown.clone());
+        let tls = http1_tls(config.auth.metrics_tls.as_ref(), &shutdown, &mut tasks)?;
+        let serving = crate::metrics::serve(listener, tls, render, shutdown.clone());
         tasks.spawn("metrics", serving);
     }
 
@@ -159,7 +160,8 @@ impl Node {
                 let cluster = Arc::new(
                     Arc::into_inner(cluster)
                         .expect("the cluster is not shared yet")
-                        .with_credential(config.auth.node_key.clone()),
+                        .with_credential(config.auth.node_key.clone())
+                        .with_peer_tls(peer_tls(&config.auth)?),
                 );
                 (cluster.ownership.clone(), Some(cluster), Some(membership))
             }
@@ -199,6 +201,28 @@ impl Node {
             peers,
         })
     }
+}
+
+/// How a node calls its peers when the nodes serve TLS: their CA (or the
+/// system's roots), and its own certificate, which it presents where the
+/// peers require client certificates. Read once at start: a renewed
+/// certificate is presented to peers after the next restart.
+fn peer_tls(auth: &AuthConfig) -> anyhow::Result<Option<tonic::transport::ClientTlsConfig>> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let Some(files) = &auth.tls else {
+        return Ok(None);
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|error| anyhow::anyhow!("{}: {error}", path.display()))
+    };
+    let tls = match &auth.tls_peer_ca {
+        Some(path) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(path)?)),
+        None => ClientTlsConfig::new().with_native_roots(),
+    };
+    Ok(Some(tls.identity(Identity::from_pem(
+        read(&files.cert)?,
+        read(&files.key)?,
+    ))))
 }
 
 /// Who may call: the access list in force (reloaded when it changes), or
@@ -467,17 +491,34 @@ fn serve_bank_callbacks(
         header_read_timeout: limits::BANK_CALLBACK_HEADER_READ_TIMEOUT,
         drain_max: limits::BANK_CALLBACK_DRAIN_MAX,
     };
+    let tls = http1_tls(config.auth.bank_callback_tls.as_ref(), shutdown, tasks)?;
     tasks.spawn(
         "bank callbacks",
-        crate::http_server::serve(
+        crate::http_server::serve_over(
             "bank-callbacks",
             listener,
+            tls,
             bounds,
             Arc::clone(&endpoint).handler(),
             shutdown.clone(),
         ),
     );
     Ok(endpoint)
+}
+
+/// TLS for an HTTP/1.1 listener (callbacks, metrics), reloaded as its
+/// files change; `None`: plaintext.
+fn http1_tls(
+    files: Option<&crate::tls::TlsFiles>,
+    shutdown: &Shutdown,
+    tasks: &mut Tasks,
+) -> anyhow::Result<Option<Arc<ServerTls>>> {
+    let Some(files) = files else {
+        return Ok(None);
+    };
+    let tls = Arc::new(ServerTls::load(files.clone(), crate::tls::ALPN_HTTP1)?);
+    tasks.spawn("TLS reload", Arc::clone(&tls).watch_until(shutdown.clone()));
+    Ok(Some(tls))
 }
 
 /// What the gRPC port checks before any service: who calls, and TLS.

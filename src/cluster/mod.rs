@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::domain::ownership::{shard_of, NodeId, NodeRecord, ShardId};
 use crate::domain::AccountId;
@@ -211,6 +211,9 @@ pub struct Cluster {
     /// The node key this node presents to its peers (when callers must
     /// authenticate): forwarded calls, handed callbacks, followed feeds.
     credential: Option<Secret>,
+    /// TLS to peers (when the nodes serve TLS): their CA, and this node's
+    /// certificate for mutual TLS.
+    peer_tls: Option<ClientTlsConfig>,
 }
 
 impl Cluster {
@@ -235,6 +238,7 @@ impl Cluster {
             channels: Mutex::default(),
             metrics,
             credential: None,
+            peer_tls: None,
         }
     }
 
@@ -300,8 +304,19 @@ impl Cluster {
             // addresses): start over rather than grow.
             channels.clear();
         }
-        let channel = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|_| RouteError::BadPeerAddress(address.to_owned()))?
+        let scheme = if self.peer_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{address}"))
+            .map_err(|_| RouteError::BadPeerAddress(address.to_owned()))?;
+        if let Some(tls) = &self.peer_tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|_| RouteError::BadPeerAddress(address.to_owned()))?;
+        }
+        let channel = endpoint
             .connect_timeout(limits::CLUSTER_CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .connect_lazy();
@@ -312,6 +327,12 @@ impl Cluster {
     /// Presents `credential` (a key with the `node` role) to peers.
     pub fn with_credential(mut self, credential: Option<Secret>) -> Cluster {
         self.credential = credential;
+        self
+    }
+
+    /// Calls peers over TLS with `tls` (the nodes serve TLS).
+    pub fn with_peer_tls(mut self, tls: Option<ClientTlsConfig>) -> Cluster {
+        self.peer_tls = tls;
         self
     }
 

@@ -57,6 +57,8 @@ struct Node {
     callbacks: String,
     /// The key the test presents for status (a cluster with `--auth`).
     operator_key: Option<String>,
+    /// How the test reaches a node that serves TLS.
+    client_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Node {
@@ -104,6 +106,7 @@ impl Node {
             metrics,
             callbacks,
             operator_key: None,
+            client_tls: None,
         }
     }
 
@@ -142,8 +145,14 @@ impl Node {
     }
 
     fn channel(&self) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.address))
-            .unwrap()
+        let endpoint = match &self.client_tls {
+            None => Endpoint::from_shared(format!("http://{}", self.address)).unwrap(),
+            Some(tls) => Endpoint::from_shared(format!("https://{}", self.address))
+                .unwrap()
+                .tls_config(tls.clone())
+                .unwrap(),
+        };
+        endpoint
             .connect_timeout(Duration::from_secs(2))
             .timeout(CALL_TIMEOUT)
             .connect_lazy()
@@ -231,11 +240,17 @@ impl TestCluster {
 
     /// The same, every node with the `extra` flags.
     async fn start_with(size: usize, extra: &[&str]) -> TestCluster {
-        TestCluster::start_keyed(size, extra, None).await
+        TestCluster::start_keyed(size, extra, None, None).await
     }
 
-    /// The same, with `operator_key` presented for the cluster's status.
-    async fn start_keyed(size: usize, extra: &[&str], operator_key: Option<&str>) -> TestCluster {
+    /// The same, with `operator_key` presented for the cluster's status,
+    /// reaching the nodes with `client_tls` if they serve TLS.
+    async fn start_keyed(
+        size: usize,
+        extra: &[&str],
+        operator_key: Option<&str>,
+        client_tls: Option<tonic::transport::ClientTlsConfig>,
+    ) -> TestCluster {
         let table = crate::common::dynamodb::fresh_table("cluster");
         let output = Command::new(BINARY)
             .args(["dynamodb", "create-table", "--table", &table])
@@ -258,6 +273,7 @@ impl TestCluster {
             .collect();
         for node in &mut nodes {
             node.operator_key = operator_key.map(str::to_owned);
+            node.client_tls = client_tls.clone();
         }
         listening(&mut nodes.iter_mut().collect::<Vec<_>>());
         let cluster = TestCluster {
@@ -1122,7 +1138,7 @@ fn post(address: &str, path: &str, signature: &str, body: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn with_an_access_list_every_node_acts_for_the_caller_and_no_further() {
+async fn with_an_access_list_and_mutual_tls_every_node_acts_for_the_caller_and_no_further() {
     if !enabled("secured cluster") {
         return;
     }
@@ -1140,10 +1156,37 @@ async fn with_an_access_list_every_node_acts_for_the_caller_and_no_further() {
     let access = dir.path().join("access.json");
     let list = serde_json::json!({ "keys": [node_entry, admin_entry, tenant_entry] });
     std::fs::write(&access, list.to_string()).unwrap();
+    // Every node serves mutual TLS with a certificate of the cluster's CA,
+    // and calls its peers the same way.
+    let ca = crate::common::certs::Authority::new(dir.path(), "cluster-ca");
+    let node_cert = ca.server("payvisor-node");
+    let test_client = ca.client("cluster-test", "payvisor");
+    let client_tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(&ca.cert).unwrap(),
+        ))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(&test_client.cert).unwrap(),
+            std::fs::read(&test_client.key).unwrap(),
+        ));
     let cluster = TestCluster::start_keyed(
         2,
-        &["--auth", access.to_str().unwrap(), "--node-key", &node_key],
+        &[
+            "--auth",
+            access.to_str().unwrap(),
+            "--node-key",
+            &node_key,
+            "--tls-cert",
+            node_cert.cert.to_str().unwrap(),
+            "--tls-key",
+            node_cert.key.to_str().unwrap(),
+            "--tls-client-ca",
+            ca.cert.to_str().unwrap(),
+            "--tls-peer-ca",
+            ca.cert.to_str().unwrap(),
+        ],
         Some(&admin),
+        Some(client_tls),
     )
     .await;
     let owners = cluster.settled(2).await;

@@ -941,3 +941,101 @@ async fn over_tls_a_key_travels_encrypted_and_the_command_line_sends_it() {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
+
+/// One HTTP/1.1 exchange over TLS with `address`, trusting `ca`: the whole
+/// answer, or the error.
+async fn https_exchange(address: &str, ca: &Path, request: &str) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for certificate in payvisor::tls::certificates(ca, &std::fs::read(ca)?).unwrap() {
+        roots.add(certificate).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(address).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut stream = connector.connect(name, tcp).await?;
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer).await;
+    Ok(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bank_callbacks_and_metrics_are_served_over_tls_where_configured() {
+    use crate::common::certs::Authority;
+    let dir = tempfile::tempdir().unwrap();
+    let public = Authority::new(dir.path(), "public-ca");
+    let internal = Authority::new(dir.path(), "internal-ca");
+    let callbacks_cert = public.server("callbacks");
+    let metrics_cert = internal.server("metrics");
+    let callbacks = format!("127.0.0.1:{}", free_port());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let secret = "0123456789abcdef0123";
+    let _server = Server::start(&[
+        "--bank-url",
+        "http://127.0.0.1:9",
+        "--bank-secret",
+        secret,
+        "--bank-callback-listen",
+        &callbacks,
+        "--bank-callback-tls-cert",
+        callbacks_cert.cert.to_str().unwrap(),
+        "--bank-callback-tls-key",
+        callbacks_cert.key.to_str().unwrap(),
+        "--metrics-listen",
+        &metrics,
+        "--metrics-tls-cert",
+        metrics_cert.cert.to_str().unwrap(),
+        "--metrics-tls-key",
+        metrics_cert.key.to_str().unwrap(),
+    ]);
+    // A signed callback over TLS is read and answered (for a payment
+    // payvisor never sent, it is refused: but answered).
+    let body = r#"{"message_id":"m-1","bank":"bank","type":"payment.processed","payment_id":"accounts/acme/payments/none"}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let signature = payvisor::signature::sign(secret.as_bytes(), now, body.as_bytes());
+    let request = format!(
+        "POST /v1/callbacks/bank HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nbank-signature: {signature}\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = https_exchange(&callbacks, &public.cert, &request)
+        .await
+        .expect("a TLS exchange");
+    assert!(answer.starts_with("HTTP/1.1 "), "{answer}");
+    assert!(!answer.starts_with("HTTP/1.1 401"), "{answer}");
+    // Plaintext on the callback port gets no HTTP answer.
+    let plain = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&callbacks).unwrap();
+        let _ = stream.write_all(b"GET /v1/callbacks/bank HTTP/1.1\r\nHost: x\r\n\r\n");
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    assert!(!plain.starts_with("HTTP/1.1"), "{plain}");
+    // The metrics port speaks TLS with its own certificate.
+    let scrape = https_exchange(
+        &metrics,
+        &internal.cert,
+        "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .expect("a TLS scrape");
+    assert!(scrape.contains("payvisor_auth_failures_total"), "{scrape}");
+    // The wrong CA: refused by the client.
+    assert!(
+        https_exchange(&metrics, &public.cert, "GET /metrics HTTP/1.1\r\n\r\n")
+            .await
+            .is_err()
+    );
+}
