@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::clock::Clock;
-use crate::domain::access::{valid_key_id, AccessList, Grant};
+use crate::domain::access::{valid_key_id, AccessList, Grant, TokenBucket};
 use crate::limits;
 use crate::metrics::Counter;
 use crate::reload::{Document, FileError, InForce};
@@ -119,6 +119,53 @@ pub enum AuthError {
     UnknownCertificate,
 }
 
+/// Per-identity token buckets (`Grant::rate`), on the process's monotonic
+/// clock: a key that calls faster than its rate is answered
+/// `RESOURCE_EXHAUSTED` with when to retry.
+pub struct RateLimiter {
+    started: std::time::Instant,
+    buckets: std::sync::Mutex<std::collections::HashMap<String, TokenBucket>>,
+    /// Calls refused since start (`payvisor_rate_limited_total`).
+    pub refused: Counter,
+}
+
+impl Default for RateLimiter {
+    fn default() -> RateLimiter {
+        RateLimiter {
+            started: std::time::Instant::now(),
+            buckets: Default::default(),
+            refused: Counter::default(),
+        }
+    }
+}
+
+impl RateLimiter {
+    /// Takes a call from `grant`'s bucket, or says how long to wait.
+    pub fn take(&self, grant: &Grant) -> Result<(), std::time::Duration> {
+        let Some(rate) = grant.rate else {
+            return Ok(());
+        };
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if buckets.len() > limits::AUTH_IDENTITIES_MAX && !buckets.contains_key(&grant.identity) {
+            // Identities come from the list, so this takes removed ones
+            // piling up; starting over only refills buckets.
+            buckets.clear();
+        }
+        let taken = buckets
+            .entry(grant.identity.clone())
+            .or_insert_with(|| TokenBucket::full(rate, now_ms))
+            .take(rate, now_ms);
+        taken.map_err(|wait_ms| {
+            self.refused.inc();
+            std::time::Duration::from_millis(wait_ms)
+        })
+    }
+}
+
 /// Checks credentials against the access list in force. Without an
 /// access list (a development server on loopback) there is nothing to
 /// check: see [`Authenticator::required`].
@@ -127,6 +174,7 @@ pub struct Authenticator {
     clock: Arc<dyn Clock>,
     /// Failed attempts since start (`payvisor_auth_failures_total`).
     pub failures: Counter,
+    pub rates: RateLimiter,
 }
 
 impl Authenticator {
@@ -136,6 +184,7 @@ impl Authenticator {
             access: Some(access),
             clock,
             failures: Counter::default(),
+            rates: RateLimiter::default(),
         }
     }
 
@@ -146,6 +195,7 @@ impl Authenticator {
             access: None,
             clock,
             failures: Counter::default(),
+            rates: RateLimiter::default(),
         }
     }
 

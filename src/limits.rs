@@ -344,6 +344,14 @@ pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// TLS handshakes in progress on the gRPC port at once: each costs a task
 /// and a little memory; beyond this, new connections are closed at once.
 pub const TLS_HANDSHAKES_IN_FLIGHT: usize = 256;
+/// Calls per second (and in a burst) of one key or certificate when the
+/// access list sets no rate: far above what a person or a tool sends, and
+/// a ceiling on what one leaked key can do. A gateway that needs more gets
+/// its own `rate` in the list.
+pub const AUTH_RATE_PER_SECOND_DEFAULT: u32 = 5_000;
+pub const AUTH_RATE_BURST_DEFAULT: u32 = 10_000;
+/// The largest rate or burst an access list may set.
+pub const AUTH_RATE_PER_SECOND_MAX: u32 = 1_000_000;
 /// Bytes in a review's reason: a sentence for the audit trail.
 pub const REVIEW_REASON_BYTES_MAX: usize = 512;
 /// Characters in a payer id.

@@ -84,6 +84,8 @@ pub struct NodeMetrics {
     pub cluster: Option<crate::cluster::ClusterMetrics>,
     /// Calls refused for missing or bad credentials since start.
     pub auth_failures: Counter,
+    /// Calls refused since start for going over their key's rate.
+    pub rate_limited: Counter,
 }
 
 impl NodeMetrics {
@@ -102,6 +104,11 @@ impl NodeMetrics {
             "payvisor_auth_failures",
             "Calls refused since start for missing, malformed, unknown or expired credentials",
             self.auth_failures.clone(),
+        );
+        registry.register(
+            "payvisor_rate_limited",
+            "Calls refused since start because their key or certificate went over its rate",
+            self.rate_limited.clone(),
         );
         if let Some(cluster) = &self.cluster {
             registry.register(
@@ -268,6 +275,9 @@ mod tests {
              # HELP payvisor_auth_failures_total Calls refused since start for missing, malformed, unknown or expired credentials.\n\
              # TYPE payvisor_auth_failures_total counter\n\
              payvisor_auth_failures_total 1\n\
+             # HELP payvisor_rate_limited_total Calls refused since start because their key or certificate went over its rate.\n\
+             # TYPE payvisor_rate_limited_total counter\n\
+             payvisor_rate_limited_total 0\n\
              # HELP payvisor_stalled_payments Payments that missed a stall deadline (being re-driven or paged), by state.\n\
              # TYPE payvisor_stalled_payments gauge\n"
             .to_owned();

@@ -60,6 +60,7 @@ pub async fn run(
     let metrics = NodeMetrics {
         cluster: node.cluster.as_ref().map(|cluster| cluster.metrics.clone()),
         auth_failures: authenticator.failures.clone(),
+        rate_limited: authenticator.rates.refused.clone(),
         ..NodeMetrics::default()
     };
     reconcile_periodically(&config, &node, &metrics, &shutdown, &mut tasks);

@@ -83,6 +83,9 @@ pub enum CommandError {
     /// same answer whether the account exists or not.
     #[error("the caller's roles or accounts do not allow this call")]
     PermissionDenied,
+    /// The caller's key sent more calls than its rate allows.
+    #[error("too many calls for this key's rate; retry after {} ms", retry_after.as_millis())]
+    RateLimited { retry_after: std::time::Duration },
 }
 
 impl From<crate::cluster::RouteError> for CommandError {

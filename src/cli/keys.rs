@@ -31,6 +31,13 @@ pub enum AuthCommand {
         /// When the key stops working, RFC 3339 (e.g. 2027-06-30T00:00:00Z).
         #[arg(long)]
         expires: Option<String>,
+        /// Calls per second the key may make (default: its roles' rate in
+        /// the list, else 5,000), with --burst.
+        #[arg(long, requires = "burst")]
+        rate_per_second: Option<u32>,
+        /// Calls the key may make at once before the rate applies.
+        #[arg(long, requires = "rate_per_second")]
+        burst: Option<u32>,
         /// Print JSON: `{"key": ..., "entry": {...}}`.
         #[arg(long)]
         json: bool,
@@ -49,6 +56,8 @@ pub fn auth(command: AuthCommand) -> anyhow::Result<()> {
             accounts,
             account_prefix,
             expires,
+            rate_per_second,
+            burst,
             json,
         } => {
             let fresh = new_key(id.as_deref()).map_err(anyhow::Error::msg)?;
@@ -65,6 +74,9 @@ pub fn auth(command: AuthCommand) -> anyhow::Result<()> {
             }
             if let Some(expires) = expires {
                 entry["expires"] = serde_json::json!(expires);
+            }
+            if let (Some(per_second), Some(burst)) = (rate_per_second, burst) {
+                entry["rate"] = serde_json::json!({"per_second": per_second, "burst": burst});
             }
             // The entry is checked as the server will read it.
             let document = serde_json::json!({ "keys": [entry] }).to_string();

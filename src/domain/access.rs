@@ -234,6 +234,55 @@ pub struct Grant {
     pub roles: BTreeSet<Role>,
     pub scope: AccountScope,
     pub expires: Option<Timestamp>,
+    /// Calls allowed per second and in a burst; `None`: no limit (a node:
+    /// its forwarded calls were counted where they arrived).
+    pub rate: Option<Rate>,
+}
+
+/// A request rate: a token bucket that refills `per_second` and holds at
+/// most `burst`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rate {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+/// One identity's token bucket, in thousandths of a call. Pure: the
+/// caller passes a monotonic time in milliseconds.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct TokenBucket {
+    millitokens: u64,
+    at_ms: u64,
+}
+
+impl TokenBucket {
+    /// A full bucket at `now_ms`.
+    pub fn full(rate: Rate, now_ms: u64) -> TokenBucket {
+        TokenBucket {
+            millitokens: u64::from(rate.burst) * 1000,
+            at_ms: now_ms,
+        }
+    }
+
+    /// Takes one call's token at `now_ms`, or says how many milliseconds
+    /// until one is there.
+    pub fn take(&mut self, rate: Rate, now_ms: u64) -> Result<(), u64> {
+        let elapsed = now_ms.saturating_sub(self.at_ms);
+        self.at_ms = self.at_ms.max(now_ms);
+        // per_second calls per 1000 ms = per_second millitokens per ms.
+        let refill = elapsed.saturating_mul(u64::from(rate.per_second));
+        self.millitokens = self
+            .millitokens
+            .saturating_add(refill)
+            .min(u64::from(rate.burst) * 1000);
+        if self.millitokens >= 1000 {
+            self.millitokens -= 1000;
+            return Ok(());
+        }
+        let per_ms = u64::from(rate.per_second.max(1));
+        Err((1000 - self.millitokens).div_ceil(per_ms))
+    }
 }
 
 /// Why a proven identity is refused an action.
@@ -298,6 +347,9 @@ struct Document {
     keys: Vec<KeyEntry>,
     #[serde(default)]
     certificates: Vec<CertificateEntry>,
+    /// Rates by role name, for entries that set none of their own.
+    #[serde(default)]
+    rates: BTreeMap<String, Rate>,
 }
 
 #[derive(Deserialize)]
@@ -312,6 +364,8 @@ struct KeyEntry {
     account_prefix: Option<String>,
     #[serde(default)]
     expires: Option<String>,
+    #[serde(default)]
+    rate: Option<Rate>,
 }
 
 #[derive(Deserialize)]
@@ -325,6 +379,8 @@ struct CertificateEntry {
     account_prefix: Option<String>,
     #[serde(default)]
     expires: Option<String>,
+    #[serde(default)]
+    rate: Option<Rate>,
 }
 
 /// What both kinds of entry grant (serde cannot refuse unknown fields of a
@@ -334,6 +390,7 @@ struct GrantEntry {
     accounts: Option<Vec<String>>,
     account_prefix: Option<String>,
     expires: Option<String>,
+    rate: Option<Rate>,
 }
 
 /// Key ids: what `payvisor auth new-key` draws, or an operator's name.
@@ -369,6 +426,16 @@ impl AccessList {
             )));
         }
         let mut problems = Vec::new();
+        let mut rates = BTreeMap::new();
+        for (name, rate) in &document.rates {
+            match Role::parse(name) {
+                Some(role) => {
+                    check_rate(&format!("rates.{name}"), rate, &mut problems);
+                    rates.insert(role, *rate);
+                }
+                None => problems.push(format!("rates: unknown role {name:?}")),
+            }
+        }
         let mut list = AccessList::default();
         let (mut ids, mut subjects) = (BTreeSet::new(), BTreeSet::new());
         for (index, key) in document.keys.into_iter().enumerate() {
@@ -390,8 +457,9 @@ impl AccessList {
                 accounts: key.accounts,
                 account_prefix: key.account_prefix,
                 expires: key.expires,
+                rate: key.rate,
             }
-            .validate(&key.id, &at, &mut problems);
+            .validate(&key.id, &at, &rates, &mut problems);
             if !ids.insert(key.id.clone()) {
                 problems.push(format!("{at}: the id is used twice"));
             }
@@ -414,8 +482,9 @@ impl AccessList {
                 accounts: certificate.accounts,
                 account_prefix: certificate.account_prefix,
                 expires: certificate.expires,
+                rate: certificate.rate,
             }
-            .validate(&certificate.subject, &at, &mut problems);
+            .validate(&certificate.subject, &at, &rates, &mut problems);
             if !subjects.insert(certificate.subject.clone()) {
                 problems.push(format!("{at}: the subject is used twice"));
             }
@@ -441,8 +510,17 @@ impl AccessList {
 }
 
 impl GrantEntry {
-    fn validate(self, identity: &str, at: &str, problems: &mut Vec<String>) -> Option<Grant> {
+    fn validate(
+        self,
+        identity: &str,
+        at: &str,
+        rates: &BTreeMap<Role, Rate>,
+        problems: &mut Vec<String>,
+    ) -> Option<Grant> {
         let before = problems.len();
+        if let Some(rate) = &self.rate {
+            check_rate(&format!("{at}: rate"), rate, problems);
+        }
         let mut roles = BTreeSet::new();
         for name in &self.roles {
             match Role::parse(name) {
@@ -496,7 +574,25 @@ impl GrantEntry {
         if problems.len() > before {
             return None;
         }
+        // Its own rate; else the most generous of its roles'; else the
+        // default. A node's calls are counted where they arrived.
+        let rate = if roles.contains(&Role::Node) {
+            None
+        } else {
+            Some(self.rate.unwrap_or_else(|| {
+                roles
+                    .iter()
+                    .filter_map(|role| rates.get(role))
+                    .max_by_key(|rate| (rate.per_second, rate.burst))
+                    .copied()
+                    .unwrap_or(Rate {
+                        per_second: limits::AUTH_RATE_PER_SECOND_DEFAULT,
+                        burst: limits::AUTH_RATE_BURST_DEFAULT,
+                    })
+            }))
+        };
         Some(Grant {
+            rate,
             identity: identity.to_owned(),
             roles,
             scope: if scoped {
@@ -506,6 +602,16 @@ impl GrantEntry {
             },
             expires,
         })
+    }
+}
+
+fn check_rate(at: &str, rate: &Rate, problems: &mut Vec<String>) {
+    let bounds = 1..=limits::AUTH_RATE_PER_SECOND_MAX;
+    if !bounds.contains(&rate.per_second) || !bounds.contains(&rate.burst) {
+        problems.push(format!(
+            "{at}: per_second and burst must be 1..={}",
+            limits::AUTH_RATE_PER_SECOND_MAX
+        ));
     }
 }
 
@@ -585,6 +691,78 @@ mod tests {
         let expiry = parse_rfc3339("2027-01-01T00:00:00Z").unwrap();
         assert!(!ops.expired(expiry.plus_millis(-1)));
         assert!(ops.expired(expiry));
+    }
+
+    #[test]
+    fn a_bucket_lets_a_burst_through_then_the_rate() {
+        let rate = Rate {
+            per_second: 10,
+            burst: 3,
+        };
+        let mut bucket = TokenBucket::full(rate, 1_000);
+        for _ in 0..3 {
+            assert_eq!(bucket.take(rate, 1_000), Ok(()));
+        }
+        // Empty: a token every 100 ms.
+        assert_eq!(bucket.take(rate, 1_000), Err(100));
+        assert_eq!(bucket.take(rate, 1_040), Err(60));
+        assert_eq!(bucket.take(rate, 1_100), Ok(()));
+        // Idle for long: full again, never more than the burst.
+        assert_eq!(bucket.take(rate, 60_000), Ok(()));
+        assert_eq!(bucket.take(rate, 60_000), Ok(()));
+        assert_eq!(bucket.take(rate, 60_000), Ok(()));
+        assert!(bucket.take(rate, 60_000).is_err());
+        // A clock that does not move forward refills nothing.
+        assert!(bucket.take(rate, 59_000).is_err());
+    }
+
+    #[test]
+    fn rates_come_from_the_entry_its_roles_or_the_default() {
+        let list = AccessList::parse(&format!(
+            r#"{{"rates": {{"support": {{"per_second": 5, "burst": 10}}, "oncall": {{"per_second": 50, "burst": 10}}}},
+                "keys": [
+                {{"id": "own", "secret_sha256": "{HASH}", "roles": ["support"], "rate": {{"per_second": 1, "burst": 2}}}},
+                {{"id": "roles", "secret_sha256": "{HASH}", "roles": ["support", "oncall"]}},
+                {{"id": "default", "secret_sha256": "{HASH}", "roles": ["gateway"]}},
+                {{"id": "node", "secret_sha256": "{HASH}", "roles": ["node"]}}
+            ]}}"#
+        ))
+        .unwrap();
+        let rate = |id: &str| list.keys[id].1.rate;
+        assert_eq!(
+            rate("own"),
+            Some(Rate {
+                per_second: 1,
+                burst: 2
+            })
+        );
+        assert_eq!(
+            rate("roles"),
+            Some(Rate {
+                per_second: 50,
+                burst: 10
+            })
+        );
+        assert_eq!(
+            rate("default"),
+            Some(Rate {
+                per_second: limits::AUTH_RATE_PER_SECOND_DEFAULT,
+                burst: limits::AUTH_RATE_BURST_DEFAULT
+            })
+        );
+        assert_eq!(rate("node"), None);
+        let bad = AccessList::parse(&format!(
+            r#"{{"rates": {{"root": {{"per_second": 1, "burst": 1}}}},
+                "keys": [{{"id": "a", "secret_sha256": "{HASH}", "roles": ["admin"], "rate": {{"per_second": 0, "burst": 1}}}}]}}"#
+        ))
+        .unwrap_err()
+        .problems
+        .join("\n");
+        assert!(bad.contains("rates: unknown role \"root\""), "{bad}");
+        assert!(
+            bad.contains("keys[0] (a): rate: per_second and burst"),
+            "{bad}"
+        );
     }
 
     #[test]

@@ -304,7 +304,7 @@ fn admit<B>(
         (None, Some(subject)) => authenticator.certificate(subject),
         (header, _) => authenticator.bearer(header),
     };
-    let grant = proven
+    let (grant, forwarded) = proven
         .and_then(|grant| on_behalf_of(authenticator, grant, request))
         .map_err(|error| {
             let peer = tls.and_then(|peer| peer.remote_addr).or_else(|| {
@@ -321,25 +321,32 @@ fn admit<B>(
         tracing::info!(method = %path, identity = %grant.identity, "call refused: no role allows it");
         return Err(CommandError::PermissionDenied);
     }
+    // A forwarded call was counted on the node it reached.
+    if !forwarded {
+        if let Err(retry_after) = authenticator.rates.take(&grant) {
+            tracing::info!(method = %path, identity = %grant.identity, "call refused: over its rate");
+            return Err(CommandError::RateLimited { retry_after });
+        }
+    }
     Ok(Some(Caller::Proven(grant)))
 }
 
-/// A node's call on behalf of a caller becomes that caller's; a node's
-/// call of its own stays the node's. Anyone else's [`ON_BEHALF_OF`] is
-/// ignored: it cannot lend them another identity.
+/// A node's call on behalf of a caller becomes that caller's (and says
+/// so: `true`); a node's call of its own stays the node's. Anyone else's
+/// [`ON_BEHALF_OF`] is ignored: it cannot lend them another identity.
 fn on_behalf_of<B>(
     authenticator: &Authenticator,
     grant: Grant,
     request: &http::Request<B>,
-) -> Result<Grant, AuthError> {
+) -> Result<(Grant, bool), AuthError> {
     if !grant.roles.contains(&Role::Node) {
-        return Ok(grant);
+        return Ok((grant, false));
     }
     match request.headers().get(ON_BEHALF_OF) {
-        None => Ok(grant),
+        None => Ok((grant, false)),
         Some(identity) => {
             let identity = identity.to_str().map_err(|_| AuthError::Malformed)?;
-            authenticator.on_behalf_of(identity)
+            Ok((authenticator.on_behalf_of(identity)?, true))
         }
     }
 }

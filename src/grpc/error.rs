@@ -54,6 +54,7 @@ impl From<CommandError> for Status {
             CommandError::Internal(_) => (Code::Internal, "INTERNAL"),
             CommandError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
             CommandError::PermissionDenied => (Code::PermissionDenied, "PERMISSION_DENIED"),
+            CommandError::RateLimited { .. } => (Code::ResourceExhausted, "RATE_LIMITED"),
         };
         if code == Code::Internal {
             tracing::error!(%message, "internal error");
@@ -69,7 +70,9 @@ impl From<CommandError> for Status {
                     .collect::<Vec<_>>(),
             );
         }
-        if code == Code::Unavailable {
+        if let CommandError::RateLimited { retry_after } = &error {
+            details.set_retry_info(Some(*retry_after));
+        } else if code == Code::Unavailable {
             // Worth retrying, and when: about one membership round.
             details.set_retry_info(Some(crate::limits::CLUSTER_RETRY_DELAY));
         }

@@ -1039,3 +1039,65 @@ async fn bank_callbacks_and_metrics_are_served_over_tls_where_configured() {
             .is_err()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_rate_is_told_when_to_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path());
+    // The gateway key may make 2 calls at once, then 1 a second.
+    let mut entries = keys.entries.clone();
+    for entry in &mut entries {
+        if entry["id"] == "gateway" {
+            entry["rate"] = serde_json::json!({"per_second": 1, "burst": 2});
+        }
+    }
+    std::fs::write(
+        &keys.file,
+        serde_json::json!({ "keys": entries }).to_string(),
+    )
+    .unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(&[
+        "--auth",
+        keys.file.to_str().unwrap(),
+        "--metrics-listen",
+        &metrics,
+    ]);
+    let mut client = server.client().await;
+    let get = |key: &str| {
+        with_key(
+            pb::GetAccountRequest {
+                name: "accounts/acme".into(),
+            },
+            key,
+        )
+    };
+    for _ in 0..2 {
+        let answer = client.get_account(get(keys.key("gateway"))).await;
+        assert_eq!(answer.unwrap_err().code(), Code::NotFound);
+    }
+    let limited = client
+        .get_account(get(keys.key("gateway")))
+        .await
+        .unwrap_err();
+    assert_eq!(limited.code(), Code::ResourceExhausted);
+    assert_eq!(crate::common::reason(&limited), "RATE_LIMITED");
+    use tonic_types::StatusExt;
+    let retry = limited
+        .get_error_details()
+        .retry_info()
+        .and_then(|info| info.retry_delay)
+        .expect("RetryInfo");
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_secs(1),
+        "{retry:?}"
+    );
+    // Another key is not held back by it.
+    let other = client.get_account(get(keys.key("support"))).await;
+    assert_eq!(other.unwrap_err().code(), Code::NotFound);
+    // After the delay it asked for, the key is served again.
+    tokio::time::sleep(retry).await;
+    let again = client.get_account(get(keys.key("gateway"))).await;
+    assert_eq!(again.unwrap_err().code(), Code::NotFound);
+    assert_eq!(metric(&metrics, "payvisor_rate_limited_total"), 1);
+}
