@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// bank-sim`: the short form of `--banks` for a single bank.
     #[arg(long, env = "PAYVISOR_BANK_URL")]
     pub bank_url: Option<String>,
+    /// Accept an `http://` --bank-url beyond loopback (a private network);
+    /// otherwise it must be https://.
+    #[arg(long, env = "PAYVISOR_BANK_ALLOW_INSECURE")]
+    pub bank_allow_insecure: bool,
     /// That bank's name (in callbacks, logs and the inbox).
     #[arg(long, env = "PAYVISOR_BANK_NAME", default_value = "bank")]
     pub bank_name: String,
@@ -570,6 +574,9 @@ struct BankEntry {
     name: String,
     url: String,
     secret: String,
+    /// Accept an `http://` URL beyond loopback (a private network).
+    #[serde(default)]
+    allow_insecure: bool,
     #[serde(default)]
     priority: u32,
     #[serde(default)]
@@ -592,6 +599,7 @@ impl ServeArgs {
                 name: self.bank_name.clone(),
                 url: url.clone(),
                 secret: self.bank_secret.clone().unwrap_or_default(),
+                allow_insecure: self.bank_allow_insecure,
                 priority: 0,
                 cost_bps: 0,
                 currencies: None,
@@ -622,7 +630,8 @@ impl ServeArgs {
             if banks.iter().any(|known| known.endpoint.name == entry.name) {
                 return Err(bad("appears twice"));
             }
-            let base_url = crate::http_client::parse_url(&entry.url).map_err(|why| bad(&why))?;
+            let base_url = crate::http_client::outbound_url(&entry.url, entry.allow_insecure)
+                .map_err(|why| bad(&why))?;
             if entry.secret.len() < limits::WEBHOOK_SECRET_BYTES_MIN {
                 return Err(bad(
                     "a secret of at least 16 bytes is required (--bank-secret)",
@@ -696,6 +705,9 @@ struct WebhookEndpointEntry {
     name: String,
     url: String,
     secret: String,
+    /// Accept an `http://` URL beyond loopback.
+    #[serde(default)]
+    allow_insecure: bool,
 }
 
 /// Reads and checks a webhook endpoints file.
@@ -715,6 +727,8 @@ pub fn load_webhooks_file(path: &std::path::Path) -> Result<Vec<Endpoint>, Confi
         if endpoints.iter().any(|known| known.name == entry.name) {
             return Err(bad(format!("endpoint name {:?} appears twice", entry.name)));
         }
+        crate::http_client::outbound_url(&entry.url, entry.allow_insecure)
+            .map_err(|why| bad(format!("endpoint {:?}: url: {why}", entry.name)))?;
         endpoints.push(Endpoint::new(&entry.name, &entry.url, &entry.secret).map_err(bad)?);
     }
     Ok(endpoints)
@@ -797,7 +811,7 @@ pub enum ConfigError {
     Cluster(String),
     #[error("{0}")]
     Security(String),
-    #[error("--pagerduty-url {0:?}: expected an http:// or https:// URL")]
+    #[error("--pagerduty-url {0:?}: expected an https:// URL (http:// for loopback only)")]
     PagerDutyUrl(String),
 }
 
@@ -877,9 +891,7 @@ impl ServeArgs {
         let pager = match &self.pagerduty_routing_key {
             None => PagerConfig::Log,
             Some(routing_key) => {
-                if !(self.pagerduty_url.starts_with("https://")
-                    || self.pagerduty_url.starts_with("http://"))
-                {
+                if crate::http_client::outbound_url(&self.pagerduty_url, false).is_err() {
                     return Err(ConfigError::PagerDutyUrl(self.pagerduty_url.clone()));
                 }
                 PagerConfig::PagerDuty {
@@ -938,6 +950,67 @@ mod tests {
             .expect("flags parse")
             .serve
             .validate()
+    }
+
+    #[test]
+    fn outbound_urls_are_https_unless_loopback_or_allowed() {
+        let bank = |url: &str, extra: &[&str]| {
+            parse(
+                &[
+                    &["--bank-url", url, "--bank-secret", "0123456789abcdef"][..],
+                    extra,
+                ]
+                .concat(),
+            )
+        };
+        let refused = bank("http://bank.internal:7001", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("use https://"), "{refused}");
+        assert!(bank("http://bank.internal:7001", &["--bank-allow-insecure"]).is_ok());
+        assert!(bank("https://bank.example", &[]).is_ok());
+        assert!(bank("http://127.0.0.1:7001", &[]).is_ok());
+        assert!(bank("http://[::1]:7001", &[]).is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let banks = dir.path().join("banks.json");
+        std::fs::write(
+            &banks,
+            r#"{"banks": [{"name": "a", "url": "http://a.internal", "secret": "0123456789abcdef"},
+                          {"name": "b", "url": "http://b.internal", "secret": "0123456789abcdef", "allow_insecure": true}]}"#,
+        )
+        .unwrap();
+        let refused = parse(&["--banks", banks.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            refused.contains("\"a\"") && refused.contains("https://"),
+            "{refused}"
+        );
+
+        let hooks = dir.path().join("hooks.json");
+        let write_hooks = |allow: bool| {
+            std::fs::write(
+                &hooks,
+                format!(
+                    r#"{{"endpoints": [{{"name": "shop", "url": "http://hooks.example/in", "secret": "0123456789abcdef", "allow_insecure": {allow}}}]}}"#
+                ),
+            )
+            .unwrap();
+        };
+        write_hooks(false);
+        let refused = parse(&["--webhooks", hooks.to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("use https://"), "{refused}");
+        write_hooks(true);
+        assert!(parse(&["--webhooks", hooks.to_str().unwrap()]).is_ok());
+
+        let pager =
+            |url: &str| parse(&["--pagerduty-routing-key", "R0UT1NG", "--pagerduty-url", url]);
+        assert!(pager("http://events.pagerduty.example/v2/enqueue").is_err());
+        assert!(pager("http://127.0.0.1:9/v2/enqueue").is_ok());
+        assert!(pager("https://events.pagerduty.com/v2/enqueue").is_ok());
     }
 
     #[test]

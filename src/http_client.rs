@@ -28,6 +28,31 @@ pub fn parse_url(url: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
+/// A URL payvisor will call (a bank, a webhook endpoint, PagerDuty):
+/// `https`, or `http` to a loopback address or where the operator allowed
+/// it (`allow_insecure`): a bank's or merchant's secrets and payment data
+/// must not cross a network in the clear by a slip of the scheme.
+pub fn outbound_url(url: &str, allow_insecure: bool) -> Result<Uri, String> {
+    let uri = parse_url(url)?;
+    if uri.scheme_str() == Some("http") && !allow_insecure && !is_loopback_host(&uri) {
+        return Err(
+            "http:// is accepted for loopback addresses only: use https://, or set allow_insecure for this endpoint"
+                .into(),
+        );
+    }
+    Ok(uri)
+}
+
+/// Whether `uri`'s host is this machine.
+fn is_loopback_host(uri: &Uri) -> bool {
+    let host = uri.host().unwrap_or_default();
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Why an exchange did not produce a response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExchangeError {
