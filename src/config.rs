@@ -59,7 +59,7 @@ pub struct ServeArgs {
     pub bank_name: String,
     /// The secret that bank signs its callbacks with (at least 16 bytes).
     #[arg(long, env = "PAYVISOR_BANK_SECRET", hide_env_values = true)]
-    pub bank_secret: Option<String>,
+    pub bank_secret: Option<crate::secret::Secret>,
     /// Where payvisor listens for the bank's callbacks.
     #[arg(
         long,
@@ -114,7 +114,7 @@ pub struct ServeArgs {
     /// PagerDuty integration (routing) key. Without it, pages are written to
     /// the log at error level instead.
     #[arg(long, env = "PAYVISOR_PAGERDUTY_ROUTING_KEY", hide_env_values = true)]
-    pub pagerduty_routing_key: Option<String>,
+    pub pagerduty_routing_key: Option<crate::secret::Secret>,
     /// Serve Prometheus metrics on this address (`/metrics`); off if unset.
     #[arg(long, env = "PAYVISOR_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -598,7 +598,11 @@ impl ServeArgs {
             (None, Some(url)) => vec![BankEntry {
                 name: self.bank_name.clone(),
                 url: url.clone(),
-                secret: self.bank_secret.clone().unwrap_or_default(),
+                secret: self
+                    .bank_secret
+                    .as_ref()
+                    .map(|secret| secret.expose().to_owned())
+                    .unwrap_or_default(),
                 allow_insecure: self.bank_allow_insecure,
                 priority: 0,
                 cost_bps: 0,
@@ -748,7 +752,7 @@ pub enum PagerConfig {
     Log,
     PagerDuty {
         url: String,
-        routing_key: String,
+        routing_key: crate::secret::Secret,
     },
 }
 

@@ -459,7 +459,7 @@ fn alert_sink(pager: &PagerConfig) -> anyhow::Result<Arc<dyn AlertSink>> {
     Ok(match pager {
         PagerConfig::Log => Arc::new(LogSink),
         PagerConfig::PagerDuty { url, routing_key } => {
-            Arc::new(PagerDutySink::new(url, routing_key.clone())?)
+            Arc::new(PagerDutySink::new(url, routing_key.expose().to_owned())?)
         }
     })
 }

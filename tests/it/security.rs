@@ -1101,3 +1101,125 @@ async fn a_key_over_its_rate_is_told_when_to_come_back() {
     assert_eq!(again.unwrap_err().code(), Code::NotFound);
     assert_eq!(metric(&metrics, "payvisor_rate_limited_total"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_configured_or_presented_reaches_the_log_or_the_metrics() {
+    use crate::common::bank_sim::{BankSim, BANK_SIM_SECRET};
+    use crate::common::pager::PagerReceiver;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path());
+    let routing_key = "R0UT1NG-KEY-5ecret-0123456789";
+    let webhook_secret = "whsec-5ecret-0123456789abcdef";
+    let pager = PagerReceiver::start(routing_key).await;
+    let bank = BankSim::start(dir.path(), free_port(), &["--outcome-delay-ms", "1..5"]);
+    let hooks = dir.path().join("hooks.json");
+    std::fs::write(
+        &hooks,
+        serde_json::json!({"endpoints": [{"name": "shop", "url": "http://127.0.0.1:9/hooks", "secret": webhook_secret}]})
+            .to_string(),
+    )
+    .unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let callbacks = format!("127.0.0.1:{}", free_port());
+    let bank_url = format!("http://{}", bank.address);
+    let pager_url = pager.url();
+    let server = Server::start_logged(&[
+        "--auth",
+        keys.file.to_str().unwrap(),
+        "--bank-url",
+        &bank_url,
+        "--bank-name",
+        "bank-a",
+        "--bank-secret",
+        BANK_SIM_SECRET,
+        "--bank-callback-listen",
+        &callbacks,
+        "--webhooks",
+        hooks.to_str().unwrap(),
+        "--pagerduty-routing-key",
+        routing_key,
+        "--pagerduty-url",
+        &pager_url,
+        "--stall-deadline",
+        "sent=1s",
+        "--redrive-max",
+        "0",
+        "--metrics-listen",
+        &metrics,
+    ]);
+    let mut client = server.client().await;
+    let admin = keys.key("admin");
+    // Money moves: a payment processed and refunded, signed callbacks,
+    // webhooks signed (and failing), one payment paged.
+    let paid = processed(&mut client, admin, "acme", "leak-1", 1_000).await;
+    client
+        .refund_payment(with_key(
+            refund_request(&paid.name, "leak-refund", None),
+            keys.key("support"),
+        ))
+        .await
+        .expect("refund");
+    let mut hung = create_request("acme", "leak-2", 500);
+    hung.payment
+        .as_mut()
+        .unwrap()
+        .metadata
+        .insert("bank_sim".into(), "hang".into());
+    client
+        .create_payment(with_key(hung, admin))
+        .await
+        .expect("create");
+    // Refused credentials of every kind.
+    for key in [
+        "pvk_nonsense_zzzz",
+        &keys.key("admin").replace("pvk_admin_", "pvk_admin_f"),
+    ] {
+        let _ = client
+            .get_account(with_key(
+                pb::GetAccountRequest {
+                    name: "accounts/acme".into(),
+                },
+                key,
+            ))
+            .await;
+    }
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    while pager.events().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "never paged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let page = crate::common::bank_sim::http_get(&metrics, "/metrics");
+    let log = server.log();
+    assert!(log.contains("DEBUG"), "the log was read at debug level");
+    let mut secrets: Vec<(&str, String)> = vec![
+        ("bank secret", BANK_SIM_SECRET.to_owned()),
+        ("webhook secret", webhook_secret.to_owned()),
+        ("PagerDuty routing key", routing_key.to_owned()),
+    ];
+    for (name, key) in &keys.keys {
+        secrets.push((name, key.rsplit_once('_').unwrap().1.to_owned()));
+    }
+    for (what, secret) in secrets {
+        assert!(!log.contains(&secret), "the {what} reached the log");
+        assert!(!page.contains(&secret), "the {what} reached the metrics");
+    }
+    // Nor `--help`, with every secret in the environment.
+    for args in [
+        &["serve", "--help"][..],
+        &["payments", "list", "--help"][..],
+    ] {
+        let help = Command::new(BINARY)
+            .args(args)
+            .env("PAYVISOR_BANK_SECRET", BANK_SIM_SECRET)
+            .env("PAYVISOR_PAGERDUTY_ROUTING_KEY", routing_key)
+            .env("PAYVISOR_NODE_KEY", keys.key("node"))
+            .env("PAYVISOR_API_KEY", admin)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(text.contains("--"), "{text}");
+        for secret in [BANK_SIM_SECRET, routing_key, keys.key("node"), admin] {
+            assert!(!text.contains(secret), "{args:?} shows a secret");
+        }
+    }
+}

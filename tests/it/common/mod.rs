@@ -92,7 +92,7 @@ impl Server {
         Server::launch(extra_args, false)
     }
 
-    /// [`Server::start`], logging at info level to a file that
+    /// [`Server::start`], logging (info, payvisor's own at debug) to a file that
     /// [`Server::log`] reads (appended to across restarts).
     pub fn start_logged(extra_args: &[&str]) -> Server {
         Server::launch(extra_args, true)
@@ -227,7 +227,8 @@ fn spawn(data_dir: &Path, extra_args: &[String], log: Option<&Path>) -> (Child, 
                 .append(true)
                 .open(path)
                 .expect("open the server log");
-            ("info", Stdio::from(file))
+            // payvisor's own debug lines too: a leak test reads them.
+            ("info,payvisor=debug", Stdio::from(file))
         }
     };
     let mut process = Command::new(BINARY)
