@@ -188,6 +188,7 @@ async fn lifecycles(payments: usize, ownership: AccountOwnership) -> [f64; 5] {
                 amount: None,
                 reason: "bench".into(),
                 request_id: RequestId::new(format!("refund-{n}")).unwrap(),
+                actor: None,
             })
             .await
             .unwrap();

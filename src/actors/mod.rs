@@ -163,6 +163,8 @@ pub struct RefundPayment {
     pub amount: Option<Money>,
     pub reason: String,
     pub request_id: RequestId,
+    /// Who asks (key id or certificate subject); recorded with the refund.
+    pub actor: Option<String>,
 }
 
 /// A validated RetryPayment or FailPayment.
@@ -170,6 +172,8 @@ pub struct RefundPayment {
 pub struct OperatorCommand {
     pub name: PaymentName,
     pub action: OperatorAction,
+    /// Who asks (key id or certificate subject); recorded with the change.
+    pub actor: Option<String>,
     pub request_id: RequestId,
 }
 

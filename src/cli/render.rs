@@ -72,6 +72,7 @@ pub fn payment_json(payment: &pb::Payment) -> Value {
             "to_state": state_name(entry.to_state),
             "cause": entry.cause,
             "time": time(entry.time.as_ref()),
+            "actor": entry.actor,
         })).collect::<Vec<_>>(),
     })
 }
@@ -237,6 +238,7 @@ pub fn events(as_json: bool, events: &[pb::PaymentEvent]) {
                     "type": event.r#type,
                     "time": time(event.time.as_ref()),
                     "state": state_name(event.state),
+                    "actor": event.actor,
                     "deliveries": event.deliveries.iter().map(|d| json!({
                         "endpoint": d.endpoint,
                         "state": delivery_state(d.state),
@@ -249,7 +251,10 @@ pub fn events(as_json: bool, events: &[pb::PaymentEvent]) {
         println!("{}", json!({ "events": value }));
         return;
     }
-    println!("{:<60} {:<26} {:<25} DELIVERIES", "EVENT", "TYPE", "TIME");
+    println!(
+        "{:<60} {:<26} {:<25} {:<16} DELIVERIES",
+        "EVENT", "TYPE", "TIME", "BY"
+    );
     for event in events {
         let deliveries = event
             .deliveries
@@ -263,11 +268,17 @@ pub fn events(as_json: bool, events: &[pb::PaymentEvent]) {
             })
             .collect::<Vec<_>>()
             .join(", ");
+        let by = if event.actor.is_empty() {
+            "-"
+        } else {
+            &event.actor
+        };
         println!(
-            "{:<60} {:<26} {:<25} {}",
+            "{:<60} {:<26} {:<25} {:<16} {}",
             event.name,
             event.r#type,
             time(event.time.as_ref()),
+            by,
             deliveries
         );
     }

@@ -22,6 +22,9 @@ pub struct PaymentEvent {
     pub amount: Money,
     pub state: PaymentState,
     pub change: Change,
+    /// Who asked for the change (a key id or certificate subject), when a
+    /// person or a tool did.
+    pub actor: Option<String>,
 }
 
 /// What changed. Serialised as the `change` of a webhook's payload (not

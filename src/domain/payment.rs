@@ -134,6 +134,9 @@ pub struct Transition {
     pub to: PaymentState,
     pub cause: String,
     pub at: Timestamp,
+    /// Who asked for it (a key id or certificate subject), when a person
+    /// or a tool did: a refund, a review, an operator's retry or fail.
+    pub actor: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Eq, Debug)]
@@ -170,6 +173,10 @@ pub struct Payment {
     /// Events of the decision being made, not yet handed to its `Decision`
     /// (never stored: `Decision::new` takes them out).
     unsaved_events: Vec<PaymentEvent>,
+    /// Who asks for the decision being made ([`Payment::acting`]); its
+    /// history entries and events carry it. Never stored: `Decision::new`
+    /// clears it, so what follows (a bank's answer) is no one's.
+    acting: Option<String>,
 }
 
 /// A validated request to create a payment.
@@ -281,6 +288,7 @@ impl Decision {
         alert: Option<Alert>,
     ) -> Decision {
         let events = std::mem::take(&mut payment.unsaved_events);
+        payment.acting = None;
         Decision {
             payment,
             movements,
@@ -352,6 +360,7 @@ impl Payment {
             routes: Vec::new(),
             messages_sent: 0,
             unsaved_events: Vec::new(),
+            acting: None,
         }
     }
 
@@ -626,6 +635,7 @@ impl Payment {
             amount: self.amount,
             state: self.state,
             change,
+            actor: self.acting.clone(),
         });
     }
 
@@ -655,7 +665,16 @@ impl Payment {
             to,
             cause: cause.to_owned(),
             at,
+            actor: self.acting.clone(),
         });
+    }
+
+    /// This payment, with `actor` as who asks for the next decision (a
+    /// refund, a review, a retry or a fail): its history entries and
+    /// events record them.
+    pub fn acting(mut self, actor: Option<String>) -> Payment {
+        self.acting = actor;
+        self
     }
 
     /// A bank outcome for the payment. `None` when it changes nothing: the
@@ -744,6 +763,8 @@ impl Payment {
             updated_at: now,
         });
         next.emit_refund(next.refunds.len() - 1, now);
+        // In the history too: who asked for it (when someone did) goes with it.
+        next.record_event(next.state, &format!("refund_{refund_id}_requested"), now);
         let movement = Movement::refund_requested(self.id.clone(), &refund_id, amount)?;
         let effect = Effect::SubmitRefund {
             name: self.name(),
@@ -1031,6 +1052,45 @@ mod tests {
         assert_eq!(decision.payment.approval, Some(evaluation(Action::Decline)));
         let types: Vec<_> = decision.events.iter().map(|e| e.event_type()).collect();
         assert_eq!(types, ["payment.created", "payment.declined"]);
+    }
+
+    #[test]
+    fn who_asked_is_recorded_with_the_change_and_no_further() {
+        let policy = Policy::default();
+        let in_review = create(
+            new_payment(500),
+            Some(evaluation(Action::Review)),
+            at(1),
+            &policy,
+        )
+        .unwrap()
+        .payment;
+        assert!(in_review.history.iter().all(|entry| entry.actor.is_none()));
+        let approved = in_review
+            .acting(Some("reviewer-7".into()))
+            .review(ReviewVerdict::Approve, "looks fine", at(2), &policy)
+            .unwrap();
+        let by_reviewer: Vec<_> = approved
+            .payment
+            .history
+            .iter()
+            .filter(|entry| entry.actor.as_deref() == Some("reviewer-7"))
+            .map(|entry| entry.to)
+            .collect();
+        assert_eq!(by_reviewer, [PaymentState::Approved, PaymentState::Sent]);
+        assert!(!approved.events.is_empty());
+        assert!(approved
+            .events
+            .iter()
+            .all(|event| event.actor.as_deref() == Some("reviewer-7")));
+        // The bank's answer that follows is no one's.
+        let processed = approved
+            .payment
+            .on_bank_outcome(&BankOutcome::Processed, at(3), &policy)
+            .unwrap()
+            .unwrap();
+        assert_eq!(processed.payment.history.last().unwrap().actor, None);
+        assert!(processed.events.iter().all(|event| event.actor.is_none()));
     }
 
     #[test]

@@ -203,6 +203,7 @@ pub fn refund_payment(request: pb::RefundPaymentRequest) -> Result<RefundPayment
             amount: amount?,
             reason,
             request_id: request_id?,
+            actor: None,
         })
     })();
     violations.finish(command)
@@ -318,6 +319,7 @@ fn transition_to_pb(transition: &Transition) -> pb::Transition {
         to_state: state_to_pb(transition.to) as i32,
         cause: transition.cause.clone(),
         time: Some(timestamp(transition.at)),
+        actor: transition.actor.clone().unwrap_or_default(),
     }
 }
 
@@ -396,6 +398,7 @@ pub fn event_to_pb(event: &PaymentEvent, record: Option<&EventRecord>) -> pb::Pa
         time: Some(timestamp(event.at)),
         state: state_to_pb(event.state) as i32,
         amount: Some(money_to_pb(event.amount)),
+        actor: event.actor.clone().unwrap_or_default(),
         ..Default::default()
     };
     match &event.change {
@@ -496,6 +499,7 @@ pub fn operator_command(
         Some(OperatorCommand {
             name: name?,
             action: action?,
+            actor: None,
             request_id: request_id?,
         })
     })();

@@ -235,8 +235,9 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::RefundPaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        let command = convert::refund_payment(request.get_ref().clone())?;
-        auth::authorize(&request, Action::RefundPayment, &command.name.account)?;
+        let mut command = convert::refund_payment(request.get_ref().clone())?;
+        let caller = auth::authorize(&request, Action::RefundPayment, &command.name.account)?;
+        command.actor = caller.identity().map(str::to_owned);
         route!(self, &command.name.account, request, refund_payment);
         let payment = self.orchestrator.refund_payment(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
@@ -258,12 +259,13 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::RetryPaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        let command = convert::operator_command(
+        let mut command = convert::operator_command(
             &request.get_ref().name,
             request.get_ref().request_id.clone(),
             Ok(crate::actors::OperatorAction::Retry),
         )?;
-        auth::authorize(&request, Action::RetryPayment, &command.name.account)?;
+        let caller = auth::authorize(&request, Action::RetryPayment, &command.name.account)?;
+        command.actor = caller.identity().map(str::to_owned);
         route!(self, &command.name.account, request, retry_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
@@ -273,12 +275,13 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::FailPaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        let command = convert::operator_command(
+        let mut command = convert::operator_command(
             &request.get_ref().name,
             request.get_ref().request_id.clone(),
             convert::fail_reason(request.get_ref().reason.clone()),
         )?;
-        auth::authorize(&request, Action::FailPayment, &command.name.account)?;
+        let caller = auth::authorize(&request, Action::FailPayment, &command.name.account)?;
+        command.actor = caller.identity().map(str::to_owned);
         route!(self, &command.name.account, request, fail_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
@@ -361,12 +364,13 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::ApprovePaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        let command = convert::operator_command(
+        let mut command = convert::operator_command(
             &request.get_ref().name,
             request.get_ref().request_id.clone(),
             convert::review_action(ReviewVerdict::Approve, request.get_ref().reason.clone()),
         )?;
-        auth::authorize(&request, Action::ApprovePayment, &command.name.account)?;
+        let caller = auth::authorize(&request, Action::ApprovePayment, &command.name.account)?;
+        command.actor = caller.identity().map(str::to_owned);
         route!(self, &command.name.account, request, approve_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
@@ -376,12 +380,13 @@ impl PaymentService for PaymentApi {
         &self,
         request: Request<pb::DeclinePaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
-        let command = convert::operator_command(
+        let mut command = convert::operator_command(
             &request.get_ref().name,
             request.get_ref().request_id.clone(),
             convert::review_action(ReviewVerdict::Decline, request.get_ref().reason.clone()),
         )?;
-        auth::authorize(&request, Action::DeclinePayment, &command.name.account)?;
+        let caller = auth::authorize(&request, Action::DeclinePayment, &command.name.account)?;
+        command.actor = caller.identity().map(str::to_owned);
         route!(self, &command.name.account, request, decline_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))

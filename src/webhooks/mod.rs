@@ -106,6 +106,9 @@ pub fn event_body(event: &PaymentEvent) -> Vec<u8> {
             },
             "change": event.change,
         },
+        // Who asked for the change (a key id or certificate subject), or
+        // null for what payvisor and the banks did.
+        "actor": event.actor,
     })
     .to_string()
     .into_bytes()
@@ -214,5 +217,31 @@ mod tests {
         assert!(Endpoint::new("", "http://x/", "s3cret-s3cret-s3").is_err());
         assert!(Endpoint::new("shop", "ftp://x/", "s3cret-s3cret-s3").is_err());
         assert!(Endpoint::new("shop", "http://x/", "short").is_err());
+    }
+
+    #[test]
+    fn the_body_says_who_asked_for_the_change() {
+        use crate::domain::events::Change;
+        use crate::domain::payment::PaymentState;
+        use crate::domain::{parse_payment_name, Currency, Money, Timestamp};
+        let mut event = PaymentEvent {
+            payment: parse_payment_name("accounts/acme/payments/p1").unwrap(),
+            seq: 2,
+            at: Timestamp::from_unix_millis(1_000),
+            amount: Money::from_minor(Currency::from_code("USD").unwrap(), 100),
+            state: PaymentState::Failed,
+            change: Change::Payment {
+                from: Some(PaymentState::Sent),
+                to: PaymentState::Failed,
+                cause: "operator_fail".into(),
+                failure_reason: Some("bank lost it".into()),
+            },
+            actor: Some("oncall-7".into()),
+        };
+        let body: serde_json::Value = serde_json::from_slice(&event_body(&event)).unwrap();
+        assert_eq!(body["actor"], "oncall-7");
+        event.actor = None;
+        let body: serde_json::Value = serde_json::from_slice(&event_body(&event)).unwrap();
+        assert!(body["actor"].is_null());
     }
 }

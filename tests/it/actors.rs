@@ -290,6 +290,7 @@ async fn idle_account_actors_passivate_and_rehydrate_from_the_store() {
         amount: Some(usd(400)),
         reason: "customer asked".into(),
         request_id: RequestId::new("refund-1").unwrap(),
+        actor: None,
     };
     h.orchestrator.refund_payment(refund).await.unwrap();
     wait_until(&h.orchestrator, &payment, |p| {

@@ -1223,3 +1223,133 @@ async fn no_secret_configured_or_presented_reaches_the_log_or_the_metrics() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_refunded_reviewed_or_failed_a_payment_is_recorded_with_the_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path());
+    let rules = dir.path().join("rules.json");
+    std::fs::write(
+        &rules,
+        serde_json::json!({
+            "version": "v1",
+            "rules": [{"name": "big", "kind": "amount_above", "currency": "USD", "minor_units": 10_000, "action": "review"}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--auth",
+        keys.file.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+    ]);
+    let mut client = server.client().await;
+    let gateway = keys.key("gateway");
+    // Refunded by support.
+    let paid = processed(&mut client, gateway, "acme", "who-1", 1_000).await;
+    client
+        .refund_payment(with_key(
+            refund_request(&paid.name, "who-r", Some(300)),
+            keys.key("support"),
+        ))
+        .await
+        .expect("refund");
+    // Approved by a reviewer.
+    let big = client
+        .create_payment(with_key(create_request("acme", "who-2", 50_000), gateway))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .approve_payment(with_key(
+            pb::ApprovePaymentRequest {
+                name: big.name.clone(),
+                reason: "known customer".into(),
+                request_id: "who-approve".into(),
+            },
+            keys.key("reviewer"),
+        ))
+        .await
+        .expect("approve");
+    // Failed by on-call.
+    let mut hung = create_request("acme", "who-3", 700);
+    hung.payment
+        .as_mut()
+        .unwrap()
+        .metadata
+        .insert("bank_sim".into(), "hang".into());
+    let hung = client
+        .create_payment(with_key(hung, gateway))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .fail_payment(with_key(
+            pb::FailPaymentRequest {
+                name: hung.name.clone(),
+                reason: "bank lost it".into(),
+                request_id: "who-fail".into(),
+            },
+            keys.key("oncall"),
+        ))
+        .await
+        .expect("fail");
+
+    for (name, actor) in [
+        (&paid.name, "support"),
+        (&big.name, "reviewer"),
+        (&hung.name, "oncall"),
+    ] {
+        let payment = client
+            .get_payment(with_key(
+                pb::GetPaymentRequest { name: name.clone() },
+                keys.key("admin"),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let attributed: Vec<&str> = payment
+            .history
+            .iter()
+            .filter(|entry| !entry.actor.is_empty())
+            .map(|entry| entry.actor.as_str())
+            .collect();
+        assert!(
+            !attributed.is_empty() && attributed.iter().all(|who| *who == actor),
+            "{name}: {:?}",
+            payment.history
+        );
+        // Creation and the bank's answers are no one's.
+        assert_eq!(payment.history[0].actor, "");
+        let events = client
+            .list_payment_events(with_key(
+                pb::ListPaymentEventsRequest {
+                    parent: name.clone(),
+                },
+                keys.key("admin"),
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        assert!(
+            events.iter().any(|event| event.actor == actor),
+            "{name}: {events:?}"
+        );
+        assert!(events.iter().any(|event| event.actor.is_empty()));
+    }
+    // The command line shows who.
+    let output = Command::new(BINARY)
+        .args(["events", "list", &hung.name, "--server", &server.address])
+        .env("PAYVISOR_API_KEY", keys.key("admin"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(text.contains(" BY ") && text.contains("oncall"), "{text}");
+}

@@ -190,6 +190,7 @@ async fn operate(
             name: payment.clone(),
             action,
             request_id: RequestId::new(request).unwrap(),
+            actor: None,
         })
         .await
 }

@@ -80,6 +80,7 @@ fn event(payment: &PaymentName, seq: u64, to: PaymentState) -> PaymentEvent {
             cause: "test".into(),
             failure_reason: None,
         },
+        actor: None,
     }
 }
 

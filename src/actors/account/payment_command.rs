@@ -74,6 +74,7 @@ impl AccountState {
             request_id: &command.request_id,
             fingerprint,
             decide: |payment: &Payment, now| {
+                let payment = payment.clone().acting(command.actor.clone());
                 Ok(payment.request_refund(command.amount, &command.reason, now, &shared.policy)?)
             },
         };
@@ -102,6 +103,7 @@ impl AccountState {
             request_id: &command.request_id,
             fingerprint,
             decide: |payment: &Payment, now| {
+                let payment = payment.clone().acting(command.actor.clone());
                 let decision = match &command.action {
                     OperatorAction::Retry => payment.operator_retry(now, &shared.policy),
                     OperatorAction::Fail { reason } => {

@@ -37,6 +37,9 @@ struct EventBody {
     amount: MoneyBody,
     state: PaymentStateBody,
     change: ChangeBody,
+    /// Absent when no person or tool asked (and in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    actor: Option<String>,
 }
 
 /// What changed, tagged: `{"of":"payment",…}` or `{"of":"refund",…}`.
@@ -136,6 +139,7 @@ impl From<&PaymentEvent> for EventBody {
             at: millis(event.at),
             amount: event.amount.into(),
             state: event.state.into(),
+            actor: event.actor.clone(),
             change: match &event.change {
                 Change::Payment {
                     from,
@@ -173,6 +177,7 @@ impl TryFrom<EventBody> for PaymentEvent {
             at: time(body.at),
             amount: Money::try_from(body.amount)?,
             state: body.state.into(),
+            actor: body.actor,
             change: match body.change {
                 ChangeBody::Payment {
                     from,

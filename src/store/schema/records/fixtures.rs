@@ -53,6 +53,7 @@ fn transition(from: Option<PaymentState>, to: PaymentState, cause: &str, ms: i64
         to,
         cause: cause.into(),
         at: at(ms),
+        actor: None,
     }
 }
 
@@ -124,12 +125,16 @@ pub fn payment() -> Payment {
             "rules",
             0,
         ),
-        transition(
-            Some(PaymentState::InReview),
-            PaymentState::Approved,
-            "review",
-            1_000,
-        ),
+        Transition {
+            // A person's verdict: attributed.
+            actor: Some("reviewer-7".into()),
+            ..transition(
+                Some(PaymentState::InReview),
+                PaymentState::Approved,
+                "review",
+                1_000,
+            )
+        },
         transition(
             Some(PaymentState::Approved),
             PaymentState::Sent,
@@ -274,6 +279,7 @@ pub fn events() -> EventRecord {
                     cause: "bank".into(),
                     failure_reason: None,
                 },
+                actor: None,
             },
             PaymentEvent {
                 payment: name(),
@@ -287,6 +293,7 @@ pub fn events() -> EventRecord {
                     state: RefundState::Failed,
                     failure_reason: Some("bank refused".into()),
                 },
+                actor: None,
             },
         ],
         deliveries: vec![

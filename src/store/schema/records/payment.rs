@@ -168,6 +168,10 @@ struct TransitionBody {
     to: PaymentStateBody,
     cause: String,
     at: i64,
+    /// Absent when no person or tool asked (and in records written before
+    /// attribution: they read as no one's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    actor: Option<String>,
 }
 
 impl From<&Transition> for TransitionBody {
@@ -177,6 +181,7 @@ impl From<&Transition> for TransitionBody {
             to: transition.to.into(),
             cause: transition.cause.clone(),
             at: millis(transition.at),
+            actor: transition.actor.clone(),
         }
     }
 }
@@ -188,6 +193,7 @@ impl From<TransitionBody> for Transition {
             to: body.to.into(),
             cause: body.cause,
             at: time(body.at),
+            actor: body.actor,
         }
     }
 }
@@ -376,7 +382,7 @@ mod tests {
     use super::super::golden::{check, refused};
     use crate::domain::payment::Payment;
 
-    const EVERY_PART: &str = r#"{"format":1,"account":"acme","id":"pay_1","amount":{"currency":"USD","amount":"12.50"},"metadata":{"order":"o-1"},"payer_id":"payer-7","payer_country":"DE","state":"partially_refunded","failure_reason":"first bank timed out","fee":{"currency":"USD","amount":"0.30"},"refunds":[{"id":"r1","amount":{"currency":"USD","amount":"5.00"},"reason":"damaged","state":"succeeded","created_at":1767225604000,"updated_at":1767225604500},{"id":"r2","amount":{"currency":"USD","amount":"1.00"},"reason":"late","state":"failed","failure_reason":"bank refused","created_at":1767225605000,"updated_at":1767225605500}],"history":[{"from":null,"to":"created","cause":"created","at":1767225600000},{"from":"created","to":"in_review","cause":"rules","at":1767225600000},{"from":"in_review","to":"approved","cause":"review","at":1767225601000},{"from":"approved","to":"sent","cause":"dispatched","at":1767225601000},{"from":"sent","to":"processed","cause":"bank","at":1767225603000},{"from":"processed","to":"partially_refunded","cause":"refund r1 succeeded","at":1767225604500}],"created_at":1767225600000,"updated_at":1767225605500,"watch":{"stage":"refunding","since":1767225605000,"due_at":null,"redrives":2,"paged":true},"approval":{"action":"review","fired":[{"rule":"big","action":"review","detail":"amount 12.50 USD above 10.00 USD"}],"rules_version":"r1"},"review":{"verdict":"approve","reason":"known customer","at":1767225601000},"events_emitted":9,"routes":[{"bank":"bank-a","why":"cheapest","at":1767225601000,"left":{"because":"rejected","reason":"no USD today"}},{"bank":"bank-b","why":"next cheapest","at":1767225602000,"left":{"because":"unknown"}},{"bank":"bank-c","why":"last","at":1767225602500}],"messages_sent":5}"#;
+    const EVERY_PART: &str = r#"{"format":1,"account":"acme","id":"pay_1","amount":{"currency":"USD","amount":"12.50"},"metadata":{"order":"o-1"},"payer_id":"payer-7","payer_country":"DE","state":"partially_refunded","failure_reason":"first bank timed out","fee":{"currency":"USD","amount":"0.30"},"refunds":[{"id":"r1","amount":{"currency":"USD","amount":"5.00"},"reason":"damaged","state":"succeeded","created_at":1767225604000,"updated_at":1767225604500},{"id":"r2","amount":{"currency":"USD","amount":"1.00"},"reason":"late","state":"failed","failure_reason":"bank refused","created_at":1767225605000,"updated_at":1767225605500}],"history":[{"from":null,"to":"created","cause":"created","at":1767225600000},{"from":"created","to":"in_review","cause":"rules","at":1767225600000},{"from":"in_review","to":"approved","cause":"review","at":1767225601000,"actor":"reviewer-7"},{"from":"approved","to":"sent","cause":"dispatched","at":1767225601000},{"from":"sent","to":"processed","cause":"bank","at":1767225603000},{"from":"processed","to":"partially_refunded","cause":"refund r1 succeeded","at":1767225604500}],"created_at":1767225600000,"updated_at":1767225605500,"watch":{"stage":"refunding","since":1767225605000,"due_at":null,"redrives":2,"paged":true},"approval":{"action":"review","fired":[{"rule":"big","action":"review","detail":"amount 12.50 USD above 10.00 USD"}],"rules_version":"r1"},"review":{"verdict":"approve","reason":"known customer","at":1767225601000},"events_emitted":9,"routes":[{"bank":"bank-a","why":"cheapest","at":1767225601000,"left":{"because":"rejected","reason":"no USD today"}},{"bank":"bank-b","why":"next cheapest","at":1767225602000,"left":{"because":"unknown"}},{"bank":"bank-c","why":"last","at":1767225602500}],"messages_sent":5}"#;
     const FRESH: &str = r#"{"format":1,"account":"acme","id":"pay_2","amount":{"currency":"JPY","amount":"700"},"metadata":{},"state":"created","fee":{"currency":"JPY","amount":"0"},"refunds":[],"history":[{"from":null,"to":"created","cause":"created","at":1767225600000}],"created_at":1767225600000,"updated_at":1767225600000,"events_emitted":1,"messages_sent":0}"#;
     const WATCHED: &str = r#"{"format":1,"account":"acme","id":"pay_2","amount":{"currency":"JPY","amount":"700"},"metadata":{},"state":"sent","fee":{"currency":"JPY","amount":"0"},"refunds":[],"history":[{"from":null,"to":"created","cause":"created","at":1767225600000}],"created_at":1767225600000,"updated_at":1767225600000,"watch":{"stage":"sent","since":1767225600000,"due_at":1767225630000,"redrives":0,"paged":false},"events_emitted":1,"messages_sent":0}"#;
 
