@@ -65,6 +65,13 @@ enum Command {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Who did what: refunds, reviews, retries and fails with who asked.
+    Audit {
+        #[command(flatten)]
+        options: ClientOptions,
+        #[command(subcommand)]
+        command: cli::AuditCommand,
+    },
     /// API keys and access lists (docs/security.md).
     Auth {
         #[command(subcommand)]
@@ -133,6 +140,7 @@ fn main() -> std::process::ExitCode {
             } => cli::check_rules(&file),
             Command::Ledger { json, command } => cli::ledger(json, command).await,
             Command::Auth { command } => cli::auth(command),
+            Command::Audit { options, command } => cli::audit(&options, command).await,
             Command::Reconcile(args) => cli::reconcile(args).await,
             Command::Dynamodb {
                 command: DynamodbCommand::CreateTable { table, dynamodb },

@@ -50,12 +50,12 @@ phase "cfn-lint deploy/cloudformation"
 "$VENV/bin/cfn-lint" deploy/cloudformation/*.yaml
 phase "the CloudFormation template and create-table define the same table"
 "$VENV/bin/python" tests/cloudformation_matches_create_table.py target/debug/payvisor
-phase "end-to-end, crash, stalls, reviews and webhooks tests again, with --store dynamodb"
+phase "end-to-end, crash, stalls, reviews, webhooks and attribution tests again, with --store dynamodb"
 # One group at a time: the DynamoDB-API test server answers one request at
 # a time (tests/dynamodb_server.py says why, and how it keeps each request's
 # cost to what it reads), so groups run side by side only queue behind each
 # other, and a crash test's replays could time out behind the others.
-for group in crash:: e2e:: reviews:: stalls:: webhooks::; do
+for group in crash:: e2e:: reviews:: stalls:: webhooks:: security::who_; do
     PAYVISOR_TEST_STORE=dynamodb cargo test --locked --test it -- "$group"
 done
 phase "the cluster: payvisor processes on one table (kill -9 under load, pause, hot account, scale out, cold start, rolling restart)"

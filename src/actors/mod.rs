@@ -444,6 +444,19 @@ impl Orchestrator {
         )
     }
 
+    /// One page of an account's audit records in `[from, until)`.
+    pub async fn audit_records(
+        &self,
+        account: &AccountId,
+        from: crate::domain::Timestamp,
+        until: crate::domain::Timestamp,
+        start_after: Option<String>,
+        page_size: usize,
+    ) -> Result<(Vec<schema::AuditRecord>, Option<String>), CommandError> {
+        let store = self.shared.store.as_ref();
+        Ok(schema::audit_records(store, account, from, until, start_after, page_size).await?)
+    }
+
     /// One page of an account's payments in `state`: pages are read and
     /// filtered until `page_size` match, the account ends, or
     /// `LIST_FILTER_SCAN_MAX` payments were read (then a shorter page and a

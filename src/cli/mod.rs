@@ -203,6 +203,30 @@ pub enum EventsCommand {
     },
 }
 
+/// Who did what: privileged actions with their actor.
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// An account's refunds, reviews, retries and fails with who asked,
+    /// oldest first.
+    List {
+        #[arg(long)]
+        account: String,
+        /// From this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time (RFC 3339; default now).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        page_size: i32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+        /// Follow page tokens to the end.
+        #[arg(long)]
+        all: bool,
+    },
+}
+
 #[derive(Subcommand, Debug)]
 pub enum AccountsCommand {
     /// Show an account's balances per currency.
@@ -593,6 +617,59 @@ pub async fn accounts(options: &ClientOptions, command: AccountsCommand) -> anyh
                 .map_err(render::status_error)?;
             render::account(options.json, &account.into_inner());
         }
+    }
+    Ok(())
+}
+
+/// Runs `audit list`.
+pub async fn audit(options: &ClientOptions, command: AuditCommand) -> anyhow::Result<()> {
+    let AuditCommand::List {
+        account,
+        since,
+        until,
+        page_size,
+        mut page_token,
+        all,
+    } = command;
+    let when =
+        |flag: &str, text: Option<String>| -> anyhow::Result<Option<prost_types::Timestamp>> {
+            text.map(|text| {
+                let at = crate::domain::time::parse_rfc3339(&text)
+                    .with_context(|| format!("--{flag}"))?;
+                Ok(crate::grpc::convert::timestamp(at))
+            })
+            .transpose()
+        };
+    let start_time = when("since", since)?;
+    let end_time = when("until", until)?;
+    let parent = if account.starts_with("accounts/") {
+        account
+    } else {
+        format!("accounts/{account}")
+    };
+    let mut client = connect(options).await?;
+    let mut records = Vec::new();
+    loop {
+        let page = client
+            .list_audit_records(pb::ListAuditRecordsRequest {
+                parent: parent.clone(),
+                start_time,
+                end_time,
+                page_size,
+                page_token,
+            })
+            .await
+            .map_err(render::status_error)?
+            .into_inner();
+        records.extend(page.records);
+        page_token = page.next_page_token;
+        if !all || page_token.is_empty() {
+            break;
+        }
+    }
+    render::audit_records(options.json, &records);
+    if !page_token.is_empty() && !options.json {
+        println!("next page: --page-token {page_token}");
     }
     Ok(())
 }

@@ -218,6 +218,40 @@ pub fn review_list(as_json: bool, payments: &[pb::Payment], next_page_token: &st
     }
 }
 
+/// Audit records: one line each, oldest first.
+pub fn audit_records(as_json: bool, records: &[pb::AuditRecord]) {
+    if as_json {
+        let value: Vec<Value> = records
+            .iter()
+            .map(|record| {
+                json!({
+                    "payment": record.payment,
+                    "time": time(record.time.as_ref()),
+                    "actor": record.actor,
+                    "causes": record.causes,
+                    "state": state_name(record.state),
+                })
+            })
+            .collect();
+        println!("{}", json!({ "records": value }));
+        return;
+    }
+    println!(
+        "{:<25} {:<16} {:<55} {:<20} CAUSES",
+        "TIME", "BY", "PAYMENT", "STATE"
+    );
+    for record in records {
+        println!(
+            "{:<25} {:<16} {:<55} {:<20} {}",
+            time(record.time.as_ref()),
+            record.actor,
+            record.payment,
+            state_name(record.state),
+            record.causes.join(", ")
+        );
+    }
+}
+
 pub fn events(as_json: bool, events: &[pb::PaymentEvent]) {
     let delivery_state = |state: i32| {
         pb::event_delivery::State::try_from(state)

@@ -88,6 +88,7 @@ pub enum Action {
     WatchPaymentEvents,
     ListPaymentEvents,
     ResendPaymentEvent,
+    ListAuditRecords,
     GetClusterStatus,
     HandBankCallback,
     WatchNodeEvents,
@@ -107,7 +108,7 @@ pub enum Reach {
 }
 
 impl Action {
-    pub const ALL: [Action; 19] = [
+    pub const ALL: [Action; 20] = [
         Action::CreatePayment,
         Action::GetPayment,
         Action::ListPayments,
@@ -123,6 +124,7 @@ impl Action {
         Action::WatchPaymentEvents,
         Action::ListPaymentEvents,
         Action::ResendPaymentEvent,
+        Action::ListAuditRecords,
         Action::GetClusterStatus,
         Action::HandBankCallback,
         Action::WatchNodeEvents,
@@ -141,7 +143,8 @@ impl Action {
             | Action::ApprovePayment
             | Action::DeclinePayment
             | Action::ListPaymentEvents
-            | Action::ResendPaymentEvent => Reach::OneAccount,
+            | Action::ResendPaymentEvent
+            | Action::ListAuditRecords => Reach::OneAccount,
             Action::ListReviewQueue
             | Action::ListStalledPayments
             | Action::WatchAlerts
@@ -192,6 +195,7 @@ pub fn role_allows(role: Role, action: Action) -> bool {
                         | RetryPayment
                         | FailPayment
                         | ResendPaymentEvent
+                        | ListAuditRecords
                         | GetClusterStatus
                 )
         }

@@ -17,7 +17,7 @@
 use super::events::PaymentEvent;
 use super::ledger::{Balances, Movement};
 use super::money::Currency;
-use super::payment::{Decision, Effect, Payment, Policy, Rejection};
+use super::payment::{Decision, Effect, Payment, PaymentState, Policy, Rejection};
 use super::rules::{Action, VelocityLog};
 use super::watch::Alert;
 use super::{PaymentId, PaymentName, RequestId, Timestamp};
@@ -178,6 +178,25 @@ pub struct StagedDecision {
     pub alert: Option<AlertRecord>,
     pub outbox: Vec<OutboxRecord>,
     pub events: Option<EventRecord>,
+    /// Who asked for the decision, and what it did (an attributed one).
+    pub audit: Option<AuditRecord>,
+}
+
+/// A privileged action, as the audit query lists it: written with the
+/// change it made, in the account, by time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub payment: PaymentName,
+    pub at: Timestamp,
+    /// The key id or certificate subject.
+    pub actor: String,
+    /// The causes of the history entries it made (`refund_r1_requested`,
+    /// `review`, `operator_retry`, `operator_fail`, …).
+    pub causes: Vec<String>,
+    /// The payment's state after it.
+    pub state: PaymentState,
+    /// The payment's version it wrote (tells two actions apart).
+    pub version: u64,
 }
 
 impl StagedDecision {
@@ -273,6 +292,14 @@ impl AccountBook {
                 })
                 .collect(),
         });
+        let audit = decision.actor.clone().map(|actor| AuditRecord {
+            payment: decision.payment.name(),
+            at: now,
+            causes: decision.acted.clone(),
+            actor,
+            state: decision.payment.state,
+            version: base_version.unwrap_or(0) + 1,
+        });
         Ok(StagedDecision {
             decision,
             base_version,
@@ -281,6 +308,7 @@ impl AccountBook {
             alert,
             outbox,
             events,
+            audit,
         })
     }
 }
@@ -320,6 +348,8 @@ fn route(mut decision: Decision, context: &StageContext<'_>) -> Result<Decision,
                 effects: Vec::new(),
                 alert: failed.alert.or(decision.alert),
                 events: decision.events,
+                actor: decision.actor,
+                acted: decision.acted,
             })
         }
     }

@@ -177,6 +177,8 @@ pub struct Payment {
     /// history entries and events carry it. Never stored: `Decision::new`
     /// clears it, so what follows (a bank's answer) is no one's.
     acting: Option<String>,
+    /// The causes of the history entries made while acting (never stored).
+    acted: Vec<String>,
 }
 
 /// A validated request to create a payment.
@@ -278,6 +280,11 @@ pub struct Decision {
     pub alert: Option<Alert>,
     /// What changed, in order (the event outbox).
     pub events: Vec<PaymentEvent>,
+    /// Who asked for it (a key id or certificate subject), when a person
+    /// or a tool did: staged as an audit record with the change.
+    pub actor: Option<String>,
+    /// The causes of the history entries they asked for, in order.
+    pub acted: Vec<String>,
 }
 
 impl Decision {
@@ -288,13 +295,16 @@ impl Decision {
         alert: Option<Alert>,
     ) -> Decision {
         let events = std::mem::take(&mut payment.unsaved_events);
-        payment.acting = None;
+        let actor = payment.acting.take();
+        let acted = std::mem::take(&mut payment.acted);
         Decision {
             payment,
             movements,
             effects,
             alert,
             events,
+            actor,
+            acted,
         }
     }
 
@@ -361,6 +371,7 @@ impl Payment {
             messages_sent: 0,
             unsaved_events: Vec::new(),
             acting: None,
+            acted: Vec::new(),
         }
     }
 
@@ -660,6 +671,9 @@ impl Payment {
             // Keep the creation entry; drop the oldest after it.
             self.history.remove(1);
         }
+        if self.acting.is_some() {
+            self.acted.push(cause.to_owned());
+        }
         self.history.push(Transition {
             from,
             to,
@@ -929,6 +943,8 @@ impl Payment {
                     &policy.stalls,
                 );
                 decision.events = dispatched.events;
+                decision.actor = dispatched.actor;
+                decision.acted = dispatched.acted;
                 Ok(decision)
             }
             ReviewVerdict::Decline => {
@@ -1079,6 +1095,8 @@ mod tests {
             .collect();
         assert_eq!(by_reviewer, [PaymentState::Approved, PaymentState::Sent]);
         assert!(!approved.events.is_empty());
+        assert_eq!(approved.actor.as_deref(), Some("reviewer-7"));
+        assert_eq!(approved.acted, ["review_approved", "dispatched"]);
         assert!(approved
             .events
             .iter()
@@ -1090,6 +1108,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(processed.payment.history.last().unwrap().actor, None);
+        assert_eq!((processed.actor, processed.acted.len()), (None, 0));
         assert!(processed.events.iter().all(|event| event.actor.is_none()));
     }
 

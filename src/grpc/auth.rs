@@ -107,6 +107,10 @@ pub const RULES: &[(&str, Rule)] = &[
         Rule::Act(Action::ResendPaymentEvent),
     ),
     (
+        "/payvisor.v1.PaymentService/ListAuditRecords",
+        Rule::Act(Action::ListAuditRecords),
+    ),
+    (
         "/payvisor.v1.ClusterService/GetClusterStatus",
         Rule::Act(Action::GetClusterStatus),
     ),

@@ -225,6 +225,51 @@ pub fn decode_page_token(token: &str) -> Result<Option<PaymentId>, CommandError>
         .ok_or_else(|| CommandError::invalid("page_token", "not a token returned by ListPayments"))
 }
 
+/// An audit page's token: the last sort key read, after a version tag.
+pub fn encode_audit_token(last: &str) -> String {
+    format!("a1.{last}")
+}
+
+pub fn decode_audit_token(token: &str) -> Result<Option<String>, CommandError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || CommandError::invalid("page_token", "not a token returned by ListAuditRecords");
+    let position = token.strip_prefix("a1.").ok_or_else(bad)?;
+    let well_formed = position.starts_with("U#")
+        && position.len() <= 200
+        && position
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'#' | b'-' | b'_'));
+    if !well_formed {
+        return Err(bad());
+    }
+    Ok(Some(position.to_owned()))
+}
+
+/// A protobuf time as a [`Timestamp`] (to the millisecond).
+pub fn time_from_pb(field: &str, time: &prost_types::Timestamp) -> Result<Timestamp, CommandError> {
+    if !(0..1_000_000_000).contains(&time.nanos) {
+        return Err(CommandError::invalid(field, "nanos must be 0..1e9"));
+    }
+    let millis = time
+        .seconds
+        .checked_mul(1000)
+        .and_then(|millis| millis.checked_add(i64::from(time.nanos / 1_000_000)))
+        .ok_or_else(|| CommandError::invalid(field, "out of range"))?;
+    Ok(Timestamp::from_unix_millis(millis))
+}
+
+pub fn audit_record_to_pb(record: &crate::domain::account::AuditRecord) -> pb::AuditRecord {
+    pb::AuditRecord {
+        payment: record.payment.to_string(),
+        time: Some(timestamp(record.at)),
+        actor: record.actor.clone(),
+        causes: record.causes.clone(),
+        state: state_to_pb(record.state) as i32,
+    }
+}
+
 pub fn page_size(requested: i32) -> Result<usize, CommandError> {
     match requested {
         size if size < 0 => Err(CommandError::invalid("page_size", "must not be negative")),

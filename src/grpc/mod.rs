@@ -435,6 +435,40 @@ impl PaymentService for PaymentApi {
         Ok(Response::new(convert::event_to_pb(event, Some(&record))))
     }
 
+    async fn list_audit_records(
+        &self,
+        request: Request<pb::ListAuditRecordsRequest>,
+    ) -> Result<Response<pb::ListAuditRecordsResponse>, Status> {
+        let account = parse_account_name(&request.get_ref().parent)
+            .map_err(|error| invalid_name("parent", error))?;
+        auth::authorize(&request, Action::ListAuditRecords, &account)?;
+        let request = request.into_inner();
+        let page_size = convert::page_size(request.page_size)?;
+        let from = match &request.start_time {
+            Some(time) => convert::time_from_pb("start_time", time)?,
+            None => crate::domain::Timestamp::from_unix_millis(0),
+        };
+        let until = match &request.end_time {
+            Some(time) => convert::time_from_pb("end_time", time)?,
+            None => self.orchestrator.now().plus_millis(1),
+        };
+        if until <= from {
+            return Err(CommandError::invalid("end_time", "must be after start_time").into());
+        }
+        let start_after = convert::decode_audit_token(&request.page_token)?;
+        let (records, next) = self
+            .orchestrator
+            .audit_records(&account, from, until, start_after, page_size)
+            .await?;
+        Ok(Response::new(pb::ListAuditRecordsResponse {
+            records: records.iter().map(convert::audit_record_to_pb).collect(),
+            next_page_token: next
+                .as_deref()
+                .map(convert::encode_audit_token)
+                .unwrap_or_default(),
+        }))
+    }
+
     type WatchPaymentEventsStream =
         Pin<Box<dyn Stream<Item = Result<pb::PaymentEvent, Status>> + Send>>;
 

@@ -47,6 +47,7 @@ fn allowed(method: &str) -> BTreeSet<&'static str> {
             | "PaymentService/ListStalledPayments"
             | "PaymentService/WatchAlerts"
             | "PaymentService/ResendPaymentEvent"
+            | "PaymentService/ListAuditRecords"
             | "ClusterService/GetClusterStatus" => vec!["oncall", "admin"],
             "ClusterService/HandBankCallback" | "ClusterService/WatchNodeEvents" => vec!["node"],
             "ServerReflection/ServerReflectionInfo" => ROLES.to_vec(),
@@ -1352,4 +1353,96 @@ async fn who_refunded_reviewed_or_failed_a_payment_is_recorded_with_the_change()
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(text.contains(" BY ") && text.contains("oncall"), "{text}");
+
+    // The audit query: the account's privileged actions, oldest first.
+    let audit = |start: Option<prost_types::Timestamp>, page_token: &str, page_size: i32| {
+        with_key(
+            pb::ListAuditRecordsRequest {
+                parent: "accounts/acme".into(),
+                start_time: start,
+                end_time: None,
+                page_size,
+                page_token: page_token.into(),
+            },
+            keys.key("oncall"),
+        )
+    };
+    let records = client
+        .list_audit_records(audit(None, "", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let seen: Vec<(&str, &str)> = records
+        .iter()
+        .map(|record| (record.actor.as_str(), record.payment.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("support", paid.name.as_str()),
+            ("reviewer", big.name.as_str()),
+            ("oncall", hung.name.as_str())
+        ]
+    );
+    assert_eq!(records[0].causes, ["refund_r1_requested"]);
+    assert_eq!(records[2].causes, ["operator_failed"]);
+    // Paged one at a time, the same three.
+    let mut token = String::new();
+    let mut paged = Vec::new();
+    loop {
+        let page = client
+            .list_audit_records(audit(None, &token, 1))
+            .await
+            .unwrap()
+            .into_inner();
+        paged.extend(page.records);
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(paged, records);
+    // From the reviewer's action on.
+    let since = client
+        .list_audit_records(audit(records[1].time, "", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    assert_eq!(since, records[1..]);
+    // Not the gateway's to read; and from the command line.
+    let refused = client
+        .list_audit_records(with_key(
+            pb::ListAuditRecordsRequest {
+                parent: "accounts/acme".into(),
+                ..Default::default()
+            },
+            gateway,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied);
+    let output = Command::new(BINARY)
+        .args([
+            "audit",
+            "list",
+            "--account",
+            "acme",
+            "--server",
+            &server.address,
+        ])
+        .env("PAYVISOR_API_KEY", keys.key("admin"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.contains("operator_fail") && text.contains("reviewer"),
+        "{text}"
+    );
 }

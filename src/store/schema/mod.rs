@@ -13,6 +13,7 @@
 //! | webhook due | `A#{acct}#{shard}`  | `W#{payment}#{first seq:010}` | `HOOK#nn` / `{next attempt:013}/{acct}/{payment}/{first seq:010}` |
 //! | inbox       | `A#{acct}#{shard}`  | `X#{bank}#{message id}` | –                                     |
 //! | outbox      | `A#{acct}#{shard}`  | `O#{payment}#{n:06}` | `OUTBOX#nn` / `{created:013}/{acct}/{payment}/{n:06}` until acknowledged |
+//! | audit       | `A#{acct}#{shard}`  | `U#{at:013}#{payment}#{version:010}` | – (an account's range by time) |
 //!
 //! **Events.** The events of one decision are one item, written with the
 //! decision (the event outbox); with them, the state of their delivery to
@@ -47,6 +48,7 @@
 
 mod account;
 mod alert;
+mod audit;
 mod cluster;
 mod events;
 mod idempotency;
@@ -58,6 +60,7 @@ mod records;
 
 pub use account::*;
 pub use alert::*;
+pub use audit::*;
 pub use cluster::*;
 pub use events::*;
 pub use idempotency::*;
@@ -275,6 +278,9 @@ pub fn staged_writes(account: &AccountId, staged: &StagedDecision, ops: &mut Vec
     }
     for record in &staged.outbox {
         ops.push(created(outbox_item(record)));
+    }
+    if let Some(record) = &staged.audit {
+        ops.push(created(audit_item(record)));
     }
     if let Some(record) = &staged.events {
         ops.push(created(event_record_item(record, 1)));

@@ -30,6 +30,7 @@ use crate::domain::{Currency, IdError, Money, PaymentName, Timestamp};
 
 mod account;
 mod alert;
+mod audit;
 mod cluster;
 mod events;
 mod idempotency;
