@@ -278,6 +278,14 @@ impl Authenticator {
     /// node presents as the caller of a forwarded call: the caller proved
     /// it to that node, and this node applies its own access list to it.
     pub fn on_behalf_of(&self, identity: &str) -> Result<Grant, AuthError> {
+        let verified = self.verify_on_behalf_of(identity);
+        if verified.is_err() {
+            self.failures.inc();
+        }
+        verified
+    }
+
+    fn verify_on_behalf_of(&self, identity: &str) -> Result<Grant, AuthError> {
         let access = self.access.as_ref().ok_or(AuthError::Invalid)?.current();
         let grant = access
             .keys

@@ -370,9 +370,13 @@ pub fn incoming(
     tokio_stream::wrappers::ReceiverStream::new(receiver)
 }
 
-/// The subject of a DER certificate as `CN=…,O=…` (the attributes payvisor
-/// names, in the certificate's order; `,`, `=` and `\` escaped with `\`).
-/// `None` for anything it cannot read: such a client has no identity.
+/// The subject of a DER certificate as `CN=…,O=…`, in the certificate's
+/// order: RDNs joined by `,`, the attributes of a multi-valued RDN by `+`
+/// (RFC 4514's separators). Attributes without a short name are written as
+/// their dotted OID with the value's DER in hex (`2.5.4.5=#13…`), so two
+/// subjects that differ anywhere are different identities. `,`, `=`, `+`
+/// and `\` in values are escaped with `\`. `None` for anything it cannot
+/// read: such a client has no identity.
 pub fn subject_of(certificate: &[u8]) -> Option<String> {
     let (certificate, _) = der(certificate, 0x30)?;
     let (mut tbs, _) = der(certificate, 0x30)?;
@@ -384,31 +388,51 @@ pub fn subject_of(certificate: &[u8]) -> Option<String> {
     let rest = der(rest, 0x30)?.1; // issuer
     let rest = der(rest, 0x30)?.1; // validity
     let (mut names, _) = der(rest, 0x30)?; // subject
-    let mut parts = Vec::new();
+    let mut rdns = Vec::new();
     while !names.is_empty() {
-        let (set, next) = der(names, 0x31)?;
+        let (mut set, next) = der(names, 0x31)?;
         names = next;
-        let mut set = set;
+        let mut attributes = Vec::new();
         while !set.is_empty() {
             let (attribute, next) = der(set, 0x30)?;
             set = next;
-            let (oid, value) = der(attribute, 0x06)?;
-            let label = match oid {
-                [0x55, 0x04, 0x03] => "CN",
-                [0x55, 0x04, 0x06] => "C",
-                [0x55, 0x04, 0x07] => "L",
-                [0x55, 0x04, 0x08] => "ST",
-                [0x55, 0x04, 0x0a] => "O",
-                [0x55, 0x04, 0x0b] => "OU",
-                _ => continue,
-            };
-            let tag = *value.first()?;
-            let (text, _) = der(value, tag)?;
-            let text = match tag {
-                // UTF8String, PrintableString, IA5String, TeletexString
-                0x0c | 0x13 | 0x16 | 0x14 => std::str::from_utf8(text).ok()?.to_owned(),
-                _ => return None,
-            };
+            attributes.push(attribute_text(attribute)?);
+        }
+        if attributes.is_empty() {
+            return None;
+        }
+        rdns.push(attributes.join("+"));
+    }
+    (!rdns.is_empty()).then(|| rdns.join(","))
+}
+
+/// One `type=value` of a subject (see [`subject_of`]).
+fn attribute_text(attribute: &[u8]) -> Option<String> {
+    let (oid, value) = der(attribute, 0x06)?;
+    let label = match oid {
+        [0x55, 0x04, 0x03] => Some("CN"),
+        [0x55, 0x04, 0x06] => Some("C"),
+        [0x55, 0x04, 0x07] => Some("L"),
+        [0x55, 0x04, 0x08] => Some("ST"),
+        [0x55, 0x04, 0x09] => Some("STREET"),
+        [0x55, 0x04, 0x0a] => Some("O"),
+        [0x55, 0x04, 0x0b] => Some("OU"),
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19] => Some("DC"),
+        [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01] => Some("UID"),
+        _ => None,
+    };
+    let tag = *value.first()?;
+    let (content, after) = der(value, tag)?;
+    if !after.is_empty() {
+        return None;
+    }
+    let text = match tag {
+        // UTF8String, PrintableString, IA5String, TeletexString
+        0x0c | 0x13 | 0x16 | 0x14 => std::str::from_utf8(content).ok(),
+        _ => None,
+    };
+    match (label, text) {
+        (Some(label), Some(text)) => {
             let escaped: String = text
                 .chars()
                 .flat_map(|c| {
@@ -416,10 +440,46 @@ pub fn subject_of(certificate: &[u8]) -> Option<String> {
                     escape.then_some('\\').into_iter().chain([c])
                 })
                 .collect();
-            parts.push(format!("{label}={escaped}"));
+            Some(format!("{label}={escaped}"))
+        }
+        // Any other attribute, or a value in another string type.
+        _ => {
+            let hex: String = value.iter().map(|byte| format!("{byte:02x}")).collect();
+            Some(format!("{}=#{hex}", dotted_oid(oid)?))
         }
     }
-    (!parts.is_empty()).then(|| parts.join(","))
+}
+
+/// An OID's DER content as dotted decimal (`2.5.4.5`).
+fn dotted_oid(oid: &[u8]) -> Option<String> {
+    let mut arcs: Vec<u64> = Vec::new();
+    let mut arc: u64 = 0;
+    for (index, &byte) in oid.iter().enumerate() {
+        if arc > u64::MAX >> 7 {
+            return None;
+        }
+        arc = (arc << 7) | u64::from(byte & 0x7f);
+        if byte & 0x80 == 0 {
+            if arcs.is_empty() {
+                let first = (arc / 40).min(2);
+                arcs.extend([first, arc - first * 40]);
+            } else {
+                arcs.push(arc);
+            }
+            arc = 0;
+        } else if index + 1 == oid.len() {
+            return None; // cut off inside an arc
+        }
+    }
+    if arcs.is_empty() {
+        return None;
+    }
+    Some(
+        arcs.iter()
+            .map(u64::to_string)
+            .collect::<Vec<_>>()
+            .join("."),
+    )
 }
 
 /// One DER element of `tag` at the start of `input`: its content and what
@@ -486,6 +546,77 @@ mod tests {
             let _ = subject_of(&der[cut..]);
         }
         assert_eq!(subject_of(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+    }
+
+    /// A DER element: `tag`, a length, `content`.
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        if content.len() < 0x80 {
+            out.push(content.len() as u8);
+        } else {
+            out.extend([0x82, (content.len() >> 8) as u8, content.len() as u8]);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    /// A certificate skeleton around `subject` (the fields before it are
+    /// all `subject_of` reads).
+    fn with_subject(subject: &[u8]) -> Vec<u8> {
+        let mut tbs = tlv(0xa0, &tlv(0x02, &[2]));
+        tbs.extend(tlv(0x02, &[1]));
+        tbs.extend(tlv(0x30, &[]));
+        tbs.extend(tlv(0x30, &[]));
+        tbs.extend(tlv(0x30, &[]));
+        tbs.extend(tlv(0x30, subject));
+        tlv(0x30, &tlv(0x30, &tbs))
+    }
+
+    fn attribute(oid: &[u8], tag: u8, value: &str) -> Vec<u8> {
+        let mut content = tlv(0x06, oid);
+        content.extend(tlv(tag, value.as_bytes()));
+        tlv(0x30, &content)
+    }
+
+    #[test]
+    fn multi_valued_and_unnamed_attributes_keep_subjects_apart() {
+        const CN: &[u8] = &[0x55, 0x04, 0x03];
+        const OU: &[u8] = &[0x55, 0x04, 0x0b];
+        const SERIAL_NUMBER: &[u8] = &[0x55, 0x04, 0x05];
+        const EMAIL: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01];
+        // One RDN of two attributes, then another RDN.
+        let mut both = attribute(CN, 0x0c, "ops");
+        both.extend(attribute(OU, 0x0c, "pay"));
+        let mut subject = tlv(0x31, &both);
+        subject.extend(tlv(0x31, &attribute(OU, 0x0c, "eu")));
+        assert_eq!(
+            subject_of(&with_subject(&subject)).as_deref(),
+            Some("CN=ops+OU=pay,OU=eu")
+        );
+        // Attributes without a short name are kept, by OID and value:
+        // certificates that differ only there are different identities.
+        let named = |serial: &str| {
+            let mut subject = tlv(0x31, &attribute(CN, 0x0c, "ops"));
+            subject.extend(tlv(0x31, &attribute(SERIAL_NUMBER, 0x13, serial)));
+            subject_of(&with_subject(&subject)).unwrap()
+        };
+        assert_eq!(named("1"), "CN=ops,2.5.4.5=#130131");
+        assert_ne!(named("1"), named("2"));
+        let subject = tlv(0x31, &attribute(EMAIL, 0x16, "a@b"));
+        assert_eq!(
+            subject_of(&with_subject(&subject)).as_deref(),
+            Some("1.2.840.113549.1.9.1=#1603614062")
+        );
+        // A value that is not a string it reads: by its DER as well.
+        let subject = tlv(0x31, &attribute(CN, 0x1e, "\0a"));
+        assert_eq!(
+            subject_of(&with_subject(&subject)).as_deref(),
+            Some("2.5.4.3=#1e020061")
+        );
+        // An empty RDN, or an OID cut off inside an arc: no identity.
+        assert_eq!(subject_of(&with_subject(&tlv(0x31, &[]))), None);
+        let subject = tlv(0x31, &attribute(&[0x2a, 0x86], 0x0c, "x"));
+        assert_eq!(subject_of(&with_subject(&subject)), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 
 use tonic::Request;
 
+use super::forward::FORWARDED_BY;
 use crate::actors::CommandError;
 use crate::auth::{AuthError, Authenticator};
 use crate::domain::access::{Action, Denied, Grant, Role};
@@ -24,8 +25,41 @@ use crate::tls::TlsPeer;
 
 /// The metadata of the caller's credentials.
 pub const AUTHORIZATION: &str = "authorization";
-/// Set by a node that forwards a call: the identity of its caller.
+/// Set by a node that forwards a call: the identity of its caller,
+/// percent-encoded ([`encode_identity`]: a certificate subject may hold
+/// what a header value cannot).
 pub const ON_BEHALF_OF: &str = "payvisor-on-behalf-of";
+
+/// An identity as a header value: bytes outside printable ASCII, and `%`,
+/// as `%XX`.
+pub fn encode_identity(identity: &str) -> String {
+    let mut encoded = String::with_capacity(identity.len());
+    for &byte in identity.as_bytes() {
+        if (0x20..0x7f).contains(&byte) && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    encoded
+}
+
+/// The identity [`encode_identity`] encoded; `None` for anything else.
+pub fn decode_identity(encoded: &[u8]) -> Option<String> {
+    let mut bytes = Vec::with_capacity(encoded.len());
+    let mut rest = encoded;
+    while let Some((&byte, after)) = rest.split_first() {
+        if byte == b'%' {
+            let digits = std::str::from_utf8(after.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(digits, 16).ok()?);
+            rest = &after[2..];
+        } else {
+            bytes.push(byte);
+            rest = after;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
 
 /// What the edge does with a call, by its path.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -267,7 +301,12 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         match admit(&self.authenticator, &request) {
-            Ok(Some(caller)) => {
+            Ok(Some((caller, via_node))) => {
+                // Only a node's call may say it was forwarded (the mark
+                // stops a second hop); anyone else's mark is dropped.
+                if self.authenticator.required() && !via_node {
+                    request.headers_mut().remove(FORWARDED_BY);
+                }
                 request.extensions_mut().insert(caller);
                 Box::pin(self.inner.call(request))
             }
@@ -281,22 +320,23 @@ where
 }
 
 /// Decides on a call before any handler runs: `Ok(None)` for an open
-/// path, the proven [`Caller`], or the refusal.
+/// path, the proven [`Caller`] (and whether a node forwarded the call on
+/// its behalf), or the refusal.
 fn admit<B>(
     authenticator: &Authenticator,
     request: &http::Request<B>,
-) -> Result<Option<Caller>, CommandError> {
+) -> Result<Option<(Caller, bool)>, CommandError> {
     let path = request.uri().path();
     let action = match rule(path) {
         Some(Rule::Open) => return Ok(None),
         Some(Rule::Act(action)) => action,
         // An unknown method: the router answers UNIMPLEMENTED, unless a
         // method was added without a rule; then no one may call it.
-        None if !authenticator.required() => return Ok(Some(Caller::Anyone)),
+        None if !authenticator.required() => return Ok(Some((Caller::Anyone, false))),
         None => return Err(CommandError::PermissionDenied),
     };
     if !authenticator.required() {
-        return Ok(Some(Caller::Anyone));
+        return Ok(Some((Caller::Anyone, false)));
     }
     let header = request
         .headers()
@@ -332,7 +372,7 @@ fn admit<B>(
             return Err(CommandError::RateLimited { retry_after });
         }
     }
-    Ok(Some(Caller::Proven(grant)))
+    Ok(Some((Caller::Proven(grant), forwarded)))
 }
 
 /// A node's call on behalf of a caller becomes that caller's (and says
@@ -349,8 +389,11 @@ fn on_behalf_of<B>(
     match request.headers().get(ON_BEHALF_OF) {
         None => Ok((grant, false)),
         Some(identity) => {
-            let identity = identity.to_str().map_err(|_| AuthError::Malformed)?;
-            Ok((authenticator.on_behalf_of(identity)?, true))
+            let Some(identity) = decode_identity(identity.as_bytes()) else {
+                authenticator.failures.inc();
+                return Err(AuthError::Malformed);
+            };
+            Ok((authenticator.on_behalf_of(&identity)?, true))
         }
     }
 }
@@ -358,6 +401,22 @@ fn on_behalf_of<B>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identities_cross_as_header_values_and_back() {
+        for identity in ["key-1", "CN=Zoë,O=Acme\\, Inc.", "100%", "a\tb", ""] {
+            let encoded = encode_identity(identity);
+            assert!(http::HeaderValue::from_str(&encoded).is_ok(), "{encoded}");
+            assert_eq!(
+                decode_identity(encoded.as_bytes()).as_deref(),
+                Some(identity)
+            );
+        }
+        assert_eq!(encode_identity("Zoë%"), "Zo%C3%AB%25");
+        for bad in ["%", "%4", "%zz", "%C3"] {
+            assert_eq!(decode_identity(bad.as_bytes()), None, "{bad}");
+        }
+    }
 
     #[test]
     fn the_table_spells_every_path_once() {

@@ -12,7 +12,7 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
-use super::auth::{Caller, ON_BEHALF_OF};
+use super::auth::{encode_identity, Caller, ON_BEHALF_OF};
 use crate::actors::CommandError;
 use crate::cluster::{Cluster, Route};
 use crate::domain::AccountId;
@@ -122,7 +122,7 @@ fn outgoing<Req: Clone>(
         .get::<Caller>()
         .and_then(Caller::identity)
     {
-        let identity = MetadataValue::try_from(identity).map_err(|_| {
+        let identity = MetadataValue::try_from(encode_identity(identity)).map_err(|_| {
             CommandError::Internal("the caller's identity cannot be sent to a peer".into())
         })?;
         metadata.insert(ON_BEHALF_OF, identity);

@@ -1154,11 +1154,21 @@ async fn with_an_access_list_and_mutual_tls_every_node_acts_for_the_caller_and_n
         "sec-a",
     ]);
     let access = dir.path().join("access.json");
-    let list = serde_json::json!({ "keys": [node_entry, admin_entry, tenant_entry] });
+    // A person with a certificate whose subject is not ASCII: their
+    // identity crosses to the owner all the same.
+    let list = serde_json::json!({
+        "keys": [node_entry, admin_entry, tenant_entry],
+        "certificates": [{
+            "subject": "CN=Zoë Ødegård,O=payvisor",
+            "roles": ["gateway"],
+            "account_prefix": "sec-a",
+        }],
+    });
     std::fs::write(&access, list.to_string()).unwrap();
     // Every node serves mutual TLS with a certificate of the cluster's CA,
     // and calls its peers the same way.
     let ca = crate::common::certs::Authority::new(dir.path(), "cluster-ca");
+    let person = ca.client("Zoë Ødegård", "payvisor");
     let node_cert = ca.server("payvisor-node");
     let test_client = ca.client("cluster-test", "payvisor");
     let client_tls = tonic::transport::ClientTlsConfig::new()
@@ -1244,4 +1254,33 @@ async fn with_an_access_list_and_mutual_tls_every_node_acts_for_the_caller_and_n
     near.create_payment(keyed(create_request(&theirs, "sec-4", 700), &admin))
         .await
         .expect("the admin's call");
+    // A caller's own "already forwarded" mark is dropped: node 0 still
+    // takes the call to the owner instead of refusing it as misrouted.
+    let mut marked = keyed(create_request(&ours, "sec-5", 700), &tenant);
+    marked
+        .metadata_mut()
+        .insert("payvisor-forwarded-by", "node-x".parse().unwrap());
+    near.create_payment(marked)
+        .await
+        .expect("a caller's forwarded mark is ignored");
+    // The person's certificate subject goes to node 1 on their behalf.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            std::fs::read(&ca.cert).unwrap(),
+        ))
+        .identity(tonic::transport::Identity::from_pem(
+            std::fs::read(&person.cert).unwrap(),
+            std::fs::read(&person.key).unwrap(),
+        ));
+    let channel = Endpoint::from_shared(format!("https://{}", cluster.nodes[0].address))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect_lazy();
+    let created = PaymentServiceClient::new(channel)
+        .create_payment(create_request(&ours, "sec-6", 700))
+        .await
+        .expect("forwarded for a certificate subject that is not ASCII")
+        .into_inner();
+    assert!(created.name.starts_with(&format!("accounts/{ours}/")));
 }
