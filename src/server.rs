@@ -24,6 +24,7 @@ use crate::connectors::routing::{RoutedBank, Router};
 use crate::domain::payment::BankEvent;
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::cluster::{ClusterApi, PeerFeed};
+use crate::grpc::page_token::PageTokens;
 use crate::grpc::pb::cluster_service_server::ClusterServiceServer;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
 use crate::grpc::{pb, PaymentApi};
@@ -31,7 +32,7 @@ use crate::limits;
 use crate::metrics::NodeMetrics;
 use crate::random::SeededRandom;
 use crate::shutdown::{Shutdown, ShutdownTrigger, Tasks};
-use crate::store::Store;
+use crate::store::{schema, Store};
 use crate::tls::ServerTls;
 use crate::webhooks::HttpWebhookSink;
 use std::collections::HashMap;
@@ -550,7 +551,13 @@ async fn serve_grpc(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let mut api = PaymentApi::new(node.orchestrator.clone(), trigger.subscribe());
+    let page_token_key =
+        schema::page_token_key(node.store.as_ref(), crate::grpc::page_token::fresh_key()).await?;
+    let mut api = PaymentApi::new(
+        node.orchestrator.clone(),
+        trigger.subscribe(),
+        PageTokens::new(&page_token_key),
+    );
     if let (Some(cluster), Some(peers)) = (&node.cluster, &node.peers) {
         api = api.in_cluster(Arc::clone(cluster), peers.clone());
     }

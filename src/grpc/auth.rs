@@ -16,7 +16,6 @@ use std::task::{Context, Poll};
 
 use tonic::Request;
 
-use super::forward::FORWARDED_BY;
 use crate::actors::CommandError;
 use crate::auth::{AuthError, Authenticator};
 use crate::domain::access::{Action, Denied, Grant, Role};
@@ -29,6 +28,9 @@ pub const AUTHORIZATION: &str = "authorization";
 /// percent-encoded ([`encode_identity`]: a certificate subject may hold
 /// what a header value cannot).
 pub const ON_BEHALF_OF: &str = "payvisor-on-behalf-of";
+/// Metadata that marks a call forwarded by a peer, with the peer's id
+/// (honoured only from a node).
+pub const FORWARDED_BY: &str = "payvisor-forwarded-by";
 
 /// An identity as a header value: bytes outside printable ASCII, and `%`,
 /// as `%XX`.
@@ -208,6 +210,14 @@ impl Caller {
         match self {
             Caller::Anyone => true,
             Caller::Proven(grant) => grant.sees(account),
+        }
+    }
+
+    /// Whether the caller's scope is every account.
+    pub fn sees_every_account(&self) -> bool {
+        match self {
+            Caller::Anyone => true,
+            Caller::Proven(grant) => grant.scope == crate::domain::access::AccountScope::Every,
         }
     }
 

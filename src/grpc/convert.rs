@@ -19,7 +19,7 @@ use crate::domain::{
     parse_account_name, parse_payment_name, Currency, Money, PaymentId, RequestId, Timestamp,
 };
 use crate::limits;
-use crate::store::schema::{DeliveryState, EventRecord, IndexPosition};
+use crate::store::schema::{DeliveryState, EventRecord};
 use crate::watchdog::AlertEvent;
 
 /// Accumulates field violations.
@@ -566,42 +566,6 @@ pub fn fail_reason(reason: String) -> Result<OperatorAction, FieldViolation> {
         )));
     }
     Ok(OperatorAction::Fail { reason })
-}
-
-/// Stalled-list tokens: `s1.` and the store's index position.
-pub fn encode_stalled_token(position: &IndexPosition) -> String {
-    format!("s1.{}", position.as_str())
-}
-
-pub fn decode_stalled_token(token: &str) -> Result<Option<IndexPosition>, CommandError> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    // Checked here so a forged token is the client's error, not a store
-    // fault.
-    token
-        .strip_prefix("s1.")
-        .and_then(IndexPosition::parse)
-        .map(Some)
-        .ok_or_else(|| {
-            CommandError::invalid("page_token", "not a token returned by ListStalledPayments")
-        })
-}
-
-/// Review-queue tokens: `r1.` and the store's index position.
-pub fn encode_review_token(position: &IndexPosition) -> String {
-    format!("r1.{}", position.as_str())
-}
-
-pub fn decode_review_token(token: &str) -> Result<Option<IndexPosition>, CommandError> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    token
-        .strip_prefix("r1.")
-        .and_then(IndexPosition::parse)
-        .map(Some)
-        .ok_or_else(|| CommandError::invalid("page_token", "not a token returned by ListPayments"))
 }
 
 pub fn alert_to_pb(event: &AlertEvent) -> pb::Alert {

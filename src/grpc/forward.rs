@@ -12,14 +12,11 @@ use tonic::metadata::{MetadataMap, MetadataValue};
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
-use super::auth::{encode_identity, Caller, ON_BEHALF_OF};
+use super::auth::{encode_identity, Caller, FORWARDED_BY, ON_BEHALF_OF};
 use crate::actors::CommandError;
 use crate::cluster::{Cluster, Route};
 use crate::domain::AccountId;
 use crate::limits;
-
-/// Metadata that marks a call forwarded by a peer, with the peer's id.
-pub const FORWARDED_BY: &str = "payvisor-forwarded-by";
 
 /// Headers of the transport, not of the call: never copied to the
 /// forwarded call (the client sets its own).

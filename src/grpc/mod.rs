@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod convert;
 pub mod error;
 pub mod forward;
+pub mod page_token;
 
 use std::pin::Pin;
 
@@ -22,6 +23,7 @@ use crate::domain::{parse_account_name, parse_payment_name};
 use crate::limits;
 use crate::shutdown::Shutdown;
 use crate::store::schema::FeedPosition;
+use page_token::{Listing, PageTokens};
 
 /// Generated protobuf and gRPC code for `payvisor.v1`.
 pub mod pb {
@@ -73,15 +75,22 @@ pub struct PaymentApi {
     /// On a cluster member: what its peers decide, live (the watch streams
     /// merge it with this node's own).
     peers: Option<cluster::PeerFeed>,
+    /// Seals the tokens of the listings across accounts.
+    page_tokens: std::sync::Arc<PageTokens>,
 }
 
 impl PaymentApi {
-    pub fn new(orchestrator: Orchestrator, shutdown: Shutdown) -> PaymentApi {
+    pub fn new(
+        orchestrator: Orchestrator,
+        shutdown: Shutdown,
+        page_tokens: PageTokens,
+    ) -> PaymentApi {
         PaymentApi {
             orchestrator,
             shutdown,
             cluster: None,
             peers: None,
+            page_tokens: std::sync::Arc::new(page_tokens),
         }
     }
 
@@ -187,13 +196,16 @@ impl PaymentService for PaymentApi {
             if !caller.allows(Action::ListReviewQueue) {
                 return Err(CommandError::PermissionDenied.into());
             }
-            let position = convert::decode_review_token(&request.page_token)?;
+            let position = self
+                .page_tokens
+                .open(Listing::ReviewQueue, &request.page_token)?;
             let (payments, next) = self
                 .orchestrator
                 .list_in_review(position.as_ref(), page_size)
                 .await?;
             // A scoped reviewer sees its accounts' part of the queue (a
-            // page may come back short; the token goes on all the same).
+            // page may come back short; the sealed token goes on all the
+            // same, without naming what it skipped).
             return Ok(Response::new(pb::ListPaymentsResponse {
                 payments: payments
                     .iter()
@@ -201,8 +213,7 @@ impl PaymentService for PaymentApi {
                     .map(convert::payment_to_pb)
                     .collect(),
                 next_page_token: next
-                    .as_ref()
-                    .map(convert::encode_review_token)
+                    .map(|next| self.page_tokens.seal(Listing::ReviewQueue, &next))
                     .unwrap_or_default(),
             }));
         }
@@ -294,7 +305,9 @@ impl PaymentService for PaymentApi {
         let caller = auth::caller(&request)?;
         let request = request.into_inner();
         let page_size = convert::page_size(request.page_size)?;
-        let position = convert::decode_stalled_token(&request.page_token)?;
+        let position = self
+            .page_tokens
+            .open(Listing::Stalled, &request.page_token)?;
         let (payments, next) = self
             .orchestrator
             .list_stalled(position.as_ref(), page_size)
@@ -306,8 +319,7 @@ impl PaymentService for PaymentApi {
                 .map(convert::payment_to_pb)
                 .collect(),
             next_page_token: next
-                .as_ref()
-                .map(convert::encode_stalled_token)
+                .map(|next| self.page_tokens.seal(Listing::Stalled, &next))
                 .unwrap_or_default(),
         }))
     }
@@ -349,7 +361,12 @@ impl PaymentService for PaymentApi {
                 if !caller.sees_name(&alert.payment) {
                     continue;
                 }
-                alert.missed = std::mem::take(&mut missed);
+                let missed = std::mem::take(&mut missed);
+                alert.missed = if caller.sees_every_account() {
+                    missed
+                } else {
+                    missed.min(1)
+                };
                 if sender.send(Ok(alert)).await.is_err() {
                     return; // the client went away
                 }

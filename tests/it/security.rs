@@ -490,6 +490,137 @@ async fn a_key_scoped_to_one_account_cannot_reach_or_learn_of_another() {
     }
 }
 
+/// Every page of the review queue as `key` sees it, `page_size` at a
+/// time, with the tokens that led there.
+async fn review_queue(
+    client: &mut PaymentServiceClient<Channel>,
+    key: &str,
+    page_size: i32,
+) -> (Vec<String>, Vec<String>) {
+    let (mut names, mut tokens) = (Vec::new(), Vec::new());
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_payments(with_key(
+                pb::ListPaymentsRequest {
+                    parent: "accounts/-".into(),
+                    state: pb::payment::State::InReview as i32,
+                    page_size,
+                    page_token: page_token.clone(),
+                },
+                key,
+            ))
+            .await
+            .expect("a page of the review queue")
+            .into_inner();
+        names.extend(page.payments.into_iter().map(|payment| payment.name));
+        if page.next_page_token.is_empty() {
+            return (names, tokens);
+        }
+        page_token = page.next_page_token;
+        tokens.push(page_token.clone());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_reviewer_pages_the_queue_without_learning_of_other_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = keys(dir.path());
+    let rules = dir.path().join("rules.json");
+    std::fs::write(
+        &rules,
+        serde_json::json!({
+            "version": "v1",
+            "rules": [{"name": "big", "kind": "amount_above", "currency": "USD", "minor_units": 10_000, "action": "review"}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let server = Server::start(&[
+        "--auth",
+        keys.file.to_str().unwrap(),
+        "--rules",
+        rules.to_str().unwrap(),
+    ]);
+    let mut client = server.client().await;
+    let admin = keys.key("admin");
+    let mut acme = BTreeSet::new();
+    for (account, request_id) in [
+        ("globex", "q-secret-1"),
+        ("acme", "q-1"),
+        ("globex", "q-secret-2"),
+        ("globex", "q-secret-3"),
+        ("acme", "q-2"),
+        ("globex", "q-secret-4"),
+    ] {
+        let payment = client
+            .create_payment(with_key(create_request(account, request_id, 50_000), admin))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(payment.state, pb::payment::State::InReview as i32);
+        if account == "acme" {
+            acme.insert(payment.name);
+        }
+    }
+    // The whole queue, for a reviewer of every account.
+    let (everyone, _) = review_queue(&mut client, keys.key("reviewer"), 1).await;
+    assert_eq!(everyone.len(), 6, "{everyone:?}");
+    let globex_ids: Vec<String> = everyone
+        .iter()
+        .filter(|name| !acme.contains(*name))
+        .map(|name| name.rsplit('/').next().unwrap().to_owned())
+        .collect();
+    // A reviewer of acme: acme's part of the queue, and tokens that name
+    // nothing of globex's (they used to hold the index position of the
+    // last payment read, whoever's it was).
+    let (seen, tokens) = review_queue(&mut client, keys.key("reviewer-acme"), 1).await;
+    assert_eq!(seen.iter().cloned().collect::<BTreeSet<_>>(), acme);
+    assert!(tokens.len() >= 4, "the queue was paged through: {tokens:?}");
+    for token in &tokens {
+        assert!(!token.contains("globex"), "{token}");
+        for id in &globex_ids {
+            assert!(!token.contains(id.as_str()), "{token} names {id}");
+        }
+    }
+    // An altered token is the client's error.
+    let mut altered = tokens[0].clone().into_bytes();
+    let last = altered.len() - 1;
+    altered[last] = if altered[last] == b'0' { b'1' } else { b'0' };
+    let refused = client
+        .list_payments(with_key(
+            pb::ListPaymentsRequest {
+                parent: "accounts/-".into(),
+                state: pb::payment::State::InReview as i32,
+                page_size: 1,
+                page_token: String::from_utf8(altered).unwrap(),
+            },
+            keys.key("reviewer-acme"),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    // A token survives a restart: the key it is sealed with is the store's.
+    let mut server = server;
+    assert!(server.terminate_async().await.success());
+    server.restart();
+    let mut client = server.client().await;
+    let rest = client
+        .list_payments(with_key(
+            pb::ListPaymentsRequest {
+                parent: "accounts/-".into(),
+                state: pb::payment::State::InReview as i32,
+                page_size: 10,
+                page_token: tokens[0].clone(),
+            },
+            keys.key("reviewer"),
+        ))
+        .await
+        .expect("a token from before the restart")
+        .into_inner();
+    assert_eq!(rest.payments.len(), 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_changed_access_list_takes_effect_within_seconds_and_a_bad_one_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();

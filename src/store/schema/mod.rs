@@ -14,6 +14,7 @@
 //! | inbox       | `A#{acct}#{shard}`  | `X#{bank}#{message id}` | –                                     |
 //! | outbox      | `A#{acct}#{shard}`  | `O#{payment}#{n:06}` | `OUTBOX#nn` / `{created:013}/{acct}/{payment}/{n:06}` until acknowledged |
 //! | audit       | `A#{acct}#{shard}`  | `U#{at:013}#{payment}#{version:010}` | – (an account's range by time) |
+//! | secret      | `SECRETS`           | `PAGE_TOKEN_KEY` | – (written once, by the first node)                 |
 //!
 //! **Events.** The events of one decision are one item, written with the
 //! decision (the event outbox); with them, the state of their delivery to
@@ -57,6 +58,7 @@ mod movement;
 mod outbox;
 mod payment;
 mod records;
+mod secrets;
 
 pub use account::*;
 pub use alert::*;
@@ -68,6 +70,7 @@ pub use inbox::*;
 pub use movement::*;
 pub use outbox::*;
 pub use payment::*;
+pub use secrets::*;
 
 use serde::{Deserialize, Serialize};
 

@@ -38,6 +38,7 @@ mod inbox;
 mod movement;
 mod outbox;
 mod payment;
+mod secrets;
 
 #[cfg(test)]
 pub(super) mod fixtures;

@@ -1,0 +1,76 @@
+//! Secrets the nodes of one store share: created once, by the first node
+//! that needs one, and read by every later one (strongly consistent), so
+//! what one node seals another opens.
+
+use super::*;
+
+const SECRETS_PARTITION: &str = "SECRETS";
+const PAGE_TOKEN_KEY_SK: &str = "PAGE_TOKEN_KEY";
+
+/// The key that seals cross-account page tokens (see
+/// `crate::grpc::page_token`): 32 random bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PageTokenKey(pub [u8; 32]);
+
+impl std::fmt::Debug for PageTokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PageTokenKey(…)")
+    }
+}
+
+fn page_token_key_key() -> Key {
+    Key::new(SECRETS_PARTITION, PAGE_TOKEN_KEY_SK)
+}
+
+/// The store's page-token key: `fresh` if no node has recorded one yet
+/// (the caller draws it: the schema reads no randomness), else the one
+/// recorded.
+pub async fn page_token_key(
+    store: &dyn Store,
+    fresh: PageTokenKey,
+) -> Result<PageTokenKey, StoreError> {
+    if let Some(item) = store.get(page_token_key_key()).await? {
+        return decode(&item);
+    }
+    let put = WriteOp::Put {
+        item: Item {
+            key: page_token_key_key(),
+            version: 1,
+            body: encode(&fresh),
+            index: None,
+        },
+        condition: Condition::NotExists,
+    };
+    match store.transact(vec![put]).await {
+        Ok(()) => Ok(fresh),
+        Err(StoreError::ConditionFailed { .. }) => {
+            let item = store.get(page_token_key_key()).await?.ok_or_else(|| {
+                StoreError::Corrupt("the page token key vanished after being written".into())
+            })?;
+            decode(&item)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    #[tokio::test]
+    async fn the_first_key_recorded_is_every_later_callers() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let first = page_token_key(&store, PageTokenKey([1; 32])).await.unwrap();
+        assert_eq!(first, PageTokenKey([1; 32]));
+        let later = page_token_key(&store, PageTokenKey([2; 32])).await.unwrap();
+        assert_eq!(later, first);
+        // Reopened: the same key, and its Debug shows none of it.
+        drop(store);
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let reopened = page_token_key(&store, PageTokenKey([3; 32])).await.unwrap();
+        assert_eq!(reopened, first);
+        assert_eq!(format!("{reopened:?}"), "PageTokenKey(…)");
+    }
+}
