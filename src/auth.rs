@@ -166,6 +166,15 @@ impl RateLimiter {
     }
 }
 
+/// What the access list says of one identity: its grant and, for a key,
+/// the hash of its secret (so a secret replaced under the same id is a
+/// change too).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Entry {
+    secret_sha256: Option<[u8; 32]>,
+    pub grant: Grant,
+}
+
 /// Checks credentials against the access list in force. Without an
 /// access list (a development server on loopback) there is nothing to
 /// check: see [`Authenticator::required`].
@@ -286,17 +295,34 @@ impl Authenticator {
     }
 
     fn verify_on_behalf_of(&self, identity: &str) -> Result<Grant, AuthError> {
-        let access = self.access.as_ref().ok_or(AuthError::Invalid)?.current();
-        let grant = access
-            .keys
-            .get(identity)
-            .map(|(_, grant)| grant)
-            .or_else(|| access.certificates.get(identity))
-            .ok_or(AuthError::Invalid)?;
-        if grant.expired(self.clock.now()) {
+        let entry = self.entry_of(identity).ok_or(AuthError::Invalid)?;
+        if entry.grant.expired(self.clock.now()) {
             return Err(AuthError::Expired);
         }
-        Ok(grant.clone())
+        Ok(entry.grant)
+    }
+
+    /// The access list's entry for `identity` (a key id, else a
+    /// certificate subject) as it stands now.
+    pub fn entry_of(&self, identity: &str) -> Option<Entry> {
+        let access = self.access.as_ref()?.current();
+        match access.keys.get(identity) {
+            Some((secret_sha256, grant)) => Some(Entry {
+                secret_sha256: Some(*secret_sha256),
+                grant: grant.clone(),
+            }),
+            None => access.certificates.get(identity).map(|grant| Entry {
+                secret_sha256: None,
+                grant: grant.clone(),
+            }),
+        }
+    }
+
+    /// Whether `entry`, taken when a stream opened, still stands: the
+    /// identity is in the list with the same secret and grant, unexpired.
+    pub fn still_stands(&self, entry: &Entry) -> bool {
+        self.entry_of(&entry.grant.identity)
+            .is_some_and(|now| now == *entry && !now.grant.expired(self.clock.now()))
     }
 }
 
@@ -364,6 +390,47 @@ mod tests {
         assert_eq!(late.on_behalf_of("gw-1"), Err(AuthError::Expired));
         assert_eq!(auth.on_behalf_of("gw-1").unwrap().identity, "gw-1");
         assert_eq!(auth.on_behalf_of("nobody"), Err(AuthError::Invalid));
+    }
+
+    #[test]
+    fn an_entry_stands_while_its_secret_grant_and_time_do() {
+        let entry = |secret: char, roles: &str, expires: &str| {
+            format!(
+                r#"{{"keys": [{{"id": "gw-1", "secret_sha256": "{}", "roles": [{roles}], "expires": "{expires}"}}],
+                    "certificates": [{{"subject": "CN=ops", "roles": ["oncall"]}}]}}"#,
+                secret.to_string().repeat(64)
+            )
+        };
+        let now = "2026-12-01T00:00:00Z";
+        let opened = authenticator(&entry('a', r#""gateway""#, "2027-01-01T00:00:00Z"), now);
+        let key = opened.entry_of("gw-1").unwrap();
+        let certificate = opened.entry_of("CN=ops").unwrap();
+        assert_eq!(opened.entry_of("nobody"), None);
+        assert!(opened.still_stands(&key) && opened.still_stands(&certificate));
+        for (changed, at) in [
+            // Its secret replaced under the same id.
+            (entry('b', r#""gateway""#, "2027-01-01T00:00:00Z"), now),
+            // A role more or less.
+            (
+                entry('a', r#""gateway","support""#, "2027-01-01T00:00:00Z"),
+                now,
+            ),
+            // Expired since.
+            (
+                entry('a', r#""gateway""#, "2027-01-01T00:00:00Z"),
+                "2027-01-01T00:00:00Z",
+            ),
+            // Removed.
+            (r#"{"keys": []}"#.to_owned(), now),
+        ] {
+            assert!(
+                !authenticator(&changed, at).still_stands(&key),
+                "{changed} at {at}"
+            );
+        }
+        // The certificate's entry is untouched by the key's changes.
+        let later = authenticator(&entry('b', r#""gateway""#, "2027-01-01T00:00:00Z"), now);
+        assert!(later.still_stands(&certificate));
     }
 
     #[test]

@@ -332,6 +332,11 @@ pub const AUTH_HEADER_BYTES_MAX: usize = 512;
 /// How often the access list is checked for changes: a removed key stops
 /// working within this (the acceptance bound is "within seconds").
 pub const AUTH_RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// How often an open stream (`WatchPaymentEvents`, `WatchAlerts`,
+/// `WatchNodeEvents`) checks that its caller's entry in the access list is
+/// still there, unchanged and unexpired: a withdrawn key stops receiving
+/// within the reload period and this (a map lookup per stream each time).
+pub const STREAM_ACCESS_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of a PEM file (certificate chain, key, CA bundle): a chain of a
 /// few certificates is a few KB; a CA bundle of the system's size ~200 KB.
 pub const TLS_FILE_BYTES_MAX: usize = 1024 * 1024;

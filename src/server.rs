@@ -558,18 +558,25 @@ async fn serve_grpc(
         trigger.subscribe(),
         PageTokens::new(&page_token_key),
     );
+    if edge.authenticator.required() {
+        api = api.with_authenticator(Arc::clone(&edge.authenticator));
+    }
     if let (Some(cluster), Some(peers)) = (&node.cluster, &node.peers) {
         api = api.in_cluster(Arc::clone(cluster), peers.clone());
     }
     let payments =
         PaymentServiceServer::new(api).max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
-    let cluster = ClusterServiceServer::new(ClusterApi::new(
+    let mut cluster_api = ClusterApi::new(
         node.orchestrator.clone(),
         node.cluster.clone(),
         callbacks,
         trigger.subscribe(),
-    ))
-    .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
+    );
+    if edge.authenticator.required() {
+        cluster_api = cluster_api.with_authenticator(Arc::clone(&edge.authenticator));
+    }
+    let cluster = ClusterServiceServer::new(cluster_api)
+        .max_decoding_message_size(limits::GRPC_MESSAGE_BYTES_MAX);
     let local = listener.local_addr()?;
     let router = tonic::transport::Server::builder()
         .timeout(limits::GRPC_REQUEST_TIMEOUT)

@@ -234,6 +234,33 @@ impl Caller {
     }
 }
 
+/// Completes when `caller`'s access, as it stood when a stream opened,
+/// is withdrawn: its entry in the access list removed, changed (roles,
+/// scope, secret) or expired. Never, for a caller of a server without an
+/// access list. The stream then ends with the error returned, and the
+/// client subscribes again under what the list grants now.
+pub async fn withdrawn(authenticator: Option<Arc<Authenticator>>, caller: Caller) -> CommandError {
+    let (Some(authenticator), Caller::Proven(grant)) = (authenticator, caller) else {
+        return std::future::pending().await;
+    };
+    let opened = authenticator
+        .entry_of(&grant.identity)
+        .filter(|entry| entry.grant == grant);
+    loop {
+        if !opened
+            .as_ref()
+            .is_some_and(|entry| authenticator.still_stands(entry))
+        {
+            tracing::info!(identity = %grant.identity, "stream ended: its access was withdrawn or changed");
+            return CommandError::Unauthenticated(
+                "this stream's access was withdrawn or changed in the access list; subscribe again"
+                    .into(),
+            );
+        }
+        tokio::time::sleep(crate::limits::STREAM_ACCESS_CHECK_EVERY).await;
+    }
+}
+
 /// The caller of `request`, as the edge proved it. Missing only where the
 /// layer is not in front of the service: refused (fail closed).
 pub fn caller<T>(request: &Request<T>) -> Result<Caller, CommandError> {

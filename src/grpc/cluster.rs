@@ -45,6 +45,9 @@ pub struct ClusterApi {
     callbacks: Option<Arc<CallbackEndpoint>>,
     shutdown: Shutdown,
     node: String,
+    /// With an access list: `WatchNodeEvents` ends when the node key it
+    /// was opened with is withdrawn.
+    authenticator: Option<Arc<crate::auth::Authenticator>>,
 }
 
 impl ClusterApi {
@@ -64,7 +67,17 @@ impl ClusterApi {
             callbacks,
             shutdown,
             node,
+            authenticator: None,
         }
+    }
+
+    /// Checking open streams' callers against `authenticator`'s list.
+    pub fn with_authenticator(
+        mut self,
+        authenticator: Arc<crate::auth::Authenticator>,
+    ) -> ClusterApi {
+        self.authenticator = Some(authenticator);
+        self
     }
 }
 
@@ -147,16 +160,23 @@ impl ClusterService for ClusterApi {
 
     async fn watch_node_events(
         &self,
-        _request: Request<pb::WatchNodeEventsRequest>,
+        request: Request<pb::WatchNodeEventsRequest>,
     ) -> Result<Response<Self::WatchNodeEventsStream>, Status> {
+        let caller = super::auth::caller(&request)?;
         let mut events = self.orchestrator.subscribe_events();
         let mut alerts = self.orchestrator.subscribe_alerts();
         let (sender, receiver) = tokio::sync::mpsc::channel(limits::ALERT_STREAM_BUFFER);
         let stopping = self.shutdown.clone();
+        let withdrawn = super::auth::withdrawn(self.authenticator.clone(), caller);
         tokio::spawn(async move {
+            tokio::pin!(withdrawn);
             loop {
                 let kind = tokio::select! {
                     () = stopping.signalled() => return,
+                    error = &mut withdrawn => {
+                        let _ = sender.try_send(Err(error.into()));
+                        return;
+                    }
                     event = events.recv() => match event {
                         Ok(event) => pb::node_event::Kind::PaymentEvent(convert::event_to_pb(&event, None)),
                         // The follower cannot be told what it missed: its

@@ -77,6 +77,9 @@ pub struct PaymentApi {
     peers: Option<cluster::PeerFeed>,
     /// Seals the tokens of the listings across accounts.
     page_tokens: std::sync::Arc<PageTokens>,
+    /// With an access list: open streams end when their caller's access
+    /// is withdrawn.
+    authenticator: Option<std::sync::Arc<crate::auth::Authenticator>>,
 }
 
 impl PaymentApi {
@@ -91,7 +94,17 @@ impl PaymentApi {
             cluster: None,
             peers: None,
             page_tokens: std::sync::Arc::new(page_tokens),
+            authenticator: None,
         }
+    }
+
+    /// Checking open streams' callers against `authenticator`'s list.
+    pub fn with_authenticator(
+        mut self,
+        authenticator: std::sync::Arc<crate::auth::Authenticator>,
+    ) -> PaymentApi {
+        self.authenticator = Some(authenticator);
+        self
     }
 
     /// As a member of `cluster`, following its peers' live feeds in `peers`.
@@ -109,12 +122,14 @@ impl PaymentApi {
         self.peers.as_ref().map(|peers| peers.subscribe())
     }
 
-    /// Runs the task that fills a live stream through `sender` until it
-    /// ends or the node shuts down; then the stream ends with UNAVAILABLE,
+    /// Runs the task that fills `caller`'s live stream through `sender`
+    /// until it ends, the caller's access is withdrawn (UNAUTHENTICATED) or
+    /// the node shuts down; then the stream ends with UNAVAILABLE,
     /// which tells the client to subscribe again (elsewhere, or here after
     /// the restart; `WatchPaymentEvents` resumes after its last event).
     fn spawn_feed<T, F>(
         &self,
+        caller: &auth::Caller,
         sender: tokio::sync::mpsc::Sender<Result<T, Status>>,
         feed: impl FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> F,
     ) where
@@ -123,9 +138,13 @@ impl PaymentApi {
     {
         let feed = feed(sender.clone());
         let shutdown = self.shutdown.signalled();
+        let withdrawn = auth::withdrawn(self.authenticator.clone(), caller.clone());
         tokio::spawn(async move {
             tokio::select! {
                 () = feed => {}
+                error = withdrawn => {
+                    let _ = sender.try_send(Err(error.into()));
+                }
                 () = shutdown => {
                     let stopping = CommandError::Unavailable("the server is shutting down; subscribe again".into());
                     // A full stream just ends: the client reads no error,
@@ -334,7 +353,7 @@ impl PaymentService for PaymentApi {
         let mut alerts = self.orchestrator.subscribe_alerts();
         let mut peers = self.subscribe_peers();
         let (sender, receiver) = tokio::sync::mpsc::channel(limits::ALERT_STREAM_BUFFER);
-        self.spawn_feed(sender, |sender| async move {
+        self.spawn_feed(&caller.clone(), sender, |sender| async move {
             let mut missed = 0;
             loop {
                 let mut alert = tokio::select! {
@@ -518,7 +537,7 @@ impl PaymentService for PaymentApi {
         let overlap = limits::EVENT_REPLAY_OVERLAP.as_millis() as i64;
         let orchestrator = self.orchestrator.clone();
         let (sender, receiver) = tokio::sync::mpsc::channel(limits::ALERT_STREAM_BUFFER);
-        self.spawn_feed(sender, |sender| async move {
+        self.spawn_feed(&caller.clone(), sender, |sender| async move {
             let mut replayed = std::collections::HashSet::new();
             if let Some((at, payment, seq)) = resume {
                 let mut position = FeedPosition::before(at.plus_millis(-overlap));

@@ -658,6 +658,31 @@ async fn a_changed_access_list_takes_effect_within_seconds_and_a_bad_one_changes
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Streams opened by the key about to be removed, and by one that stays.
+    let mut events = client
+        .watch_payment_events(with_key(
+            pb::WatchPaymentEventsRequest::default(),
+            keys.key("admin"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut alerts = client
+        .watch_alerts(with_key(
+            pb::WatchAlertsRequest::default(),
+            keys.key("admin"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut staying = client
+        .watch_alerts(with_key(
+            pb::WatchAlertsRequest::default(),
+            keys.key("oncall"),
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     // Removed: refused within seconds.
     keys.write(|id| id == "oncall");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -668,6 +693,23 @@ async fn a_changed_access_list_takes_effect_within_seconds_and_a_bad_one_changes
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // Its open streams end too, told why; the other key's goes on.
+    let ended = tokio::time::timeout(Duration::from_secs(10), events.message())
+        .await
+        .expect("the removed key's event stream ended within seconds")
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    let ended = tokio::time::timeout(Duration::from_secs(10), alerts.message())
+        .await
+        .expect("the removed key's alert stream ended within seconds")
+        .unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), staying.message())
+            .await
+            .is_err(),
+        "the remaining key's stream goes on, waiting for alerts"
+    );
     // A bad file is refused, with its problems; the keys in force stay.
     std::fs::write(
         &keys.file,
