@@ -604,15 +604,17 @@ impl Orchestrator {
         Ok(records.into_iter().map(|record| record.value).collect())
     }
 
-    /// An operator re-sends an event to one endpoint or all.
+    /// An operator (`actor`, when identified) re-sends an event to one
+    /// endpoint or all.
     pub async fn resend_event(
         &self,
         event: &str,
         endpoint: Option<&str>,
+        actor: Option<&str>,
     ) -> Result<schema::EventRecord, CommandError> {
         self.shared
             .webhooks
-            .resend(event, endpoint)
+            .resend(event, endpoint, actor)
             .await
             .map_err(|error| match error {
                 ResendError::BadName(why) => CommandError::invalid("name", why),

@@ -230,6 +230,7 @@ pub fn audit_records(as_json: bool, records: &[pb::AuditRecord]) {
                     "actor": record.actor,
                     "causes": record.causes,
                     "state": state_name(record.state),
+                    "event": record.event,
                 })
             })
             .collect();
@@ -247,7 +248,10 @@ pub fn audit_records(as_json: bool, records: &[pb::AuditRecord]) {
             record.actor,
             record.payment,
             state_name(record.state),
-            record.causes.join(", ")
+            match record.event.rsplit_once("/events/") {
+                Some((_, seq)) => format!("{} (event {seq})", record.causes.join(", ")),
+                None => record.causes.join(", "),
+            }
         );
     }
 }

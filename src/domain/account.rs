@@ -91,6 +91,9 @@ pub struct Delivery {
     pub retry_until: Timestamp,
     pub last_error: Option<String>,
     pub last_attempt_at: Option<Timestamp>,
+    /// Who last re-sent the delivery (`ResendPaymentEvent`), when an
+    /// identified caller did.
+    pub resent_by: Option<String>,
 }
 
 impl EventRecord {
@@ -191,12 +194,16 @@ pub struct AuditRecord {
     /// The key id or certificate subject.
     pub actor: String,
     /// The causes of the history entries it made (`refund_r1_requested`,
-    /// `review`, `operator_retry`, `operator_fail`, …).
+    /// `review_approved`, `operator_retry`, `operator_failed`, …), or
+    /// `event_resent`.
     pub causes: Vec<String>,
     /// The payment's state after it.
     pub state: PaymentState,
-    /// The payment's version it wrote (tells two actions apart).
+    /// The payment's version it wrote (tells two actions apart); for a
+    /// re-sent event, the payment's version when it was re-sent.
     pub version: u64,
+    /// For a re-sent event (cause `event_resent`): its sequence number.
+    pub event: Option<u64>,
 }
 
 impl StagedDecision {
@@ -289,6 +296,7 @@ impl AccountBook {
                     retry_until: now.plus_millis(context.webhook_retry_for_millis),
                     last_error: None,
                     last_attempt_at: None,
+                    resent_by: None,
                 })
                 .collect(),
         });
@@ -299,6 +307,7 @@ impl AccountBook {
             actor,
             state: decision.payment.state,
             version: base_version.unwrap_or(0) + 1,
+            event: None,
         });
         Ok(StagedDecision {
             decision,

@@ -267,6 +267,10 @@ pub fn audit_record_to_pb(record: &crate::domain::account::AuditRecord) -> pb::A
         actor: record.actor.clone(),
         causes: record.causes.clone(),
         state: state_to_pb(record.state) as i32,
+        event: record
+            .event
+            .map(|seq| format!("{}/events/{seq}", record.payment))
+            .unwrap_or_default(),
     }
 }
 
@@ -501,6 +505,7 @@ pub fn event_to_pb(event: &PaymentEvent, record: Option<&EventRecord>) -> pb::Pa
                         .then(|| timestamp(delivery.next_attempt_at)),
                     last_attempt_time: delivery.last_attempt_at.map(timestamp),
                     retry_until: Some(timestamp(delivery.retry_until)),
+                    resent_by: delivery.resent_by.clone().unwrap_or_default(),
                 }
             })
             .collect();

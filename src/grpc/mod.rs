@@ -455,13 +455,13 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::PaymentEvent>, Status> {
         let (payment, seq) = parse_event_name(&request.get_ref().name)
             .map_err(|error| invalid_name("name", error))?;
-        auth::authorize(&request, Action::ResendPaymentEvent, &payment.account)?;
+        let caller = auth::authorize(&request, Action::ResendPaymentEvent, &payment.account)?;
         // Its owner's dispatcher delivers it at once.
         let request = route!(self, &payment.account, request, resend_payment_event).into_inner();
         let endpoint = Some(request.endpoint.as_str()).filter(|name| !name.is_empty());
         let record = self
             .orchestrator
-            .resend_event(&request.name, endpoint)
+            .resend_event(&request.name, endpoint, caller.identity())
             .await?;
         let event = record
             .events

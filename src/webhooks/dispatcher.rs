@@ -138,11 +138,14 @@ impl WebhookDispatcher {
     /// An operator re-sends an event to one endpoint, or to every configured
     /// one: the delivery of its record starts over from that event (or from
     /// an earlier one of the record not yet acknowledged, to keep the
-    /// order), with a fresh retry period.
+    /// order), with a fresh retry period. When `actor` (who asked) is
+    /// known, the deliveries name them and an audit record is written in
+    /// the same write.
     pub async fn resend(
         &self,
         event_name: &str,
         endpoint: Option<&str>,
+        actor: Option<&str>,
     ) -> Result<EventRecord, ResendError> {
         let inner = &self.inner;
         let (payment, seq) = parse_event_name(event_name)
@@ -184,6 +187,7 @@ impl WebhookDispatcher {
                 retry_until: now.plus_millis(inner.settings.retry_for.as_millis() as i64),
                 last_error: None,
                 last_attempt_at: None,
+                resent_by: actor.map(str::to_owned),
             };
             match next.deliveries.iter_mut().find(|d| d.endpoint == name) {
                 Some(delivery) => {
@@ -197,8 +201,26 @@ impl WebhookDispatcher {
                 None => next.deliveries.push(restarted),
             }
         }
+        let mut audit = Vec::new();
+        if let Some(actor) = actor {
+            let paid = schema::load_payment(inner.store.as_ref(), &payment)
+                .await?
+                .ok_or_else(|| ResendError::NotFound(event_name.to_owned()))?;
+            audit.push(WriteOp::Put {
+                item: schema::audit_item(&schema::AuditRecord {
+                    payment: payment.clone(),
+                    at: now,
+                    actor: actor.to_owned(),
+                    causes: vec!["event_resent".into()],
+                    state: paid.value.state,
+                    version: paid.version,
+                    event: Some(seq),
+                }),
+                condition: Condition::NotExists,
+            });
+        }
         inner
-            .write(&current, &next)
+            .write(&current, &next, audit)
             .await
             .map_err(|error| match error {
                 StoreError::ConditionFailed { .. } => ResendError::Conflict,
@@ -285,7 +307,7 @@ impl Inner {
                 }
             }
             if next != current.value {
-                self.write(&current, &next).await?;
+                self.write(&current, &next, Vec::new()).await?;
             }
         }
         Ok(())
@@ -294,10 +316,13 @@ impl Inner {
     /// Writes a record's new delivery state and moves (or removes) its
     /// pointer in the `HOOK` index, in one conditional write. The pointer
     /// exists exactly while a delivery is pending, at the record's version.
+    /// Writes `next` over `current` (and its due pointer), with `also`
+    /// in the same atomic write.
     async fn write(
         &self,
         current: &Versioned<EventRecord>,
         next: &EventRecord,
+        also: Vec<WriteOp>,
     ) -> Result<(), StoreError> {
         let version = current.version + 1;
         let payment = next.payment();
@@ -321,6 +346,7 @@ impl Inner {
             }),
             (None, _) => {}
         }
+        ops.extend(also);
         self.store.transact(ops).await
     }
 }

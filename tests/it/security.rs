@@ -1412,11 +1412,21 @@ async fn who_refunded_reviewed_or_failed_a_payment_is_recorded_with_the_change()
         .to_string(),
     )
     .unwrap();
+    // An endpoint that never answers: its deliveries are there to re-send.
+    let webhooks = dir.path().join("webhooks.json");
+    std::fs::write(
+        &webhooks,
+        serde_json::json!({"endpoints": [{"name": "shop", "url": "http://127.0.0.1:9/hooks", "secret": "whsec-0123456789abcdef"}]})
+            .to_string(),
+    )
+    .unwrap();
     let server = Server::start(&[
         "--auth",
         keys.file.to_str().unwrap(),
         "--rules",
         rules.to_str().unwrap(),
+        "--webhooks",
+        webhooks.to_str().unwrap(),
     ]);
     let mut client = server.client().await;
     let gateway = keys.key("gateway");
@@ -1618,4 +1628,42 @@ async fn who_refunded_reviewed_or_failed_a_payment_is_recorded_with_the_change()
         text.contains("operator_fail") && text.contains("reviewer"),
         "{text}"
     );
+
+    // Re-sending an event: the delivery names who asked, and the audit
+    // query lists it, with the event.
+    let event = format!("{}/events/1", paid.name);
+    let resent = client
+        .resend_payment_event(with_key(
+            pb::ResendPaymentEventRequest {
+                name: event.clone(),
+                endpoint: "shop".into(),
+            },
+            keys.key("oncall"),
+        ))
+        .await
+        .expect("resend")
+        .into_inner();
+    let delivery = resent
+        .deliveries
+        .iter()
+        .find(|delivery| delivery.endpoint == "shop")
+        .expect("the shop's delivery");
+    assert_eq!(delivery.resent_by, "oncall", "{resent:?}");
+    let records = client
+        .list_audit_records(audit(None, "", 0))
+        .await
+        .unwrap()
+        .into_inner()
+        .records;
+    let last = records.last().unwrap();
+    assert_eq!(records.len(), 4, "{records:?}");
+    assert_eq!(
+        (
+            last.actor.as_str(),
+            last.payment.as_str(),
+            last.event.as_str()
+        ),
+        ("oncall", paid.name.as_str(), event.as_str())
+    );
+    assert_eq!(last.causes, ["event_resent"]);
 }

@@ -99,6 +99,7 @@ async fn record(store: &dyn Store, events: Vec<PaymentEvent>, retry_for_ms: i64)
             retry_until: now.plus_millis(retry_for_ms),
             last_error: None,
             last_attempt_at: None,
+            resent_by: None,
         }],
     };
     store
@@ -258,7 +259,11 @@ async fn a_delivery_is_given_up_after_its_retry_period_and_resent_on_request() {
     // goes first, to keep the order, then 2 and 3.
     setup.sink.down.store(false, Ordering::SeqCst);
     let name = format!("{}/events/2", setup.payment);
-    setup.dispatcher.resend(&name, Some("shop")).await.unwrap();
+    setup
+        .dispatcher
+        .resend(&name, Some("shop"), None)
+        .await
+        .unwrap();
     setup.dispatcher.sweep().await.unwrap();
     let delivered = setup.sink.delivered();
     assert_eq!(delivered, [1, 2, 3]);

@@ -1,6 +1,6 @@
-//! Privileged actions (refunds, reviews, operators' retries and fails) by
-//! account and time: what the audit query lists. One item per attributed
-//! decision, written with it.
+//! Privileged actions (refunds, reviews, operators' retries and fails,
+//! re-sent events) by account and time: what the audit query lists. One
+//! item per attributed decision or re-send, written with it.
 
 use super::*;
 
@@ -16,12 +16,22 @@ pub fn audit_key(record: &AuditRecord) -> Key {
             &record.payment.account,
             shard_of(record.payment.payment.as_str()),
         ),
-        format!(
-            "{AUDIT_SK_PREFIX}{}#{}#{:010}",
-            time_prefix(record.at),
-            record.payment.payment,
-            record.version
-        ),
+        match record.event {
+            None => format!(
+                "{AUDIT_SK_PREFIX}{}#{}#{:010}",
+                time_prefix(record.at),
+                record.payment.payment,
+                record.version
+            ),
+            // A re-send changes no payment version: the event tells it
+            // apart from the decision that wrote that version.
+            Some(seq) => format!(
+                "{AUDIT_SK_PREFIX}{}#{}#{:010}#E{seq:010}",
+                time_prefix(record.at),
+                record.payment.payment,
+                record.version
+            ),
+        },
     )
 }
 

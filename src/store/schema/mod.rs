@@ -13,7 +13,7 @@
 //! | webhook due | `A#{acct}#{shard}`  | `W#{payment}#{first seq:010}` | `HOOK#nn` / `{next attempt:013}/{acct}/{payment}/{first seq:010}` |
 //! | inbox       | `A#{acct}#{shard}`  | `X#{bank}#{message id}` | –                                     |
 //! | outbox      | `A#{acct}#{shard}`  | `O#{payment}#{n:06}` | `OUTBOX#nn` / `{created:013}/{acct}/{payment}/{n:06}` until acknowledged |
-//! | audit       | `A#{acct}#{shard}`  | `U#{at:013}#{payment}#{version:010}` | – (an account's range by time) |
+//! | audit       | `A#{acct}#{shard}`  | `U#{at:013}#{payment}#{version:010}[#E{event seq:010}]` | – (an account's range by time) |
 //! | secret      | `SECRETS`           | `PAGE_TOKEN_KEY` | – (written once, by the first node)                 |
 //!
 //! **Events.** The events of one decision are one item, written with the

@@ -18,6 +18,8 @@ pub(in crate::store::schema) struct AuditBody {
     causes: Vec<String>,
     state: PaymentStateBody,
     version: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    event: Option<u64>,
 }
 
 impl From<&AuditRecord> for AuditBody {
@@ -29,6 +31,7 @@ impl From<&AuditRecord> for AuditBody {
             causes: record.causes.clone(),
             state: record.state.into(),
             version: record.version,
+            event: record.event,
         }
     }
 }
@@ -43,6 +46,7 @@ impl TryFrom<AuditBody> for AuditRecord {
             causes: body.causes,
             state: body.state.into(),
             version: body.version,
+            event: body.event,
         })
     }
 }
@@ -65,8 +69,21 @@ mod tests {
             causes: vec!["review".into(), "dispatched".into()],
             state: PaymentState::Sent,
             version: 3,
+            event: None,
         };
         check(&record, GOLDEN);
+        // A re-sent event's record names the event.
+        let resent = AuditRecord {
+            causes: vec!["event_resent".into()],
+            event: Some(4),
+            ..record
+        };
+        check(
+            &resent,
+            &GOLDEN
+                .replacen(r#"["review","dispatched"]"#, r#"["event_resent"]"#, 1)
+                .replacen(r#""version":3}"#, r#""version":3,"event":4}"#, 1),
+        );
         refused::<AuditRecord>(&GOLDEN.replacen(r#""state":"sent""#, r#""state":"lost""#, 1));
     }
 }

@@ -85,6 +85,8 @@ struct DeliveryBody {
     last_error: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     last_attempt_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    resent_by: Option<String>,
 }
 
 impl From<&EventRecord> for EventsBody {
@@ -217,6 +219,7 @@ impl From<&Delivery> for DeliveryBody {
             retry_until: millis(delivery.retry_until),
             last_error: delivery.last_error.clone(),
             last_attempt_at: delivery.last_attempt_at.map(millis),
+            resent_by: delivery.resent_by.clone(),
         }
     }
 }
@@ -232,6 +235,7 @@ impl From<DeliveryBody> for Delivery {
             retry_until: time(body.retry_until),
             last_error: body.last_error,
             last_attempt_at: body.last_attempt_at.map(time),
+            resent_by: body.resent_by,
         }
     }
 }
@@ -283,6 +287,20 @@ mod tests {
             },
             DUE,
         );
+    }
+
+    /// Who re-sent a delivery is kept, and only written when known (the
+    /// golden above has none).
+    #[test]
+    fn who_resent_a_delivery_is_kept() {
+        let mut record = fixtures::events();
+        record.deliveries[0].resent_by = Some("CN=ops,O=Acme".into());
+        let golden = GOLDEN.replacen(
+            r#""last_attempt_at":1767225605000}"#,
+            r#""last_attempt_at":1767225605000,"resent_by":"CN=ops,O=Acme"}"#,
+            1,
+        );
+        check(&record, &golden);
     }
 
     #[test]

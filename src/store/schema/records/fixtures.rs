@@ -306,6 +306,7 @@ pub fn events() -> EventRecord {
                 retry_until: at(86_403_000),
                 last_error: Some("HTTP 503".into()),
                 last_attempt_at: Some(at(5_000)),
+                resent_by: None,
             },
             Delivery {
                 endpoint: "crm".into(),
@@ -316,6 +317,7 @@ pub fn events() -> EventRecord {
                 retry_until: at(86_403_000),
                 last_error: None,
                 last_attempt_at: None,
+                resent_by: None,
             },
         ],
     }
