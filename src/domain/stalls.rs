@@ -69,7 +69,33 @@ impl Payment {
             paged: false,
         });
         let old = old.filter(|old| old.paged)?;
-        Some(previous.alert(old, PageAction::Resolve, "payment moved on".into(), now))
+        let mut resolve = previous.alert(old, PageAction::Resolve, "payment moved on".into(), now);
+        // Who moved it on, if a person did (an operator's fail, a review).
+        resolve.details.extend(self.last_person_details());
+        Some(resolve)
+    }
+
+    /// Where a person acted on the payment (a refund, a review, an
+    /// operator's retry or fail), who did, what and when, from its latest
+    /// attributed history entry: what on-call asks first about a payment
+    /// someone touched.
+    fn last_person_details(&self) -> Vec<(String, String)> {
+        let Some((actor, entry)) = self
+            .history
+            .iter()
+            .rev()
+            .find_map(|entry| entry.actor.as_ref().map(|actor| (actor, entry)))
+        else {
+            return Vec::new();
+        };
+        vec![
+            ("last_actor".to_owned(), actor.clone()),
+            ("last_actor_cause".to_owned(), entry.cause.clone()),
+            (
+                "last_actor_at_unix_ms".to_owned(),
+                entry.at.unix_millis().to_string(),
+            ),
+        ]
     }
 
     fn alert(&self, watch: &Watch, action: PageAction, summary: String, now: Timestamp) -> Alert {
@@ -78,7 +104,7 @@ impl Payment {
             Stage::Created | Stage::Approved => Severity::Error,
             Stage::InReview => Severity::Warning,
         };
-        let details = BTreeMap::from([
+        let mut details = BTreeMap::from([
             ("payment".to_owned(), self.name().to_string()),
             ("state".to_owned(), self.state.as_str().to_uppercase()),
             ("stage".to_owned(), watch.stage.to_string()),
@@ -89,6 +115,7 @@ impl Payment {
             ),
             ("redrives".to_owned(), watch.redrives.to_string()),
         ]);
+        details.extend(self.last_person_details());
         Alert {
             action,
             dedup_key: watch.dedup_key(self),
@@ -395,6 +422,49 @@ mod tests {
                 .unwrap_err(),
             OperatorRejection::NothingToRetry(PaymentState::Failed)
         );
+    }
+
+    #[test]
+    fn pages_name_the_person_who_last_acted_on_the_payment() {
+        let policy = policy(10, 0);
+        // No one acted: no such details.
+        let paged = remind(&sent(&policy), 10, &policy).unwrap();
+        let alert = paged.alert.unwrap();
+        assert!(!alert.details.contains_key("last_actor"), "{alert:?}");
+        // Processed, then a refund asked by support that stalls: its page
+        // says who asked for it, what and when.
+        let processed = paged
+            .payment
+            .on_bank_outcome(&BankOutcome::Processed, at(20), &policy)
+            .unwrap()
+            .unwrap()
+            .payment;
+        let mut refund_policy = policy.clone();
+        refund_policy
+            .stalls
+            .deadline_ms
+            .insert(Stage::Refunding, 10_000);
+        let refunding = processed
+            .acting(Some("support-7".into()))
+            .request_refund(None, "r", at(30), &refund_policy)
+            .unwrap()
+            .payment
+            .acting(None);
+        let paged = remind(&refunding, 40, &refund_policy).unwrap();
+        let details = paged.alert.clone().unwrap().details;
+        assert_eq!(details["last_actor"], "support-7");
+        assert_eq!(details["last_actor_cause"], "refund_r1_requested");
+        assert_eq!(details["last_actor_at_unix_ms"], "30000");
+        // A page resolved by an operator's fail names the operator.
+        let stuck = remind(&sent(&policy), 10, &policy).unwrap().payment;
+        let failed = stuck
+            .acting(Some("CN=ops,O=Acme".into()))
+            .operator_fail("bank lost it", at(50), &policy)
+            .unwrap();
+        let resolve = failed.alert.unwrap();
+        assert_eq!(resolve.action, PageAction::Resolve);
+        assert_eq!(resolve.details["last_actor"], "CN=ops,O=Acme");
+        assert_eq!(resolve.details["last_actor_cause"], "operator_failed");
     }
 
     #[test]
