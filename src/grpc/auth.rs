@@ -394,8 +394,10 @@ fn admit<B>(
                     .get::<tonic::transport::server::TcpConnectInfo>()
                     .and_then(|info| info.remote_addr())
             });
-            // What was presented is never logged: only why it failed.
-            tracing::warn!(method = %path, peer = ?peer, %error, "call refused: not authenticated");
+            // What was presented is never logged: only why it failed, and
+            // a certificate's subject (public; what the list must name).
+            let subject = tls.and_then(|peer| peer.client_subject.as_deref());
+            tracing::warn!(method = %path, peer = ?peer, subject = ?subject, %error, "call refused: not authenticated");
             CommandError::Unauthenticated(error.to_string())
         })?;
     if !grant.allows(action) {
