@@ -45,6 +45,13 @@ pub async fn run(
     config: Config,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // One process per data directory, held until the server has stopped.
+    let _data_dir = match &config.store {
+        crate::config::StoreConfig::Sqlite { data_dir } => {
+            Some(crate::store::data_dir::DataDirLock::acquire(data_dir)?)
+        }
+        crate::config::StoreConfig::DynamoDb(_) => None,
+    };
     // Dropped on an early return: the tasks already started stop too.
     let (trigger, shutdown) = crate::shutdown::channel();
     let mut tasks = Tasks::default();

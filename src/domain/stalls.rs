@@ -130,7 +130,8 @@ impl Payment {
 
     /// The reminder fell due. `None` when it is not due (an early or
     /// duplicate reminder: the watch was re-armed meanwhile) or the payment
-    /// waits for a person after a page.
+    /// waits for a person after a page (a review). A paged payment that can
+    /// be re-driven is re-driven quietly at the capped back-off.
     pub fn on_reminder(
         &self,
         now: Timestamp,
@@ -145,11 +146,18 @@ impl Payment {
         if watch.stage.redrivable() && watch.redrives < policy.stalls.redrive_max {
             let redrives = watch.redrives + 1;
             let cause = format!("redrive_{redrives}_of_{}", policy.stalls.redrive_max);
-            return self.redrive(cause, redrives, now, policy).map(Some);
+            return self.redrive(Some(cause), redrives, now, policy).map(Some);
         }
         if watch.paged {
-            // Re-armed by an operator's retry after a page: keep waiting for
-            // a person without paging again for the same stall.
+            if watch.stage.redrivable() {
+                // The page is out and a person may act, but a bank that was
+                // down may be back: keep re-driving at the capped back-off,
+                // quietly (no second page, no history entry per attempt),
+                // until the payment moves on.
+                return self
+                    .redrive(None, watch.redrives.saturating_add(1), now, policy)
+                    .map(Some);
+            }
             let mut next = self.clone();
             let watch = next.watch.as_mut().expect("checked above");
             watch.due_at = None;
@@ -160,7 +168,15 @@ impl Payment {
         next.updated_at = now;
         let watch = next.watch.as_mut().expect("checked above");
         watch.paged = true;
-        watch.due_at = None;
+        // What can be re-driven still is, after the page (see above); what
+        // waits for a person (a review) waits without a reminder.
+        watch.due_at = watch.stage.redrivable().then(|| {
+            now.plus_millis(
+                policy
+                    .stalls
+                    .backoff_ms(watch.stage, watch.redrives.saturating_add(1)),
+            )
+        });
         let watch = watch.clone();
         let waited_ms = now.unix_millis() - watch.since.unix_millis();
         let summary = format!(
@@ -191,7 +207,7 @@ impl Payment {
             None => Err(OperatorRejection::NothingToRetry(self.state)),
             Some(Stage::InReview) => Err(OperatorRejection::AwaitsReview),
             Some(_) => self
-                .redrive("operator_retry".into(), 0, now, policy)
+                .redrive(Some("operator_retry".into()), 0, now, policy)
                 // Redriving a waiting payment only fails on ledger overflow,
                 // which approval would have refused; report it as not retryable.
                 .map_err(|_| OperatorRejection::NothingToRetry(self.state)),
@@ -200,6 +216,7 @@ impl Payment {
 
     /// An operator gives up on a payment that has not been processed: it is
     /// FAILED with `reason`, its pending funds released, its page resolved.
+    /// Not one in review: a reviewer declines that.
     pub fn operator_fail(
         &self,
         reason: &str,
@@ -207,20 +224,23 @@ impl Payment {
         policy: &super::payment::Policy,
     ) -> Result<Decision, OperatorRejection> {
         match self.state {
-            PaymentState::Created
-            | PaymentState::Approved
-            | PaymentState::InReview
-            | PaymentState::Sent => self
+            // A payment in review waits for a reviewer's decision, and
+            // leaves the queue only with one (a decline): on-call does not
+            // fail it past them.
+            PaymentState::InReview => Err(OperatorRejection::AwaitsReview),
+            PaymentState::Created | PaymentState::Approved | PaymentState::Sent => self
                 .give_up(reason, "operator_failed", now, policy)
                 .map_err(|_| OperatorRejection::NotFailable(self.state)),
             state => Err(OperatorRejection::NotFailable(state)),
         }
     }
 
-    /// One re-drive: the step of the current stage again, idempotently.
+    /// One re-drive: the step of the current stage again, idempotently,
+    /// recorded in the history under `cause` (`None`: a quiet re-drive
+    /// after the page, counted in the watch only).
     fn redrive(
         &self,
-        cause: String,
+        cause: Option<String>,
         redrives: u32,
         now: Timestamp,
         policy: &super::payment::Policy,
@@ -234,14 +254,18 @@ impl Payment {
             Some(Stage::Created | Stage::Approved) => {
                 // Run approval and dispatch again from where it stopped.
                 let mut next = self.clone();
-                next.record_event(self.state, &cause, now);
+                if let Some(cause) = &cause {
+                    next.record_event(self.state, cause, now);
+                }
                 let decision = next.advance(now, policy)?;
                 Ok(decision)
             }
             _ => {
                 let mut next = self.clone();
                 next.updated_at = now;
-                next.record_event(self.state, &cause, now);
+                if let Some(cause) = &cause {
+                    next.record_event(self.state, cause, now);
+                }
                 let mut effects = Vec::new();
                 if self.state == PaymentState::Sent {
                     // Ask before re-sending: a lost callback is found, and a
@@ -345,10 +369,33 @@ mod tests {
         assert!(paged.effects.is_empty());
         let payment = paged.payment;
         assert!(payment.watch.as_ref().unwrap().paged);
-        assert!(
-            remind(&payment, 10_000, &policy).is_none(),
-            "one stall pages once"
-        );
+        // After the page the bank is still asked, at the capped back-off,
+        // with no second page and no history entry per attempt (this
+        // assertion was `is_none()`: a paged payment was never re-driven
+        // again, stranding it behind a bank outage; issue 15, defect 7).
+        let paged_due = payment.watch.as_ref().unwrap().due_at.unwrap();
+        assert_eq!(paged_due, at(70 + 80), "the next back-off step");
+        assert!(remind(&payment, 149, &policy).is_none(), "not due yet");
+        let history = payment.history.len();
+        let mut quiet = payment.clone();
+        for attempt in 0..20 {
+            let due = quiet.watch.as_ref().unwrap().due_at.unwrap();
+            let decision = remind(&quiet, due.unix_millis() / 1000, &policy).unwrap();
+            assert!(decision.alert.is_none(), "one stall pages once");
+            assert!(matches!(
+                decision.effects[..],
+                [Effect::QueryPayment { .. }]
+            ));
+            quiet = decision.payment;
+            let next = quiet.watch.as_ref().unwrap().due_at.unwrap();
+            let wait = next.unix_millis() - due.unix_millis();
+            assert!(
+                wait <= crate::limits::REDRIVE_BACKOFF_MAX.as_millis() as i64,
+                "attempt {attempt}: {wait} ms"
+            );
+        }
+        assert_eq!(quiet.history.len(), history);
+        assert!(quiet.watch.as_ref().unwrap().paged);
         let causes: Vec<_> = payment
             .history
             .iter()

@@ -137,8 +137,9 @@ pub struct Watch {
     pub stage: Stage,
     /// When the payment entered the stage: identifies this stall.
     pub since: Timestamp,
-    /// When the reminder falls due; `None` once on-call was paged and the
-    /// system waits for a person.
+    /// When the reminder falls due; `None` once on-call was paged for a
+    /// stage that waits for a person (a review). A paged stage that can be
+    /// re-driven keeps a due time: it is re-driven quietly after the page.
     pub due_at: Option<Timestamp>,
     /// Re-drives done in this stage.
     pub redrives: u32,

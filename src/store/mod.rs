@@ -11,6 +11,7 @@
 //! (`NotExists` or `VersionIs`): a writer that lost a race, or a node that
 //! lost ownership of an account, fails instead of overwriting.
 
+pub mod data_dir;
 pub mod dynamodb;
 pub mod schema;
 pub mod sqlite;

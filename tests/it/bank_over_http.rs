@@ -5,7 +5,6 @@
 //! and restarted. Judged by the bank's own record: every payment reached the
 //! bank under exactly one key, and payvisor's books match.
 
-use std::io::{Read, Write};
 use std::process::Command;
 use std::time::Duration;
 
@@ -189,20 +188,6 @@ async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn set_outage(bank: &BankSim, down: bool) {
-    let body = format!("{{\"down\": {down}}}");
-    let mut stream = std::net::TcpStream::connect(&bank.address).unwrap();
-    write!(
-        stream,
-        "POST /admin/outage HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
 fn eur(minor_units: i64) -> payvisor::grpc::pb::Money {

@@ -23,6 +23,7 @@ mod cluster;
 mod cluster_nodes;
 mod crash;
 mod e2e;
+mod hardening;
 mod http_connector;
 mod layout;
 mod properties;

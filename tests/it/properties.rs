@@ -24,7 +24,7 @@ use payvisor::domain::payment::{
     Policy, RefundOutcome, RefundState, ReviewVerdict,
 };
 use payvisor::domain::rules::{Candidate, RuleSet, VelocityLog};
-use payvisor::domain::watch::{PageAction, Stage};
+use payvisor::domain::watch::{OperatorRejection, PageAction, Stage};
 use payvisor::domain::{AccountId, Currency, Money, PaymentId, Timestamp};
 use proptest::prelude::*;
 
@@ -451,7 +451,14 @@ proptest! {
                 }
                 Command::Reminder { .. } => before.on_reminder(at, &policy).unwrap(),
                 Command::OperatorRetry { .. } => before.operator_retry(at, &policy).ok(),
-                Command::OperatorFail { .. } => before.operator_fail("gave up", at, &policy).ok(),
+                Command::OperatorFail { .. } => {
+                    let decision = before.operator_fail("gave up", at, &policy);
+                    // What awaits a reviewer is not on-call's to fail.
+                    if before.state == payment::PaymentState::InReview {
+                        prop_assert_eq!(decision.clone().err(), Some(OperatorRejection::AwaitsReview));
+                    }
+                    decision.ok()
+                }
                 Command::Review { approve, .. } => {
                     let verdict = if approve { ReviewVerdict::Approve } else { ReviewVerdict::Decline };
                     let decision = before.review(verdict, "reviewed", at, &policy);

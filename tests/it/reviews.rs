@@ -372,6 +372,103 @@ async fn concurrent_approve_and_decline_of_one_payment_have_exactly_one_winner()
     server.verify_ledger(&accounts);
 }
 
+/// On-call cannot fail a payment that awaits a reviewer: raced against
+/// an approval or a decline, the payment leaves the queue only through
+/// the review, and a fail that lands after it acts on what the review
+/// left (a payment sent on may be failed; a declined one not).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_call_cannot_fail_what_awaits_a_reviewer_even_racing_the_review() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) = start(dir.path());
+    let mut client = server.client().await;
+    let waiting = create(&mut client, "inrev", "big", 200_000, |_| {}).await;
+    assert_eq!(state(&waiting), State::InReview);
+    let refused = client
+        .fail_payment(pb::FailPaymentRequest {
+            name: waiting.name.clone(),
+            reason: "give up".into(),
+            request_id: "fail-in-review".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(reason(&refused), "PAYMENT_AWAITS_REVIEW");
+    let still = client
+        .get_payment(pb::GetPaymentRequest {
+            name: waiting.name.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(state(&still), State::InReview, "nothing changed");
+
+    let mut races = Vec::new();
+    for n in 0..20 {
+        let payment = create(&mut client, &format!("frace{n}"), "big", 200_000, |_| {}).await;
+        assert_eq!(state(&payment), State::InReview);
+        let (mut reviewer, mut on_call) = (client.clone(), client.clone());
+        let name = payment.name.clone();
+        let fail_name = payment.name.clone();
+        races.push((
+            payment.name,
+            n % 2 == 0,
+            tokio::spawn(async move {
+                if n % 2 == 0 {
+                    reviewer
+                        .approve_payment(review_request(&name, "approve"))
+                        .await
+                        .map(|_| ())
+                } else {
+                    reviewer
+                        .decline_payment(pb::DeclinePaymentRequest {
+                            name,
+                            reason: "fraud".into(),
+                            request_id: "decline".into(),
+                        })
+                        .await
+                        .map(|_| ())
+                }
+            }),
+            tokio::spawn(async move {
+                on_call
+                    .fail_payment(pb::FailPaymentRequest {
+                        name: fail_name,
+                        reason: "give up".into(),
+                        request_id: "fail".into(),
+                    })
+                    .await
+            }),
+        ));
+    }
+    for (name, approving, review, fail) in races {
+        review
+            .await
+            .unwrap()
+            .expect("the review always wins its payment");
+        let settled = wait_for(&mut client, &name, is_settled).await;
+        let causes: Vec<&str> = settled.history.iter().map(|e| e.cause.as_str()).collect();
+        let reviewed = causes
+            .iter()
+            .position(|cause| cause.starts_with("review_"))
+            .unwrap_or_else(|| panic!("{name}: left review without one: {causes:?}"));
+        match fail.await.unwrap() {
+            Ok(_) => {
+                assert!(approving, "{name}: a declined payment was failed");
+                let failed = causes.iter().position(|c| *c == "operator_failed").unwrap();
+                assert!(failed > reviewed, "{name}: {causes:?}");
+            }
+            Err(status) => assert!(
+                ["PAYMENT_AWAITS_REVIEW", "PAYMENT_NOT_FAILABLE"]
+                    .contains(&reason(&status).as_str()),
+                "{name}: {status:?}"
+            ),
+        }
+    }
+    let accounts: Vec<String> = (0..20).map(|n| format!("frace{n}")).collect();
+    let accounts: Vec<&str> = accounts.iter().map(String::as_str).collect();
+    server.verify_ledger(&accounts);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn rules_reload_without_a_restart_and_a_bad_file_is_refused_with_its_problems() {
     let dir = tempfile::tempdir().unwrap();

@@ -27,8 +27,8 @@
 //! **Reminders.** A payment that waits carries a watch (see
 //! [`crate::domain::watch`]); its index key is the reminder: the family says
 //! whether it is merely watched (`WATCH`), stalled and being re-driven
-//! (`STALL`) or paged and waiting for a person (`PAGED`, keyed by when the
-//! stall began), and the sort key begins with the due time. "What is due by
+//! (`STALL`, paged or not) or paged and waiting for a person (`PAGED`, a
+//! review past its deadline, keyed by when the stall began), and the sort key begins with the due time. "What is due by
 //! now" is a range read up to now in each shard: its cost is what is due,
 //! not the number of payments. The reminder is written with the
 //! transition, in the same item, so it can neither be lost nor outlive it.

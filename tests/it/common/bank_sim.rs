@@ -93,3 +93,19 @@ pub fn metric(listen: &str, name: &str) -> i64 {
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} not in {answer}"))
 }
+
+/// Takes the bank down (every call answered 503) or brings it back.
+pub fn set_outage(bank: &BankSim, down: bool) {
+    use std::io::{Read, Write};
+    let body = format!("{{\"down\": {down}}}");
+    let mut stream = std::net::TcpStream::connect(&bank.address).unwrap();
+    write!(
+        stream,
+        "POST /admin/outage HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

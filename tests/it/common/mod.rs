@@ -209,6 +209,10 @@ impl Server {
     pub fn data_dir(&self) -> &Path {
         &self.data_dir
     }
+
+    pub fn pid(&self) -> u32 {
+        self.process.id()
+    }
 }
 
 impl Drop for Server {
