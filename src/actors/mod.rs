@@ -86,6 +86,14 @@ pub enum CommandError {
     /// The caller's key sent more calls than its rate allows.
     #[error("too many calls for this key's rate; retry after {} ms", retry_after.as_millis())]
     RateLimited { retry_after: std::time::Duration },
+    /// The request could not be read as the method's message (bad wire
+    /// format, bad UTF-8 in a string, a bad compression flag): the
+    /// client's fault, not the server's.
+    #[error("the request is not a valid {0} message; check the client's protobuf encoding")]
+    Malformed(String),
+    /// The request is larger than the server takes.
+    #[error("the request is larger than the server takes ({0} bytes at most)")]
+    TooLarge(usize),
 }
 
 impl From<crate::cluster::RouteError> for CommandError {

@@ -337,6 +337,13 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let path = request.uri().path().to_owned();
+        let answered = |call: S::Future| -> Self::Future {
+            Box::pin(async move {
+                let response = call.await?;
+                Ok(super::codec_errors::rewrite(&path, response))
+            })
+        };
         match admit(&self.authenticator, &request) {
             Ok(Some((caller, via_node))) => {
                 // Only a node's call may say it was forwarded (the mark
@@ -345,9 +352,9 @@ where
                     request.headers_mut().remove(FORWARDED_BY);
                 }
                 request.extensions_mut().insert(caller);
-                Box::pin(self.inner.call(request))
+                answered(self.inner.call(request))
             }
-            Ok(None) => Box::pin(self.inner.call(request)),
+            Ok(None) => answered(self.inner.call(request)),
             Err(error) => {
                 let status = tonic::Status::from(error);
                 Box::pin(std::future::ready(Ok(status.into_http())))

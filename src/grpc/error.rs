@@ -55,6 +55,8 @@ impl From<CommandError> for Status {
             CommandError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
             CommandError::PermissionDenied => (Code::PermissionDenied, "PERMISSION_DENIED"),
             CommandError::RateLimited { .. } => (Code::ResourceExhausted, "RATE_LIMITED"),
+            CommandError::Malformed(_) => (Code::InvalidArgument, "MALFORMED_REQUEST"),
+            CommandError::TooLarge(_) => (Code::ResourceExhausted, "REQUEST_TOO_LARGE"),
         };
         if code == Code::Internal {
             tracing::error!(%message, "internal error");

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod codec_errors;
 pub mod convert;
 pub mod error;
 pub mod forward;

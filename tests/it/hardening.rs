@@ -96,3 +96,129 @@ async fn a_payment_paged_behind_a_bank_outage_goes_through_when_the_bank_is_back
     );
     server.verify_ledger(&["outage"]);
 }
+
+/// Bytes as they are: a codec for sending what a broken client would.
+#[derive(Default, Clone)]
+struct RawCodec;
+
+struct RawEncoder;
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let bytes = bytes::Buf::copy_to_bytes(src, bytes::Buf::remaining(src));
+        Ok(Some(bytes.to_vec()))
+    }
+}
+
+/// Undecodable and oversize requests are the client's errors, with an
+/// `ErrorInfo`, not `INTERNAL` or `OUT_OF_RANGE`; nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_requests_are_the_clients_errors_with_a_reason() {
+    use tonic_types::StatusExt;
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", server.address))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let send = |body: Vec<u8>, method: &'static str| {
+        let channel = channel.clone();
+        async move {
+            let mut grpc = tonic::client::Grpc::new(channel);
+            grpc.ready().await.unwrap();
+            let path = http::uri::PathAndQuery::from_static(method);
+            grpc.unary(tonic::Request::new(body), path, RawCodec)
+                .await
+                .unwrap_err()
+        }
+    };
+    const CREATE: &str = "/payvisor.v1.PaymentService/CreatePayment";
+    const GET: &str = "/payvisor.v1.PaymentService/GetPayment";
+    for (what, body, method) in [
+        // Field 1 (parent), a string that is not UTF-8.
+        ("bad UTF-8", vec![0x0a, 0x02, 0xff, 0xfe], CREATE),
+        // Field 1 with wire type 7, which does not exist.
+        ("bad wire type", vec![0x0f, 0x01], CREATE),
+        // Field 3 as a varint of eleven bytes.
+        (
+            "bad varint",
+            [vec![0x18], vec![0xff; 10], vec![0x01]].concat(),
+            CREATE,
+        ),
+        // A length past the end of the body.
+        ("truncated", vec![0x0a, 0x10, b'a'], GET),
+    ] {
+        let status = send(body, method).await;
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{what}: {status:?}"
+        );
+        let info = status.get_error_details().error_info().cloned();
+        assert_eq!(
+            info.map(|info| info.reason).as_deref(),
+            Some("MALFORMED_REQUEST"),
+            "{what}: {status:?}"
+        );
+    }
+    let oversize = send(vec![0x0a; 300 * 1024], CREATE).await;
+    assert_eq!(
+        oversize.code(),
+        tonic::Code::ResourceExhausted,
+        "{oversize:?}"
+    );
+    assert_eq!(
+        oversize
+            .get_error_details()
+            .error_info()
+            .map(|info| info.reason.as_str()),
+        Some("REQUEST_TOO_LARGE")
+    );
+    // Nothing was created, and the server serves on.
+    let listed = client
+        .list_payments(pb::ListPaymentsRequest {
+            parent: "accounts/acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(listed.payments.is_empty());
+    client
+        .create_payment(create_request("acme", "after-junk", 100))
+        .await
+        .expect("a good request after the junk");
+}
