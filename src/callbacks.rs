@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
 use serde::Deserialize;
 
@@ -86,7 +85,7 @@ impl CallbackEndpoint {
         })
     }
 
-    async fn handle(&self, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, request: Request<Full<Bytes>>) -> Response<Full<Bytes>> {
         let bank = match (
             request.method(),
             request.uri().path().strip_prefix("/v1/callbacks/"),

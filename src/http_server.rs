@@ -1,8 +1,19 @@
 //! The HTTP server for the small endpoints payvisor serves besides gRPC (the
 //! Prometheus scrape, bank callbacks; the simulated bank's API too): an
-//! HTTP/1.1 accept loop on hyper with a bound on open connections and on the
-//! time a client gets to send its headers, so idle or slow clients cannot
-//! pile up tasks.
+//! HTTP/1.1 accept loop on hyper with a bound on open connections, on the
+//! time a client gets to send its headers, and on the time and bytes of its
+//! body, so idle or slow clients cannot pile up tasks.
+//!
+//! **Slow clients cannot hold the door shut.** The server reads a request's
+//! body itself (bounded in time and size) before the handler sees it, so a
+//! handler (a callback's signature check) runs as soon as the body is in.
+//! When every connection slot is taken, a new connection takes the slot of
+//! the connection that has made no progress for longest (one waiting for
+//! its request or reading a body, for at least
+//! [`limits::HTTP_EVICT_IDLE_AFTER`]); a connection whose request is being
+//! answered is never taken. So a flood of connections that send headers
+//! and then nothing (or a byte now and then) only evicts itself, and a
+//! client that sends its request at once always gets through.
 //!
 //! hyper serves each connection (parsing, keep-alive, the header timer,
 //! graceful close); what is written here is the accept loop that hyper 1
@@ -14,14 +25,15 @@
 //! each open connection finishes the request in progress and closes, and
 //! connections still open after the server's drain bound are dropped.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -32,9 +44,9 @@ use crate::shutdown::Shutdown;
 use crate::store::BoxFuture;
 use crate::tls::ServerTls;
 
-/// Answers one request.
+/// Answers one request, its body read in full.
 pub type Handler =
-    Arc<dyn Fn(Request<Incoming>) -> BoxFuture<'static, Response<Full<Bytes>>> + Send + Sync>;
+    Arc<dyn Fn(Request<Full<Bytes>>) -> BoxFuture<'static, Response<Full<Bytes>>> + Send + Sync>;
 
 /// Bounds of one server.
 #[derive(Clone, Copy, Debug)]
@@ -43,6 +55,11 @@ pub struct ServerLimits {
     pub connections_max: usize,
     /// Time a client gets to send its request headers.
     pub header_read_timeout: Duration,
+    /// Time a client gets to send a request's body, once its headers are
+    /// in (`408` and the connection closed otherwise).
+    pub body_read_timeout: Duration,
+    /// Bytes of a request's body (`413` otherwise).
+    pub body_bytes_max: usize,
     /// Once shutdown starts, how long open connections get to finish the
     /// request in progress; those still open then are dropped. Zero drops
     /// them at once.
@@ -73,6 +90,7 @@ pub async fn serve_over(
 ) {
     // A permit per open connection, released when its task ends.
     let slots = Arc::new(Semaphore::new(limits.connections_max));
+    let progress = Arc::new(Progress::default());
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -87,27 +105,41 @@ pub async fn serve_over(
                         continue;
                     }
                 };
-                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-                    tracing::warn!(%peer, server = name, "too many connections, closing");
-                    continue;
+                let slot = match Arc::clone(&slots).try_acquire_owned() {
+                    Ok(slot) => Slot::Free(slot),
+                    // Full: take the slot of the connection stuck longest.
+                    Err(_) if progress.evict_stalled() => Slot::Freed(Arc::clone(&slots)),
+                    Err(_) => {
+                        tracing::warn!(%peer, server = name, "too many connections, closing");
+                        continue;
+                    }
                 };
                 let handler = Arc::clone(&handler);
                 let shutdown = shutdown.clone();
-                match &tls {
-                    None => connections.spawn(connection(stream, peer, handler, limits, shutdown, slot)),
+                let id = progress.next_id();
+                // Stalled until its first request is in.
+                progress.set(id, Some(Instant::now()));
+                let tracked = Tracked { id, progress: Arc::clone(&progress) };
+                let task = match &tls {
+                    None => connections.spawn(async move {
+                        let Some(slot) = slot.take().await else { return };
+                        connection(stream, peer, handler, limits, shutdown, slot, tracked).await;
+                    }),
                     Some(tls) => {
                         let tls = Arc::clone(tls);
                         connections.spawn(async move {
+                            let Some(slot) = slot.take().await else { return };
                             let handshake = tokio::time::timeout(
                                 limits.header_read_timeout,
                                 tls.accept(stream),
                             );
                             if let Ok(Some(stream)) = handshake.await {
-                                connection(stream, peer, handler, limits, shutdown, slot).await;
+                                connection(stream, peer, handler, limits, shutdown, slot, tracked).await;
                             }
                         })
                     }
                 };
+                progress.opened(id, task);
             }
         }
     }
@@ -125,6 +157,121 @@ pub async fn serve_over(
     }
 }
 
+/// A new connection's slot: free now, or being freed by an eviction.
+enum Slot {
+    Free(OwnedSemaphorePermit),
+    Freed(Arc<Semaphore>),
+}
+
+impl Slot {
+    /// The permit; `None` if the evicted connection did not let go in time.
+    async fn take(self) -> Option<OwnedSemaphorePermit> {
+        match self {
+            Slot::Free(permit) => Some(permit),
+            Slot::Freed(slots) => {
+                tokio::time::timeout(limits::HTTP_EVICT_WAIT, slots.acquire_owned())
+                    .await
+                    .ok()?
+                    .ok()
+            }
+        }
+    }
+}
+
+/// What each open connection is doing, to find the one stuck longest.
+#[derive(Default)]
+struct Progress {
+    next: std::sync::atomic::AtomicU64,
+    open: Mutex<HashMap<u64, Connection>>,
+}
+
+struct Connection {
+    /// Since when it has made no progress (waiting for a request, or
+    /// reading one); `None` while a request of it is being answered.
+    stalled_since: Option<Instant>,
+    task: Option<tokio::task::AbortHandle>,
+}
+
+impl Progress {
+    fn next_id(&self) -> u64 {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Connection>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    fn opened(&self, id: u64, task: tokio::task::AbortHandle) {
+        // The task may have ended already (its entry is gone then).
+        if let Some(connection) = self.lock().get_mut(&id) {
+            connection.task = Some(task);
+        }
+    }
+
+    fn set(&self, id: u64, stalled_since: Option<Instant>) {
+        self.lock()
+            .entry(id)
+            .or_insert(Connection {
+                stalled_since,
+                task: None,
+            })
+            .stalled_since = stalled_since;
+    }
+
+    /// Ends the connection stuck longest, if one is stuck long enough.
+    fn evict_stalled(&self) -> bool {
+        let now = Instant::now();
+        let mut open = self.lock();
+        let stuck = open
+            .iter()
+            .filter_map(|(id, connection)| {
+                Some((*id, connection.stalled_since?, connection.task.as_ref()?))
+            })
+            .filter(|(_, since, _)| now.duration_since(*since) >= limits::HTTP_EVICT_IDLE_AFTER)
+            .min_by_key(|(_, since, _)| *since)
+            .map(|(id, _, task)| (id, task.clone()));
+        let Some((id, task)) = stuck else {
+            return false;
+        };
+        task.abort();
+        open.remove(&id);
+        true
+    }
+}
+
+/// A connection's entry in [`Progress`], removed when the connection ends.
+struct Tracked {
+    id: u64,
+    progress: Arc<Progress>,
+}
+
+impl Tracked {
+    fn stalled(&self) {
+        self.progress.set(self.id, Some(Instant::now()));
+    }
+    fn answering(&self) {
+        self.progress.set(self.id, None);
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.progress.lock().remove(&self.id);
+    }
+}
+
+/// A plain-text answer that closes the connection.
+fn closing(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(hyper::header::CONNECTION, "close")
+        .header(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(format!("{text}\n"))))
+        .expect("static headers are valid")
+}
+
 /// Serves one connection until the client closes it, or, once `shutdown`
 /// fires, until the request in progress is answered.
 async fn connection<S>(
@@ -134,12 +281,44 @@ async fn connection<S>(
     limits: ServerLimits,
     shutdown: Shutdown,
     _slot: OwnedSemaphorePermit,
+    tracked: Tracked,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let service = hyper::service::service_fn(move |request| {
-        let answer = handler(request);
-        async move { Ok::<_, Infallible>(answer.await) }
+    let tracked = Arc::new(tracked);
+    tracked.stalled();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let handler = Arc::clone(&handler);
+        let tracked = Arc::clone(&tracked);
+        async move {
+            let (parts, body) = request.into_parts();
+            let too_long = parts
+                .headers
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
+                .is_some_and(|length| length > limits.body_bytes_max as u64);
+            if too_long {
+                return Ok::<_, Infallible>(closing(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body too large",
+                ));
+            }
+            let read = Limited::new(body, limits.body_bytes_max).collect();
+            let body = match tokio::time::timeout(limits.body_read_timeout, read).await {
+                Ok(Ok(body)) => body.to_bytes(),
+                Ok(Err(_)) => return Ok(closing(StatusCode::PAYLOAD_TOO_LARGE, "body too large")),
+                Err(_) => {
+                    return Ok(closing(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body not received in time",
+                    ))
+                }
+            };
+            tracked.answering();
+            let answer = handler(Request::from_parts(parts, Full::new(body))).await;
+            tracked.stalled();
+            Ok(answer)
+        }
     });
     let served = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
@@ -169,6 +348,8 @@ mod tests {
     const LIMITS: ServerLimits = ServerLimits {
         connections_max: 4,
         header_read_timeout: Duration::from_secs(5),
+        body_read_timeout: Duration::from_secs(5),
+        body_bytes_max: 1024,
         drain_max: Duration::from_secs(60),
     };
 

@@ -239,6 +239,15 @@ pub const METRICS_DRAIN_MAX: Duration = Duration::ZERO;
 /// server waits this long before accepting again, instead of spinning on
 /// the same error; connections being served meanwhile free descriptors.
 pub const HTTP_ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+/// When every connection slot of an HTTP server is taken, a new connection
+/// takes the slot of one that has made no progress for at least this long
+/// (see `http_server`): a real client sends its request within
+/// milliseconds of connecting, so this only ever takes stuck ones.
+pub const HTTP_EVICT_IDLE_AFTER: Duration = Duration::from_millis(250);
+/// How long a new connection waits for the slot of the one it evicted.
+pub const HTTP_EVICT_WAIT: Duration = Duration::from_secs(1);
+/// Bytes of a request to the metrics port (a scrape has no body).
+pub const METRICS_BODY_BYTES_MAX: usize = 1024;
 
 /// Characters in a webhook endpoint's name (deliveries are recorded under it).
 pub const WEBHOOK_ENDPOINT_NAME_CHARS_MAX: usize = 64;
@@ -424,6 +433,9 @@ pub const BANK_MESSAGE_ID_CHARS_MAX: usize = 128;
 pub const BANK_CALLBACK_CONNECTIONS_MAX: usize = 256;
 /// Time a bank gets to send a callback's headers.
 pub const BANK_CALLBACK_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a bank gets to send a callback's body once its headers are in: a
+/// few hundred bytes, sent with the headers in practice.
+pub const BANK_CALLBACK_BODY_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// On shutdown, a callback being recorded gets this long to finish, so the
 /// bank hears `200` rather than retrying it (a retry would be a harmless
 /// duplicate).

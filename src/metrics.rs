@@ -17,7 +17,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{prometheus_text, DescriptorEncoder};
@@ -52,12 +51,14 @@ pub async fn serve(
     let bounds = crate::http_server::ServerLimits {
         connections_max: limits::METRICS_CONNECTIONS_MAX,
         header_read_timeout: limits::METRICS_HEADER_READ_TIMEOUT,
+        body_read_timeout: limits::METRICS_HEADER_READ_TIMEOUT,
+        body_bytes_max: limits::METRICS_BODY_BYTES_MAX,
         drain_max: limits::METRICS_DRAIN_MAX,
     };
     crate::http_server::serve_over("metrics", listener, tls, bounds, handler, shutdown).await;
 }
 
-async fn respond(request: Request<Incoming>, render: Render) -> Response<Full<Bytes>> {
+async fn respond(request: Request<Full<Bytes>>, render: Render) -> Response<Full<Bytes>> {
     let response = if request.method() == Method::GET && request.uri().path() == "/metrics" {
         Response::builder()
             .header(header::CONTENT_TYPE, CONTENT_TYPE)

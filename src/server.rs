@@ -498,6 +498,8 @@ fn serve_bank_callbacks(
     let bounds = crate::http_server::ServerLimits {
         connections_max: limits::BANK_CALLBACK_CONNECTIONS_MAX,
         header_read_timeout: limits::BANK_CALLBACK_HEADER_READ_TIMEOUT,
+        body_read_timeout: limits::BANK_CALLBACK_BODY_READ_TIMEOUT,
+        body_bytes_max: limits::BANK_CALLBACK_BYTES_MAX,
         drain_max: limits::BANK_CALLBACK_DRAIN_MAX,
     };
     let tls = http1_tls(config.auth.bank_callback_tls.as_ref(), shutdown, tasks)?;

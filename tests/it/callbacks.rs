@@ -35,6 +35,11 @@ struct Node {
 }
 
 async fn start(store: Arc<dyn Store>) -> Node {
+    start_with(store, 16).await
+}
+
+/// [`start`], the endpoint taking `connections_max` connections at once.
+async fn start_with(store: Arc<dyn Store>, connections_max: usize) -> Node {
     let random = Arc::new(SeededRandom::new(5));
     let (events, queue) = mpsc::channel(1024);
     let simulator = BuiltInBankConfig {
@@ -75,8 +80,10 @@ async fn start(store: Arc<dyn Store>) -> Node {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let bounds = payvisor::http_server::ServerLimits {
-        connections_max: 16,
+        connections_max,
         header_read_timeout: Duration::from_secs(5),
+        body_read_timeout: payvisor::limits::BANK_CALLBACK_BODY_READ_TIMEOUT,
+        body_bytes_max: payvisor::limits::BANK_CALLBACK_BYTES_MAX,
         drain_max: Duration::from_secs(5),
     };
     background.tasks.spawn(
@@ -278,4 +285,57 @@ async fn callbacks_are_authenticated_recorded_once_and_never_move_a_payment_back
         return;
     }
     scenario(Arc::new(dynamodb_server::fresh_store("callbacks").await)).await;
+}
+
+/// Every connection slot held by clients that send headers promising a
+/// body and then nothing (or a byte now and then): a signed callback still
+/// gets in and is applied within a second. Before, the body was read with
+/// no time bound and a full server reset new connections, so outcomes
+/// waited for the watchdog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_connections_cannot_keep_a_signed_callback_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let node = start_with(store, payvisor::limits::BANK_CALLBACK_CONNECTIONS_MAX).await;
+    let payment = hung_payment(&node, "flood").await;
+    let port = node.port;
+    let attackers = tokio::task::spawn_blocking(move || {
+        let mut held = Vec::new();
+        for n in 0..payvisor::limits::BANK_CALLBACK_CONNECTIONS_MAX + 16 {
+            let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            let _ = write!(
+                stream,
+                "POST /v1/callbacks/bank-a HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+            );
+            // Some trickle a byte of the body.
+            if n % 2 == 0 {
+                let _ = stream.write_all(b"{");
+            }
+            held.push(stream);
+        }
+        held
+    })
+    .await
+    .unwrap();
+    assert!(attackers.len() >= payvisor::limits::BANK_CALLBACK_CONNECTIONS_MAX);
+    // Long enough for the held connections to count as stuck.
+    tokio::time::sleep(payvisor::limits::HTTP_EVICT_IDLE_AFTER * 2).await;
+    let started = std::time::Instant::now();
+    let processed = callback("m-flood", "payment.processed", &payment);
+    let (status, body) = run(port, processed.clone(), signed(&processed)).await;
+    assert_eq!(status, 200, "{body}");
+    let current = node
+        .orchestrator
+        .get_payment(&payment.name())
+        .await
+        .unwrap();
+    assert_eq!(current.state, PaymentState::Processed);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "applied after {:?}",
+        started.elapsed()
+    );
+    drop(attackers);
 }

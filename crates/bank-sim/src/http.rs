@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
-use hyper::body::Incoming;
 use hyper::{header, Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -47,12 +46,14 @@ pub async fn serve(listener: TcpListener, bank: Arc<Bank>, shutdown: Shutdown) {
     let bounds = payvisor::http_server::ServerLimits {
         connections_max: limits::CONNECTIONS_MAX,
         header_read_timeout: limits::HEADER_READ_TIMEOUT,
+        body_read_timeout: limits::HEADER_READ_TIMEOUT,
+        body_bytes_max: limits::REQUEST_BYTES_MAX,
         drain_max: limits::DRAIN_MAX,
     };
     payvisor::http_server::serve("bank-sim", listener, bounds, handler, shutdown).await;
 }
 
-async fn respond(bank: Arc<Bank>, request: Request<Incoming>) -> Result<Answer, Infallible> {
+async fn respond(bank: Arc<Bank>, request: Request<Full<Bytes>>) -> Result<Answer, Infallible> {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     if let Some(control) = path.strip_prefix("/admin/") {
@@ -94,7 +95,10 @@ async fn respond(bank: Arc<Bank>, request: Request<Incoming>) -> Result<Answer, 
 }
 
 /// `POST /v1/payments`.
-async fn submit_payment(bank: &Arc<Bank>, request: Request<Incoming>) -> Result<Answer, Refusal> {
+async fn submit_payment(
+    bank: &Arc<Bank>,
+    request: Request<Full<Bytes>>,
+) -> Result<Answer, Refusal> {
     let submission: PaymentRequest = read_json(request).await?;
     check_id("payment_id", &submission.payment_id)?;
     check_amount(submission.amount.minor_units)?;
@@ -177,7 +181,7 @@ async fn submit_payment(bank: &Arc<Bank>, request: Request<Incoming>) -> Result<
 }
 
 /// `POST /v1/refunds`.
-async fn submit_refund(bank: &Arc<Bank>, request: Request<Incoming>) -> Result<Answer, Refusal> {
+async fn submit_refund(bank: &Arc<Bank>, request: Request<Full<Bytes>>) -> Result<Answer, Refusal> {
     let submission: RefundRequest = read_json(request).await?;
     check_id("payment_id", &submission.payment_id)?;
     check_id("refund_id", &submission.refund_id)?;
@@ -344,7 +348,7 @@ async fn admin(
     bank: &Arc<Bank>,
     method: &Method,
     control: &str,
-    request: Request<Incoming>,
+    request: Request<Full<Bytes>>,
 ) -> Answer {
     match (method, control) {
         (&Method::POST, "outage") => {
@@ -383,7 +387,7 @@ async fn hold(bank: &Bank, payment_id: &str) {
     }
 }
 
-async fn read_json<T: DeserializeOwned>(request: Request<Incoming>) -> Result<T, Refusal> {
+async fn read_json<T: DeserializeOwned>(request: Request<Full<Bytes>>) -> Result<T, Refusal> {
     let body = Limited::new(request.into_body(), limits::REQUEST_BYTES_MAX)
         .collect()
         .await
