@@ -41,6 +41,21 @@ pub const INDEX_TOKEN_BYTES_MAX: usize = 512;
 /// Default and largest `page_size` for list calls (AIP-158).
 pub const PAGE_SIZE_DEFAULT: usize = 50;
 pub const PAGE_SIZE_MAX: usize = 500;
+/// Encoded bytes of one list response: a page is cut short (with a
+/// `next_page_token`) before it passes this. Under the 4 MB a default
+/// gRPC client accepts, with room for the envelope.
+pub const RESPONSE_BYTES_MAX: usize = 3 * 1024 * 1024;
+/// Payments read from the store at a time while filling a page: a call
+/// holds about one response's worth, whatever its `page_size`.
+pub const LIST_READ_CHUNK: usize = 50;
+/// Payments one list call reads at most (filtered ones included), so a
+/// filtered cross-account listing returns, short, instead of reading an
+/// index whole.
+pub const LIST_SCAN_MAX: usize = 2_000;
+/// List calls served at once on a node; others wait their turn. Each holds
+/// up to a response's bytes several times over (store rows, domain values,
+/// protobuf): 8 × 3 MB keeps a burst of large pages to tens of MB.
+pub const LIST_CALLS_CONCURRENT_MAX: usize = 8;
 
 /// Sub-partitions an account's payments, movements and idempotency records
 /// are spread over (and shards of the pending-work index), so that one busy

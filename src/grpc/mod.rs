@@ -9,6 +9,7 @@ pub mod convert;
 pub mod error;
 pub mod forward;
 pub mod page_token;
+pub mod paging;
 
 use std::pin::Pin;
 
@@ -23,7 +24,7 @@ use crate::domain::payment::{PaymentState, ReviewVerdict};
 use crate::domain::{parse_account_name, parse_payment_name};
 use crate::limits;
 use crate::shutdown::Shutdown;
-use crate::store::schema::FeedPosition;
+use crate::store::schema::{self, FeedPosition};
 use page_token::{Listing, PageTokens};
 
 /// Generated protobuf and gRPC code for `payvisor.v1`.
@@ -81,6 +82,8 @@ pub struct PaymentApi {
     /// With an access list: open streams end when their caller's access
     /// is withdrawn.
     authenticator: Option<std::sync::Arc<crate::auth::Authenticator>>,
+    /// Turns for list calls (see [`limits::LIST_CALLS_CONCURRENT_MAX`]).
+    list_turns: std::sync::Arc<tokio::sync::Semaphore>,
 }
 
 impl PaymentApi {
@@ -96,6 +99,9 @@ impl PaymentApi {
             peers: None,
             page_tokens: std::sync::Arc::new(page_tokens),
             authenticator: None,
+            list_turns: std::sync::Arc::new(tokio::sync::Semaphore::new(
+                limits::LIST_CALLS_CONCURRENT_MAX,
+            )),
         }
     }
 
@@ -117,6 +123,15 @@ impl PaymentApi {
         self.cluster = Some(cluster);
         self.peers = Some(peers);
         self
+    }
+
+    /// A turn to serve a list call; waits for one (see
+    /// [`limits::LIST_CALLS_CONCURRENT_MAX`]).
+    async fn list_turn(&self) -> Result<tokio::sync::SemaphorePermit<'_>, CommandError> {
+        self.list_turns
+            .acquire()
+            .await
+            .map_err(|_| CommandError::Unavailable("the server is shutting down".into()))
     }
 
     fn subscribe_peers(&self) -> Option<tokio::sync::broadcast::Receiver<cluster::PeerItem>> {
@@ -219,19 +234,20 @@ impl PaymentService for PaymentApi {
             let position = self
                 .page_tokens
                 .open(Listing::ReviewQueue, &request.page_token)?;
-            let (payments, next) = self
-                .orchestrator
-                .list_in_review(position.as_ref(), page_size)
-                .await?;
-            // A scoped reviewer sees its accounts' part of the queue (a
-            // page may come back short; the sealed token goes on all the
-            // same, without naming what it skipped).
+            let _turn = self.list_turn().await?;
+            // A scoped reviewer sees its accounts' part of the queue: the
+            // page is filled from further on (within the scan bound), and
+            // the sealed token goes on without naming what it skipped.
+            let (payments, next) = paging::fill(
+                position,
+                page_size,
+                |payment| caller.sees(&payment.account),
+                |payment| schema::waiting_position(schema::WaitingList::Review, payment),
+                |after, n| async move { self.orchestrator.list_in_review(after.as_ref(), n).await },
+            )
+            .await?;
             return Ok(Response::new(pb::ListPaymentsResponse {
-                payments: payments
-                    .iter()
-                    .filter(|payment| caller.sees(&payment.account))
-                    .map(convert::payment_to_pb)
-                    .collect(),
+                payments,
                 next_page_token: next
                     .map(|next| self.page_tokens.seal(Listing::ReviewQueue, &next))
                     .unwrap_or_default(),
@@ -241,20 +257,31 @@ impl PaymentService for PaymentApi {
             parse_account_name(&request.parent).map_err(|error| invalid_name("parent", error))?;
         caller.check(Action::ListPayments, &account)?;
         let start_after = convert::decode_page_token(&request.page_token)?;
-        let (payments, next) = match state {
-            None => {
-                self.orchestrator
-                    .list_payments(&account, start_after.as_ref(), page_size)
-                    .await?
-            }
-            Some(state) => {
-                self.orchestrator
-                    .list_payments_in_state(&account, state, start_after, page_size)
-                    .await?
-            }
-        };
+        let _turn = self.list_turn().await?;
+        let account = &account;
+        let (payments, next) = paging::fill(
+            start_after,
+            page_size,
+            |_| true,
+            |payment| Some(payment.id.clone()),
+            |after, n| async move {
+                match state {
+                    None => {
+                        self.orchestrator
+                            .list_payments(account, after.as_ref(), n)
+                            .await
+                    }
+                    Some(state) => {
+                        self.orchestrator
+                            .list_payments_in_state(account, state, after, n)
+                            .await
+                    }
+                }
+            },
+        )
+        .await?;
         Ok(Response::new(pb::ListPaymentsResponse {
-            payments: payments.iter().map(convert::payment_to_pb).collect(),
+            payments,
             next_page_token: next
                 .as_ref()
                 .map(convert::encode_page_token)
@@ -328,16 +355,17 @@ impl PaymentService for PaymentApi {
         let position = self
             .page_tokens
             .open(Listing::Stalled, &request.page_token)?;
-        let (payments, next) = self
-            .orchestrator
-            .list_stalled(position.as_ref(), page_size)
-            .await?;
+        let _turn = self.list_turn().await?;
+        let (payments, next) = paging::fill(
+            position,
+            page_size,
+            |payment| caller.sees(&payment.account),
+            |payment| schema::waiting_position(schema::WaitingList::Stalled, payment),
+            |after, n| async move { self.orchestrator.list_stalled(after.as_ref(), n).await },
+        )
+        .await?;
         Ok(Response::new(pb::ListStalledPaymentsResponse {
-            payments: payments
-                .iter()
-                .filter(|payment| caller.sees(&payment.account))
-                .map(convert::payment_to_pb)
-                .collect(),
+            payments,
             next_page_token: next
                 .map(|next| self.page_tokens.seal(Listing::Stalled, &next))
                 .unwrap_or_default(),

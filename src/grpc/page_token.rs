@@ -14,6 +14,10 @@ use ring::rand::{SecureRandom, SystemRandom};
 use crate::actors::CommandError;
 use crate::store::schema::{IndexPosition, PageTokenKey};
 
+/// Bytes sealed in every token: a position's length and the longest
+/// position, padded.
+const PLAINTEXT_BYTES: usize = 2 + crate::limits::INDEX_TOKEN_BYTES_MAX;
+
 /// Which listing a token continues.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Listing {
@@ -76,7 +80,14 @@ impl PageTokens {
         self.random
             .fill(&mut nonce)
             .expect("the operating system's random source");
-        let mut sealed = position.as_str().as_bytes().to_vec();
+        // Padded to one length, so that a token's length does not tell
+        // the length of the ids it hides: two bytes of length, the
+        // position, zeros.
+        let position = position.as_str().as_bytes();
+        let mut sealed = Vec::with_capacity(PLAINTEXT_BYTES + 16);
+        sealed.extend_from_slice(&(position.len() as u16).to_be_bytes());
+        sealed.extend_from_slice(position);
+        sealed.resize(PLAINTEXT_BYTES, 0);
         self.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
@@ -84,6 +95,7 @@ impl PageTokens {
                 &mut sealed,
             )
             .expect("a position far below ChaCha20-Poly1305's limit");
+        debug_assert!(position.len() <= crate::limits::INDEX_TOKEN_BYTES_MAX);
         let mut token = String::with_capacity(3 + 2 * (NONCE_LEN + sealed.len()));
         token.push_str(listing.prefix());
         for byte in nonce.iter().chain(&sealed) {
@@ -109,9 +121,8 @@ impl PageTokens {
 
     fn try_open(&self, listing: Listing, token: &str) -> Option<IndexPosition> {
         let hex = token.strip_prefix(listing.prefix())?;
-        // A position of at most INDEX_TOKEN_BYTES_MAX, sealed, in hex.
-        let longest = 2 * (NONCE_LEN + crate::limits::INDEX_TOKEN_BYTES_MAX + 16);
-        if hex.len() > longest || hex.len() % 2 != 0 {
+        // Every token is a padded position, sealed, in hex.
+        if hex.len() != 2 * (NONCE_LEN + PLAINTEXT_BYTES + 16) {
             return None;
         }
         let mut bytes = hex
@@ -128,7 +139,9 @@ impl PageTokens {
             .key
             .open_in_place(nonce, Aad::from(listing.prefix()), &mut sealed)
             .ok()?;
-        IndexPosition::parse(std::str::from_utf8(opened).ok()?)
+        let (length, rest) = opened.split_first_chunk::<2>()?;
+        let position = rest.get(..usize::from(u16::from_be_bytes(*length)))?;
+        IndexPosition::parse(std::str::from_utf8(position).ok()?)
     }
 }
 
@@ -149,6 +162,14 @@ mod tests {
         assert!(!token.contains("acct-other") && !token.contains("pay-secret"));
         // Random nonces: the same position never gives the same token.
         assert_ne!(token, tokens.seal(Listing::ReviewQueue, &position()));
+        // One length for every token, whatever the position's.
+        let short = IndexPosition::parse("0:0:1/a/b").unwrap();
+        let sealed_short = tokens.seal(Listing::ReviewQueue, &short);
+        assert_eq!(sealed_short.len(), token.len());
+        assert_eq!(
+            tokens.open(Listing::ReviewQueue, &sealed_short).unwrap(),
+            Some(short)
+        );
         // Any node with the store's key opens it.
         let elsewhere = PageTokens::new(&key.clone());
         assert_eq!(

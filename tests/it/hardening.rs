@@ -222,3 +222,110 @@ async fn unreadable_requests_are_the_clients_errors_with_a_reason() {
         .await
         .expect("a good request after the junk");
 }
+
+/// The server's peak resident memory, from `/proc`, in MiB.
+fn peak_rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmHWM:"))
+        .expect("VmHWM in /proc/PID/status");
+    let kib: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|kib| kib.parse().ok())
+        .unwrap();
+    kib / 1024
+}
+
+/// The stated bound on the server's peak memory under the load below
+/// (before: 4.6 GB with 256 such calls).
+const LIST_LOAD_RSS_MIB_MAX: u64 = 512;
+
+/// Pages of payments with full metadata fit a default client's 4 MB, and
+/// 256 calls for the largest page at once keep the server's memory bounded.
+/// Before, one such page was a 9.5 MB message no default client could read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_pages_fit_a_default_client_and_a_burst_of_them_keeps_memory_bounded() {
+    let server = Server::start(&[]);
+    let client = server.client().await;
+    let metadata: std::collections::HashMap<String, String> = (0
+        ..payvisor::limits::METADATA_ENTRIES_MAX)
+        .map(|key| {
+            (
+                format!("{key:0>64}"),
+                "v".repeat(payvisor::limits::METADATA_VALUE_BYTES_MAX),
+            )
+        })
+        .collect();
+    let mut creates = tokio::task::JoinSet::new();
+    for n in 0..500 {
+        let mut client = client.clone();
+        let metadata = metadata.clone();
+        creates.spawn(async move {
+            let mut request = create_request("wide", &format!("wide-{n}"), 100);
+            request.payment.as_mut().unwrap().metadata = metadata;
+            client.create_payment(request).await.unwrap();
+        });
+        if creates.len() >= 16 {
+            creates.join_next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(created) = creates.join_next().await {
+        created.unwrap();
+    }
+    // A client with gRPC's default 4 MB message limit pages through all.
+    let mut names = std::collections::BTreeSet::new();
+    let mut page_token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = client
+            .clone()
+            .list_payments(pb::ListPaymentsRequest {
+                parent: "accounts/wide".into(),
+                page_size: 500,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("a page under 4 MB")
+            .into_inner();
+        pages += 1;
+        for payment in page.payments {
+            assert!(names.insert(payment.name), "a payment listed twice");
+        }
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    assert_eq!(names.len(), 500);
+    assert!(pages >= 4, "cut by bytes: {pages} pages");
+    // 256 of the largest calls at once.
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..256 {
+        let mut client = client.clone();
+        burst.spawn(async move {
+            client
+                .list_payments(pb::ListPaymentsRequest {
+                    parent: "accounts/wide".into(),
+                    page_size: 500,
+                    ..Default::default()
+                })
+                .await
+                .map(|page| page.into_inner().payments.len())
+        });
+    }
+    while let Some(listed) = burst.join_next().await {
+        let listed = listed
+            .unwrap()
+            .expect("every call of the burst is answered");
+        assert!(listed > 0);
+    }
+    let peak = peak_rss_mib(server.pid());
+    eprintln!("peak RSS after the burst: {peak} MiB");
+    assert!(
+        peak <= LIST_LOAD_RSS_MIB_MAX,
+        "peak RSS {peak} MiB over {LIST_LOAD_RSS_MIB_MAX} MiB"
+    );
+}

@@ -12,8 +12,9 @@ pub fn payment_key(account: &AccountId, payment: &PaymentId) -> Key {
     )
 }
 
-pub fn payment_item(payment: &Payment, version: u64) -> Item {
-    let index = payment.watch.as_ref().map(|watch| {
+/// The payment's key in the sparse index: present while it is watched.
+fn payment_index(payment: &Payment) -> Option<IndexKey> {
+    payment.watch.as_ref().map(|watch| {
         let tail = format!("{}/{}", payment.account, payment.id);
         let (family, at) = match watch.due_at {
             Some(due) if watch.is_stalled() => (STALLED_REDRIVING, due),
@@ -25,13 +26,29 @@ pub fn payment_item(payment: &Payment, version: u64) -> Item {
             pk: index_partition(family, shard_of(&tail)),
             sk: format!("{}/{tail}", time_prefix(at)),
         }
-    });
+    })
+}
+
+pub fn payment_item(payment: &Payment, version: u64) -> Item {
     Item {
         key: payment_key(&payment.account, &payment.id),
         version,
         body: encode(payment),
-        index,
+        index: payment_index(payment),
     }
+}
+
+/// Where `list` goes on after `payment`, one of its entries: a page cut
+/// short after it (to bound a response's bytes) continues from there.
+pub fn waiting_position(list: WaitingList, payment: &Payment) -> Option<IndexPosition> {
+    let index = payment_index(payment)?;
+    let (family, shard) = index.pk.rsplit_once('#')?;
+    let family = list.families().iter().position(|known| *known == family)?;
+    IndexPosition::parse(&format!(
+        "{family}:{}:{}",
+        shard.parse::<usize>().ok()?,
+        index.sk
+    ))
 }
 
 pub async fn load_payment(
