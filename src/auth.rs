@@ -319,10 +319,15 @@ impl Authenticator {
     }
 
     /// Whether `entry`, taken when a stream opened, still stands: the
-    /// identity is in the list with the same secret and grant, unexpired.
+    /// identity is in the list with the same secret, roles and scope, and
+    /// unexpired (a changed expiry or rate leaves its streams open).
     pub fn still_stands(&self, entry: &Entry) -> bool {
-        self.entry_of(&entry.grant.identity)
-            .is_some_and(|now| now == *entry && !now.grant.expired(self.clock.now()))
+        self.entry_of(&entry.grant.identity).is_some_and(|now| {
+            now.secret_sha256 == entry.secret_sha256
+                && now.grant.roles == entry.grant.roles
+                && now.grant.scope == entry.grant.scope
+                && !now.grant.expired(self.clock.now())
+        })
     }
 }
 
@@ -428,6 +433,9 @@ mod tests {
                 "{changed} at {at}"
             );
         }
+        // A later expiry is no reason to end its streams.
+        let extended = authenticator(&entry('a', r#""gateway""#, "2028-01-01T00:00:00Z"), now);
+        assert!(extended.still_stands(&key));
         // The certificate's entry is untouched by the key's changes.
         let later = authenticator(&entry('b', r#""gateway""#, "2027-01-01T00:00:00Z"), now);
         assert!(later.still_stands(&certificate));

@@ -419,6 +419,10 @@ fn attribute_text(attribute: &[u8]) -> Option<String> {
         [0x55, 0x04, 0x0b] => Some("OU"),
         [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x19] => Some("DC"),
         [0x09, 0x92, 0x26, 0x89, 0x93, 0xf2, 0x2c, 0x64, 0x01, 0x01] => Some("UID"),
+        // Not RFC 4514's, but as OpenSSL writes them: common in client
+        // certificates.
+        [0x55, 0x04, 0x05] => Some("serialNumber"),
+        [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01] => Some("emailAddress"),
         _ => None,
     };
     let tag = *value.first()?;
@@ -455,7 +459,9 @@ fn dotted_oid(oid: &[u8]) -> Option<String> {
     let mut arcs: Vec<u64> = Vec::new();
     let mut arc: u64 = 0;
     for (index, &byte) in oid.iter().enumerate() {
-        if arc > u64::MAX >> 7 {
+        if arc > u64::MAX >> 7 || (arc == 0 && byte == 0x80) {
+            // Too long, or not minimal (a leading 0x80): one OID, one
+            // spelling.
             return None;
         }
         arc = (arc << 7) | u64::from(byte & 0x7f);
@@ -584,6 +590,7 @@ mod tests {
         const OU: &[u8] = &[0x55, 0x04, 0x0b];
         const SERIAL_NUMBER: &[u8] = &[0x55, 0x04, 0x05];
         const EMAIL: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x09, 0x01];
+        const TITLE: &[u8] = &[0x55, 0x04, 0x0c];
         // One RDN of two attributes, then another RDN.
         let mut both = attribute(CN, 0x0c, "ops");
         both.extend(attribute(OU, 0x0c, "pay"));
@@ -600,13 +607,21 @@ mod tests {
             subject.extend(tlv(0x31, &attribute(SERIAL_NUMBER, 0x13, serial)));
             subject_of(&with_subject(&subject)).unwrap()
         };
-        assert_eq!(named("1"), "CN=ops,2.5.4.5=#130131");
+        assert_eq!(named("1"), "CN=ops,serialNumber=1");
         assert_ne!(named("1"), named("2"));
         let subject = tlv(0x31, &attribute(EMAIL, 0x16, "a@b"));
         assert_eq!(
             subject_of(&with_subject(&subject)).as_deref(),
-            Some("1.2.840.113549.1.9.1=#1603614062")
+            Some("emailAddress=a@b")
         );
+        let subject = tlv(0x31, &attribute(TITLE, 0x0c, "cto"));
+        assert_eq!(
+            subject_of(&with_subject(&subject)).as_deref(),
+            Some("2.5.4.12=#0c0363746f")
+        );
+        // An OID with a non-minimal arc (a leading 0x80): no identity.
+        let subject = tlv(0x31, &attribute(&[0x55, 0x80, 0x04], 0x0c, "x"));
+        assert_eq!(subject_of(&with_subject(&subject)), None);
         // A value that is not a string it reads: by its DER as well.
         let subject = tlv(0x31, &attribute(CN, 0x1e, "\0a"));
         assert_eq!(

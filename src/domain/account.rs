@@ -200,7 +200,7 @@ pub struct AuditRecord {
     /// The payment's state after it.
     pub state: PaymentState,
     /// The payment's version it wrote (tells two actions apart); for a
-    /// re-sent event, the payment's version when it was re-sent.
+    /// re-sent event, the version of the event's record it wrote.
     pub version: u64,
     /// For a re-sent event (cause `event_resent`): its sequence number.
     pub event: Option<u64>,

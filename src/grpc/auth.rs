@@ -46,18 +46,28 @@ pub fn encode_identity(identity: &str) -> String {
     encoded
 }
 
-/// The identity [`encode_identity`] encoded; `None` for anything else.
+/// The identity [`encode_identity`] encoded; `None` for anything else
+/// (so one identity has one spelling).
 pub fn decode_identity(encoded: &[u8]) -> Option<String> {
     let mut bytes = Vec::with_capacity(encoded.len());
     let mut rest = encoded;
     while let Some((&byte, after)) = rest.split_first() {
         if byte == b'%' {
             let digits = std::str::from_utf8(after.get(..2)?).ok()?;
-            bytes.push(u8::from_str_radix(digits, 16).ok()?);
+            if digits.bytes().any(|digit| digit.is_ascii_lowercase()) {
+                return None;
+            }
+            let decoded = u8::from_str_radix(digits, 16).ok()?;
+            if (0x20..0x7f).contains(&decoded) && decoded != b'%' {
+                return None; // written as itself by the encoder
+            }
+            bytes.push(decoded);
             rest = &after[2..];
-        } else {
+        } else if (0x20..0x7f).contains(&byte) {
             bytes.push(byte);
             rest = after;
+        } else {
+            return None;
         }
     }
     String::from_utf8(bytes).ok()
@@ -459,7 +469,7 @@ mod tests {
             );
         }
         assert_eq!(encode_identity("Zoë%"), "Zo%C3%AB%25");
-        for bad in ["%", "%4", "%zz", "%C3"] {
+        for bad in ["%", "%4", "%zz", "%C3", "Zo%c3%ab", "%41", "Zo\u{eb}"] {
             assert_eq!(decode_identity(bad.as_bytes()), None, "{bad}");
         }
     }

@@ -166,6 +166,7 @@ impl ClusterService for ClusterApi {
         let mut events = self.orchestrator.subscribe_events();
         let mut alerts = self.orchestrator.subscribe_alerts();
         let (sender, receiver) = tokio::sync::mpsc::channel(limits::ALERT_STREAM_BUFFER);
+        let (ended, ending) = tokio::sync::oneshot::channel();
         let stopping = self.shutdown.clone();
         let withdrawn = super::auth::withdrawn(self.authenticator.clone(), caller);
         tokio::spawn(async move {
@@ -174,7 +175,7 @@ impl ClusterService for ClusterApi {
                 let kind = tokio::select! {
                     () = stopping.signalled() => return,
                     error = &mut withdrawn => {
-                        let _ = sender.try_send(Err(error.into()));
+                        let _ = ended.send(Status::from(error));
                         return;
                     }
                     event = events.recv() => match event {
@@ -195,9 +196,9 @@ impl ClusterService for ClusterApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-        )))
+        Ok(Response::new(Box::pin(super::Ending::new(
+            receiver, ending,
+        ))))
     }
 }
 

@@ -143,15 +143,18 @@ impl PaymentApi {
     /// the node shuts down; then the stream ends with UNAVAILABLE,
     /// which tells the client to subscribe again (elsewhere, or here after
     /// the restart; `WatchPaymentEvents` resumes after its last event).
+    /// Returns the stream to answer with.
     fn spawn_feed<T, F>(
         &self,
         caller: &auth::Caller,
-        sender: tokio::sync::mpsc::Sender<Result<T, Status>>,
         feed: impl FnOnce(tokio::sync::mpsc::Sender<Result<T, Status>>) -> F,
-    ) where
+    ) -> Ending<T>
+    where
         T: Send + 'static,
         F: std::future::Future<Output = ()> + Send + 'static,
     {
+        let (sender, receiver) = tokio::sync::mpsc::channel(limits::ALERT_STREAM_BUFFER);
+        let (ended, ending) = tokio::sync::oneshot::channel();
         let feed = feed(sender.clone());
         let shutdown = self.shutdown.signalled();
         let withdrawn = auth::withdrawn(self.authenticator.clone(), caller.clone());
@@ -159,7 +162,8 @@ impl PaymentApi {
             tokio::select! {
                 () = feed => {}
                 error = withdrawn => {
-                    let _ = sender.try_send(Err(error.into()));
+                    // Ahead of anything still buffered for the client.
+                    let _ = ended.send(Status::from(error));
                 }
                 () = shutdown => {
                     let stopping = CommandError::Unavailable("the server is shutting down; subscribe again".into());
@@ -169,6 +173,58 @@ impl PaymentApi {
                 }
             }
         });
+        Ending::new(receiver, ending)
+    }
+}
+
+/// A live stream that ends with an error as soon as one is given, ahead of
+/// what is still buffered for a slow client (the buffered items are
+/// dropped): a caller whose access was withdrawn gets nothing more.
+pub struct Ending<T> {
+    items: tokio_stream::wrappers::ReceiverStream<Result<T, Status>>,
+    ending: Option<tokio::sync::oneshot::Receiver<Status>>,
+    ended: bool,
+}
+
+impl<T> Ending<T> {
+    pub fn new(
+        items: tokio::sync::mpsc::Receiver<Result<T, Status>>,
+        ending: tokio::sync::oneshot::Receiver<Status>,
+    ) -> Ending<T> {
+        Ending {
+            items: tokio_stream::wrappers::ReceiverStream::new(items),
+            ending: Some(ending),
+            ended: false,
+        }
+    }
+}
+
+impl<T> Stream for Ending<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(
+        self: Pin<&mut Self>,
+        context: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(ending) = this.ending.as_mut() {
+            match Pin::new(ending).poll(context) {
+                Poll::Ready(Ok(status)) => {
+                    this.ended = true;
+                    this.items.close();
+                    return Poll::Ready(Some(Err(status)));
+                }
+                // The feed ended without an error to give.
+                Poll::Ready(Err(_)) => this.ending = None,
+                Poll::Pending => {}
+            }
+        }
+        Pin::new(&mut this.items).poll_next(context)
     }
 }
 
@@ -381,8 +437,7 @@ impl PaymentService for PaymentApi {
         let caller = auth::caller(&request)?;
         let mut alerts = self.orchestrator.subscribe_alerts();
         let mut peers = self.subscribe_peers();
-        let (sender, receiver) = tokio::sync::mpsc::channel(limits::ALERT_STREAM_BUFFER);
-        self.spawn_feed(&caller.clone(), sender, |sender| async move {
+        let stream = self.spawn_feed(&caller.clone(), |sender| async move {
             let mut missed = 0;
             loop {
                 let mut alert = tokio::select! {
@@ -420,9 +475,7 @@ impl PaymentService for PaymentApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-        )))
+        Ok(Response::new(Box::pin(stream)))
     }
 
     async fn approve_payment(
@@ -565,8 +618,7 @@ impl PaymentService for PaymentApi {
         };
         let overlap = limits::EVENT_REPLAY_OVERLAP.as_millis() as i64;
         let orchestrator = self.orchestrator.clone();
-        let (sender, receiver) = tokio::sync::mpsc::channel(limits::ALERT_STREAM_BUFFER);
-        self.spawn_feed(&caller.clone(), sender, |sender| async move {
+        let stream = self.spawn_feed(&caller.clone(), |sender| async move {
             let mut replayed = std::collections::HashSet::new();
             if let Some((at, payment, seq)) = resume {
                 let mut position = FeedPosition::before(at.plus_millis(-overlap));
@@ -642,8 +694,6 @@ impl PaymentService for PaymentApi {
                 }
             }
         });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(receiver),
-        )))
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -213,7 +213,9 @@ impl WebhookDispatcher {
                     actor: actor.to_owned(),
                     causes: vec!["event_resent".into()],
                     state: paid.value.state,
-                    version: paid.version,
+                    // The event record's version this write makes: two
+                    // re-sends, even in one millisecond, are two records.
+                    version: current.version + 1,
                     event: Some(seq),
                 }),
                 condition: Condition::NotExists,
