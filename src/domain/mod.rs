@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod account;
+pub mod country;
 pub mod events;
 pub mod idempotency;
 pub mod ledger;

@@ -432,14 +432,12 @@ impl BlockList {
     }
 }
 
-/// Two ASCII letters, upper-cased; `None` for anything else.
+/// An assigned ISO 3166-1 alpha-2 code in any case, upper-cased; `None`
+/// for anything else.
 fn country_code(text: &str) -> Option<[u8; 2]> {
-    match text.as_bytes() {
-        [first, second] if first.is_ascii_alphabetic() && second.is_ascii_alphabetic() => {
-            Some([first.to_ascii_uppercase(), second.to_ascii_uppercase()])
-        }
-        _ => None,
-    }
+    let code = super::country::country_code(text)?;
+    let bytes = code.as_bytes();
+    Some([bytes[0], bytes[1]])
 }
 
 // ---------------------------------------------------------------------------
@@ -1153,7 +1151,7 @@ fn compile_block_list(reader: &mut RuleReader<'_, '_>) -> Option<BlockList> {
                         countries.insert(country);
                     }
                     None => reader.problem(format_args!(
-                        "values[{index}] {value:?} is not a country code (two letters)"
+                        "values[{index}] {value:?} is not a country code (an assigned ISO 3166-1 alpha-2 code)"
                     )),
                 }
             }

@@ -148,14 +148,13 @@ pub fn create_payment(request: pb::CreatePaymentRequest) -> Result<CreatePayment
                     ),
                 );
             }
-            let payer_country = Some(payment.payer_country.clone()).filter(|c| !c.is_empty());
-            if payer_country
-                .as_ref()
-                .is_some_and(|c| c.len() != 2 || !c.chars().all(|c| c.is_ascii_uppercase()))
-            {
+            // Any case; stored (and fingerprinted) upper case.
+            let given = Some(payment.payer_country.as_str()).filter(|c| !c.is_empty());
+            let payer_country = given.and_then(crate::domain::country::country_code);
+            if given.is_some() && payer_country.is_none() {
                 violations.add(
                     "payment.payer_country",
-                    "an ISO 3166-1 alpha-2 code in upper case, such as DE",
+                    "an assigned ISO 3166-1 alpha-2 country code, such as DE",
                 );
             }
             (

@@ -170,20 +170,35 @@ async fn each_rule_type_decides_and_is_recorded_on_the_payment() {
         (State::InReview, vec!["burst".into()])
     );
 
-    // A malformed payer country is the caller's error, not a rule's.
-    let error = client
-        .create_payment({
-            let mut request = create_request("country", "bad-country", 100);
-            request.payment.as_mut().unwrap().payer_country = "kp".into();
-            request
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(bad_fields(&error), ["payment.payer_country"]);
+    // A payer country that is no assigned ISO 3166-1 code (or no code at
+    // all) is the caller's error, not a rule's.
+    for (n, bad) in ["XX", "ZZ", "K", "KPX"].into_iter().enumerate() {
+        let error = client
+            .create_payment({
+                let mut request = create_request("country", &format!("bad-country-{n}"), 100);
+                request.payment.as_mut().unwrap().payer_country = bad.into();
+                request
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(bad_fields(&error), ["payment.payer_country"], "{bad}");
+    }
+    // Any case is the same country, stored upper case, as rules compare
+    // it (this was refused: the API asked for upper case while the rules
+    // compared in any case; issue 15 asked for one rule).
+    let lower = create(&mut client, "kp-lower", "lower", 100, |p| {
+        p.payer_country = "kp".into()
+    })
+    .await;
+    assert_eq!(
+        (state(&lower), fired(&lower)),
+        (State::Declined, vec!["sanctioned".into()])
+    );
+    assert_eq!(lower.payer_country, "KP");
 
     server.verify_ledger(&[
         "shop", "at", "large", "huge", "kp", "de", "payer", "fraudco", "mcc", "capped", "shop2",
-        "velo",
+        "velo", "kp-lower",
     ]);
 }
 
