@@ -513,6 +513,23 @@ impl StoreConfig {
         }
     }
 
+    /// Opens the configured store, which must exist: for the offline tools
+    /// (`ledger verify`, `reconcile`), which must not create an empty store
+    /// in a mistyped `--data-dir` and report on it.
+    pub async fn open_existing(&self) -> Result<std::sync::Arc<dyn Store>, StoreError> {
+        if let StoreConfig::Sqlite { data_dir } = self {
+            let database = data_dir.join("payvisor.db");
+            if !database.is_file() {
+                return Err(StoreError::Unavailable(format!(
+                    "no payvisor store in {} ({} is missing): check --data-dir",
+                    data_dir.display(),
+                    database.display()
+                )));
+            }
+        }
+        self.open().await
+    }
+
     /// Opens the configured store.
     pub async fn open(&self) -> Result<std::sync::Arc<dyn Store>, StoreError> {
         Ok(match self {
@@ -590,9 +607,10 @@ impl ServeArgs {
     fn banks(&self) -> Result<Vec<HttpBankConfig>, ConfigError> {
         let entries = match (&self.banks, &self.bank_url) {
             (Some(_), Some(_)) => {
-                return Err(ConfigError::Bank(
-                    "give --banks or --bank-url, not both".into(),
-                ))
+                return Err(ConfigError::Bank {
+                    flag: "--banks",
+                    why: "give --banks or --bank-url, not both".into(),
+                })
             }
             (None, None) => return Ok(Vec::new()),
             (None, Some(url)) => vec![BankEntry {
@@ -609,10 +627,13 @@ impl ServeArgs {
                 currencies: None,
             }],
             (Some(path), None) => {
-                let bad = |why: String| ConfigError::Bank(format!("{}: {why}", path.display()));
+                let bad = |why: String| ConfigError::Bank {
+                    flag: "--banks",
+                    why: format!("{}: {why}", path.display()),
+                };
                 let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
-                let file: BanksFile =
-                    serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+                let file: BanksFile = serde_json::from_str(&text)
+                    .map_err(|e| bad(crate::domain::json::without_values(&e)))?;
                 if file.banks.is_empty() || file.banks.len() > limits::BANKS_MAX {
                     return Err(bad(format!("1 to {} banks", limits::BANKS_MAX)));
                 }
@@ -621,7 +642,15 @@ impl ServeArgs {
         };
         let mut banks: Vec<HttpBankConfig> = Vec::new();
         for entry in entries {
-            let bad = |why: &str| ConfigError::Bank(format!("bank {:?}: {why}", entry.name));
+            let flag = if self.banks.is_some() {
+                "--banks"
+            } else {
+                "--bank-url"
+            };
+            let bad = |why: &str| ConfigError::Bank {
+                flag,
+                why: format!("bank {:?}: {why}", entry.name),
+            };
             let name_ok = !entry.name.is_empty()
                 && entry.name.len() <= limits::WEBHOOK_ENDPOINT_NAME_CHARS_MAX
                 && entry
@@ -719,7 +748,8 @@ pub fn load_webhooks_file(path: &std::path::Path) -> Result<Vec<Endpoint>, Confi
     let shown = path.display().to_string();
     let bad = |why: String| ConfigError::Webhooks(shown.clone(), why);
     let text = std::fs::read_to_string(path).map_err(|error| bad(error.to_string()))?;
-    let file: WebhooksFile = serde_json::from_str(&text).map_err(|error| bad(error.to_string()))?;
+    let file: WebhooksFile = serde_json::from_str(&text)
+        .map_err(|error| bad(crate::domain::json::without_values(&error)))?;
     if file.endpoints.len() > limits::WEBHOOK_ENDPOINTS_MAX {
         return Err(bad(format!(
             "at most {} endpoints",
@@ -791,8 +821,8 @@ pub enum ConfigError {
     Webhooks(String, String),
     #[error("--webhook-retry-for {0:?}: expected a duration from 1s to 30d, like 24h")]
     WebhookRetryFor(String),
-    #[error("--bank-url: {0}")]
-    Bank(String),
+    #[error("{flag}: {why}")]
+    Bank { flag: &'static str, why: String },
     #[error("--reconcile-every {0:?}: expected a duration from 1s to 1d, like 10m")]
     ReconcileEvery(String),
     #[error("--reconcile-lag {0:?}: expected a duration from 1s to 1d, like 15m")]

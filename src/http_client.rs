@@ -25,6 +25,17 @@ pub fn parse_url(url: &str) -> Result<Uri, String> {
     if uri.host().is_none_or(str::is_empty) {
         return Err("no host".into());
     }
+    if uri
+        .authority()
+        .is_some_and(|authority| authority.as_str().contains('@'))
+    {
+        // They would not be sent (no Basic auth is added from a URL), and
+        // a URL with a password ends up in logs: refused, not dropped.
+        return Err(
+            "credentials in the URL (user:password@) are not sent: remove them; an endpoint's secret goes in its own field"
+                .into(),
+        );
+    }
     Ok(uri)
 }
 

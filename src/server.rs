@@ -119,6 +119,9 @@ pub async fn run(
             );
         }
     }
+    if let Err(error) = node.store.settle().await {
+        tracing::warn!(%error, "the store was not tidied up after the stop");
+    }
     tracing::info!("payvisor stopped");
     Ok(())
 }

@@ -723,7 +723,7 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
         .with_context(|| format!("bad --period {:?}", args.period))?;
     let from = args.from_ms.unwrap_or(to - period.as_millis() as i64);
     anyhow::ensure!(from < to, "the period is empty: from {from} to {to}");
-    let store = args.store.validate()?.open().await?;
+    let store = args.store.validate()?.open_existing().await?;
     let bank = crate::connectors::http::HttpBankConnector::new(
         crate::connectors::http::BankEndpoint {
             name: args.bank_name.clone(),
@@ -756,7 +756,7 @@ pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
 /// Runs `ledger verify`; fails (exit 1) when any account's books are off.
 pub async fn ledger(json: bool, command: LedgerCommand) -> anyhow::Result<()> {
     let LedgerCommand::Verify { store, accounts } = command;
-    let store = store.validate()?.open().await?;
+    let store = store.validate()?.open_existing().await?;
     let mut clean = true;
     let mut reports = Vec::new();
     for account in accounts {

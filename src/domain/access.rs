@@ -420,8 +420,12 @@ impl AccessList {
                 limits::AUTH_FILE_BYTES_MAX
             )));
         }
-        let document: Document = serde_json::from_str(text)
-            .map_err(|error| refuse(format!("not a valid access list: {error}")))?;
+        let document: Document = serde_json::from_str(text).map_err(|error| {
+            refuse(format!(
+                "not a valid access list: {}",
+                super::json::without_values(&error)
+            ))
+        })?;
         if document.keys.len() + document.certificates.len() > limits::AUTH_IDENTITIES_MAX {
             return Err(refuse(format!(
                 "{} identities, at most {} allowed",

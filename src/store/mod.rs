@@ -158,6 +158,12 @@ pub trait Store: Send + Sync + 'static {
     /// A range read of the sparse secondary index (may lag on DynamoDB;
     /// used for recovery sweeps, never for decisions).
     fn query_index(&self, query: IndexQuery) -> BoxFuture<'_, Result<Page, StoreError>>;
+    /// Tidies up after the last write of a clean stop (the embedded store
+    /// folds its write-ahead log into the database and truncates it).
+    /// The store stays usable.
+    fn settle(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// Checks what every backend must refuse before touching data.

@@ -329,3 +329,102 @@ async fn large_pages_fit_a_default_client_and_a_burst_of_them_keeps_memory_bound
         "peak RSS {peak} MiB over {LIST_LOAD_RSS_MIB_MAX} MiB"
     );
 }
+
+/// `payvisor serve` with `args` in a fresh data directory, expected to
+/// refuse to start: its stderr.
+fn refused_start(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success(), "it started: {stdout}");
+    assert!(!stdout.contains("listening"), "{stdout}");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// The smaller defects: each refused with a clear message, and no secret
+/// or stray directory left behind.
+#[test]
+fn configuration_mistakes_are_named_without_echoing_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    // A numeric webhook secret is a type error, told without the number.
+    let webhooks = dir.path().join("webhooks.json");
+    std::fs::write(
+        &webhooks,
+        r#"{"endpoints": [{"name": "shop", "url": "https://shop.example/hooks", "secret": 918273645546372819}]}"#,
+    )
+    .unwrap();
+    let stderr = refused_start(&["--webhooks", webhooks.to_str().unwrap()]);
+    assert!(stderr.contains("--webhooks"), "{stderr}");
+    assert!(
+        stderr.contains("invalid type: integer, expected a string"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("918273645546372819"), "{stderr}");
+    // Credentials in a URL are refused, not silently dropped.
+    std::fs::write(
+        &webhooks,
+        r#"{"endpoints": [{"name": "shop", "url": "https://merchant:hunter2hunter2@shop.example/hooks", "secret": "whsec-0123456789abcdef"}]}"#,
+    )
+    .unwrap();
+    let stderr = refused_start(&["--webhooks", webhooks.to_str().unwrap()]);
+    assert!(stderr.contains("credentials in the URL"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    // A banks file's mistakes are labelled --banks, not --bank-url.
+    let banks = dir.path().join("banks.json");
+    std::fs::write(
+        &banks,
+        r#"{"banks": [{"name": "bank a", "url": "https://bank.example", "secret": "0123456789abcdef"}]}"#,
+    )
+    .unwrap();
+    let stderr = refused_start(&["--banks", banks.to_str().unwrap()]);
+    assert!(stderr.contains("--banks"), "{stderr}");
+    assert!(!stderr.contains("--bank-url"), "{stderr}");
+}
+
+/// `ledger verify` on a mistyped data directory says there is no store,
+/// and creates nothing there.
+#[test]
+fn the_ledger_check_refuses_a_directory_without_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let typo = dir.path().join("dtaa");
+    let output = Command::new(BINARY)
+        .args(["ledger", "verify", "--data-dir"])
+        .arg(&typo)
+        .args(["--account", "acme"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("no payvisor store"), "{stderr}");
+    assert!(!typo.exists(), "a directory was created");
+}
+
+/// A clean stop folds the write-ahead log into the database and truncates
+/// it (it was left at tens of MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_leaves_no_write_ahead_log_behind() {
+    let mut server = Server::start(&[]);
+    let mut client = server.client().await;
+    for n in 0..50 {
+        client
+            .create_payment(create_request("wal", &format!("wal-{n}"), 100))
+            .await
+            .unwrap();
+    }
+    let wal = server.data_dir().join("payvisor.db-wal");
+    assert!(
+        std::fs::metadata(&wal).unwrap().len() > 0,
+        "written through the log"
+    );
+    assert!(server.terminate_async().await.success());
+    let left = std::fs::metadata(&wal).map(|meta| meta.len()).unwrap_or(0);
+    assert_eq!(left, 0, "{left} bytes of log left");
+    server.restart();
+    server.verify_ledger(&["wal"]);
+}
