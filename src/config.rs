@@ -533,7 +533,12 @@ impl StoreConfig {
     /// Opens the configured store.
     pub async fn open(&self) -> Result<std::sync::Arc<dyn Store>, StoreError> {
         Ok(match self {
-            StoreConfig::Sqlite { data_dir } => std::sync::Arc::new(SqliteStore::open(data_dir)?),
+            StoreConfig::Sqlite { data_dir } => {
+                let store = SqliteStore::open(data_dir)?;
+                // A damaged file is refused before anything is served.
+                store.quick_check()?;
+                std::sync::Arc::new(store)
+            }
             StoreConfig::DynamoDb(settings) => {
                 std::sync::Arc::new(DynamoDbStore::connect(settings).await)
             }

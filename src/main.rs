@@ -82,6 +82,11 @@ enum Command {
         #[command(subcommand)]
         command: DynamodbCommand,
     },
+    /// Check the embedded store for damage.
+    Store {
+        #[command(subcommand)]
+        command: cli::StoreCommand,
+    },
     /// Check the books in a data directory.
     Ledger {
         /// Print JSON instead of text.
@@ -139,6 +144,7 @@ fn main() -> std::process::ExitCode {
                 command: RulesCommand::Check { file },
             } => cli::check_rules(&file),
             Command::Ledger { json, command } => cli::ledger(json, command).await,
+            Command::Store { command } => cli::store(command),
             Command::Auth { command } => cli::auth(command),
             Command::Audit { options, command } => cli::audit(&options, command).await,
             Command::Reconcile(args) => cli::reconcile(args).await,

@@ -91,6 +91,10 @@ pub enum CommandError {
     /// client's fault, not the server's.
     #[error("the request is not a valid {0} message; check the client's protobuf encoding")]
     Malformed(String),
+    /// Stored data is damaged: a permanent fault, not worth a retry, for
+    /// an operator to repair (`payvisor store check`).
+    #[error("stored data is damaged: {0}")]
+    DataCorrupt(String),
     /// The request is larger than the server takes.
     #[error("the request is larger than the server takes ({0} bytes at most)")]
     TooLarge(usize),
@@ -129,6 +133,7 @@ impl From<StoreError> for CommandError {
     fn from(error: StoreError) -> CommandError {
         match error {
             StoreError::Unavailable(message) => CommandError::Unavailable(message),
+            StoreError::Corrupt(message) => CommandError::DataCorrupt(message),
             other => CommandError::Internal(other.to_string()),
         }
     }

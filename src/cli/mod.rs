@@ -253,6 +253,44 @@ pub enum LedgerCommand {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// SQLite's full integrity check and every record's checksum, for the
+    /// embedded store in --data-dir (exit 1 on any damage). Run it with the
+    /// server stopped, or on a copy.
+    Check {
+        /// Directory of the embedded store.
+        #[arg(long, env = "PAYVISOR_DATA_DIR", default_value = "./data")]
+        data_dir: std::path::PathBuf,
+    },
+}
+
+/// Runs `store check`.
+pub fn store(command: StoreCommand) -> anyhow::Result<()> {
+    let StoreCommand::Check { data_dir } = command;
+    anyhow::ensure!(
+        data_dir.join("payvisor.db").is_file(),
+        "no payvisor store in {} (payvisor.db is missing): check --data-dir",
+        data_dir.display()
+    );
+    let store = crate::store::sqlite::SqliteStore::open(&data_dir)?;
+    let report = store.check()?;
+    for problem in &report.problems {
+        println!("damaged: {problem}");
+    }
+    println!(
+        "{} records read, {} without a checksum (written before checksums), {} problems",
+        report.rows,
+        report.unchecked,
+        report.problems.len()
+    );
+    anyhow::ensure!(
+        report.problems.is_empty(),
+        "the store is damaged: restore it from a backup (see docs/failure-modes.md)"
+    );
+    Ok(())
+}
+
 fn new_request_id() -> String {
     let random = SeededRandom::from_entropy();
     format!("cli-{:016x}{:016x}", random.next_u64(), random.next_u64())

@@ -56,9 +56,10 @@ impl From<CommandError> for Status {
             CommandError::PermissionDenied => (Code::PermissionDenied, "PERMISSION_DENIED"),
             CommandError::RateLimited { .. } => (Code::ResourceExhausted, "RATE_LIMITED"),
             CommandError::Malformed(_) => (Code::InvalidArgument, "MALFORMED_REQUEST"),
+            CommandError::DataCorrupt(_) => (Code::DataLoss, "STORE_CORRUPT"),
             CommandError::TooLarge(_) => (Code::ResourceExhausted, "REQUEST_TOO_LARGE"),
         };
-        if code == Code::Internal {
+        if code == Code::Internal || code == Code::DataLoss {
             tracing::error!(%message, "internal error");
         }
         let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());

@@ -10,6 +10,16 @@
 //!
 //! Reads use a small pool of separate connections; WAL lets them run beside
 //! the writer and see every committed write.
+//!
+//! **Damage is detected, not served.** Every row carries a CRC-32 of its
+//! key, version, body and index key, written with it and checked on every
+//! read: a changed byte is reported as corruption (`StoreError::Corrupt`),
+//! never decoded. SQLite's own corruption errors are reported the same
+//! way. The database records its identity and format (`meta`), and the data
+//! directory keeps the identity in `payvisor.id`: a directory that had a
+//! store and lost its database (deleted, or emptied) refuses to open
+//! instead of starting a new, empty store in its place. `payvisor store
+//! check` runs SQLite's integrity check and every row's checksum.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,10 +42,24 @@ CREATE TABLE IF NOT EXISTS items (
     body    BLOB    NOT NULL,
     ipk     TEXT,
     isk     TEXT,
+    crc     INTEGER,
     PRIMARY KEY (pk, sk)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS items_by_index ON items (ipk, isk) WHERE ipk IS NOT NULL;
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 ";
+
+/// The layout of the database this build writes (`meta.format`): 1 was
+/// the items table without checksums, 2 added them (a database of format 1
+/// is upgraded in place; its rows are checked once rewritten).
+const FORMAT: u32 = 2;
+/// The data directory's record of the store it holds.
+const IDENTITY_FILE: &str = "payvisor.id";
+/// The columns every read selects, in `item_from_row`'s order.
+const COLUMNS: &str = "pk, sk, version, body, ipk, isk, crc";
 
 struct WriteRequest {
     ops: Vec<WriteOp>,
@@ -54,9 +78,57 @@ pub struct SqliteStore {
     commits: Arc<AtomicU64>,
 }
 
+/// A failed SQLite call as the store's error: damage is corruption (not
+/// worth a retry), anything else unavailability.
 fn unavailable(error: rusqlite::Error) -> StoreError {
-    StoreError::Unavailable(error.to_string())
+    use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+    match &error {
+        rusqlite::Error::SqliteFailure(failure, _)
+            if matches!(failure.code, DatabaseCorrupt | NotADatabase) =>
+        {
+            StoreError::Corrupt(format!("the database file is damaged: {error}"))
+        }
+        rusqlite::Error::FromSqlConversionFailure(_, _, cause) => {
+            StoreError::Corrupt(cause.to_string())
+        }
+        _ => StoreError::Unavailable(error.to_string()),
+    }
 }
+
+/// The checksum of a row: its key, version, body and index key, each
+/// length-prefixed so that no two rows share an encoding.
+fn checksum(item: &Item) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    let mut field = |bytes: &[u8]| {
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    field(item.key.pk.as_bytes());
+    field(item.key.sk.as_bytes());
+    field(&item.version.to_le_bytes());
+    field(&item.body);
+    match &item.index {
+        Some(index) => {
+            field(b"1");
+            field(index.pk.as_bytes());
+            field(index.sk.as_bytes());
+        }
+        None => field(b"0"),
+    }
+    hasher.finalize()
+}
+
+/// A row whose checksum does not match what it holds.
+#[derive(Debug)]
+struct Damaged(String);
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Damaged {}
 
 /// Opens a connection with a page cache of `cache_kib` (each connection
 /// has its own; the operating system caches the file for all of them).
@@ -76,14 +148,187 @@ fn open_connection(path: &Path, cache_kib: usize) -> Result<Connection, StoreErr
     Ok(connection)
 }
 
+/// Records the store's identity and format in a new database (and in the
+/// data directory), upgrades a database of an older format, and refuses a
+/// database that is not the one the directory held, or of a newer format.
+fn establish_identity(connection: &Connection, data_dir: &Path) -> Result<(), StoreError> {
+    let meta = |key: &str| -> Result<Option<String>, StoreError> {
+        connection
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get(0)
+            })
+            .optional()
+            .map_err(unavailable)
+    };
+    let identity_file = data_dir.join(IDENTITY_FILE);
+    let remembered = match std::fs::read_to_string(&identity_file) {
+        Ok(text) => Some(text.trim().to_owned()),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+        Err(error) => {
+            return Err(StoreError::Unavailable(format!(
+                "{}: {error}",
+                identity_file.display()
+            )))
+        }
+    };
+    let recorded = meta("store_id")?;
+    let store_id = match (recorded, remembered) {
+        (Some(recorded), Some(remembered)) if recorded != remembered => {
+            return Err(StoreError::Corrupt(format!(
+                "{} holds store {recorded}, but this data directory held store {remembered} \
+                 ({}): the database was replaced; put the right one back",
+                data_dir.join("payvisor.db").display(),
+                identity_file.display()
+            )))
+        }
+        (None, Some(remembered)) => {
+            return Err(StoreError::Corrupt(format!(
+                "this data directory held store {remembered} ({}), but {} is missing or \
+                 empty: restore it from a backup. payvisor will not start a new, empty store \
+                 in its place (every payment and idempotency key would be gone)",
+                identity_file.display(),
+                data_dir.join("payvisor.db").display()
+            )))
+        }
+        (Some(recorded), _) => recorded,
+        (None, None) => {
+            let mut bytes = [0u8; 16];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                .map_err(|_| StoreError::Unavailable("no randomness for a store id".into()))?;
+            let store_id: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+            connection
+                .execute(
+                    "INSERT INTO meta (key, value) VALUES ('store_id', ?1)",
+                    [&store_id],
+                )
+                .map_err(unavailable)?;
+            store_id
+        }
+    };
+    match meta("format")?.map(|format| format.parse::<u32>()) {
+        Some(Ok(format)) if format > FORMAT => {
+            return Err(StoreError::Corrupt(format!(
+                "the store is of format {format}, written by a newer payvisor; this one reads up to {FORMAT}"
+            )))
+        }
+        Some(Ok(format)) if format == FORMAT => {}
+        Some(Err(_)) => return Err(StoreError::Corrupt("the store's format is unreadable".into())),
+        _ => {
+            // Format 1 (or new): add the checksum column where missing.
+            let has_crc = connection
+                .prepare("SELECT 1 FROM pragma_table_info('items') WHERE name = 'crc'")
+                .and_then(|mut statement| statement.exists([]))
+                .map_err(unavailable)?;
+            if !has_crc {
+                connection
+                    .execute_batch("ALTER TABLE items ADD COLUMN crc INTEGER")
+                    .map_err(unavailable)?;
+            }
+            connection
+                .execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('format', ?1)",
+                    [FORMAT.to_string()],
+                )
+                .map_err(unavailable)?;
+        }
+    }
+    if std::fs::read_to_string(&identity_file)
+        .map(|text| text.trim().to_owned())
+        .ok()
+        != Some(store_id.clone())
+    {
+        std::fs::write(&identity_file, format!("{store_id}\n")).map_err(|error| {
+            StoreError::Unavailable(format!("{}: {error}", identity_file.display()))
+        })?;
+    }
+    Ok(())
+}
+
+/// What `payvisor store check` found.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    pub rows: u64,
+    /// Rows written before checksums (nothing to verify them by).
+    pub unchecked: u64,
+    pub problems: Vec<String>,
+}
+
 impl SqliteStore {
+    /// SQLite's quick check (page structure), as at every start: a
+    /// damaged file is refused before anything is served from it.
+    pub fn quick_check(&self) -> Result<(), StoreError> {
+        let readers = Arc::clone(&self.readers);
+        let connection = readers[0]
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let answer: String = connection
+            .query_row("PRAGMA quick_check(1)", [], |row| row.get(0))
+            .map_err(unavailable)?;
+        if answer != "ok" {
+            return Err(StoreError::Corrupt(format!(
+                "the database file is damaged (SQLite quick_check: {answer}); run `payvisor store check`"
+            )));
+        }
+        Ok(())
+    }
+
+    /// SQLite's full integrity check and every row's checksum.
+    pub fn check(&self) -> Result<CheckReport, StoreError> {
+        let readers = Arc::clone(&self.readers);
+        let connection = readers[0]
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let mut report = CheckReport::default();
+        let mut statement = connection
+            .prepare("PRAGMA integrity_check(100)")
+            .map_err(unavailable)?;
+        let answers = statement
+            .query_map([], |row| row.get::<_, String>(0))
+            .map_err(unavailable)?;
+        for answer in answers {
+            let answer = answer.map_err(unavailable)?;
+            if answer != "ok" {
+                report.problems.push(format!("SQLite: {answer}"));
+            }
+        }
+        let mut statement = connection
+            .prepare(&format!("SELECT {COLUMNS} FROM items"))
+            .map_err(unavailable)?;
+        let mut rows = statement.query([]).map_err(unavailable)?;
+        loop {
+            let row = match rows.next() {
+                Ok(Some(row)) => row,
+                Ok(None) => break,
+                Err(error) => {
+                    report.problems.push(unavailable(error).to_string());
+                    break;
+                }
+            };
+            report.rows += 1;
+            if row.get::<_, Option<i64>>(6).ok().flatten().is_none() {
+                report.unchecked += 1;
+            }
+            if let Err(error) = item_from_row(row) {
+                report.problems.push(unavailable(error).to_string());
+            }
+        }
+        Ok(report)
+    }
+
     /// Opens (creating if needed) the database `payvisor.db` in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|error| StoreError::Unavailable(format!("{}: {error}", data_dir.display())))?;
         let path = data_dir.join("payvisor.db");
         let writer = open_connection(&path, limits::STORE_WRITER_CACHE_KIB)?;
+        if writer.is_readonly(rusqlite::MAIN_DB).map_err(unavailable)? {
+            return Err(StoreError::Unavailable(format!(
+                "{} can only be read (a read-only file or mount): payvisor needs to write it",
+                path.display()
+            )));
+        }
         writer.execute_batch(SCHEMA).map_err(unavailable)?;
+        establish_identity(&writer, data_dir)?;
         let readers = (0..limits::STORE_READERS_MAX)
             .map(|_| open_connection(&path, limits::STORE_READER_CACHE_KIB).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
@@ -242,8 +487,8 @@ fn apply_one(
                 };
                 connection
                     .prepare_cached(
-                        "INSERT OR REPLACE INTO items (pk, sk, version, body, ipk, isk)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                        "INSERT OR REPLACE INTO items (pk, sk, version, body, ipk, isk, crc)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                     )?
                     .execute(params![
                         item.key.pk,
@@ -251,7 +496,8 @@ fn apply_one(
                         item.version as i64,
                         item.body,
                         ipk,
-                        isk
+                        isk,
+                        i64::from(checksum(item))
                     ])?;
             }
             WriteOp::Delete { key, .. } => {
@@ -265,10 +511,13 @@ fn apply_one(
     Ok(Ok(()))
 }
 
+/// A row of [`COLUMNS`] as an item, its checksum verified (a row written
+/// before checksums has none to verify).
 fn item_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     let ipk: Option<String> = row.get(4)?;
     let isk: Option<String> = row.get(5)?;
-    Ok(Item {
+    let crc: Option<i64> = row.get(6)?;
+    let item = Item {
         key: Key {
             pk: row.get(0)?,
             sk: row.get(1)?,
@@ -276,7 +525,20 @@ fn item_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         version: row.get::<_, i64>(2)? as u64,
         body: row.get(3)?,
         index: ipk.zip(isk).map(|(pk, sk)| IndexKey { pk, sk }),
-    })
+    };
+    match crc {
+        Some(crc) if crc != i64::from(checksum(&item)) => {
+            Err(rusqlite::Error::FromSqlConversionFailure(
+                6,
+                rusqlite::types::Type::Integer,
+                Box::new(Damaged(format!(
+                    "{:?}: the stored record does not match its checksum (damaged on disk)",
+                    item.key
+                ))),
+            ))
+        }
+        _ => Ok(item),
+    }
 }
 
 /// The smallest string greater than every string starting with `prefix`
@@ -329,7 +591,7 @@ impl Store for SqliteStore {
         self.read(move |connection| {
             connection
                 .prepare_cached(
-                    "SELECT pk, sk, version, body, ipk, isk FROM items WHERE pk = ?1 AND sk = ?2",
+                    "SELECT pk, sk, version, body, ipk, isk, crc FROM items WHERE pk = ?1 AND sk = ?2",
                 )
                 .and_then(|mut statement| {
                     statement
@@ -352,10 +614,10 @@ impl Store for SqliteStore {
                 .is_some_and(|after| *after >= query.sk_prefix);
             let upper = prefix_end(&query.sk_prefix).unwrap_or_else(|| "\u{10ffff}".into());
             let sql = if strict {
-                "SELECT pk, sk, version, body, ipk, isk FROM items
+                "SELECT pk, sk, version, body, ipk, isk, crc FROM items
                  WHERE pk = ?1 AND sk > ?2 AND sk < ?3 ORDER BY sk LIMIT ?4"
             } else {
-                "SELECT pk, sk, version, body, ipk, isk FROM items
+                "SELECT pk, sk, version, body, ipk, isk, crc FROM items
                  WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 ORDER BY sk LIMIT ?4"
             };
             let limit = query.limit.max(1);
@@ -381,19 +643,19 @@ impl Store for SqliteStore {
             // The index (ipk, isk) makes both bounds a range seek.
             let sql = match (query.start_after.is_some(), query.end_at.is_some()) {
                 (true, false) => {
-                    "SELECT pk, sk, version, body, ipk, isk FROM items
+                    "SELECT pk, sk, version, body, ipk, isk, crc FROM items
                      WHERE ipk = ?1 AND isk > ?2 ORDER BY isk LIMIT ?3"
                 }
                 (false, false) => {
-                    "SELECT pk, sk, version, body, ipk, isk FROM items
+                    "SELECT pk, sk, version, body, ipk, isk, crc FROM items
                      WHERE ipk = ?1 AND isk >= ?2 ORDER BY isk LIMIT ?3"
                 }
                 (true, true) => {
-                    "SELECT pk, sk, version, body, ipk, isk FROM items
+                    "SELECT pk, sk, version, body, ipk, isk, crc FROM items
                      WHERE ipk = ?1 AND isk > ?2 AND isk <= ?4 ORDER BY isk LIMIT ?3"
                 }
                 (false, true) => {
-                    "SELECT pk, sk, version, body, ipk, isk FROM items
+                    "SELECT pk, sk, version, body, ipk, isk, crc FROM items
                      WHERE ipk = ?1 AND isk >= ?2 AND isk <= ?4 ORDER BY isk LIMIT ?3"
                 }
             };

@@ -425,6 +425,145 @@ async fn a_clean_stop_leaves_no_write_ahead_log_behind() {
     assert!(server.terminate_async().await.success());
     let left = std::fs::metadata(&wal).map(|meta| meta.len()).unwrap_or(0);
     assert_eq!(left, 0, "{left} bytes of log left");
+    // Nothing was lost by it: once every payment is settled, the books
+    // balance (the check reads account and movements apart, so it waits
+    // for the server to be quiet).
     server.restart();
+    let mut client = server.client().await;
+    for n in 0..50 {
+        let name = client
+            .create_payment(create_request("wal", &format!("wal-{n}"), 100))
+            .await
+            .unwrap()
+            .into_inner()
+            .name;
+        wait_for(&mut client, &name, |payment| {
+            state(payment) == pb::payment::State::Processed
+        })
+        .await;
+    }
     server.verify_ledger(&["wal"]);
+}
+
+/// A stopped server's data directory with one processed payment in it.
+async fn stopped_with_a_payment() -> (Server, pb::Payment) {
+    let mut server = Server::start(&[]);
+    let mut client = server.client().await;
+    let payment = client
+        .create_payment(create_request("damage", "damage-1", 1_000))
+        .await
+        .unwrap()
+        .into_inner();
+    let payment = wait_for(&mut client, &payment.name, |payment| {
+        state(payment) == pb::payment::State::Processed
+    })
+    .await;
+    assert!(server.terminate_async().await.success());
+    (server, payment)
+}
+
+/// `payvisor serve` on `dir` (expected to refuse): its stderr.
+fn refused_on(dir: &std::path::Path) -> String {
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "it started on {}", dir.display());
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// `payvisor store check` on `dir`: whether it passed, and its output.
+fn store_check(dir: &std::path::Path) -> (bool, String) {
+    let output = Command::new(BINARY)
+        .args(["store", "check", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// A data directory whose database was emptied or deleted refuses to
+/// start, instead of starting a fresh store (the payments and their
+/// idempotency keys silently gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_that_lost_its_database_refuses_to_start() {
+    let (server, _) = stopped_with_a_payment().await;
+    let (passed, output) = store_check(server.data_dir());
+    assert!(passed, "{output}");
+    let database = server.data_dir().join("payvisor.db");
+    std::fs::write(&database, b"").unwrap();
+    let stderr = refused_on(server.data_dir());
+    assert!(stderr.contains("missing or empty"), "{stderr}");
+    assert!(stderr.contains("restore it from a backup"), "{stderr}");
+    std::fs::remove_file(&database).unwrap();
+    let stderr = refused_on(server.data_dir());
+    assert!(stderr.contains("missing or empty"), "{stderr}");
+}
+
+/// A changed byte inside a record is found by its checksum: reading it is
+/// DATA_LOSS (STORE_CORRUPT), not a retryable UNAVAILABLE, and the check
+/// command names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_record_is_reported_as_damage_not_served() {
+    let (mut server, payment) = stopped_with_a_payment().await;
+    {
+        let connection = rusqlite::Connection::open(server.data_dir().join("payvisor.db")).unwrap();
+        let (pk, sk, mut body): (String, String, Vec<u8>) = connection
+            .query_row(
+                "SELECT pk, sk, body FROM items WHERE sk LIKE 'P#%'",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+            )
+            .unwrap();
+        // A digit of the amount: still valid JSON, a different payment.
+        let text = String::from_utf8(body.clone()).unwrap();
+        let at = text.find("\"10.00\"").expect("the amount in the body") + 1;
+        body[at] = b'9';
+        connection
+            .execute(
+                "UPDATE items SET body = ?1 WHERE pk = ?2 AND sk = ?3",
+                rusqlite::params![body, pk, sk],
+            )
+            .unwrap();
+    }
+    let (passed, output) = store_check(server.data_dir());
+    assert!(!passed, "{output}");
+    assert!(output.contains("does not match its checksum"), "{output}");
+    server.restart();
+    let mut client = server.client().await;
+    let status = client
+        .get_payment(pb::GetPaymentRequest {
+            name: payment.name.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+    assert_eq!(crate::common::reason(&status), "STORE_CORRUPT");
+}
+
+/// Damage to the database file's structure is found at start, by SQLite's
+/// quick check, and the server does not serve from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_database_file_is_refused_at_start() {
+    let (server, _) = stopped_with_a_payment().await;
+    let database = server.data_dir().join("payvisor.db");
+    let mut bytes = std::fs::read(&database).unwrap();
+    let page_size = usize::from(u16::from_be_bytes([bytes[16], bytes[17]]));
+    assert!(bytes.len() >= 2 * page_size, "at least two pages");
+    // The type byte of page 2's b-tree header: no such page type.
+    bytes[page_size] = 0xff;
+    std::fs::write(&database, &bytes).unwrap();
+    let stderr = refused_on(server.data_dir());
+    assert!(stderr.contains("damaged"), "{stderr}");
+    let (passed, output) = store_check(server.data_dir());
+    assert!(!passed, "{output}");
 }

@@ -304,14 +304,21 @@ async fn a_hung_payment_is_redriven_then_paged_once_and_resolved_when_failed(
     assert_eq!(dedup_key, paged.watch.as_ref().unwrap().dedup_key(&paged));
     assert!(dedup_key.starts_with("payvisor/accounts/acme/payments/"));
 
-    // Stalled: listed, and nothing more fires however long it waits.
+    // Stalled: listed; after the page it is still asked after, quietly (a
+    // bank that was down may be back), and paged no more. (This asserted
+    // that no sweep touched it again: the defect of issue 15 that stranded
+    // payments behind a bank outage.)
     let (stalled, _) = node.orchestrator.list_stalled(None, 10).await.unwrap();
     assert_eq!(
         stalled.iter().map(Payment::name).collect::<Vec<_>>(),
         [paged.name()]
     );
     node.clock.advance(Duration::from_secs(24 * 3600));
-    assert_eq!(node.orchestrator.sweep_watchdog().await.unwrap(), 0);
+    assert_eq!(
+        node.orchestrator.sweep_watchdog().await.unwrap(),
+        1,
+        "re-driven quietly"
+    );
     // An operator's retry re-drives without a second page.
     let retried = operate(&node, &paged.name(), OperatorAction::Retry, "retry-1")
         .await
@@ -326,9 +333,16 @@ async fn a_hung_payment_is_redriven_then_paged_once_and_resolved_when_failed(
         .await;
     }
     fire_reminder(&node, &payment).await;
-    wait_for(&node, &payment.name(), "waiting for a person", |p| {
-        p.watch.as_ref().is_some_and(|w| w.due_at.is_none())
-    })
+    wait_for(
+        &node,
+        &payment.name(),
+        "re-driven quietly after the page",
+        |p| {
+            p.watch
+                .as_ref()
+                .is_some_and(|w| w.paged && w.redrives == REDRIVES + 1 && w.due_at.is_some())
+        },
+    )
     .await;
 
     // The operator gives up: FAILED, funds released, the page resolved.
@@ -405,10 +419,12 @@ async fn a_restarted_node_catches_up_and_never_pages_a_stall_twice(store: Arc<dy
     first.clock.advance(Duration::from_secs(3600));
     let second = start_node(Arc::clone(&store), first.clock.clone(), first.sink.clone());
     assert!(second.orchestrator.recover().await.unwrap() >= 2);
+    // The overdue one, and the paged one's quiet re-drive (it was "only
+    // the overdue one" while a paged payment was never re-driven again).
     assert_eq!(
         second.orchestrator.sweep_watchdog().await.unwrap(),
-        1,
-        "only the overdue one"
+        2,
+        "the overdue one and the paged one"
     );
     wait_for(&second, &waiting.name(), "re-driven", |p| redrives(p) == 1).await;
     second.clock.advance(Duration::from_secs(24 * 3600));
