@@ -283,3 +283,30 @@ fn answer(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
         .body(Full::new(Bytes::from(text.to_owned())))
         .expect("static headers are valid")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 256, ..Default::default() })]
+
+        /// Any body a bank (or anyone) posts: parsed or refused with a
+        /// reason, never a panic.
+        #[test]
+        fn any_callback_body_is_parsed_or_refused(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300),
+            kind in "payment\\.(processed|failed)|refund\\.(succeeded|failed)|\\PC{0,12}",
+            id in "\\PC{0,140}",
+            payment in "accounts/[a-z]{1,5}/payments/[a-z0-9_]{1,8}|\\PC{0,30}",
+            sent_at in proptest::prelude::any::<i64>(),
+        ) {
+            let _ = parse("bank-a", &bytes);
+            let body = serde_json::json!({
+                "message_id": id, "bank": "bank-a", "type": kind,
+                "payment_id": payment, "sent_at_ms": sent_at, "reason": "x"
+            });
+            let _ = parse("bank-a", body.to_string().as_bytes());
+        }
+    }
+}

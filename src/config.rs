@@ -1234,4 +1234,43 @@ mod tests {
         let paged = parse(&["--pagerduty-routing-key", "secret-key"]).unwrap();
         assert!(!format!("{:?}", paged.watchdog.pager).contains("secret"));
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 128, ..Default::default() })]
+
+        /// Banks and webhooks files of any shape: accepted or refused with
+        /// a message, never a panic, and never the secret echoed.
+        #[test]
+        fn banks_and_webhooks_files_load_or_are_refused(
+            name in "\\PC{0,70}",
+            url in "(https?://)?[a-z0-9:@./\\[\\]-]{0,40}",
+            secret in "[0-9]{12,20}|\\PC{0,40}",
+            numeric in proptest::prelude::any::<bool>(),
+            extra in "\\PC{0,20}",
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let secret_json = if numeric && secret.chars().all(|c| c.is_ascii_digit()) {
+                secret.clone()
+            } else {
+                serde_json::Value::String(secret.clone()).to_string()
+            };
+            let entry = format!(
+                r#"{{"name": {}, "url": {}, "secret": {secret_json}{extra}}}"#,
+                serde_json::Value::String(name),
+                serde_json::Value::String(url)
+            );
+            let webhooks = dir.path().join("webhooks.json");
+            std::fs::write(&webhooks, format!(r#"{{"endpoints": [{entry}]}}"#)).unwrap();
+            if let Err(error) = load_webhooks_file(&webhooks) {
+                let told = error.to_string();
+                proptest::prop_assert!(secret.len() < 12 || !told.contains(&secret), "{told}");
+            }
+            let banks = dir.path().join("banks.json");
+            std::fs::write(&banks, format!(r#"{{"banks": [{entry}]}}"#)).unwrap();
+            if let Err(error) = parse(&["--banks", banks.to_str().unwrap()]) {
+                let told = error.to_string();
+                proptest::prop_assert!(secret.len() < 12 || !told.contains(&secret), "{told}");
+            }
+        }
+    }
 }
