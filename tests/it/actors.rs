@@ -127,6 +127,16 @@ fn harness_on(
     settings: ActorSettings,
     dir: tempfile::TempDir,
 ) -> Harness {
+    harness_with_policy(store, panics, settings, Policy::default(), dir)
+}
+
+fn harness_with_policy(
+    store: Arc<dyn Store>,
+    panics: u32,
+    settings: ActorSettings,
+    policy: Policy,
+    dir: tempfile::TempDir,
+) -> Harness {
     let random = Arc::new(SeededRandom::new(7));
     let (events, queue) = mpsc::channel(1024);
     let config = BuiltInBankConfig {
@@ -149,7 +159,7 @@ fn harness_on(
             )),
             clock: Arc::new(SystemClock),
             random,
-            policy: Policy::default(),
+            policy,
             settings,
             alert_sink: Arc::new(LogSink),
             node_name: "test".into(),
@@ -512,4 +522,183 @@ async fn a_busy_accounts_commands_share_atomic_writes_with_the_same_answers() {
         .unwrap();
     assert!(report.is_clean(), "{:?}", report.problems);
     assert_eq!(report.movements, 2 * 194, "sent and processed, once each");
+}
+
+/// [`wait_until`], reading through a store that fails now and then, and
+/// sweeping the watchdog meanwhile (what a fault made an actor give up on
+/// is re-driven from there, as in the server).
+async fn wait_through_faults(
+    orchestrator: &Orchestrator,
+    payment: &Payment,
+    done: impl Fn(&Payment) -> bool,
+) -> Payment {
+    for _ in 0..3000 {
+        let _ = orchestrator.sweep_watchdog().await;
+        if let Ok(current) = orchestrator.get_payment(&payment.name()).await {
+            if done(&current) {
+                return current;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("payment {} never got there", payment.name());
+}
+
+/// Sends `attempt` until it succeeds, as a client retries with the same
+/// `request_id`; gives up after 100 tries (then the test fails).
+async fn until_ok<T, F, Fut>(mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, payvisor::actors::CommandError>>,
+{
+    let mut last = None;
+    for _ in 0..100 {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(error) => last = Some(error),
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never acknowledged: {last:?}");
+}
+
+/// Creates and concurrent refunds on a store that fails the way DynamoDB
+/// does (conflicts, throttles, timeouts, some of whose writes land all the
+/// same), 15% of calls. Whatever was acknowledged is stored, exactly once;
+/// nothing is acknowledged that was not written; retried requests answer
+/// as the first; refunds never pass the amount; the books balance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_under_injected_store_faults_are_never_lost_doubled_or_falsely_acknowledged() {
+    use payvisor_testkit::faults::{FaultScope, FaultyStore};
+    let dir = tempfile::tempdir().unwrap();
+    let inner: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let faulty = Arc::new(FaultyStore::new(
+        Arc::clone(&inner),
+        FaultScope::Data,
+        150,
+        97,
+    ));
+    // Short stall deadlines: what a fault leaves waiting is re-driven
+    // within seconds.
+    let mut policy = Policy::default();
+    for stage in [
+        payvisor::domain::watch::Stage::Sent,
+        payvisor::domain::watch::Stage::Refunding,
+        payvisor::domain::watch::Stage::Created,
+        payvisor::domain::watch::Stage::Approved,
+    ] {
+        policy.stalls.deadline_ms.insert(stage, 500);
+    }
+    let h = harness_with_policy(
+        Arc::clone(&faulty) as Arc<dyn Store>,
+        0,
+        ActorSettings::default(),
+        policy,
+        dir,
+    );
+    let accounts: Vec<String> = (0..4).map(|n| format!("faulty-{n}")).collect();
+    let mut creates = tokio::task::JoinSet::new();
+    for account in &accounts {
+        for n in 0..8 {
+            let orchestrator = h.orchestrator.clone();
+            let command = create(account, &format!("{account}-{n}"), 1_000 + n);
+            creates.spawn(async move {
+                let first = until_ok(|| orchestrator.create_payment(command.clone())).await;
+                // The same request again answers with the same payment.
+                let again = until_ok(|| orchestrator.create_payment(command.clone())).await;
+                assert_eq!(first.id, again.id, "a retried create made a second payment");
+                first
+            });
+        }
+    }
+    let mut acknowledged = Vec::new();
+    while let Some(created) = creates.join_next().await {
+        acknowledged.push(created.unwrap());
+    }
+    // Every acknowledged payment is in the store itself (not only in an
+    // answer), before anything else happens.
+    for payment in &acknowledged {
+        let stored = payvisor::store::schema::load_payment(inner.as_ref(), &payment.name())
+            .await
+            .unwrap();
+        assert!(
+            stored.is_some(),
+            "{} acknowledged but not stored",
+            payment.name()
+        );
+    }
+    // Two refunds of 60% race on each processed payment: one wins.
+    let mut refunds = tokio::task::JoinSet::new();
+    for payment in &acknowledged {
+        let processed = wait_through_faults(&h.orchestrator, payment, |p| {
+            p.state == PaymentState::Processed
+        })
+        .await;
+        for side in 0..2 {
+            let orchestrator = h.orchestrator.clone();
+            let amount = usd(processed.amount.minor_units() * 6 / 10);
+            let command = RefundPayment {
+                name: processed.name(),
+                amount: Some(amount),
+                reason: "race".into(),
+                request_id: RequestId::new(format!("refund-{}-{side}", processed.id)).unwrap(),
+                actor: None,
+            };
+            refunds.spawn(async move {
+                for _ in 0..100 {
+                    match orchestrator.refund_payment(command.clone()).await {
+                        Ok(_) => return true,
+                        // The other refund won: what remains is too little.
+                        Err(payvisor::actors::CommandError::Rejected(_)) => return false,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                    }
+                }
+                panic!("refund never answered");
+            });
+        }
+    }
+    while let Some(refund) = refunds.join_next().await {
+        refund.unwrap();
+    }
+    faulty.set_faults(false);
+    assert!(faulty.injected.total() > 0, "no fault was injected");
+    // Settled: exactly the acknowledged payments, once each, refunds
+    // within the amount, clean books.
+    for account in &accounts {
+        let id = AccountId::new(account.as_str()).unwrap();
+        let (stored, _) = payvisor::store::schema::list_payments(inner.as_ref(), &id, None, 100)
+            .await
+            .unwrap();
+        let mut ours: Vec<_> = acknowledged
+            .iter()
+            .filter(|payment| payment.account == id)
+            .map(|payment| payment.id.clone())
+            .collect();
+        ours.sort();
+        let mut listed: Vec<_> = stored.iter().map(|payment| payment.id.clone()).collect();
+        listed.sort();
+        assert_eq!(listed, ours, "{account}: a payment lost or doubled");
+        for payment in &stored {
+            let settled = wait_through_faults(&h.orchestrator, payment, |p| {
+                p.refunds
+                    .iter()
+                    .all(|refund| refund.state != payvisor::domain::payment::RefundState::Pending)
+            })
+            .await;
+            let refunded: i64 = settled
+                .refunds
+                .iter()
+                .filter(|refund| refund.state == payvisor::domain::payment::RefundState::Succeeded)
+                .map(|refund| refund.amount.minor_units())
+                .sum();
+            assert!(
+                refunded <= settled.amount.minor_units(),
+                "{:?}",
+                settled.refunds
+            );
+        }
+        let report = audit_account(inner.as_ref(), &id).await.unwrap();
+        assert!(report.is_clean(), "{account}: {:?}", report.problems);
+    }
+    eprintln!("injected: {:?}", faulty.injected);
 }
