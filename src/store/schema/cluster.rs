@@ -48,25 +48,7 @@ pub async fn agree_on_settings(
     store: &dyn Store,
     settings: ClusterSettings,
 ) -> Result<ClusterSettings, StoreError> {
-    let put = WriteOp::Put {
-        item: Item {
-            key: settings_key(),
-            version: 1,
-            body: encode(&settings),
-            index: None,
-        },
-        condition: Condition::NotExists,
-    };
-    match store.transact(vec![put]).await {
-        Ok(()) => Ok(settings),
-        Err(StoreError::ConditionFailed { .. }) => {
-            let item = store.get(settings_key()).await?.ok_or_else(|| {
-                StoreError::Corrupt("the cluster settings vanished after being written".into())
-            })?;
-            decode(&item)
-        }
-        Err(error) => Err(error),
-    }
+    written_once(store, settings_key(), settings).await
 }
 
 /// Writes this node's record: created when `version` is `None`, else

@@ -253,6 +253,35 @@ fn versioned<T: Stored>(item: Item) -> Result<Versioned<T>, StoreError> {
     })
 }
 
+/// Writes `value` at `key` if nothing is there, and returns what is
+/// there after: `value`, or what another writer put first. For the
+/// records a whole store agrees on (the cluster's settings, shared keys).
+async fn written_once<T: records::Stored>(
+    store: &dyn Store,
+    key: Key,
+    value: T,
+) -> Result<T, StoreError> {
+    let put = WriteOp::Put {
+        item: Item {
+            key: key.clone(),
+            version: 1,
+            body: encode(&value),
+            index: None,
+        },
+        condition: Condition::NotExists,
+    };
+    match store.transact(vec![put]).await {
+        Ok(()) => Ok(value),
+        Err(StoreError::ConditionFailed { .. }) => {
+            let item = store.get(key.clone()).await?.ok_or_else(|| {
+                StoreError::Corrupt(format!("{key:?} vanished after being written"))
+            })?;
+            decode(&item)
+        }
+        Err(error) => Err(error),
+    }
+}
+
 /// The items one staged decision writes, appended to `ops` in this order:
 /// the idempotency record first (a duplicate request fails there and is
 /// replayed), then the payment (created, or under its version), its

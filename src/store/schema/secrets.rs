@@ -29,28 +29,11 @@ pub async fn page_token_key(
     store: &dyn Store,
     fresh: PageTokenKey,
 ) -> Result<PageTokenKey, StoreError> {
+    // Read first: every later start finds it, without a failed write.
     if let Some(item) = store.get(page_token_key_key()).await? {
         return decode(&item);
     }
-    let put = WriteOp::Put {
-        item: Item {
-            key: page_token_key_key(),
-            version: 1,
-            body: encode(&fresh),
-            index: None,
-        },
-        condition: Condition::NotExists,
-    };
-    match store.transact(vec![put]).await {
-        Ok(()) => Ok(fresh),
-        Err(StoreError::ConditionFailed { .. }) => {
-            let item = store.get(page_token_key_key()).await?.ok_or_else(|| {
-                StoreError::Corrupt("the page token key vanished after being written".into())
-            })?;
-            decode(&item)
-        }
-        Err(error) => Err(error),
-    }
+    written_once(store, page_token_key_key(), fresh).await
 }
 
 #[cfg(test)]
