@@ -157,6 +157,14 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 /// Extra wait, beyond the store's late-write bound, before the second
 /// recovery sweep on a store that can apply a dead node's in-flight writes.
 pub const RECOVERY_LATE_SWEEP_MARGIN: Duration = Duration::from_secs(1);
+/// How long start-up rides out a store that throttles or fails (the
+/// recovery sweep, the page-token key, joining the cluster): a node
+/// restarted during a store hiccup comes up late rather than exiting into a
+/// restart loop; a store down for longer ends the start with its error.
+pub const STARTUP_STORE_PATIENCE: Duration = Duration::from_secs(120);
+/// First and longest wait between start-up attempts on a failing store.
+pub const STARTUP_STORE_BACKOFF_INITIAL: Duration = Duration::from_millis(100);
+pub const STARTUP_STORE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Payments re-driven at start-up per page read from the open-payment index.
 pub const RECOVERY_PAGE_SIZE: usize = 500;
 

@@ -89,12 +89,20 @@ pub struct NodeMetrics {
     pub rate_limited: Counter,
 }
 
+/// What the process holds at a scrape, for watching leaks (the soak, and
+/// dashboards, read these): per node, so `sum` across replicas is right.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub tasks_alive: usize,
+    pub accounts_live: usize,
+}
+
 impl NodeMetrics {
     /// The page of one scrape. `stalled`: payments that missed a stall
     /// deadline, by state name, as read from the store now (`None`: the
     /// store could not be read; every state then shows 0, and
     /// `payvisor_stalled_scan_ok` says so).
-    pub fn page(&self, stalled: Option<&BTreeMap<String, u64>>) -> String {
+    pub fn page(&self, stalled: Option<&BTreeMap<String, u64>>, held: Held) -> String {
         let mut registry = Registry::default();
         registry.register(
             "payvisor_reconciliation_mismatches",
@@ -155,6 +163,16 @@ impl NodeMetrics {
             "payvisor_stalled_scan_ok",
             "1 if the last count of stalled payments read the store successfully.",
             &[("", "", i64::from(stalled.is_some()))],
+        )));
+        registry.register_collector(Box::new(GaugeFamily::new(
+            "payvisor_runtime_tasks_alive",
+            "Tasks alive in this process, actors included: flat under steady load, or something leaks.",
+            &[("", "", held.tasks_alive as i64)],
+        )));
+        registry.register_collector(Box::new(GaugeFamily::new(
+            "payvisor_accounts_live",
+            "Account actors running on this node (started on first use, stopped when idle).",
+            &[("", "", held.accounts_live as i64)],
         )));
         encode(&registry)
     }
@@ -269,7 +287,11 @@ mod tests {
         metrics.reconciliation_mismatches.inc_by(2);
         metrics.auth_failures.inc();
         let stalled = BTreeMap::from([("sent".to_owned(), 3)]);
-        let page = metrics.page(Some(&stalled));
+        let held = Held {
+            tasks_alive: 12,
+            accounts_live: 3,
+        };
+        let page = metrics.page(Some(&stalled), held);
         let mut expected = "# HELP payvisor_reconciliation_mismatches_total Mismatches found by reconciliation with the bank since start.\n\
              # TYPE payvisor_reconciliation_mismatches_total counter\n\
              payvisor_reconciliation_mismatches_total 2\n\
@@ -295,17 +317,23 @@ mod tests {
         expected.push_str(
             "# HELP payvisor_stalled_scan_ok 1 if the last count of stalled payments read the store successfully.\n\
              # TYPE payvisor_stalled_scan_ok gauge\n\
-             payvisor_stalled_scan_ok 1\n",
+             payvisor_stalled_scan_ok 1\n\
+             # HELP payvisor_runtime_tasks_alive Tasks alive in this process, actors included: flat under steady load, or something leaks.\n\
+             # TYPE payvisor_runtime_tasks_alive gauge\n\
+             payvisor_runtime_tasks_alive 12\n\
+             # HELP payvisor_accounts_live Account actors running on this node (started on first use, stopped when idle).\n\
+             # TYPE payvisor_accounts_live gauge\n\
+             payvisor_accounts_live 3\n",
         );
         assert_eq!(page, expected);
 
         // The store could not be read: zeros, and the scan says so.
-        let page = metrics.page(None);
+        let page = metrics.page(None, Held::default());
         assert!(
             page.contains("payvisor_stalled_payments{state=\"sent\"} 0\n"),
             "{page}"
         );
-        assert!(page.ends_with("payvisor_stalled_scan_ok 0\n"), "{page}");
+        assert!(page.contains("payvisor_stalled_scan_ok 0\n"), "{page}");
         assert!(
             page.contains("payvisor_reconciliation_mismatches_total 2\n"),
             "{page}"

@@ -8,14 +8,16 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::actors::{ActorSettings, Components, Orchestrator};
+use crate::actors::{ActorSettings, CommandError, Components, Orchestrator};
 use crate::alerts::pagerduty::PagerDutySink;
 use crate::alerts::{AlertSink, LogSink};
 use crate::approval::RulesInForce;
 use crate::auth::Authenticator;
 use crate::callbacks::CallbackEndpoint;
 use crate::clock::{Clock, SystemClock};
-use crate::cluster::membership::{Membership, MembershipSettings, MonoClock, ProcessMono};
+use crate::cluster::membership::{
+    JoinError, Membership, MembershipSettings, MonoClock, ProcessMono,
+};
 use crate::cluster::{AccountOwnership, Cluster};
 use crate::config::{AuthConfig, ClusterConfig, Config, PagerConfig};
 use crate::connectors::built_in_bank::BuiltInBank;
@@ -32,7 +34,7 @@ use crate::limits;
 use crate::metrics::NodeMetrics;
 use crate::random::SeededRandom;
 use crate::shutdown::{Shutdown, ShutdownTrigger, Tasks};
-use crate::store::{schema, Store};
+use crate::store::{schema, Store, StoreError};
 use crate::tls::ServerTls;
 use crate::webhooks::HttpWebhookSink;
 use std::collections::HashMap;
@@ -82,7 +84,10 @@ pub async fn run(
         follow_ownership(&node, &shutdown, &mut tasks);
         tokio::spawn(membership.run(membership_stop))
     });
-    let resumed = node.orchestrator.recover().await?;
+    let resumed = patiently("recovery sweep", transient_command_error, || {
+        node.orchestrator.recover()
+    })
+    .await?;
     sweep_periodically(&config, &node, &shutdown, &mut tasks);
     if let Some(address) = config.metrics_listen {
         let listener = TcpListener::bind(address).await?;
@@ -271,17 +276,20 @@ async fn join(
 ) -> anyhow::Result<(Arc<Cluster>, Membership)> {
     let mono: Arc<dyn MonoClock> = Arc::new(ProcessMono::default());
     let me = settings.node_id.clone();
-    let (mut membership, owned) = Membership::join(
-        Arc::clone(store),
-        wall,
-        Arc::clone(&mono),
-        me.clone(),
-        MembershipSettings {
-            shards: settings.shards,
-            timeouts: settings.timeouts,
-            address: settings.advertise.clone(),
-        },
-    )
+    let transient = |error: &JoinError| matches!(error, JoinError::Store(error) if transient_store_error(error));
+    let (mut membership, owned) = patiently("joining the cluster", transient, || {
+        Membership::join(
+            Arc::clone(store),
+            wall,
+            Arc::clone(&mono),
+            me.clone(),
+            MembershipSettings {
+                shards: settings.shards,
+                timeouts: settings.timeouts,
+                address: settings.advertise.clone(),
+            },
+        )
+    })
     .await?;
     if let Err(error) = membership.round().await {
         tracing::warn!(%error, "first cluster round failed; the node owns nothing until a round succeeds");
@@ -563,8 +571,11 @@ async fn serve_grpc(
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let page_token_key =
-        schema::page_token_key(node.store.as_ref(), crate::grpc::page_token::fresh_key()).await?;
+    let fresh_key = crate::grpc::page_token::fresh_key();
+    let page_token_key = patiently("page-token key", transient_store_error, || {
+        schema::page_token_key(node.store.as_ref(), fresh_key.clone())
+    })
+    .await?;
     let mut api = PaymentApi::new(
         node.orchestrator.clone(),
         trigger.subscribe(),
@@ -652,9 +663,57 @@ async fn late_recovery_sweep(orchestrator: Orchestrator, bound: Duration, shutdo
         () = shutdown.signalled() => return,
         () = tokio::time::sleep(bound + limits::RECOVERY_LATE_SWEEP_MARGIN) => {}
     }
-    match orchestrator.recover().await {
-        Ok(resumed) => tracing::info!(resumed, "late recovery sweep done"),
-        Err(error) => tracing::error!(%error, "late recovery sweep failed"),
+    // Until it succeeds: a payment it would miss has no one else to find it.
+    let mut backoff = limits::STARTUP_STORE_BACKOFF_INITIAL;
+    loop {
+        match orchestrator.recover().await {
+            Ok(resumed) => return tracing::info!(resumed, "late recovery sweep done"),
+            Err(error) if transient_command_error(&error) => {
+                tracing::warn!(%error, retry_in = ?backoff, "late recovery sweep failed; retrying");
+            }
+            Err(error) => return tracing::error!(%error, "late recovery sweep failed"),
+        }
+        tokio::select! {
+            () = shutdown.signalled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(limits::STARTUP_STORE_BACKOFF_MAX);
+    }
+}
+
+fn transient_store_error(error: &StoreError) -> bool {
+    matches!(error, StoreError::Unavailable(_))
+}
+
+fn transient_command_error(error: &CommandError) -> bool {
+    matches!(error, CommandError::Unavailable(_) | CommandError::Conflict)
+}
+
+/// Runs a start-up step on the store, riding out transient failures with
+/// back-off for [`limits::STARTUP_STORE_PATIENCE`] (a node restarted during
+/// a store hiccup comes up late rather than exiting); any other failure, or
+/// one that outlasts the patience, ends the start.
+async fn patiently<T, E, Step, Attempt>(
+    step: &str,
+    transient: impl Fn(&E) -> bool,
+    mut attempt: Step,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    Step: FnMut() -> Attempt,
+    Attempt: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + limits::STARTUP_STORE_PATIENCE;
+    let mut backoff = limits::STARTUP_STORE_BACKOFF_INITIAL;
+    loop {
+        match attempt().await {
+            Err(error) if transient(&error) && tokio::time::Instant::now() + backoff < deadline => {
+                tracing::warn!(%error, retry_in = ?backoff, "{step} failed at start; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(limits::STARTUP_STORE_BACKOFF_MAX);
+            }
+            answer => return answer,
+        }
     }
 }
 
@@ -673,7 +732,13 @@ fn metrics_renderer(orchestrator: Orchestrator, metrics: NodeMetrics) -> crate::
                     None
                 }
             };
-            metrics.page(stalled.as_ref())
+            let held = crate::metrics::Held {
+                tasks_alive: tokio::runtime::Handle::current()
+                    .metrics()
+                    .num_alive_tasks(),
+                accounts_live: orchestrator.live_accounts(),
+            };
+            metrics.page(stalled.as_ref(), held)
         })
     })
 }

@@ -29,12 +29,40 @@ matches, from a map kept up to date on every put and delete. moto's own
 code still does the rest (ordering, conditions, paging, projection), so the
 answers are the ones it gave before.
 
+Two additions make it a fault-injecting DynamoDB, for the tests that check
+payvisor under store faults (the server itself carries no test tools):
+
+- ClientRequestToken is honoured as DynamoDB documents it (moto ignores
+  it): a TransactWriteItems that succeeded, sent again with the same token
+  and the same items, succeeds again without applying anything; with other
+  items it is refused (IdempotentParameterMismatchException). Without this,
+  a retry of a write whose answer was lost would fail its own conditions,
+  which real DynamoDB never does.
+- Faults per table, switched on by a test: `POST /payvisor/faults` with
+  {"table": T, "seed": N, "throttled": p, "failed": p,
+  "applied_then_failed": p, "slow": p, "applied_then_late": p,
+  "stalled_for_s": s}. Each request that names T draws one outcome:
+  throttled (ThrottlingException, nothing applied), failed (500
+  InternalServerError, nothing applied), applied then failed (applied, but
+  answered 500, the ambiguous case DynamoDB documents), slow (50-500 ms
+  before it is served), applied then late (applied, answered after the
+  SDK's 5 s attempt timeout, so the client retries a write that landed).
+  `stalled_for_s` holds every request for T that long from now (a store
+  that stops answering). `GET /payvisor/faults?table=T` answers how many of
+  each were injected. A plan with every probability 0 switches faults off.
+
 Usage: python dynamodb_server.py PORT
 """
 
 import copy
+import hashlib
+import io
+import json
+import random
 import sys
 import threading
+import time
+from urllib.parse import parse_qs
 from collections import defaultdict
 
 from werkzeug.serving import run_simple
@@ -58,6 +86,194 @@ class OneRequestAtATime:
         with self.lock:
             # Materialise the body inside the lock: moto does its work lazily.
             return list(self.app(environ, start_response))
+
+
+def read_body(environ):
+    """The request body, put back so that the next layer reads it too."""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
+def operation(environ):
+    return (environ.get("HTTP_X_AMZ_TARGET") or "").rpartition(".")[2]
+
+
+def json_response(start_response, status, document):
+    body = json.dumps(document).encode()
+    start_response(
+        status,
+        [
+            ("Content-Type", "application/x-amz-json-1.0"),
+            ("Content-Length", str(len(body))),
+        ],
+    )
+    return [body]
+
+
+def dynamodb_error(start_response, status, kind, message):
+    return json_response(
+        start_response,
+        status,
+        {"__type": f"com.amazonaws.dynamodb.v20120810#{kind}", "message": message},
+    )
+
+
+class RequestTokens:
+    """ClientRequestToken of TransactWriteItems, as DynamoDB honours it for
+    ten minutes. Inside the one-at-a-time lock, so a retry waits for the
+    attempt it repeats."""
+
+    LIFETIME_S = 600
+
+    def __init__(self, app):
+        self.app = app
+        self.succeeded = {}  # token -> (digest of the items, when)
+
+    def __call__(self, environ, start_response):
+        if operation(environ) != "TransactWriteItems":
+            return self.app(environ, start_response)
+        request = json.loads(read_body(environ) or b"{}")
+        token = request.get("ClientRequestToken")
+        if token is None:
+            return self.app(environ, start_response)
+        digest = hashlib.sha256(
+            json.dumps(request.get("TransactItems"), sort_keys=True).encode()
+        ).hexdigest()
+        now = time.monotonic()
+        self.succeeded = {
+            t: (d, at) for t, (d, at) in self.succeeded.items() if now - at < self.LIFETIME_S
+        }
+        if token in self.succeeded:
+            if self.succeeded[token][0] != digest:
+                return dynamodb_error(
+                    start_response,
+                    "400 Bad Request",
+                    "IdempotentParameterMismatchException",
+                    "The request uses the same client token as a previous, but non-identical request.",
+                )
+            return json_response(start_response, "200 OK", {})
+        answered = []
+
+        def recording_start_response(status, headers, *rest):
+            answered.append(status)
+            return start_response(status, headers, *rest)
+
+        body = list(self.app(environ, recording_start_response))
+        if answered and answered[0].startswith("200"):
+            self.succeeded[token] = (digest, now)
+        return body
+
+
+FAULT_KINDS = ("throttled", "failed", "applied_then_failed", "slow", "applied_then_late")
+
+
+class FaultPlan:
+    def __init__(self, document):
+        self.random = random.Random(document.get("seed", 0))
+        self.odds = {kind: float(document.get(kind, 0)) for kind in FAULT_KINDS}
+        self.stalled_until = time.monotonic() + float(document.get("stalled_for_s", 0))
+        self.injected = {kind: 0 for kind in FAULT_KINDS + ("stalled",)}
+
+    def draw(self):
+        roll = self.random.random()
+        for kind in FAULT_KINDS:
+            if roll < self.odds[kind]:
+                return kind
+            roll -= self.odds[kind]
+        return None
+
+
+def tables_named(request):
+    names = set()
+    if "TableName" in request:
+        names.add(request["TableName"])
+    for item in request.get("TransactItems", []):
+        for action in item.values():
+            if isinstance(action, dict) and "TableName" in action:
+                names.add(action["TableName"])
+    return names
+
+
+class Faults:
+    """Outermost layer: decides a request's fault before it queues for the
+    lock, so that slow, late and stalled answers hold only their own
+    connection."""
+
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.plans = {}
+        self.ended = {}  # table -> what its plan injected, once switched off
+
+    def __call__(self, environ, start_response):
+        if environ.get("PATH_INFO") == "/payvisor/faults":
+            return self.control(environ, start_response)
+        if not self.plans:
+            return self.app(environ, start_response)
+        try:
+            request = json.loads(read_body(environ) or b"{}")
+        except ValueError:
+            return self.app(environ, start_response)
+        with self.lock:
+            plan = next(
+                (self.plans[t] for t in sorted(tables_named(request)) if t in self.plans),
+                None,
+            )
+            if plan is None:
+                return self.app(environ, start_response)
+            kind = plan.draw()
+            stall = plan.stalled_until - time.monotonic()
+            if stall > 0:
+                plan.injected["stalled"] += 1
+            if kind is not None:
+                plan.injected[kind] += 1
+            delay = plan.random.uniform(0.05, 0.5)
+        if stall > 0:
+            time.sleep(stall)
+        if kind == "throttled":
+            return dynamodb_error(
+                start_response,
+                "400 Bad Request",
+                "ThrottlingException",
+                "Rate of requests exceeds the allowed throughput.",
+            )
+        if kind == "failed":
+            return dynamodb_error(
+                start_response, "500 Internal Server Error", "InternalServerError", "Internal server error"
+            )
+        if kind == "slow":
+            time.sleep(delay)
+        if kind == "applied_then_failed":
+            list(self.app(environ, lambda *args: None))
+            return dynamodb_error(
+                start_response, "500 Internal Server Error", "InternalServerError", "Internal server error"
+            )
+        if kind == "applied_then_late":
+            answered = []
+            body = list(self.app(environ, lambda *args: answered.append(args)))
+            time.sleep(5.5)  # past payvisor's DYNAMODB_ATTEMPT_TIMEOUT (5 s)
+            start_response(*answered[0])
+            return body
+        return self.app(environ, start_response)
+
+    def control(self, environ, start_response):
+        if environ["REQUEST_METHOD"] == "POST":
+            document = json.loads(read_body(environ))
+            with self.lock:
+                plan = FaultPlan(document)
+                ended = self.plans.pop(document["table"], None)
+                if ended is not None:
+                    self.ended[document["table"]] = ended.injected
+                if any(plan.odds.values()) or document.get("stalled_for_s"):
+                    self.plans[document["table"]] = plan
+            return json_response(start_response, "200 OK", {})
+        table = parse_qs(environ.get("QUERY_STRING", "")).get("table", [""])[0]
+        with self.lock:
+            plan = self.plans.get(table)
+            injected = dict(plan.injected) if plan else dict(self.ended.get(table, {}))
+        return json_response(start_response, "200 OK", injected)
 
 
 def snapshot_of_items(table, memo):
@@ -210,7 +426,7 @@ def main():
     run_simple(
         "127.0.0.1",
         port,
-        OneRequestAtATime(app),
+        Faults(OneRequestAtATime(RequestTokens(app))),
         threaded=True,
         request_handler=MotoRequestHandler,
     )

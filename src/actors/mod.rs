@@ -519,6 +519,11 @@ impl Orchestrator {
             .ok_or_else(|| CommandError::NotFound(format!("account accounts/{account}")))
     }
 
+    /// Account actors running now.
+    pub fn live_accounts(&self) -> usize {
+        self.directory.len()
+    }
+
     /// Re-drives every watched payment of the accounts this node serves:
     /// called at start-up. Returns how many payments were resumed.
     pub async fn recover(&self) -> Result<usize, CommandError> {

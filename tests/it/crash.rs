@@ -16,6 +16,7 @@ const CLIENTS: usize = 8;
 /// Acknowledgements to collect before each kill: enough that the kill lands
 /// mid-stream, with creates and refunds in flight.
 const ACKS_BEFORE_KILL: usize = 150;
+const ACKS_BEFORE_KILL_UNDER_FAULTS: usize = 60;
 
 #[derive(Clone, Debug)]
 enum Acked {
@@ -50,6 +51,27 @@ where
     }
 }
 
+/// A client's replay while the test runs: `UNAVAILABLE` (the store failed
+/// or timed out, or the server is gone) is sent again until the test stops
+/// the clients, at the kill.
+async fn retry_unavailable_until<T, F, Fut>(
+    stop: &AtomicBool,
+    mut call: F,
+) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    loop {
+        match call().await {
+            Err(status) if status.code() == Code::Unavailable && !stop.load(Ordering::SeqCst) => {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+            answer => return answer,
+        }
+    }
+}
+
 fn amount_of(payment: &pb::Payment) -> i64 {
     payment.amount.as_ref().unwrap().minor_units
 }
@@ -65,7 +87,7 @@ async fn stream_requests(
     let client = server.client().await;
     (0..CLIENTS)
         .map(|task| {
-            let mut client = client.clone();
+            let client = client.clone();
             let (acked, sent_amounts, stop, ack_count) = (
                 acked.clone(),
                 sent_amounts.clone(),
@@ -82,7 +104,12 @@ async fn stream_requests(
                     let request =
                         create_request(&account, &format!("c{cycle}-t{task}-{n}"), amount);
                     sent_amounts.lock().unwrap().insert(amount);
-                    match client.create_payment(request.clone()).await {
+                    let answer = retry_unavailable_until(&stop, || {
+                        let (mut client, request) = (client.clone(), request.clone());
+                        async move { client.create_payment(request).await }
+                    })
+                    .await;
+                    match answer {
                         Ok(payment) => {
                             let name = payment.into_inner().name;
                             mine.push(name.clone());
@@ -92,20 +119,38 @@ async fn stream_requests(
                             });
                             ack_count.fetch_add(1, Ordering::SeqCst);
                         }
-                        Err(_) => break, // the server is gone
+                        Err(status) => {
+                            // The server is gone (the kill), or it answered
+                            // what a client cannot retry: the check after
+                            // the round says which.
+                            if status.code() != Code::Unknown {
+                                eprintln!("client {task} stops on: {status:?}");
+                            }
+                            break;
+                        }
                     }
                     if n % 3 == 0 && mine.len() > 2 {
                         let target = mine[mine.len() - 3].clone();
                         let request =
                             refund_request(&target, &format!("r{cycle}-t{task}-{n}"), Some(100));
-                        match client.refund_payment(request.clone()).await {
+                        let answer = retry_unavailable_until(&stop, || {
+                            let (mut client, request) = (client.clone(), request.clone());
+                            async move { client.refund_payment(request).await }
+                        })
+                        .await;
+                        match answer {
                             Ok(_) => {
                                 acked.lock().unwrap().push(Acked::Refund { request });
                                 ack_count.fetch_add(1, Ordering::SeqCst);
                             }
                             // Not processed yet: a clean refusal, not an ack.
                             Err(status) if status.code() == Code::FailedPrecondition => {}
-                            Err(_) => break,
+                            Err(status) => {
+                                if status.code() != Code::Unknown {
+                                    eprintln!("client {task} stops on: {status:?}");
+                                }
+                                break;
+                            }
                         }
                     }
                 }
@@ -116,7 +161,62 @@ async fn stream_requests(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_loses_nothing_and_doubles_nothing() {
-    let mut server = Server::start(&[]);
+    kill_9_rounds(Server::start(&[]), ACKS_BEFORE_KILL).await;
+}
+
+/// The same rounds while the store misbehaves: the DynamoDB test server
+/// (tests/dynamodb_server.py) throttles, fails, answers 500 after applying,
+/// answers after the client gave up, and is slow, on a share of the
+/// server's calls, across the kills and the recoveries. The server carries
+/// no test tools: the faults are the store's. Runs in the DynamoDB phase of
+/// tests/run.sh (`PAYVISOR_TEST_STORE=dynamodb`), whose server it loads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_the_store_fails_throttles_and_answers_late_loses_nothing_and_doubles_nothing()
+{
+    let test = "kill_9_while_the_store_fails";
+    if std::env::var("PAYVISOR_TEST_STORE").as_deref() != Ok("dynamodb") {
+        eprintln!("{test}: skipped here; tests/run.sh runs it in its DynamoDB phase (PAYVISOR_TEST_STORE=dynamodb)");
+        return;
+    }
+    assert!(dynamodb::available(test));
+    let server = Server::start(&[]);
+    let table = server.dynamodb_table().expect("on DynamoDB").to_owned();
+    dynamodb::set_faults(
+        &table,
+        serde_json::json!({
+            "seed": 15,
+            "throttled": 0.03,
+            "failed": 0.02,
+            "applied_then_failed": 0.03,
+            "slow": 0.01,
+            // Rare: each holds an account's write for the SDK's 5 s attempt
+            // timeout. The seed's draws put the first at request 434.
+            "applied_then_late": 0.0015,
+        }),
+    );
+    // Fewer per round: a store call that fails waits out the SDK's back-off
+    // (up to a second), so each acknowledgement costs more.
+    kill_9_rounds(server, ACKS_BEFORE_KILL_UNDER_FAULTS).await;
+    let injected = dynamodb::faults_injected(&table);
+    eprintln!("{test}: injected {injected}");
+    for kind in [
+        "throttled",
+        "failed",
+        "applied_then_failed",
+        "slow",
+        "applied_then_late",
+    ] {
+        assert!(
+            injected[kind].as_u64().unwrap_or(0) > 0,
+            "no {kind} fault was injected: {injected}"
+        );
+    }
+}
+
+/// Two rounds of: clients stream creates and refunds, `kill -9` lands
+/// mid-stream, restart, check everything acknowledged; then a graceful stop
+/// and the ledger check.
+async fn kill_9_rounds(mut server: Server, acks_before_kill: usize) {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let sent_amounts = Arc::new(Mutex::new(HashSet::new()));
 
@@ -132,7 +232,7 @@ async fn kill_9_mid_stream_loses_nothing_and_doubles_nothing() {
             ack_count.clone(),
         )
         .await;
-        while ack_count.load(Ordering::SeqCst) < ACKS_BEFORE_KILL {
+        while ack_count.load(Ordering::SeqCst) < acks_before_kill {
             assert!(
                 !tasks.iter().all(|task| task.is_finished()),
                 "clients stopped before the kill"

@@ -49,3 +49,42 @@ pub async fn fresh_store(purpose: &str) -> DynamoDbStore {
     store.create_table().await.expect("create the test table");
     store
 }
+
+/// The DynamoDB-API test server's address (host:port), from the endpoint.
+fn endpoint_address() -> String {
+    let endpoint = std::env::var("AWS_ENDPOINT_URL_DYNAMODB").expect("a DynamoDB endpoint");
+    endpoint
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned()
+}
+
+fn faults_call(request: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(endpoint_address()).unwrap();
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("not JSON: {answer}"))
+}
+
+/// Switches the test server's fault injection for `table` (see
+/// `tests/dynamodb_server.py`): `plan` holds a seed and the odds of each
+/// fault; a plan with none switches faults off.
+pub fn set_faults(table: &str, mut plan: serde_json::Value) {
+    plan["table"] = serde_json::Value::from(table);
+    let body = plan.to_string();
+    faults_call(&format!(
+        "POST /payvisor/faults HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    ));
+}
+
+/// How many of each fault the test server injected on `table`.
+pub fn faults_injected(table: &str) -> serde_json::Value {
+    faults_call(&format!(
+        "GET /payvisor/faults?table={table} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    ))
+}

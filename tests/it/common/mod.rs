@@ -98,11 +98,20 @@ impl Server {
         Server::launch(extra_args, true)
     }
 
+    /// [`Server::start`] on DynamoDB whatever `PAYVISOR_TEST_STORE` says
+    /// (the caller checked [`dynamodb::available`]).
+    pub fn start_on_dynamodb(extra_args: &[&str]) -> Server {
+        Server::launch_on(dynamodb_store_args(), extra_args, false)
+    }
+
     fn launch(extra_args: &[&str], logged: bool) -> Server {
+        Server::launch_on(store_args(), extra_args, logged)
+    }
+
+    fn launch_on(store_args: Vec<String>, extra_args: &[&str], logged: bool) -> Server {
         let temp = tempfile::tempdir().expect("temp dir");
         let data_dir = temp.path().to_path_buf();
         let log = logged.then(|| temp.path().join("server.log"));
-        let store_args = store_args();
         let mut all_args = store_args.clone();
         all_args.extend(extra_args.iter().map(|arg| arg.to_string()));
         let (process, address) = spawn(&data_dir, &all_args, log.as_deref());
@@ -204,6 +213,15 @@ impl Server {
         let (process, address) = spawn(&self.data_dir, &self.extra_args, self.log.as_deref());
         self.process = process;
         self.address = address;
+    }
+
+    /// The DynamoDB table the server uses, if it runs on DynamoDB.
+    pub fn dynamodb_table(&self) -> Option<&str> {
+        let flag = self
+            .store_args
+            .iter()
+            .position(|arg| arg == "--dynamodb-table")?;
+        self.store_args.get(flag + 1).map(String::as_str)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -341,11 +359,15 @@ pub async fn wait_for(
 ) -> pb::Payment {
     let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
     loop {
-        let payment = client
-            .get_payment(pb::GetPaymentRequest { name: name.into() })
-            .await
-            .unwrap()
-            .into_inner();
+        let payment = read_retrying(|| {
+            let mut client = client.clone();
+            async move {
+                client
+                    .get_payment(pb::GetPaymentRequest { name: name.into() })
+                    .await
+            }
+        })
+        .await;
         if done(&payment) {
             return payment;
         }
@@ -385,6 +407,36 @@ pub async fn processed_payment(
     .await
 }
 
+/// A read as a client makes it: `UNAVAILABLE` that carries `RetryInfo` (the
+/// server says the store failed for now; tests that inject store faults
+/// meet it) is read again, a bounded number of times. Any other error
+/// fails the test.
+pub async fn read_retrying<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let mut attempts = 0;
+    loop {
+        match call().await {
+            Ok(response) => return response.into_inner(),
+            Err(status)
+                if status.code() == tonic::Code::Unavailable
+                    && retry_info(&status)
+                    && attempts < 5 =>
+            {
+                attempts += 1;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(status) => panic!("read failed: {status:?}"),
+        }
+    }
+}
+
+fn retry_info(status: &tonic::Status) -> bool {
+    status.get_error_details().retry_info().is_some()
+}
+
 /// Every payment of an account, following page tokens.
 pub async fn list_all(
     client: &mut PaymentServiceClient<Channel>,
@@ -394,16 +446,17 @@ pub async fn list_all(
     let mut payments = Vec::new();
     let mut page_token = String::new();
     loop {
-        let page = client
-            .list_payments(pb::ListPaymentsRequest {
-                parent: format!("accounts/{account}"),
-                page_size,
-                page_token,
-                state: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let request = pb::ListPaymentsRequest {
+            parent: format!("accounts/{account}"),
+            page_size,
+            page_token,
+            state: 0,
+        };
+        let page = read_retrying(|| {
+            let (mut client, request) = (client.clone(), request.clone());
+            async move { client.list_payments(request).await }
+        })
+        .await;
         assert!(page.payments.len() <= page_size.max(1) as usize);
         payments.extend(page.payments);
         if page.next_page_token.is_empty() {
@@ -437,13 +490,12 @@ pub async fn assert_balances_match_payments(
                 <= payment.amount.as_ref().unwrap().minor_units
         );
     }
-    let account_view = client
-        .get_account(pb::GetAccountRequest {
-            name: format!("accounts/{account}"),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let account_view = read_retrying(|| {
+        let mut client = client.clone();
+        let name = format!("accounts/{account}");
+        async move { client.get_account(pb::GetAccountRequest { name }).await }
+    })
+    .await;
     let usd_balance = account_view
         .balances
         .iter()
@@ -476,26 +528,32 @@ fn store_args() -> Vec<String> {
                 dynamodb::available("e2e on dynamodb"),
                 "PAYVISOR_TEST_STORE=dynamodb needs AWS_ENDPOINT_URL_DYNAMODB"
             );
-            let table = dynamodb::fresh_table("e2e");
-            let output = Command::new(BINARY)
-                .args(["dynamodb", "create-table", "--table", &table])
-                .output()
-                .expect("run dynamodb create-table");
-            assert!(
-                output.status.success(),
-                "create-table failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-            vec![
-                "--store".into(),
-                "dynamodb".into(),
-                "--dynamodb-table".into(),
-                table,
-            ]
+            dynamodb_store_args()
         }
         Ok("sqlite") | Err(_) => Vec::new(),
         Ok(other) => panic!("PAYVISOR_TEST_STORE={other}: expected sqlite or dynamodb"),
     }
+}
+
+/// `--store dynamodb` on a fresh table, made with `payvisor dynamodb
+/// create-table`.
+fn dynamodb_store_args() -> Vec<String> {
+    let table = dynamodb::fresh_table("e2e");
+    let output = Command::new(BINARY)
+        .args(["dynamodb", "create-table", "--table", &table])
+        .output()
+        .expect("run dynamodb create-table");
+    assert!(
+        output.status.success(),
+        "create-table failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    vec![
+        "--store".into(),
+        "dynamodb".into(),
+        "--dynamodb-table".into(),
+        table,
+    ]
 }
 
 /// Runs the command line against `server` (`--json`), expecting success.
