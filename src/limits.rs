@@ -78,6 +78,11 @@ pub const GROUP_COMMIT_TRANSACTIONS_MAX: usize = 512;
 pub const STORE_CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// Read connections to the embedded store (WAL readers run in parallel).
 pub const STORE_READERS_MAX: usize = 4;
+/// Threads for blocking work: the embedded store's reads (at most one per
+/// read connection at a time) and the occasional file reload. Tokio's
+/// default (512) let a burst of reads after a restart leave 60 threads
+/// behind (payvisor-soak); more than this only waits.
+pub const BLOCKING_THREADS_MAX: usize = 16;
 /// Page cache of the embedded store's writer: large, because every commit
 /// walks the B-tree to the leaves it changes (64 MiB).
 pub const STORE_WRITER_CACHE_KIB: usize = 64 * 1024;

@@ -119,6 +119,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(payvisor::limits::BLOCKING_THREADS_MAX)
         .build()
     {
         Ok(runtime) => runtime,

@@ -26,6 +26,11 @@ pub enum LockError {
          stop it first, or give this one another --data-dir"
     )]
     Held { dir: PathBuf, holder: String },
+    #[error(
+        "data directory {dir} cannot be written ({why}): payvisor needs to write it; \
+         mount it read-write or give this user write access"
+    )]
+    ReadOnly { dir: PathBuf, why: &'static str },
     #[error("cannot lock data directory {dir}: {source}")]
     Io {
         dir: PathBuf,
@@ -49,7 +54,17 @@ impl DataDirLock {
             .create(true)
             .truncate(false)
             .open(data_dir.join("payvisor.lock"))
-            .map_err(io)?;
+            .map_err(|error| {
+                let why = match error.kind() {
+                    std::io::ErrorKind::ReadOnlyFilesystem => "a read-only mount",
+                    std::io::ErrorKind::PermissionDenied => "this user may not write there",
+                    _ => return io(error),
+                };
+                LockError::ReadOnly {
+                    dir: data_dir.to_path_buf(),
+                    why,
+                }
+            })?;
         match file.try_lock() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {

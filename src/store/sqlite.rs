@@ -70,9 +70,13 @@ struct WriteRequest {
 pub struct SqliteStore {
     /// Queue to the writer thread; bounded for back-pressure.
     writes: mpsc::Sender<WriteRequest>,
-    /// Read connections, used round-robin from blocking tasks.
+    /// Read connections, used from blocking tasks, a free one first.
     readers: Arc<Vec<Mutex<Connection>>>,
     next_reader: AtomicUsize,
+    /// One permit per read connection, taken before a blocking thread is:
+    /// a burst of reads (a recovery sweep) waits here as cheap tasks rather
+    /// than as hundreds of threads each blocked on a connection's lock.
+    read_permits: Arc<tokio::sync::Semaphore>,
     /// Group commits so far (each is one fsync): writes ÷ commits is the
     /// group-commit factor.
     commits: Arc<AtomicU64>,
@@ -347,6 +351,7 @@ impl SqliteStore {
             .map_err(|error| StoreError::Unavailable(error.to_string()))?;
         Ok(SqliteStore {
             writes,
+            read_permits: Arc::new(tokio::sync::Semaphore::new(readers.len())),
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
             commits,
@@ -363,12 +368,30 @@ impl SqliteStore {
         work: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> BoxFuture<'_, Result<T, StoreError>> {
         let readers = Arc::clone(&self.readers);
-        let index = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
+        let first = self.next_reader.fetch_add(1, Ordering::Relaxed) % readers.len();
+        let permits = Arc::clone(&self.read_permits);
         Box::pin(async move {
+            let permit = permits
+                .acquire_owned()
+                .await
+                .map_err(|error| StoreError::Unavailable(error.to_string()))?;
             tokio::task::spawn_blocking(move || {
-                let connection = readers[index]
-                    .lock()
-                    .unwrap_or_else(|poison| poison.into_inner());
+                let _permit = permit;
+                // With a permit, at most readers.len() - 1 others hold a
+                // connection: one of them is free (the last resort only
+                // waits behind a reader outside `read`, such as `check`).
+                let connection = (0..readers.len())
+                    .map(|offset| &readers[(first + offset) % readers.len()])
+                    .find_map(|reader| match reader.try_lock() {
+                        Ok(connection) => Some(connection),
+                        Err(std::sync::TryLockError::Poisoned(poison)) => Some(poison.into_inner()),
+                        Err(std::sync::TryLockError::WouldBlock) => None,
+                    })
+                    .unwrap_or_else(|| {
+                        readers[first]
+                            .lock()
+                            .unwrap_or_else(|poison| poison.into_inner())
+                    });
                 work(&connection)
             })
             .await

@@ -462,6 +462,70 @@ async fn stopped_with_a_payment() -> (Server, pb::Payment) {
     (server, payment)
 }
 
+/// A data directory the server cannot write (a read-only mount behaves
+/// the same way for it: every write refused) is refused at start, so it
+/// never reports SERVING; and so is a writable directory whose database
+/// file can only be read. Root writes through file permissions, so as root
+/// the server runs as `nobody` (uid 65534), as a service user would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_be_written_is_refused_at_start() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let (mut server, _) = stopped_with_a_payment().await;
+    let dir = server.data_dir().to_path_buf();
+    let dir = dir.as_path();
+    let database = dir.join("payvisor.db");
+    let mode = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let as_root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let serve = || {
+        let mut command = Command::new(BINARY);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .stdin(Stdio::null());
+        if as_root {
+            use std::os::unix::process::CommandExt;
+            command.uid(65534).gid(65534);
+        }
+        let output = command.output().unwrap();
+        assert!(!output.status.success(), "it started on {}", dir.display());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    for entry in std::fs::read_dir(dir).unwrap() {
+        mode(&entry.unwrap().path(), 0o444);
+    }
+
+    // The directory: not even the lock can be taken.
+    mode(dir, 0o555);
+    let stderr = serve();
+    assert!(
+        stderr.contains("cannot be written (this user may not write there)"),
+        "{stderr}"
+    );
+
+    // The directory writable (the lock file too), the database read-only.
+    mode(dir, 0o777);
+    mode(&dir.join("payvisor.lock"), 0o666);
+    let stderr = serve();
+    assert!(
+        stderr.contains("can only be read (a read-only file or mount)"),
+        "{stderr}"
+    );
+
+    // Writable again: it serves, with the payment it had.
+    mode(&database, 0o644);
+    server.restart();
+    let mut client = server.client().await;
+    assert_eq!(
+        crate::common::list_all(&mut client, "damage", 10)
+            .await
+            .len(),
+        1
+    );
+    assert!(server.terminate_async().await.success());
+}
+
 /// `payvisor serve` on `dir` (expected to refuse): its stderr.
 fn refused_on(dir: &std::path::Path) -> String {
     let output = Command::new(BINARY)

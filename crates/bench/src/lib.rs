@@ -18,6 +18,7 @@
 
 pub mod echo;
 pub mod limits;
+pub mod processes;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -10,9 +10,8 @@
 //!   through another node (the killed node is started again between
 //!   rounds).
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -21,6 +20,7 @@ use payvisor::domain::ownership::shard_of;
 use payvisor::grpc::pb;
 use payvisor::grpc::pb::cluster_service_client::ClusterServiceClient;
 use payvisor::grpc::pb::payment_service_client::PaymentServiceClient;
+use payvisor_bench::processes::{beside_me, free_port, start};
 use tonic::transport::{Channel, Endpoint};
 
 #[derive(Parser)]
@@ -52,42 +52,6 @@ enum Measure {
 
 const SECRET: &str = "bench-bank-secret-0123456789";
 const SHARDS: u16 = payvisor::limits::CLUSTER_SHARDS_DEFAULT;
-
-fn beside_me(name: &str) -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let path = me.parent().context("no directory")?.join(name);
-    anyhow::ensure!(
-        path.exists(),
-        "{} is missing: cargo build --workspace --bins",
-        path.display()
-    );
-    Ok(path)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-/// Starts a process and waits for the line of stdout that contains `ready`;
-/// returns the text after it.
-fn start(mut command: Command, ready: &str) -> anyhow::Result<(Child, String)> {
-    let mut child = command
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-    let rest = loop {
-        let line = lines.next().context("exited before it was ready")??;
-        if let Some((_, rest)) = line.split_once(ready) {
-            break rest.trim().to_owned();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Ok((child, rest))
-}
 
 struct Node {
     process: Child,
