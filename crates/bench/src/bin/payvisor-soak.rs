@@ -347,7 +347,7 @@ async fn load(
             }
             // One in ten refunds part of an earlier payment (by now
             // processed, unless a fault held it up).
-            if sequence % 10 == 0 && sequence > REFUND_BEHIND {
+            if sequence.is_multiple_of(10) && sequence > REFUND_BEHIND {
                 let earlier = amount_of(sequence - REFUND_BEHIND);
                 let target = tally.acked.lock().unwrap().get(&earlier).cloned();
                 if let Some(name) = target {
@@ -499,6 +499,18 @@ fn row(cycle: u64, incarnation: u64, held: &Held, acked: usize) -> String {
     )
 }
 
+/// Each figure's minimum over `rows`.
+fn floor(rows: &[Held]) -> Held {
+    let least = |figure: fn(&Held) -> Option<u64>| rows.iter().filter_map(figure).min();
+    Held {
+        rss_kib: least(|held| Some(held.rss_kib)).unwrap_or(0),
+        threads: least(|held| Some(held.threads)).unwrap_or(0),
+        fds: least(|held| Some(held.fds)).unwrap_or(0),
+        tasks: least(|held| held.tasks),
+        actors: least(|held| held.actors),
+    }
+}
+
 fn grew(first: &Held, later: &Held) -> Vec<String> {
     let mut grown = Vec::new();
     if later.rss_kib as f64 > first.rss_kib as f64 * RSS_GROWTH_MAX + RSS_SLACK_KIB as f64 {
@@ -519,8 +531,8 @@ fn grew(first: &Held, later: &Held) -> Vec<String> {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     anyhow::ensure!(
-        cli.minutes > 1 + 2 * cli.kill_every.max(1),
-        "--minutes: more than 1 + 2 × --kill-every (cycle 0 warms up; each phase of the kill cycle needs a first row and a later one)"
+        cli.minutes >= 3 * cli.kill_every.max(1),
+        "--minutes: at least 3 × --kill-every (the first incarnation warms up; each phase of the kill cycle needs a first row and a later one)"
     );
     let temp = std::env::temp_dir().join(format!("payvisor-soak-{}", std::process::id()));
     let data_dir = temp.join("server");
@@ -608,7 +620,7 @@ async fn main() -> anyhow::Result<()> {
         server.signal("-STOP")?;
         tokio::time::sleep(PAUSE_FOR).await;
         server.signal("-CONT")?;
-        if (cycle + 1) % cli.kill_every.max(1) == 0 {
+        if (cycle + 1).is_multiple_of(cli.kill_every.max(1)) {
             tokio::time::sleep_until(at(cycle, KILL_AT).into()).await;
             server.kill9_and_restart()?;
             pid.store(u64::from(server.pid()), Ordering::Relaxed);
@@ -642,26 +654,30 @@ async fn main() -> anyhow::Result<()> {
             .max()
             .unwrap_or(0)
     };
-    // Rows are compared with the first row of the same phase of the kill
-    // cycle (right after a restart, the recovery's re-drives hold more
-    // connections and threads than a cycle later); cycle 0 is warm-up.
-    let phase = |cycle: u64| cycle % cli.kill_every.max(1);
-    let mut baselines: HashMap<u64, Held> = HashMap::new();
+    // Like is compared with like: rows of the same phase of the kill cycle
+    // (right after a restart the recovery's re-drives hold more connections
+    // and tasks than a cycle later), from the second incarnation on (the
+    // first starts on an empty store; every later one on tens of thousands
+    // of payments, whose backlog it re-drives at start). A leak raises the
+    // floor; a backlog only makes a peak: so the floor (each figure's
+    // minimum) of a phase's later half is compared with its earlier half's.
+    let kill_every = cli.kill_every.max(1);
     let mut grown = Vec::new();
-    for (cycle, held) in rows.iter().filter(|(cycle, _)| *cycle >= 1) {
-        match baselines.get(&phase(*cycle)) {
-            None => {
-                baselines.insert(phase(*cycle), *held);
-            }
-            Some(baseline) => grown.extend(
-                grew(baseline, held)
-                    .into_iter()
-                    .map(|what| format!("cycle {cycle}: {what}")),
-            ),
+    for phase in 0..kill_every {
+        let held: Vec<Held> = (rows.iter())
+            .filter(|(cycle, _)| *cycle >= kill_every && cycle % kill_every == phase)
+            .map(|(_, held)| *held)
+            .collect();
+        if held.len() < 2 {
+            grown.push("too few cycles to compare: run for longer".into());
+            continue;
         }
-    }
-    if rows.len() <= baselines.len() + 1 {
-        grown.push("too few cycles to compare: run for longer".into());
+        let (earlier, later) = held.split_at(held.len().div_ceil(2));
+        grown.extend(
+            grew(&floor(earlier), &floor(later))
+                .into_iter()
+                .map(|what| format!("phase {phase} of the kill cycle: {what}")),
+        );
     }
     let refused = tally.refused.lock().unwrap().clone();
     let summary = serde_json::json!({
