@@ -45,11 +45,13 @@ payvisor under store faults (the server itself carries no test tools):
   throttled (ThrottlingException, nothing applied), failed (500
   InternalServerError, nothing applied), applied then failed (applied, but
   answered 500, the ambiguous case DynamoDB documents), slow (50-500 ms
-  before it is served), applied then late (applied, answered after the
-  SDK's 5 s attempt timeout, so the client retries a write that landed).
-  `stalled_for_s` holds every request for T that long from now (a store
-  that stops answering). `GET /payvisor/faults?table=T` answers how many of
-  each were injected. A plan with every probability 0 switches faults off.
+  before it is served), applied then late (applied, answered `late_s`
+  later, 5.5 s by default: past payvisor's default attempt timeout, so the
+  client retries a write that landed; drawn on a read, it is no fault). `stalled_for_s` holds every request
+  for T that long from now (a store that stops answering).
+  `GET /payvisor/faults?table=T` answers how many of each were injected,
+  and under "writes" how many of those hit a write. A plan with every
+  probability 0 switches faults off.
 
 Usage: python dynamodb_server.py PORT
 """
@@ -166,6 +168,8 @@ class RequestTokens:
         return body
 
 
+WRITES = {"TransactWriteItems", "PutItem", "DeleteItem", "UpdateItem", "BatchWriteItem"}
+
 FAULT_KINDS = ("throttled", "failed", "applied_then_failed", "slow", "applied_then_late")
 
 
@@ -174,7 +178,9 @@ class FaultPlan:
         self.random = random.Random(document.get("seed", 0))
         self.odds = {kind: float(document.get(kind, 0)) for kind in FAULT_KINDS}
         self.stalled_until = time.monotonic() + float(document.get("stalled_for_s", 0))
+        self.late_s = float(document.get("late_s", 5.5))
         self.injected = {kind: 0 for kind in FAULT_KINDS + ("stalled",)}
+        self.injected["writes"] = {kind: 0 for kind in FAULT_KINDS}
 
     def draw(self):
         roll = self.random.random()
@@ -224,12 +230,18 @@ class Faults:
             if plan is None:
                 return self.app(environ, start_response)
             kind = plan.draw()
+            if kind == "applied_then_late" and operation(environ) not in WRITES:
+                # A late read is only slow: spend the delay where it matters.
+                kind = None
             stall = plan.stalled_until - time.monotonic()
             if stall > 0:
                 plan.injected["stalled"] += 1
             if kind is not None:
                 plan.injected[kind] += 1
+                if operation(environ) in WRITES:
+                    plan.injected["writes"][kind] += 1
             delay = plan.random.uniform(0.05, 0.5)
+            late = plan.late_s
         if stall > 0:
             time.sleep(stall)
         if kind == "throttled":
@@ -253,7 +265,7 @@ class Faults:
         if kind == "applied_then_late":
             answered = []
             body = list(self.app(environ, lambda *args: answered.append(args)))
-            time.sleep(5.5)  # past payvisor's DYNAMODB_ATTEMPT_TIMEOUT (5 s)
+            time.sleep(late)
             start_response(*answered[0])
             return body
         return self.app(environ, start_response)
@@ -272,7 +284,7 @@ class Faults:
         table = parse_qs(environ.get("QUERY_STRING", "")).get("table", [""])[0]
         with self.lock:
             plan = self.plans.get(table)
-            injected = dict(plan.injected) if plan else dict(self.ended.get(table, {}))
+            injected = copy.deepcopy(plan.injected if plan else self.ended.get(table, {}))
         return json_response(start_response, "200 OK", injected)
 
 

@@ -52,8 +52,8 @@ where
 }
 
 /// A client's replay while the test runs: `UNAVAILABLE` (the store failed
-/// or timed out, or the server is gone) is sent again until the test stops
-/// the clients, at the kill.
+/// or timed out) and `ABORTED` (writers kept conflicting) are sent again
+/// until the test stops the clients, at the kill.
 async fn retry_unavailable_until<T, F, Fut>(
     stop: &AtomicBool,
     mut call: F,
@@ -64,7 +64,10 @@ where
 {
     loop {
         match call().await {
-            Err(status) if status.code() == Code::Unavailable && !stop.load(Ordering::SeqCst) => {
+            Err(status)
+                if matches!(status.code(), Code::Unavailable | Code::Aborted)
+                    && !stop.load(Ordering::SeqCst) =>
+            {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
             }
             answer => return answer,
@@ -83,16 +86,18 @@ async fn stream_requests(
     sent_amounts: Arc<Mutex<HashSet<i64>>>,
     stop: Arc<AtomicBool>,
     ack_count: Arc<AtomicUsize>,
+    failures: Arc<Mutex<Vec<String>>>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let client = server.client().await;
     (0..CLIENTS)
         .map(|task| {
             let client = client.clone();
-            let (acked, sent_amounts, stop, ack_count) = (
+            let (acked, sent_amounts, stop, ack_count, failures) = (
                 acked.clone(),
                 sent_amounts.clone(),
                 stop.clone(),
                 ack_count.clone(),
+                failures.clone(),
             );
             tokio::spawn(async move {
                 let mut mine: Vec<String> = Vec::new();
@@ -120,11 +125,11 @@ async fn stream_requests(
                             ack_count.fetch_add(1, Ordering::SeqCst);
                         }
                         Err(status) => {
-                            // The server is gone (the kill), or it answered
-                            // what a client cannot retry: the check after
-                            // the round says which.
-                            if status.code() != Code::Unknown {
-                                eprintln!("client {task} stops on: {status:?}");
+                            // After `stop` (set just before the kill): the
+                            // server is gone. Before it: an answer a client
+                            // cannot retry, which fails the round.
+                            if !stop.load(Ordering::SeqCst) {
+                                failures.lock().unwrap().push(format!("create: {status:?}"));
                             }
                             break;
                         }
@@ -146,8 +151,8 @@ async fn stream_requests(
                             // Not processed yet: a clean refusal, not an ack.
                             Err(status) if status.code() == Code::FailedPrecondition => {}
                             Err(status) => {
-                                if status.code() != Code::Unknown {
-                                    eprintln!("client {task} stops on: {status:?}");
+                                if !stop.load(Ordering::SeqCst) {
+                                    failures.lock().unwrap().push(format!("refund: {status:?}"));
                                 }
                                 break;
                             }
@@ -179,7 +184,9 @@ async fn kill_9_while_the_store_fails_throttles_and_answers_late_loses_nothing_a
         return;
     }
     assert!(dynamodb::available(test));
-    let server = Server::start(&[]);
+    // A 1 s attempt timeout, and late answers 1.5 s late: the client gives
+    // up on a write that landed and sends it again.
+    let server = Server::start(&["--dynamodb-attempt-timeout-ms", "1000"]);
     let table = server.dynamodb_table().expect("on DynamoDB").to_owned();
     dynamodb::set_faults(
         &table,
@@ -187,28 +194,32 @@ async fn kill_9_while_the_store_fails_throttles_and_answers_late_loses_nothing_a
             "seed": 15,
             "throttled": 0.03,
             "failed": 0.02,
+            // Writes are about a tenth of the calls: a run lands about a
+            // dozen of each ambiguous fault on them (late ones only hit
+            // writes).
             "applied_then_failed": 0.03,
             "slow": 0.01,
-            // Rare: each holds an account's write for the SDK's 5 s attempt
-            // timeout. The seed's draws put the first at request 434.
-            "applied_then_late": 0.0015,
+            "applied_then_late": 0.03,
+            "late_s": 1.5,
         }),
     );
     // Fewer per round: a store call that fails waits out the SDK's back-off
     // (up to a second), so each acknowledgement costs more.
     kill_9_rounds(server, ACKS_BEFORE_KILL_UNDER_FAULTS).await;
     let injected = dynamodb::faults_injected(&table);
+    dynamodb::set_faults(&table, serde_json::json!({}));
     eprintln!("{test}: injected {injected}");
-    for kind in [
-        "throttled",
-        "failed",
-        "applied_then_failed",
-        "slow",
-        "applied_then_late",
-    ] {
+    for kind in ["throttled", "failed", "slow"] {
         assert!(
             injected[kind].as_u64().unwrap_or(0) > 0,
             "no {kind} fault was injected: {injected}"
+        );
+    }
+    // The ambiguous ones matter on writes.
+    for kind in ["applied_then_failed", "applied_then_late"] {
+        assert!(
+            injected["writes"][kind].as_u64().unwrap_or(0) > 0,
+            "no {kind} fault hit a write: {injected}"
         );
     }
 }
@@ -223,6 +234,7 @@ async fn kill_9_rounds(mut server: Server, acks_before_kill: usize) {
     for cycle in 0..2 {
         let stop = Arc::new(AtomicBool::new(false));
         let ack_count = Arc::new(AtomicUsize::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
         let tasks = stream_requests(
             &server,
             cycle,
@@ -230,20 +242,34 @@ async fn kill_9_rounds(mut server: Server, acks_before_kill: usize) {
             sent_amounts.clone(),
             stop.clone(),
             ack_count.clone(),
+            failures.clone(),
         )
         .await;
+        let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
         while ack_count.load(Ordering::SeqCst) < acks_before_kill {
             assert!(
                 !tasks.iter().all(|task| task.is_finished()),
-                "clients stopped before the kill"
+                "clients stopped before the kill: {:?}",
+                failures.lock().unwrap()
+            );
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} of {acks_before_kill} acknowledgements before the deadline",
+                ack_count.load(Ordering::SeqCst)
             );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-        server.kill9();
+        // Clients stop retrying from here: what fails after is the kill's.
         stop.store(true, Ordering::SeqCst);
+        server.kill9();
         for task in tasks {
             task.await.unwrap();
         }
+        let failures = failures.lock().unwrap().clone();
+        assert!(
+            failures.is_empty(),
+            "answers a client cannot retry, before the kill: {failures:?}"
+        );
         server.restart();
         let acked_so_far = acked.lock().unwrap().clone();
         let sent_so_far = sent_amounts.lock().unwrap().clone();

@@ -98,12 +98,6 @@ impl Server {
         Server::launch(extra_args, true)
     }
 
-    /// [`Server::start`] on DynamoDB whatever `PAYVISOR_TEST_STORE` says
-    /// (the caller checked [`dynamodb::available`]).
-    pub fn start_on_dynamodb(extra_args: &[&str]) -> Server {
-        Server::launch_on(dynamodb_store_args(), extra_args, false)
-    }
-
     fn launch(extra_args: &[&str], logged: bool) -> Server {
         Server::launch_on(store_args(), extra_args, logged)
     }

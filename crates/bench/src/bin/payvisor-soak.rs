@@ -36,7 +36,7 @@ use tonic::Code;
 )]
 struct Cli {
     /// How long the load runs, in minutes.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 10)]
     minutes: u64,
     /// Creates per second (open loop); about one in ten also refunds.
     #[arg(long, default_value_t = 100)]
@@ -85,6 +85,9 @@ const RSS_SLACK_KIB: u64 = 32 * 1024;
 const FDS_SLACK: u64 = 32;
 const TASKS_GROWTH_MAX: f64 = 1.5;
 const TASKS_SLACK: u64 = 64;
+/// Threads: the runtime's workers and its bounded blocking pool, the
+/// store's writer and checkpointer; a few more come and go.
+const THREADS_SLACK: u64 = 8;
 
 /// How many requests back a refund reaches.
 const REFUND_BEHIND: u64 = 500;
@@ -515,6 +518,9 @@ fn grew(first: &Held, later: &Held) -> Vec<String> {
     let mut grown = Vec::new();
     if later.rss_kib as f64 > first.rss_kib as f64 * RSS_GROWTH_MAX + RSS_SLACK_KIB as f64 {
         grown.push(format!("memory {} → {} KiB", first.rss_kib, later.rss_kib));
+    }
+    if later.threads > first.threads + THREADS_SLACK {
+        grown.push(format!("threads {} → {}", first.threads, later.threads));
     }
     if later.fds > first.fds + FDS_SLACK {
         grown.push(format!("descriptors {} → {}", first.fds, later.fds));
