@@ -251,16 +251,7 @@ impl TestCluster {
         operator_key: Option<&str>,
         client_tls: Option<tonic::transport::ClientTlsConfig>,
     ) -> TestCluster {
-        let table = crate::common::dynamodb::fresh_table("cluster");
-        let output = Command::new(BINARY)
-            .args(["dynamodb", "create-table", "--table", &table])
-            .output()
-            .expect("run dynamodb create-table");
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let table = crate::common::dynamodb::created_table("cluster");
         let bank_dir = tempfile::tempdir().unwrap();
         let bank = BankSim::start(
             bank_dir.path(),

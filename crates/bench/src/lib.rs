@@ -661,7 +661,8 @@ async fn verify(
     }
 }
 
-async fn list_all(
+/// Every payment under `parent` (`accounts/…`), following page tokens.
+pub async fn list_all(
     client: &mut PaymentServiceClient<Channel>,
     parent: &str,
 ) -> anyhow::Result<Vec<pb::Payment>> {

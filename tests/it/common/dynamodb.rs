@@ -31,6 +31,21 @@ pub fn fresh_table(purpose: &str) -> String {
     )
 }
 
+/// A fresh table made with `payvisor dynamodb create-table`: its name.
+pub fn created_table(purpose: &str) -> String {
+    let table = fresh_table(purpose);
+    let output = std::process::Command::new(super::BINARY)
+        .args(["dynamodb", "create-table", "--table", &table])
+        .output()
+        .expect("run dynamodb create-table");
+    assert!(
+        output.status.success(),
+        "create-table failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    table
+}
+
 /// A store on a fresh table, if a DynamoDB endpoint is configured (see
 /// [`available`]).
 pub async fn store_if_available(

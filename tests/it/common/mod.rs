@@ -532,16 +532,7 @@ fn store_args() -> Vec<String> {
 /// `--store dynamodb` on a fresh table, made with `payvisor dynamodb
 /// create-table`.
 fn dynamodb_store_args() -> Vec<String> {
-    let table = dynamodb::fresh_table("e2e");
-    let output = Command::new(BINARY)
-        .args(["dynamodb", "create-table", "--table", &table])
-        .output()
-        .expect("run dynamodb create-table");
-    assert!(
-        output.status.success(),
-        "create-table failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let table = dynamodb::created_table("e2e");
     vec![
         "--store".into(),
         "dynamodb".into(),

@@ -402,30 +402,6 @@ fn settled(payment: &pb::Payment) -> bool {
         .all(|refund| refund.state != pb::refund::State::Pending as i32)
 }
 
-async fn list_account(
-    client: &mut PaymentServiceClient<Channel>,
-    account: u32,
-) -> anyhow::Result<Vec<pb::Payment>> {
-    let mut payments = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_payments(pb::ListPaymentsRequest {
-                parent: format!("accounts/soak-{account}"),
-                page_size: 500,
-                page_token,
-                state: 0,
-            })
-            .await?
-            .into_inner();
-        payments.extend(page.payments);
-        if page.next_page_token.is_empty() {
-            return Ok(payments);
-        }
-        page_token = page.next_page_token;
-    }
-}
-
 struct Verdict {
     payments: usize,
     lost: usize,
@@ -445,7 +421,9 @@ async fn verify(
     loop {
         let mut all = Vec::new();
         for account in 0..accounts {
-            all.extend(list_account(client, account).await?);
+            all.extend(
+                payvisor_bench::list_all(client, &format!("accounts/soak-{account}")).await?,
+            );
         }
         let unsettled = all.iter().filter(|payment| !settled(payment)).count();
         if unsettled == 0 || Instant::now() > deadline {
