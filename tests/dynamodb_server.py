@@ -56,6 +56,7 @@ payvisor under store faults (the server itself carries no test tools):
 Usage: python dynamodb_server.py PORT
 """
 
+import collections
 import copy
 import hashlib
 import io
@@ -131,7 +132,10 @@ class RequestTokens:
 
     def __init__(self, app):
         self.app = app
-        self.succeeded = {}  # token -> (digest of the items, when)
+        self.succeeded = {}  # token -> digest of the items
+        # (when, token), oldest first: expiry pops from the front, so each
+        # request costs O(1) however many tokens a long test run leaves.
+        self.expiry = collections.deque()
 
     def __call__(self, environ, start_response):
         if operation(environ) != "TransactWriteItems":
@@ -144,11 +148,10 @@ class RequestTokens:
             json.dumps(request.get("TransactItems"), sort_keys=True).encode()
         ).hexdigest()
         now = time.monotonic()
-        self.succeeded = {
-            t: (d, at) for t, (d, at) in self.succeeded.items() if now - at < self.LIFETIME_S
-        }
+        while self.expiry and now - self.expiry[0][0] >= self.LIFETIME_S:
+            self.succeeded.pop(self.expiry.popleft()[1], None)
         if token in self.succeeded:
-            if self.succeeded[token][0] != digest:
+            if self.succeeded[token] != digest:
                 return dynamodb_error(
                     start_response,
                     "400 Bad Request",
@@ -164,7 +167,8 @@ class RequestTokens:
 
         body = list(self.app(environ, recording_start_response))
         if answered and answered[0].startswith("200"):
-            self.succeeded[token] = (digest, now)
+            self.succeeded[token] = digest
+            self.expiry.append((now, token))
         return body
 
 
