@@ -55,10 +55,14 @@ phase "end-to-end, crash, stalls, reviews, webhooks and attribution tests again,
 # a time (tests/dynamodb_server.py says why, and how it keeps each request's
 # cost to what it reads), so groups run side by side only queue behind each
 # other, and a crash test's replays could time out behind the others.
+#
+# `--workspace` as in the phases above: the same packages selected give the
+# same unified features, so these runs reuse the build instead of compiling
+# the crate a second time (a second copy of the build once filled CI's disk).
 for group in crash:: e2e:: reviews:: stalls:: webhooks:: security::who_; do
-    PAYVISOR_TEST_STORE=dynamodb cargo test --locked --test it -- "$group"
+    PAYVISOR_TEST_STORE=dynamodb cargo test --locked --workspace --test it -- "$group"
 done
 phase "the cluster: payvisor processes on one table (kill -9 under load, pause, hot account, scale out, cold start, rolling restart)"
 # One test at a time, for the same reason: each runs three or four nodes.
-PAYVISOR_TEST_CLUSTER=1 cargo test --locked --test it -- cluster_nodes:: --test-threads 1
+PAYVISOR_TEST_CLUSTER=1 cargo test --locked --workspace --test it -- cluster_nodes:: --test-threads 1
 phase "passed"
