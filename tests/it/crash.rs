@@ -166,7 +166,8 @@ async fn stream_requests(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_loses_nothing_and_doubles_nothing() {
-    kill_9_rounds(Server::start(&[]), ACKS_BEFORE_KILL).await;
+    let server = kill_9_rounds(Server::start(&[]), ACKS_BEFORE_KILL).await;
+    verify_books(&server);
 }
 
 /// The same rounds while the store misbehaves: the DynamoDB test server
@@ -205,9 +206,12 @@ async fn kill_9_while_the_store_fails_throttles_and_answers_late_loses_nothing_a
     );
     // Fewer per round: a store call that fails waits out the SDK's back-off
     // (up to a second), so each acknowledgement costs more.
-    kill_9_rounds(server, ACKS_BEFORE_KILL_UNDER_FAULTS).await;
+    let server = kill_9_rounds(server, ACKS_BEFORE_KILL_UNDER_FAULTS).await;
     let injected = dynamodb::faults_injected(&table);
+    // The books are checked on a store that answers: `ledger verify` is the
+    // test's oracle, not the server under test, and does not retry.
     dynamodb::set_faults(&table, serde_json::json!({}));
+    verify_books(&server);
     eprintln!("{test}: injected {injected}");
     for kind in ["throttled", "failed", "slow"] {
         assert!(
@@ -225,9 +229,9 @@ async fn kill_9_while_the_store_fails_throttles_and_answers_late_loses_nothing_a
 }
 
 /// Two rounds of: clients stream creates and refunds, `kill -9` lands
-/// mid-stream, restart, check everything acknowledged; then a graceful stop
-/// and the ledger check.
-async fn kill_9_rounds(mut server: Server, acks_before_kill: usize) {
+/// mid-stream, restart, check everything acknowledged; then a graceful
+/// stop. Returns the stopped server, for [`verify_books`].
+async fn kill_9_rounds(mut server: Server, acks_before_kill: usize) -> Server {
     let acked = Arc::new(Mutex::new(Vec::new()));
     let sent_amounts = Arc::new(Mutex::new(HashSet::new()));
 
@@ -281,6 +285,11 @@ async fn kill_9_rounds(mut server: Server, acks_before_kill: usize) {
         status.success(),
         "graceful stop after the crashes: {status:?}"
     );
+    server
+}
+
+/// `payvisor ledger verify` over every account the rounds used.
+fn verify_books(server: &Server) {
     let accounts: Vec<String> = (0..ACCOUNTS).map(|n| format!("crash-{n}")).collect();
     server.verify_ledger(&accounts.iter().map(String::as_str).collect::<Vec<_>>());
 }
