@@ -104,6 +104,11 @@ pub struct ServeArgs {
     /// How often the watchdog looks for due reminders (a duration).
     #[arg(long, env = "PAYVISOR_WATCHDOG_INTERVAL", default_value = "1s")]
     pub watchdog_interval: String,
+    /// How long the watchdog's sweeps may keep failing (the store does not
+    /// answer them) before on-call is paged that stalls go unwatched (a
+    /// duration, 1s to 1h).
+    #[arg(long, env = "PAYVISOR_WATCHDOG_PAGE_AFTER", default_value = "1m")]
+    pub watchdog_page_after: String,
     /// PagerDuty Events API v2 endpoint.
     #[arg(
         long,
@@ -777,6 +782,8 @@ pub fn load_webhooks_file(path: &std::path::Path) -> Result<Vec<Endpoint>, Confi
 #[derive(Debug, Clone)]
 pub struct WatchdogConfig {
     pub sweep_every: Duration,
+    /// Sweeps failing this long page on-call (`watchdog_failing`).
+    pub failing_page_after: Duration,
     pub node_name: String,
     pub pager: PagerConfig,
 }
@@ -846,6 +853,8 @@ pub enum ConfigError {
     RedriveMax,
     #[error("--watchdog-interval {0:?}: expected a duration from 10ms to 1m, like 1s")]
     WatchdogInterval(String),
+    #[error("--watchdog-page-after {0:?}: expected a duration from 1s to 1h, like 1m")]
+    WatchdogPageAfter(String),
     #[error("{0}")]
     Cluster(String),
     #[error("{0}")]
@@ -927,6 +936,9 @@ impl ServeArgs {
                 *every >= Duration::from_millis(10) && *every <= Duration::from_secs(60)
             })
             .ok_or_else(|| ConfigError::WatchdogInterval(self.watchdog_interval.clone()))?;
+        let failing_page_after = parse_duration(&self.watchdog_page_after)
+            .filter(|after| *after >= Duration::from_secs(1) && *after <= Duration::from_secs(3600))
+            .ok_or_else(|| ConfigError::WatchdogPageAfter(self.watchdog_page_after.clone()))?;
         let pager = match &self.pagerduty_routing_key {
             None => PagerConfig::Log,
             Some(routing_key) => {
@@ -956,6 +968,7 @@ impl ServeArgs {
             reconcile_lag,
             watchdog: WatchdogConfig {
                 sweep_every,
+                failing_page_after,
                 node_name: self.node_name.clone(),
                 pager,
             },

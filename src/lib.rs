@@ -12,7 +12,8 @@
 //!   force, merchant notifications, stalled payments, bank callbacks.
 //! - [`grpc`]: the API surface, the only place that sees protobuf types.
 //! - [`server`], [`config`], [`cli`]: wiring, settings, the command line;
-//!   [`shutdown`]: the one signal every task of a node stops on.
+//!   [`shutdown`]: the one signal every task of a node stops on;
+//!   [`health`]: what the health service says (the store probed, draining).
 //! - [`clock`], [`random`] and [`limits`]: injected time, injected
 //!   randomness and ids; every bound.
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ pub mod config;
 pub mod connectors;
 pub mod domain;
 pub mod grpc;
+pub mod health;
 pub mod http_client;
 pub mod http_server;
 pub mod limits;

@@ -159,6 +159,20 @@ pub const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// below the service manager's stop timeout (`TimeoutStopSec` in
 /// `deploy/systemd/payvisor.service`), so the node ends its own shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// Between saying NOT_SERVING for a drain and closing the gRPC port: long
+/// enough for health watchers (load balancers, `Watch` streams) to get the
+/// news over the connections still open, short enough not to slow a stop.
+pub const DRAIN_NOTICE: Duration = Duration::from_millis(250);
+/// The health probe reads one small item from the store this often...
+pub const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(2);
+/// ...and counts a read that takes longer than this as a failure (the
+/// store's own retries would otherwise keep health SERVING for a minute).
+pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Failed probes in a row before health says NOT_SERVING: one slow read is
+/// not an outage, and a load balancer that drains a node on every hiccup
+/// moves its load onto the others for nothing. One success is enough to
+/// say SERVING again.
+pub const HEALTH_PROBE_FAILURES: u32 = 2;
 /// Extra wait, beyond the store's late-write bound, before the second
 /// recovery sweep on a store that can apply a dead node's in-flight writes.
 pub const RECOVERY_LATE_SWEEP_MARGIN: Duration = Duration::from_secs(1);

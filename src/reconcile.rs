@@ -510,6 +510,7 @@ impl Periodic {
         }
         let page = crate::alerts::Page {
             action: crate::alerts::PageAction::Trigger,
+            class: crate::alerts::PageClass::ReconciliationMismatch,
             dedup_key: format!(
                 "payvisor/reconcile/{}/{}-{}",
                 report.bank, report.from_ms, report.to_ms

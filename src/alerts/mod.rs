@@ -22,10 +22,35 @@ use crate::store::BoxFuture;
 // The pure core decides pages; these are its words for them.
 pub use crate::domain::watch::{PageAction, Severity};
 
+/// What kind of trouble a page is about: PagerDuty's `class`, so that
+/// on-call can route and silence each kind on its own, and each has its
+/// runbook (docs/runbooks/).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PageClass {
+    /// A payment missed its stall deadline and its re-drives ran out.
+    StalledPayment,
+    /// Reconciliation found the bank, the ledger and the store disagreeing.
+    ReconciliationMismatch,
+    /// The watchdog itself cannot sweep: the store does not answer it.
+    WatchdogFailing,
+}
+
+impl PageClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PageClass::StalledPayment => "stalled_payment",
+            PageClass::ReconciliationMismatch => "reconciliation_mismatch",
+            PageClass::WatchdogFailing => "watchdog_failing",
+        }
+    }
+}
+
 /// One message to on-call.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Page {
     pub action: PageAction,
+    pub class: PageClass,
     /// Stable per stall: `payvisor/{payment name}/{stall number}`.
     pub dedup_key: String,
     /// One line for a person: what is stuck, where, since when.
@@ -66,12 +91,14 @@ impl AlertSink for LogSink {
     fn send(&self, page: &Page) -> BoxFuture<'_, Result<(), AlertError>> {
         match page.action {
             PageAction::Trigger => tracing::error!(
+                class = page.class.as_str(),
                 dedup_key = %page.dedup_key,
                 summary = %page.summary,
                 details = ?page.custom_details,
-                "PAGE: stalled payment"
+                "PAGE"
             ),
             PageAction::Resolve => tracing::warn!(
+                class = page.class.as_str(),
                 dedup_key = %page.dedup_key,
                 summary = %page.summary,
                 "page resolved"

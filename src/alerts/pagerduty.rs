@@ -146,7 +146,7 @@ fn event(routing_key: &str, page: &Page) -> Value {
                 "timestamp": crate::domain::time::rfc3339(page.timestamp),
                 "component": "payvisor",
                 "group": "payments",
-                "class": "stalled_payment",
+                "class": page.class.as_str(),
                 "custom_details": page.custom_details,
             },
         }),
@@ -175,6 +175,7 @@ mod tests {
     fn page(action: PageAction, summary: &str) -> Page {
         Page {
             action,
+            class: crate::alerts::PageClass::StalledPayment,
             dedup_key: "payvisor/accounts/a/payments/p/1".into(),
             summary: summary.into(),
             source: "node-1".into(),

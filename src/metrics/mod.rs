@@ -12,6 +12,8 @@
 //! **Boundary:** scrapes are read-only and idempotent, so on shutdown open
 //! connections are simply dropped, not drained.
 
+pub mod store;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -24,18 +26,24 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::ConstCounter;
 pub use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 
 use crate::domain::payment::PaymentState;
 use crate::limits;
 use crate::shutdown::Shutdown;
-use crate::store::BoxFuture;
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// Builds the whole exposition text, once per scrape.
-pub type Render = Arc<dyn Fn() -> BoxFuture<'static, String> + Send + Sync>;
+pub type Render = Arc<
+    dyn Fn() -> std::pin::Pin<Box<dyn std::future::Future<Output = String> + Send>> + Send + Sync,
+>;
 
 /// Serves scrapes on `listener` until `shutdown` fires.
 pub async fn serve(
@@ -87,14 +95,163 @@ pub struct NodeMetrics {
     pub auth_failures: Counter,
     /// Calls refused since start for going over their key's rate.
     pub rate_limited: Counter,
+    /// gRPC calls served.
+    pub rpc: RpcMetrics,
+    /// Store calls made.
+    pub store: StoreMetrics,
+}
+
+/// Upper bounds of the latency buckets, in seconds: from a cached read
+/// (sub-millisecond) to a call that waited out its retries (tens of
+/// seconds), about ×2.5 apart, so a dashboard's quantiles stay within one
+/// step of the truth.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// A latency histogram per label set.
+pub type LatencyFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_family<L: Clone + std::hash::Hash + Eq>() -> LatencyFamily<L> {
+    Family::new_with_constructor(latency_histogram)
+}
+
+/// A gRPC call's labels. Only methods the server serves get their own
+/// values (any other path is `other`), so no caller can grow the page.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub grpc_service: &'static str,
+    pub grpc_method: &'static str,
+    /// The status code as the gRPC spec names it (`OK`, `NOT_FOUND`, ...).
+    pub grpc_code: &'static str,
+}
+
+/// gRPC calls served, counted and timed (from the request's arrival to the
+/// response's last frame: a stream's whole life).
+#[derive(Clone, Debug)]
+pub struct RpcMetrics {
+    pub handled: Family<RpcLabels, Counter>,
+    pub handling_seconds: LatencyFamily<RpcLabels>,
+}
+
+impl Default for RpcMetrics {
+    fn default() -> RpcMetrics {
+        RpcMetrics {
+            handled: Family::default(),
+            handling_seconds: latency_family(),
+        }
+    }
+}
+
+impl RpcMetrics {
+    pub fn observe(&self, labels: RpcLabels, seconds: f64) {
+        self.handled.get_or_create(&labels).inc();
+        self.handling_seconds
+            .get_or_create(&labels)
+            .observe(seconds);
+    }
+}
+
+/// A store call's labels: the [`crate::store::Store`] method and how it
+/// ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreLabels {
+    /// `transact`, `get`, `query`, `query_index`, `settle`.
+    pub operation: &'static str,
+    /// `ok`, or the kind of [`crate::store::StoreError`].
+    pub outcome: &'static str,
+}
+
+/// Store calls timed, by operation and outcome (the count of a histogram
+/// is the number of calls: errors are `outcome!="ok"`).
+#[derive(Clone, Debug)]
+pub struct StoreMetrics {
+    pub call_seconds: LatencyFamily<StoreLabels>,
+}
+
+impl Default for StoreMetrics {
+    fn default() -> StoreMetrics {
+        StoreMetrics {
+            call_seconds: latency_family(),
+        }
+    }
+}
+
+/// What the kernel says about this process (Linux `/proc/self`), under the
+/// names every Prometheus client library uses, so stock dashboards and
+/// alerts work.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcessStats {
+    pub cpu_seconds: f64,
+    pub resident_memory_bytes: i64,
+    pub virtual_memory_bytes: i64,
+    pub open_fds: i64,
+    pub max_fds: i64,
+    pub threads: i64,
+    pub start_time_seconds: i64,
+}
+
+/// Clock ticks per second in `/proc` times: fixed at 100 by the kernel's
+/// user-space ABI (USER_HZ), whatever the kernel's own tick rate.
+const USER_HZ: f64 = 100.0;
+
+impl ProcessStats {
+    /// Reads them; `None` where there is no `/proc` (not Linux).
+    pub fn read() -> Option<ProcessStats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name, field 2, is in parentheses and may hold
+        // spaces: count fields after its closing one.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        // Fields 3.. of proc(5), so field n is fields[n - 3].
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+        let ticks = field(14)? + field(15)?;
+        let boot_time = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|line| line.strip_prefix("btime ")?.trim().parse::<u64>().ok())?;
+        let max_fds = std::fs::read_to_string("/proc/self/limits")
+            .ok()?
+            .lines()
+            .find(|line| line.starts_with("Max open files"))?
+            .split_whitespace()
+            .nth(3)?
+            .parse::<i64>()
+            .unwrap_or(-1);
+        let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as i64;
+        // Resident memory in kB as the kernel counts it (no page size to
+        // guess).
+        let resident_kb = std::fs::read_to_string("/proc/self/status")
+            .ok()?
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse::<i64>()
+            .ok()?;
+        Some(ProcessStats {
+            cpu_seconds: ticks as f64 / USER_HZ,
+            resident_memory_bytes: resident_kb * 1024,
+            virtual_memory_bytes: field(23)? as i64,
+            open_fds,
+            max_fds,
+            threads: field(20)? as i64,
+            start_time_seconds: (boot_time as f64 + field(22)? as f64 / USER_HZ) as i64,
+        })
+    }
 }
 
 /// What the process holds at a scrape, for watching leaks (the soak, and
 /// dashboards, read these): per node, so `sum` across replicas is right.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Held {
     pub tasks_alive: usize,
     pub accounts_live: usize,
+    /// `None` where the kernel does not say (not Linux).
+    pub process: Option<ProcessStats>,
 }
 
 impl NodeMetrics {
@@ -174,7 +331,70 @@ impl NodeMetrics {
             "Account actors running on this node (started on first use, stopped when idle).",
             &[("", "", held.accounts_live as i64)],
         )));
+        registry.register(
+            "payvisor_grpc_server_handled",
+            "gRPC calls answered, by service, method and status code",
+            self.rpc.handled.clone(),
+        );
+        registry.register(
+            "payvisor_grpc_server_handling_seconds",
+            "Time from a gRPC call's arrival to its response's end (a stream's whole life), by service, method and status code",
+            self.rpc.handling_seconds.clone(),
+        );
+        registry.register(
+            "payvisor_store_call_seconds",
+            "Time of each store call, by operation and outcome",
+            self.store.call_seconds.clone(),
+        );
+        registry.register_collector(Box::new(GaugeFamily::new(
+            "payvisor_build_info",
+            "Always 1; the version of the running build.",
+            &[("version", env!("CARGO_PKG_VERSION"), 1)],
+        )));
+        if let Some(process) = held.process {
+            register_process(&mut registry, &process);
+        }
         encode(&registry)
+    }
+}
+
+/// The `process_*` family every Prometheus client library exports.
+fn register_process(registry: &mut Registry, process: &ProcessStats) {
+    registry.register(
+        "process_cpu_seconds",
+        "Total user and system CPU time spent in seconds",
+        ConstCounter::new(process.cpu_seconds),
+    );
+    let gauges = [
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            process.resident_memory_bytes,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes",
+            process.virtual_memory_bytes,
+        ),
+        (
+            "process_open_fds",
+            "Number of open file descriptors",
+            process.open_fds,
+        ),
+        (
+            "process_max_fds",
+            "Maximum number of open file descriptors",
+            process.max_fds,
+        ),
+        ("process_threads", "Number of OS threads", process.threads),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds",
+            process.start_time_seconds,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        registry.register(name, help, ConstGauge::new(value));
     }
 }
 
@@ -290,6 +510,7 @@ mod tests {
         let held = Held {
             tasks_alive: 12,
             accounts_live: 3,
+            process: None,
         };
         let page = metrics.page(Some(&stalled), held);
         let mut expected = "# HELP payvisor_reconciliation_mismatches_total Mismatches found by reconciliation with the bank since start.\n\
@@ -325,6 +546,14 @@ mod tests {
              # TYPE payvisor_accounts_live gauge\n\
              payvisor_accounts_live 3\n",
         );
+        // Families without a sample yet (no call served, no store call
+        // made) are left out; the build is always there.
+        expected.push_str(&format!(
+            "# HELP payvisor_build_info Always 1; the version of the running build.\n\
+             # TYPE payvisor_build_info gauge\n\
+             payvisor_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        ));
         assert_eq!(page, expected);
 
         // The store could not be read: zeros, and the scan says so.

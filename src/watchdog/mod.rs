@@ -179,6 +179,7 @@ impl Delivery {
         let alert = &record.alert;
         let page = Page {
             action: alert.action,
+            class: crate::alerts::PageClass::StalledPayment,
             dedup_key: alert.dedup_key.clone(),
             summary: alert.summary.clone(),
             source: self.source.clone(),
@@ -234,9 +235,14 @@ impl Delivery {
 /// Runs `sweep` every `every`, the first at once (catch-up after a
 /// restart), until `shutdown` fires; a sweep in progress finishes first.
 /// The sweep is passed in (`Orchestrator::sweep_watchdog`): waking actors
-/// belongs to the actor layer.
-pub async fn run_sweeps<F, S, E>(every: Duration, shutdown: Shutdown, mut sweep: F)
-where
+/// belongs to the actor layer. While sweeps fail, `failures` decides when
+/// to page that the watchdog itself is down.
+pub async fn run_sweeps<F, S, E>(
+    every: Duration,
+    shutdown: Shutdown,
+    mut failures: SweepFailurePager,
+    mut sweep: F,
+) where
     F: FnMut() -> S,
     S: Future<Output = Result<usize, E>>,
     E: std::fmt::Display,
@@ -248,8 +254,128 @@ where
             () = shutdown.signalled() => return,
             _ = ticks.tick() => {}
         }
-        if let Err(error) = sweep().await {
-            tracing::warn!(%error, "watchdog sweep failed; retrying next tick");
+        match sweep().await {
+            Ok(_) => failures.swept().await,
+            Err(error) => {
+                tracing::warn!(%error, "watchdog sweep failed; retrying next tick");
+                failures.failed(&error.to_string()).await;
+            }
+        }
+    }
+}
+
+/// Pages on-call when the watchdog cannot sweep (the store does not
+/// answer it): while that lasts, stalled payments are neither re-driven
+/// nor paged, so the silence itself must page. The page goes straight to
+/// the sink, not through the store (which is what fails); it is sent once
+/// sweeps have failed for `page_after` without a success, again at each
+/// sweep until the sink takes it, and resolved at the first sweep that
+/// succeeds after it.
+pub struct SweepFailurePager {
+    sink: Arc<dyn AlertSink>,
+    clock: Arc<dyn Clock>,
+    /// The node (PagerDuty's `source`, and part of the dedup key: each
+    /// node's watchdog is its own incident).
+    source: String,
+    page_after: Duration,
+    failing_since: Option<(tokio::time::Instant, Timestamp)>,
+    failed_sweeps: u64,
+    paged: bool,
+}
+
+impl SweepFailurePager {
+    pub fn new(
+        sink: Arc<dyn AlertSink>,
+        clock: Arc<dyn Clock>,
+        source: String,
+        page_after: Duration,
+    ) -> SweepFailurePager {
+        SweepFailurePager {
+            sink,
+            clock,
+            source,
+            page_after,
+            failing_since: None,
+            failed_sweeps: 0,
+            paged: false,
+        }
+    }
+
+    fn dedup_key(&self) -> String {
+        format!("payvisor/watchdog/{}", self.source)
+    }
+
+    async fn failed(&mut self, error: &str) {
+        self.failed_sweeps += 1;
+        let (since, since_wall) = *self
+            .failing_since
+            .get_or_insert_with(|| (tokio::time::Instant::now(), self.clock.now()));
+        if self.paged || since.elapsed() < self.page_after {
+            return;
+        }
+        let page = Page {
+            action: PageAction::Trigger,
+            class: crate::alerts::PageClass::WatchdogFailing,
+            dedup_key: self.dedup_key(),
+            summary: format!(
+                "payvisor watchdog on {} cannot sweep: stalled payments are not re-driven or paged",
+                self.source
+            ),
+            source: self.source.clone(),
+            severity: Severity::Critical,
+            timestamp: self.clock.now(),
+            custom_details: BTreeMap::from([
+                (
+                    "failing_since".to_owned(),
+                    crate::domain::time::rfc3339(since_wall),
+                ),
+                ("failed_sweeps".to_owned(), self.failed_sweeps.to_string()),
+                ("last_error".to_owned(), error.to_owned()),
+                (
+                    "runbook".to_owned(),
+                    "docs/runbooks/watchdog-cannot-sweep.md".to_owned(),
+                ),
+            ]),
+        };
+        match self.sink.send(&page).await {
+            Ok(()) => {
+                self.paged = true;
+                tracing::error!(
+                    failed_sweeps = self.failed_sweeps,
+                    "paged: the watchdog cannot sweep"
+                );
+            }
+            Err(error) => {
+                tracing::error!(%error, "the watchdog cannot sweep, and the page saying so was not delivered; retrying next sweep");
+            }
+        }
+    }
+
+    async fn swept(&mut self) {
+        self.failing_since = None;
+        self.failed_sweeps = 0;
+        if !self.paged {
+            return;
+        }
+        let page = Page {
+            action: PageAction::Resolve,
+            class: crate::alerts::PageClass::WatchdogFailing,
+            dedup_key: self.dedup_key(),
+            summary: format!("payvisor watchdog on {} sweeps again", self.source),
+            source: self.source.clone(),
+            severity: Severity::Critical,
+            timestamp: self.clock.now(),
+            custom_details: BTreeMap::new(),
+        };
+        match self.sink.send(&page).await {
+            Ok(()) => {
+                self.paged = false;
+                tracing::info!("the watchdog sweeps again; page resolved");
+            }
+            Err(error) => {
+                // Still paged: the next successful sweep resolves it.
+                tracing::warn!(%error, "the watchdog sweeps again, but the page was not resolved; retrying next sweep");
+            }
         }
     }
 }
@@ -317,5 +443,103 @@ pub async fn stalled_counts(store: &dyn Store) -> Result<BTreeMap<String, u64>, 
             Some(next) if scanned < limits::STALLED_GAUGE_SCAN_MAX => token = Some(next),
             _ => return Ok(counts),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::PageClass;
+    use crate::clock::ManualClock;
+
+    /// Records what it was sent; refuses the first `refuse` sends.
+    #[derive(Default)]
+    struct RecordingSink {
+        refuse: Mutex<usize>,
+        delivered: Mutex<Vec<Page>>,
+    }
+
+    impl AlertSink for RecordingSink {
+        fn send(&self, page: &Page) -> crate::store::BoxFuture<'_, Result<(), AlertError>> {
+            let answer = {
+                let mut refuse = self.refuse.lock().unwrap();
+                if *refuse > 0 {
+                    *refuse -= 1;
+                    Err(AlertError::Retryable("503".into()))
+                } else {
+                    self.delivered.lock().unwrap().push(page.clone());
+                    Ok(())
+                }
+            };
+            Box::pin(async move { answer })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watchdog_that_cannot_sweep_pages_once_and_resolves_when_it_sweeps_again() {
+        let sink = Arc::new(RecordingSink {
+            refuse: Mutex::new(1),
+            ..RecordingSink::default()
+        });
+        let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_millis(
+            1_700_000_000_000,
+        )));
+        let page_after = Duration::from_millis(50);
+        let mut pager = SweepFailurePager::new(sink.clone(), clock, "node-1".into(), page_after);
+        let delivered = || sink.delivered.lock().unwrap().clone();
+
+        // A failure is not an outage yet.
+        pager.failed("store unavailable").await;
+        assert!(delivered().is_empty());
+        tokio::time::sleep(page_after + Duration::from_millis(10)).await;
+        // Past the bound: paged; the sink refuses the first try, the next
+        // sweep's failure sends it again, and then no more.
+        pager.failed("store unavailable").await;
+        assert!(delivered().is_empty());
+        pager.failed("throttled").await;
+        pager.failed("throttled").await;
+        let pages = delivered();
+        assert_eq!(pages.len(), 1, "{pages:?}");
+        let page = &pages[0];
+        assert_eq!(page.action, PageAction::Trigger);
+        assert_eq!(page.class, PageClass::WatchdogFailing);
+        assert_eq!(page.dedup_key, "payvisor/watchdog/node-1");
+        assert_eq!(page.source, "node-1");
+        assert_eq!(page.custom_details["failed_sweeps"], "3");
+        assert_eq!(page.custom_details["last_error"], "throttled");
+        assert_eq!(
+            page.custom_details["failing_since"],
+            "2023-11-14T22:13:20.000Z"
+        );
+        assert!(page.custom_details["runbook"].starts_with("docs/runbooks/"));
+
+        // The first sweep that succeeds resolves it, once.
+        pager.swept().await;
+        pager.swept().await;
+        let pages = delivered();
+        assert_eq!(pages.len(), 2, "{pages:?}");
+        assert_eq!(pages[1].action, PageAction::Resolve);
+        assert_eq!(pages[1].dedup_key, "payvisor/watchdog/node-1");
+
+        // A new outage counts from its own start.
+        pager.failed("store unavailable").await;
+        assert_eq!(delivered().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn sweeps_that_never_failed_for_long_page_nothing() {
+        let sink = Arc::new(RecordingSink::default());
+        let clock = Arc::new(ManualClock::starting_at(Timestamp::from_unix_millis(0)));
+        let mut pager = SweepFailurePager::new(
+            sink.clone(),
+            clock,
+            "node-1".into(),
+            Duration::from_secs(60),
+        );
+        for _ in 0..100 {
+            pager.failed("store unavailable").await;
+            pager.swept().await;
+        }
+        assert!(sink.delivered.lock().unwrap().is_empty());
     }
 }

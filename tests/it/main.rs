@@ -26,6 +26,7 @@ mod e2e;
 mod hardening;
 mod http_connector;
 mod layout;
+mod observability;
 mod parsers;
 mod properties;
 mod reviews;

@@ -70,9 +70,16 @@ async fn the_watchdog_sweeps_at_once_then_returns_when_the_signal_fires() {
     let mut first_sweep = Some(first_sweep);
     let counted = sweeps.clone();
     let (trigger, shutdown) = payvisor::shutdown::channel();
+    let failures = payvisor::watchdog::SweepFailurePager::new(
+        Arc::new(payvisor::alerts::LogSink),
+        Arc::new(payvisor::clock::SystemClock),
+        "node".into(),
+        Duration::from_secs(60),
+    );
     let running = tokio::spawn(payvisor::watchdog::run_sweeps(
         Duration::from_secs(3600),
         shutdown,
+        failures,
         move || {
             counted.fetch_add(1, Ordering::SeqCst);
             if let Some(first) = first_sweep.take() {

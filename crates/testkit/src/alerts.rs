@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use payvisor::alerts::{AlertSink, Page, PageAction, Severity};
+use payvisor::alerts::{AlertSink, Page, PageAction, PageClass, Severity};
 use payvisor::domain::Timestamp;
 
 /// The key every check pages under.
@@ -19,6 +19,7 @@ pub const DEDUP_KEY: &str = "payvisor/accounts/conformance/payments/p-1/1";
 pub fn page(action: PageAction, dedup_key: &str) -> Page {
     Page {
         action,
+        class: PageClass::StalledPayment,
         dedup_key: dedup_key.to_owned(),
         summary: "Payment accounts/conformance/payments/p-1 stuck in sent for 15m".into(),
         source: "payvisor-node-1".into(),

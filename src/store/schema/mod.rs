@@ -15,6 +15,7 @@
 //! | outbox      | `A#{acct}#{shard}`  | `O#{payment}#{n:06}` | `OUTBOX#nn` / `{created:013}/{acct}/{payment}/{n:06}` until acknowledged |
 //! | audit       | `A#{acct}#{shard}`  | `U#{at:013}#{payment}#{version:010}[#E{event seq:010}]` | – (an account's range by time) |
 //! | secret      | `SECRETS`           | `PAGE_TOKEN_KEY` | – (written once, by the first node)                 |
+//! | (probe)     | `SECRETS`           | `HEALTH_PROBE`   | – (read by the health probe, never written)         |
 //!
 //! **Events.** The events of one decision are one item, written with the
 //! decision (the event outbox); with them, the state of their delivery to

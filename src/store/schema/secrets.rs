@@ -18,6 +18,18 @@ impl std::fmt::Debug for PageTokenKey {
     }
 }
 
+/// Never written: the health probe's read costs the smallest read there is.
+const HEALTH_PROBE_SK: &str = "HEALTH_PROBE";
+
+/// One strongly consistent read of a fixed key that is never written: what
+/// the health probe asks of the store to learn whether it answers.
+pub async fn probe(store: &dyn Store) -> Result<(), StoreError> {
+    store
+        .get(Key::new(SECRETS_PARTITION, HEALTH_PROBE_SK))
+        .await
+        .map(|_| ())
+}
+
 fn page_token_key_key() -> Key {
     Key::new(SECRETS_PARTITION, PAGE_TOKEN_KEY_SK)
 }

@@ -1,0 +1,294 @@
+//! The layer that counts and times every gRPC call (`/metrics`:
+//! `payvisor_grpc_server_handled_total` and
+//! `payvisor_grpc_server_handling_seconds`). It sits outside every other
+//! layer, so refusals at the edge (no key, bad request) are counted too.
+//!
+//! A call's code is where gRPC puts it: in the response headers when the
+//! call fails before any message ("trailers only"), else in the trailers
+//! after the last message. A response whose body is dropped before its
+//! trailers (the client went away) counts as `CANCELLED`.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use prost::Message;
+use tonic::Code;
+
+use crate::metrics::{RpcLabels, RpcMetrics};
+
+/// The layer in front of every gRPC service.
+#[derive(Clone)]
+pub struct MeteredLayer {
+    metrics: RpcMetrics,
+}
+
+impl MeteredLayer {
+    pub fn new(metrics: RpcMetrics) -> MeteredLayer {
+        MeteredLayer { metrics }
+    }
+}
+
+impl<S> tower_layer::Layer<S> for MeteredLayer {
+    type Service = Metered<S>;
+
+    fn layer(&self, inner: S) -> Metered<S> {
+        Metered {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// A service behind the [`MeteredLayer`].
+#[derive(Clone)]
+pub struct Metered<S> {
+    inner: S,
+    metrics: RpcMetrics,
+}
+
+impl<S, B, R> tower_service::Service<http::Request<B>> for Metered<S>
+where
+    S: tower_service::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Body<Data = Bytes> + Send + 'static,
+    R::Error: Into<tonic::codegen::StdError>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(context)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let (grpc_service, grpc_method) = method_labels(request.uri().path());
+        let call = CallInFlight {
+            metrics: self.metrics.clone(),
+            grpc_service,
+            grpc_method,
+            started: Instant::now(),
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await?;
+            let (parts, body) = response.into_parts();
+            // Trailers only: the code is already here, and no body follows.
+            if let Some(code) = status_code(&parts.headers) {
+                call.finish(code);
+                return Ok(http::Response::from_parts(
+                    parts,
+                    tonic::body::Body::new(body),
+                ));
+            }
+            let body = MeteredBody {
+                inner: tonic::body::Body::new(body),
+                call: Some(call),
+            };
+            Ok(http::Response::from_parts(
+                parts,
+                tonic::body::Body::new(body),
+            ))
+        })
+    }
+}
+
+/// A call counted once it ends.
+struct CallInFlight {
+    metrics: RpcMetrics,
+    grpc_service: &'static str,
+    grpc_method: &'static str,
+    started: Instant,
+}
+
+impl CallInFlight {
+    fn finish(self, code: Code) {
+        let labels = RpcLabels {
+            grpc_service: self.grpc_service,
+            grpc_method: self.grpc_method,
+            grpc_code: code_name(code),
+        };
+        (self.metrics).observe(labels, self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// A response body that finishes its call at the trailers, at its end
+/// without them, or when dropped before either.
+struct MeteredBody {
+    inner: tonic::body::Body,
+    call: Option<CallInFlight>,
+}
+
+impl Body for MeteredBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(context);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = status_code(trailers).unwrap_or(Code::Unknown);
+                    if let Some(call) = self.call.take() {
+                        call.finish(code);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(status))) => {
+                if let Some(call) = self.call.take() {
+                    call.finish(status.code());
+                }
+            }
+            // Ended without trailers: gRPC always sends a status, so this
+            // is a broken response.
+            Poll::Ready(None) => {
+                if let Some(call) = self.call.take() {
+                    call.finish(Code::Unknown);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for MeteredBody {
+    fn drop(&mut self) {
+        if let Some(call) = self.call.take() {
+            call.finish(Code::Cancelled);
+        }
+    }
+}
+
+fn status_code(headers: &http::HeaderMap) -> Option<Code> {
+    let value = headers
+        .get("grpc-status")?
+        .to_str()
+        .ok()?
+        .parse::<i32>()
+        .ok()?;
+    Some(Code::from_i32(value))
+}
+
+/// The labels of a request path: the service and method for a method the
+/// server serves, `other` for anything else.
+fn method_labels(path: &str) -> (&'static str, &'static str) {
+    static KNOWN: OnceLock<HashMap<String, (&'static str, &'static str)>> = OnceLock::new();
+    let known = KNOWN.get_or_init(known_methods);
+    known.get(path).copied().unwrap_or(("other", "other"))
+}
+
+/// Every method of payvisor's services (from the descriptors the server
+/// serves reflection from), of health and of reflection.
+fn known_methods() -> HashMap<String, (&'static str, &'static str)> {
+    let mut names: Vec<(String, String)> = Vec::new();
+    let mut add_file_set = |bytes: &[u8]| {
+        let set = prost_types::FileDescriptorSet::decode(bytes).expect("built-in descriptors");
+        for file in &set.file {
+            for service in &file.service {
+                let full = format!("{}.{}", file.package(), service.name());
+                for method in &service.method {
+                    names.push((full.clone(), method.name().to_owned()));
+                }
+            }
+        }
+    };
+    add_file_set(super::pb::FILE_DESCRIPTOR_SET);
+    add_file_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    for reflection in ["grpc.reflection.v1", "grpc.reflection.v1alpha"] {
+        names.push((
+            format!("{reflection}.ServerReflection"),
+            "ServerReflectionInfo".to_owned(),
+        ));
+    }
+    // Leaked once per process: a few dozen short strings, borrowed by every
+    // label set for the life of the process.
+    let leak = |text: String| -> &'static str { Box::leak(text.into_boxed_str()) };
+    names
+        .into_iter()
+        .map(|(service, method)| {
+            let path = format!("/{service}/{method}");
+            (path, (leak(service), leak(method)))
+        })
+        .collect()
+}
+
+/// The code as the gRPC spec names it.
+fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn served_methods_have_their_names_and_anything_else_is_other() {
+        assert_eq!(
+            method_labels("/payvisor.v1.PaymentService/CreatePayment"),
+            ("payvisor.v1.PaymentService", "CreatePayment")
+        );
+        assert_eq!(
+            method_labels("/grpc.health.v1.Health/Check"),
+            ("grpc.health.v1.Health", "Check")
+        );
+        assert_eq!(
+            method_labels("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
+            (
+                "grpc.reflection.v1.ServerReflection",
+                "ServerReflectionInfo"
+            )
+        );
+        for path in ["/payvisor.v1.PaymentService/Nope", "/x", "", "/a/b/c"] {
+            assert_eq!(method_labels(path), ("other", "other"), "{path}");
+        }
+    }
+
+    #[test]
+    fn every_code_has_its_spec_name() {
+        for value in 0..=16 {
+            let name = code_name(Code::from_i32(value));
+            assert!(
+                name.chars().all(|c| c.is_ascii_uppercase() || c == '_'),
+                "{name}"
+            );
+        }
+        assert_eq!(code_name(Code::from_i32(99)), "UNKNOWN");
+    }
+}

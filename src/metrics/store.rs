@@ -1,0 +1,125 @@
+//! A [`Store`] that times every call of the store it wraps, by operation
+//! and outcome, for `/metrics` (`payvisor_store_call_seconds`). It changes
+//! nothing about the calls: what the inner store answers is the answer.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{StoreLabels, StoreMetrics};
+use crate::store::{BoxFuture, IndexQuery, Item, Key, Page, Query, Store, StoreError, WriteOp};
+
+pub struct MeteredStore {
+    inner: Arc<dyn Store>,
+    metrics: StoreMetrics,
+}
+
+impl MeteredStore {
+    pub fn new(inner: Arc<dyn Store>, metrics: StoreMetrics) -> MeteredStore {
+        MeteredStore { inner, metrics }
+    }
+
+    fn observe<T>(
+        &self,
+        operation: &'static str,
+        started: Instant,
+        answer: &Result<T, StoreError>,
+    ) {
+        let labels = StoreLabels {
+            operation,
+            outcome: outcome(answer),
+        };
+        (self.metrics.call_seconds.get_or_create(&labels)).observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The outcome label: `ok` or the kind of error (never its text, which
+/// holds keys: ids would make the page grow without bound).
+fn outcome<T>(answer: &Result<T, StoreError>) -> &'static str {
+    match answer {
+        Ok(_) => "ok",
+        Err(StoreError::ConditionFailed { .. }) => "condition_failed",
+        Err(StoreError::InvalidWrite(_)) => "invalid_write",
+        Err(StoreError::Unavailable(_)) => "unavailable",
+        Err(StoreError::Corrupt(_)) => "corrupt",
+        Err(StoreError::UnsupportedFormat { .. }) => "unsupported_format",
+    }
+}
+
+impl Store for MeteredStore {
+    fn transact(&self, ops: Vec<WriteOp>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let answer = self.inner.transact(ops).await;
+            self.observe("transact", started, &answer);
+            answer
+        })
+    }
+
+    fn get(&self, key: Key) -> BoxFuture<'_, Result<Option<Item>, StoreError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let answer = self.inner.get(key).await;
+            self.observe("get", started, &answer);
+            answer
+        })
+    }
+
+    fn query(&self, query: Query) -> BoxFuture<'_, Result<Page, StoreError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let answer = self.inner.query(query).await;
+            self.observe("query", started, &answer);
+            answer
+        })
+    }
+
+    fn query_index(&self, query: IndexQuery) -> BoxFuture<'_, Result<Page, StoreError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let answer = self.inner.query_index(query).await;
+            self.observe("query_index", started, &answer);
+            answer
+        })
+    }
+
+    fn settle(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let answer = self.inner.settle().await;
+            self.observe("settle", started, &answer);
+            answer
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+
+    #[tokio::test]
+    async fn each_call_is_timed_by_operation_and_outcome() {
+        let dir = tempfile::tempdir().unwrap();
+        let inner: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let metrics = StoreMetrics::default();
+        let store = MeteredStore::new(inner, metrics.clone());
+        let key = Key::new("A#acme", "ACCOUNT");
+        assert_eq!(store.get(key.clone()).await, Ok(None));
+        let refused = store.transact(Vec::new()).await;
+        assert!(matches!(refused, Err(StoreError::InvalidWrite(_))));
+        let mut page = String::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("store_call_seconds", "Store calls", metrics.call_seconds);
+        prometheus_client::encoding::text::encode(&mut page, &registry).unwrap();
+        assert!(
+            page.contains(r#"store_call_seconds_count{operation="get",outcome="ok"} 1"#),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                r#"store_call_seconds_count{operation="transact",outcome="invalid_write"} 1"#
+            ),
+            "{page}"
+        );
+    }
+}

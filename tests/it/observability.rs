@@ -1,0 +1,344 @@
+//! What a platform team and an on-call engineer read from outside: health
+//! that tells the truth, and `/metrics` that passes `promtool check
+//! metrics` and counts what happened.
+
+use crate::common::bank_sim::{free_port, http_get};
+use crate::common::*;
+use payvisor::grpc::pb;
+use tonic::Code;
+
+/// The body of a `/metrics` scrape.
+fn scrape(listen: &str) -> String {
+    let answer = http_get(listen, "/metrics");
+    let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the sample written exactly as `series` (name and labels).
+fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map(|value| value.trim().parse().expect("a number"))
+}
+
+/// `promtool check metrics` on `page`: the test command installs promtool
+/// and says where (`PROMTOOL`); elsewhere the check is skipped, except under
+/// `CI=true`.
+fn promtool_check_metrics(page: &str) {
+    use std::io::Write;
+    let Some(promtool) = std::env::var_os("PROMTOOL") else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "PROMTOOL is not set under CI=true; run the tests through `bash tests/run.sh`"
+        );
+        eprintln!("promtool check metrics: skipped (no PROMTOOL; `bash tests/run.sh` installs it)");
+        return;
+    };
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(page.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "promtool check metrics:\n{said}\n{page}"
+    );
+    // promtool's lint findings (naming, units) exit 0 but are still findings.
+    assert!(said.trim().is_empty(), "promtool check metrics:\n{said}");
+}
+
+/// Every gRPC call is counted and timed by service, method and code,
+/// refusals at the edge and unknown paths included; store calls by
+/// operation and outcome; the process's own figures; and the page passes
+/// promtool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_call_by_method_and_code_and_pass_promtool() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(&["--metrics-listen", &metrics]);
+    let mut client = server.client().await;
+    processed_payment(&mut client, "acme", "m-1", 1_000).await;
+    let missing = client
+        .get_payment(pb::GetPaymentRequest {
+            name: "accounts/acme/payments/nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let invalid = client
+        .create_payment(create_request("acme", "", 1_000))
+        .await
+        .unwrap_err();
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    // A path nobody serves is counted, under `other`.
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    let unknown = grpc
+        .unary(
+            tonic::Request::new(()),
+            "/payvisor.v1.PaymentService/NoSuchMethod".parse().unwrap(),
+            tonic_prost::ProstCodec::<(), ()>::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::Unimplemented);
+
+    let page = scrape(&metrics);
+    let calls = |method: &str, code: &str| {
+        sample(
+            &page,
+            &format!(
+                "payvisor_grpc_server_handled_total{{grpc_service=\"payvisor.v1.PaymentService\",grpc_method=\"{method}\",grpc_code=\"{code}\"}}"
+            ),
+        )
+    };
+    assert_eq!(calls("CreatePayment", "OK"), Some(1.0), "{page}");
+    assert_eq!(
+        calls("CreatePayment", "INVALID_ARGUMENT"),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(calls("GetPayment", "NOT_FOUND"), Some(1.0), "{page}");
+    assert!(calls("GetPayment", "OK").unwrap_or(0.0) >= 1.0, "{page}");
+    assert_eq!(
+        sample(
+            &page,
+            "payvisor_grpc_server_handled_total{grpc_service=\"other\",grpc_method=\"other\",grpc_code=\"UNIMPLEMENTED\"}"
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "payvisor_grpc_server_handling_seconds_count{grpc_service=\"payvisor.v1.PaymentService\",grpc_method=\"CreatePayment\",grpc_code=\"OK\"}"
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    assert!(
+        page.contains("payvisor_grpc_server_handling_seconds_bucket{le=\"0.005\",grpc_service=\"payvisor.v1.PaymentService\",grpc_method=\"CreatePayment\",grpc_code=\"OK\"}")
+            || page.contains("payvisor_grpc_server_handling_seconds_bucket{grpc_service=\"payvisor.v1.PaymentService\",grpc_method=\"CreatePayment\",grpc_code=\"OK\",le=\"0.005\"}"),
+        "{page}"
+    );
+    // The payment was written, so the store's writes were timed, all fine.
+    let writes = sample(
+        &page,
+        "payvisor_store_call_seconds_count{operation=\"transact\",outcome=\"ok\"}",
+    );
+    assert!(writes.unwrap_or(0.0) >= 2.0, "{page}");
+    assert!(
+        !page.contains("outcome=\"unavailable\""),
+        "a store call failed: {page}"
+    );
+    // The process, as every client library names it.
+    for name in [
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_threads",
+        "process_start_time_seconds",
+    ] {
+        assert!(sample(&page, name).unwrap_or(0.0) > 0.0, "{name}: {page}");
+    }
+    assert_eq!(
+        sample(
+            &page,
+            &format!(
+                "payvisor_build_info{{version=\"{}\"}}",
+                env!("CARGO_PKG_VERSION")
+            )
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    promtool_check_metrics(&page);
+    every_series_named_in_deploy_is_on_the_page(&page);
+}
+
+/// The metric names the alert rules and the dashboard query (identifiers
+/// followed by `{`, `[` or `)`, or starting a query), each of which a live
+/// page must have, so that a renamed metric cannot leave an alert that
+/// never fires. `up` is Prometheus's own; the `payvisor_cluster_*` family
+/// is on cluster members' pages (tests/it/cluster_nodes.rs reads it).
+fn every_series_named_in_deploy_is_on_the_page(page: &str) {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/observability");
+    let mut named = std::collections::BTreeSet::new();
+    for file in ["alerts.yaml", "grafana-dashboard.json"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut word = String::new();
+        for c in text.chars() {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                word.push(c);
+                continue;
+            }
+            let family = ["payvisor_", "process_"]
+                .iter()
+                .any(|prefix| word.starts_with(prefix));
+            if family && !word.starts_with("payvisor_cluster_") {
+                named.insert(std::mem::take(&mut word));
+            }
+            word.clear();
+        }
+    }
+    assert!(named.len() >= 10, "{named:?}");
+    for name in &named {
+        // A histogram is queried by its series (_bucket, _count, _sum).
+        let on_page = page.lines().any(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        });
+        assert!(
+            on_page,
+            "deploy/observability queries {name}, which /metrics does not have:\n{page}"
+        );
+    }
+}
+
+/// Waits for the next status on each readiness stream; each must be `status`.
+async fn readiness_becomes(
+    streams: [&mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>; 2],
+    status: i32,
+) {
+    for statuses in streams {
+        let next = tokio::time::timeout(PROGRESS_DEADLINE, statuses.message())
+            .await
+            .unwrap_or_else(|_| panic!("no status {status} within the deadline"));
+        assert_eq!(next.unwrap().unwrap().status, status);
+    }
+}
+
+/// Readiness follows the store: `NOT_SERVING` while every store call fails,
+/// `SERVING` again once it answers; liveness stays `SERVING` throughout.
+/// The watchdog, which cannot sweep meanwhile, pages that it cannot (to the
+/// log sink here), and resolves the page when it sweeps again.
+/// The faults are the DynamoDB test server's (the server carries no test
+/// tools), so this runs in the DynamoDB phase of tests/run.sh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_not_serving_while_the_store_does_not_answer_and_serving_when_it_does() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+
+    let test = "health_says_not_serving_while_the_store_does_not_answer";
+    if std::env::var("PAYVISOR_TEST_STORE").as_deref() != Ok("dynamodb") {
+        eprintln!("{test}: skipped here; tests/run.sh runs it in its DynamoDB phase (PAYVISOR_TEST_STORE=dynamodb)");
+        return;
+    }
+    assert!(dynamodb::available(test));
+    let server = Server::start_logged(&[
+        "--dynamodb-attempt-timeout-ms",
+        "500",
+        "--watchdog-page-after",
+        "2s",
+    ]);
+    let table = server.dynamodb_table().expect("on DynamoDB").to_owned();
+    let mut health = HealthClient::new(server.channel().await);
+    let watch = |service: &str| {
+        let mut health = health.clone();
+        let request = HealthCheckRequest {
+            service: service.into(),
+        };
+        async move { health.watch(request).await.unwrap().into_inner() }
+    };
+    let mut overall = watch("").await;
+    let mut payments = watch("payvisor.v1.PaymentService").await;
+    let mut liveness = watch("liveness").await;
+    let serving = ServingStatus::Serving as i32;
+    let not_serving = ServingStatus::NotServing as i32;
+    for statuses in [&mut overall, &mut payments, &mut liveness] {
+        assert_eq!(statuses.message().await.unwrap().unwrap().status, serving);
+    }
+
+    dynamodb::set_faults(&table, serde_json::json!({"seed": 17, "failed": 1.0}));
+    let down = tokio::time::Instant::now();
+    readiness_becomes([&mut overall, &mut payments], not_serving).await;
+    eprintln!(
+        "{test}: NOT_SERVING {:?} after the store failed",
+        down.elapsed()
+    );
+    let check = health
+        .check(HealthCheckRequest {
+            service: "liveness".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        check.into_inner().status,
+        serving,
+        "liveness while the store fails"
+    );
+    let logged = |text: &'static str| {
+        let server = &server;
+        async move {
+            let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+            while !server.log().contains(text) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "never logged {text:?}:\n{}",
+                    server.log()
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    logged("paged: the watchdog cannot sweep").await;
+    assert!(
+        server.log().contains("watchdog_failing"),
+        "{}",
+        server.log()
+    );
+
+    dynamodb::set_faults(&table, serde_json::json!({}));
+    readiness_becomes([&mut overall, &mut payments], serving).await;
+    // Liveness never changed: its stream has nothing new.
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(100), liveness.message())
+            .await
+            .is_err(),
+        "liveness changed"
+    );
+    assert!(server
+        .log()
+        .contains("the store does not answer: health NOT_SERVING"));
+    logged("the watchdog sweeps again; page resolved").await;
+}
+
+/// Every alert names a runbook that exists, and every runbook says how to
+/// confirm, fix and escalate.
+#[test]
+fn every_alert_has_a_runbook_that_says_how_to_confirm_fix_and_escalate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rules = std::fs::read_to_string(root.join("deploy/observability/alerts.yaml")).unwrap();
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- alert: "))
+        .collect();
+    let runbooks: Vec<&str> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("runbook: "))
+        .collect();
+    assert!(alerts.len() >= 7, "{alerts:?}");
+    assert_eq!(alerts.len(), runbooks.len(), "an alert without a runbook");
+    for runbook in runbooks {
+        let page = std::fs::read_to_string(root.join(runbook))
+            .unwrap_or_else(|error| panic!("{runbook}: {error}"));
+        for section in ["## What it means", "## Confirm", "## Fix", "## Escalate"] {
+            assert!(page.contains(section), "{runbook} has no {section:?}");
+        }
+    }
+}
