@@ -1,12 +1,43 @@
 //! Regression tests of the defects found by trying payvisor as an attacker
 //! and as a clumsy operator would: each failed before its fix.
 
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use payvisor::grpc::pb;
 
 use crate::common::bank_sim::{free_port, set_outage, BankSim, BANK_SIM_SECRET};
 use crate::common::{create_request, state, wait_for, Server, BINARY};
+
+/// Longest a start that must be refused may run: a refusal comes before
+/// anything is served, in well under a second.
+const REFUSAL_WITHIN: Duration = Duration::from_secs(30);
+
+/// Runs `command` (a `payvisor serve` that must be refused) to its end. One
+/// still running after [`REFUSAL_WITHIN`] was not refused: it is killed and
+/// the test fails, rather than waiting on a server that serves forever.
+fn refused_output(command: &mut Command) -> Output {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + REFUSAL_WITHIN;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() >= deadline {
+            child.kill().unwrap();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {REFUSAL_WITHIN:?}: it was not refused\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
 
 /// A second server on a data directory in use exits at once, naming the
 /// process that holds it; the first keeps serving.
@@ -14,14 +45,11 @@ use crate::common::{create_request, state, wait_for, Server, BINARY};
 async fn a_second_process_on_a_data_directory_is_refused_with_the_holders_pid() {
     let server = Server::start(&[]);
     let mut client = server.client().await;
-    let second = Command::new(BINARY)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(server.data_dir())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let output = second.wait_with_output().unwrap();
+    let output = refused_output(
+        Command::new(BINARY)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(server.data_dir()),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stderr}");
     assert!(
@@ -334,13 +362,12 @@ async fn large_pages_fit_a_default_client_and_a_burst_of_them_keeps_memory_bound
 /// refuse to start: its stderr.
 fn refused_start(args: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(BINARY)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = refused_output(
+        Command::new(BINARY)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(args),
+    );
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(!output.status.success(), "it started: {stdout}");
     assert!(!stdout.contains("listening"), "{stdout}");
@@ -482,13 +509,12 @@ async fn a_store_that_cannot_be_written_is_refused_at_start() {
         let mut command = Command::new(BINARY);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .stdin(Stdio::null());
+            .arg(dir);
         if as_root {
             use std::os::unix::process::CommandExt;
             command.uid(65534).gid(65534);
         }
-        let output = command.output().unwrap();
+        let output = refused_output(&mut command);
         assert!(!output.status.success(), "it started on {}", dir.display());
         String::from_utf8_lossy(&output.stderr).into_owned()
     };
@@ -528,12 +554,11 @@ async fn a_store_that_cannot_be_written_is_refused_at_start() {
 
 /// `payvisor serve` on `dir` (expected to refuse): its stderr.
 fn refused_on(dir: &std::path::Path) -> String {
-    let output = Command::new(BINARY)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(dir)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let output = refused_output(
+        Command::new(BINARY)
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir),
+    );
     assert!(!output.status.success(), "it started on {}", dir.display());
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
