@@ -30,8 +30,8 @@ use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
-    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType, TableStatus,
-    TransactWriteItem,
+    KeySchemaElement, KeyType, PointInTimeRecoverySpecification, Projection, ProjectionType, Put,
+    ScalarAttributeType, TableStatus, TransactWriteItem,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -169,6 +169,8 @@ impl DynamoDbStore {
             .key_schema(key("pk", KeyType::Hash)?)
             .key_schema(key("sk", KeyType::Range)?)
             .global_secondary_indexes(index)
+            // Payment records and the ledger: not deleted by a slip.
+            .deletion_protection_enabled(true)
             .send()
             .await;
         match created {
@@ -191,12 +193,43 @@ impl DynamoDbStore {
                 .table
                 .and_then(|t| t.table_status);
             if status == Some(TableStatus::Active) {
-                return Ok(());
+                return self.enable_point_in_time_recovery().await;
             }
             tokio::time::sleep(limits::DYNAMODB_TABLE_WAIT_POLL).await;
         }
         Err(StoreError::Unavailable(format!(
             "table {} did not become active",
+            self.table
+        )))
+    }
+
+    /// Point-in-time recovery, as the CloudFormation template has it: the
+    /// way back from damaged or deleted records (docs/runbooks). DynamoDB
+    /// may refuse it for a moment after the table turns active (its backups
+    /// are still being set up), so it is asked again, within the same bound
+    /// as the wait for the table.
+    async fn enable_point_in_time_recovery(&self) -> Result<(), StoreError> {
+        let recovery = PointInTimeRecoverySpecification::builder()
+            .point_in_time_recovery_enabled(true)
+            .build()
+            .map_err(unavailable)?;
+        let mut last_error = String::new();
+        for _ in 0..limits::DYNAMODB_TABLE_WAIT_POLLS_MAX {
+            let enabled = self
+                .client
+                .update_continuous_backups()
+                .table_name(&self.table)
+                .point_in_time_recovery_specification(recovery.clone())
+                .send()
+                .await;
+            match enabled {
+                Ok(_) => return Ok(()),
+                Err(error) => last_error = describe(&error),
+            }
+            tokio::time::sleep(limits::DYNAMODB_TABLE_WAIT_POLL).await;
+        }
+        Err(StoreError::Unavailable(format!(
+            "point-in-time recovery not enabled on {}: {last_error}",
             self.table
         )))
     }

@@ -41,7 +41,11 @@ fn the_task_role_allows_exactly_the_dynamodb_calls_the_server_makes() {
     // The setup command's calls (`payvisor dynamodb create-table`) are the
     // operator's, in the template's SetupPolicy; every other call is the
     // server's. A call not listed here fails the test until it is placed.
-    let setup = BTreeSet::from(["create_table".to_owned(), "describe_table".to_owned()]);
+    let setup = BTreeSet::from([
+        "create_table".to_owned(),
+        "describe_table".to_owned(),
+        "update_continuous_backups".to_owned(),
+    ]);
     let mut needed = BTreeSet::new();
     for call in &calls {
         match call.as_str() {
@@ -98,7 +102,8 @@ fn the_task_role_allows_exactly_the_dynamodb_calls_the_server_makes() {
         setup_granted,
         BTreeSet::from([
             "dynamodb:CreateTable".to_owned(),
-            "dynamodb:DescribeTable".to_owned()
+            "dynamodb:DescribeTable".to_owned(),
+            "dynamodb:UpdateContinuousBackups".to_owned()
         ])
     );
 }
