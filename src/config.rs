@@ -123,6 +123,11 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics on this address (`/metrics`); off if unset.
     #[arg(long, env = "PAYVISOR_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Also serve the gRPC health service alone, in plaintext, on this
+    /// address: for probes that cannot speak TLS (Kubernetes' gRPC
+    /// probes). It says SERVING or NOT_SERVING, nothing else; off if unset.
+    #[arg(long, env = "PAYVISOR_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// This node's name in pages (PagerDuty's `source`).
     #[arg(long, env = "PAYVISOR_NODE_NAME", default_value = "payvisor")]
     pub node_name: String,
@@ -325,7 +330,9 @@ pub struct ClusterArgs {
     #[arg(long, env = "PAYVISOR_CLUSTER")]
     pub cluster: bool,
     /// Where peers reach this node's gRPC port (default: --listen; give it
-    /// when --listen is 0.0.0.0 or behind NAT).
+    /// when --listen is 0.0.0.0 or behind NAT). `auto`: this machine's
+    /// address on its default route, at the --listen port (ECS tasks,
+    /// containers).
     #[arg(long, env = "PAYVISOR_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
     /// Shards accounts are hashed into; recorded in the table by the first
@@ -380,6 +387,14 @@ impl ClusterArgs {
             )));
         }
         let advertise = match &self.advertise_addr {
+            Some(auto) if auto == "auto" => {
+                let host = routed_address().map_err(|why| {
+                    ConfigError::Cluster(format!(
+                        "--advertise-addr auto: this machine's address could not be found ({why}): give HOST:PORT"
+                    ))
+                })?;
+                std::net::SocketAddr::new(host, listen.port()).to_string()
+            }
             Some(address) => address.clone(),
             None if listen.ip().is_unspecified() || listen.port() == 0 => {
                 return Err(ConfigError::Cluster(format!(
@@ -414,6 +429,22 @@ impl ClusterArgs {
             timeouts,
         }))
     }
+}
+
+/// The address this machine sends from on its default route: what peers on
+/// the same network reach it at, where nothing tells it its address (an
+/// ECS task, a container). A UDP "connect" only picks the route; no packet
+/// is sent (192.0.2.1 is TEST-NET-1, never a real host).
+fn routed_address() -> std::io::Result<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    socket.connect("192.0.2.1:9")?;
+    let ip = socket.local_addr()?.ip();
+    if ip.is_unspecified() || ip.is_loopback() {
+        return Err(std::io::Error::other(format!(
+            "the route goes out from {ip}"
+        )));
+    }
+    Ok(ip)
 }
 
 /// Which store, and how to reach it.
@@ -561,6 +592,7 @@ pub struct Config {
     pub passivate_after: Duration,
     pub watchdog: WatchdogConfig,
     pub metrics_listen: Option<SocketAddr>,
+    pub health_listen: Option<SocketAddr>,
     /// The approval rules file, if any (validated).
     pub rules: Option<PathBuf>,
     pub webhooks: WebhookSettings,
@@ -681,7 +713,13 @@ impl ServeArgs {
                 ));
             }
             let callback_url = match (&self.bank_callback_url, banks.is_empty()) {
+                // The one bank of --bank-url: the URL as given.
                 (Some(url), true) if self.banks.is_none() => url.clone(),
+                // A banks file: the URL is the callback load balancer's
+                // base, each bank's path below it.
+                (Some(base), _) if self.banks.is_some() => {
+                    format!("{}/v1/callbacks/{}", base.trim_end_matches('/'), entry.name)
+                }
                 _ => format!(
                     "{}://{}/v1/callbacks/{}",
                     if self.security.bank_callback_tls_cert.is_some() {
@@ -973,6 +1011,7 @@ impl ServeArgs {
                 pager,
             },
             metrics_listen: self.metrics_listen,
+            health_listen: self.health_listen,
             built_in_bank: BuiltInBankConfig {
                 latency_min: Duration::from_millis(min),
                 latency_max: Duration::from_millis(max),
@@ -1038,6 +1077,33 @@ mod tests {
         assert!(
             refused.contains("\"a\"") && refused.contains("https://"),
             "{refused}"
+        );
+        // With a banks file, --bank-callback-url is the base of every bank's
+        // callback path; without it, the listen address is.
+        let both_allowed = r#"{"banks": [{"name": "a", "url": "http://a.internal", "secret": "0123456789abcdef", "allow_insecure": true},
+                          {"name": "b", "url": "http://b.internal", "secret": "0123456789abcdef", "allow_insecure": true}]}"#;
+        std::fs::write(&banks, both_allowed).unwrap();
+        let callbacks = |extra: &[&str]| -> Vec<String> {
+            parse(&[&["--banks", banks.to_str().unwrap()][..], extra].concat())
+                .unwrap()
+                .banks
+                .iter()
+                .map(|bank| bank.endpoint.callback_url.clone())
+                .collect()
+        };
+        assert_eq!(
+            callbacks(&["--bank-callback-url", "https://callbacks.example:50052/"]),
+            [
+                "https://callbacks.example:50052/v1/callbacks/a",
+                "https://callbacks.example:50052/v1/callbacks/b"
+            ]
+        );
+        assert_eq!(
+            callbacks(&["--bank-callback-listen", "10.0.0.5:50052"]),
+            [
+                "http://10.0.0.5:50052/v1/callbacks/a",
+                "http://10.0.0.5:50052/v1/callbacks/b"
+            ]
         );
 
         let hooks = dir.path().join("hooks.json");
@@ -1196,6 +1262,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(behind_nat.cluster.unwrap().advertise, "10.0.0.5:7000");
+        // `auto`: the address of this machine's default route (this machine
+        // has one: the test command fetches packages), at the listen port.
+        let auto = parse(
+            &[
+                &clustered[..],
+                &[
+                    "--listen",
+                    "0.0.0.0:7000",
+                    "--advertise-addr",
+                    "auto",
+                    "--insecure-no-auth",
+                ],
+            ]
+            .concat(),
+        )
+        .unwrap();
+        let advertise: std::net::SocketAddr = auto.cluster.unwrap().advertise.parse().unwrap();
+        assert_eq!(advertise.port(), 7000);
+        assert!(
+            !advertise.ip().is_unspecified() && !advertise.ip().is_loopback(),
+            "{advertise}"
+        );
         assert!(
             parse(&[]).unwrap().cluster.is_none(),
             "single node by default"

@@ -109,10 +109,15 @@ pub async fn run(
             Some(tls)
         }
     };
+    let health_listener = match config.health_listen {
+        Some(address) => Some(TcpListener::bind(address).await?),
+        None => None,
+    };
     let edge = Edge {
         authenticator,
         tls,
         rpc_metrics: metrics.rpc.clone(),
+        health_listener,
     };
     serve_grpc(listener, &node, edge, callbacks, trigger, stop, tasks).await?;
     tracing::info!("draining account actors");
@@ -567,6 +572,8 @@ struct Edge {
     tls: Option<Arc<ServerTls>>,
     /// Every call counted and timed, refusals at the edge included.
     rpc_metrics: RpcMetrics,
+    /// `--health-listen`: health alone, in plaintext, for probes.
+    health_listener: Option<TcpListener>,
 }
 
 /// Serves gRPC on `listener` until `stop` completes. Then, in this order:
@@ -583,7 +590,7 @@ async fn serve_grpc(
     callbacks: Option<Arc<CallbackEndpoint>>,
     trigger: ShutdownTrigger,
     stop: impl Future<Output = ()>,
-    tasks: Tasks,
+    mut tasks: Tasks,
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = NodeHealth::serving(reporter).await;
@@ -625,7 +632,7 @@ async fn serve_grpc(
         .concurrency_limit_per_connection(limits::GRPC_CONCURRENCY_PER_CONNECTION)
         .layer(MeteredLayer::new(edge.rpc_metrics))
         .layer(AuthLayer::new(edge.authenticator))
-        .add_service(health_service)
+        .add_service(health_service.clone())
         .add_service(reflection)
         .add_service(payments)
         .add_service(cluster);
@@ -643,6 +650,22 @@ async fn serve_grpc(
         )),
     };
 
+    // Health alone, in plaintext: it says NOT_SERVING through the drain
+    // like the main port, and closes with it.
+    if let Some(listener) = edge.health_listener {
+        tracing::info!(listen = %listener.local_addr()?, "health serving (plaintext, health only)");
+        let health_only = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                stopping.signalled(),
+            );
+        tasks.spawn("health listener", async move {
+            if let Err(error) = health_only.await {
+                tracing::warn!(%error, "the health listener stopped");
+            }
+        });
+    }
     // Not in `tasks`: it must stop before the drain says NOT_SERVING, not
     // with the others after it.
     let probing = tokio::spawn(

@@ -75,6 +75,7 @@ where
             grpc_service,
             grpc_method,
             started: Instant::now(),
+            counted: false,
         };
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -100,16 +101,27 @@ where
     }
 }
 
-/// A call counted once it ends.
+/// A call counted once it ends: with its code, or `CANCELLED` if it is
+/// dropped first (tonic's own timeout, or a client that reset the stream,
+/// drops the call before any response: those are the slow calls an
+/// incident is made of, and must not vanish from the figures).
 struct CallInFlight {
     metrics: RpcMetrics,
     grpc_service: &'static str,
     grpc_method: &'static str,
     started: Instant,
+    counted: bool,
 }
 
 impl CallInFlight {
-    fn finish(self, code: Code) {
+    fn finish(mut self, code: Code) {
+        self.count(code);
+    }
+
+    fn count(&mut self, code: Code) {
+        if std::mem::replace(&mut self.counted, true) {
+            return;
+        }
         let labels = RpcLabels {
             grpc_service: self.grpc_service,
             grpc_method: self.grpc_method,
@@ -119,8 +131,14 @@ impl CallInFlight {
     }
 }
 
-/// A response body that finishes its call at the trailers, at its end
-/// without them, or when dropped before either.
+impl Drop for CallInFlight {
+    fn drop(&mut self) {
+        self.count(Code::Cancelled);
+    }
+}
+
+/// A response body that finishes its call at the trailers, or at its end
+/// without them (dropped before either: the call counts as `CANCELLED`).
 struct MeteredBody {
     inner: tonic::body::Body,
     call: Option<CallInFlight>,
@@ -167,14 +185,6 @@ impl Body for MeteredBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-impl Drop for MeteredBody {
-    fn drop(&mut self) {
-        if let Some(call) = self.call.take() {
-            call.finish(Code::Cancelled);
-        }
     }
 }
 

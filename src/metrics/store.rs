@@ -15,6 +15,15 @@ pub struct MeteredStore {
 
 impl MeteredStore {
     pub fn new(inner: Arc<dyn Store>, metrics: StoreMetrics) -> MeteredStore {
+        // The outcomes an alert fires on exist from the start, at zero: a
+        // series born with its first sample hides that sample from
+        // `increase()`, and the first damaged read would page no one.
+        for operation in ["transact", "get", "query", "query_index"] {
+            for outcome in ["corrupt", "unsupported_format", "unavailable"] {
+                let _zero =
+                    (metrics.call_seconds).get_or_create(&StoreLabels { operation, outcome });
+            }
+        }
         MeteredStore { inner, metrics }
     }
 

@@ -281,6 +281,7 @@ pub struct SweepFailurePager {
     failing_since: Option<(tokio::time::Instant, Timestamp)>,
     failed_sweeps: u64,
     paged: bool,
+    resolve_earlier_page: bool,
 }
 
 impl SweepFailurePager {
@@ -298,6 +299,12 @@ impl SweepFailurePager {
             failing_since: None,
             failed_sweeps: 0,
             paged: false,
+            // A previous incarnation of this node may have paged and died
+            // (or been restarted by the person paged): its incident is
+            // only in PagerDuty, so the first sweep that succeeds resolves
+            // this node's key (a resolve of a key nobody triggered is
+            // accepted and changes nothing).
+            resolve_earlier_page: true,
         }
     }
 
@@ -354,7 +361,7 @@ impl SweepFailurePager {
     async fn swept(&mut self) {
         self.failing_since = None;
         self.failed_sweeps = 0;
-        if !self.paged {
+        if !self.paged && !self.resolve_earlier_page {
             return;
         }
         let page = Page {
@@ -370,7 +377,8 @@ impl SweepFailurePager {
         match self.sink.send(&page).await {
             Ok(()) => {
                 self.paged = false;
-                tracing::info!("the watchdog sweeps again; page resolved");
+                self.resolve_earlier_page = false;
+                tracing::info!("the watchdog sweeps; its page (if any) resolved");
             }
             Err(error) => {
                 // Still paged: the next successful sweep resolves it.
@@ -488,6 +496,17 @@ mod tests {
         let mut pager = SweepFailurePager::new(sink.clone(), clock, "node-1".into(), page_after);
         let delivered = || sink.delivered.lock().unwrap().clone();
 
+        // Sweeping from the start: what an earlier incarnation paged is
+        // resolved, once.
+        *sink.refuse.lock().unwrap() = 0;
+        pager.swept().await;
+        pager.swept().await;
+        let pages = delivered();
+        assert_eq!(pages.len(), 1, "{pages:?}");
+        assert_eq!(pages[0].action, PageAction::Resolve);
+        sink.delivered.lock().unwrap().clear();
+        *sink.refuse.lock().unwrap() = 1;
+
         // A failure is not an outage yet.
         pager.failed("store unavailable").await;
         assert!(delivered().is_empty());
@@ -540,6 +559,10 @@ mod tests {
             pager.failed("store unavailable").await;
             pager.swept().await;
         }
-        assert!(sink.delivered.lock().unwrap().is_empty());
+        // Only the resolve of an earlier incarnation's page, at the first
+        // success.
+        let pages = sink.delivered.lock().unwrap().clone();
+        assert_eq!(pages.len(), 1, "{pages:?}");
+        assert_eq!(pages[0].action, PageAction::Resolve);
     }
 }
