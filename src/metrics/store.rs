@@ -27,17 +27,23 @@ impl MeteredStore {
         MeteredStore { inner, metrics }
     }
 
-    fn observe<T>(
-        &self,
+    /// Runs one call of the inner store, timed under `operation`.
+    fn timed<'a, T: Send + 'a>(
+        &'a self,
         operation: &'static str,
-        started: Instant,
-        answer: &Result<T, StoreError>,
-    ) {
-        let labels = StoreLabels {
-            operation,
-            outcome: outcome(answer),
-        };
-        (self.metrics.call_seconds.get_or_create(&labels)).observe(started.elapsed().as_secs_f64());
+        call: BoxFuture<'a, Result<T, StoreError>>,
+    ) -> BoxFuture<'a, Result<T, StoreError>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let answer = call.await;
+            let labels = StoreLabels {
+                operation,
+                outcome: outcome(&answer),
+            };
+            (self.metrics.call_seconds.get_or_create(&labels))
+                .observe(started.elapsed().as_secs_f64());
+            answer
+        })
     }
 }
 
@@ -56,48 +62,23 @@ fn outcome<T>(answer: &Result<T, StoreError>) -> &'static str {
 
 impl Store for MeteredStore {
     fn transact(&self, ops: Vec<WriteOp>) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let answer = self.inner.transact(ops).await;
-            self.observe("transact", started, &answer);
-            answer
-        })
+        self.timed("transact", self.inner.transact(ops))
     }
 
     fn get(&self, key: Key) -> BoxFuture<'_, Result<Option<Item>, StoreError>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let answer = self.inner.get(key).await;
-            self.observe("get", started, &answer);
-            answer
-        })
+        self.timed("get", self.inner.get(key))
     }
 
     fn query(&self, query: Query) -> BoxFuture<'_, Result<Page, StoreError>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let answer = self.inner.query(query).await;
-            self.observe("query", started, &answer);
-            answer
-        })
+        self.timed("query", self.inner.query(query))
     }
 
     fn query_index(&self, query: IndexQuery) -> BoxFuture<'_, Result<Page, StoreError>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let answer = self.inner.query_index(query).await;
-            self.observe("query_index", started, &answer);
-            answer
-        })
+        self.timed("query_index", self.inner.query_index(query))
     }
 
     fn settle(&self) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let answer = self.inner.settle().await;
-            self.observe("settle", started, &answer);
-            answer
-        })
+        self.timed("settle", self.inner.settle())
     }
 }
 
