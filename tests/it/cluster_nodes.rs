@@ -212,10 +212,11 @@ fn listening(nodes: &mut [&mut Node]) {
         let stdout = node.process.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         loop {
-            let line = lines
-                .next()
-                .expect("payvisor exited before listening")
-                .expect("read stdout");
+            let Some(line) = lines.next() else {
+                let status = node.process.wait().expect("reap");
+                panic!("payvisor exited before listening ({status}); its stderr is above");
+            };
+            let line = line.expect("read stdout");
             if line.starts_with("payvisor listening on ") {
                 break;
             }

@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use crate::common::bank_sim::free_port;
 use crate::common::pager::PagerReceiver;
 use crate::common::*;
 use payvisor::grpc::pb;
@@ -40,14 +41,6 @@ fn server(pager: &PagerReceiver, metrics_port: u16) -> Server {
         &metrics,
     ]);
     Server::start(&args)
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn create(account: &str, request_id: &str, behaviour: &str) -> pb::CreatePaymentRequest {

@@ -28,11 +28,7 @@ struct Receiver {
 
 impl Receiver {
     fn start(dir: &Path) -> Receiver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = crate::common::bank_sim::free_port();
         let mut receiver = Receiver {
             process: None,
             port,

@@ -63,12 +63,28 @@ impl Drop for BankSim {
     }
 }
 
+/// A loopback port nothing listens on, for a process the test starts.
+///
+/// Taken below the kernel's ephemeral range (32768 and up on Linux), and
+/// never the same twice in one test run: a port the kernel picked for
+/// `bind(0)` is free again the moment the probe closes, and the kernel may
+/// hand it to one of the many outgoing connections the tests make before
+/// the started process binds it (CI saw a node exit before listening).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Test binaries run one after another, but two at once (by hand)
+    // start at different places.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = (std::process::id() % 64) * (SPAN / 64);
+    for _ in 0..SPAN {
+        let port = (FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port between {FIRST} and {}", FIRST + SPAN);
 }
 
 /// The whole HTTP/1.1 answer (status line, headers, body) to a GET.
