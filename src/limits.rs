@@ -248,6 +248,12 @@ pub const ALERT_STREAM_BUFFER: usize = 256;
 /// saturates (something is badly wrong, and pages say so).
 pub const STALLED_GAUGE_SCAN_MAX: usize = 100_000;
 
+/// Pending webhook pointers counted per index partition for the backlog
+/// gauge, per scrape: enough to see a backlog grow past anything healthy
+/// (16 × 1,000), few enough that a scrape stays one small read per
+/// partition.
+pub const WEBHOOK_BACKLOG_GAUGE_PER_SHARD: usize = 1_000;
+
 /// One send, connect to last response byte. PagerDuty answers in well under
 /// a second; past this the dispatcher's retry is a better bet than waiting.
 pub const PAGERDUTY_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);

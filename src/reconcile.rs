@@ -462,6 +462,8 @@ pub struct Periodic {
     pub every: std::time::Duration,
     /// Age a period must reach before it is reconciled.
     pub lag: std::time::Duration,
+    /// Runs timed (the metric).
+    pub sweeps: crate::metrics::SweepMetrics,
     /// Mismatches found since start (the metric).
     pub found: Counter,
     /// In a cluster, only the node that owns shard 0 reconciles (one run
@@ -484,7 +486,12 @@ impl Periodic {
                 from = to.max(from); // the leader reconciles this period
                 continue;
             }
-            if to > from && self.reconcile_period(from, to).await {
+            let started = std::time::Instant::now();
+            let reconciled = to > from && self.reconcile_period(from, to).await;
+            if to > from {
+                self.sweeps.observe("reconciliation", reconciled, started);
+            }
+            if reconciled {
                 from = to;
             }
         }

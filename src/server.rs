@@ -23,6 +23,7 @@ use crate::config::{AuthConfig, ClusterConfig, Config, PagerConfig};
 use crate::connectors::built_in_bank::BuiltInBank;
 use crate::connectors::http::{HttpBankConnector, HttpConnectorSettings};
 use crate::connectors::routing::{RoutedBank, Router};
+use crate::connectors::Connector;
 use crate::domain::payment::BankEvent;
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::cluster::{ClusterApi, PeerFeed};
@@ -33,8 +34,9 @@ use crate::grpc::pb::payment_service_server::PaymentServiceServer;
 use crate::grpc::{pb, PaymentApi};
 use crate::health::NodeHealth;
 use crate::limits;
+use crate::metrics::edges::{BankMetrics, MeteredAlertSink, MeteredConnector, MeteredWebhookSink};
 use crate::metrics::store::MeteredStore;
-use crate::metrics::{NodeMetrics, RpcMetrics};
+use crate::metrics::{NodeMetrics, RpcMetrics, SweepMetrics};
 use crate::random::SeededRandom;
 use crate::shutdown::{Shutdown, ShutdownTrigger, Tasks};
 use crate::store::{schema, Store, StoreError};
@@ -82,18 +84,22 @@ pub async fn run(
     // while the actors drain, then hands them over.
     let (membership_trigger, membership_stop) = crate::shutdown::channel();
     let membership = node.membership.take().map(|membership| {
-        follow_ownership(&node, &shutdown, &mut tasks);
+        follow_ownership(&node, metrics.sweeps.clone(), &shutdown, &mut tasks);
         tokio::spawn(membership.run(membership_stop))
     });
     let resumed = patiently("recovery sweep", transient_command_error, || {
-        node.orchestrator.recover()
+        (metrics.sweeps).time("recovery_startup", node.orchestrator.recover())
     })
     .await?;
-    sweep_periodically(&config, &node, &shutdown, &mut tasks);
+    sweep_periodically(&config, &node, &metrics.sweeps, &shutdown, &mut tasks);
     if let Some(address) = config.metrics_listen {
         let listener = TcpListener::bind(address).await?;
         tracing::info!(listen = %listener.local_addr()?, "metrics serving");
-        let render = metrics_renderer(node.orchestrator.clone(), metrics.clone());
+        let render = metrics_renderer(
+            node.orchestrator.clone(),
+            node.http_banks.clone(),
+            metrics.clone(),
+        );
         let tls = http1_tls(config.auth.metrics_tls.as_ref(), &shutdown, &mut tasks)?;
         let serving = crate::metrics::serve(listener, tls, render, shutdown.clone());
         tasks.spawn("metrics", serving);
@@ -176,8 +182,11 @@ impl Node {
         let random = Arc::new(SeededRandom::from_entropy());
         let (bank_events, bank_event_queue) = mpsc::channel(limits::BANK_EVENT_QUEUE_MAX);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let (router, http_banks) = banks(config, &clock, &random, bank_events)?;
-        let alert_sink = alert_sink(&config.watchdog.pager)?;
+        let (router, http_banks) = banks(config, &clock, &random, bank_events, &metrics.bank)?;
+        let alert_sink: Arc<dyn AlertSink> = Arc::new(MeteredAlertSink::new(
+            alert_sink(&config.watchdog.pager)?,
+            metrics.pages.clone(),
+        ));
         let rules = Arc::new(match &config.rules {
             Some(path) => RulesInForce::from_file(path.clone())?,
             None => RulesInForce::approve_all(),
@@ -211,7 +220,11 @@ impl Node {
             alert_sink: alert_sink.clone(),
             node_name: config.watchdog.node_name.clone(),
             rules: rules.clone(),
-            webhook_sink: Arc::new(HttpWebhookSink::new(webhooks_over_tls)?),
+            webhook_sink: Arc::new(MeteredWebhookSink::new(
+                Arc::new(HttpWebhookSink::new(webhooks_over_tls)?),
+                &config.webhooks.endpoints,
+                metrics.webhooks.clone(),
+            )),
             webhooks: config.webhooks.clone(),
         };
         let orchestrator = Orchestrator::start(components, bank_event_queue, shutdown, tasks);
@@ -325,7 +338,7 @@ fn owned_count(cluster: &Cluster) -> usize {
 /// their accounts are retired (their new owner runs them); when shards
 /// come, their payments in flight are resumed (the previous owner may have
 /// died mid-way). Ownership changes are counted.
-fn follow_ownership(node: &Node, shutdown: &Shutdown, tasks: &mut Tasks) {
+fn follow_ownership(node: &Node, sweeps: SweepMetrics, shutdown: &Shutdown, tasks: &mut Tasks) {
     let Some(cluster) = node.cluster.clone() else {
         return;
     };
@@ -366,7 +379,8 @@ fn follow_ownership(node: &Node, shutdown: &Shutdown, tasks: &mut Tasks) {
                 let picked = |account: &crate::domain::AccountId| {
                     (cluster.ownership.shard(account)).is_some_and(|shard| gained.contains(&shard))
                 };
-                match orchestrator.recover_where(picked).await {
+                let recovery = orchestrator.recover_where(picked);
+                match sweeps.time("recovery_gained_shards", recovery).await {
                     Ok(resumed) => tracing::info!(gained = gained.len(), resumed, held = holding.len(), "shards gained"),
                     Err(error) => tracing::warn!(%error, "payments of gained shards not resumed now; the watchdog re-drives them"),
                 }
@@ -395,6 +409,7 @@ fn reconcile_periodically(
             every: config.reconcile_every,
             lag: config.reconcile_lag,
             found: metrics.reconciliation_mismatches.clone(),
+            sweeps: metrics.sweeps.clone(),
             ownership: node
                 .cluster
                 .as_ref()
@@ -408,35 +423,45 @@ fn reconcile_periodically(
 /// The node's periodic work after recovery: the late recovery sweep (on a
 /// store that needs one), the watchdog, the webhook dispatcher and the rules
 /// reloader.
-fn sweep_periodically(config: &Config, node: &Node, shutdown: &Shutdown, tasks: &mut Tasks) {
+fn sweep_periodically(
+    config: &Config,
+    node: &Node,
+    sweeps: &SweepMetrics,
+    shutdown: &Shutdown,
+    tasks: &mut Tasks,
+) {
     if let Some(bound) = config.store.late_write_bound() {
-        let sweep = late_recovery_sweep(node.orchestrator.clone(), bound, shutdown.clone());
+        let orchestrator = node.orchestrator.clone();
+        let sweep = late_recovery_sweep(orchestrator, sweeps.clone(), bound, shutdown.clone());
         tasks.spawn("late recovery sweep", sweep);
     }
     // The watchdog's first sweep runs now: reminders that fell due while the
     // node was down fire at once (catch-up), and undelivered pages go out.
     let watched = node.orchestrator.clone();
+    let timed = sweeps.clone();
     let failures = crate::watchdog::SweepFailurePager::new(
         node.alert_sink.clone(),
         node.clock.clone(),
         config.watchdog.node_name.clone(),
         config.watchdog.failing_page_after,
     );
-    let sweeps = crate::watchdog::run_sweeps(
+    let watchdog = crate::watchdog::run_sweeps(
         config.watchdog.sweep_every,
         shutdown.clone(),
         failures,
         move || {
             let orchestrator = watched.clone();
-            async move { orchestrator.sweep_watchdog().await }
+            let timed = timed.clone();
+            async move { timed.time("watchdog", orchestrator.sweep_watchdog()).await }
         },
     );
-    tasks.spawn("watchdog", sweeps);
+    tasks.spawn("watchdog", watchdog);
     // Undelivered webhooks (from before a restart too) go out now.
     let webhooks = node.orchestrator.webhooks().clone();
     let until = shutdown.clone();
+    let timed = sweeps.clone();
     tasks.spawn("webhook dispatcher", async move {
-        webhooks.run_until(limits::WEBHOOK_SWEEP_EVERY, until).await;
+        (webhooks.run_until(limits::WEBHOOK_SWEEP_EVERY, timed, until)).await;
     });
     let reloading =
         Arc::clone(&node.rules).watch_until(limits::RULES_RELOAD_EVERY, shutdown.clone());
@@ -452,7 +477,11 @@ fn banks(
     clock: &Arc<dyn Clock>,
     random: &Arc<SeededRandom>,
     bank_events: mpsc::Sender<BankEvent>,
+    metrics: &BankMetrics,
 ) -> anyhow::Result<(Router, Vec<Arc<HttpBankConnector>>)> {
+    let metered = |name: &str, connector: Arc<dyn Connector>| -> Arc<dyn Connector> {
+        Arc::new(MeteredConnector::new(name, connector, metrics.clone()))
+    };
     let http_banks = config
         .banks
         .iter()
@@ -467,14 +496,8 @@ fn banks(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let router = if http_banks.is_empty() {
-        Router::single(
-            "built-in",
-            Arc::new(BuiltInBank::new(
-                config.built_in_bank,
-                random.clone(),
-                bank_events,
-            )),
-        )
+        let built_in = BuiltInBank::new(config.built_in_bank, random.clone(), bank_events);
+        Router::single("built-in", metered("built-in", Arc::new(built_in)))
     } else {
         Router::new(
             config
@@ -486,7 +509,7 @@ fn banks(
                     priority: bank.priority,
                     cost_bps: bank.cost_bps,
                     currencies: bank.currencies.clone(),
-                    connector: http.clone(),
+                    connector: metered(&bank.endpoint.name, http.clone()),
                     http: Some(http.clone()),
                 })
                 .collect(),
@@ -711,7 +734,12 @@ async fn serve_grpc(
 /// On a store that can apply a dead node's in-flight writes late, a payment
 /// written by the previous incarnation after the start-up sweep would be
 /// missed: sweep again once no such write can still land.
-async fn late_recovery_sweep(orchestrator: Orchestrator, bound: Duration, shutdown: Shutdown) {
+async fn late_recovery_sweep(
+    orchestrator: Orchestrator,
+    sweeps: SweepMetrics,
+    bound: Duration,
+    shutdown: Shutdown,
+) {
     tokio::select! {
         () = shutdown.signalled() => return,
         () = tokio::time::sleep(bound + limits::RECOVERY_LATE_SWEEP_MARGIN) => {}
@@ -719,7 +747,7 @@ async fn late_recovery_sweep(orchestrator: Orchestrator, bound: Duration, shutdo
     // Until it succeeds: a payment it would miss has no one else to find it.
     let mut backoff = limits::STARTUP_STORE_BACKOFF_INITIAL;
     loop {
-        match orchestrator.recover().await {
+        match sweeps.time("recovery_late", orchestrator.recover()).await {
             Ok(resumed) => return tracing::info!(resumed, "late recovery sweep done"),
             Err(error) if transient_command_error(&error) => {
                 tracing::warn!(%error, retry_in = ?backoff, "late recovery sweep failed; retrying");
@@ -773,10 +801,17 @@ where
 /// The Prometheus exposition: `metrics`, and stalled payments by state (a
 /// bounded count from the store's stalled index, so every node reports the
 /// same truth).
-fn metrics_renderer(orchestrator: Orchestrator, metrics: NodeMetrics) -> crate::metrics::Render {
+fn metrics_renderer(
+    orchestrator: Orchestrator,
+    http_banks: Vec<Arc<HttpBankConnector>>,
+    metrics: NodeMetrics,
+) -> crate::metrics::Render {
     Arc::new(move || {
         let orchestrator = orchestrator.clone();
         let metrics = metrics.clone();
+        let breakers = (http_banks.iter())
+            .map(|bank| (bank.name().to_owned(), bank.breaker().state()))
+            .collect();
         Box::pin(async move {
             let stalled = match orchestrator.stalled_counts().await {
                 Ok(counts) => Some(counts),
@@ -790,7 +825,16 @@ fn metrics_renderer(orchestrator: Orchestrator, metrics: NodeMetrics) -> crate::
                     .metrics()
                     .num_alive_tasks(),
                 accounts_live: orchestrator.live_accounts(),
+                queues: orchestrator.queue_depth(),
                 process: crate::metrics::ProcessStats::read(),
+                breakers,
+                webhook_backlog: match orchestrator.webhook_backlog().await {
+                    Ok(backlog) => backlog,
+                    Err(error) => {
+                        tracing::warn!(%error, "webhook backlog not counted");
+                        None
+                    }
+                },
             };
             metrics.page(stalled.as_ref(), held)
         })

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ractor::{ActorId, ActorRef, MessagingErr};
@@ -33,6 +34,21 @@ struct Entry {
     sent: u64,
     /// Commands the actor takes several at a time (see [`Inbox`]).
     inbox: Inbox,
+    /// Messages the actor has received (it publishes the count).
+    received: Arc<AtomicU64>,
+}
+
+/// How much work waits in the account actors' queues, at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Messages sent to actors and not yet received, over all actors.
+    pub mailbox_messages: u64,
+    /// The most any one actor has waiting.
+    pub mailbox_messages_max: u64,
+    /// Commands waiting in the actors' inboxes (creates and bank outcomes
+    /// taken several at a time), over all actors.
+    pub inbox_commands: u64,
+    pub inbox_commands_max: u64,
 }
 
 pub struct Directory {
@@ -107,11 +123,13 @@ impl Directory {
                 Some(entry) => entry,
                 None => {
                     let inbox = Inbox::default();
+                    let received = Arc::new(AtomicU64::new(0));
                     let args = AccountArgs {
                         account: account.clone(),
                         shared: Arc::clone(shared),
                         inbox: Arc::clone(&inbox),
                         passivation: Arc::clone(self) as Arc<dyn Passivation>,
+                        received_gauge: Arc::clone(&received),
                     };
                     let (actor, _) = ractor::ActorRuntime::spawn_instant(None, AccountActor, args)
                         .map_err(|error| {
@@ -121,6 +139,7 @@ impl Directory {
                         actor,
                         sent: 0,
                         inbox,
+                        received,
                     })
                 }
             };
@@ -199,6 +218,25 @@ impl Directory {
                     .collect::<Vec<_>>()
             })
             .collect()
+    }
+
+    /// What waits in the actors' queues now (one pass over the shards,
+    /// each locked briefly: a scrape's cost grows with the live actors).
+    pub fn queue_depth(&self) -> QueueDepth {
+        let mut depth = QueueDepth::default();
+        for shard in &self.shards {
+            for entry in lock(shard).values() {
+                let messages = entry
+                    .sent
+                    .saturating_sub(entry.received.load(Ordering::Relaxed));
+                let commands = lock(&entry.inbox).len() as u64;
+                depth.mailbox_messages += messages;
+                depth.mailbox_messages_max = depth.mailbox_messages_max.max(messages);
+                depth.inbox_commands += commands;
+                depth.inbox_commands_max = depth.inbox_commands_max.max(commands);
+            }
+        }
+        depth
     }
 
     pub fn len(&self) -> usize {

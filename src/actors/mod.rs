@@ -524,6 +524,11 @@ impl Orchestrator {
         self.directory.len()
     }
 
+    /// What waits in the account actors' queues now.
+    pub fn queue_depth(&self) -> directory::QueueDepth {
+        self.directory.queue_depth()
+    }
+
     /// Re-drives every watched payment of the accounts this node serves:
     /// called at start-up. Returns how many payments were resumed.
     pub async fn recover(&self) -> Result<usize, CommandError> {
@@ -602,6 +607,18 @@ impl Orchestrator {
     /// The live feed of committed events for `WatchPaymentEvents`.
     pub fn subscribe_events(&self) -> tokio::sync::broadcast::Receiver<Arc<PaymentEvent>> {
         self.shared.events.subscribe()
+    }
+
+    /// Webhook deliveries pending, read from the store; `None` when no
+    /// endpoint is configured.
+    pub async fn webhook_backlog(&self) -> Result<Option<schema::WebhookBacklog>, CommandError> {
+        if self.shared.webhooks.settings().endpoints.is_empty() {
+            return Ok(None);
+        }
+        let now = self.shared.clock.now();
+        Ok(Some(
+            schema::webhook_backlog(self.shared.store.as_ref(), now).await?,
+        ))
     }
 
     /// The webhook dispatcher (its sweep, re-sends).

@@ -37,6 +37,12 @@ pub enum PageClass {
 }
 
 impl PageClass {
+    pub const ALL: [PageClass; 3] = [
+        PageClass::StalledPayment,
+        PageClass::ReconciliationMismatch,
+        PageClass::WatchdogFailing,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             PageClass::StalledPayment => "stalled_payment",

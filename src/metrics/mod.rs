@@ -12,6 +12,7 @@
 //! **Boundary:** scrapes are read-only and idempotent, so on shutdown open
 //! connections are simply dropped, not drained.
 
+pub mod edges;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -99,6 +100,15 @@ pub struct NodeMetrics {
     pub rpc: RpcMetrics,
     /// Store calls made.
     pub store: StoreMetrics,
+    /// Bank calls made.
+    pub bank: edges::BankMetrics,
+    /// Pages handed to the pager.
+    pub pages: edges::PageMetrics,
+    /// Webhook deliveries attempted.
+    pub webhooks: edges::WebhookMetrics,
+    /// Background runs (watchdog, recovery, reconciliation, webhook
+    /// dispatch) timed.
+    pub sweeps: SweepMetrics,
 }
 
 /// Upper bounds of the latency buckets, in seconds: from a cached read
@@ -181,6 +191,70 @@ impl Default for StoreMetrics {
     }
 }
 
+/// A background run's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SweepLabels {
+    /// `watchdog`, `recovery_startup`, `recovery_late`,
+    /// `recovery_gained_shards`, `reconciliation`, `webhooks`.
+    pub sweep: &'static str,
+    /// `ok` or `failed`.
+    pub outcome: &'static str,
+}
+
+/// Background runs timed, by kind and outcome (the count of a histogram
+/// is the number of runs).
+#[derive(Clone, Debug)]
+pub struct SweepMetrics {
+    pub run_seconds: LatencyFamily<SweepLabels>,
+}
+
+impl Default for SweepMetrics {
+    fn default() -> SweepMetrics {
+        let metrics = SweepMetrics {
+            run_seconds: latency_family(),
+        };
+        // Failures exist at zero from the start (an alert's `increase()`
+        // sees the first).
+        for sweep in [
+            "watchdog",
+            "recovery_startup",
+            "recovery_late",
+            "recovery_gained_shards",
+            "reconciliation",
+            "webhooks",
+        ] {
+            let outcome = "failed";
+            let _zero = metrics
+                .run_seconds
+                .get_or_create(&SweepLabels { sweep, outcome });
+        }
+        metrics
+    }
+}
+
+impl SweepMetrics {
+    /// Runs `run`, timed as a `sweep` that failed if it returned `Err`.
+    pub async fn time<T, E>(
+        &self,
+        sweep: &'static str,
+        run: impl std::future::Future<Output = Result<T, E>>,
+    ) -> Result<T, E> {
+        let started = std::time::Instant::now();
+        let answer = run.await;
+        self.observe(sweep, answer.is_ok(), started);
+        answer
+    }
+
+    /// Records one run of `sweep` that began at `started`.
+    pub fn observe(&self, sweep: &'static str, ok: bool, started: std::time::Instant) {
+        let outcome = if ok { "ok" } else { "failed" };
+        (self
+            .run_seconds
+            .get_or_create(&SweepLabels { sweep, outcome }))
+        .observe(started.elapsed().as_secs_f64());
+    }
+}
+
 /// What the kernel says about this process (Linux `/proc/self`), under the
 /// names every Prometheus client library uses, so stock dashboards and
 /// alerts work.
@@ -246,12 +320,19 @@ impl ProcessStats {
 
 /// What the process holds at a scrape, for watching leaks (the soak, and
 /// dashboards, read these): per node, so `sum` across replicas is right.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct Held {
     pub tasks_alive: usize,
     pub accounts_live: usize,
+    /// What waits in the account actors' queues.
+    pub queues: crate::actors::directory::QueueDepth,
     /// `None` where the kernel does not say (not Linux).
     pub process: Option<ProcessStats>,
+    /// Each HTTP bank's circuit breaker, by bank name.
+    pub breakers: Vec<(String, crate::connectors::breaker::BreakerState)>,
+    /// Webhook deliveries pending, as read from the store now (`None`:
+    /// not read: no endpoint configured, or the store did not answer).
+    pub webhook_backlog: Option<crate::store::schema::WebhookBacklog>,
 }
 
 impl NodeMetrics {
@@ -346,6 +427,89 @@ impl NodeMetrics {
             "Time of each store call, by operation and outcome",
             self.store.call_seconds.clone(),
         );
+        registry.register(
+            "payvisor_bank_call_seconds",
+            "Time of each call to a bank (its retries included), by bank, operation and outcome",
+            self.bank.call_seconds.clone(),
+        );
+        registry.register(
+            "payvisor_pages",
+            "Pages handed to the pager (each attempt), by class, action and outcome",
+            self.pages.attempts.clone(),
+        );
+        registry.register(
+            "payvisor_webhook_delivery_seconds",
+            "Time of each webhook delivery attempt (one event to one endpoint), by endpoint and outcome",
+            self.webhooks.delivery_seconds.clone(),
+        );
+        registry.register(
+            "payvisor_sweep_seconds",
+            "Time of each background run (watchdog sweep, recovery, reconciliation, webhook dispatch), by kind and outcome",
+            self.sweeps.run_seconds.clone(),
+        );
+        let breakers = held
+            .breakers
+            .iter()
+            .flat_map(|(bank, state)| {
+                use crate::connectors::breaker::BreakerState;
+                [
+                    ("closed", BreakerState::Closed),
+                    ("open", BreakerState::Open),
+                    ("half_open", BreakerState::HalfOpen),
+                ]
+                .into_iter()
+                .map(move |(name, each)| ((bank.clone(), name), i64::from(*state == each)))
+            })
+            .collect::<Vec<_>>();
+        if !breakers.is_empty() {
+            registry.register_collector(Box::new(LabelledGauges {
+            name: "payvisor_bank_breaker_state",
+            help: "1 for the state each bank's circuit breaker is in (closed, open, half_open), 0 for the others.",
+            labels: ("bank", "state"),
+            samples: breakers,
+            }));
+        }
+        let queues = held.queues;
+        for (name, help, value) in [
+            (
+                "payvisor_account_mailbox_messages",
+                "Messages sent to this node's account actors and not yet received, over all actors.",
+                queues.mailbox_messages,
+            ),
+            (
+                "payvisor_account_mailbox_messages_max",
+                "The most messages any one account actor of this node has waiting.",
+                queues.mailbox_messages_max,
+            ),
+            (
+                "payvisor_account_inbox_commands",
+                "Creates and bank outcomes waiting in this node's account inboxes (taken several per write), over all actors.",
+                queues.inbox_commands,
+            ),
+            (
+                "payvisor_account_inbox_commands_max",
+                "The most commands any one account inbox of this node has waiting.",
+                queues.inbox_commands_max,
+            ),
+        ] {
+            registry.register_collector(Box::new(GaugeFamily::new(
+                name,
+                help,
+                &[("", "", value as i64)],
+            )));
+        }
+        if let Some(backlog) = &held.webhook_backlog {
+            registry.register_collector(Box::new(GaugeFamily::new(
+                "payvisor_webhook_backlog",
+                "Event records with a webhook delivery pending, as read from the store (the same on every node: aggregate with max, not sum; counted up to a bound).",
+                &[("", "", backlog.pending as i64)],
+            )));
+            registry.register_collector(Box::new(GaugeFamily::new(
+                "payvisor_webhook_overdue_seconds",
+                "How long the most overdue pending webhook delivery has been due, as read from the store (0: none overdue; aggregate with max).",
+                &[("", "", backlog.overdue_seconds)],
+            )));
+        }
         registry.register_collector(Box::new(GaugeFamily::new(
             "payvisor_build_info",
             "Always 1; the version of the running build.",
@@ -411,6 +575,29 @@ fn encode(registry: &Registry) -> String {
     let mut text = String::new();
     prometheus_text::encode(&mut text, registry).expect("writing to a String cannot fail");
     text
+}
+
+/// A gauge family with two labels, read at scrape time, encoded in the
+/// order of its samples.
+#[derive(Debug)]
+struct LabelledGauges {
+    name: &'static str,
+    help: &'static str,
+    labels: (&'static str, &'static str),
+    samples: Vec<((String, &'static str), i64)>,
+}
+
+impl Collector for LabelledGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut family =
+            encoder.encode_descriptor(self.name, self.help, None, MetricType::Gauge)?;
+        for ((first, second), sample) in &self.samples {
+            family
+                .encode_family(&[(self.labels.0, first.as_str()), (self.labels.1, *second)])?
+                .encode_gauge(sample)?;
+        }
+        Ok(())
+    }
 }
 
 /// A gauge family read at scrape time, encoded in the order of its samples.
@@ -511,6 +698,7 @@ mod tests {
             tasks_alive: 12,
             accounts_live: 3,
             process: None,
+            ..Held::default()
         };
         let page = metrics.page(Some(&stalled), held);
         let mut expected = "# HELP payvisor_reconciliation_mismatches_total Mismatches found by reconciliation with the bank since start.\n\
@@ -554,7 +742,29 @@ mod tests {
              payvisor_build_info{{version=\"{}\"}} 1\n",
             env!("CARGO_PKG_VERSION")
         ));
-        assert_eq!(page, expected);
+        // The families this test is about, in the page's order (the
+        // others, such as the sweeps' zero series and the account queues,
+        // have tests of their own).
+        let about = [
+            "payvisor_reconciliation_mismatches",
+            "payvisor_auth_failures",
+            "payvisor_rate_limited",
+            "payvisor_stalled_",
+            "payvisor_runtime_tasks_alive",
+            "payvisor_accounts_live",
+            "payvisor_build_info",
+        ];
+        let mut ours = String::new();
+        for line in page.lines() {
+            let name = line
+                .trim_start_matches("# HELP ")
+                .trim_start_matches("# TYPE ");
+            if about.iter().any(|family| name.starts_with(family)) {
+                ours.push_str(line);
+                ours.push('\n');
+            }
+        }
+        assert_eq!(ours, expected);
 
         // The store could not be read: zeros, and the scan says so.
         let page = metrics.page(None, Held::default());

@@ -83,9 +83,18 @@ impl WebhookDispatcher {
 
     /// Sweeps every `every`, and whenever woken, until `shutdown` fires; a
     /// sweep in progress finishes first (its deliveries are recorded).
-    pub async fn run_until(&self, every: Duration, shutdown: Shutdown) {
+    pub async fn run_until(
+        &self,
+        every: Duration,
+        sweeps: crate::metrics::SweepMetrics,
+        shutdown: Shutdown,
+    ) {
         loop {
-            self.sweep_logged().await;
+            if !self.inner.settings.endpoints.is_empty() {
+                let started = std::time::Instant::now();
+                let ok = self.sweep_logged().await;
+                sweeps.observe("webhooks", ok, started);
+            }
             tokio::select! {
                 () = shutdown.signalled() => return,
                 () = self.inner.wake.notified() => {}
@@ -94,9 +103,14 @@ impl WebhookDispatcher {
         }
     }
 
-    async fn sweep_logged(&self) {
-        if let Err(error) = self.sweep().await {
-            tracing::warn!(%error, "webhook sweep failed; retrying next tick");
+    /// One sweep; `false` if it failed (logged).
+    async fn sweep_logged(&self) -> bool {
+        match self.sweep().await {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::warn!(%error, "webhook sweep failed; retrying next tick");
+                false
+            }
         }
     }
 

@@ -182,7 +182,166 @@ async fn metrics_count_every_call_by_method_and_code_and_pass_promtool() {
         "{page}"
     );
     promtool_check_metrics(&page);
+}
+
+/// Scrapes until `ready` holds of the page (bounded), and returns it.
+async fn scrape_until(listen: &str, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let page = scrape(listen);
+        if ready(&page) {
+            return page;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never seen: {what}\n{page}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The boundaries beyond the store, on the page: bank calls by bank and
+/// outcome, each breaker's state (it opens when the bank goes away),
+/// webhook deliveries and the pending backlog with its age, pages by class,
+/// background runs timed, and the account actors' queues. The page passes
+/// promtool, and every series the alert rules and the dashboard query is on
+/// it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn banks_breakers_webhooks_pages_sweeps_and_queues_are_measured() {
+    use crate::common::bank_sim::{BankSim, BANK_SIM_SECRET};
+    let dir = tempfile::tempdir().unwrap();
+    let bank = BankSim::start(dir.path(), free_port(), &[]);
+    let bank_url = format!("http://{}", bank.address);
+    // An endpoint nothing listens on: every delivery fails, and waits.
+    let hooks = dir.path().join("webhooks.json");
+    let nowhere = format!("http://127.0.0.1:{}/hooks", free_port());
+    std::fs::write(
+        &hooks,
+        serde_json::json!({"endpoints": [{"name": "shop", "url": nowhere, "secret": "whsec-0123456789abcdef"}]})
+            .to_string(),
+    )
+    .unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let callbacks = format!("127.0.0.1:{}", free_port());
+    let server = Server::start(&[
+        "--metrics-listen",
+        &metrics,
+        "--bank-url",
+        &bank_url,
+        "--bank-name",
+        "bank-a",
+        "--bank-secret",
+        BANK_SIM_SECRET,
+        "--bank-callback-listen",
+        &callbacks,
+        "--webhooks",
+        hooks.to_str().unwrap(),
+    ]);
+    let mut client = server.client().await;
+    processed_payment(&mut client, "acme", "edge-1", 1_000).await;
+
+    let bank_calls = |page: &str, operation: &str, outcome: &str| {
+        sample(
+            page,
+            &format!("payvisor_bank_call_seconds_count{{bank=\"bank-a\",operation=\"{operation}\",outcome=\"{outcome}\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    let page = scrape_until(
+        &metrics,
+        "a failed webhook delivery, a watchdog sweep",
+        |page| {
+            sample(
+                page,
+                "payvisor_webhook_delivery_seconds_count{endpoint=\"shop\",outcome=\"failed\"}",
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+                && sample(
+                    page,
+                    "payvisor_sweep_seconds_count{sweep=\"watchdog\",outcome=\"ok\"}",
+                )
+                .unwrap_or(0.0)
+                    >= 1.0
+                && sample(
+                    page,
+                    "payvisor_sweep_seconds_count{sweep=\"webhooks\",outcome=\"ok\"}",
+                )
+                .unwrap_or(0.0)
+                    >= 1.0
+        },
+    )
+    .await;
+    assert_eq!(bank_calls(&page, "submit_payment", "ok"), 1.0, "{page}");
+    assert_eq!(
+        bank_calls(&page, "submit_payment", "unavailable"),
+        0.0,
+        "{page}"
+    );
+    for (state, value) in [("closed", 1.0), ("open", 0.0), ("half_open", 0.0)] {
+        let series = format!("payvisor_bank_breaker_state{{bank=\"bank-a\",state=\"{state}\"}}");
+        assert_eq!(sample(&page, &series), Some(value), "{series}\n{page}");
+    }
+    // The payment's events wait for the endpoint: created, approved, sent,
+    // processed, in one record or several, at least one pending.
+    let backlog = sample(&page, "payvisor_webhook_backlog").expect("the backlog gauge");
+    assert!(backlog >= 1.0, "{page}");
+    assert!(
+        sample(&page, "payvisor_webhook_overdue_seconds").is_some(),
+        "{page}"
+    );
+    assert_eq!(
+        sample(
+            &page,
+            "payvisor_sweep_seconds_count{sweep=\"recovery_startup\",outcome=\"ok\"}"
+        ),
+        Some(1.0),
+        "{page}"
+    );
+    // Pages by class exist at zero before any is sent (alerts see the first).
+    assert_eq!(
+        sample(
+            &page,
+            "payvisor_pages_total{class=\"stalled_payment\",action=\"trigger\",outcome=\"failed\"}"
+        ),
+        Some(0.0),
+        "{page}"
+    );
+    for gauge in [
+        "payvisor_account_mailbox_messages",
+        "payvisor_account_mailbox_messages_max",
+        "payvisor_account_inbox_commands",
+        "payvisor_account_inbox_commands_max",
+    ] {
+        assert!(sample(&page, gauge).is_some(), "{gauge}: {page}");
+    }
+    promtool_check_metrics(&page);
     every_series_named_in_deploy_is_on_the_page(&page);
+
+    // The bank goes away: its calls fail, and its breaker opens.
+    drop(bank);
+    for n in 0..6 {
+        created_payment(&mut client, "acme", &format!("edge-down-{n}"), 1_000).await;
+    }
+    let page = scrape_until(&metrics, "bank-a's breaker open", |page| {
+        sample(
+            page,
+            "payvisor_bank_breaker_state{bank=\"bank-a\",state=\"open\"}",
+        ) == Some(1.0)
+    })
+    .await;
+    // A call whose retries ran into the opened breaker ends `circuit_open`.
+    let failed = bank_calls(&page, "submit_payment", "unavailable")
+        + bank_calls(&page, "submit_payment", "circuit_open");
+    assert!(failed >= 1.0, "{page}");
+    assert_eq!(
+        sample(
+            &page,
+            "payvisor_bank_breaker_state{bank=\"bank-a\",state=\"closed\"}"
+        ),
+        Some(0.0),
+        "{page}"
+    );
 }
 
 /// The metric names the alert rules and the dashboard query (identifiers

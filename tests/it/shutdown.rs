@@ -51,6 +51,7 @@ async fn the_periodic_reconciliation_returns_when_the_signal_fires() {
         every: Duration::from_secs(3600),
         lag: Duration::from_secs(60),
         found: found.clone(),
+        sweeps: Default::default(),
         ownership: Default::default(),
     };
     let (trigger, shutdown) = payvisor::shutdown::channel();

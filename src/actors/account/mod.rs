@@ -56,6 +56,10 @@ pub struct AccountArgs {
     pub shared: Arc<Shared>,
     pub inbox: Inbox,
     pub passivation: Arc<dyn Passivation>,
+    /// Where the actor publishes how many directory messages it has
+    /// received, so the directory can report mailbox depth (sent minus
+    /// received) without asking the actor.
+    pub received_gauge: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub use super::inbox::Reply;
@@ -151,6 +155,8 @@ pub struct AccountState {
     restarts: HashMap<PaymentId, u32>,
     /// Messages received through the directory (see passivation).
     received: u64,
+    /// `received`, published for the mailbox-depth gauge.
+    received_gauge: Arc<std::sync::atomic::AtomicU64>,
     /// Scheduled retries not yet run: the actor must not passivate while
     /// any is pending, or the work would be lost with it.
     retries_pending: u32,
@@ -181,6 +187,7 @@ impl Actor for AccountActor {
             child_payments: HashMap::new(),
             restarts: HashMap::new(),
             received: 0,
+            received_gauge: args.received_gauge,
             retries_pending: 0,
             last_activity: Instant::now(),
             idle_timer: None,
@@ -257,6 +264,7 @@ impl AccountState {
     async fn handle_message(&mut self, myself: ActorRef<AccountMsg>, message: AccountMsg) {
         if message.via_directory() {
             self.received += 1;
+            (self.received_gauge).store(self.received, std::sync::atomic::Ordering::Relaxed);
             self.last_activity = Instant::now();
         }
         match message {

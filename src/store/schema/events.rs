@@ -177,3 +177,43 @@ pub async fn webhooks_due(
         .map(decode_webhook_due)
         .collect()
 }
+
+/// Webhook deliveries pending, at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WebhookBacklog {
+    /// Event records with a delivery pending (to any endpoint), counted up
+    /// to [`limits::WEBHOOK_BACKLOG_GAUGE_PER_SHARD`] per index partition.
+    pub pending: u64,
+    /// How long the most overdue of them has been due, in whole seconds
+    /// (0 when none is due yet).
+    pub overdue_seconds: i64,
+}
+
+/// Counts the pending deliveries: the `HOOK` index holds exactly one
+/// pointer per event record with a delivery pending, under its next
+/// attempt's time, so each partition's first pointer is its most overdue.
+pub async fn webhook_backlog(
+    store: &dyn Store,
+    now: Timestamp,
+) -> Result<WebhookBacklog, StoreError> {
+    let mut backlog = WebhookBacklog::default();
+    for shard in 0..limits::ACCOUNT_SHARDS {
+        let page = store
+            .query_index(IndexQuery {
+                index_pk: index_partition(WEBHOOKS_DUE, shard),
+                start_after: None,
+                end_at: None,
+                limit: limits::WEBHOOK_BACKLOG_GAUGE_PER_SHARD,
+            })
+            .await?;
+        backlog.pending += page.items.len() as u64;
+        let first_due = (page.items.first())
+            .and_then(|item| item.index.as_ref())
+            .and_then(|index| index.sk.get(..13)?.parse::<i64>().ok());
+        if let Some(due_ms) = first_due {
+            let overdue = (now.unix_millis() - due_ms).div_euclid(1000);
+            backlog.overdue_seconds = backlog.overdue_seconds.max(overdue);
+        }
+    }
+    Ok(backlog)
+}
