@@ -1,6 +1,12 @@
 //! The server's log: text or JSON lines on stderr, filtered by `RUST_LOG`
 //! (default `info`). A cluster member's lines carry its node id, so that
 //! the lines of several nodes can be merged and still told apart.
+//!
+//! JSON lines are flat: the event's fields sit beside `timestamp`,
+//! `level`, `target` and `message`, where a log pipeline indexes them
+//! without unnesting. Text lines are coloured only when stderr is a
+//! terminal (and `NO_COLOR` is not set): escape codes in a file or a
+//! collector are noise.
 
 use std::fmt;
 
@@ -13,12 +19,20 @@ use tracing_subscriber::registry::LookupSpan;
 pub fn init(json: bool, node: Option<String>) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(colour);
     match (json, node) {
         (false, None) => builder.init(),
-        (true, None) => builder.json().init(),
+        (true, None) => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
         (false, Some(node)) => builder
             .event_format(WithNode {
                 node,
@@ -31,7 +45,11 @@ pub fn init(json: bool, node: Option<String>) {
             .event_format(WithNode {
                 node,
                 json: true,
-                inner: tracing_subscriber::fmt::format().json(),
+                inner: tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false),
             })
             .init(),
     }

@@ -461,7 +461,8 @@ fn sweep_periodically(
     let until = shutdown.clone();
     let timed = sweeps.clone();
     tasks.spawn("webhook dispatcher", async move {
-        (webhooks.run_until(limits::WEBHOOK_SWEEP_EVERY, timed, until)).await;
+        let swept = |ok, started| timed.observe("webhooks", ok, started);
+        (webhooks.run_until(limits::WEBHOOK_SWEEP_EVERY, swept, until)).await;
     });
     let reloading =
         Arc::clone(&node.rules).watch_until(limits::RULES_RELOAD_EVERY, shutdown.clone());

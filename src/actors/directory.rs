@@ -24,6 +24,7 @@ use super::account::{AccountActor, AccountArgs, AccountMsg, Passivation};
 use super::inbox::{Batched, Inbox};
 use super::{CommandError, Shared};
 use crate::domain::AccountId;
+use crate::metrics::QueueDepth;
 
 /// Shards of the directory: fewer lock collisions between accounts.
 const SHARDS: usize = 32;
@@ -36,19 +37,6 @@ struct Entry {
     inbox: Inbox,
     /// Messages the actor has received (it publishes the count).
     received: Arc<AtomicU64>,
-}
-
-/// How much work waits in the account actors' queues, at one moment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct QueueDepth {
-    /// Messages sent to actors and not yet received, over all actors.
-    pub mailbox_messages: u64,
-    /// The most any one actor has waiting.
-    pub mailbox_messages_max: u64,
-    /// Commands waiting in the actors' inboxes (creates and bank outcomes
-    /// taken several at a time), over all actors.
-    pub inbox_commands: u64,
-    pub inbox_commands_max: u64,
 }
 
 pub struct Directory {

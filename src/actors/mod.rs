@@ -525,7 +525,7 @@ impl Orchestrator {
     }
 
     /// What waits in the account actors' queues now.
-    pub fn queue_depth(&self) -> directory::QueueDepth {
+    pub fn queue_depth(&self) -> crate::metrics::QueueDepth {
         self.directory.queue_depth()
     }
 

@@ -103,7 +103,9 @@ impl AlertSink for LogSink {
                 details = ?page.custom_details,
                 "PAGE"
             ),
-            PageAction::Resolve => tracing::warn!(
+            // Info: a resolve may be for a page this process never sent
+            // (the watchdog resolves an earlier incarnation's at start).
+            PageAction::Resolve => tracing::info!(
                 class = page.class.as_str(),
                 dedup_key = %page.dedup_key,
                 summary = %page.summary,

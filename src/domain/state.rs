@@ -47,6 +47,22 @@ impl PaymentState {
         }
     }
 
+    /// The state's name in the gRPC API (`Payment.State`), as logs write
+    /// it, so a log line and an API answer read the same.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            PaymentState::Created => "STATE_CREATED",
+            PaymentState::Approved => "STATE_APPROVED",
+            PaymentState::InReview => "STATE_IN_REVIEW",
+            PaymentState::Sent => "STATE_SENT",
+            PaymentState::Processed => "STATE_PROCESSED",
+            PaymentState::PartiallyRefunded => "STATE_PARTIALLY_REFUNDED",
+            PaymentState::Refunded => "STATE_REFUNDED",
+            PaymentState::Declined => "STATE_DECLINED",
+            PaymentState::Failed => "STATE_FAILED",
+        }
+    }
+
     pub fn is_terminal(self) -> bool {
         matches!(
             self,

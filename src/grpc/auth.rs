@@ -16,6 +16,7 @@ use std::task::{Context, Poll};
 
 use tonic::Request;
 
+use super::metered::CallNote;
 use crate::actors::CommandError;
 use crate::auth::{AuthError, Authenticator};
 use crate::domain::access::{Action, Denied, Grant, Role};
@@ -274,11 +275,15 @@ pub async fn withdrawn(authenticator: Option<Arc<Authenticator>>, caller: Caller
 /// The caller of `request`, as the edge proved it. Missing only where the
 /// layer is not in front of the service: refused (fail closed).
 pub fn caller<T>(request: &Request<T>) -> Result<Caller, CommandError> {
-    request
+    let caller = request
         .extensions()
         .get::<Caller>()
         .cloned()
-        .ok_or(CommandError::PermissionDenied)
+        .ok_or(CommandError::PermissionDenied)?;
+    if let Some(identity) = caller.identity() {
+        CallNote::record(request, |facts| facts.caller = Some(identity.to_owned()));
+    }
+    Ok(caller)
 }
 
 /// The caller of `request`, if it may take `action` on `account`.
@@ -288,6 +293,7 @@ pub fn authorize<T>(
     account: &AccountId,
 ) -> Result<Caller, CommandError> {
     let caller = caller(request)?;
+    CallNote::record(request, |facts| facts.account = Some(account.to_string()));
     caller.check(action, account)?;
     Ok(caller)
 }

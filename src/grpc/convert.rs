@@ -602,3 +602,16 @@ pub fn account_to_pb(name: String, balances: &Balances) -> pb::Account {
             .collect(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Logs name states as the API does.
+    #[test]
+    fn each_state_logs_under_its_api_name() {
+        for state in PaymentState::ALL {
+            assert_eq!(state.api_name(), state_to_pb(state).as_str_name());
+        }
+    }
+}

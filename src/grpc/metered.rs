@@ -1,7 +1,14 @@
-//! The layer that counts and times every gRPC call (`/metrics`:
+//! The layer that counts, times and logs every gRPC call (`/metrics`:
 //! `payvisor_grpc_server_handled_total` and
-//! `payvisor_grpc_server_handling_seconds`). It sits outside every other
-//! layer, so refusals at the edge (no key, bad request) are counted too.
+//! `payvisor_grpc_server_handling_seconds`; one log line per call, target
+//! `payvisor::rpc`). It sits outside every other layer, so refusals at the
+//! edge (no key, bad request) are counted and logged too.
+//!
+//! The log line carries what the handler learned (account, payment,
+//! request id, caller: a [`CallNote`] in the request's extensions) and the
+//! call's W3C trace id: the one in its `traceparent` header, or one begun
+//! here and put in that header, so a call forwarded to the account's owner
+//! is logged under the same trace on both nodes.
 //!
 //! A call's code is where gRPC puts it: in the response headers when the
 //! call fails before any message ("trailers only"), else in the trailers
@@ -11,7 +18,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -68,14 +75,18 @@ where
         self.inner.poll_ready(context)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let (grpc_service, grpc_method) = method_labels(request.uri().path());
+        let note = CallNote::default();
+        request.extensions_mut().insert(note.clone());
         let call = CallInFlight {
             metrics: self.metrics.clone(),
             grpc_service,
             grpc_method,
             started: Instant::now(),
             counted: false,
+            trace_id: trace_of(request.headers_mut()),
+            note,
         };
         let response = self.inner.call(request);
         Box::pin(async move {
@@ -111,6 +122,10 @@ struct CallInFlight {
     grpc_method: &'static str,
     started: Instant,
     counted: bool,
+    /// The W3C trace id (32 lowercase hex digits).
+    trace_id: String,
+    /// What the handler learned.
+    note: CallNote,
 }
 
 impl CallInFlight {
@@ -127,7 +142,33 @@ impl CallInFlight {
             grpc_method: self.grpc_method,
             grpc_code: code_name(code),
         };
-        (self.metrics).observe(labels, self.started.elapsed().as_secs_f64());
+        let seconds = self.started.elapsed().as_secs_f64();
+        (self.metrics).observe(labels, seconds);
+        let facts = self.note.take();
+        // Probes call health every few seconds: their lines at debug.
+        macro_rules! call_line {
+            ($level:expr) => {
+                tracing::event!(
+                    target: "payvisor::rpc",
+                    $level,
+                    service = self.grpc_service,
+                    method = self.grpc_method,
+                    code = code_name(code),
+                    latency_ms = (seconds * 1e6).round() / 1e3,
+                    account = facts.account.as_deref(),
+                    payment = facts.payment.as_deref(),
+                    request_id = facts.request_id.as_deref(),
+                    caller = facts.caller.as_deref(),
+                    trace_id = %self.trace_id,
+                    "rpc"
+                )
+            };
+        }
+        if self.grpc_service == "grpc.health.v1.Health" {
+            call_line!(tracing::Level::DEBUG);
+        } else {
+            call_line!(tracing::Level::INFO);
+        }
     }
 }
 
@@ -135,6 +176,97 @@ impl Drop for CallInFlight {
     fn drop(&mut self) {
         self.count(Code::Cancelled);
     }
+}
+
+/// What a handler learns about its call, for the call's log line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CallFacts {
+    pub account: Option<String>,
+    /// The payment's resource name.
+    pub payment: Option<String>,
+    /// The client's idempotency key.
+    pub request_id: Option<String>,
+    /// Who called: the key id or certificate subject.
+    pub caller: Option<String>,
+}
+
+/// A call's [`CallFacts`], shared by the layer (which logs them when the
+/// call ends) and the handler (which fills them in); a request extension.
+#[derive(Clone, Debug, Default)]
+pub struct CallNote(Arc<Mutex<CallFacts>>);
+
+impl CallNote {
+    /// Fills in what `request`'s handler learned (nothing where the layer
+    /// is not in front: unit tests, direct calls).
+    pub fn record<T>(request: &tonic::Request<T>, fill: impl FnOnce(&mut CallFacts)) {
+        if let Some(note) = request.extensions().get::<CallNote>() {
+            fill(&mut note.0.lock().unwrap_or_else(|poison| poison.into_inner()));
+        }
+    }
+
+    fn take(&self) -> CallFacts {
+        std::mem::take(&mut self.0.lock().unwrap_or_else(|poison| poison.into_inner()))
+    }
+}
+
+/// The W3C `traceparent` header.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// The trace id of a call: its `traceparent`'s, when that is well formed
+/// (version `00`, non-zero ids), else a new trace begun here and written
+/// into the headers for everything downstream.
+fn trace_of(headers: &mut http::HeaderMap) -> String {
+    if let Some(trace_id) = (headers.get(TRACEPARENT))
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_traceparent)
+    {
+        return trace_id.to_owned();
+    }
+    let (trace_id, parent_id) = new_trace();
+    if let Ok(value) = http::HeaderValue::try_from(format!("00-{trace_id}-{parent_id}-01")) {
+        headers.insert(TRACEPARENT, value);
+    }
+    trace_id
+}
+
+/// The trace id of a `traceparent` value, if it is one.
+pub fn parse_traceparent(value: &str) -> Option<&str> {
+    let mut parts = value.trim().split('-');
+    let (version, trace_id, parent_id, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |text: &str, len: usize| {
+        text.len() == len
+            && text
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let zero = |text: &str| text.bytes().all(|b| b == b'0');
+    (version == "00"
+        && parts.next().is_none()
+        && hex(trace_id, 32)
+        && !zero(trace_id)
+        && hex(parent_id, 16)
+        && !zero(parent_id)
+        && hex(flags, 2))
+    .then_some(trace_id)
+}
+
+/// A fresh trace id and span id, random (the spec asks for at least the
+/// trace id's right half to be random; all of it is).
+fn new_trace() -> (String, String) {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 24];
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() || bytes.iter().all(|b| *b == 0) {
+        // No randomness from the system: a distinct, valid id still.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_nanos())
+            .unwrap_or(1);
+        bytes[..16].copy_from_slice(&nanos.max(1).to_be_bytes());
+        bytes[23] = 1;
+    }
+    let hex = |part: &[u8]| part.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    (hex(&bytes[..16]), hex(&bytes[16..]))
 }
 
 /// A response body that finishes its call at the trailers, or at its end
@@ -288,6 +420,33 @@ mod tests {
         for path in ["/payvisor.v1.PaymentService/Nope", "/x", "", "/a/b/c"] {
             assert_eq!(method_labels(path), ("other", "other"), "{path}");
         }
+    }
+
+    #[test]
+    fn a_well_formed_traceparent_gives_its_trace_and_anything_else_a_new_one() {
+        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let valid = format!("00-{id}-00f067aa0ba902b7-01");
+        assert_eq!(parse_traceparent(&valid), Some(id));
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
+        let mut headers = http::HeaderMap::new();
+        headers.insert(TRACEPARENT, valid.parse().unwrap());
+        assert_eq!(trace_of(&mut headers), id);
+        let mut headers = http::HeaderMap::new();
+        headers.insert(TRACEPARENT, "garbage".parse().unwrap());
+        let begun = trace_of(&mut headers);
+        let written = headers[TRACEPARENT].to_str().unwrap();
+        assert_eq!(parse_traceparent(written), Some(begun.as_str()));
+        assert_ne!(trace_of(&mut http::HeaderMap::new()), begun);
     }
 
     #[test]

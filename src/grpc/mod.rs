@@ -239,6 +239,19 @@ async fn next_from_peers(
     }
 }
 
+/// Notes the payment a call is about, and the client's idempotency key,
+/// for the call's log line.
+fn note_payment<T>(
+    request: &Request<T>,
+    payment: &crate::domain::PaymentName,
+    request_id: Option<&crate::domain::RequestId>,
+) {
+    metered::CallNote::record(request, |facts| {
+        facts.payment = Some(payment.to_string());
+        facts.request_id = request_id.map(|id| id.as_str().to_owned());
+    });
+}
+
 fn invalid_name(field: &str, error: impl ToString) -> Status {
     crate::actors::CommandError::invalid(field, error.to_string()).into()
 }
@@ -252,8 +265,13 @@ impl PaymentService for PaymentApi {
         // Checked before it goes anywhere: bad input never crosses a hop.
         let command = convert::create_payment(request.get_ref().clone())?;
         auth::authorize(&request, Action::CreatePayment, &command.account)?;
-        route!(self, &command.account, request, create_payment);
+        let request_id = command.request_id.clone();
+        metered::CallNote::record(&request, |facts| {
+            facts.request_id = Some(request_id.as_str().to_owned());
+        });
+        let request = route!(self, &command.account, request, create_payment);
         let payment = self.orchestrator.create_payment(command).await?;
+        note_payment(&request, &payment.name(), Some(&request_id));
         Ok(Response::new(convert::payment_to_pb(&payment)))
     }
 
@@ -264,6 +282,7 @@ impl PaymentService for PaymentApi {
         let name = crate::domain::parse_payment_name(&request.get_ref().name)
             .map_err(|error| invalid_name("name", error))?;
         auth::authorize(&request, Action::GetPayment, &name.account)?;
+        note_payment(&request, &name, None);
         let payment = self.orchestrator.get_payment(&name).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
     }
@@ -352,6 +371,7 @@ impl PaymentService for PaymentApi {
     ) -> Result<Response<pb::Payment>, Status> {
         let mut command = convert::refund_payment(request.get_ref().clone())?;
         let caller = auth::authorize(&request, Action::RefundPayment, &command.name.account)?;
+        note_payment(&request, &command.name, Some(&command.request_id));
         command.actor = caller.identity().map(str::to_owned);
         route!(self, &command.name.account, request, refund_payment);
         let payment = self.orchestrator.refund_payment(command).await?;
@@ -380,6 +400,7 @@ impl PaymentService for PaymentApi {
             Ok(crate::actors::OperatorAction::Retry),
         )?;
         let caller = auth::authorize(&request, Action::RetryPayment, &command.name.account)?;
+        note_payment(&request, &command.name, Some(&command.request_id));
         command.actor = caller.identity().map(str::to_owned);
         route!(self, &command.name.account, request, retry_payment);
         let payment = self.orchestrator.operate(command).await?;
@@ -396,6 +417,7 @@ impl PaymentService for PaymentApi {
             convert::fail_reason(request.get_ref().reason.clone()),
         )?;
         let caller = auth::authorize(&request, Action::FailPayment, &command.name.account)?;
+        note_payment(&request, &command.name, Some(&command.request_id));
         command.actor = caller.identity().map(str::to_owned);
         route!(self, &command.name.account, request, fail_payment);
         let payment = self.orchestrator.operate(command).await?;
@@ -489,6 +511,7 @@ impl PaymentService for PaymentApi {
             convert::review_action(ReviewVerdict::Approve, request.get_ref().reason.clone()),
         )?;
         let caller = auth::authorize(&request, Action::ApprovePayment, &command.name.account)?;
+        note_payment(&request, &command.name, Some(&command.request_id));
         command.actor = caller.identity().map(str::to_owned);
         route!(self, &command.name.account, request, approve_payment);
         let payment = self.orchestrator.operate(command).await?;
@@ -505,6 +528,7 @@ impl PaymentService for PaymentApi {
             convert::review_action(ReviewVerdict::Decline, request.get_ref().reason.clone()),
         )?;
         let caller = auth::authorize(&request, Action::DeclinePayment, &command.name.account)?;
+        note_payment(&request, &command.name, Some(&command.request_id));
         command.actor = caller.identity().map(str::to_owned);
         route!(self, &command.name.account, request, decline_payment);
         let payment = self.orchestrator.operate(command).await?;
@@ -518,6 +542,7 @@ impl PaymentService for PaymentApi {
         let name = parse_payment_name(&request.get_ref().parent)
             .map_err(|error| invalid_name("parent", error))?;
         auth::authorize(&request, Action::ListPaymentEvents, &name.account)?;
+        note_payment(&request, &name, None);
         let records = self.orchestrator.payment_events(&name).await?;
         Ok(Response::new(pb::ListPaymentEventsResponse {
             events: records
@@ -539,6 +564,7 @@ impl PaymentService for PaymentApi {
         let (payment, seq) = parse_event_name(&request.get_ref().name)
             .map_err(|error| invalid_name("name", error))?;
         let caller = auth::authorize(&request, Action::ResendPaymentEvent, &payment.account)?;
+        note_payment(&request, &payment, None);
         // Its owner's dispatcher delivers it at once.
         let request = route!(self, &payment.account, request, resend_payment_event).into_inner();
         let endpoint = Some(request.endpoint.as_str()).filter(|name| !name.is_empty());

@@ -318,6 +318,19 @@ impl ProcessStats {
     }
 }
 
+/// How much work waits in the account actors' queues, at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    /// Messages sent to actors and not yet received, over all actors.
+    pub mailbox_messages: u64,
+    /// The most any one actor has waiting.
+    pub mailbox_messages_max: u64,
+    /// Commands waiting in the actors' inboxes (creates and bank outcomes
+    /// taken several at a time), over all actors.
+    pub inbox_commands: u64,
+    pub inbox_commands_max: u64,
+}
+
 /// What the process holds at a scrape, for watching leaks (the soak, and
 /// dashboards, read these): per node, so `sum` across replicas is right.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -325,7 +338,7 @@ pub struct Held {
     pub tasks_alive: usize,
     pub accounts_live: usize,
     /// What waits in the account actors' queues.
-    pub queues: crate::actors::directory::QueueDepth,
+    pub queues: QueueDepth,
     /// `None` where the kernel does not say (not Linux).
     pub process: Option<ProcessStats>,
     /// Each HTTP bank's circuit breaker, by bank name.

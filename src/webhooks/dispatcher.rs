@@ -83,17 +83,18 @@ impl WebhookDispatcher {
 
     /// Sweeps every `every`, and whenever woken, until `shutdown` fires; a
     /// sweep in progress finishes first (its deliveries are recorded).
+    /// `swept` is told of each sweep: whether it succeeded, and when it
+    /// began (the node's metrics time it).
     pub async fn run_until(
         &self,
         every: Duration,
-        sweeps: crate::metrics::SweepMetrics,
+        swept: impl Fn(bool, std::time::Instant),
         shutdown: Shutdown,
     ) {
         loop {
             if !self.inner.settings.endpoints.is_empty() {
                 let started = std::time::Instant::now();
-                let ok = self.sweep_logged().await;
-                sweeps.observe("webhooks", ok, started);
+                swept(self.sweep_logged().await, started);
             }
             tokio::select! {
                 () = shutdown.signalled() => return,

@@ -576,3 +576,129 @@ fn every_alert_has_a_runbook_that_says_how_to_confirm_fix_and_escalate() {
         }
     }
 }
+
+/// The log lines of `server` as JSON objects, once `ready` holds of them
+/// (bounded wait: a call's line is written when its response ends).
+async fn json_log_lines(
+    server: &Server,
+    ready: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = server.log();
+        assert!(
+            !log.contains('\u{1b}'),
+            "colour codes in a log file:\n{log}"
+        );
+        let lines: Vec<serde_json::Value> = log
+            .lines()
+            .map(|line| {
+                serde_json::from_str(line)
+                    .unwrap_or_else(|error| panic!("not a JSON line ({error}): {line}"))
+            })
+            .collect();
+        if ready(&lines) {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the expected lines never came:\n{log}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Every call is one log line: method, code, latency, account, payment,
+/// request id and trace id, flat beside the message in JSON, the trace the
+/// caller's `traceparent` names (or a new one); states read as the API
+/// names them; no colour codes when stderr is not a terminal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_call_is_one_flat_log_line_with_its_trace_and_no_colour_off_a_terminal() {
+    let server = Server::start_logged(&["--log-format", "json"]);
+    let mut client = server.client().await;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut request = tonic::Request::new(create_request("acme", "log-1", 1_000));
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{trace}-b7ad6b7169203331-01").parse().unwrap(),
+    );
+    let payment = client.create_payment(request).await.unwrap().into_inner();
+    wait_for(&mut client, &payment.name, |p| {
+        state(p) == pb::payment::State::Processed
+    })
+    .await;
+    let missing = client
+        .get_payment(pb::GetPaymentRequest {
+            name: "accounts/acme/payments/nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let calls = |lines: &[serde_json::Value], method: &str| -> Vec<serde_json::Value> {
+        lines
+            .iter()
+            .filter(|line| line["message"] == "rpc" && line["method"] == method)
+            .cloned()
+            .collect()
+    };
+    let lines = json_log_lines(&server, |lines| {
+        calls(lines, "CreatePayment").len() == 1
+            && calls(lines, "GetPayment")
+                .iter()
+                .any(|line| line["code"] == "NOT_FOUND")
+    })
+    .await;
+    let created = &calls(&lines, "CreatePayment")[0];
+    assert_eq!(created["target"], "payvisor::rpc", "{created}");
+    assert_eq!(
+        created["service"], "payvisor.v1.PaymentService",
+        "{created}"
+    );
+    assert_eq!(created["code"], "OK", "{created}");
+    assert_eq!(created["account"], "acme", "{created}");
+    assert_eq!(created["payment"], payment.name.as_str(), "{created}");
+    assert_eq!(created["request_id"], "log-1", "{created}");
+    assert_eq!(created["trace_id"], trace, "{created}");
+    assert!(created["latency_ms"].as_f64().unwrap() > 0.0, "{created}");
+    assert!(
+        created.get("fields").is_none() && created.get("span").is_none(),
+        "{created}"
+    );
+    let refused = calls(&lines, "GetPayment")
+        .into_iter()
+        .find(|line| line["code"] == "NOT_FOUND")
+        .unwrap();
+    assert_eq!(
+        refused["payment"], "accounts/acme/payments/nope",
+        "{refused}"
+    );
+    let begun = refused["trace_id"].as_str().unwrap();
+    assert!(
+        begun.len() == 32 && begun.bytes().all(|b| b.is_ascii_hexdigit()) && begun != trace,
+        "a call without traceparent gets a trace of its own: {refused}"
+    );
+    // Payment states as the API names them, wherever a line has one.
+    let states: Vec<&str> = lines
+        .iter()
+        .filter_map(|line| line.get("state")?.as_str())
+        .collect();
+    assert!(!states.is_empty(), "no line names a state: {lines:?}");
+    assert!(
+        states.iter().all(|state| state.starts_with("STATE_")),
+        "{states:?}"
+    );
+
+    // Text lines to a file carry no colour codes either.
+    let text = Server::start_logged(&[]);
+    let mut client = text.client().await;
+    processed_payment(&mut client, "acme", "log-2", 1_000).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !text.log().contains("method=\"CreatePayment\"")
+        && !text.log().contains("method=CreatePayment")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", text.log());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!text.log().contains('\u{1b}'), "{}", text.log());
+}

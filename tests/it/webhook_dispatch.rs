@@ -325,7 +325,7 @@ async fn the_dispatcher_returns_on_shutdown_after_recording_the_sweep_in_progres
     // Without the signal it would sweep again in an hour, and on every wake.
     let running = tokio::spawn(async move {
         dispatcher
-            .run_until(Duration::from_secs(3600), Default::default(), shutdown)
+            .run_until(Duration::from_secs(3600), |_, _| {}, shutdown)
             .await
     });
     sink.arrived.notified().await;

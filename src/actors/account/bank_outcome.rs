@@ -38,7 +38,7 @@ impl AccountCommand for Outcome<'_> {
             .commit_update(myself, decision, current.version)
             .await?;
         if let Attempt::Done(payment) = &attempt {
-            tracing::info!(payment = %event.payment_name(), state = ?payment.state, "bank outcome applied");
+            tracing::info!(payment = %event.payment_name(), state = payment.state.api_name(), "bank outcome applied");
         }
         Ok(attempt.map(|_| ()))
     }

@@ -29,7 +29,7 @@ impl AccountState {
         };
         let effects = current.value.pending_effects();
         if !effects.is_empty() && !self.children.contains_key(payment_id) {
-            tracing::info!(payment = %self.name(payment_id), state = ?current.value.state, "re-driving payment");
+            tracing::info!(payment = %self.name(payment_id), state = current.value.state.api_name(), "re-driving payment");
             self.spawn_child(myself, payment_id.clone(), effects).await;
         }
         Ok(())

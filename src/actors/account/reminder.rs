@@ -35,7 +35,7 @@ impl AccountCommand for Reminder<'_> {
             .await?;
         if let Attempt::Done(payment) = &attempt {
             let watch = payment.watch.as_ref();
-            tracing::warn!(payment = %payment.name(), state = ?payment.state, redrives = watch.map(|w| w.redrives), paged = watch.map(|w| w.paged), "stalled payment handled");
+            tracing::warn!(payment = %payment.name(), state = payment.state.api_name(), redrives = watch.map(|w| w.redrives), paged = watch.map(|w| w.paged), "stalled payment handled");
         }
         Ok(attempt.map(|_| ()))
     }
