@@ -128,9 +128,13 @@ pub struct ServeArgs {
     /// probes). It says SERVING or NOT_SERVING, nothing else; off if unset.
     #[arg(long, env = "PAYVISOR_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
-    /// This node's name in pages (PagerDuty's `source`).
-    #[arg(long, env = "PAYVISOR_NODE_NAME", default_value = "payvisor")]
-    pub node_name: String,
+    /// This node's name in pages (PagerDuty's `source`, and the key of the
+    /// page its watchdog sends when it cannot sweep): distinct per node of
+    /// a cluster, and the same across a node's restarts. Default: with
+    /// --cluster, this machine's host name (a pod's or a task's own);
+    /// otherwise `payvisor`.
+    #[arg(long, env = "PAYVISOR_NODE_NAME")]
+    pub node_name: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "PAYVISOR_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -847,6 +851,28 @@ impl std::fmt::Debug for PagerConfig {
 }
 
 /// Parses `500ms`, `2s`, `5m`, `24h`, `1d`.
+/// A node name as pages carry it: 1 to 63 letters, digits, `.`, `-`, `_`
+/// (a host name's alphabet; it goes into the page's dedup key).
+fn valid_node_name(name: &str) -> Result<String, ConfigError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+    if (1..=63).contains(&name.len()) && name.chars().all(allowed) {
+        Ok(name.to_owned())
+    } else {
+        Err(ConfigError::NodeName(format!(
+            "{name:?}: expected 1 to 63 letters, digits, '.', '-' or '_'"
+        )))
+    }
+}
+
+/// This machine's host name (Linux), else `$HOSTNAME`.
+fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+}
+
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit())?;
@@ -867,6 +893,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 pub enum ConfigError {
     #[error("{0}")]
     File(#[from] crate::reload::FileError),
+    #[error("--node-name: {0}")]
+    NodeName(String),
     #[error("--webhooks {0}: {1}")]
     Webhooks(String, String),
     #[error("--webhook-retry-for {0:?}: expected a duration from 1s to 30d, like 24h")]
@@ -992,6 +1020,17 @@ impl ServeArgs {
         let store = self.store.validate()?;
         let cluster = self.cluster.validate(self.listen, &store, banks.len())?;
         let auth = self.security.validate(self.listen, cluster.is_some())?;
+        let node_name = match &self.node_name {
+            Some(name) => valid_node_name(name)?,
+            None if cluster.is_some() => host_name()
+                .and_then(|name| valid_node_name(&name).ok())
+                .ok_or_else(|| {
+                    ConfigError::NodeName(
+                        "this machine's host name could not be read; give each node its own --node-name".into(),
+                    )
+                })?,
+            None => "payvisor".to_owned(),
+        };
         Ok(Config {
             auth,
             listen: self.listen,
@@ -1007,7 +1046,7 @@ impl ServeArgs {
             watchdog: WatchdogConfig {
                 sweep_every,
                 failing_page_after,
-                node_name: self.node_name.clone(),
+                node_name,
                 pager,
             },
             metrics_listen: self.metrics_listen,
@@ -1235,7 +1274,19 @@ mod tests {
             "1..=",
         );
 
+        // A cluster member is named after its machine unless told; a lone
+        // node is `payvisor`; a name goes into a page's dedup key, so its
+        // alphabet is a host name's.
         let config = parse(&clustered).unwrap();
+        assert_eq!(config.watchdog.node_name, host_name().unwrap());
+        assert_eq!(parse(&bank).unwrap().watchdog.node_name, "payvisor");
+        let named = parse(&[&clustered[..], &["--node-name", "payvisor-2"]].concat()).unwrap();
+        assert_eq!(named.watchdog.node_name, "payvisor-2");
+        refused(
+            &[&clustered[..], &["--node-name", "a/b"]].concat(),
+            "--node-name",
+        );
+        refused(&[&bank[..], &["--node-name", ""]].concat(), "--node-name");
         let cluster = config.cluster.expect("a cluster member");
         assert_eq!(cluster.advertise, "127.0.0.1:50051");
         assert_eq!(cluster.shards, limits::CLUSTER_SHARDS_DEFAULT);

@@ -68,8 +68,13 @@ impl Node {
         let address = format!("127.0.0.1:{}", free_port());
         let metrics = format!("127.0.0.1:{}", free_port());
         let callbacks = format!("127.0.0.1:{}", free_port());
+        // Nodes on one machine share its host name: each is named, as
+        // deploy/ says to (the name keys its watchdog's page).
+        let name = format!("node-{}", address.rsplit(':').next().unwrap());
         let args: Vec<String> = [
             "serve",
+            "--node-name",
+            &name,
             "--store",
             "dynamodb",
             "--dynamodb-table",
