@@ -120,6 +120,16 @@ pub struct ServeArgs {
     /// the log at error level instead.
     #[arg(long, env = "PAYVISOR_PAGERDUTY_ROUTING_KEY", hide_env_values = true)]
     pub pagerduty_routing_key: Option<crate::secret::Secret>,
+    /// Where the runbooks are published (ending in `/`): each page links
+    /// its class's runbook there.
+    #[arg(long, env = "PAYVISOR_RUNBOOK_BASE_URL", default_value = crate::alerts::RUNBOOK_BASE_DEFAULT)]
+    pub runbook_base_url: String,
+    /// An operator UI's address for a payment, put on each page that names
+    /// one (PagerDuty's `client_url`): `{payment}` becomes its resource
+    /// name, `{account}` its account. E.g.
+    /// `https://console.example.com/{payment}`.
+    #[arg(long, env = "PAYVISOR_PAGE_CLIENT_URL")]
+    pub page_client_url: Option<String>,
     /// Serve Prometheus metrics on this address (`/metrics`); off if unset.
     #[arg(long, env = "PAYVISOR_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -828,6 +838,8 @@ pub struct WatchdogConfig {
     pub failing_page_after: Duration,
     pub node_name: String,
     pub pager: PagerConfig,
+    /// What pages link to.
+    pub links: crate::alerts::PageLinks,
 }
 
 #[derive(Clone)]
@@ -851,6 +863,20 @@ impl std::fmt::Debug for PagerConfig {
 }
 
 /// Parses `500ms`, `2s`, `5m`, `24h`, `1d`.
+/// An address a page links to: http(s), with a host.
+fn page_link(flag: &'static str, url: &str) -> Result<String, ConfigError> {
+    let parsed = url
+        .replace("{payment}", "p")
+        .replace("{account}", "a")
+        .parse::<http::Uri>();
+    match parsed {
+        Ok(uri) if matches!(uri.scheme_str(), Some("http" | "https")) && uri.host().is_some() => {
+            Ok(url.to_owned())
+        }
+        _ => Err(ConfigError::PageLink(flag, url.to_owned())),
+    }
+}
+
 /// A node name as pages carry it: 1 to 63 letters, digits, `.`, `-`, `_`
 /// (a host name's alphabet; it goes into the page's dedup key).
 fn valid_node_name(name: &str) -> Result<String, ConfigError> {
@@ -895,6 +921,8 @@ pub enum ConfigError {
     File(#[from] crate::reload::FileError),
     #[error("--node-name: {0}")]
     NodeName(String),
+    #[error("{0} {1:?}: expected an http:// or https:// address")]
+    PageLink(&'static str, String),
     #[error("--webhooks {0}: {1}")]
     Webhooks(String, String),
     #[error("--webhook-retry-for {0:?}: expected a duration from 1s to 30d, like 24h")]
@@ -1048,6 +1076,13 @@ impl ServeArgs {
                 failing_page_after,
                 node_name,
                 pager,
+                links: crate::alerts::PageLinks {
+                    runbook_base: page_link("--runbook-base-url", &self.runbook_base_url)?,
+                    client_url: match &self.page_client_url {
+                        Some(url) => Some(page_link("--page-client-url", url)?),
+                        None => None,
+                    },
+                },
             },
             metrics_listen: self.metrics_listen,
             health_listen: self.health_listen,

@@ -541,6 +541,8 @@ impl Periodic {
                     )
                 })
                 .collect(),
+            links: Vec::new(),
+            client_url: None,
         };
         if let Err(error) = self.sink.send(&page).await {
             tracing::error!(%error, "reconciliation page not delivered");

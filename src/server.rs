@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::actors::{ActorSettings, CommandError, Components, Orchestrator};
 use crate::alerts::pagerduty::PagerDutySink;
-use crate::alerts::{AlertSink, LogSink};
+use crate::alerts::{AlertSink, LinkedSink, LogSink};
 use crate::approval::RulesInForce;
 use crate::auth::Authenticator;
 use crate::callbacks::CallbackEndpoint;
@@ -184,7 +184,10 @@ impl Node {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let (router, http_banks) = banks(config, &clock, &random, bank_events, &metrics.bank)?;
         let alert_sink: Arc<dyn AlertSink> = Arc::new(MeteredAlertSink::new(
-            alert_sink(&config.watchdog.pager)?,
+            Arc::new(LinkedSink::new(
+                alert_sink(&config.watchdog.pager)?,
+                config.watchdog.links.clone(),
+            )),
             metrics.pages.clone(),
         ));
         let rules = Arc::new(match &config.rules {

@@ -43,6 +43,16 @@ impl PageClass {
         PageClass::WatchdogFailing,
     ];
 
+    /// The runbook a person paged for this kind of trouble follows, in
+    /// `docs/runbooks/`.
+    pub fn runbook(self) -> &'static str {
+        match self {
+            PageClass::StalledPayment => "stalled-payments.md",
+            PageClass::ReconciliationMismatch => "reconciliation-mismatch.md",
+            PageClass::WatchdogFailing => "watchdog-cannot-sweep.md",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PageClass::StalledPayment => "stalled_payment",
@@ -68,6 +78,95 @@ pub struct Page {
     pub timestamp: Timestamp,
     /// Facts for the responder: payment, state, re-drives, deadline.
     pub custom_details: BTreeMap<String, String>,
+    /// Where to read next: the runbook of the page's class (filled in by
+    /// [`LinkedSink`]).
+    #[serde(default)]
+    pub links: Vec<PageLink>,
+    /// The payment in an operator's UI, when one is configured.
+    #[serde(default)]
+    pub client_url: Option<String>,
+}
+
+/// A link a page carries (PagerDuty shows them on the incident).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PageLink {
+    pub href: String,
+    pub text: String,
+}
+
+/// Where a page's links point: the published runbooks, and an operator
+/// UI's page for a payment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageLinks {
+    /// The runbooks' address, ending in `/`; a class's runbook file name
+    /// is appended.
+    pub runbook_base: String,
+    /// An operator UI's address for a payment: `{payment}` is replaced by
+    /// its resource name (`accounts/…/payments/…`), `{account}` by its
+    /// account. `None`: no such UI.
+    pub client_url: Option<String>,
+}
+
+/// Where the runbooks are published unless configured otherwise: the
+/// project's repository, `docs/runbooks/`.
+pub const RUNBOOK_BASE_DEFAULT: &str =
+    "https://github.com/payvisor/payvisor/blob/main/docs/runbooks/";
+
+impl Default for PageLinks {
+    fn default() -> PageLinks {
+        PageLinks {
+            runbook_base: RUNBOOK_BASE_DEFAULT.to_owned(),
+            client_url: None,
+        }
+    }
+}
+
+impl PageLinks {
+    /// Adds the page's runbook link (and its path to the details, for
+    /// sinks without links), and the payment's UI address when the page
+    /// names a payment and a UI is configured.
+    pub fn apply(&self, page: &mut Page) {
+        let runbook = page.class.runbook();
+        page.links.push(PageLink {
+            href: format!("{}{runbook}", self.runbook_base),
+            text: format!("Runbook: {}", page.class.as_str()),
+        });
+        page.custom_details
+            .entry("runbook".to_owned())
+            .or_insert_with(|| format!("docs/runbooks/{runbook}"));
+        let payment = page.custom_details.get("payment");
+        let account = page.custom_details.get("account");
+        if let (Some(template), Some(payment)) = (&self.client_url, payment) {
+            let mut url = template.replace("{payment}", payment);
+            if let Some(account) = account {
+                url = url.replace("{account}", account);
+            }
+            page.client_url = Some(url);
+        }
+    }
+}
+
+/// A sink that adds [`PageLinks`] to every page before the one it wraps
+/// sends it: one place for every kind of page.
+pub struct LinkedSink {
+    inner: std::sync::Arc<dyn AlertSink>,
+    links: PageLinks,
+}
+
+impl LinkedSink {
+    pub fn new(inner: std::sync::Arc<dyn AlertSink>, links: PageLinks) -> LinkedSink {
+        LinkedSink { inner, links }
+    }
+}
+
+impl AlertSink for LinkedSink {
+    fn send(&self, page: &Page) -> BoxFuture<'_, Result<(), AlertError>> {
+        let mut linked = page.clone();
+        if linked.action == PageAction::Trigger {
+            self.links.apply(&mut linked);
+        }
+        Box::pin(async move { self.inner.send(&linked).await })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,6 +200,8 @@ impl AlertSink for LogSink {
                 dedup_key = %page.dedup_key,
                 summary = %page.summary,
                 details = ?page.custom_details,
+                links = ?page.links.iter().map(|link| &link.href).collect::<Vec<_>>(),
+                client_url = page.client_url.as_deref(),
                 "PAGE"
             ),
             // Info: a resolve may be for a page this process never sent
@@ -113,5 +214,69 @@ impl AlertSink for LogSink {
             ),
         }
         Box::pin(async { Ok(()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(class: PageClass, details: &[(&str, &str)]) -> Page {
+        Page {
+            action: PageAction::Trigger,
+            class,
+            dedup_key: "k".into(),
+            summary: "s".into(),
+            source: "n".into(),
+            severity: Severity::Error,
+            timestamp: Timestamp::from_unix_millis(0),
+            custom_details: details
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            links: Vec::new(),
+            client_url: None,
+        }
+    }
+
+    #[test]
+    fn every_page_links_its_runbook_and_a_payment_page_its_payment() {
+        let links = PageLinks {
+            runbook_base: "https://docs.example.com/rb/".into(),
+            client_url: Some("https://ui.example.com/{account}/x/{payment}".into()),
+        };
+        let mut stalled = page(
+            PageClass::StalledPayment,
+            &[
+                ("payment", "accounts/acme/payments/p1"),
+                ("account", "acme"),
+            ],
+        );
+        links.apply(&mut stalled);
+        assert_eq!(
+            stalled.links[0].href,
+            "https://docs.example.com/rb/stalled-payments.md"
+        );
+        assert_eq!(
+            stalled.custom_details["runbook"],
+            "docs/runbooks/stalled-payments.md"
+        );
+        assert_eq!(
+            stalled.client_url.as_deref(),
+            Some("https://ui.example.com/acme/x/accounts/acme/payments/p1")
+        );
+        // No payment named: no client link.
+        let mut mismatch = page(PageClass::ReconciliationMismatch, &[]);
+        links.apply(&mut mismatch);
+        assert_eq!(
+            mismatch.links[0].href,
+            "https://docs.example.com/rb/reconciliation-mismatch.md"
+        );
+        assert_eq!(mismatch.client_url, None);
+        // Every class's runbook exists.
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/runbooks");
+        for class in PageClass::ALL {
+            assert!(root.join(class.runbook()).is_file(), "{}", class.runbook());
+        }
     }
 }

@@ -135,7 +135,22 @@ fn event(routing_key: &str, page: &Page) -> Value {
             "event_action": "resolve",
             "dedup_key": page.dedup_key,
         }),
-        PageAction::Trigger => json!({
+        PageAction::Trigger => {
+            let mut event = trigger(routing_key, page);
+            if !page.links.is_empty() {
+                event["links"] = json!(page.links);
+            }
+            if let Some(url) = &page.client_url {
+                event["client"] = json!("payvisor");
+                event["client_url"] = json!(url);
+            }
+            event
+        }
+    }
+}
+
+fn trigger(routing_key: &str, page: &Page) -> Value {
+    json!({
             "routing_key": routing_key,
             "event_action": "trigger",
             "dedup_key": page.dedup_key,
@@ -149,8 +164,7 @@ fn event(routing_key: &str, page: &Page) -> Value {
                 "class": page.class.as_str(),
                 "custom_details": page.custom_details,
             },
-        }),
-    }
+    })
 }
 
 /// At most `max` characters of `text`, the last one an ellipsis when cut, so
@@ -182,6 +196,8 @@ mod tests {
             severity: Severity::Critical,
             timestamp: Timestamp::from_unix_millis(1_700_000_000_123),
             custom_details: BTreeMap::from([("state".into(), "sent".into())]),
+            links: Vec::new(),
+            client_url: None,
         }
     }
 

@@ -75,6 +75,35 @@ impl Payment {
         Some(resolve)
     }
 
+    /// What the payment waits for in `stage`, in words for on-call.
+    fn awaited(&self, stage: Stage) -> String {
+        let bank = self.current_bank().unwrap_or("its bank");
+        match stage {
+            Stage::Created => "approval by the rules".to_owned(),
+            Stage::Approved => "a bank to take it".to_owned(),
+            Stage::InReview => "a reviewer's approval or decline".to_owned(),
+            Stage::Sent => format!("the outcome from {bank}"),
+            Stage::Refunding => format!("a refund's outcome from {bank}"),
+        }
+    }
+
+    /// The last error the payment records: why it failed, else why the
+    /// last bank that refused it did. (Errors of calls that will be retried
+    /// are logged, not stored: a page says what the store knows.)
+    fn last_error(&self) -> Option<String> {
+        self.failure_reason.clone().or_else(|| {
+            self.routes
+                .iter()
+                .rev()
+                .find_map(|route| match &route.left {
+                    Some(super::payment::Departure::Rejected { reason }) => {
+                        Some(format!("{} refused it: {reason}", route.bank))
+                    }
+                    _ => None,
+                })
+        })
+    }
+
     /// Where a person acted on the payment (a refund, a review, an
     /// operator's retry or fail), who did, what and when, from its latest
     /// attributed history entry: what on-call asks first about a payment
@@ -91,10 +120,7 @@ impl Payment {
         vec![
             ("last_actor".to_owned(), actor.clone()),
             ("last_actor_cause".to_owned(), entry.cause.clone()),
-            (
-                "last_actor_at_unix_ms".to_owned(),
-                entry.at.unix_millis().to_string(),
-            ),
+            ("last_actor_at".to_owned(), super::time::rfc3339(entry.at)),
         ]
     }
 
@@ -106,15 +132,29 @@ impl Payment {
         };
         let mut details = BTreeMap::from([
             ("payment".to_owned(), self.name().to_string()),
+            ("account".to_owned(), self.account.to_string()),
             ("state".to_owned(), self.state.as_str().to_uppercase()),
             ("stage".to_owned(), watch.stage.to_string()),
             ("amount".to_owned(), self.amount.to_string()),
             (
-                "stalled_since_unix_ms".to_owned(),
-                watch.since.unix_millis().to_string(),
+                "stalled_since".to_owned(),
+                super::time::rfc3339(watch.since),
+            ),
+            (
+                "created_at".to_owned(),
+                super::time::rfc3339(self.created_at),
             ),
             ("redrives".to_owned(), watch.redrives.to_string()),
+            ("waiting_for".to_owned(), self.awaited(watch.stage)),
         ]);
+        if let Some(route) = self.routes.last() {
+            details.insert("bank".to_owned(), route.bank.clone());
+            details.insert("route".to_owned(), route.why.clone());
+            details.insert("routed_at".to_owned(), super::time::rfc3339(route.at));
+        }
+        if let Some(error) = self.last_error() {
+            details.insert("last_error".to_owned(), error);
+        }
         details.extend(self.last_person_details());
         Alert {
             action,
@@ -471,6 +511,68 @@ mod tests {
         );
     }
 
+    /// A page says what on-call needs to act: whose payment, how much, at
+    /// which bank and why there, what it waits for, the last error the
+    /// store knows, and when, in RFC 3339.
+    #[test]
+    fn a_page_carries_the_account_amount_bank_route_last_error_and_times() {
+        use crate::domain::payment::{Departure, Route};
+        let policy = policy(10, 0);
+        let mut payment = sent(&policy);
+        payment.routes = vec![
+            Route {
+                bank: "bank-a".into(),
+                why: "cheapest healthy bank for USD".into(),
+                at: at(0),
+                left: Some(Departure::Rejected {
+                    reason: "no USD today".into(),
+                }),
+            },
+            Route {
+                bank: "bank-b".into(),
+                why: "next cheapest".into(),
+                at: at(1),
+                left: None,
+            },
+        ];
+        let details = remind(&payment, 10, &policy)
+            .unwrap()
+            .alert
+            .unwrap()
+            .details;
+        let amount = payment.amount.to_string();
+        let expect = [
+            ("payment", "accounts/acme/payments/p1"),
+            ("account", "acme"),
+            ("amount", amount.as_str()),
+            ("state", "SENT"),
+            ("stage", "sent"),
+            ("bank", "bank-b"),
+            ("route", "next cheapest"),
+            ("routed_at", "1970-01-01T00:00:01.000Z"),
+            ("waiting_for", "the outcome from bank-b"),
+            ("last_error", "bank-a refused it: no USD today"),
+            ("stalled_since", "1970-01-01T00:00:00.000Z"),
+            ("created_at", "1970-01-01T00:00:00.000Z"),
+            ("redrives", "0"),
+        ];
+        for (key, value) in expect {
+            assert_eq!(
+                details.get(key).map(String::as_str),
+                Some(value),
+                "{key}: {details:?}"
+            );
+        }
+        // A failure reason, when there is one, is the last error.
+        payment.failure_reason = Some("bank timed out".into());
+        let details = remind(&payment, 10, &policy)
+            .unwrap()
+            .alert
+            .unwrap()
+            .details;
+        assert_eq!(details["last_error"], "bank timed out");
+    }
+
     #[test]
     fn pages_name_the_person_who_last_acted_on_the_payment() {
         let policy = policy(10, 0);
@@ -501,7 +603,7 @@ mod tests {
         let details = paged.alert.clone().unwrap().details;
         assert_eq!(details["last_actor"], "support-7");
         assert_eq!(details["last_actor_cause"], "refund_r1_requested");
-        assert_eq!(details["last_actor_at_unix_ms"], "30000");
+        assert_eq!(details["last_actor_at"], "1970-01-01T00:00:30.000Z");
         // A page resolved by an operator's fail names the operator.
         let stuck = remind(&sent(&policy), 10, &policy).unwrap().payment;
         let failed = stuck

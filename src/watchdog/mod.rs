@@ -186,6 +186,8 @@ impl Delivery {
             severity: alert.severity,
             timestamp: alert.at,
             custom_details: alert.details.clone(),
+            links: Vec::new(),
+            client_url: None,
         };
         let mut backoff = limits::PAGE_BACKOFF_INITIAL;
         for attempt in 1..=limits::PAGE_ATTEMPTS_MAX {
@@ -343,6 +345,8 @@ impl SweepFailurePager {
                     "docs/runbooks/watchdog-cannot-sweep.md".to_owned(),
                 ),
             ]),
+            links: Vec::new(),
+            client_url: None,
         };
         match self.sink.send(&page).await {
             Ok(()) => {
@@ -373,6 +377,8 @@ impl SweepFailurePager {
             severity: Severity::Critical,
             timestamp: self.clock.now(),
             custom_details: BTreeMap::new(),
+            links: Vec::new(),
+            client_url: None,
         };
         match self.sink.send(&page).await {
             Ok(()) => {

@@ -39,6 +39,10 @@ fn server(pager: &PagerReceiver, metrics_port: u16) -> Server {
         ROUTING_KEY,
         "--metrics-listen",
         &metrics,
+        "--runbook-base-url",
+        "https://runbooks.example.com/payvisor/",
+        "--page-client-url",
+        "https://console.example.com/{payment}",
     ]);
     Server::start(&args)
 }
@@ -215,6 +219,31 @@ async fn a_hung_payment_is_redriven_paged_once_across_restarts_and_resolved_when
         .unwrap()
         .contains(&paged.name));
     assert_eq!(trigger["payload"]["custom_details"]["state"], "SENT");
+    // What on-call needs to act, on the page itself.
+    let details = &trigger["payload"]["custom_details"];
+    assert_eq!(details["account"], "acme", "{details}");
+    assert_eq!(details["bank"], "built-in", "{details}");
+    assert_eq!(
+        details["waiting_for"], "the outcome from built-in",
+        "{details}"
+    );
+    assert_eq!(details["redrives"], "1", "{details}");
+    for time in ["stalled_since", "created_at", "routed_at"] {
+        let text = details[time].as_str().unwrap_or_default();
+        assert!(
+            text.len() == 24 && text.ends_with('Z') && text.as_bytes()[10] == b'T',
+            "{time} in RFC 3339: {details}"
+        );
+    }
+    assert_eq!(
+        trigger["links"][0]["href"], "https://runbooks.example.com/payvisor/stalled-payments.md",
+        "{trigger}"
+    );
+    assert_eq!(
+        trigger["client_url"],
+        format!("https://console.example.com/{}", paged.name),
+        "{trigger}"
+    );
     assert!(pager.rejections().is_empty(), "{:?}", pager.rejections());
     assert!(pager.requests() >= 3, "two failures, then the page");
 

@@ -30,6 +30,8 @@ pub fn page(action: PageAction, dedup_key: &str) -> Page {
             ("state".into(), "sent".into()),
             ("redrives".into(), "3".into()),
         ]),
+        links: Vec::new(),
+        client_url: None,
     }
 }
 
