@@ -140,9 +140,10 @@ pub struct ServeArgs {
     pub health_listen: Option<SocketAddr>,
     /// This node's name in pages (PagerDuty's `source`, and the key of the
     /// page its watchdog sends when it cannot sweep): distinct per node of
-    /// a cluster, and the same across a node's restarts. Default: with
-    /// --cluster, this machine's host name (a pod's or a task's own);
-    /// otherwise `payvisor`.
+    /// a cluster. A restarted node resolves the page of an earlier one of
+    /// the same name; a page of a node replaced under another name is
+    /// resolved by hand. Default: with --cluster, this machine's host name
+    /// (a pod's or a task's own); otherwise `payvisor`.
     #[arg(long, env = "PAYVISOR_NODE_NAME")]
     pub node_name: Option<String>,
     /// Log format: `text` or `json`.
@@ -862,7 +863,6 @@ impl std::fmt::Debug for PagerConfig {
     }
 }
 
-/// Parses `500ms`, `2s`, `5m`, `24h`, `1d`.
 /// An address a page links to: http(s), with a host.
 fn page_link(flag: &'static str, url: &str) -> Result<String, ConfigError> {
     let parsed = url
@@ -899,6 +899,7 @@ fn host_name() -> Option<String> {
         .filter(|name| !name.is_empty())
 }
 
+/// Parses `500ms`, `2s`, `5m`, `24h`, `1d`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit())?;
@@ -1050,13 +1051,18 @@ impl ServeArgs {
         let auth = self.security.validate(self.listen, cluster.is_some())?;
         let node_name = match &self.node_name {
             Some(name) => valid_node_name(name)?,
-            None if cluster.is_some() => host_name()
-                .and_then(|name| valid_node_name(&name).ok())
-                .ok_or_else(|| {
-                    ConfigError::NodeName(
-                        "this machine's host name could not be read; give each node its own --node-name".into(),
-                    )
+            None if cluster.is_some() => match host_name() {
+                Some(name) => valid_node_name(&name).map_err(|_| {
+                    ConfigError::NodeName(format!(
+                        "this machine's host name {name:?} is not a node name (1 to 63 letters, digits, '.', '-' or '_'); give each node its own --node-name"
+                    ))
                 })?,
+                None => {
+                    return Err(ConfigError::NodeName(
+                        "this machine's host name could not be read; give each node its own --node-name".into(),
+                    ))
+                }
+            },
             None => "payvisor".to_owned(),
         };
         Ok(Config {

@@ -105,8 +105,8 @@ pub async fn run(
         tasks.spawn("metrics", serving);
     }
 
-    let clustered = node.cluster.as_ref().map(|cluster| cluster.me.to_string());
-    tracing::info!(listen = %local, store = ?config.store, resumed, node = clustered, "payvisor serving");
+    // A cluster member's id is on every line (logging::init).
+    tracing::info!(listen = %local, store = ?config.store, resumed, "payvisor serving");
     let tls = match &config.auth.tls {
         None => None,
         Some(files) => {
@@ -326,7 +326,7 @@ async fn join(
     }
     let ownership = AccountOwnership::shards(owned.clone(), mono, settings.shards);
     let cluster = Cluster::new(me, ownership, owned, membership.picture());
-    tracing::info!(node = %cluster.me, advertise = %settings.advertise, shards = owned_count(&cluster), "joined the cluster");
+    tracing::info!(advertise = %settings.advertise, shards = owned_count(&cluster), "joined the cluster");
     Ok((Arc::new(cluster), membership))
 }
 

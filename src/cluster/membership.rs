@@ -372,16 +372,16 @@ impl Membership {
                         self.me.heartbeat = self.me.heartbeat.max(stored.value.heartbeat);
                     }
                     Ok(None) => {
-                        tracing::warn!(node = %self.me.id, "this node's record was removed by a peer; rejoining");
+                        tracing::warn!("this node's record was removed by a peer; rejoining");
                         self.version = None;
                     }
                     Err(error) => {
-                        tracing::warn!(node = %self.me.id, %error, "this node's record not read");
+                        tracing::warn!(%error, "this node's record not read");
                     }
                 }
             }
             Err(error) => {
-                tracing::warn!(node = %self.me.id, %error, "heartbeat not written");
+                tracing::warn!(%error, "heartbeat not written");
             }
         }
     }
@@ -426,7 +426,7 @@ impl Membership {
             // Another node moved first: the next round reads what it did.
             Err(StoreError::ConditionFailed { .. }) => false,
             Err(error) => {
-                tracing::warn!(node = %self.me.id, shard = lease.shard, %error, "lease not written");
+                tracing::warn!(shard = lease.shard, %error, "lease not written");
                 false
             }
         }
@@ -458,7 +458,7 @@ impl Membership {
             if *id != self.me.id && !holds && !self.liveness.is_alive(id, now, &self.timeouts) {
                 if let Err(error) = schema::remove_node(self.store.as_ref(), id, node.version).await
                 {
-                    tracing::debug!(node = %id, %error, "dead node's record not removed");
+                    tracing::debug!(peer = %id, %error, "dead node's record not removed");
                 }
             }
         }
@@ -506,11 +506,11 @@ impl Membership {
                 _ = ticks.tick() => {}
             }
             if let Err(error) = self.round().await {
-                tracing::warn!(node = %self.me.id, %error, "cluster round failed; retrying next heartbeat");
+                tracing::warn!(%error, "cluster round failed; retrying next heartbeat");
             }
         }
         if let Err(error) = self.leave().await {
-            tracing::warn!(node = %self.me.id, %error, "leases not released on leaving; peers take them once this node is judged dead");
+            tracing::warn!(%error, "leases not released on leaving; peers take them once this node is judged dead");
         }
     }
 }

@@ -241,8 +241,14 @@ pub fn parse_traceparent(value: &str) -> Option<&str> {
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let zero = |text: &str| text.bytes().all(|b| b == b'0');
-    (version == "00"
-        && parts.next().is_none()
+    // A later version may append fields; version 00 has exactly four,
+    // and ff is forbidden.
+    let known_layout = match version {
+        "00" => parts.next().is_none(),
+        "ff" => false,
+        later => hex(later, 2),
+    };
+    (known_layout
         && hex(trace_id, 32)
         && !zero(trace_id)
         && hex(parent_id, 16)
@@ -427,10 +433,13 @@ mod tests {
         let id = "4bf92f3577b34da6a3ce929d0e0e4736";
         let valid = format!("00-{id}-00f067aa0ba902b7-01");
         assert_eq!(parse_traceparent(&valid), Some(id));
+        // A later version's first four fields are read as version 00's.
+        let later = format!("01-{id}-00f067aa0ba902b7-01-what-comes-next");
+        assert_eq!(parse_traceparent(&later), Some(id));
         for bad in [
             "",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
             "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",

@@ -264,3 +264,98 @@ impl WebhookSink for MeteredWebhookSink {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::domain::{AccountId, PaymentId};
+
+    /// Answers each call with the next of its answers.
+    struct Scripted(Mutex<Vec<Result<(), ConnectorError>>>);
+
+    impl Connector for Scripted {
+        fn submit_payment(
+            &self,
+            _: PaymentSubmission,
+        ) -> BoxFuture<'_, Result<(), ConnectorError>> {
+            let answer = self.0.lock().unwrap().remove(0);
+            Box::pin(async move { answer })
+        }
+        fn submit_refund(&self, _: RefundSubmission) -> BoxFuture<'_, Result<(), ConnectorError>> {
+            let answer = self.0.lock().unwrap().remove(0);
+            Box::pin(async move { answer })
+        }
+        fn payment_status(
+            &self,
+            _: PaymentName,
+        ) -> BoxFuture<'_, Result<BankStatus, ConnectorError>> {
+            let answer = self.0.lock().unwrap().remove(0);
+            Box::pin(async move { answer.map(|()| BankStatus::Pending) })
+        }
+    }
+
+    fn count(metrics: &BankMetrics, operation: &'static str, outcome: &'static str) -> u64 {
+        let mut page = String::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("bank", "Bank calls", metrics.call_seconds.clone());
+        prometheus_client::encoding::text::encode(&mut page, &registry).unwrap();
+        let series = format!(
+            "bank_count{{bank=\"bank-a\",operation=\"{operation}\",outcome=\"{outcome}\"}} "
+        );
+        page.lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .map_or(0, |value| value.parse().unwrap())
+    }
+
+    #[tokio::test]
+    async fn each_bank_call_is_counted_under_its_outcome() {
+        let metrics = BankMetrics::default();
+        let bank = MeteredConnector::new(
+            "bank-a",
+            Arc::new(Scripted(Mutex::new(vec![
+                Ok(()),
+                Err(ConnectorError::Rejected("no".into())),
+                Err(ConnectorError::Transient("timeout".into())),
+                Err(ConnectorError::Transient(
+                    crate::connectors::http::CIRCUIT_OPEN.into(),
+                )),
+                Ok(()),
+            ]))),
+            metrics.clone(),
+        );
+        let name = PaymentName {
+            account: AccountId::new("acme").unwrap(),
+            payment: PaymentId::new("p1").unwrap(),
+        };
+        let submission = PaymentSubmission {
+            name: name.clone(),
+            amount: crate::domain::Money::from_minor(
+                crate::domain::Currency::from_code("USD").unwrap(),
+                100,
+            ),
+            metadata: Default::default(),
+        };
+        for _ in 0..4 {
+            let _ = bank.submit_payment(submission.clone()).await;
+        }
+        assert_eq!(bank.payment_status(name).await, Ok(BankStatus::Pending));
+        for outcome in ["ok", "rejected", "unavailable", "circuit_open"] {
+            assert_eq!(count(&metrics, "submit_payment", outcome), 1, "{outcome}");
+        }
+        assert_eq!(count(&metrics, "payment_status", "ok"), 1);
+        // The failures alerts watch exist before any happened.
+        assert_eq!(count(&metrics, "submit_refund", "unavailable"), 0);
+        let mut page = String::new();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register("bank", "Bank calls", metrics.call_seconds.clone());
+        prometheus_client::encoding::text::encode(&mut page, &registry).unwrap();
+        assert!(
+            page.contains(
+                "bank_count{bank=\"bank-a\",operation=\"submit_refund\",outcome=\"unavailable\"} 0"
+            ),
+            "{page}"
+        );
+    }
+}

@@ -123,6 +123,18 @@ fn latency_histogram() -> Histogram {
     Histogram::new(LATENCY_BUCKETS)
 }
 
+/// Upper bounds of the background-run buckets, in seconds: from an idle
+/// watchdog sweep (milliseconds) to a recovery or a reconciliation of a
+/// large store, or a webhook sweep waiting on endpoints that time out
+/// (minutes).
+const SWEEP_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 60.0, 180.0, 600.0,
+];
+
+fn sweep_histogram() -> Histogram {
+    Histogram::new(SWEEP_BUCKETS)
+}
+
 /// A latency histogram per label set.
 pub type LatencyFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
@@ -211,7 +223,7 @@ pub struct SweepMetrics {
 impl Default for SweepMetrics {
     fn default() -> SweepMetrics {
         let metrics = SweepMetrics {
-            run_seconds: latency_family(),
+            run_seconds: Family::new_with_constructor(sweep_histogram),
         };
         // Failures exist at zero from the start (an alert's `increase()`
         // sees the first).

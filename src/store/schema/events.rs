@@ -217,3 +217,41 @@ pub async fn webhook_backlog(
     }
     Ok(backlog)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{AccountId, PaymentId};
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::{Condition, WriteOp};
+
+    #[tokio::test]
+    async fn the_backlog_counts_pending_deliveries_and_the_most_overdue_ones_age() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let now = Timestamp::from_unix_millis(1_000_000_000);
+        let empty = webhook_backlog(&store, now).await.unwrap();
+        assert_eq!(empty, WebhookBacklog::default());
+        let name = |id: &str| PaymentName {
+            account: AccountId::new("acme").unwrap(),
+            payment: PaymentId::new(id).unwrap(),
+        };
+        // Two due (90 s and 5 s ago), one waiting for its next attempt.
+        let pointers = [("p1", -90_000), ("p2", -5_000), ("p3", 60_000)];
+        let ops = pointers
+            .iter()
+            .map(|(id, offset)| WriteOp::Put {
+                item: webhook_due_item(&name(id), 1, now.plus_millis(*offset), 1),
+                condition: Condition::NotExists,
+            })
+            .collect();
+        store.transact(ops).await.unwrap();
+        assert_eq!(
+            webhook_backlog(&store, now).await.unwrap(),
+            WebhookBacklog {
+                pending: 3,
+                overdue_seconds: 90
+            }
+        );
+    }
+}
