@@ -498,6 +498,11 @@ pub const BANK_SETTLEMENT_BYTES_MAX: usize = 16 * 1024 * 1024;
 pub const RECONCILE_EDGE_SLACK: Duration = Duration::from_secs(5 * 60);
 /// Mismatches listed in one reconciliation report (all are counted).
 pub const RECONCILE_MISMATCHES_LISTED_MAX: usize = 1_000;
+/// Periods that disagreed run again per reconciliation turn, oldest first
+/// (each run reads two settlement reports and the period's payments): a
+/// fixed period's page resolves within a few turns, and a pile of open
+/// periods cannot make a turn unbounded.
+pub const RECONCILE_RECHECKS_PER_TURN: usize = 4;
 /// Banks one node routes across (each has a connector, a breaker and a
 /// reconciliation run).
 pub const BANKS_MAX: usize = 16;

@@ -32,11 +32,13 @@ use serde::Serialize;
 use crate::audit::audit_account;
 use crate::connectors::http::{HttpBankConnector, Settlement, SettlementEntry};
 use crate::domain::events::Change;
+use crate::domain::incidents::{Incidents, Owed, Period};
 use crate::domain::payment::{PaymentState, RefundState};
 use crate::domain::{parse_payment_name, AccountId, Timestamp};
 use crate::limits;
 use crate::metrics::Counter;
 use crate::shutdown::Shutdown;
+use crate::store::schema::{load_incidents, save_incidents};
 use crate::store::{schema, Store, StoreError};
 
 /// One disagreement.
@@ -446,7 +448,9 @@ pub async fn run(
 /// (outcomes have reached payvisor, through callbacks or the watchdog's
 /// status queries, and the bank has settled); a failed run is
 /// tried again on the next tick for the same period. Mismatches are logged
-/// one by one, counted in `found`, and paged once per period.
+/// one by one and counted in `found`; each period that disagrees is paged
+/// once (retried until the pager takes it), run again on later ticks, and
+/// its page resolved when a run finds it clean.
 pub struct Periodic {
     /// Where payvisor's side is read.
     pub store: Arc<dyn Store>,
@@ -487,68 +491,166 @@ impl Periodic {
                 continue;
             }
             let started = std::time::Instant::now();
-            let reconciled = to > from && self.reconcile_period(from, to).await;
-            if to > from {
-                self.sweeps.observe("reconciliation", reconciled, started);
-            }
+            let reconciled = self.tick(from, to).await;
+            self.sweeps.observe("reconciliation", reconciled, started);
             if reconciled {
-                from = to;
+                from = to.max(from);
             }
         }
     }
 
-    /// Reconciles `[from, to)`: logs, counts and pages what it finds.
-    /// Whether the run completed (a failed one is retried next tick).
-    async fn reconcile_period(&self, from: Timestamp, to: Timestamp) -> bool {
-        let report = match run(self.store.as_ref(), &self.bank, from, to).await {
-            Ok(report) => report,
+    /// One turn: reconciles the new period `[from, to)` (when it is not
+    /// empty), runs open periods again, records what it found, then
+    /// delivers the pages owed. Whether the new period was reconciled and
+    /// recorded (if not, the next turn tries it again).
+    async fn tick(&self, from: Timestamp, to: Timestamp) -> bool {
+        let bank = self.bank.name();
+        let (mut incidents, mut version) = match load_incidents(self.store.as_ref(), bank).await {
+            Ok(Some(stored)) => (stored.value, Some(stored.version)),
+            Ok(None) => (Incidents::default(), None),
             Err(error) => {
-                tracing::warn!(%error, "reconciliation failed; retrying next tick");
+                tracing::warn!(%error, "reconciliation incidents not read; retrying next tick");
                 return false;
             }
         };
-        self.found.inc_by(report.mismatch_count as u64);
-        if report.is_clean() {
-            tracing::info!(bank = %report.bank, from = report.from_ms, to = report.to_ms, entries = report.bank_entries, "reconciliation clean");
-            return true;
+        let before = incidents.clone();
+        let new = Period { from, to };
+        let mut found = 0;
+        let mut reconciled = to <= from;
+        if to > from {
+            match run(self.store.as_ref(), &self.bank, from, to).await {
+                Ok(report) => {
+                    if report.is_clean() {
+                        tracing::info!(
+                            bank,
+                            from = report.from_ms,
+                            to = report.to_ms,
+                            entries = report.bank_entries,
+                            "reconciliation clean"
+                        );
+                    }
+                    for mismatch in &report.mismatches {
+                        tracing::error!(bank, kind = mismatch.kind, subject = %mismatch.subject, detail = %mismatch.detail, "reconciliation mismatch");
+                    }
+                    found = report.mismatch_count as u64;
+                    incidents.record_run(new, found, &lines(&report));
+                    reconciled = true;
+                }
+                Err(error) => tracing::warn!(%error, "reconciliation failed; retrying next tick"),
+            }
         }
-        for mismatch in &report.mismatches {
-            tracing::error!(bank = %report.bank, kind = mismatch.kind, subject = %mismatch.subject, detail = %mismatch.detail, "reconciliation mismatch");
+        // Periods that disagreed, again: a fix (or a late outcome) shows as
+        // a clean run, which resolves the period's page.
+        for period in incidents.to_recheck(limits::RECONCILE_RECHECKS_PER_TURN) {
+            if period == new {
+                continue;
+            }
+            match run(self.store.as_ref(), &self.bank, period.from, period.to).await {
+                Ok(report) => {
+                    if report.is_clean() {
+                        tracing::info!(
+                            bank,
+                            from = report.from_ms,
+                            to = report.to_ms,
+                            "a period that disagreed agrees again"
+                        );
+                    }
+                    incidents.record_run(period, report.mismatch_count as u64, &lines(&report));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "reconciliation of an open period failed; retrying next tick");
+                    break;
+                }
+            }
         }
-        let page = crate::alerts::Page {
-            action: crate::alerts::PageAction::Trigger,
-            class: crate::alerts::PageClass::ReconciliationMismatch,
+        // Recorded before any page goes out (the record is the outbox).
+        if incidents != before {
+            match save_incidents(self.store.as_ref(), bank, version, &incidents).await {
+                Ok(saved) => version = Some(saved),
+                Err(error) => {
+                    tracing::warn!(%error, "reconciliation incidents not recorded; retrying next tick");
+                    return false;
+                }
+            }
+        }
+        self.found.inc_by(found);
+        let mut delivered = false;
+        for owed in incidents.owed() {
+            match self.sink.send(&self.page(&owed)).await {
+                Ok(()) => {
+                    incidents.delivered(&owed);
+                    delivered = true;
+                }
+                Err(error) => {
+                    tracing::error!(%error, "reconciliation page not delivered; retrying next tick");
+                }
+            }
+        }
+        if delivered {
+            // Not recorded: the pages go again next tick, under the same
+            // keys (the pager deduplicates).
+            if let Err(error) = save_incidents(self.store.as_ref(), bank, version, &incidents).await
+            {
+                tracing::warn!(%error, "delivered reconciliation pages not recorded");
+            }
+        }
+        reconciled
+    }
+
+    /// The page of what `owed` is: a period's trigger or resolve, keyed by
+    /// bank and period.
+    fn page(&self, owed: &Owed) -> crate::alerts::Page {
+        use crate::alerts::{Page, PageAction, PageClass, Severity};
+        use crate::domain::time::rfc3339;
+        let bank = self.bank.name();
+        let (action, period) = match owed {
+            Owed::Trigger(open) => (PageAction::Trigger, open.period),
+            Owed::Resolve(period) => (PageAction::Resolve, *period),
+        };
+        let span = format!("{}..{}", rfc3339(period.from), rfc3339(period.to));
+        let mut custom_details = BTreeMap::from([
+            ("bank".to_owned(), bank.to_owned()),
+            ("period_from".to_owned(), rfc3339(period.from)),
+            ("period_to".to_owned(), rfc3339(period.to)),
+        ]);
+        let summary = match owed {
+            Owed::Trigger(open) => {
+                custom_details.insert("mismatches".to_owned(), open.mismatches.to_string());
+                for (n, line) in open.lines.iter().enumerate() {
+                    custom_details.insert(format!("mismatch_{n:02}"), line.clone());
+                }
+                format!(
+                    "{} reconciliation mismatches with {bank} for {span}",
+                    open.mismatches
+                )
+            }
+            Owed::Resolve(_) => format!("reconciliation with {bank} for {span} agrees again"),
+        };
+        Page {
+            action,
+            class: PageClass::ReconciliationMismatch,
             dedup_key: format!(
-                "payvisor/reconcile/{}/{}-{}",
-                report.bank, report.from_ms, report.to_ms
+                "payvisor/reconcile/{bank}/{}-{}",
+                period.from.unix_millis(),
+                period.to.unix_millis()
             ),
-            summary: format!(
-                "{} reconciliation mismatches with {} for {}..{}",
-                report.mismatch_count, report.bank, report.from_ms, report.to_ms
-            ),
+            summary,
             source: self.node_name.clone(),
-            severity: crate::alerts::Severity::Error,
+            severity: Severity::Error,
             timestamp: self.clock.now(),
-            custom_details: report
-                .mismatches
-                .iter()
-                .take(20)
-                .enumerate()
-                .map(|(n, m)| {
-                    (
-                        format!("{n:02}"),
-                        format!("{} {} {}", m.kind, m.subject, m.detail),
-                    )
-                })
-                .collect(),
+            custom_details,
             links: Vec::new(),
             client_url: None,
-        };
-        if let Err(error) = self.sink.send(&page).await {
-            tracing::error!(%error, "reconciliation page not delivered");
         }
-        true
     }
+}
+
+/// A report's first mismatches, one line each, for a page.
+fn lines(report: &Report) -> Vec<String> {
+    (report.mismatches.iter())
+        .take(crate::domain::incidents::LINES_KEPT)
+        .map(|m| format!("{} {} {}", m.kind, m.subject, m.detail))
+        .collect()
 }
 
 #[cfg(test)]

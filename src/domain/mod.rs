@@ -9,6 +9,7 @@ pub mod account;
 pub mod country;
 pub mod events;
 pub mod idempotency;
+pub mod incidents;
 pub mod json;
 pub mod ledger;
 pub mod money;

@@ -13,6 +13,7 @@ use crate::common::*;
 use payvisor::grpc::pb::payment::State;
 
 const SECRET: &str = BANK_SIM_SECRET;
+const PAGER_KEY: &str = "R0UT1NGKEYRECONC1LE0000000000000";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_9() {
@@ -34,6 +35,7 @@ async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_
     let callback_listen = format!("127.0.0.1:{}", free_port());
     let metrics_listen = format!("127.0.0.1:{}", free_port());
     let bank_url = format!("http://{}", bank.address);
+    let pager = crate::common::pager::PagerReceiver::start(PAGER_KEY).await;
     let mut server = Server::start(&[
         "--bank-url",
         &bank_url,
@@ -58,6 +60,10 @@ async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_
         "5s",
         "--metrics-listen",
         &metrics_listen,
+        "--pagerduty-url",
+        &pager.url(),
+        "--pagerduty-routing-key",
+        PAGER_KEY,
     ]);
     let mut client = server.client().await;
 
@@ -171,7 +177,8 @@ async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_
     );
 
     // ...and a corrupted settlement report is caught, by the command and by
-    // the server's own periodic run.
+    // the server's own periodic run, which pages it (through a pager outage).
+    pager.fail_next(2, 503);
     drop(bank);
     let _bank = BankSim::start(bank_dir.path(), bank_port, &["--corrupt-settlement"]);
     let caught = reconcile(&server);
@@ -188,6 +195,69 @@ async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let paged = || -> std::collections::BTreeSet<String> {
+        (pager.events().iter())
+            .filter(|event| event["event_action"] == "trigger")
+            .filter(|event| event["payload"]["class"] == "reconciliation_mismatch")
+            .map(|event| event["dedup_key"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    while paged().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            pager.events()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let first = paged().into_iter().next().unwrap();
+    assert!(first.starts_with("payvisor/reconcile/bank-a/"), "{first}");
+    let trigger = &pager.triggers_for(&first)[0];
+    let details = &trigger["payload"]["custom_details"];
+    assert!(
+        details["mismatch_00"]
+            .as_str()
+            .unwrap()
+            .starts_with("amount_differs"),
+        "{trigger}"
+    );
+    assert!(
+        details["period_from"].as_str().unwrap().ends_with('Z'),
+        "{trigger}"
+    );
+    assert!(
+        trigger["links"][0]["href"]
+            .as_str()
+            .unwrap()
+            .ends_with("/reconciliation-mismatch.md"),
+        "{trigger}"
+    );
+
+    // The bank's reports agree again: each period paged is run again,
+    // found clean, and its page resolved.
+    drop(_bank);
+    let _bank = BankSim::start(bank_dir.path(), bank_port, &[]);
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE * 2;
+    loop {
+        let unresolved: Vec<String> = paged()
+            .into_iter()
+            .filter(|key| pager.resolves_for(key).is_empty())
+            .collect();
+        if unresolved.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never resolved: {unresolved:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Each period paged once, however many times the pager was retried.
+    for key in paged() {
+        assert_eq!(pager.triggers_for(&key).len(), 1, "{key}");
+    }
+    assert!(pager.rejections().is_empty(), "{:?}", pager.rejections());
 }
 
 fn eur(minor_units: i64) -> payvisor::grpc::pb::Money {

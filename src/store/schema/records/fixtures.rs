@@ -335,3 +335,22 @@ pub fn outbox() -> OutboxRecord {
         acknowledged_at: Some(at(4_100)),
     }
 }
+
+pub fn incidents() -> crate::domain::incidents::Incidents {
+    use crate::domain::incidents::{Incidents, OpenPeriod, Period};
+    Incidents {
+        open: vec![OpenPeriod {
+            period: Period {
+                from: at(0),
+                to: at(3_600_000),
+            },
+            mismatches: 3,
+            lines: vec!["amount_differs pay_1 bank 5.00 USD, payvisor 12.50 USD".into()],
+            paged: true,
+        }],
+        resolves_owed: vec![Period {
+            from: at(-3_600_000),
+            to: at(0),
+        }],
+    }
+}

@@ -35,6 +35,7 @@ mod cluster;
 mod events;
 mod idempotency;
 mod inbox;
+mod incidents;
 mod movement;
 mod outbox;
 mod payment;
