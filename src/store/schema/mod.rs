@@ -14,6 +14,7 @@
 //! | inbox       | `A#{acct}#{shard}`  | `X#{bank}#{message id}` | –                                     |
 //! | outbox      | `A#{acct}#{shard}`  | `O#{payment}#{n:06}` | `OUTBOX#nn` / `{created:013}/{acct}/{payment}/{n:06}` until acknowledged |
 //! | audit       | `A#{acct}#{shard}`  | `U#{at:013}#{payment}#{version:010}[#E{event seq:010}]` | – (an account's range by time) |
+//! | incidents   | `RECONCILE`         | `INCIDENTS#{bank}` | – (a bank's reconciliation incidents, by the leader) |
 //! | secret      | `SECRETS`           | `PAGE_TOKEN_KEY` | – (written once, by the first node)                 |
 //! | (probe)     | `SECRETS`           | `HEALTH_PROBE`   | – (read by the health probe, never written)         |
 //!
