@@ -93,6 +93,14 @@ impl Store for Counting {
         })
     }
 
+    fn expire(
+        &self,
+        now_unix_seconds: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        self.inner.expire(now_unix_seconds, limit)
+    }
+
     fn query_index(&self, query: IndexQuery) -> BoxFuture<'_, Result<Page, StoreError>> {
         Box::pin(async move {
             let page = self.inner.query_index(query).await?;

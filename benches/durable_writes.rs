@@ -35,6 +35,7 @@ fn payment_write(account: usize, sequence: usize) -> Vec<WriteOp> {
             version,
             body: body.clone(),
             index: None,
+            expires_at: None,
         },
         condition,
     };

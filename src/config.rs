@@ -85,6 +85,12 @@ pub struct ServeArgs {
     /// Share of payments the bank simulator fails, in thousandths.
     #[arg(long, env = "PAYVISOR_BANK_FAILURE_PER_MILLE", default_value_t = 0)]
     pub bank_failure_per_mille: u32,
+    /// How long a `request_id` is remembered: a retry within this replays
+    /// the first answer; after it the key is forgotten (and its record
+    /// deleted: DynamoDB's time to live, the embedded store's sweep).
+    /// From 1h to 365d.
+    #[arg(long, env = "PAYVISOR_IDEMPOTENCY_RETENTION", default_value = "24h")]
+    pub idempotency_retention: String,
     /// Account actors idle this many seconds stop and free their memory.
     #[arg(long, env = "PAYVISOR_PASSIVATE_AFTER_SECS", default_value_t = crate::limits::ACCOUNT_IDLE_PASSIVATE.as_secs())]
     pub passivate_after_secs: u64,
@@ -605,6 +611,8 @@ pub struct Config {
     pub policy: Policy,
     pub built_in_bank: BuiltInBankConfig,
     pub passivate_after: Duration,
+    /// How long idempotency records are kept.
+    pub idempotency_retention: Duration,
     pub watchdog: WatchdogConfig,
     pub metrics_listen: Option<SocketAddr>,
     pub health_listen: Option<SocketAddr>,
@@ -920,6 +928,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 pub enum ConfigError {
     #[error("{0}")]
     File(#[from] crate::reload::FileError),
+    #[error("--idempotency-retention {0:?}: expected a duration from 1h to 365d, like 24h")]
+    IdempotencyRetention(String),
     #[error("--node-name: {0}")]
     NodeName(String),
     #[error("{0} {1:?}: expected an http:// or https:// address")]
@@ -1098,6 +1108,14 @@ impl ServeArgs {
                 failure_per_mille: self.bank_failure_per_mille,
             },
             passivate_after: Duration::from_secs(self.passivate_after_secs),
+            idempotency_retention: parse_duration(&self.idempotency_retention)
+                .filter(|retention| {
+                    (limits::IDEMPOTENCY_RETENTION_MIN..=limits::IDEMPOTENCY_RETENTION_MAX)
+                        .contains(retention)
+                })
+                .ok_or_else(|| {
+                    ConfigError::IdempotencyRetention(self.idempotency_retention.clone())
+                })?,
         })
     }
 }

@@ -218,6 +218,7 @@ impl Node {
             settings: ActorSettings {
                 passivate_after: config.passivate_after,
                 ownership,
+                idempotency_retention: config.idempotency_retention,
                 ..ActorSettings::default()
             },
             alert_sink: alert_sink.clone(),
@@ -467,9 +468,45 @@ fn sweep_periodically(
         let swept = |ok, started| timed.observe("webhooks", ok, started);
         (webhooks.run_until(limits::WEBHOOK_SWEEP_EVERY, swept, until)).await;
     });
+    let expiry = expire_periodically(node.store.clone(), node.clock.clone(), sweeps.clone());
+    let until = shutdown.clone();
+    tasks.spawn("expiry sweep", async move {
+        tokio::select! {
+            () = until.signalled() => {}
+            () = expiry => {}
+        }
+    });
     let reloading =
         Arc::clone(&node.rules).watch_until(limits::RULES_RELOAD_EVERY, shutdown.clone());
     tasks.spawn("rules reload", reloading);
+}
+
+/// Deletes expired records (idempotency keys past their retention) every
+/// [`limits::EXPIRY_SWEEP_EVERY`], in bounded batches. On DynamoDB each
+/// sweep is free (its time to live deletes them).
+async fn expire_periodically(store: Arc<dyn Store>, clock: Arc<dyn Clock>, sweeps: SweepMetrics) {
+    loop {
+        tokio::time::sleep(limits::EXPIRY_SWEEP_EVERY).await;
+        let sweep = async {
+            let now = clock.now().unix_millis().div_euclid(1000);
+            let mut deleted = 0;
+            for _ in 0..limits::EXPIRY_SWEEP_BATCHES_MAX {
+                let batch = store.expire(now, limits::EXPIRY_SWEEP_BATCH).await?;
+                deleted += batch;
+                if batch < limits::EXPIRY_SWEEP_BATCH {
+                    break;
+                }
+            }
+            Ok::<_, StoreError>(deleted)
+        };
+        match sweeps.time("expiry", sweep).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "expired records deleted"),
+            Err(error) => {
+                tracing::warn!(%error, "expired records not deleted; retrying next sweep")
+            }
+        }
+    }
 }
 
 /// The node's banks: each `--banks` entry over HTTP (outcomes come back as

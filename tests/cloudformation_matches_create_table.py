@@ -6,6 +6,7 @@ DynamoDB reports of both (keys, attributes, indexes, billing).
 Run by tests/run.sh with AWS_ENDPOINT_URL_DYNAMODB pointing at moto."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -45,6 +46,8 @@ def protected_shape(dynamodb, table):
     described["point_in_time_recovery"] = backups["PointInTimeRecoveryDescription"][
         "PointInTimeRecoveryStatus"
     ]
+    ttl = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    described["time_to_live"] = (ttl.get("TimeToLiveStatus"), ttl.get("AttributeName"))
     return described
 
 
@@ -68,6 +71,13 @@ def main():
     with open(TEMPLATE) as template:
         declared = "PointInTimeRecoveryEnabled: true" in template.read()
     from_template["point_in_time_recovery"] = "ENABLED" if declared else "DISABLED"
+    # Nor TimeToLiveSpecification: read its declaration too.
+    with open(TEMPLATE) as template:
+        ttl = re.search(
+            r"TimeToLiveSpecification:\s*\n\s*AttributeName:\s*(\S+)\s*\n\s*Enabled:\s*true",
+            template.read(),
+        )
+    from_template["time_to_live"] = ("ENABLED", ttl.group(1)) if ttl else ("DISABLED", None)
     from_cli = protected_shape(dynamodb, f"from-cli-{suffix}")
     if from_template != from_cli:
         print(f"template: {from_template}\ncli:      {from_cli}")

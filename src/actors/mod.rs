@@ -233,6 +233,8 @@ pub struct ActorSettings {
     /// Which accounts this node may write (all of them, unless it is a
     /// cluster member).
     pub ownership: AccountOwnership,
+    /// How long idempotency records are kept.
+    pub idempotency_retention: Duration,
 }
 
 impl Default for ActorSettings {
@@ -241,6 +243,7 @@ impl Default for ActorSettings {
             passivate_after: limits::ACCOUNT_IDLE_PASSIVATE,
             idle_check_every: limits::ACCOUNT_IDLE_CHECK,
             ownership: AccountOwnership::Everything,
+            idempotency_retention: limits::IDEMPOTENCY_RETENTION,
         }
     }
 }

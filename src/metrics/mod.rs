@@ -207,7 +207,7 @@ impl Default for StoreMetrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SweepLabels {
     /// `watchdog`, `recovery_startup`, `recovery_late`,
-    /// `recovery_gained_shards`, `reconciliation`, `webhooks`.
+    /// `recovery_gained_shards`, `reconciliation`, `webhooks`, `expiry`.
     pub sweep: &'static str,
     /// `ok` or `failed`.
     pub outcome: &'static str,
@@ -234,6 +234,7 @@ impl Default for SweepMetrics {
             "recovery_gained_shards",
             "reconciliation",
             "webhooks",
+            "expiry",
         ] {
             let outcome = "failed";
             let _zero = metrics

@@ -80,6 +80,14 @@ impl Store for MeteredStore {
     fn settle(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.timed("settle", self.inner.settle())
     }
+
+    fn expire(
+        &self,
+        now_unix_seconds: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        self.timed("expire", self.inner.expire(now_unix_seconds, limit))
+    }
 }
 
 #[cfg(test)]

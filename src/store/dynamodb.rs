@@ -31,7 +31,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
     KeySchemaElement, KeyType, PointInTimeRecoverySpecification, Projection, ProjectionType, Put,
-    ScalarAttributeType, TableStatus, TransactWriteItem,
+    ScalarAttributeType, TableStatus, TimeToLiveSpecification, TransactWriteItem,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -44,6 +44,10 @@ use crate::random::{Random, SeededRandom};
 
 /// Name of the sparse global secondary index.
 pub const INDEX_NAME: &str = "by-index";
+/// The attribute DynamoDB's time to live reads: an item's expiry, in Unix
+/// seconds (`Item::expires_at`). DynamoDB deletes expired items itself,
+/// within days of their expiry.
+pub const TTL_ATTRIBUTE: &str = "ttl";
 
 /// How to reach DynamoDB. Region, credentials and endpoint come the
 /// standard AWS way (environment, profile, instance role;
@@ -193,6 +197,7 @@ impl DynamoDbStore {
                 .table
                 .and_then(|t| t.table_status);
             if status == Some(TableStatus::Active) {
+                self.enable_time_to_live().await?;
                 return self.enable_point_in_time_recovery().await;
             }
             tokio::time::sleep(limits::DYNAMODB_TABLE_WAIT_POLL).await;
@@ -201,6 +206,37 @@ impl DynamoDbStore {
             "table {} did not become active",
             self.table
         )))
+    }
+
+    /// Time to live on [`TTL_ATTRIBUTE`], as the CloudFormation template has
+    /// it: expired idempotency records are deleted by DynamoDB. Already
+    /// enabled (a second run) is fine.
+    async fn enable_time_to_live(&self) -> Result<(), StoreError> {
+        let described = self
+            .client
+            .describe_time_to_live()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(|error| unavailable(describe(&error)))?;
+        let enabled = (described.time_to_live_description()).and_then(|ttl| ttl.attribute_name())
+            == Some(TTL_ATTRIBUTE);
+        if enabled {
+            return Ok(());
+        }
+        let specification = TimeToLiveSpecification::builder()
+            .attribute_name(TTL_ATTRIBUTE)
+            .enabled(true)
+            .build()
+            .map_err(unavailable)?;
+        self.client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(specification)
+            .send()
+            .await
+            .map_err(|error| unavailable(describe(&error)))?;
+        Ok(())
     }
 
     /// Point-in-time recovery, as the CloudFormation template has it: the
@@ -254,6 +290,12 @@ impl DynamoDbStore {
         if let Some(index) = &item.index {
             attributes.insert("ipk".into(), AttributeValue::S(index.pk.clone()));
             attributes.insert("isk".into(), AttributeValue::S(index.sk.clone()));
+        }
+        if let Some(expires_at) = item.expires_at {
+            attributes.insert(
+                TTL_ATTRIBUTE.into(),
+                AttributeValue::N(expires_at.to_string()),
+            );
         }
         attributes
     }
@@ -337,6 +379,19 @@ impl DynamoDbStore {
             (Some(pk), Some(sk)) => Some(IndexKey { pk, sk }),
             _ => None,
         };
+        let expires_at = match attributes.get(TTL_ATTRIBUTE) {
+            None => None,
+            Some(AttributeValue::N(number)) => Some(
+                number
+                    .parse::<i64>()
+                    .map_err(|e| StoreError::Corrupt(format!("{TTL_ATTRIBUTE}: {e}")))?,
+            ),
+            Some(other) => {
+                return Err(StoreError::Corrupt(format!(
+                    "{TTL_ATTRIBUTE} attribute is {other:?}"
+                )))
+            }
+        };
         Ok(Item {
             key: Key {
                 pk: required("pk")?,
@@ -345,6 +400,7 @@ impl DynamoDbStore {
             version,
             body,
             index,
+            expires_at,
         })
     }
 
@@ -444,6 +500,15 @@ fn just_after(value: &str) -> String {
 }
 
 impl Store for DynamoDbStore {
+    /// DynamoDB's time to live deletes expired items: nothing to do here.
+    fn expire(
+        &self,
+        _now_unix_seconds: i64,
+        _limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async { Ok(0) })
+    }
+
     fn transact(&self, ops: Vec<WriteOp>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             validate_write(&ops)?;

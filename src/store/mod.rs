@@ -62,6 +62,11 @@ pub struct Item {
     pub version: u64,
     pub body: Vec<u8>,
     pub index: Option<IndexKey>,
+    /// When the store may delete the item by itself, in Unix seconds
+    /// (DynamoDB's TTL is in seconds): only for items whose loss after
+    /// that is intended (idempotency records). Until it is deleted, an
+    /// expired item reads as any other.
+    pub expires_at: Option<i64>,
 }
 
 /// What must be true of an item for a write to apply.
@@ -158,6 +163,14 @@ pub trait Store: Send + Sync + 'static {
     /// A range read of the sparse secondary index (may lag on DynamoDB;
     /// used for recovery sweeps, never for decisions).
     fn query_index(&self, query: IndexQuery) -> BoxFuture<'_, Result<Page, StoreError>>;
+    /// Deletes up to `limit` items whose `expires_at` is before `now_unix_seconds`,
+    /// and says how many it deleted. DynamoDB deletes expired items itself
+    /// (TTL), so its store deletes none here. Every wrapper forwards it.
+    fn expire(
+        &self,
+        now_unix_seconds: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>>;
     /// Tidies up after the last write of a clean stop (the embedded store
     /// folds its write-ahead log into the database and truncates it).
     /// The store stays usable.

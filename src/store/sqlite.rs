@@ -54,12 +54,14 @@ CREATE TABLE IF NOT EXISTS meta (
 
 /// The layout of the database this build writes (`meta.format`): 1 was
 /// the items table without checksums, 2 added them (a database of format 1
-/// is upgraded in place; its rows are checked once rewritten).
-const FORMAT: u32 = 2;
+/// is upgraded in place; its rows are checked once rewritten), 3 added the
+/// expiry of items (`exp`, Unix seconds, with an index of the expiring
+/// ones for the sweep).
+const FORMAT: u32 = 3;
 /// The data directory's record of the store it holds.
 const IDENTITY_FILE: &str = "payvisor.id";
 /// The columns every read selects, in `item_from_row`'s order.
-const COLUMNS: &str = "pk, sk, version, body, ipk, isk, crc";
+const COLUMNS: &str = "pk, sk, version, body, ipk, isk, crc, exp";
 
 struct WriteRequest {
     ops: Vec<WriteOp>,
@@ -118,6 +120,11 @@ fn checksum(item: &Item) -> u32 {
             field(index.sk.as_bytes());
         }
         None => field(b"0"),
+    }
+    // Rows without an expiry checksum as they did before expiry existed.
+    if let Some(expires_at) = item.expires_at {
+        field(b"e");
+        field(&expires_at.to_le_bytes());
     }
     hasher.finalize()
 }
@@ -218,16 +225,23 @@ fn establish_identity(connection: &Connection, data_dir: &Path) -> Result<(), St
         Some(Ok(format)) if format == FORMAT => {}
         Some(Err(_)) => return Err(StoreError::Corrupt("the store's format is unreadable".into())),
         _ => {
-            // Format 1 (or new): add the checksum column where missing.
-            let has_crc = connection
-                .prepare("SELECT 1 FROM pragma_table_info('items') WHERE name = 'crc'")
-                .and_then(|mut statement| statement.exists([]))
-                .map_err(unavailable)?;
-            if !has_crc {
-                connection
-                    .execute_batch("ALTER TABLE items ADD COLUMN crc INTEGER")
+            // An older format (or new): add the columns where missing.
+            for column in ["crc", "exp"] {
+                let present = connection
+                    .prepare("SELECT 1 FROM pragma_table_info('items') WHERE name = ?1")
+                    .and_then(|mut statement| statement.exists([column]))
                     .map_err(unavailable)?;
+                if !present {
+                    connection
+                        .execute_batch(&format!("ALTER TABLE items ADD COLUMN {column} INTEGER"))
+                        .map_err(unavailable)?;
+                }
             }
+            connection
+                .execute_batch(
+                    "CREATE INDEX IF NOT EXISTS items_expiring ON items (exp) WHERE exp IS NOT NULL",
+                )
+                .map_err(unavailable)?;
             connection
                 .execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('format', ?1)",
@@ -510,8 +524,8 @@ fn apply_one(
                 };
                 connection
                     .prepare_cached(
-                        "INSERT OR REPLACE INTO items (pk, sk, version, body, ipk, isk, crc)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        "INSERT OR REPLACE INTO items (pk, sk, version, body, ipk, isk, crc, exp)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                     )?
                     .execute(params![
                         item.key.pk,
@@ -520,7 +534,8 @@ fn apply_one(
                         item.body,
                         ipk,
                         isk,
-                        i64::from(checksum(item))
+                        i64::from(checksum(item)),
+                        item.expires_at
                     ])?;
             }
             WriteOp::Delete { key, .. } => {
@@ -540,6 +555,7 @@ fn item_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
     let ipk: Option<String> = row.get(4)?;
     let isk: Option<String> = row.get(5)?;
     let crc: Option<i64> = row.get(6)?;
+    let expires_at: Option<i64> = row.get(7)?;
     let item = Item {
         key: Key {
             pk: row.get(0)?,
@@ -548,6 +564,7 @@ fn item_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         version: row.get::<_, i64>(2)? as u64,
         body: row.get(3)?,
         index: ipk.zip(isk).map(|(pk, sk)| IndexKey { pk, sk }),
+        expires_at,
     };
     match crc {
         Some(crc) if crc != i64::from(checksum(&item)) => {
@@ -578,6 +595,63 @@ fn prefix_end(prefix: &str) -> Option<String> {
 }
 
 impl Store for SqliteStore {
+    /// Reads the expired items (by the `exp` index), then deletes them
+    /// through the writer like any write, each on the version read: an
+    /// item rewritten meanwhile is left alone.
+    fn expire(
+        &self,
+        now_unix_seconds: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        Box::pin(async move {
+            let expired: Vec<(Key, u64)> = self
+                .read(move |connection| {
+                    let mut statement = connection
+                        .prepare_cached(
+                            "SELECT pk, sk, version FROM items
+                             WHERE exp IS NOT NULL AND exp < ?1 ORDER BY exp LIMIT ?2",
+                        )
+                        .map_err(unavailable)?;
+                    let rows = statement
+                        .query_map(params![now_unix_seconds, limit as i64], |row| {
+                            Ok((
+                                Key {
+                                    pk: row.get(0)?,
+                                    sk: row.get(1)?,
+                                },
+                                row.get::<_, i64>(2)? as u64,
+                            ))
+                        })
+                        .map_err(unavailable)?;
+                    rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+                })
+                .await?;
+            let delete = |(key, version): &(Key, u64)| WriteOp::Delete {
+                key: key.clone(),
+                condition: Condition::VersionIs(*version),
+            };
+            let mut deleted = 0;
+            // A write of many deletes (one commit); one that meets an item
+            // rewritten meanwhile is done again one delete at a time.
+            for chunk in expired.chunks(limits::TRANSACT_ITEMS_MAX) {
+                match self.transact(chunk.iter().map(delete).collect()).await {
+                    Ok(()) => deleted += chunk.len(),
+                    Err(StoreError::ConditionFailed { .. }) => {
+                        for one in chunk {
+                            match self.transact(vec![delete(one)]).await {
+                                Ok(()) => deleted += 1,
+                                Err(StoreError::ConditionFailed { .. }) => {}
+                                Err(error) => return Err(error),
+                            }
+                        }
+                    }
+                    Err(error) => return Err(error),
+                }
+            }
+            Ok(deleted)
+        })
+    }
+
     fn settle(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         // The write-ahead log only shrinks on a TRUNCATE checkpoint; left
         // as it is, a clean stop leaves a log of tens of MB beside the
@@ -614,7 +688,7 @@ impl Store for SqliteStore {
         self.read(move |connection| {
             connection
                 .prepare_cached(
-                    "SELECT pk, sk, version, body, ipk, isk, crc FROM items WHERE pk = ?1 AND sk = ?2",
+                    "SELECT pk, sk, version, body, ipk, isk, crc, exp FROM items WHERE pk = ?1 AND sk = ?2",
                 )
                 .and_then(|mut statement| {
                     statement
@@ -637,10 +711,10 @@ impl Store for SqliteStore {
                 .is_some_and(|after| *after >= query.sk_prefix);
             let upper = prefix_end(&query.sk_prefix).unwrap_or_else(|| "\u{10ffff}".into());
             let sql = if strict {
-                "SELECT pk, sk, version, body, ipk, isk, crc FROM items
+                "SELECT pk, sk, version, body, ipk, isk, crc, exp FROM items
                  WHERE pk = ?1 AND sk > ?2 AND sk < ?3 ORDER BY sk LIMIT ?4"
             } else {
-                "SELECT pk, sk, version, body, ipk, isk, crc FROM items
+                "SELECT pk, sk, version, body, ipk, isk, crc, exp FROM items
                  WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 ORDER BY sk LIMIT ?4"
             };
             let limit = query.limit.max(1);
@@ -666,19 +740,19 @@ impl Store for SqliteStore {
             // The index (ipk, isk) makes both bounds a range seek.
             let sql = match (query.start_after.is_some(), query.end_at.is_some()) {
                 (true, false) => {
-                    "SELECT pk, sk, version, body, ipk, isk, crc FROM items
+                    "SELECT pk, sk, version, body, ipk, isk, crc, exp FROM items
                      WHERE ipk = ?1 AND isk > ?2 ORDER BY isk LIMIT ?3"
                 }
                 (false, false) => {
-                    "SELECT pk, sk, version, body, ipk, isk, crc FROM items
+                    "SELECT pk, sk, version, body, ipk, isk, crc, exp FROM items
                      WHERE ipk = ?1 AND isk >= ?2 ORDER BY isk LIMIT ?3"
                 }
                 (true, true) => {
-                    "SELECT pk, sk, version, body, ipk, isk, crc FROM items
+                    "SELECT pk, sk, version, body, ipk, isk, crc, exp FROM items
                      WHERE ipk = ?1 AND isk > ?2 AND isk <= ?4 ORDER BY isk LIMIT ?3"
                 }
                 (false, true) => {
-                    "SELECT pk, sk, version, body, ipk, isk, crc FROM items
+                    "SELECT pk, sk, version, body, ipk, isk, crc, exp FROM items
                      WHERE ipk = ?1 AND isk >= ?2 AND isk <= ?4 ORDER BY isk LIMIT ?3"
                 }
             };

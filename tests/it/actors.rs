@@ -91,6 +91,14 @@ impl Store for FlakyStore {
     ) -> BoxFuture<'_, Result<payvisor::store::Page, payvisor::store::StoreError>> {
         self.inner.query(query)
     }
+    fn expire(
+        &self,
+        now_unix_seconds: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, payvisor::store::StoreError>> {
+        self.inner.expire(now_unix_seconds, limit)
+    }
+
     fn query_index(
         &self,
         query: payvisor::store::IndexQuery,
@@ -701,4 +709,44 @@ async fn commands_under_injected_store_faults_are_never_lost_doubled_or_falsely_
         assert!(report.is_clean(), "{account}: {:?}", report.problems);
     }
     eprintln!("injected: {:?}", faulty.injected);
+}
+
+/// An idempotency key replays its first answer for as long as it is kept,
+/// and is forgotten once its record expires and the store deletes it: the
+/// same request after that is a new payment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_replays_until_its_record_expires_and_is_deleted() {
+    let settings = ActorSettings {
+        idempotency_retention: Duration::from_secs(1),
+        ..ActorSettings::default()
+    };
+    let h = harness(0, settings);
+    let first = h
+        .orchestrator
+        .create_payment(create("acme", "kept-1s", 1000))
+        .await
+        .unwrap();
+    let replayed = h
+        .orchestrator
+        .create_payment(create("acme", "kept-1s", 1000))
+        .await
+        .unwrap();
+    assert_eq!(replayed.id, first.id, "replayed within the retention");
+    let now_seconds = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    };
+    // Not expired yet: nothing to delete.
+    assert_eq!(h.store.expire(now_seconds(), 100).await.unwrap(), 0);
+    // Expiries are whole seconds, and an item goes once its second is past.
+    tokio::time::sleep(Duration::from_millis(3_100)).await;
+    assert_eq!(h.store.expire(now_seconds(), 100).await.unwrap(), 1);
+    let after = h
+        .orchestrator
+        .create_payment(create("acme", "kept-1s", 1000))
+        .await
+        .unwrap();
+    assert_ne!(after.id, first.id, "the key was forgotten: a new payment");
 }

@@ -103,7 +103,9 @@ fn the_task_role_allows_exactly_the_dynamodb_calls_the_server_makes() {
         BTreeSet::from([
             "dynamodb:CreateTable".to_owned(),
             "dynamodb:DescribeTable".to_owned(),
-            "dynamodb:UpdateContinuousBackups".to_owned()
+            "dynamodb:UpdateContinuousBackups".to_owned(),
+            "dynamodb:DescribeTimeToLive".to_owned(),
+            "dynamodb:UpdateTimeToLive".to_owned(),
         ])
     );
 }

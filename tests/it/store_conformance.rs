@@ -52,6 +52,44 @@ async fn committed_writes_survive_reopening() {
     assert_eq!(stored.body, b"durable");
 }
 
+/// The embedded store deletes what expired, many at a time, and keeps
+/// expiries across reopening.
+#[tokio::test]
+async fn the_embedded_store_deletes_expired_items_and_keeps_expiries_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = 1_900_000_000;
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let writes = (0..250)
+            .map(|n| {
+                let mut expiring = item("p", &format!("i{n:03}"), 1, "x");
+                // Every other one has expired.
+                expiring.expires_at = Some(if n % 2 == 0 { now - 1 } else { now + 60 });
+                expiring
+            })
+            .collect::<Vec<_>>();
+        for chunk in writes.chunks(50) {
+            let puts = chunk
+                .iter()
+                .map(|item| put(item.clone(), Condition::NotExists))
+                .collect();
+            store.transact(puts).await.unwrap();
+        }
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(
+        store.expire(now, 100).await.unwrap(),
+        100,
+        "at most the limit"
+    );
+    assert_eq!(store.expire(now, 1_000).await.unwrap(), 25);
+    assert_eq!(store.expire(now, 1_000).await.unwrap(), 0);
+    let left = store.get(Key::new("p", "i001")).await.unwrap().unwrap();
+    assert_eq!(left.expires_at, Some(now + 60));
+    assert_eq!(store.get(Key::new("p", "i000")).await.unwrap(), None);
+    assert_eq!(store.expire(now + 61, 1_000).await.unwrap(), 125);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_are_all_committed_through_group_commit() {
     let store = sqlite().await.unwrap();

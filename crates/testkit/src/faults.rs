@@ -175,6 +175,14 @@ impl Store for FaultyStore {
         })
     }
 
+    fn expire(
+        &self,
+        now_unix_seconds: i64,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<usize, StoreError>> {
+        self.inner.expire(now_unix_seconds, limit)
+    }
+
     fn query_index(&self, query: IndexQuery) -> BoxFuture<'_, Result<Page, StoreError>> {
         Box::pin(async move {
             match self.draw(&query.index_pk, false) {

@@ -17,7 +17,42 @@ pub fn item(pk: &str, sk: &str, version: u64, body: &str) -> Item {
         version,
         body: body.as_bytes().to_vec(),
         index: None,
+        expires_at: None,
     }
+}
+
+/// Items expire: the expiry reads back as written; `expire` deletes
+/// expired items (the embedded store) or leaves them to the backend's own
+/// time to live (DynamoDB), but never an item not yet expired or without
+/// an expiry.
+pub async fn expiry_round_trips_and_only_expired_items_go(store: Arc<dyn Store>) {
+    let now = 1_900_000_000;
+    let mut expired = item("p", "expired", 1, "old");
+    expired.expires_at = Some(now - 10);
+    let mut later = item("p", "later", 1, "new");
+    later.expires_at = Some(now + 3600);
+    let kept = item("p", "kept", 1, "forever");
+    let items = [expired.clone(), later.clone(), kept.clone()];
+    let writes = items
+        .iter()
+        .map(|item| put(item.clone(), Condition::NotExists))
+        .collect();
+    store.transact(writes).await.unwrap();
+    for written in &items {
+        let read = store.get(written.key.clone()).await.unwrap();
+        assert_eq!(read.as_ref(), Some(written), "{:?}", written.key);
+    }
+    let deleted = store.expire(now, 100).await.unwrap();
+    assert!(deleted <= 1, "deleted {deleted}");
+    let after = store.get(expired.key.clone()).await.unwrap();
+    assert_eq!(after.is_none(), deleted == 1, "{after:?}");
+    assert_eq!(store.get(later.key.clone()).await.unwrap(), Some(later));
+    assert_eq!(store.get(kept.key.clone()).await.unwrap(), Some(kept));
+    assert_eq!(
+        store.expire(now, 100).await.unwrap(),
+        0,
+        "nothing left to expire"
+    );
 }
 
 /// A conditional put.
@@ -442,6 +477,7 @@ macro_rules! store_conformance_tests {
             index_reads_stop_at_an_upper_bound,
             concurrent_creates_have_exactly_one_winner,
             contended_increments_lose_no_update,
+            expiry_round_trips_and_only_expired_items_go,
         );
     };
     (@each $factory:expr; $($check:ident),* $(,)?) => {

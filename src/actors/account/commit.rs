@@ -12,7 +12,6 @@ use crate::actors::CommandError;
 use crate::domain::account::{AccountBook, NewIdempotency, StageContext, StagedDecision};
 use crate::domain::ownership::fence;
 use crate::domain::payment::{Decision, Payment};
-use crate::limits;
 use crate::store::schema::{self, Versioned};
 use crate::store::{Condition, StoreError, WriteOp};
 
@@ -127,7 +126,8 @@ impl AccountState {
             velocity_keep_millis: rules.keep_millis(),
             webhook_endpoints: &endpoints,
             webhook_retry_for_millis: webhooks.retry_for.as_millis() as i64,
-            idempotency_retention_millis: limits::IDEMPOTENCY_RETENTION.as_millis() as i64,
+            idempotency_retention_millis: (self.shared.settings.idempotency_retention).as_millis()
+                as i64,
         };
         let staged = staging
             .book

@@ -15,6 +15,7 @@ pub fn account_item(account: &AccountId, record: &AccountBook, version: u64) -> 
         version,
         body: encode(record),
         index: None,
+        expires_at: None,
     }
 }
 

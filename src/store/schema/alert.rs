@@ -44,6 +44,7 @@ pub fn alert_item(record: &AlertRecord) -> Item {
         version: if record.delivered_at.is_some() { 2 } else { 1 },
         body: encode(record),
         index,
+        expires_at: None,
     }
 }
 

@@ -41,6 +41,7 @@ pub fn audit_item(record: &AuditRecord) -> Item {
         version: 1,
         body: encode(record),
         index: None,
+        expires_at: None,
     }
 }
 

@@ -65,6 +65,7 @@ pub async fn put_node(
             version: next,
             body: encode(record),
             index: None,
+            expires_at: None,
         },
         condition: condition(version),
     };
@@ -94,6 +95,7 @@ pub async fn put_lease(
             version: version.map_or(1, |version| version + 1),
             body: encode(lease),
             index: None,
+            expires_at: None,
         },
         condition: condition(version),
     };

@@ -36,6 +36,7 @@ pub fn event_record_item(record: &EventRecord, version: u64) -> Item {
             ),
             sk: format!("{}/{tail}", time_prefix(record.events[0].at)),
         }),
+        expires_at: None,
     }
 }
 
@@ -96,6 +97,7 @@ pub fn webhook_due_item(
             ),
             sk: format!("{}/{tail}", time_prefix(at)),
         }),
+        expires_at: None,
     }
 }
 

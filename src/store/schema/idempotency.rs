@@ -21,6 +21,8 @@ pub fn idempotency_item(
         version: 1,
         body: encode(record),
         index: None,
+        // Whole seconds, rounded up: never before the record's expiry.
+        expires_at: Some((record.expires_at.unix_millis() + 999).div_euclid(1000)),
     }
 }
 

@@ -35,6 +35,7 @@ pub fn inbox_item(record: &InboxRecord) -> Item {
         version: 1,
         body: encode(record),
         index: None,
+        expires_at: None,
     }
 }
 

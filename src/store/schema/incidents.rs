@@ -37,6 +37,7 @@ pub async fn save_incidents(
             version,
             body: encode(next),
             index: None,
+            expires_at: None,
         },
         condition: match current {
             Some(version) => Condition::VersionIs(version),

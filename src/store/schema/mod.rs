@@ -271,6 +271,7 @@ async fn written_once<T: records::Stored>(
             version: 1,
             body: encode(&value),
             index: None,
+            expires_at: None,
         },
         condition: Condition::NotExists,
     };

@@ -22,6 +22,7 @@ pub fn movement_item(account: &AccountId, sequence: u64, movement: &Movement) ->
         version: 1,
         body: encode(movement),
         index: None,
+        expires_at: None,
     }
 }
 

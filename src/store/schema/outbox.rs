@@ -33,6 +33,7 @@ pub fn outbox_item(record: &OutboxRecord) -> Item {
         },
         body: encode(record),
         index,
+        expires_at: None,
     }
 }
 

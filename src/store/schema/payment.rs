@@ -35,6 +35,7 @@ pub fn payment_item(payment: &Payment, version: u64) -> Item {
         version,
         body: encode(payment),
         index: payment_index(payment),
+        expires_at: None,
     }
 }
 

@@ -234,6 +234,7 @@ pub(super) mod golden {
             version: 1,
             body: body.as_bytes().to_vec(),
             index: None,
+            expires_at: None,
         }
     }
 
