@@ -45,6 +45,8 @@ fn the_task_role_allows_exactly_the_dynamodb_calls_the_server_makes() {
         "create_table".to_owned(),
         "describe_table".to_owned(),
         "update_continuous_backups".to_owned(),
+        "describe_time_to_live".to_owned(),
+        "update_time_to_live".to_owned(),
     ]);
     let mut needed = BTreeSet::new();
     for call in &calls {
