@@ -184,20 +184,33 @@ async fn metrics_count_every_call_by_method_and_code_and_pass_promtool() {
     promtool_check_metrics(&page);
 }
 
-/// Scrapes until `ready` holds of the page (bounded), and returns it.
-async fn scrape_until(listen: &str, what: &str, ready: impl Fn(&str) -> bool) -> String {
+/// Asks `probe` until it answers `Ok` (every 50 ms, for at most 30 s);
+/// fails with `what` and the last `Err` it gave.
+async fn eventually<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                std::time::Instant::now() < deadline,
+                "never seen: {what}\n{seen}"
+            ),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// Scrapes until `ready` holds of the page (bounded), and returns it.
+async fn scrape_until(listen: &str, what: &str, ready: impl Fn(&str) -> bool) -> String {
+    eventually(what, || {
         let page = scrape(listen);
         if ready(&page) {
-            return page;
+            Ok(page)
+        } else {
+            Err(page)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "never seen: {what}\n{page}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 /// The boundaries beyond the store, on the page: bank calls by bank and
@@ -583,8 +596,7 @@ async fn json_log_lines(
     server: &Server,
     ready: impl Fn(&[serde_json::Value]) -> bool,
 ) -> Vec<serde_json::Value> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
+    eventually("the expected log lines", || {
         let log = server.log();
         assert!(
             !log.contains('\u{1b}'),
@@ -598,14 +610,12 @@ async fn json_log_lines(
             })
             .collect();
         if ready(&lines) {
-            return lines;
+            Ok(lines)
+        } else {
+            Err(log)
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the expected lines never came:\n{log}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// Every call is one log line: method, code, latency, account, payment,
@@ -693,12 +703,14 @@ async fn each_call_is_one_flat_log_line_with_its_trace_and_no_colour_off_a_termi
     let text = Server::start_logged(&[]);
     let mut client = text.client().await;
     processed_payment(&mut client, "acme", "log-2", 1_000).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !text.log().contains("method=\"CreatePayment\"")
-        && !text.log().contains("method=CreatePayment")
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", text.log());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(!text.log().contains('\u{1b}'), "{}", text.log());
+    let log = eventually("the text line of CreatePayment", || {
+        let log = text.log();
+        if log.contains("method=\"CreatePayment\"") || log.contains("method=CreatePayment") {
+            Ok(log)
+        } else {
+            Err(log)
+        }
+    })
+    .await;
+    assert!(!log.contains('\u{1b}'), "{log}");
 }
