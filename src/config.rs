@@ -88,7 +88,7 @@ pub struct ServeArgs {
     /// How long a `request_id` is remembered: a retry within this replays
     /// the first answer; after it the key is forgotten (and its record
     /// deleted: DynamoDB's time to live, the embedded store's sweep).
-    /// From 1h to 365d.
+    /// From 24h to 365d.
     #[arg(long, env = "PAYVISOR_IDEMPOTENCY_RETENTION", default_value = "24h")]
     pub idempotency_retention: String,
     /// Account actors idle this many seconds stop and free their memory.
@@ -928,7 +928,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 pub enum ConfigError {
     #[error("{0}")]
     File(#[from] crate::reload::FileError),
-    #[error("--idempotency-retention {0:?}: expected a duration from 1h to 365d, like 24h")]
+    #[error("--idempotency-retention {0:?}: expected a duration from 24h to 365d, like 7d")]
     IdempotencyRetention(String),
     #[error("--node-name: {0}")]
     NodeName(String),
@@ -1093,7 +1093,13 @@ impl ServeArgs {
                 node_name,
                 pager,
                 links: crate::alerts::PageLinks {
-                    runbook_base: page_link("--runbook-base-url", &self.runbook_base_url)?,
+                    // A base the runbook's file name is appended to.
+                    runbook_base: page_link("--runbook-base-url", &self.runbook_base_url).map(
+                        |base| match base.ends_with('/') {
+                            true => base,
+                            false => format!("{base}/"),
+                        },
+                    )?,
                     client_url: match &self.page_client_url {
                         Some(url) => Some(page_link("--page-client-url", url)?),
                         None => None,
@@ -1346,6 +1352,13 @@ mod tests {
             "--node-name",
         );
         refused(&[&bank[..], &["--node-name", ""]].concat(), "--node-name");
+        // Idempotency records are kept from a day to a year.
+        refused(
+            &[&bank[..], &["--idempotency-retention", "1h"]].concat(),
+            "--idempotency-retention",
+        );
+        let week = parse(&[&bank[..], &["--idempotency-retention", "7d"]].concat()).unwrap();
+        assert_eq!(week.idempotency_retention, Duration::from_secs(7 * 86_400));
         let cluster = config.cluster.expect("a cluster member");
         assert_eq!(cluster.advertise, "127.0.0.1:50051");
         assert_eq!(cluster.shards, limits::CLUSTER_SHARDS_DEFAULT);

@@ -32,20 +32,21 @@ pub const REFUNDS_PER_PAYMENT_MAX: usize = 50;
 pub const HISTORY_ENTRIES_MAX: usize = 64;
 
 /// Idempotency records are kept this long by default (Stripe keeps 24 h),
-/// then deleted (`--idempotency-retention`): at least an hour, so a client's
-/// retries of a lost answer always replay; at most a year, so records do
-/// not pile up for ever.
+/// then deleted (`--idempotency-retention`): at least a day, as long as a
+/// client's retries of a lost answer reasonably go on (a retry after the
+/// record is gone runs again: a second payment or refund); at most a year,
+/// so records do not pile up for ever.
 pub const IDEMPOTENCY_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
-pub const IDEMPOTENCY_RETENTION_MIN: Duration = Duration::from_secs(60 * 60);
+pub const IDEMPOTENCY_RETENTION_MIN: Duration = Duration::from_secs(24 * 60 * 60);
 pub const IDEMPOTENCY_RETENTION_MAX: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 /// How often the embedded store deletes expired records, and how many per
-/// write (DynamoDB deletes them itself): a minute keeps the backlog to a
-/// minute of records; a bounded batch keeps each write, and the writer
-/// queue behind it, short.
-pub const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// read (DynamoDB deletes them itself): every 10 s, up to 20 × 500, keeps
+/// up with 1,000 new keys a second (more than the embedded store takes),
+/// each delete write at most 100 rows, so the writer queue behind it stays
+/// short.
+pub const EXPIRY_SWEEP_EVERY: Duration = Duration::from_secs(10);
 pub const EXPIRY_SWEEP_BATCH: usize = 500;
-/// Batches per sweep: past this the next sweep goes on (a store that
-/// fell far behind catches up without one sweep holding the writer).
+/// Batches per sweep: past this the next sweep goes on.
 pub const EXPIRY_SWEEP_BATCHES_MAX: usize = 20;
 
 /// Bytes in an index page token (family, shard, last index sort key: ids are

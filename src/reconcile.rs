@@ -473,6 +473,8 @@ pub struct Periodic {
     /// In a cluster, only the node that owns shard 0 reconciles (one run
     /// per period cluster-wide); the others skip their turn.
     pub ownership: crate::cluster::AccountOwnership,
+    /// Turns taken: which open periods run again this turn.
+    pub turns: std::sync::atomic::AtomicUsize,
 }
 
 impl Periodic {
@@ -541,7 +543,8 @@ impl Periodic {
         }
         // Periods that disagreed, again: a fix (or a late outcome) shows as
         // a clean run, which resolves the period's page.
-        for period in incidents.to_recheck(limits::RECONCILE_RECHECKS_PER_TURN) {
+        let turn = (self.turns).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for period in incidents.to_recheck(limits::RECONCILE_RECHECKS_PER_TURN, turn) {
             if period == new {
                 continue;
             }
@@ -557,9 +560,10 @@ impl Periodic {
                     }
                     incidents.record_run(period, report.mismatch_count as u64, &lines(&report));
                 }
+                // The others still run: a period whose report the bank no
+                // longer serves holds up no other.
                 Err(error) => {
-                    tracing::warn!(%error, "reconciliation of an open period failed; retrying next tick");
-                    break;
+                    tracing::warn!(%error, from = period.from.unix_millis(), to = period.to.unix_millis(), "reconciliation of an open period failed; retrying on a later turn");
                 }
             }
         }
@@ -578,6 +582,13 @@ impl Periodic {
         for owed in incidents.owed() {
             match self.sink.send(&self.page(&owed)).await {
                 Ok(()) => {
+                    incidents.delivered(&owed);
+                    delivered = true;
+                }
+                // Refused for good (a bad routing key): sending it again
+                // cannot help; logged loudly, as the watchdog does.
+                Err(error @ crate::alerts::AlertError::Rejected(_)) => {
+                    tracing::error!(%error, "reconciliation page refused by the pager; not sent again");
                     incidents.delivered(&owed);
                     delivered = true;
                 }

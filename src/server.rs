@@ -419,6 +419,7 @@ fn reconcile_periodically(
                 .as_ref()
                 .map(|cluster| cluster.ownership.clone())
                 .unwrap_or_default(),
+            turns: Default::default(),
         };
         tasks.spawn("periodic reconciliation", periodic.run(shutdown.clone()));
     }

@@ -3,8 +3,9 @@
 //! of the key for anything else is refused.
 //!
 //! **Invariant:** a request's fingerprint never changes across versions.
-//! It is stored for 24 hours with the key; a changed form would refuse every
-//! honest replay of a request made before an upgrade. The unit tests pin
+//! It is stored with the key for the retention (`--idempotency-retention`,
+//! 24 hours by default); a changed form would refuse every honest replay of
+//! a request made before an upgrade. The unit tests pin
 //! the form of each method.
 
 use std::collections::BTreeMap;

@@ -38,8 +38,14 @@ pub struct OpenPeriod {
     pub paged: bool,
 }
 
-/// Mismatch lines kept per period, for its page (the log has all of them).
+/// Mismatch lines kept per period, for its page (the log has all of them),
+/// and the characters kept of each: a bank's record is one item, bounded
+/// (DynamoDB's item limit is 400 KB).
 pub const LINES_KEPT: usize = 10;
+pub const LINE_CHARS_MAX: usize = 240;
+/// Open periods kept per bank. Past this the oldest is dropped: it is no
+/// longer run again, and its page stays open until a person resolves it.
+pub const OPEN_PERIODS_MAX: usize = 48;
 
 /// A page the record owes the pager.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,8 +57,7 @@ pub enum Owed {
 impl Incidents {
     /// What a run of `period` found: `mismatches` (0: clean) and the first
     /// lines. A period that disagrees opens (or stays open, its figures
-    /// updated); one that agrees again closes, owing a resolve if its
-    /// trigger went out.
+    /// updated); one that agrees again closes, owing a resolve.
     pub fn record_run(&mut self, period: Period, mismatches: u64, lines: &[String]) {
         let at = self.open.iter().position(|open| open.period == period);
         match (at, mismatches) {
@@ -61,30 +66,43 @@ impl Incidents {
                 self.open.push(OpenPeriod {
                     period,
                     mismatches,
-                    lines: lines.iter().take(LINES_KEPT).cloned().collect(),
+                    lines: kept(lines),
                     paged: false,
                 });
                 self.open.sort_by_key(|open| open.period);
+                if self.open.len() > OPEN_PERIODS_MAX {
+                    self.open.remove(0);
+                }
             }
             (Some(at), 0) => {
-                let closed = self.open.remove(at);
-                if closed.paged && !self.resolves_owed.contains(&period) {
+                // Owed even if the record never saw its trigger delivered:
+                // the trigger may have reached the pager unseen (a lost
+                // answer, a crash before the record was saved), and a
+                // resolve of a key the pager never opened changes nothing.
+                self.open.remove(at);
+                if !self.resolves_owed.contains(&period) {
                     self.resolves_owed.push(period);
                 }
             }
             (Some(at), _) => {
                 let open = &mut self.open[at];
                 open.mismatches = mismatches;
-                open.lines = lines.iter().take(LINES_KEPT).cloned().collect();
+                open.lines = kept(lines);
             }
         }
     }
 
-    /// Open periods to run again, oldest first, at most `limit`.
-    pub fn to_recheck(&self, limit: usize) -> Vec<Period> {
-        self.open
-            .iter()
-            .take(limit)
+    /// Open periods to run again, at most `limit`, taken in turn: turn
+    /// `turn` starts where the one before left off, so periods that stay
+    /// wrong do not keep the others from being run again.
+    pub fn to_recheck(&self, limit: usize, turn: usize) -> Vec<Period> {
+        if self.open.is_empty() {
+            return Vec::new();
+        }
+        let start = turn.wrapping_mul(limit) % self.open.len();
+        (self.open.iter().cycle())
+            .skip(start)
+            .take(limit.min(self.open.len()))
             .map(|open| open.period)
             .collect()
     }
@@ -99,7 +117,7 @@ impl Incidents {
         triggers.chain(resolves).collect()
     }
 
-    /// The pager took `page`: it is no longer owed.
+    /// The pager took `page` (or refused it for good): it is no longer owed.
     pub fn delivered(&mut self, page: &Owed) {
         match page {
             Owed::Trigger(sent) => {
@@ -110,6 +128,13 @@ impl Incidents {
             Owed::Resolve(period) => self.resolves_owed.retain(|owed| owed != period),
         }
     }
+}
+
+/// The first lines, each cut to [`LINE_CHARS_MAX`] characters.
+fn kept(lines: &[String]) -> Vec<String> {
+    (lines.iter().take(LINES_KEPT))
+        .map(|line| line.chars().take(LINE_CHARS_MAX).collect())
+        .collect()
 }
 
 #[cfg(test)]
@@ -147,32 +172,45 @@ mod tests {
         assert_eq!(incidents.owed().len(), 1);
         incidents.delivered(&incidents.owed()[0].clone());
         assert!(incidents.owed().is_empty(), "paged once");
-        assert_eq!(incidents.to_recheck(10), vec![period(2)]);
+        assert_eq!(incidents.to_recheck(10, 0), vec![period(2)]);
         // Still wrong: still open, no second page.
         incidents.record_run(period(2), 1, &lines(1));
         assert!(incidents.owed().is_empty());
         // Clean again: closed, a resolve owed until delivered.
         incidents.record_run(period(2), 0, &[]);
         assert_eq!(incidents.owed(), vec![Owed::Resolve(period(2))]);
-        assert!(incidents.to_recheck(10).is_empty());
+        assert!(incidents.to_recheck(10, 0).is_empty());
         incidents.delivered(&Owed::Resolve(period(2)));
         assert_eq!(incidents, Incidents::default());
     }
 
+    /// Its trigger may have reached the pager without the record knowing.
     #[test]
-    fn a_period_clean_before_its_page_went_out_owes_nothing() {
+    fn a_period_clean_before_its_page_was_recorded_as_sent_still_owes_a_resolve() {
         let mut incidents = Incidents::default();
         incidents.record_run(period(5), 1, &lines(1));
         incidents.record_run(period(5), 0, &[]);
-        assert_eq!(incidents, Incidents::default());
+        assert_eq!(incidents.owed(), vec![Owed::Resolve(period(5))]);
     }
 
     #[test]
-    fn periods_are_rechecked_oldest_first_within_the_limit() {
+    fn open_periods_are_rechecked_in_turn_and_kept_bounded() {
         let mut incidents = Incidents::default();
         for n in [7, 3, 5] {
             incidents.record_run(period(n), 1, &lines(1));
         }
-        assert_eq!(incidents.to_recheck(2), vec![period(3), period(5)]);
+        assert_eq!(incidents.to_recheck(2, 0), vec![period(3), period(5)]);
+        assert_eq!(incidents.to_recheck(2, 1), vec![period(7), period(3)]);
+        assert_eq!(
+            incidents.to_recheck(5, 3),
+            vec![period(3), period(5), period(7)]
+        );
+        let long = "x".repeat(1_000);
+        for n in 10..(10 + OPEN_PERIODS_MAX as i64) {
+            incidents.record_run(period(n), 1, std::slice::from_ref(&long));
+        }
+        assert_eq!(incidents.open.len(), OPEN_PERIODS_MAX);
+        assert_eq!(incidents.open[0].period, period(10), "the oldest dropped");
+        assert_eq!(incidents.open[0].lines[0].chars().count(), LINE_CHARS_MAX);
     }
 }

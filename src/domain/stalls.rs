@@ -148,7 +148,12 @@ impl Payment {
             ("waiting_for".to_owned(), self.awaited(watch.stage)),
         ]);
         if let Some(route) = self.routes.last() {
-            details.insert("bank".to_owned(), route.bank.clone());
+            // The bank it is at, or the last one it left.
+            let bank = match route.left {
+                None => "bank",
+                Some(_) => "previous_bank",
+            };
+            details.insert(bank.to_owned(), route.bank.clone());
             details.insert("route".to_owned(), route.why.clone());
             details.insert("routed_at".to_owned(), super::time::rfc3339(route.at));
         }

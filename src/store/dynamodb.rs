@@ -31,7 +31,7 @@ use aws_sdk_dynamodb::primitives::Blob;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
     KeySchemaElement, KeyType, PointInTimeRecoverySpecification, Projection, ProjectionType, Put,
-    ScalarAttributeType, TableStatus, TimeToLiveSpecification, TransactWriteItem,
+    ScalarAttributeType, TableStatus, TimeToLiveSpecification, TimeToLiveStatus, TransactWriteItem,
 };
 use aws_sdk_dynamodb::Client;
 
@@ -219,9 +219,13 @@ impl DynamoDbStore {
             .send()
             .await
             .map_err(|error| unavailable(describe(&error)))?;
-        let enabled = (described.time_to_live_description()).and_then(|ttl| ttl.attribute_name())
-            == Some(TTL_ATTRIBUTE);
-        if enabled {
+        let ttl = described.time_to_live_description();
+        let status = ttl.and_then(|ttl| ttl.time_to_live_status());
+        let on = matches!(
+            status,
+            Some(TimeToLiveStatus::Enabled | TimeToLiveStatus::Enabling)
+        );
+        if on && ttl.and_then(|ttl| ttl.attribute_name()) == Some(TTL_ATTRIBUTE) {
             return Ok(());
         }
         let specification = TimeToLiveSpecification::builder()

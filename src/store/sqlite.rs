@@ -604,26 +604,26 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> BoxFuture<'_, Result<usize, StoreError>> {
         Box::pin(async move {
+            // Whole rows, their checksums verified, each checked expired by
+            // its own verified expiry: a damaged index or cell never
+            // deletes a row.
             let expired: Vec<(Key, u64)> = self
                 .read(move |connection| {
                     let mut statement = connection
-                        .prepare_cached(
-                            "SELECT pk, sk, version FROM items
-                             WHERE exp IS NOT NULL AND exp < ?1 ORDER BY exp LIMIT ?2",
-                        )
+                        .prepare_cached(&format!(
+                            "SELECT {COLUMNS} FROM items
+                             WHERE exp IS NOT NULL AND exp < ?1 ORDER BY exp LIMIT ?2"
+                        ))
                         .map_err(unavailable)?;
                     let rows = statement
-                        .query_map(params![now_unix_seconds, limit as i64], |row| {
-                            Ok((
-                                Key {
-                                    pk: row.get(0)?,
-                                    sk: row.get(1)?,
-                                },
-                                row.get::<_, i64>(2)? as u64,
-                            ))
-                        })
+                        .query_map(params![now_unix_seconds, limit as i64], item_from_row)
                         .map_err(unavailable)?;
-                    rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+                    let items = rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)?;
+                    Ok(items
+                        .into_iter()
+                        .filter(|item| item.expires_at.is_some_and(|at| at < now_unix_seconds))
+                        .map(|item| (item.key, item.version))
+                        .collect())
                 })
                 .await?;
             let delete = |(key, version): &(Key, u64)| WriteOp::Delete {

@@ -253,7 +253,15 @@ async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Each period paged once, however many times the pager was retried.
+    // The pager's two refusals were retried (refused requests are not
+    // recorded as events)...
+    assert!(
+        pager.requests() as usize >= pager.events().len() + 2,
+        "{} requests, {} events",
+        pager.requests(),
+        pager.events().len()
+    );
+    // ...and each period paged once all the same.
     for key in paged() {
         assert_eq!(pager.triggers_for(&key).len(), 1, "{key}");
     }

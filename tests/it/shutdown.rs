@@ -53,6 +53,7 @@ async fn the_periodic_reconciliation_returns_when_the_signal_fires() {
         found: found.clone(),
         sweeps: Default::default(),
         ownership: Default::default(),
+        turns: Default::default(),
     };
     let (trigger, shutdown) = payvisor::shutdown::channel();
     let running = tokio::spawn(periodic.run(shutdown));

@@ -113,3 +113,49 @@ async fn concurrent_writers_are_all_committed_through_group_commit() {
             .is_some());
     }
 }
+
+/// A database of the format before expiry (2: no `exp` column) opens
+/// upgraded in place: its rows still verify against their checksums, and
+/// items written after can expire.
+#[tokio::test]
+async fn a_store_of_the_format_before_expiry_is_upgraded_and_its_rows_still_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut indexed = item("p", "indexed", 3, "kept");
+    indexed.index = Some(payvisor::store::IndexKey {
+        pk: "ix".into(),
+        sk: "0000000000001/a".into(),
+    });
+    let plain = item("p", "plain", 1, "kept too");
+    {
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let writes = [indexed.clone(), plain.clone()]
+            .into_iter()
+            .map(|item| put(item, Condition::NotExists))
+            .collect();
+        store.transact(writes).await.unwrap();
+    }
+    // Back to format 2, as the previous release left it.
+    {
+        let connection = rusqlite::Connection::open(dir.path().join("payvisor.db")).unwrap();
+        connection
+            .execute_batch(
+                "DROP INDEX items_expiring;
+                 ALTER TABLE items DROP COLUMN exp;
+                 UPDATE meta SET value = '2' WHERE key = 'format';",
+            )
+            .unwrap();
+    }
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.get(indexed.key.clone()).await.unwrap(), Some(indexed));
+    assert_eq!(store.get(plain.key.clone()).await.unwrap(), Some(plain));
+    let report = store.check().unwrap();
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+    assert_eq!((report.rows, report.unchecked), (2, 0));
+    let mut expiring = item("p", "expiring", 1, "soon gone");
+    expiring.expires_at = Some(100);
+    store
+        .transact(vec![put(expiring, Condition::NotExists)])
+        .await
+        .unwrap();
+    assert_eq!(store.expire(101, 10).await.unwrap(), 1);
+}

@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{invalid, millis, time, Invalid, Stored};
-use crate::domain::incidents::{Incidents, OpenPeriod, Period, LINES_KEPT};
+use crate::domain::incidents::{Incidents, OpenPeriod, Period, LINES_KEPT, OPEN_PERIODS_MAX};
 
 impl Stored for Incidents {
     type Body = IncidentsBody;
@@ -69,6 +69,9 @@ impl TryFrom<IncidentsBody> for Incidents {
     type Error = Invalid;
     /// Refuses an empty period, and more lines than are ever kept.
     fn try_from(body: IncidentsBody) -> Result<Incidents, Invalid> {
+        if body.open.len() > OPEN_PERIODS_MAX {
+            return Err(invalid("more open periods than are kept"));
+        }
         let open = (body.open.into_iter())
             .map(|open| {
                 if open.lines.len() > LINES_KEPT {
