@@ -181,6 +181,7 @@ async fn lifecycles(payments: usize, ownership: AccountOwnership) -> [f64; 5] {
                 payer_id: None,
                 payer_country: None,
                 request_id: RequestId::new(format!("create-{n}")).unwrap(),
+                trace: None,
             })
             .await
             .unwrap();
@@ -197,6 +198,7 @@ async fn lifecycles(payments: usize, ownership: AccountOwnership) -> [f64; 5] {
                 reason: "bench".into(),
                 request_id: RequestId::new(format!("refund-{n}")).unwrap(),
                 actor: None,
+                trace: None,
             })
             .await
             .unwrap();

@@ -46,5 +46,6 @@ pub mod shutdown;
 pub mod signature;
 pub mod store;
 pub mod tls;
+pub mod trace;
 pub mod watchdog;
 pub mod webhooks;

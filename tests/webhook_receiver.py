@@ -79,6 +79,7 @@ def main() -> None:
                             "type": event["type"],
                             "payment": event["payment"],
                             "sequence": event["sequence"],
+                            "traceparent": self.headers.get("traceparent"),
                         }
                     )
                     + "\n"

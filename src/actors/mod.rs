@@ -166,6 +166,8 @@ pub struct CreatePayment {
     pub payer_id: Option<String>,
     pub payer_country: Option<String>,
     pub request_id: RequestId,
+    /// The trace of the call that asked (its bank calls are spans of it).
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 /// A validated RefundPayment.
@@ -178,6 +180,8 @@ pub struct RefundPayment {
     pub request_id: RequestId,
     /// Who asks (key id or certificate subject); recorded with the refund.
     pub actor: Option<String>,
+    /// The trace of the call that asked (its bank calls are spans of it).
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 /// A validated RetryPayment or FailPayment.
@@ -188,6 +192,8 @@ pub struct OperatorCommand {
     /// Who asks (key id or certificate subject); recorded with the change.
     pub actor: Option<String>,
     pub request_id: RequestId,
+    /// The trace of the call that asked (its bank calls are spans of it).
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

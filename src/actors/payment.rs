@@ -3,6 +3,7 @@
 //! decided and persisted, with bounded retries. Its only state is the work
 //! in hand: if it panics, its parent restarts it from the persisted payment.
 
+use crate::trace::TraceParent;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, DerivedActorRef};
@@ -30,6 +31,8 @@ pub struct PaymentArgs {
     pub clock: Arc<dyn Clock>,
     /// Where definite bank answers learned synchronously go.
     pub parent: ParentPort,
+    /// The trace of the call that caused `effects` (none for re-drives).
+    pub trace: Option<TraceParent>,
 }
 
 /// A bank outcome the payment actor learned itself (a definite refusal, a
@@ -41,7 +44,8 @@ pub struct LearnedOutcome(pub BankEvent);
 pub type ParentPort = DerivedActorRef<LearnedOutcome>;
 
 pub enum PaymentMsg {
-    Execute(Vec<Effect>),
+    /// Effects to carry out, and the trace of the call that caused them.
+    Execute(Vec<Effect>, Option<TraceParent>),
 }
 
 pub struct PaymentActorState {
@@ -65,7 +69,7 @@ impl Actor for PaymentActor {
         if !args.effects.is_empty() {
             // Queued to ourselves so a panic while executing is a supervised
             // failure of a running actor, not a failed start.
-            myself.cast(PaymentMsg::Execute(args.effects))?;
+            myself.cast(PaymentMsg::Execute(args.effects, args.trace))?;
         }
         Ok(PaymentActorState {
             name: args.name,
@@ -82,9 +86,9 @@ impl Actor for PaymentActor {
         message: PaymentMsg,
         state: &mut PaymentActorState,
     ) -> Result<(), ActorProcessingErr> {
-        let PaymentMsg::Execute(effects) = message;
+        let PaymentMsg::Execute(effects, trace) = message;
         for effect in effects {
-            state.execute(effect).await;
+            state.execute(effect, trace.as_ref()).await;
         }
         Ok(())
     }
@@ -157,7 +161,7 @@ impl PaymentActorState {
         }
     }
 
-    async fn execute(&self, effect: Effect) {
+    async fn execute(&self, effect: Effect, trace: Option<&TraceParent>) {
         let mut backoff = limits::BANK_SUBMIT_BACKOFF_INITIAL;
         for attempt in 1..=limits::BANK_SUBMIT_ATTEMPTS_MAX {
             let result = match &effect {
@@ -176,6 +180,7 @@ impl PaymentActorState {
                         name: name.clone(),
                         amount: *amount,
                         metadata: metadata.clone(),
+                        trace: trace.cloned(),
                     };
                     match connector.submit_payment(submission).await {
                         Err(ConnectorError::Rejected(reason)) => {
@@ -232,6 +237,7 @@ impl PaymentActorState {
                         name: name.clone(),
                         refund_id: refund_id.clone(),
                         amount: *amount,
+                        trace: trace.cloned(),
                     };
                     match connector.submit_refund(submission).await {
                         Err(ConnectorError::Rejected(reason)) => {

@@ -45,6 +45,7 @@ use crate::http_client::{self, ExchangeError, HttpPoster};
 use crate::limits;
 use crate::random::Random;
 use crate::store::BoxFuture;
+use crate::trace::{TraceParent, TRACEPARENT};
 
 /// The `Transient` reason of a call the breaker refused.
 pub const CIRCUIT_OPEN: &str = "circuit open";
@@ -286,9 +287,10 @@ impl HttpBankConnector {
         };
         let bound = limits::BANK_RESPONSE_BYTES_MAX;
         let exchange = match request {
-            BankRequest::Post { url, body } => {
+            BankRequest::Post { url, body, trace } => {
+                let headers = [(TRACEPARENT, trace.header())];
                 self.poster
-                    .post_json(url, &[], body.clone(), timeout, bound)
+                    .post_json(url, &headers, body.clone(), timeout, bound)
                     .await
             }
             BankRequest::Get { url, bound } => {
@@ -328,16 +330,21 @@ impl HttpBankConnector {
     }
 }
 
+/// The span of a bank call under `trace` (a new trace without one).
+fn span_of(trace: Option<&TraceParent>) -> TraceParent {
+    trace.map_or_else(TraceParent::begin, TraceParent::child)
+}
+
 enum BankRequest {
     Post {
         url: Uri,
         body: Vec<u8>,
+        /// The call's span (`traceparent`): a child of the trace that
+        /// caused it, or a trace of its own.
+        trace: TraceParent,
     },
     /// `bound`: response bytes read at most.
-    Get {
-        url: Uri,
-        bound: usize,
-    },
+    Get { url: Uri, bound: usize },
 }
 
 /// How one attempt ended.
@@ -532,6 +539,7 @@ impl Connector for HttpBankConnector {
             let request = BankRequest::Post {
                 url: self.payments_url.clone(),
                 body,
+                trace: span_of(submission.trace.as_ref()),
             };
             self.call(&payment_id, &request, |_| Ok(())).await
         })
@@ -552,6 +560,7 @@ impl Connector for HttpBankConnector {
             let request = BankRequest::Post {
                 url: self.refunds_url.clone(),
                 body,
+                trace: span_of(submission.trace.as_ref()),
             };
             let key = format!("{payment_id}/refunds/{}", submission.refund_id);
             self.call(&key, &request, |_| Ok(())).await

@@ -24,6 +24,9 @@ pub struct PaymentSubmission {
     pub name: PaymentName,
     pub amount: Money,
     pub metadata: BTreeMap<String, String>,
+    /// The trace of the call that caused it: the bank call is a span of it
+    /// (`None`: a re-drive; the call begins a trace of its own).
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 /// A refund to pay out. `(name, refund_id)` is the idempotency key.
@@ -32,6 +35,8 @@ pub struct RefundSubmission {
     pub name: PaymentName,
     pub refund_id: String,
     pub amount: Money,
+    /// As [`PaymentSubmission::trace`].
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 /// What a bank knows about a payment, when asked.

@@ -25,6 +25,9 @@ pub struct PaymentEvent {
     /// Who asked for the change (a key id or certificate subject), when a
     /// person or a tool did.
     pub actor: Option<String>,
+    /// The W3C `traceparent` of the call that caused the change, when one
+    /// did: its webhook deliveries are spans of that trace.
+    pub trace: Option<String>,
 }
 
 /// What changed. Serialised as the `change` of a webhook's payload (not

@@ -647,6 +647,7 @@ impl Payment {
             state: self.state,
             change,
             actor: self.acting.clone(),
+            trace: None,
         });
     }
 

@@ -174,6 +174,7 @@ pub fn create_payment(request: pb::CreatePaymentRequest) -> Result<CreatePayment
             payer_id,
             payer_country,
             request_id: request_id?,
+            trace: None,
         })
     })();
     violations.finish(command)
@@ -203,6 +204,7 @@ pub fn refund_payment(request: pb::RefundPaymentRequest) -> Result<RefundPayment
             reason,
             request_id: request_id?,
             actor: None,
+            trace: None,
         })
     })();
     violations.finish(command)
@@ -550,6 +552,7 @@ pub fn operator_command(
             action: action?,
             actor: None,
             request_id: request_id?,
+            trace: None,
         })
     })();
     violations.finish(command)

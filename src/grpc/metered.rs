@@ -28,6 +28,7 @@ use prost::Message;
 use tonic::Code;
 
 use crate::metrics::{RpcLabels, RpcMetrics};
+use crate::trace::{TraceParent, TRACEPARENT};
 
 /// The layer in front of every gRPC service.
 #[derive(Clone)]
@@ -209,70 +210,21 @@ impl CallNote {
     }
 }
 
-/// The W3C `traceparent` header.
-pub const TRACEPARENT: &str = "traceparent";
-
-/// The trace id of a call: its `traceparent`'s, when that is well formed
-/// (version `00`, non-zero ids), else a new trace begun here and written
-/// into the headers for everything downstream.
+/// The trace id of a call: its `traceparent`'s, when that is well formed,
+/// else a new trace begun here and written into the headers for
+/// everything downstream (the handler, a forwarded call, the bank calls).
 fn trace_of(headers: &mut http::HeaderMap) -> String {
-    if let Some(trace_id) = (headers.get(TRACEPARENT))
+    if let Some(parent) = (headers.get(TRACEPARENT))
         .and_then(|value| value.to_str().ok())
-        .and_then(parse_traceparent)
+        .and_then(TraceParent::parse)
     {
-        return trace_id.to_owned();
+        return parent.trace_id().to_owned();
     }
-    let (trace_id, parent_id) = new_trace();
-    if let Ok(value) = http::HeaderValue::try_from(format!("00-{trace_id}-{parent_id}-01")) {
+    let begun = TraceParent::begin();
+    if let Ok(value) = http::HeaderValue::try_from(begun.header()) {
         headers.insert(TRACEPARENT, value);
     }
-    trace_id
-}
-
-/// The trace id of a `traceparent` value, if it is one.
-pub fn parse_traceparent(value: &str) -> Option<&str> {
-    let mut parts = value.trim().split('-');
-    let (version, trace_id, parent_id, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |text: &str, len: usize| {
-        text.len() == len
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let zero = |text: &str| text.bytes().all(|b| b == b'0');
-    // A later version may append fields; version 00 has exactly four,
-    // and ff is forbidden.
-    let known_layout = match version {
-        "00" => parts.next().is_none(),
-        "ff" => false,
-        later => hex(later, 2),
-    };
-    (known_layout
-        && hex(trace_id, 32)
-        && !zero(trace_id)
-        && hex(parent_id, 16)
-        && !zero(parent_id)
-        && hex(flags, 2))
-    .then_some(trace_id)
-}
-
-/// A fresh trace id and span id, random (the spec asks for at least the
-/// trace id's right half to be random; all of it is).
-fn new_trace() -> (String, String) {
-    use ring::rand::SecureRandom;
-    let mut bytes = [0u8; 24];
-    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() || bytes.iter().all(|b| *b == 0) {
-        // No randomness from the system: a distinct, valid id still.
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_nanos())
-            .unwrap_or(1);
-        bytes[..16].copy_from_slice(&nanos.max(1).to_be_bytes());
-        bytes[23] = 1;
-    }
-    let hex = |part: &[u8]| part.iter().map(|b| format!("{b:02x}")).collect::<String>();
-    (hex(&bytes[..16]), hex(&bytes[16..]))
+    begun.trace_id().to_owned()
 }
 
 /// A response body that finishes its call at the trailers, or at its end
@@ -429,32 +381,18 @@ mod tests {
     }
 
     #[test]
-    fn a_well_formed_traceparent_gives_its_trace_and_anything_else_a_new_one() {
+    fn a_call_keeps_its_trace_or_gets_a_new_one_written_into_its_headers() {
         let id = "4bf92f3577b34da6a3ce929d0e0e4736";
-        let valid = format!("00-{id}-00f067aa0ba902b7-01");
-        assert_eq!(parse_traceparent(&valid), Some(id));
-        // A later version's first four fields are read as version 00's.
-        let later = format!("01-{id}-00f067aa0ba902b7-01-what-comes-next");
-        assert_eq!(parse_traceparent(&later), Some(id));
-        for bad in [
-            "",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
-            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
-            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
-            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
-            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
-        ] {
-            assert_eq!(parse_traceparent(bad), None, "{bad}");
-        }
         let mut headers = http::HeaderMap::new();
+        let valid = format!("00-{id}-00f067aa0ba902b7-01");
         headers.insert(TRACEPARENT, valid.parse().unwrap());
         assert_eq!(trace_of(&mut headers), id);
+        assert_eq!(headers[TRACEPARENT], valid.as_str());
         let mut headers = http::HeaderMap::new();
         headers.insert(TRACEPARENT, "garbage".parse().unwrap());
         let begun = trace_of(&mut headers);
-        let written = headers[TRACEPARENT].to_str().unwrap();
-        assert_eq!(parse_traceparent(written), Some(begun.as_str()));
+        let written = TraceParent::parse(headers[TRACEPARENT].to_str().unwrap()).unwrap();
+        assert_eq!(written.trace_id(), begun);
         assert_ne!(trace_of(&mut http::HeaderMap::new()), begun);
     }
 

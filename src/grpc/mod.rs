@@ -252,6 +252,14 @@ fn note_payment<T>(
     });
 }
 
+/// The trace the edge gave the call (`metered` writes one in when the
+/// caller sent none).
+fn trace_of<T>(request: &Request<T>) -> Option<crate::trace::TraceParent> {
+    (request.metadata().get(crate::trace::TRACEPARENT))
+        .and_then(|value| value.to_str().ok())
+        .and_then(crate::trace::TraceParent::parse)
+}
+
 fn invalid_name(field: &str, error: impl ToString) -> Status {
     crate::actors::CommandError::invalid(field, error.to_string()).into()
 }
@@ -263,8 +271,9 @@ impl PaymentService for PaymentApi {
         request: Request<pb::CreatePaymentRequest>,
     ) -> Result<Response<pb::Payment>, Status> {
         // Checked before it goes anywhere: bad input never crosses a hop.
-        let command = convert::create_payment(request.get_ref().clone())?;
+        let mut command = convert::create_payment(request.get_ref().clone())?;
         auth::authorize(&request, Action::CreatePayment, &command.account)?;
+        command.trace = trace_of(&request);
         let request_id = command.request_id.clone();
         metered::CallNote::record(&request, |facts| {
             facts.request_id = Some(request_id.as_str().to_owned());
@@ -373,6 +382,7 @@ impl PaymentService for PaymentApi {
         let caller = auth::authorize(&request, Action::RefundPayment, &command.name.account)?;
         note_payment(&request, &command.name, Some(&command.request_id));
         command.actor = caller.identity().map(str::to_owned);
+        command.trace = trace_of(&request);
         route!(self, &command.name.account, request, refund_payment);
         let payment = self.orchestrator.refund_payment(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
@@ -402,6 +412,7 @@ impl PaymentService for PaymentApi {
         let caller = auth::authorize(&request, Action::RetryPayment, &command.name.account)?;
         note_payment(&request, &command.name, Some(&command.request_id));
         command.actor = caller.identity().map(str::to_owned);
+        command.trace = trace_of(&request);
         route!(self, &command.name.account, request, retry_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
@@ -419,6 +430,7 @@ impl PaymentService for PaymentApi {
         let caller = auth::authorize(&request, Action::FailPayment, &command.name.account)?;
         note_payment(&request, &command.name, Some(&command.request_id));
         command.actor = caller.identity().map(str::to_owned);
+        command.trace = trace_of(&request);
         route!(self, &command.name.account, request, fail_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
@@ -513,6 +525,7 @@ impl PaymentService for PaymentApi {
         let caller = auth::authorize(&request, Action::ApprovePayment, &command.name.account)?;
         note_payment(&request, &command.name, Some(&command.request_id));
         command.actor = caller.identity().map(str::to_owned);
+        command.trace = trace_of(&request);
         route!(self, &command.name.account, request, approve_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
@@ -530,6 +543,7 @@ impl PaymentService for PaymentApi {
         let caller = auth::authorize(&request, Action::DeclinePayment, &command.name.account)?;
         note_payment(&request, &command.name, Some(&command.request_id));
         command.actor = caller.identity().map(str::to_owned);
+        command.trace = trace_of(&request);
         route!(self, &command.name.account, request, decline_payment);
         let payment = self.orchestrator.operate(command).await?;
         Ok(Response::new(convert::payment_to_pb(&payment)))

@@ -336,6 +336,7 @@ mod tests {
                 100,
             ),
             metadata: Default::default(),
+            trace: None,
         };
         for _ in 0..4 {
             let _ = bank.submit_payment(submission.clone()).await;

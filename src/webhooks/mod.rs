@@ -156,9 +156,15 @@ impl WebhookSink for HttpWebhookSink {
     ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
             let body = event_body(event);
+            // A span of the call that caused the event, or a trace of its
+            // own (a change no call caused: a bank's outcome).
+            let trace = (event.trace.as_deref())
+                .and_then(crate::trace::TraceParent::parse)
+                .map_or_else(crate::trace::TraceParent::begin, |caller| caller.child());
             let headers = [
                 (SIGNATURE_HEADER, endpoint.signature(unix_seconds, &body)),
                 (EVENT_ID_HEADER, event.name()),
+                (crate::trace::TRACEPARENT, trace.header()),
             ];
             let (status, response) = self
                 .poster
@@ -237,6 +243,7 @@ mod tests {
                 failure_reason: Some("bank lost it".into()),
             },
             actor: Some("oncall-7".into()),
+            trace: None,
         };
         let body: serde_json::Value = serde_json::from_slice(&event_body(&event)).unwrap();
         assert_eq!(body["actor"], "oncall-7");

@@ -29,6 +29,8 @@ struct PanickingConnector {
     inner: BuiltInBank,
     panics: u32,
     submissions: AtomicU32,
+    /// The trace each submission (payment or refund) carried, in order.
+    traces: std::sync::Mutex<Vec<Option<payvisor::trace::TraceParent>>>,
 }
 
 impl Connector for PanickingConnector {
@@ -36,6 +38,7 @@ impl Connector for PanickingConnector {
         &self,
         submission: PaymentSubmission,
     ) -> BoxFuture<'_, Result<(), ConnectorError>> {
+        self.traces.lock().unwrap().push(submission.trace.clone());
         let attempt = self.submissions.fetch_add(1, Ordering::SeqCst) + 1;
         if attempt <= self.panics {
             panic!("injected connector panic #{attempt}");
@@ -46,6 +49,7 @@ impl Connector for PanickingConnector {
         &self,
         submission: RefundSubmission,
     ) -> BoxFuture<'_, Result<(), ConnectorError>> {
+        self.traces.lock().unwrap().push(submission.trace.clone());
         self.inner.submit_refund(submission)
     }
     fn payment_status(
@@ -156,6 +160,7 @@ fn harness_with_policy(
         inner: BuiltInBank::new(config, random.clone(), events),
         panics,
         submissions: AtomicU32::new(0),
+        traces: Default::default(),
     });
     let mut background = crate::common::Background::new();
     let orchestrator = Orchestrator::start(
@@ -222,6 +227,7 @@ fn create(account: &str, request_id: &str, minor: i64) -> CreatePayment {
         payer_id: None,
         payer_country: None,
         request_id: RequestId::new(request_id).unwrap(),
+        trace: None,
     }
 }
 
@@ -309,6 +315,7 @@ async fn idle_account_actors_passivate_and_rehydrate_from_the_store() {
         reason: "customer asked".into(),
         request_id: RequestId::new("refund-1").unwrap(),
         actor: None,
+        trace: None,
     };
     h.orchestrator.refund_payment(refund).await.unwrap();
     wait_until(&h.orchestrator, &payment, |p| {
@@ -651,6 +658,7 @@ async fn commands_under_injected_store_faults_are_never_lost_doubled_or_falsely_
                 reason: "race".into(),
                 request_id: RequestId::new(format!("refund-{}-{side}", processed.id)).unwrap(),
                 actor: None,
+                trace: None,
             };
             refunds.spawn(async move {
                 for _ in 0..100 {
@@ -749,4 +757,40 @@ async fn an_idempotency_key_replays_until_its_record_expires_and_is_deleted() {
         .await
         .unwrap();
     assert_ne!(after.id, first.id, "the key was forgotten: a new payment");
+}
+
+/// The trace of the call that asked travels with its command, through the
+/// account actor's write, to the bank call that carries it out: a create's
+/// to the payment's submission, a refund's to the refund's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commands_trace_reaches_the_bank_call_that_carries_it_out() {
+    use payvisor::trace::TraceParent;
+    let h = harness(0, ActorSettings::default());
+    let created_by = TraceParent::begin();
+    let mut command = create("acme", "traced-1", 1000);
+    command.trace = Some(created_by.clone());
+    let payment = h.orchestrator.create_payment(command).await.unwrap();
+    let processed = wait_until(&h.orchestrator, &payment, |p| {
+        p.state == PaymentState::Processed
+    })
+    .await;
+    let refunded_by = TraceParent::begin();
+    let refund = RefundPayment {
+        name: processed.name(),
+        amount: Some(usd(100)),
+        reason: "traced".into(),
+        request_id: RequestId::new("traced-refund").unwrap(),
+        actor: None,
+        trace: Some(refunded_by.clone()),
+    };
+    h.orchestrator.refund_payment(refund).await.unwrap();
+    let mut traces = Vec::new();
+    for _ in 0..300 {
+        traces = h.connector.traces.lock().unwrap().clone();
+        if traces.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(traces, vec![Some(created_by), Some(refunded_by)]);
 }

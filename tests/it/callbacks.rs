@@ -113,6 +113,7 @@ async fn hung_payment(node: &Node, account: &str) -> Payment {
         payer_id: None,
         payer_country: None,
         request_id: RequestId::new(format!("create-{account}")).unwrap(),
+        trace: None,
     };
     node.orchestrator.create_payment(command).await.unwrap()
 }

@@ -369,6 +369,7 @@ fn create(account: &str, request: &str) -> CreatePayment {
         payer_id: None,
         payer_country: None,
         request_id: RequestId::new(request).unwrap(),
+        trace: None,
     }
 }
 

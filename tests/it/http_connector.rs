@@ -51,6 +51,7 @@ struct Seen {
     method: String,
     path: String,
     content_type: Option<String>,
+    traceparent: Option<String>,
     body: String,
 }
 
@@ -212,6 +213,7 @@ async fn read_request(stream: &mut TcpStream) -> Option<Seen> {
         method,
         path,
         content_type: header("content-type"),
+        traceparent: header("traceparent"),
         body: String::from_utf8(buffer[head_end..head_end + length].to_vec()).unwrap(),
     })
 }
@@ -268,6 +270,7 @@ fn payment(id: &str) -> PaymentSubmission {
         name: name(id),
         amount: usd(1250),
         metadata: BTreeMap::from([("bank_sim".to_owned(), "succeed".to_owned())]),
+        trace: None,
     }
 }
 
@@ -283,6 +286,42 @@ fn transient(result: Result<(), ConnectorError>) -> String {
         Err(ConnectorError::Transient(why)) => why,
         other => panic!("expected Transient, got {other:?}"),
     }
+}
+
+/// A bank call is a span of the call that caused it (same trace, a span of
+/// its own), or, for a re-drive, the first span of a trace of its own.
+#[tokio::test]
+async fn bank_calls_carry_the_trace_of_the_call_that_caused_them() {
+    use payvisor::trace::TraceParent;
+    let bank = FakeBank::start(accepted()).await;
+    let connector = connector(&bank, settings());
+    let caller =
+        TraceParent::parse("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01").unwrap();
+    let mut traced = payment("pay_1");
+    traced.trace = Some(caller.clone());
+    connector.submit_payment(traced).await.unwrap();
+    let refund = RefundSubmission {
+        name: name("pay_1"),
+        refund_id: "r1".into(),
+        amount: usd(100),
+        trace: Some(caller.clone()),
+    };
+    connector.submit_refund(refund).await.unwrap();
+    submit(&connector, "pay_2").await.unwrap();
+    let seen = bank.seen();
+    let spans: Vec<TraceParent> = seen
+        .iter()
+        .map(|seen| TraceParent::parse(seen.traceparent.as_deref().unwrap()).unwrap())
+        .collect();
+    for span in &spans[..2] {
+        assert_eq!(span.trace_id(), caller.trace_id(), "{seen:?}");
+        assert_ne!(span.header(), caller.header(), "a span of its own");
+    }
+    assert_ne!(
+        spans[2].trace_id(),
+        caller.trace_id(),
+        "a re-drive begins its own trace"
+    );
 }
 
 #[tokio::test]
@@ -314,6 +353,7 @@ async fn refund_submission_matches_the_protocol() {
         name: name("pay_1"),
         refund_id: "r1".into(),
         amount: usd(500),
+        trace: None,
     };
     connector.submit_refund(refund).await.unwrap();
     let seen = bank.seen();

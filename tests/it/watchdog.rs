@@ -183,6 +183,7 @@ async fn create(node: &Node, account: &str, behaviour: &str) -> Payment {
         payer_id: None,
         payer_country: None,
         request_id: RequestId::new(format!("create-{account}-{behaviour}")).unwrap(),
+        trace: None,
     };
     node.orchestrator.create_payment(command).await.unwrap()
 }
@@ -199,6 +200,7 @@ async fn operate(
             action,
             request_id: RequestId::new(request).unwrap(),
             actor: None,
+            trace: None,
         })
         .await
 }

@@ -81,6 +81,7 @@ fn event(payment: &PaymentName, seq: u64, to: PaymentState) -> PaymentEvent {
             failure_reason: None,
         },
         actor: None,
+        trace: None,
     }
 }
 

@@ -296,6 +296,47 @@ async fn webhooks_are_signed_in_order_and_survive_a_receiver_outage_and_a_restar
     server.verify_ledger(&["shop"]);
 }
 
+/// A webhook is a span of the call that caused its event: the create's
+/// `traceparent` reaches the receiver with `payment.created` (same trace, a
+/// span of its own); a bank's outcome, which no call caused, comes under a
+/// trace of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_carries_the_trace_of_the_call_that_caused_its_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path());
+    let hooks = webhooks_file(dir.path(), &receiver.url());
+    let server = Server::start(&["--webhooks", hooks.to_str().unwrap()]);
+    let mut client = server.client().await;
+    let trace = "0af7651916cd43dd8448eb211c80319c";
+    let caller = format!("00-{trace}-b7ad6b7169203331-01");
+    let mut request = tonic::Request::new(create_request("shop", "traced-1", 1_000));
+    request
+        .metadata_mut()
+        .insert("traceparent", caller.parse().unwrap());
+    let payment = client.create_payment(request).await.unwrap().into_inner();
+    let received = wait_received(&receiver, |received| {
+        received
+            .iter()
+            .any(|event| event["type"] == "payment.processed")
+    })
+    .await;
+    let traceparent = |kind: &str| -> String {
+        let event = received
+            .iter()
+            .find(|event| event["type"] == kind && event["payment"] == payment.name.as_str())
+            .unwrap_or_else(|| panic!("no {kind}: {received:?}"));
+        event["traceparent"].as_str().unwrap().to_owned()
+    };
+    let created = traceparent("payment.created");
+    assert!(created.starts_with(&format!("00-{trace}-")), "{created}");
+    assert_ne!(created, caller, "a span of its own");
+    let processed = traceparent("payment.processed");
+    assert!(
+        processed.starts_with("00-") && !processed.contains(trace),
+        "{processed}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delivery_given_up_after_its_retry_period_is_resent_by_an_operator() {
     let dir = tempfile::tempdir().unwrap();

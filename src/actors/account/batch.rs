@@ -103,7 +103,9 @@ impl AccountState {
                         request_id: create.request_id.clone(),
                         fingerprint,
                     };
-                    match self.stage_batched(&mut staging, decision, None, Some(idempotency)) {
+                    let trace = create.trace.clone();
+                    match self.stage_batched(&mut staging, decision, None, Some(idempotency), trace)
+                    {
                         Ok(()) => staged.push(Batched::Create(create, reply)),
                         Err(error) => {
                             let _ = reply.send(Err(error));
@@ -131,7 +133,13 @@ impl AccountState {
                     match decision {
                         Ok(Some(decision)) => {
                             if self
-                                .stage_batched(&mut staging, decision, Some(current.version), None)
+                                .stage_batched(
+                                    &mut staging,
+                                    decision,
+                                    Some(current.version),
+                                    None,
+                                    None,
+                                )
                                 .is_ok()
                             {
                                 payments_touched.insert(id);
@@ -181,9 +189,10 @@ impl AccountState {
         decision: Decision,
         payment_version: Option<u64>,
         idempotency: Option<NewIdempotency>,
+        trace: Option<crate::trace::TraceParent>,
     ) -> Result<(), CommandError> {
         let before = staging.ops.len();
-        self.stage(staging, decision, payment_version, idempotency)?;
+        self.stage(staging, decision, payment_version, idempotency, trace)?;
         debug_assert!(
             staging.ops.len() - before <= limits::DECISION_ITEMS_MAX,
             "a batched decision wrote {} items",

@@ -61,7 +61,7 @@ impl AccountCommand for Callback<'_> {
             condition: Condition::NotExists,
         });
         if let Some(decision) = decision {
-            state.stage(&mut staging, decision, Some(current.version), None)?;
+            state.stage(&mut staging, decision, Some(current.version), None, None)?;
         }
         match state.write(&staging).await {
             Ok(()) => {

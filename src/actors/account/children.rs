@@ -30,7 +30,8 @@ impl AccountState {
         let effects = current.value.pending_effects();
         if !effects.is_empty() && !self.children.contains_key(payment_id) {
             tracing::info!(payment = %self.name(payment_id), state = current.value.state.api_name(), "re-driving payment");
-            self.spawn_child(myself, payment_id.clone(), effects).await;
+            self.spawn_child(myself, payment_id.clone(), effects, None)
+                .await;
         }
         Ok(())
     }
@@ -40,10 +41,12 @@ impl AccountState {
         myself: &ActorRef<AccountMsg>,
         payment: PaymentId,
         effects: Vec<payment::Effect>,
+        trace: Option<crate::trace::TraceParent>,
     ) {
         let args = PaymentArgs {
             name: self.name(&payment),
             effects,
+            trace,
             router: Arc::clone(&self.shared.router),
             store: Arc::clone(&self.shared.store),
             clock: Arc::clone(&self.shared.clock),

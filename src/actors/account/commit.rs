@@ -14,6 +14,7 @@ use crate::domain::ownership::fence;
 use crate::domain::payment::{Decision, Payment};
 use crate::store::schema::{self, Versioned};
 use crate::store::{Condition, StoreError, WriteOp};
+use crate::trace::TraceParent;
 
 /// Decisions prepared for one atomic write.
 pub(super) struct Staging {
@@ -24,6 +25,8 @@ pub(super) struct Staging {
     /// Every action but the account item's, in order.
     pub(super) ops: Vec<WriteOp>,
     pub(super) staged: Vec<StagedDecision>,
+    /// Each staged decision's trace (the call that caused it, if any).
+    pub(super) traces: Vec<Option<TraceParent>>,
 }
 
 /// What committing a decision ran into.
@@ -46,10 +49,11 @@ impl AccountState {
         decision: Decision,
         payment_version: Option<u64>,
         idempotency: Option<NewIdempotency>,
+        trace: Option<TraceParent>,
     ) -> Result<Payment, CommitError> {
         let has_key = idempotency.is_some();
         let mut staging = self.staging().map_err(CommitError::Failed)?;
-        self.stage(&mut staging, decision, payment_version, idempotency)
+        self.stage(&mut staging, decision, payment_version, idempotency, trace)
             .map_err(CommitError::Failed)?;
         match self.write(&staging).await {
             Ok(()) => {}
@@ -98,6 +102,7 @@ impl AccountState {
             base_version: record.version,
             ops: Vec::new(),
             staged: Vec::new(),
+            traces: Vec::new(),
         })
     }
 
@@ -111,6 +116,7 @@ impl AccountState {
         decision: Decision,
         payment_version: Option<u64>,
         idempotency: Option<NewIdempotency>,
+        trace: Option<TraceParent>,
     ) -> Result<(), CommandError> {
         let rules = self.shared.rules.current();
         let webhooks = self.shared.webhooks.settings();
@@ -129,11 +135,20 @@ impl AccountState {
             idempotency_retention_millis: (self.shared.settings.idempotency_retention).as_millis()
                 as i64,
         };
-        let staged = staging
+        let mut staged = staging
             .book
             .stage(decision, payment_version, idempotency, &context)?;
+        // The events of a change a call caused carry its trace: their
+        // webhook deliveries are spans of it.
+        if let Some(trace) = &trace {
+            let events = (staged.events.iter_mut()).flat_map(|record| record.events.iter_mut());
+            for event in events.chain(staged.decision.events.iter_mut()) {
+                event.trace = Some(trace.header());
+            }
+        }
         schema::staged_writes(&self.account, &staged, &mut staging.ops);
         staging.staged.push(staged);
+        staging.traces.push(trace);
         Ok(())
     }
 
@@ -165,7 +180,7 @@ impl AccountState {
             version: staging.base_version + 1,
         });
         let mut written = Vec::with_capacity(staging.staged.len());
-        for staged in staging.staged {
+        for (staged, trace) in staging.staged.into_iter().zip(staging.traces) {
             let version = staged.version();
             let StagedDecision {
                 decision, alert, ..
@@ -190,13 +205,14 @@ impl AccountState {
                 match self.children.get(&id) {
                     Some(child) => {
                         if child
-                            .cast(PaymentMsg::Execute(decision.effects.clone()))
+                            .cast(PaymentMsg::Execute(decision.effects.clone(), trace.clone()))
                             .is_err()
                         {
-                            self.spawn_child(myself, id.clone(), decision.effects).await;
+                            self.spawn_child(myself, id.clone(), decision.effects, trace)
+                                .await;
                         }
                     }
-                    None => self.spawn_child(myself, id.clone(), decision.effects).await,
+                    None => (self.spawn_child(myself, id.clone(), decision.effects, trace)).await,
                 }
             } else if !payment.has_pending_work() {
                 if let Some(child) = self.children.get(&id) {

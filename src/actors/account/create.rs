@@ -73,7 +73,13 @@ impl AccountCommand for Create {
             fingerprint: self.fingerprint.clone(),
         };
         match state
-            .commit(myself, decision, None, Some(idempotency))
+            .commit(
+                myself,
+                decision,
+                None,
+                Some(idempotency),
+                command.trace.clone(),
+            )
             .await
         {
             Ok(payment) => Ok(Attempt::Done(payment)),

@@ -21,6 +21,8 @@ struct OnPayment<'a, Decide> {
     request_id: &'a RequestId,
     fingerprint: String,
     decide: Decide,
+    /// The trace of the call that asked.
+    trace: Option<crate::trace::TraceParent>,
 }
 
 impl<Decide> AccountCommand for OnPayment<'_, Decide>
@@ -48,7 +50,13 @@ where
             fingerprint: self.fingerprint.clone(),
         };
         match state
-            .commit(myself, decision, Some(current.version), Some(idempotency))
+            .commit(
+                myself,
+                decision,
+                Some(current.version),
+                Some(idempotency),
+                self.trace.clone(),
+            )
             .await
         {
             Ok(payment) => Ok(Attempt::Done(payment)),
@@ -73,6 +81,7 @@ impl AccountState {
             name: &command.name,
             request_id: &command.request_id,
             fingerprint,
+            trace: command.trace.clone(),
             decide: |payment: &Payment, now| {
                 let payment = payment.clone().acting(command.actor.clone());
                 Ok(payment.request_refund(command.amount, &command.reason, now, &shared.policy)?)
@@ -102,6 +111,7 @@ impl AccountState {
             name: &command.name,
             request_id: &command.request_id,
             fingerprint,
+            trace: command.trace.clone(),
             decide: |payment: &Payment, now| {
                 let payment = payment.clone().acting(command.actor.clone());
                 let decision = match &command.action {

@@ -73,7 +73,10 @@ impl AccountState {
         decision: Decision,
         version: u64,
     ) -> Result<Attempt<Payment>, CommandError> {
-        match self.commit(myself, decision, Some(version), None).await {
+        match self
+            .commit(myself, decision, Some(version), None, None)
+            .await
+        {
             Ok(payment) => Ok(Attempt::Done(payment)),
             Err(CommitError::KeyTaken | CommitError::PaymentTaken | CommitError::Stale) => {
                 Ok(Attempt::Stale)

@@ -40,6 +40,10 @@ struct EventBody {
     /// Absent when no person or tool asked (and in older records).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     actor: Option<String>,
+    /// The `traceparent` of the call that caused it; absent when none did
+    /// (and in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    trace: Option<String>,
 }
 
 /// What changed, tagged: `{"of":"payment",…}` or `{"of":"refund",…}`.
@@ -142,6 +146,7 @@ impl From<&PaymentEvent> for EventBody {
             amount: event.amount.into(),
             state: event.state.into(),
             actor: event.actor.clone(),
+            trace: event.trace.clone(),
             change: match &event.change {
                 Change::Payment {
                     from,
@@ -180,6 +185,14 @@ impl TryFrom<EventBody> for PaymentEvent {
             amount: Money::try_from(body.amount)?,
             state: body.state.into(),
             actor: body.actor,
+            trace: match body.trace {
+                Some(trace) if crate::trace::TraceParent::parse(&trace).is_none() => {
+                    return Err(super::invalid(format!(
+                        "a trace that is not a traceparent: {trace:?}"
+                    )))
+                }
+                trace => trace,
+            },
             change: match body.change {
                 ChangeBody::Payment {
                     from,
@@ -287,6 +300,22 @@ mod tests {
             },
             DUE,
         );
+    }
+
+    /// The trace of the call that caused an event is kept, only written when
+    /// there was one, and only a well-formed `traceparent`.
+    #[test]
+    fn the_trace_of_the_call_behind_an_event_is_kept() {
+        let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut record = fixtures::events();
+        record.events[1].trace = Some(trace.into());
+        let golden = GOLDEN.replacen(
+            r#""failure_reason":"bank refused"}}"#,
+            &format!(r#""failure_reason":"bank refused"}},"trace":"{trace}"}}"#),
+            1,
+        );
+        check(&record, &golden);
+        refused::<EventRecord>(&golden.replacen(trace, "00-not-a-trace-01", 1));
     }
 
     /// Who re-sent a delivery is kept, and only written when known (the

@@ -280,6 +280,7 @@ pub fn events() -> EventRecord {
                     failure_reason: None,
                 },
                 actor: None,
+                trace: None,
             },
             PaymentEvent {
                 payment: name(),
@@ -294,6 +295,7 @@ pub fn events() -> EventRecord {
                     failure_reason: Some("bank refused".into()),
                 },
                 actor: None,
+                trace: None,
             },
         ],
         deliveries: vec![
