@@ -87,28 +87,26 @@ fn to_hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Random bytes, never all zero (an all-zero id is invalid).
+/// Random bytes whose first byte and last byte are never zero, so that
+/// neither the trace id (the first 16 of 24) nor a span id (the last 8)
+/// is all zero, which would be invalid.
 fn random_bytes<const N: usize>() -> [u8; N] {
     use ring::rand::SecureRandom;
     let mut bytes = [0u8; N];
-    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() || zero_bytes(&bytes) {
-        // No randomness from the system: a distinct, valid id still.
+    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+        // No randomness from the system: distinct ids still, from the clock.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|elapsed| elapsed.as_nanos())
             .unwrap_or(1)
-            .max(1)
-            .to_be_bytes();
-        for (byte, from) in bytes.iter_mut().rev().zip(nanos.iter().rev()) {
-            *byte = *from;
+            .to_le_bytes();
+        for (at, byte) in bytes.iter_mut().enumerate() {
+            *byte = nanos[at % nanos.len()] ^ at as u8;
         }
-        bytes[N - 1] |= 1;
     }
+    bytes[0] |= 1;
+    bytes[N - 1] |= 1;
     bytes
-}
-
-fn zero_bytes(bytes: &[u8]) -> bool {
-    bytes.iter().all(|b| *b == 0)
 }
 
 #[cfg(test)]
