@@ -563,6 +563,12 @@ impl StoreConfig {
     /// may still be applied by the store. The embedded store's writer dies
     /// with the process (none); DynamoDB may apply a request after its
     /// sender died, within the call's operation timeout.
+    /// Whether expired items must be deleted by payvisor's own sweep: the
+    /// embedded store; DynamoDB's time to live deletes them itself.
+    pub fn sweeps_expired_items(&self) -> bool {
+        matches!(self, StoreConfig::Sqlite { .. })
+    }
+
     pub fn late_write_bound(&self) -> Option<std::time::Duration> {
         match self {
             StoreConfig::Sqlite { .. } => None,

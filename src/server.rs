@@ -469,22 +469,24 @@ fn sweep_periodically(
         let swept = |ok, started| timed.observe("webhooks", ok, started);
         (webhooks.run_until(limits::WEBHOOK_SWEEP_EVERY, swept, until)).await;
     });
-    let expiry = expire_periodically(node.store.clone(), node.clock.clone(), sweeps.clone());
-    let until = shutdown.clone();
-    tasks.spawn("expiry sweep", async move {
-        tokio::select! {
-            () = until.signalled() => {}
-            () = expiry => {}
-        }
-    });
+    if config.store.sweeps_expired_items() {
+        let expiry = expire_periodically(node.store.clone(), node.clock.clone(), sweeps.clone());
+        let until = shutdown.clone();
+        tasks.spawn("expiry sweep", async move {
+            tokio::select! {
+                () = until.signalled() => {}
+                () = expiry => {}
+            }
+        });
+    }
     let reloading =
         Arc::clone(&node.rules).watch_until(limits::RULES_RELOAD_EVERY, shutdown.clone());
     tasks.spawn("rules reload", reloading);
 }
 
 /// Deletes expired records (idempotency keys past their retention) every
-/// [`limits::EXPIRY_SWEEP_EVERY`], in bounded batches. On DynamoDB each
-/// sweep is free (its time to live deletes them).
+/// [`limits::EXPIRY_SWEEP_EVERY`], in bounded batches (the embedded store;
+/// DynamoDB's time to live needs no sweep).
 async fn expire_periodically(store: Arc<dyn Store>, clock: Arc<dyn Clock>, sweeps: SweepMetrics) {
     loop {
         tokio::time::sleep(limits::EXPIRY_SWEEP_EVERY).await;

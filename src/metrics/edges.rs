@@ -8,13 +8,12 @@
 //! the configuration, whatever the traffic.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use super::{latency_family, LatencyFamily};
+use super::{latency_family, timed, LatencyFamily};
 use crate::alerts::{AlertError, AlertSink, Page, PageAction, PageClass};
 use crate::connectors::{
     BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission,
@@ -84,10 +83,8 @@ impl MeteredConnector {
         operation: &'static str,
         call: BoxFuture<'a, Result<T, ConnectorError>>,
     ) -> BoxFuture<'a, Result<T, ConnectorError>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let answer = call.await;
-            let outcome = match &answer {
+        Box::pin(timed(&self.metrics.call_seconds, call, move |answer| {
+            let outcome = match answer {
                 Ok(_) => "ok",
                 Err(ConnectorError::Rejected(_)) => "rejected",
                 Err(ConnectorError::Transient(why))
@@ -97,15 +94,12 @@ impl MeteredConnector {
                 }
                 Err(ConnectorError::Transient(_)) => "unavailable",
             };
-            let labels = BankLabels {
+            BankLabels {
                 bank: self.bank.clone(),
                 operation,
                 outcome,
-            };
-            (self.metrics.call_seconds.get_or_create(&labels))
-                .observe(started.elapsed().as_secs_f64());
-            answer
-        })
+            }
+        }))
     }
 }
 
@@ -251,17 +245,13 @@ impl WebhookSink for MeteredWebhookSink {
         event: &'a PaymentEvent,
         unix_seconds: i64,
     ) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let answer = self.inner.deliver(endpoint, event, unix_seconds).await;
-            let labels = WebhookLabels {
+        let call = self.inner.deliver(endpoint, event, unix_seconds);
+        Box::pin(timed(&self.metrics.delivery_seconds, call, |answer| {
+            WebhookLabels {
                 endpoint: endpoint.name.clone(),
                 outcome: if answer.is_ok() { "ok" } else { "failed" },
-            };
-            (self.metrics.delivery_seconds.get_or_create(&labels))
-                .observe(started.elapsed().as_secs_f64());
-            answer
-        })
+            }
+        }))
     }
 }
 

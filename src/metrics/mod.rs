@@ -138,6 +138,22 @@ fn sweep_histogram() -> Histogram {
 /// A latency histogram per label set.
 pub type LatencyFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
+/// Runs `call` and records how long it took in `family`, under the labels
+/// its answer gives: the one timing every metered boundary uses.
+async fn timed<L, T, E>(
+    family: &LatencyFamily<L>,
+    call: impl std::future::Future<Output = Result<T, E>>,
+    labels: impl FnOnce(&Result<T, E>) -> L,
+) -> Result<T, E>
+where
+    L: Clone + std::hash::Hash + Eq,
+{
+    let started = std::time::Instant::now();
+    let answer = call.await;
+    (family.get_or_create(&labels(&answer))).observe(started.elapsed().as_secs_f64());
+    answer
+}
+
 fn latency_family<L: Clone + std::hash::Hash + Eq>() -> LatencyFamily<L> {
     Family::new_with_constructor(latency_histogram)
 }
@@ -252,10 +268,11 @@ impl SweepMetrics {
         sweep: &'static str,
         run: impl std::future::Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
-        let started = std::time::Instant::now();
-        let answer = run.await;
-        self.observe(sweep, answer.is_ok(), started);
-        answer
+        timed(&self.run_seconds, run, |answer| SweepLabels {
+            sweep,
+            outcome: if answer.is_ok() { "ok" } else { "failed" },
+        })
+        .await
     }
 
     /// Records one run of `sweep` that began at `started`.

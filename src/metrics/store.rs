@@ -3,7 +3,6 @@
 //! nothing about the calls: what the inner store answers is the answer.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::{StoreLabels, StoreMetrics};
 use crate::store::{BoxFuture, IndexQuery, Item, Key, Page, Query, Store, StoreError, WriteOp};
@@ -33,17 +32,14 @@ impl MeteredStore {
         operation: &'static str,
         call: BoxFuture<'a, Result<T, StoreError>>,
     ) -> BoxFuture<'a, Result<T, StoreError>> {
-        Box::pin(async move {
-            let started = Instant::now();
-            let answer = call.await;
-            let labels = StoreLabels {
+        Box::pin(super::timed(
+            &self.metrics.call_seconds,
+            call,
+            move |answer| StoreLabels {
                 operation,
-                outcome: outcome(&answer),
-            };
-            (self.metrics.call_seconds.get_or_create(&labels))
-                .observe(started.elapsed().as_secs_f64());
-            answer
-        })
+                outcome: outcome(answer),
+            },
+        ))
     }
 }
 
