@@ -155,6 +155,18 @@ pub struct ServeArgs {
     /// Log format: `text` or `json`.
     #[arg(long, env = "PAYVISOR_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
+    /// Export traces to this OpenTelemetry collector over OTLP/gRPC, e.g.
+    /// `http://otel-collector:4317` (`https://` trusts the system's
+    /// roots); off if unset. Spans: each RPC, each account decision, its
+    /// write (and the store call in it) and what follows it, each bank call
+    /// and each webhook delivery.
+    #[arg(long, env = "PAYVISOR_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// The share of traces begun on this node that are exported (0 to 1; a
+    /// call that arrives with a `traceparent` follows its caller's sampled
+    /// flag instead).
+    #[arg(long, env = "PAYVISOR_OTLP_SAMPLE_RATIO", default_value_t = 1.0)]
+    pub otlp_sample_ratio: f64,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
@@ -635,6 +647,8 @@ pub struct Config {
     /// Set when this node is a cluster member (`--cluster`).
     pub cluster: Option<ClusterConfig>,
     pub auth: AuthConfig,
+    /// Where spans are exported (`None`: nowhere).
+    pub otlp: Option<crate::trace::export::OtlpConfig>,
 }
 
 /// One bank over HTTP, and how routing weighs it.
@@ -891,6 +905,32 @@ fn page_link(flag: &'static str, url: &str) -> Result<String, ConfigError> {
     }
 }
 
+/// The OTLP collector of `--otlp-endpoint`: no user information (it would
+/// be a secret in the log) and nothing after the authority (OTLP/gRPC's
+/// path is fixed).
+fn otlp_config(
+    endpoint: &str,
+    sample_ratio: f64,
+) -> Result<crate::trace::export::OtlpConfig, ConfigError> {
+    let refused = || ConfigError::OtlpEndpoint(endpoint.to_owned());
+    let uri: http::Uri = endpoint.parse().map_err(|_| refused())?;
+    let authority = uri.authority().ok_or_else(refused)?;
+    let bare = matches!(uri.path(), "" | "/") && uri.query().is_none();
+    if !matches!(uri.scheme_str(), Some("http" | "https"))
+        || authority.as_str().contains('@')
+        || !bare
+    {
+        return Err(refused());
+    }
+    if !(0.0..=1.0).contains(&sample_ratio) {
+        return Err(ConfigError::OtlpSampleRatio(sample_ratio));
+    }
+    Ok(crate::trace::export::OtlpConfig {
+        endpoint: uri,
+        sample_ratio,
+    })
+}
+
 /// A node name as pages carry it: 1 to 63 letters, digits, `.`, `-`, `_`
 /// (a host name's alphabet; it goes into the page's dedup key).
 fn valid_node_name(name: &str) -> Result<String, ConfigError> {
@@ -938,6 +978,10 @@ pub enum ConfigError {
     IdempotencyRetention(String),
     #[error("--node-name: {0}")]
     NodeName(String),
+    #[error("--otlp-endpoint {0:?}: expected a collector's http:// or https:// address with no user, path or query, like http://otel-collector:4317")]
+    OtlpEndpoint(String),
+    #[error("--otlp-sample-ratio {0}: expected a share from 0 to 1, like 0.1")]
+    OtlpSampleRatio(f64),
     #[error("{0} {1:?}: expected an http:// or https:// address")]
     PageLink(&'static str, String),
     #[error("--webhooks {0}: {1}")]
@@ -1081,8 +1125,13 @@ impl ServeArgs {
             },
             None => "payvisor".to_owned(),
         };
+        let otlp = match &self.otlp_endpoint {
+            Some(endpoint) => Some(otlp_config(endpoint, self.otlp_sample_ratio)?),
+            None => None,
+        };
         Ok(Config {
             auth,
+            otlp,
             listen: self.listen,
             store,
             cluster,
@@ -1417,6 +1466,47 @@ mod tests {
             parse(&[]).unwrap().cluster.is_none(),
             "single node by default"
         );
+    }
+
+    #[test]
+    fn spans_go_to_a_collector_named_by_its_address_alone_and_only_if_asked() {
+        assert_eq!(parse(&[]).unwrap().otlp, None, "off by default");
+        let otlp = parse(&[
+            "--otlp-endpoint",
+            "http://otel:4317",
+            "--otlp-sample-ratio",
+            "0.25",
+        ])
+        .unwrap()
+        .otlp
+        .unwrap();
+        assert_eq!(otlp.endpoint, "http://otel:4317");
+        assert_eq!(otlp.sample_ratio, 0.25);
+        for endpoint in [
+            "otel:4317",
+            "grpc://otel:4317",
+            "http://user:token@otel:4317",
+            "http://otel:4317/v1/traces",
+            "http://otel:4317?x=1",
+        ] {
+            assert!(
+                matches!(
+                    parse(&["--otlp-endpoint", endpoint]),
+                    Err(ConfigError::OtlpEndpoint(_))
+                ),
+                "{endpoint}"
+            );
+        }
+        for ratio in ["-0.1", "1.5", "NaN"] {
+            let flag = format!("--otlp-sample-ratio={ratio}");
+            assert!(
+                matches!(
+                    parse(&["--otlp-endpoint", "https://otel", &flag]),
+                    Err(ConfigError::OtlpSampleRatio(_))
+                ),
+                "{ratio}"
+            );
+        }
     }
 
     #[test]

@@ -174,6 +174,22 @@ pub const GRPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// below the service manager's stop timeout (`TimeoutStopSec` in
 /// `deploy/systemd/payvisor.service`), so the node ends its own shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+/// Ended spans waiting for export (`--otlp-endpoint`): about two seconds
+/// of a busy node's spans (a payment makes about eight). Past it spans are
+/// dropped and counted: a collector that is down must not grow memory.
+pub const OTLP_QUEUE_SPANS_MAX: usize = 32_768;
+/// Spans in one export request: 4,096 spans of under 512 bytes stay far
+/// below gRPC's 4 MB message default that collectors keep.
+pub const OTLP_BATCH_SPANS_MAX: usize = 4_096;
+/// How long a batch may fill before it goes (unless full): spans reach
+/// the collector within about a second, in a few requests a second.
+pub const OTLP_BATCH_WAIT: Duration = Duration::from_millis(500);
+/// One export (and the connection for it) may take this long; a slower
+/// collector costs the batch, not the queue behind it.
+pub const OTLP_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// On shutdown, the spans of the drain get this long to go out, after the
+/// actors have stopped (inside the service manager's stop timeout).
+pub const OTLP_FLUSH_MAX: Duration = Duration::from_secs(3);
 /// Between saying NOT_SERVING for a drain and closing the gRPC port: long
 /// enough for health watchers (load balancers, `Watch` streams) to get the
 /// news over the connections still open, short enough not to slow a stop.

@@ -63,6 +63,23 @@ pub async fn run(
     let (trigger, shutdown) = crate::shutdown::channel();
     let mut tasks = Tasks::default();
     let mut metrics = NodeMetrics::default();
+    // Spans outlive the other tasks: the drain's are exported too.
+    let (spans_trigger, spans_stop) = crate::shutdown::channel();
+    let spans = match &config.otlp {
+        Some(otlp) => {
+            let span_metrics = crate::metrics::SpanMetrics::default();
+            metrics.spans = Some(span_metrics.clone());
+            let exporting = crate::trace::export::install(
+                otlp,
+                &config.watchdog.node_name,
+                span_metrics,
+                spans_stop,
+            )?;
+            tracing::info!(endpoint = %otlp.endpoint, sample_ratio = otlp.sample_ratio, "exporting spans over OTLP");
+            Some(tokio::spawn(exporting))
+        }
+        None => None,
+    };
     let mut node = Node::start(&config, &metrics, &shutdown, &mut tasks).await?;
     let callbacks = if config.banks.is_empty() {
         None
@@ -142,6 +159,11 @@ pub async fn run(
     }
     if let Err(error) = node.store.settle().await {
         tracing::warn!(%error, "the store was not tidied up after the stop");
+    }
+    if let Some(spans) = spans {
+        spans_trigger.fire();
+        // The exporter bounds its own flush (OTLP_FLUSH_MAX).
+        let _ = spans.await;
     }
     tracing::info!("payvisor stopped");
     Ok(())

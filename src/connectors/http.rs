@@ -45,7 +45,7 @@ use crate::http_client::{self, ExchangeError, HttpPoster};
 use crate::limits;
 use crate::random::Random;
 use crate::store::BoxFuture;
-use crate::trace::{TraceParent, TRACEPARENT};
+use crate::trace::{Span, SpanKind, TraceParent, TRACEPARENT};
 
 /// The `Transient` reason of a call the breaker refused.
 pub const CIRCUIT_OPEN: &str = "circuit open";
@@ -330,9 +330,30 @@ impl HttpBankConnector {
     }
 }
 
-/// The span of a bank call under `trace` (a new trace without one).
-fn span_of(trace: Option<&TraceParent>) -> TraceParent {
-    trace.map_or_else(TraceParent::begin, TraceParent::child)
+/// The span of one bank call (its retries included) under `trace` (a
+/// trace of its own without one): its id is the call's `traceparent`.
+fn bank_span(operation: &'static str, bank: &str, key: &str, trace: Option<&TraceParent>) -> Span {
+    let mut span = Span::start(operation, SpanKind::Client, trace);
+    if span.is_recording() {
+        span.set("payvisor.bank", bank);
+        span.set("payvisor.payment", key);
+    }
+    span
+}
+
+/// Ends a bank call's span with its outcome.
+fn end_bank_span<T>(mut span: Span, answer: &Result<T, ConnectorError>) {
+    match answer {
+        Ok(_) => span.set("payvisor.outcome", "ok"),
+        Err(ConnectorError::Rejected(why)) => {
+            span.set("payvisor.outcome", "rejected");
+            span.fail(format!("rejected: {why}"));
+        }
+        Err(ConnectorError::Transient(why)) => {
+            span.set("payvisor.outcome", "unavailable");
+            span.fail(format!("unavailable: {why}"));
+        }
+    }
 }
 
 enum BankRequest {
@@ -536,12 +557,20 @@ impl Connector for HttpBankConnector {
                 metadata: &submission.metadata,
                 callback_url: &self.callback_url,
             });
+            let span = bank_span(
+                "bank.submit_payment",
+                &self.name,
+                &payment_id,
+                submission.trace.as_ref(),
+            );
             let request = BankRequest::Post {
                 url: self.payments_url.clone(),
                 body,
-                trace: span_of(submission.trace.as_ref()),
+                trace: span.context().clone(),
             };
-            self.call(&payment_id, &request, |_| Ok(())).await
+            let answer = self.call(&payment_id, &request, |_| Ok(())).await;
+            end_bank_span(span, &answer);
+            answer
         })
     }
 
@@ -557,13 +586,21 @@ impl Connector for HttpBankConnector {
                 amount: submission.amount.into(),
                 callback_url: &self.callback_url,
             });
+            let key = format!("{payment_id}/refunds/{}", submission.refund_id);
+            let span = bank_span(
+                "bank.submit_refund",
+                &self.name,
+                &key,
+                submission.trace.as_ref(),
+            );
             let request = BankRequest::Post {
                 url: self.refunds_url.clone(),
                 body,
-                trace: span_of(submission.trace.as_ref()),
+                trace: span.context().clone(),
             };
-            let key = format!("{payment_id}/refunds/{}", submission.refund_id);
-            self.call(&key, &request, |_| Ok(())).await
+            let answer = self.call(&key, &request, |_| Ok(())).await;
+            end_bank_span(span, &answer);
+            answer
         })
     }
 

@@ -7,8 +7,10 @@
 //! The log line carries what the handler learned (account, payment,
 //! request id, caller: a [`CallNote`] in the request's extensions) and the
 //! call's W3C trace id: the one in its `traceparent` header, or one begun
-//! here and put in that header, so a call forwarded to the account's owner
-//! is logged under the same trace on both nodes.
+//! here. The call is a span of that trace (exported over OTLP when
+//! configured), written into the `traceparent` header for everything
+//! downstream: the handler's commands, a call forwarded to the account's
+//! owner (so it is logged under the same trace on both nodes), bank calls.
 //!
 //! A call's code is where gRPC puts it: in the response headers when the
 //! call fails before any message ("trailers only"), else in the trailers
@@ -28,7 +30,7 @@ use prost::Message;
 use tonic::Code;
 
 use crate::metrics::{RpcLabels, RpcMetrics};
-use crate::trace::{TraceParent, TRACEPARENT};
+use crate::trace::{Span, SpanKind, TraceParent, TRACEPARENT};
 
 /// The layer in front of every gRPC service.
 #[derive(Clone)]
@@ -78,6 +80,12 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let (grpc_service, grpc_method) = method_labels(request.uri().path());
+        // Named as OpenTelemetry names gRPC spans, `service/method`; only
+        // if exported (most nodes pay no allocation for it).
+        let span_name = match crate::trace::exporting() {
+            true => request.uri().path().trim_start_matches('/').to_owned(),
+            false => String::new(),
+        };
         let note = CallNote::default();
         request.extensions_mut().insert(note.clone());
         let call = CallInFlight {
@@ -86,7 +94,7 @@ where
             grpc_method,
             started: Instant::now(),
             counted: false,
-            trace_id: trace_of(request.headers_mut()),
+            span: Some(call_span(request.headers_mut(), span_name)),
             note,
         };
         let response = self.inner.call(request);
@@ -123,8 +131,8 @@ struct CallInFlight {
     grpc_method: &'static str,
     started: Instant,
     counted: bool,
-    /// The W3C trace id (32 lowercase hex digits).
-    trace_id: String,
+    /// The call's span (taken when it is counted).
+    span: Option<Span>,
     /// What the handler learned.
     note: CallNote,
 }
@@ -146,6 +154,9 @@ impl CallInFlight {
         let seconds = self.started.elapsed().as_secs_f64();
         (self.metrics).observe(labels, seconds);
         let facts = self.note.take();
+        let mut span = self.span.take();
+        let trace_id =
+            (span.as_ref()).map_or_else(String::new, |span| span.context().trace_id().to_owned());
         // Probes call health every few seconds: their lines at debug.
         macro_rules! call_line {
             ($level:expr) => {
@@ -160,7 +171,7 @@ impl CallInFlight {
                     payment = facts.payment.as_deref(),
                     request_id = facts.request_id.as_deref(),
                     caller = facts.caller.as_deref(),
-                    trace_id = %self.trace_id,
+                    trace_id = %trace_id,
                     "rpc"
                 )
             };
@@ -169,6 +180,9 @@ impl CallInFlight {
             call_line!(tracing::Level::DEBUG);
         } else {
             call_line!(tracing::Level::INFO);
+        }
+        if let Some(span) = &mut span {
+            end_call_span(span, code, facts);
         }
     }
 }
@@ -210,21 +224,52 @@ impl CallNote {
     }
 }
 
-/// The trace id of a call: its `traceparent`'s, when that is well formed,
-/// else a new trace begun here and written into the headers for
-/// everything downstream (the handler, a forwarded call, the bank calls).
-fn trace_of(headers: &mut http::HeaderMap) -> String {
-    if let Some(parent) = (headers.get(TRACEPARENT))
+/// The span of a call: under its `traceparent`, when that is well formed,
+/// else the root of a new trace; written into the headers as the parent
+/// of everything downstream (the handler's commands, a forwarded call, the
+/// bank calls).
+fn call_span(headers: &mut http::HeaderMap, name: String) -> Span {
+    let caller = (headers.get(TRACEPARENT))
         .and_then(|value| value.to_str().ok())
-        .and_then(TraceParent::parse)
-    {
-        return parent.trace_id().to_owned();
-    }
-    let begun = TraceParent::begin();
-    if let Ok(value) = http::HeaderValue::try_from(begun.header()) {
+        .and_then(TraceParent::parse);
+    let span = Span::start(name, SpanKind::Server, caller.as_ref());
+    if let Ok(value) = http::HeaderValue::try_from(span.context().header()) {
         headers.insert(TRACEPARENT, value);
     }
-    begun.trace_id().to_owned()
+    span
+}
+
+/// Ends a call's span with its code and what the handler learned. The
+/// codes OpenTelemetry counts as a server's errors mark it failed; the
+/// others are the client's (a bad argument, a missing payment).
+fn end_call_span(span: &mut Span, code: Code, facts: CallFacts) {
+    if !span.is_recording() {
+        return;
+    }
+    span.set("rpc.system", "grpc");
+    span.set("rpc.grpc.status_code", code as i64);
+    let fields = [
+        ("payvisor.account", facts.account),
+        ("payvisor.payment", facts.payment),
+        ("payvisor.request_id", facts.request_id),
+        ("payvisor.caller", facts.caller),
+    ];
+    for (key, value) in fields {
+        if let Some(value) = value {
+            span.set(key, value);
+        }
+    }
+    if matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    ) {
+        span.fail(code_name(code));
+    }
 }
 
 /// A response body that finishes its call at the trailers, or at its end
@@ -381,19 +426,22 @@ mod tests {
     }
 
     #[test]
-    fn a_call_keeps_its_trace_or_gets_a_new_one_written_into_its_headers() {
+    fn a_call_is_a_span_of_its_callers_trace_or_of_a_new_one_written_into_its_headers() {
         let id = "4bf92f3577b34da6a3ce929d0e0e4736";
         let mut headers = http::HeaderMap::new();
         let valid = format!("00-{id}-00f067aa0ba902b7-01");
         headers.insert(TRACEPARENT, valid.parse().unwrap());
-        assert_eq!(trace_of(&mut headers), id);
-        assert_eq!(headers[TRACEPARENT], valid.as_str());
+        let span = call_span(&mut headers, "payvisor.v1.PaymentService/GetPayment".into());
+        assert_eq!(span.context().trace_id(), id);
+        assert_ne!(span.context().span_id(), "00f067aa0ba902b7");
+        assert_eq!(headers[TRACEPARENT], span.context().header().as_str());
         let mut headers = http::HeaderMap::new();
         headers.insert(TRACEPARENT, "garbage".parse().unwrap());
-        let begun = trace_of(&mut headers);
+        let begun = call_span(&mut headers, "x/y".into());
         let written = TraceParent::parse(headers[TRACEPARENT].to_str().unwrap()).unwrap();
-        assert_eq!(written.trace_id(), begun);
-        assert_ne!(trace_of(&mut http::HeaderMap::new()), begun);
+        assert_eq!(&written, begun.context());
+        let other = call_span(&mut http::HeaderMap::new(), "x/y".into());
+        assert_ne!(other.context().trace_id(), begun.context().trace_id());
     }
 
     #[test]

@@ -109,6 +109,8 @@ pub struct NodeMetrics {
     /// Background runs (watchdog, recovery, reconciliation, webhook
     /// dispatch) timed.
     pub sweeps: SweepMetrics,
+    /// Spans exported (`None`: no OTLP endpoint configured).
+    pub spans: Option<SpanMetrics>,
 }
 
 /// Upper bounds of the latency buckets, in seconds: from a cached read
@@ -216,6 +218,26 @@ impl Default for StoreMetrics {
         StoreMetrics {
             call_seconds: latency_family(),
         }
+    }
+}
+
+/// Spans handed to the OTLP exporter, by outcome: `exported`, `failed`
+/// (the collector did not take them) or `dropped` (the queue was full).
+#[derive(Clone, Debug, Default)]
+pub struct SpanMetrics {
+    pub spans: Family<SpanLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpanLabels {
+    pub outcome: &'static str,
+}
+
+impl SpanMetrics {
+    pub fn count(&self, outcome: &'static str, spans: u64) {
+        self.spans
+            .get_or_create(&SpanLabels { outcome })
+            .inc_by(spans);
     }
 }
 
@@ -485,6 +507,13 @@ impl NodeMetrics {
             "Time of each webhook delivery attempt (one event to one endpoint), by endpoint and outcome",
             self.webhooks.delivery_seconds.clone(),
         );
+        if let Some(spans) = &self.spans {
+            registry.register(
+                "payvisor_otlp_spans",
+                "Spans handed to the OTLP exporter, by outcome (exported, failed: the collector did not take them, dropped: the queue was full)",
+                spans.spans.clone(),
+            );
+        }
         registry.register(
             "payvisor_sweep_seconds",
             "Time of each background run (watchdog sweep, recovery, reconciliation, webhook dispatch), by kind and outcome",

@@ -45,7 +45,7 @@ impl MeteredStore {
 
 /// The outcome label: `ok` or the kind of error (never its text, which
 /// holds keys: ids would make the page grow without bound).
-fn outcome<T>(answer: &Result<T, StoreError>) -> &'static str {
+pub(crate) fn outcome<T>(answer: &Result<T, StoreError>) -> &'static str {
     match answer {
         Ok(_) => "ok",
         Err(StoreError::ConditionFailed { .. }) => "condition_failed",

@@ -158,19 +158,44 @@ impl WebhookSink for HttpWebhookSink {
             let body = event_body(event);
             // A span of the call that caused the event, or a trace of its
             // own (a change no call caused: a bank's outcome).
-            let trace = (event.trace.as_deref())
-                .and_then(crate::trace::TraceParent::parse)
-                .map_or_else(crate::trace::TraceParent::begin, |caller| caller.child());
+            let caller = (event.trace.as_deref()).and_then(crate::trace::TraceParent::parse);
+            let mut span = crate::trace::Span::start(
+                "webhook.deliver",
+                crate::trace::SpanKind::Client,
+                caller.as_ref(),
+            );
+            if span.is_recording() {
+                span.set("payvisor.endpoint", endpoint.name.as_str());
+                span.set("payvisor.event", event.name());
+            }
             let headers = [
                 (SIGNATURE_HEADER, endpoint.signature(unix_seconds, &body)),
                 (EVENT_ID_HEADER, event.name()),
-                (crate::trace::TRACEPARENT, trace.header()),
+                (crate::trace::TRACEPARENT, span.context().header()),
             ];
+            let delivered = self.post(endpoint, &headers, body).await;
+            if let Err(DeliveryError(why)) = &delivered {
+                span.fail(why.as_str());
+            }
+            delivered
+        })
+    }
+}
+
+impl HttpWebhookSink {
+    /// One delivery's exchange: `Ok` on a `2xx`.
+    async fn post(
+        &self,
+        endpoint: &Endpoint,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<(), DeliveryError> {
+        {
             let (status, response) = self
                 .poster
                 .post_json(
                     &endpoint.url,
-                    &headers,
+                    headers,
                     body,
                     self.timeout,
                     limits::WEBHOOK_RESPONSE_BYTES_MAX,
@@ -190,7 +215,7 @@ impl WebhookSink for HttpWebhookSink {
                     .collect();
                 Err(DeliveryError(format!("{status}: {text}")))
             }
-        })
+        }
     }
 }
 

@@ -28,6 +28,7 @@ mod hardening;
 mod http_connector;
 mod layout;
 mod observability;
+mod otlp;
 mod parsers;
 mod properties;
 mod reviews;

@@ -8,7 +8,7 @@ use payvisor::grpc::pb;
 use tonic::Code;
 
 /// The body of a `/metrics` scrape.
-fn scrape(listen: &str) -> String {
+pub(crate) fn scrape(listen: &str) -> String {
     let answer = http_get(listen, "/metrics");
     let (head, body) = answer.split_once("\r\n\r\n").expect("an HTTP answer");
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
@@ -25,7 +25,7 @@ fn sample(page: &str, series: &str) -> Option<f64> {
 /// `promtool check metrics` on `page`: the test command installs promtool
 /// and says where (`PROMTOOL`); elsewhere the check is skipped, except under
 /// `CI=true`.
-fn promtool_check_metrics(page: &str) {
+pub(crate) fn promtool_check_metrics(page: &str) {
     use std::io::Write;
     let Some(promtool) = std::env::var_os("PROMTOOL") else {
         assert!(

@@ -77,6 +77,7 @@ impl AccountState {
         let mut request_ids = std::collections::HashSet::new();
         let mut payments_touched = std::collections::HashSet::new();
         for command in batch {
+            self.deciding_since = crate::trace::Stamp::now();
             match command {
                 Batched::Create(create, reply) => {
                     // Caller-chosen ids and repeated keys have answers of

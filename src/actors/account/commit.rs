@@ -14,7 +14,7 @@ use crate::domain::ownership::fence;
 use crate::domain::payment::{Decision, Payment};
 use crate::store::schema::{self, Versioned};
 use crate::store::{Condition, StoreError, WriteOp};
-use crate::trace::TraceParent;
+use crate::trace::{Span, SpanKind, SpanSet, Stamp, TraceParent};
 
 /// Decisions prepared for one atomic write.
 pub(super) struct Staging {
@@ -138,6 +138,19 @@ impl AccountState {
         let mut staged = staging
             .book
             .stage(decision, payment_version, idempotency, &context)?;
+        if let Some(trace) = &trace {
+            let mut span = Span::start_at(
+                "account.decide",
+                SpanKind::Internal,
+                Some(trace),
+                self.deciding_since,
+            );
+            if span.is_recording() {
+                let payment = &staged.decision.payment;
+                span.set("payvisor.payment", self.name(&payment.id).to_string());
+                span.set("payvisor.state", payment.state.api_name());
+            }
+        }
         // The events of a change a call caused carry its trace: their
         // webhook deliveries are spans of it.
         if let Some(trace) = &trace {
@@ -165,7 +178,20 @@ impl AccountState {
             item: schema::account_item(&self.account, &staging.book, staging.base_version + 1),
             condition,
         });
-        self.shared.store.transact(ops).await
+        // A span in each traced decision's trace: the write is theirs.
+        let traces = staging.traces.iter().map(Option::as_ref);
+        let mut persist = SpanSet::start_at("account.persist", traces, Stamp::now());
+        persist.set("payvisor.decisions", staging.staged.len() as i64);
+        let mut store_call = persist.children("store.transact", SpanKind::Client);
+        store_call.set("payvisor.items", ops.len() as i64);
+        let written = self.shared.store.transact(ops).await;
+        if written.is_err() {
+            // The kind of failure only: a store's error text holds keys.
+            let outcome = crate::metrics::store::outcome(&written);
+            store_call.fail(outcome);
+            persist.fail(outcome);
+        }
+        written
     }
 
     /// After a durable write: update memory, then act (pages, bank calls).
@@ -181,6 +207,8 @@ impl AccountState {
         });
         let mut written = Vec::with_capacity(staging.staged.len());
         for (staged, trace) in staging.staged.into_iter().zip(staging.traces) {
+            let _act = (trace.as_ref())
+                .map(|trace| Span::start("account.act", SpanKind::Internal, Some(trace)));
             let version = staged.version();
             let StagedDecision {
                 decision, alert, ..

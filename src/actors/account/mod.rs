@@ -162,6 +162,9 @@ pub struct AccountState {
     retries_pending: u32,
     last_activity: Instant,
     idle_timer: Option<tokio::task::JoinHandle<()>>,
+    /// When the command being decided was taken up: its `account.decide`
+    /// span starts here (read only while spans are exported).
+    deciding_since: crate::trace::Stamp,
 }
 
 impl Actor for AccountActor {
@@ -191,6 +194,7 @@ impl Actor for AccountActor {
             retries_pending: 0,
             last_activity: Instant::now(),
             idle_timer: None,
+            deciding_since: crate::trace::Stamp::default(),
         })
     }
 
@@ -262,6 +266,7 @@ impl Actor for AccountActor {
 impl AccountState {
     /// One message, as [`AccountActor::handle`] receives it.
     async fn handle_message(&mut self, myself: ActorRef<AccountMsg>, message: AccountMsg) {
+        self.deciding_since = crate::trace::Stamp::now();
         if message.via_directory() {
             self.received += 1;
             (self.received_gauge).store(self.received, std::sync::atomic::Ordering::Relaxed);

@@ -1,7 +1,18 @@
 //! W3C trace context: the `traceparent` a call arrives with (or one begun
 //! at the edge) travels with the command it causes to the bank calls that
 //! carry it out, each a child span of the call, so a bank's logs and
-//! payvisor's share the trace id.
+//! payvisor's share the trace id. The spans themselves ([`Span`]) are
+//! exported over OTLP when configured ([`export`]).
+
+pub mod export;
+mod span;
+
+pub use span::{FinishedSpan, Span, SpanKind, SpanSet, Stamp, Value};
+
+/// Whether spans are exported in this process (`--otlp-endpoint`).
+pub fn exporting() -> bool {
+    export::installed()
+}
 
 /// The W3C `traceparent` header.
 pub const TRACEPARENT: &str = "traceparent";
@@ -43,13 +54,15 @@ impl TraceParent {
         })
     }
 
-    /// A new trace, sampled, its ids random.
+    /// A new trace, its ids random, sampled as the exporter's ratio says
+    /// (always, without an exporter).
     pub fn begin() -> TraceParent {
         let bytes = random_bytes::<24>();
+        let sampled = export::samples_new_trace(&bytes[..16]);
         TraceParent {
             trace_id: to_hex(&bytes[..16]),
             span_id: to_hex(&bytes[16..]),
-            flags: "01".to_owned(),
+            flags: if sampled { "01" } else { "00" }.to_owned(),
         }
     }
 
@@ -64,6 +77,15 @@ impl TraceParent {
 
     pub fn trace_id(&self) -> &str {
         &self.trace_id
+    }
+
+    pub fn span_id(&self) -> &str {
+        &self.span_id
+    }
+
+    /// The `sampled` flag: whoever began the trace wants it recorded.
+    pub fn sampled(&self) -> bool {
+        u8::from_str_radix(&self.flags, 16).is_ok_and(|flags| flags & 1 == 1)
     }
 
     /// The header's value (version 00).
