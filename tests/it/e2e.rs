@@ -630,10 +630,52 @@ async fn health_and_reflection_are_served() {
         panic!("{response:?}")
     };
     let services: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in ["payvisor.v1.PaymentService", "grpc.health.v1.Health"] {
+        assert!(services.contains(&service.to_string()), "{services:?}");
+    }
+}
+
+/// A tool that speaks only reflection v1alpha (Python's grpcio-reflection,
+/// as grpcurl before 1.8.8, Postman and Evans) finds the services and
+/// calls them from the descriptors reflection gives it alone.
+#[tokio::test]
+async fn tools_that_speak_reflection_v1alpha_discover_and_call_the_api() {
+    let python = concat!(env!("CARGO_MANIFEST_DIR"), "/.venv/bin/python");
+    let client = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/reflection_v1alpha.py");
+    let installed = std::process::Command::new(python)
+        .args(["-c", "import grpc_reflection"])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !installed {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "grpcio-reflection is not in .venv under CI=true; run the tests through `bash tests/run.sh`"
+        );
+        eprintln!(
+            "reflection v1alpha client: skipped (`bash tests/run.sh` installs grpcio-reflection)"
+        );
+        return;
+    }
+    let server = Server::start(&[]);
+    let address = server.address.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(python)
+            .arg(client)
+            .arg(address)
+            .output()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
-        services.contains(&"payvisor.v1.PaymentService".to_string()),
-        "{services:?}"
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
     );
+    let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(seen["health"], "SERVING", "{seen}");
+    assert_eq!(seen["amount"], 1250, "{seen}");
 }
 
 #[tokio::test]

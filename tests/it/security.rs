@@ -173,12 +173,14 @@ fn methods() -> Vec<(String, String, bool, bool)> {
         }
     }
     assert!(methods.len() >= 17, "{methods:?}");
-    methods.push((
-        "ServerReflection/ServerReflectionInfo".into(),
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo".into(),
-        true,
-        true,
-    ));
+    for version in ["v1", "v1alpha"] {
+        methods.push((
+            "ServerReflection/ServerReflectionInfo".into(),
+            format!("/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo"),
+            true,
+            true,
+        ));
+    }
     methods
 }
 
