@@ -577,6 +577,10 @@ pub const CLUSTER_MOVE_WAIT: Duration = Duration::from_secs(2);
 /// The retry delay suggested (`google.rpc.RetryInfo`) while a shard moves
 /// or its owner cannot be reached: about one membership round.
 pub const CLUSTER_RETRY_DELAY: Duration = Duration::from_millis(1000);
+/// What an `ABORTED` for lost optimistic-concurrency races tells the client
+/// to wait (`RetryInfo`): the writer it lost to is done within a commit or
+/// two, so a short pause lets the retry read its result.
+pub const CONFLICT_RETRY_DELAY: Duration = Duration::from_millis(100);
 /// Time allowed to connect to a peer when forwarding.
 pub const CLUSTER_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A forwarded call without a caller deadline gets this one, below the

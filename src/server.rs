@@ -841,7 +841,10 @@ fn transient_store_error(error: &StoreError) -> bool {
 }
 
 fn transient_command_error(error: &CommandError) -> bool {
-    matches!(error, CommandError::Unavailable(_) | CommandError::Conflict)
+    matches!(
+        error,
+        CommandError::Unavailable(_) | CommandError::StoreUnavailable(_) | CommandError::Conflict
+    )
 }
 
 /// Runs a start-up step on the store, riding out transient failures with

@@ -69,6 +69,10 @@ pub enum CommandError {
     StreamLagged,
     #[error("temporarily unavailable: {0}")]
     Unavailable(String),
+    /// The store did not answer (or failed): retry. What it said is for
+    /// the log, not the caller (SDK and socket debug text, addresses).
+    #[error("the store is unavailable: {0}")]
+    StoreUnavailable(String),
     /// The account is not served by this node now (its shard is moving
     /// between nodes, or its owner cannot be reached): retry shortly.
     #[error("{0}")]
@@ -132,7 +136,7 @@ impl CommandError {
 impl From<StoreError> for CommandError {
     fn from(error: StoreError) -> CommandError {
         match error {
-            StoreError::Unavailable(message) => CommandError::Unavailable(message),
+            StoreError::Unavailable(message) => CommandError::StoreUnavailable(message),
             StoreError::Corrupt(message) => CommandError::DataCorrupt(message),
             other => CommandError::Internal(other.to_string()),
         }

@@ -16,7 +16,24 @@ pub const ERROR_DOMAIN: &str = "payvisor.dev";
 
 impl From<CommandError> for Status {
     fn from(error: CommandError) -> Status {
-        let message = error.to_string();
+        // What the caller reads: never a store's, SDK's or socket's own
+        // text (addresses, debug output), which the log keeps instead.
+        let message = match &error {
+            CommandError::StoreUnavailable(detail) => {
+                tracing::debug!(%detail, "store unavailable");
+                "the store is not answering for now; retry with the same request_id".to_owned()
+            }
+            CommandError::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                "internal error; the server's log has the details".to_owned()
+            }
+            CommandError::DataCorrupt(detail) => {
+                tracing::error!(%detail, "stored data is damaged");
+                "stored data this request needs is damaged; an operator must repair it (payvisor store check)"
+                    .to_owned()
+            }
+            other => other.to_string(),
+        };
         let (code, reason) = match &error {
             CommandError::InvalidArgument { .. } => (Code::InvalidArgument, "INVALID_ARGUMENT"),
             CommandError::NotFound(_) => (Code::NotFound, "NOT_FOUND"),
@@ -49,7 +66,9 @@ impl From<CommandError> for Status {
             CommandError::InsufficientFunds => (Code::FailedPrecondition, "INSUFFICIENT_FUNDS"),
             CommandError::Conflict => (Code::Aborted, "CONCURRENT_MODIFICATION"),
             CommandError::StreamLagged => (Code::Aborted, "EVENT_STREAM_LAGGED"),
-            CommandError::Unavailable(_) => (Code::Unavailable, "UNAVAILABLE"),
+            CommandError::Unavailable(_) | CommandError::StoreUnavailable(_) => {
+                (Code::Unavailable, "UNAVAILABLE")
+            }
             CommandError::Moving(_) => (Code::Unavailable, "ACCOUNT_MOVING"),
             CommandError::Internal(_) => (Code::Internal, "INTERNAL"),
             CommandError::Unauthenticated(_) => (Code::Unauthenticated, "UNAUTHENTICATED"),
@@ -59,9 +78,6 @@ impl From<CommandError> for Status {
             CommandError::DataCorrupt(_) => (Code::DataLoss, "STORE_CORRUPT"),
             CommandError::TooLarge(_) => (Code::ResourceExhausted, "REQUEST_TOO_LARGE"),
         };
-        if code == Code::Internal || code == Code::DataLoss {
-            tracing::error!(%message, "internal error");
-        }
         let mut details = ErrorDetails::with_error_info(reason, ERROR_DOMAIN, HashMap::new());
         if let CommandError::InvalidArgument { violations } = &error {
             details.set_bad_request(
@@ -73,12 +89,55 @@ impl From<CommandError> for Status {
                     .collect::<Vec<_>>(),
             );
         }
-        if let CommandError::RateLimited { retry_after } = &error {
-            details.set_retry_info(Some(*retry_after));
-        } else if code == Code::Unavailable {
-            // Worth retrying, and when: about one membership round.
-            details.set_retry_info(Some(crate::limits::CLUSTER_RETRY_DELAY));
+        // Worth retrying, and when.
+        let retry_after = match &error {
+            CommandError::RateLimited { retry_after } => Some(*retry_after),
+            // About one membership round.
+            _ if code == Code::Unavailable => Some(crate::limits::CLUSTER_RETRY_DELAY),
+            CommandError::Conflict => Some(crate::limits::CONFLICT_RETRY_DELAY),
+            // Subscribe again at once, after the last event received.
+            CommandError::StreamLagged => Some(std::time::Duration::ZERO),
+            _ => None,
+        };
+        if let Some(retry_after) = retry_after {
+            details.set_retry_info(Some(retry_after));
         }
         Status::with_error_details(code, message, details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    /// What a client reads of a failure it should retry: a code, a reason,
+    /// when to retry, and a sentence of ours, never the store's own text.
+    #[test]
+    fn a_retryable_failure_says_when_to_retry_and_nothing_of_the_store_sdk_or_socket() {
+        let sdk =
+            "dispatch failure: Some(ConnectorError { kind: Io, source: hyper::Error(Connect, \
+                   ConnectError(\"tcp connect error\", 127.0.0.1:15000, Os { code: 111 })) })";
+        let status = Status::from(CommandError::from(StoreError::Unavailable(sdk.into())));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(
+            status.message(),
+            "the store is not answering for now; retry with the same request_id"
+        );
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().unwrap().reason, "UNAVAILABLE");
+        assert!(details.retry_info().unwrap().retry_delay.is_some());
+        let internal = Status::from(CommandError::Internal(format!("bug near {sdk}")));
+        assert!(!internal.message().contains("127.0.0.1"), "{internal:?}");
+        let corrupt = Status::from(CommandError::DataCorrupt("key acme/x: bad checksum".into()));
+        assert!(!corrupt.message().contains("acme/x"), "{corrupt:?}");
+        for aborted in [CommandError::Conflict, CommandError::StreamLagged] {
+            let status = Status::from(aborted);
+            assert_eq!(status.code(), Code::Aborted);
+            assert!(
+                status.get_error_details().retry_info().is_some(),
+                "{status:?}"
+            );
+        }
     }
 }

@@ -515,7 +515,11 @@ async fn data_writes_under_injected_store_faults_are_never_lost_doubled_or_late(
             for _ in 0..100 {
                 match node.create_payment(create("acme", &request)).await {
                     Ok(payment) => return payment,
-                    Err(CommandError::Unavailable(_) | CommandError::Conflict) => continue,
+                    Err(
+                        CommandError::Unavailable(_)
+                        | CommandError::StoreUnavailable(_)
+                        | CommandError::Conflict,
+                    ) => continue,
                     Err(error) => panic!("{request}: {error:?}"),
                 }
             }
@@ -539,7 +543,11 @@ async fn data_writes_under_injected_store_faults_are_never_lost_doubled_or_late(
             .await
         {
             Ok(payment) => panic!("the old owner wrote after the new one: {payment:?}"),
-            Err(CommandError::Moving(_) | CommandError::Unavailable(_)) => {}
+            Err(
+                CommandError::Moving(_)
+                | CommandError::Unavailable(_)
+                | CommandError::StoreUnavailable(_),
+            ) => {}
             Err(error) => panic!("{error:?}"),
         }
     }

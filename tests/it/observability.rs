@@ -6,6 +6,7 @@ use crate::common::bank_sim::{free_port, http_get};
 use crate::common::*;
 use payvisor::grpc::pb;
 use tonic::Code;
+use tonic_types::StatusExt;
 
 /// The body of a `/metrics` scrape.
 pub(crate) fn scrape(listen: &str) -> String {
@@ -533,6 +534,19 @@ async fn health_says_not_serving_while_the_store_does_not_answer_and_serving_whe
             }
         }
     };
+    // A call meanwhile: told to retry, and when, in words of ours (not the
+    // SDK's debug text with the store's address).
+    let mut client = server.client().await;
+    let refused = client
+        .create_payment(create_request("acme", "while-down", 100))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(
+        refused.message(),
+        "the store is not answering for now; retry with the same request_id"
+    );
+    assert!(refused.get_error_details().retry_info().is_some());
     logged("paged: the watchdog cannot sweep").await;
     assert!(
         server.log().contains("watchdog_failing"),

@@ -104,7 +104,12 @@ impl AccountState {
             tracing::info!(account = %self.account, ?work, "account moved to another node; left to its owner");
             return;
         }
-        let transient = matches!(error, CommandError::Unavailable(_) | CommandError::Conflict);
+        let transient = matches!(
+            error,
+            CommandError::Unavailable(_)
+                | CommandError::StoreUnavailable(_)
+                | CommandError::Conflict
+        );
         if !transient || attempt >= limits::ACTOR_RETRY_ATTEMPTS_MAX {
             tracing::error!(account = %self.account, ?work, %error, attempt, "giving up; left for re-drive");
             return;
