@@ -108,6 +108,9 @@ impl CallbackEndpoint {
             .get(BANK_SIGNATURE_HEADER)
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned);
+        let request_trace = (request.headers().get(crate::trace::TRACEPARENT))
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
         let body = match Limited::new(request.into_body(), limits::BANK_CALLBACK_BYTES_MAX)
             .collect()
             .await
@@ -115,7 +118,30 @@ impl CallbackEndpoint {
             Ok(body) => body.to_bytes(),
             Err(_) => return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large"),
         };
-        let (status, text) = self.accept(&bank, signature.as_deref(), &body, false).await;
+        // A span of the bank's trace, if it sent one; the decision the
+        // callback causes is under it.
+        let caller = (request_trace).and_then(|value| crate::trace::TraceParent::parse(&value));
+        let mut span = crate::trace::Span::start(
+            "bank.callback",
+            crate::trace::SpanKind::Server,
+            caller.as_ref(),
+        );
+        let (status, text) = self
+            .accept(
+                &bank,
+                signature.as_deref(),
+                &body,
+                false,
+                Some(span.context()),
+            )
+            .await;
+        if span.is_recording() {
+            span.set("payvisor.bank", bank.as_str());
+            span.set("http.response.status_code", i64::from(status.as_u16()));
+            if !status.is_success() {
+                span.fail(status.as_str());
+            }
+        }
         answer(status, &text)
     }
 
@@ -128,6 +154,7 @@ impl CallbackEndpoint {
         signature: Option<&str>,
         body: &[u8],
         handed: bool,
+        trace: Option<&crate::trace::TraceParent>,
     ) -> (StatusCode, String) {
         let Some(secret) = self.secrets.get(bank) else {
             return (StatusCode::NOT_FOUND, "unknown bank".into());
@@ -144,7 +171,10 @@ impl CallbackEndpoint {
             return (StatusCode::UNAUTHORIZED, error.to_string());
         }
         let callback = match parse(bank, body) {
-            Ok(callback) => callback,
+            Ok(mut callback) => {
+                callback.trace = trace.cloned();
+                callback
+            }
             Err(why) => {
                 tracing::warn!(%bank, %why, "malformed bank callback");
                 return (StatusCode::BAD_REQUEST, why);
@@ -273,6 +303,7 @@ fn parse(bank: &str, body: &[u8]) -> Result<BankCallback, String> {
         message_id: message.message_id,
         kind: message.kind,
         event,
+        trace: None,
     })
 }
 

@@ -165,8 +165,17 @@ pub struct ServeArgs {
     /// The share of traces begun on this node that are exported (0 to 1; a
     /// call that arrives with a `traceparent` follows its caller's sampled
     /// flag instead).
-    #[arg(long, env = "PAYVISOR_OTLP_SAMPLE_RATIO", default_value_t = 1.0)]
+    #[arg(
+        long,
+        env = "PAYVISOR_OTLP_SAMPLE_RATIO",
+        default_value_t = 1.0,
+        allow_negative_numbers = true
+    )]
     pub otlp_sample_ratio: f64,
+    /// How long a batch of spans may fill before it is sent (tests make it
+    /// long, to see the stop send what waits).
+    #[arg(long, hide = true, default_value = "500ms")]
+    pub otlp_batch_wait: String,
     #[command(flatten)]
     pub cluster: ClusterArgs,
     #[command(flatten)]
@@ -912,7 +921,15 @@ fn otlp_config(
     endpoint: &str,
     sample_ratio: f64,
 ) -> Result<crate::trace::export::OtlpConfig, ConfigError> {
-    let refused = || ConfigError::OtlpEndpoint(endpoint.to_owned());
+    // Shown without user information, which may hold a token.
+    let shown = match endpoint.split_once('@') {
+        Some((before, after)) => match before.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://[redacted]@{after}"),
+            None => format!("[redacted]@{after}"),
+        },
+        None => endpoint.to_owned(),
+    };
+    let refused = || ConfigError::OtlpEndpoint(shown.clone());
     let uri: http::Uri = endpoint.parse().map_err(|_| refused())?;
     let authority = uri.authority().ok_or_else(refused)?;
     let bare = matches!(uri.path(), "" | "/") && uri.query().is_none();
@@ -922,12 +939,10 @@ fn otlp_config(
     {
         return Err(refused());
     }
-    if !(0.0..=1.0).contains(&sample_ratio) {
-        return Err(ConfigError::OtlpSampleRatio(sample_ratio));
-    }
     Ok(crate::trace::export::OtlpConfig {
         endpoint: uri,
         sample_ratio,
+        batch_wait: limits::OTLP_BATCH_WAIT,
     })
 }
 
@@ -982,6 +997,8 @@ pub enum ConfigError {
     OtlpEndpoint(String),
     #[error("--otlp-sample-ratio {0}: expected a share from 0 to 1, like 0.1")]
     OtlpSampleRatio(f64),
+    #[error("--otlp-batch-wait {0:?}: expected a duration, like 500ms")]
+    OtlpBatchWait(String),
     #[error("{0} {1:?}: expected an http:// or https:// address")]
     PageLink(&'static str, String),
     #[error("--webhooks {0}: {1}")]
@@ -1125,8 +1142,18 @@ impl ServeArgs {
             },
             None => "payvisor".to_owned(),
         };
+        // Checked with export off too: a typo shows now, not the day
+        // tracing is turned on.
+        if !(0.0..=1.0).contains(&self.otlp_sample_ratio) {
+            return Err(ConfigError::OtlpSampleRatio(self.otlp_sample_ratio));
+        }
         let otlp = match &self.otlp_endpoint {
-            Some(endpoint) => Some(otlp_config(endpoint, self.otlp_sample_ratio)?),
+            Some(endpoint) => {
+                let mut otlp = otlp_config(endpoint, self.otlp_sample_ratio)?;
+                otlp.batch_wait = parse_duration(&self.otlp_batch_wait)
+                    .ok_or_else(|| ConfigError::OtlpBatchWait(self.otlp_batch_wait.clone()))?;
+                Some(otlp)
+            }
             None => None,
         };
         Ok(Config {
@@ -1498,15 +1525,26 @@ mod tests {
             );
         }
         for ratio in ["-0.1", "1.5", "NaN"] {
-            let flag = format!("--otlp-sample-ratio={ratio}");
-            assert!(
-                matches!(
-                    parse(&["--otlp-endpoint", "https://otel", &flag]),
-                    Err(ConfigError::OtlpSampleRatio(_))
-                ),
-                "{ratio}"
-            );
+            let with = parse(&[
+                "--otlp-endpoint",
+                "https://otel",
+                "--otlp-sample-ratio",
+                ratio,
+            ]);
+            let without = parse(&["--otlp-sample-ratio", ratio]);
+            for refused in [with, without] {
+                assert!(
+                    matches!(refused, Err(ConfigError::OtlpSampleRatio(_))),
+                    "{ratio}"
+                );
+            }
         }
+        let with_token = parse(&["--otlp-endpoint", "http://user:s3cret@otel:4317/x"]);
+        let shown = with_token.unwrap_err().to_string();
+        assert!(
+            !shown.contains("s3cret") && shown.contains("[redacted]@otel:4317/x"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -162,8 +162,14 @@ pub async fn run(
     }
     if let Some(spans) = spans {
         spans_trigger.fire();
-        // The exporter bounds its own flush (OTLP_FLUSH_MAX).
-        let _ = spans.await;
+        // An export in flight (up to its own timeout) and the flush, within
+        // one bound; what is cut off is lost with the process.
+        if tokio::time::timeout(limits::OTLP_FLUSH_MAX, spans)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the last spans were not exported in time");
+        }
     }
     tracing::info!("payvisor stopped");
     Ok(())

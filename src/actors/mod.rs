@@ -222,6 +222,9 @@ pub struct BankCallback {
     /// `payment.processed`, `refund.failed`, …
     pub kind: String,
     pub event: BankEvent,
+    /// The span of the callback's receipt: the decision it causes, and the
+    /// events' webhooks, are spans of it.
+    pub trace: Option<crate::trace::TraceParent>,
 }
 
 /// What became of a callback (all are acknowledged to the bank).

@@ -341,18 +341,18 @@ fn bank_span(operation: &'static str, bank: &str, key: &str, trace: Option<&Trac
     span
 }
 
-/// Ends a bank call's span with its outcome.
+/// Ends a bank call's span with its outcome: the kind only, not the
+/// bank's own words (untrusted text stays in the log, off the collector).
 fn end_bank_span<T>(mut span: Span, answer: &Result<T, ConnectorError>) {
-    match answer {
-        Ok(_) => span.set("payvisor.outcome", "ok"),
-        Err(ConnectorError::Rejected(why)) => {
-            span.set("payvisor.outcome", "rejected");
-            span.fail(format!("rejected: {why}"));
-        }
-        Err(ConnectorError::Transient(why)) => {
-            span.set("payvisor.outcome", "unavailable");
-            span.fail(format!("unavailable: {why}"));
-        }
+    let outcome = match answer {
+        Ok(_) => "ok",
+        Err(ConnectorError::Rejected(_)) => "rejected",
+        Err(ConnectorError::Transient(why)) if why == CIRCUIT_OPEN => "circuit_open",
+        Err(ConnectorError::Transient(_)) => "unavailable",
+    };
+    span.set("payvisor.outcome", outcome);
+    if answer.is_err() {
+        span.fail(outcome);
     }
 }
 

@@ -140,6 +140,8 @@ impl ClusterService for ClusterApi {
         let Some(callbacks) = &self.callbacks else {
             return Err(CommandError::invalid("bank", "this node takes no bank callbacks").into());
         };
+        // The hand-off's own span (the metered layer's) is the callback's.
+        let trace = super::trace_of(&request);
         let request = request.into_inner();
         if request.body.len() > limits::BANK_CALLBACK_BYTES_MAX {
             return Err(CommandError::invalid("body", "larger than a bank callback may be").into());
@@ -148,7 +150,13 @@ impl ClusterService for ClusterApi {
         // Verified again here, as if the bank had called this node: the
         // hand-off trusts nothing the handing node says.
         let (status, body) = callbacks
-            .accept(&request.bank, signature, &request.body, true)
+            .accept(
+                &request.bank,
+                signature,
+                &request.body,
+                true,
+                trace.as_ref(),
+            )
             .await;
         Ok(Response::new(pb::HandBankCallbackResponse {
             http_status: u32::from(status.as_u16()),

@@ -80,10 +80,18 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let (grpc_service, grpc_method) = method_labels(request.uri().path());
-        // Named as OpenTelemetry names gRPC spans, `service/method`; only
-        // if exported (most nodes pay no allocation for it).
-        let span_name = match crate::trace::exporting() {
-            true => request.uri().path().trim_start_matches('/').to_owned(),
+        // Named as OpenTelemetry names gRPC spans, `service/method`, from
+        // the methods served (`other/other` for any other path: a caller
+        // does not name spans); only if exported (most nodes pay no
+        // allocation for it). Probes and tools are not traced.
+        let recorded = !matches!(
+            grpc_service,
+            "grpc.health.v1.Health"
+                | "grpc.reflection.v1.ServerReflection"
+                | "grpc.reflection.v1alpha.ServerReflection"
+        );
+        let span_name = match recorded && crate::trace::exporting() {
+            true => format!("{grpc_service}/{grpc_method}"),
             false => String::new(),
         };
         let note = CallNote::default();
@@ -94,7 +102,7 @@ where
             grpc_method,
             started: Instant::now(),
             counted: false,
-            span: Some(call_span(request.headers_mut(), span_name)),
+            span: Some(call_span(request.headers_mut(), span_name, recorded)),
             note,
         };
         let response = self.inner.call(request);
@@ -228,11 +236,14 @@ impl CallNote {
 /// else the root of a new trace; written into the headers as the parent
 /// of everything downstream (the handler's commands, a forwarded call, the
 /// bank calls).
-fn call_span(headers: &mut http::HeaderMap, name: String) -> Span {
+fn call_span(headers: &mut http::HeaderMap, name: String, recorded: bool) -> Span {
     let caller = (headers.get(TRACEPARENT))
         .and_then(|value| value.to_str().ok())
         .and_then(TraceParent::parse);
-    let span = Span::start(name, SpanKind::Server, caller.as_ref());
+    let span = match recorded {
+        true => Span::start(name, SpanKind::Server, caller.as_ref()),
+        false => Span::unrecorded(caller.as_ref()),
+    };
     if let Ok(value) = http::HeaderValue::try_from(span.context().header()) {
         headers.insert(TRACEPARENT, value);
     }
@@ -431,16 +442,20 @@ mod tests {
         let mut headers = http::HeaderMap::new();
         let valid = format!("00-{id}-00f067aa0ba902b7-01");
         headers.insert(TRACEPARENT, valid.parse().unwrap());
-        let span = call_span(&mut headers, "payvisor.v1.PaymentService/GetPayment".into());
+        let span = call_span(
+            &mut headers,
+            "payvisor.v1.PaymentService/GetPayment".into(),
+            true,
+        );
         assert_eq!(span.context().trace_id(), id);
         assert_ne!(span.context().span_id(), "00f067aa0ba902b7");
         assert_eq!(headers[TRACEPARENT], span.context().header().as_str());
         let mut headers = http::HeaderMap::new();
         headers.insert(TRACEPARENT, "garbage".parse().unwrap());
-        let begun = call_span(&mut headers, "x/y".into());
+        let begun = call_span(&mut headers, "x/y".into(), true);
         let written = TraceParent::parse(headers[TRACEPARENT].to_str().unwrap()).unwrap();
         assert_eq!(&written, begun.context());
-        let other = call_span(&mut http::HeaderMap::new(), "x/y".into());
+        let other = call_span(&mut http::HeaderMap::new(), "x/y".into(), false);
         assert_ne!(other.context().trace_id(), begun.context().trace_id());
     }
 

@@ -254,7 +254,7 @@ fn note_payment<T>(
 
 /// The trace the edge gave the call (`metered` writes one in when the
 /// caller sent none).
-fn trace_of<T>(request: &Request<T>) -> Option<crate::trace::TraceParent> {
+pub(crate) fn trace_of<T>(request: &Request<T>) -> Option<crate::trace::TraceParent> {
     (request.metadata().get(crate::trace::TRACEPARENT))
         .and_then(|value| value.to_str().ok())
         .and_then(crate::trace::TraceParent::parse)

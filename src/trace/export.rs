@@ -31,6 +31,8 @@ pub struct OtlpConfig {
     /// The share of traces begun on this node that are recorded (0 to 1).
     /// A call that arrives with a `traceparent` follows its sampled flag.
     pub sample_ratio: f64,
+    /// How long a batch may fill before it goes (unless full).
+    pub batch_wait: std::time::Duration,
 }
 
 /// The process's exporter, once installed.
@@ -56,12 +58,27 @@ pub(super) fn installed() -> bool {
 /// then steers), else the configured share, decided by the id alone so
 /// that every node decides alike.
 pub(super) fn samples_new_trace(trace_id: &[u8]) -> bool {
-    let Some(exporter) = EXPORTER.get() else {
-        return true;
-    };
-    let mut first = [0u8; 8];
-    first.copy_from_slice(&trace_id[..8]);
-    exporter.sample_below == u64::MAX || u64::from_be_bytes(first) < exporter.sample_below
+    EXPORTER
+        .get()
+        .is_none_or(|exporter| sampled_by(exporter.sample_below, trace_id))
+}
+
+/// The threshold of a sampling ratio (see [`sampled_by`]).
+fn sample_below(ratio: f64) -> u64 {
+    if ratio >= 1.0 {
+        u64::MAX
+    } else {
+        (ratio.max(0.0) * u64::MAX as f64) as u64
+    }
+}
+
+/// Whether a trace id falls in the sampled share: its last 8 bytes (the
+/// random ones: the first byte is made odd), as a number, below the
+/// threshold; `u64::MAX` samples all.
+fn sampled_by(sample_below: u64, trace_id: &[u8]) -> bool {
+    let mut last = [0u8; 8];
+    last.copy_from_slice(&trace_id[8..16]);
+    sample_below == u64::MAX || u64::from_be_bytes(last) < sample_below
 }
 
 /// Hands an ended span to the exporter; dropped (and counted) if the
@@ -69,6 +86,7 @@ pub(super) fn samples_new_trace(trace_id: &[u8]) -> bool {
 pub(super) fn finish(span: FinishedSpan) {
     if let Some(exporter) = EXPORTER.get() {
         if exporter.queue.try_send(span).is_err() {
+            // Full, or the exporter has stopped (after its flush).
             exporter.metrics.count("dropped", 1);
         }
     }
@@ -93,20 +111,17 @@ pub fn install(
     }
     let client = TraceServiceClient::new(endpoint.connect_lazy());
     let (queue, spans) = mpsc::channel(limits::OTLP_QUEUE_SPANS_MAX);
-    let sample_below = if config.sample_ratio >= 1.0 {
-        u64::MAX
-    } else {
-        (config.sample_ratio.max(0.0) * u64::MAX as f64) as u64
-    };
     let exporter = Exporter {
         queue,
         metrics: metrics.clone(),
-        sample_below,
+        sample_below: sample_below(config.sample_ratio),
     };
     EXPORTER
         .set(exporter)
         .map_err(|_| anyhow::anyhow!("an OTLP exporter is installed already"))?;
     let sending = Sending {
+        endpoint: config.endpoint.clone(),
+        batch_wait: config.batch_wait,
         client,
         resource: resource(node),
         metrics,
@@ -117,6 +132,9 @@ pub fn install(
 
 /// The receiving side: batches spans and sends them.
 struct Sending {
+    /// Where (for the log: validated to hold no credentials).
+    endpoint: http::Uri,
+    batch_wait: std::time::Duration,
     client: TraceServiceClient<tonic::transport::Channel>,
     resource: Resource,
     metrics: SpanMetrics,
@@ -140,7 +158,7 @@ impl Sending {
             if !stopping {
                 // Let a batch fill for a moment, unless it is full: one
                 // export a second at most, under steady load.
-                let filling = tokio::time::sleep(limits::OTLP_BATCH_WAIT);
+                let filling = tokio::time::sleep(self.batch_wait);
                 tokio::pin!(filling);
                 while batch.len() < limits::OTLP_BATCH_SPANS_MAX {
                     let room = limits::OTLP_BATCH_SPANS_MAX - batch.len();
@@ -154,7 +172,9 @@ impl Sending {
                 }
             }
             if stopping {
-                // What ended before the stop goes out, within a bound.
+                // What ended before the stop goes out, within a bound;
+                // what does not is counted as failed.
+                let mut in_flight = 0;
                 let flush = async {
                     loop {
                         while batch.len() < limits::OTLP_BATCH_SPANS_MAX {
@@ -166,14 +186,18 @@ impl Sending {
                         if batch.is_empty() {
                             return;
                         }
+                        in_flight = batch.len();
                         self.send(std::mem::take(&mut batch)).await;
+                        in_flight = 0;
                     }
                 };
                 if tokio::time::timeout(limits::OTLP_FLUSH_MAX, flush)
                     .await
                     .is_err()
                 {
-                    tracing::warn!("spans not all exported before the stop");
+                    let lost = in_flight + spans.len();
+                    self.metrics.count("failed", lost as u64);
+                    tracing::warn!(spans = lost, "spans not all exported before the stop");
                 }
                 return;
             }
@@ -196,9 +220,7 @@ impl Sending {
             Err(status) => {
                 self.metrics.count("failed", count);
                 if !std::mem::replace(&mut self.failing, true) {
-                    // The code only: a transport's message holds addresses
-                    // and debug text meant for no one.
-                    tracing::warn!(code = ?status.code(), "the OTLP collector did not take spans; they are dropped until it does");
+                    tracing::warn!(endpoint = %self.endpoint, code = ?status.code(), error = %status.message(), "the OTLP collector did not take spans; they are dropped until it does");
                 }
             }
         }
@@ -296,6 +318,26 @@ fn from_hex(text: &str) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::trace::TraceParent;
+
+    #[test]
+    fn a_sampling_ratio_keeps_about_that_share_of_new_traces() {
+        for ratio in [0.001, 0.1, 0.5] {
+            let below = sample_below(ratio);
+            let kept = (0..100_000)
+                .filter(|_| {
+                    let trace = TraceParent::begin();
+                    sampled_by(below, &from_hex(trace.trace_id()))
+                })
+                .count();
+            let share = kept as f64 / 100_000.0;
+            assert!(
+                (share - ratio).abs() < ratio * 0.25 + 0.001,
+                "{ratio}: kept {share}"
+            );
+        }
+        assert!(sampled_by(sample_below(1.0), &[0xff; 16]));
+        assert!(!sampled_by(sample_below(0.0), &[0; 16]));
+    }
 
     #[test]
     fn a_span_is_sent_with_its_ids_parent_times_kind_attributes_and_error() {

@@ -122,6 +122,16 @@ impl Span {
         Span { context, recording }
     }
 
+    /// A span that is never exported: a context for what follows, and
+    /// nothing else (calls too frequent or dull to trace: health probes).
+    pub fn unrecorded(parent: Option<&TraceParent>) -> Span {
+        let context = parent.map_or_else(TraceParent::begin, TraceParent::child);
+        Span {
+            context,
+            recording: None,
+        }
+    }
+
     /// This span, as the calls it makes name their parent.
     pub fn context(&self) -> &TraceParent {
         &self.context

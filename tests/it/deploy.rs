@@ -128,8 +128,8 @@ fn number_after(text: &str, key: &str) -> u64 {
 #[test]
 fn everything_that_stops_a_node_waits_longer_than_its_drain() {
     // Requests and tasks, then the actors' mailboxes, each bounded by
-    // SHUTDOWN_GRACE, then handing the shards over.
-    let drain = limits::SHUTDOWN_GRACE * 2 + limits::CLUSTER_LEAVE_MAX;
+    // SHUTDOWN_GRACE, then handing the shards over, then the last spans.
+    let drain = limits::SHUTDOWN_GRACE * 2 + limits::CLUSTER_LEAVE_MAX + limits::OTLP_FLUSH_MAX;
     let waits = [
         (
             "Kubernetes terminationGracePeriodSeconds",

@@ -270,23 +270,26 @@ async fn a_call_and_what_it_causes_are_spans_of_the_callers_trace_at_the_collect
         &format!("00-{unsampled}-b7ad6b7169203332-00"),
     );
     client.get_payment(get).await.unwrap();
-    // A refund under a trace of its own; the stop sends its spans at once
-    // (they end within the batch's wait).
+    // The bank's outcome came by callback: a trace of its own (the bank
+    // simulator sends none), with the decision it caused under it.
+    let all_spans = collector.spans();
+    let callback = (all_spans.iter())
+        .find(|span| span.name == "bank.callback")
+        .expect("a bank.callback span");
+    assert_eq!(callback.kind, SpanKind::Server as i32);
+    assert_eq!(text(callback, "payvisor.bank").as_deref(), Some("bank-a"));
+    assert!(
+        (all_spans.iter())
+            .any(|span| span.name == "account.decide" && span.parent_span_id == callback.span_id),
+        "no decision under the callback"
+    );
+    // A refund under a trace of its own.
     let refund_trace = "2af7651916cd43dd8448eb211c80319e";
     let refund = traced(
         refund_request(&payment.name, "otlp-refund-1", Some(400)),
         &format!("00-{refund_trace}-b7ad6b7169203333-01"),
     );
     client.refund_payment(refund).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let page = crate::observability::scrape(&metrics);
-    let exported = page
-        .lines()
-        .find_map(|line| line.strip_prefix("payvisor_otlp_spans_total{outcome=\"exported\"} "))
-        .and_then(|value| value.parse::<f64>().ok());
-    assert!(exported.is_some_and(|count| count >= 7.0), "{page}");
-    crate::observability::promtool_check_metrics(&page);
-    assert!(server.terminate_async().await.success());
     let refund_spans = collector
         .trace_once(refund_trace, |spans| {
             !named(spans, "payvisor.v1.PaymentService/RefundPayment").is_empty()
@@ -305,13 +308,67 @@ async fn a_call_and_what_it_causes_are_spans_of_the_callers_trace_at_the_collect
         (collector.spans().iter()).all(|span| hex(&span.trace_id) != unsampled),
         "an unsampled trace was exported"
     );
+    assert!(
+        (collector.spans().iter()).all(|span| !span.name.starts_with("grpc.")),
+        "health or reflection traced"
+    );
+    let page = crate::observability::scrape(&metrics);
+    let exported = page
+        .lines()
+        .find_map(|line| line.strip_prefix("payvisor_otlp_spans_total{outcome=\"exported\"} "))
+        .and_then(|value| value.parse::<f64>().ok());
+    assert!(exported.is_some_and(|count| count >= 7.0), "{page}");
+    crate::observability::promtool_check_metrics(&page);
+    assert!(server.terminate_async().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_spans_waiting_for_their_batch_are_sent_when_the_node_stops() {
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    // Batches wait far longer than the test: only the stop sends them.
+    let mut server = Server::start(&["--otlp-endpoint", &endpoint, "--otlp-batch-wait", "1h"]);
+    let mut client = server.client().await;
+    let trace = "3af7651916cd43dd8448eb211c80319f";
+    let create = traced(
+        create_request("acme", "otlp-stop-1", 1_000),
+        &format!("00-{trace}-b7ad6b7169203334-01"),
+    );
+    let payment = client.create_payment(create).await.unwrap().into_inner();
+    wait_for(&mut client, &payment.name, |p| {
+        state(p) == pb::payment::State::Processed
+    })
+    .await;
+    assert!(collector.spans().is_empty(), "sent before the stop");
+    assert!(server.terminate_async().await.success());
+    let spans = collector
+        .trace_once(trace, |spans| {
+            !named(spans, "payvisor.v1.PaymentService/CreatePayment").is_empty()
+        })
+        .await;
+    assert!(
+        !named(&spans, "account.persist").is_empty(),
+        "{:?}",
+        summary(&spans)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_does_not_answer_costs_spans_not_payments() {
-    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    // Takes connections and never says a word.
+    let port = free_port();
+    let silent = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let nowhere = format!("http://127.0.0.1:{port}");
     let metrics = format!("127.0.0.1:{}", free_port());
-    let server = Server::start(&["--otlp-endpoint", &nowhere, "--metrics-listen", &metrics]);
+    let mut server = Server::start(&["--otlp-endpoint", &nowhere, "--metrics-listen", &metrics]);
     let mut client = server.client().await;
     processed_payment(&mut client, "acme", "otlp-down-1", 1_000).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -327,6 +384,7 @@ async fn a_collector_that_does_not_answer_costs_spans_not_payments() {
         assert!(tokio::time::Instant::now() < deadline, "{page}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // Still serving.
+    // Still serving; and the stop does not wait on the collector for long.
     processed_payment(&mut client, "acme", "otlp-down-2", 1_000).await;
+    assert!(server.terminate_async().await.success());
 }

@@ -35,7 +35,7 @@ impl AccountCommand for Outcome<'_> {
             return Ok(Attempt::Done(()));
         };
         let attempt = state
-            .commit_update(myself, decision, current.version)
+            .commit_update(myself, decision, current.version, None)
             .await?;
         if let Attempt::Done(payment) = &attempt {
             tracing::info!(payment = %event.payment_name(), state = payment.state.api_name(), "bank outcome applied");

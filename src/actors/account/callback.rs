@@ -61,7 +61,8 @@ impl AccountCommand for Callback<'_> {
             condition: Condition::NotExists,
         });
         if let Some(decision) = decision {
-            state.stage(&mut staging, decision, Some(current.version), None, None)?;
+            let trace = callback.trace.clone();
+            state.stage(&mut staging, decision, Some(current.version), None, trace)?;
         }
         match state.write(&staging).await {
             Ok(()) => {

@@ -30,7 +30,16 @@ impl AccountState {
         let effects = current.value.pending_effects();
         if !effects.is_empty() && !self.children.contains_key(payment_id) {
             tracing::info!(payment = %self.name(payment_id), state = current.value.state.api_name(), "re-driving payment");
-            self.spawn_child(myself, payment_id.clone(), effects, None)
+            // A trace of its own (recovery, a gained shard): the bank
+            // calls of the re-drive are spans of it.
+            let mut span =
+                crate::trace::Span::start("payment.resume", crate::trace::SpanKind::Internal, None);
+            if span.is_recording() {
+                span.set("payvisor.payment", self.name(payment_id).to_string());
+                span.set("payvisor.state", current.value.state.api_name());
+            }
+            let trace = Some(span.context().clone());
+            self.spawn_child(myself, payment_id.clone(), effects, trace)
                 .await;
         }
         Ok(())

@@ -11,6 +11,8 @@ use crate::domain::PaymentId;
 
 struct Reminder<'a> {
     payment: &'a PaymentId,
+    /// The reminder's own trace: a re-drive's bank call is a span of it.
+    trace: crate::trace::TraceParent,
 }
 
 impl AccountCommand for Reminder<'_> {
@@ -31,7 +33,7 @@ impl AccountCommand for Reminder<'_> {
             return Ok(Attempt::Done(()));
         };
         let attempt = state
-            .commit_update(myself, decision, current.version)
+            .commit_update(myself, decision, current.version, Some(self.trace.clone()))
             .await?;
         if let Attempt::Done(payment) = &attempt {
             let watch = payment.watch.as_ref();
@@ -47,6 +49,19 @@ impl AccountState {
         myself: &ActorRef<AccountMsg>,
         payment: &PaymentId,
     ) -> Result<(), CommandError> {
-        self.retrying(myself, &mut Reminder { payment }).await
+        // A trace of its own: no call caused it.
+        let mut span =
+            crate::trace::Span::start("watchdog.reminder", crate::trace::SpanKind::Internal, None);
+        if span.is_recording() {
+            span.set("payvisor.payment", self.name(payment).to_string());
+        }
+        let trace = span.context().clone();
+        let handled = self
+            .retrying(myself, &mut Reminder { payment, trace })
+            .await;
+        if handled.is_err() {
+            span.fail("not handled");
+        }
+        handled
     }
 }

@@ -72,9 +72,10 @@ impl AccountState {
         myself: &ActorRef<AccountMsg>,
         decision: Decision,
         version: u64,
+        trace: Option<crate::trace::TraceParent>,
     ) -> Result<Attempt<Payment>, CommandError> {
         match self
-            .commit(myself, decision, Some(version), None, None)
+            .commit(myself, decision, Some(version), None, trace)
             .await
         {
             Ok(payment) => Ok(Attempt::Done(payment)),
