@@ -67,7 +67,7 @@ pub async fn run(
     let (spans_trigger, spans_stop) = crate::shutdown::channel();
     let spans = match &config.otlp {
         Some(otlp) => {
-            let span_metrics = crate::metrics::SpanMetrics::default();
+            let span_metrics = crate::trace::export::SpanMetrics::default();
             metrics.spans = Some(span_metrics.clone());
             let exporting = crate::trace::export::install(
                 otlp,

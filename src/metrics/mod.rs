@@ -110,7 +110,7 @@ pub struct NodeMetrics {
     /// dispatch) timed.
     pub sweeps: SweepMetrics,
     /// Spans exported (`None`: no OTLP endpoint configured).
-    pub spans: Option<SpanMetrics>,
+    pub spans: Option<crate::trace::export::SpanMetrics>,
 }
 
 /// Upper bounds of the latency buckets, in seconds: from a cached read
@@ -218,26 +218,6 @@ impl Default for StoreMetrics {
         StoreMetrics {
             call_seconds: latency_family(),
         }
-    }
-}
-
-/// Spans handed to the OTLP exporter, by outcome: `exported`, `failed`
-/// (the collector did not take them) or `dropped` (the queue was full).
-#[derive(Clone, Debug, Default)]
-pub struct SpanMetrics {
-    pub spans: Family<SpanLabels, Counter>,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SpanLabels {
-    pub outcome: &'static str,
-}
-
-impl SpanMetrics {
-    pub fn count(&self, outcome: &'static str, spans: u64) {
-        self.spans
-            .get_or_create(&SpanLabels { outcome })
-            .inc_by(spans);
     }
 }
 

@@ -3,12 +3,7 @@
 //! OTLP/gRPC. Export is best effort: a full queue or a collector that does
 //! not answer costs spans (counted in `payvisor_otlp_spans_total`), never
 //! a payment, and never waits a caller.
-//!
-//! One exporter per process, installed once at start: spans end deep in
-//! the actors, the connectors and the gRPC layer, where threading a handle
-//! through every call would be noise, as it would for the log.
-
-use std::sync::OnceLock;
+//! It installs the process's sink (`record`): the queue it reads.
 
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -17,9 +12,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{span, status, ResourceSpans, ScopeSpans, Status};
 use tokio::sync::mpsc;
 
-use super::span::{FinishedSpan, SpanKind, Value};
+pub use super::record::SpanMetrics;
+use super::record::{self, FinishedSpan, Sink, SpanKind, Value};
 use crate::limits;
-use crate::metrics::SpanMetrics;
 use crate::shutdown::Shutdown;
 
 /// Where spans go and which traces begun here are kept.
@@ -33,63 +28,6 @@ pub struct OtlpConfig {
     pub sample_ratio: f64,
     /// How long a batch may fill before it goes (unless full).
     pub batch_wait: std::time::Duration,
-}
-
-/// The process's exporter, once installed.
-static EXPORTER: OnceLock<Exporter> = OnceLock::new();
-
-/// The sending side: the queue, and the sampling of new traces.
-#[derive(Debug)]
-struct Exporter {
-    queue: mpsc::Sender<FinishedSpan>,
-    metrics: SpanMetrics,
-    /// A new trace is sampled if its id's first 8 bytes, as a number, are
-    /// below this (`u64::MAX`: all).
-    sample_below: u64,
-}
-
-/// Whether spans are exported in this process.
-pub(super) fn installed() -> bool {
-    EXPORTER.get().is_some()
-}
-
-/// Whether a trace begun here with this id is recorded: all of them
-/// without an exporter (the flag travels to banks, whose own sampling it
-/// then steers), else the configured share, decided by the id alone so
-/// that every node decides alike.
-pub(super) fn samples_new_trace(trace_id: &[u8]) -> bool {
-    EXPORTER
-        .get()
-        .is_none_or(|exporter| sampled_by(exporter.sample_below, trace_id))
-}
-
-/// The threshold of a sampling ratio (see [`sampled_by`]).
-fn sample_below(ratio: f64) -> u64 {
-    if ratio >= 1.0 {
-        u64::MAX
-    } else {
-        (ratio.max(0.0) * u64::MAX as f64) as u64
-    }
-}
-
-/// Whether a trace id falls in the sampled share: its last 8 bytes (the
-/// random ones: the first byte is made odd), as a number, below the
-/// threshold; `u64::MAX` samples all.
-fn sampled_by(sample_below: u64, trace_id: &[u8]) -> bool {
-    let mut last = [0u8; 8];
-    last.copy_from_slice(&trace_id[8..16]);
-    sample_below == u64::MAX || u64::from_be_bytes(last) < sample_below
-}
-
-/// Hands an ended span to the exporter; dropped (and counted) if the
-/// queue is full.
-pub(super) fn finish(span: FinishedSpan) {
-    if let Some(exporter) = EXPORTER.get() {
-        if exporter.queue.try_send(span).is_err() {
-            // Full, or the exporter has stopped (after its flush).
-            exporter.metrics.count("dropped", 1);
-        }
-    }
 }
 
 /// The task that sends the spans of this process to `config.endpoint`,
@@ -111,13 +49,12 @@ pub fn install(
     }
     let client = TraceServiceClient::new(endpoint.connect_lazy());
     let (queue, spans) = mpsc::channel(limits::OTLP_QUEUE_SPANS_MAX);
-    let exporter = Exporter {
+    let sink = Sink {
         queue,
         metrics: metrics.clone(),
-        sample_below: sample_below(config.sample_ratio),
+        sample_below: record::sample_below(config.sample_ratio),
     };
-    EXPORTER
-        .set(exporter)
+    record::install_sink(sink)
         .map_err(|_| anyhow::anyhow!("an OTLP exporter is installed already"))?;
     let sending = Sending {
         endpoint: config.endpoint.clone(),
@@ -322,11 +259,11 @@ mod tests {
     #[test]
     fn a_sampling_ratio_keeps_about_that_share_of_new_traces() {
         for ratio in [0.001, 0.1, 0.5] {
-            let below = sample_below(ratio);
+            let below = record::sample_below(ratio);
             let kept = (0..100_000)
                 .filter(|_| {
                     let trace = TraceParent::begin();
-                    sampled_by(below, &from_hex(trace.trace_id()))
+                    record::sampled_by(below, &from_hex(trace.trace_id()))
                 })
                 .count();
             let share = kept as f64 / 100_000.0;
@@ -335,8 +272,8 @@ mod tests {
                 "{ratio}: kept {share}"
             );
         }
-        assert!(sampled_by(sample_below(1.0), &[0xff; 16]));
-        assert!(!sampled_by(sample_below(0.0), &[0; 16]));
+        assert!(record::sampled_by(record::sample_below(1.0), &[0xff; 16]));
+        assert!(!record::sampled_by(record::sample_below(0.0), &[0; 16]));
     }
 
     #[test]

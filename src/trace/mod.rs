@@ -5,13 +5,15 @@
 //! exported over OTLP when configured ([`export`]).
 
 pub mod export;
+mod record;
 mod span;
 
-pub use span::{FinishedSpan, Span, SpanKind, SpanSet, Stamp, Value};
+pub use record::{FinishedSpan, SpanKind, SpanMetrics, Value};
+pub use span::{Span, SpanSet, Stamp};
 
 /// Whether spans are exported in this process (`--otlp-endpoint`).
 pub fn exporting() -> bool {
-    export::installed()
+    record::installed()
 }
 
 /// The W3C `traceparent` header.
@@ -58,7 +60,7 @@ impl TraceParent {
     /// (always, without an exporter).
     pub fn begin() -> TraceParent {
         let bytes = random_bytes::<24>();
-        let sampled = export::samples_new_trace(&bytes[..16]);
+        let sampled = record::samples_new_trace(&bytes[..16]);
         TraceParent {
             trace_id: to_hex(&bytes[..16]),
             span_id: to_hex(&bytes[16..]),

@@ -6,19 +6,8 @@
 
 use std::borrow::Cow;
 
-use super::export;
+use super::record::{self, FinishedSpan, SpanKind, Value};
 use super::TraceParent;
-
-/// What side of a call a span is (OTLP's span kinds, those payvisor uses).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SpanKind {
-    /// Work inside the node.
-    Internal,
-    /// A call this node answers (an RPC).
-    Server,
-    /// A call this node makes (a bank, a webhook endpoint).
-    Client,
-}
 
 /// A moment, in Unix nanoseconds, read only while spans are exported
 /// (`None` otherwise): the start of a span begun later, such as an account
@@ -29,55 +18,8 @@ pub struct Stamp(Option<u64>);
 impl Stamp {
     /// Now, if spans are exported.
     pub fn now() -> Stamp {
-        Stamp(export::installed().then(unix_nanos))
+        Stamp(record::installed().then(unix_nanos))
     }
-}
-
-/// An attribute's value.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Value {
-    Text(String),
-    Int(i64),
-    Bool(bool),
-}
-
-impl From<&str> for Value {
-    fn from(text: &str) -> Value {
-        Value::Text(text.to_owned())
-    }
-}
-
-impl From<String> for Value {
-    fn from(text: String) -> Value {
-        Value::Text(text)
-    }
-}
-
-impl From<i64> for Value {
-    fn from(number: i64) -> Value {
-        Value::Int(number)
-    }
-}
-
-impl From<bool> for Value {
-    fn from(flag: bool) -> Value {
-        Value::Bool(flag)
-    }
-}
-
-/// A span as it is exported, once it has ended.
-#[derive(Clone, Debug, PartialEq)]
-pub struct FinishedSpan {
-    pub context: TraceParent,
-    /// The span id of its parent (`None`: the trace's root).
-    pub parent_span_id: Option<String>,
-    pub name: Cow<'static, str>,
-    pub kind: SpanKind,
-    pub start_unix_nanos: u64,
-    pub end_unix_nanos: u64,
-    pub attributes: Vec<(&'static str, Value)>,
-    /// Set when the work failed: why.
-    pub error: Option<String>,
 }
 
 /// A span in progress: exported when dropped (or ended), if recorded.
@@ -106,7 +48,7 @@ impl Span {
         since: Stamp,
     ) -> Span {
         let context = parent.map_or_else(TraceParent::begin, TraceParent::child);
-        let recording = (export::installed() && context.sampled()).then(|| {
+        let recording = (record::installed() && context.sampled()).then(|| {
             let start = since.0.unwrap_or_else(unix_nanos);
             Box::new(FinishedSpan {
                 context: context.clone(),
@@ -163,7 +105,7 @@ impl Drop for Span {
     fn drop(&mut self) {
         if let Some(mut finished) = self.recording.take() {
             finished.end_unix_nanos = unix_nanos().max(finished.start_unix_nanos);
-            export::finish(*finished);
+            record::finish(*finished);
         }
     }
 }
@@ -181,7 +123,7 @@ impl SpanSet {
         parents: impl IntoIterator<Item = Option<&'a TraceParent>>,
         since: Stamp,
     ) -> SpanSet {
-        if !export::installed() {
+        if !record::installed() {
             return SpanSet::default();
         }
         let spans = (parents.into_iter().flatten())
