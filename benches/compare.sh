@@ -19,7 +19,7 @@ run() { # $1: label, $2: server binary
   local server=$!
   for _ in $(seq 100); do grep -q listening "$WORK/server.out" && break; sleep 0.1; done
   printf '%s ' "$1"
-  "$BENCH" --target 127.0.0.1:53101 --duration "$SECONDS_PER_RUN" --rate max \
+  "$BENCH" --server 127.0.0.1:53101 --duration "$SECONDS_PER_RUN" --rate max \
     --concurrency 256 --accounts 1000 --echo-duration 0 2>/dev/null | tail -1
   kill "$server"; wait "$server" 2>/dev/null || true
 }

@@ -27,20 +27,20 @@ bench() { "$BENCH" "$@" 2>/dev/null | tail -1; }
 
 echo "# saturation: closed loop, 256 in flight, 1,000 accounts, 30 s"
 for _ in $(seq "$RUNS"); do
-  serve 53001; bench --target 127.0.0.1:53001 --duration 30 --rate max --concurrency 256 --accounts 1000 --echo-duration 10; stop
+  serve 53001; bench --server 127.0.0.1:53001 --duration 30 --rate max --concurrency 256 --accounts 1000 --echo-duration 10; stop
 done
 echo "# one hot account: closed loop, 64 in flight, 20 s"
 for _ in $(seq "$RUNS"); do
-  serve 53002; bench --target 127.0.0.1:53002 --duration 20 --rate max --concurrency 64 --accounts 1 --echo-duration 0; stop
+  serve 53002; bench --server 127.0.0.1:53002 --duration 20 --rate max --concurrency 64 --accounts 1 --echo-duration 0; stop
 done
 for rate in 1500 3000; do
   echo "# open loop at $rate/s, 1,000 accounts, 30 s"
   for _ in $(seq "$RUNS"); do
-    serve 53003; bench --target 127.0.0.1:53003 --duration 30 --rate "$rate" --concurrency 8 --accounts 1000 --echo-duration 0; stop
+    serve 53003; bench --server 127.0.0.1:53003 --duration 30 --rate "$rate" --concurrency 8 --accounts 1000 --echo-duration 0; stop
   done
 done
 echo "# memory: 100,000 accounts, closed loop, 60 s (peak RSS of the server)"
 serve 53004
-bench --target 127.0.0.1:53004 --duration 60 --rate max --concurrency 256 --accounts 100000 --echo-duration 0 --settle-timeout 60
+bench --server 127.0.0.1:53004 --duration 60 --rate max --concurrency 256 --accounts 100000 --echo-duration 0 --settle-timeout 60
 echo "{\"peak_rss_mib\": $(( $(grep VmHWM /proc/$SERVER/status | awk '{print $2}') / 1024 ))}"
 stop

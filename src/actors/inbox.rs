@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 
 use ractor::RpcReplyPort;
 
-use super::{CommandError, CreatePayment};
-use crate::domain::payment::{BankEvent, Payment};
+use super::{Answered, CommandError, CreatePayment};
+use crate::domain::payment::BankEvent;
 
 /// Where the answer to a command on a payment goes.
-pub type Reply = RpcReplyPort<Result<Payment, CommandError>>;
+pub type Reply = RpcReplyPort<Result<Answered, CommandError>>;
 
 /// The queue shared by the directory (which pushes) and the actor (which
 /// drains).

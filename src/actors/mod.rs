@@ -227,6 +227,33 @@ pub struct BankCallback {
     pub trace: Option<crate::trace::TraceParent>,
 }
 
+/// The answer to a command on a payment: the payment as it is now, and
+/// whether the command was a replay of one already applied under the same
+/// `request_id` (nothing was done again; clients see it as
+/// `idempotent-replayed: true` in the response metadata, as Stripe's
+/// `Idempotent-Replayed` header).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Answered {
+    pub payment: Payment,
+    pub replayed: bool,
+}
+
+impl Answered {
+    pub fn new(payment: Payment) -> Answered {
+        Answered {
+            payment,
+            replayed: false,
+        }
+    }
+
+    pub fn replayed(payment: Payment) -> Answered {
+        Answered {
+            payment,
+            replayed: true,
+        }
+    }
+}
+
 /// What became of a callback (all are acknowledged to the bank).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallbackAck {
@@ -401,6 +428,14 @@ impl Orchestrator {
     }
 
     pub async fn create_payment(&self, command: CreatePayment) -> Result<Payment, CommandError> {
+        Ok(self.create_payment_answered(command).await?.payment)
+    }
+
+    /// As [`Orchestrator::create_payment`], saying whether it was a replay.
+    pub async fn create_payment_answered(
+        &self,
+        command: CreatePayment,
+    ) -> Result<Answered, CommandError> {
         let account = command.account.clone();
         self.call(|reply| {
             let create = inbox::Batched::Create(command, reply);
@@ -410,13 +445,21 @@ impl Orchestrator {
     }
 
     pub async fn refund_payment(&self, command: RefundPayment) -> Result<Payment, CommandError> {
+        Ok(self.refund_payment_answered(command).await?.payment)
+    }
+
+    /// As [`Orchestrator::refund_payment`], saying whether it was a replay.
+    pub async fn refund_payment_answered(
+        &self,
+        command: RefundPayment,
+    ) -> Result<Answered, CommandError> {
         let account = command.name.account.clone();
         self.call(|reply| self.send(&account, AccountMsg::Refund(command, reply)))
             .await
     }
 
-    /// RetryPayment and FailPayment.
-    pub async fn operate(&self, command: OperatorCommand) -> Result<Payment, CommandError> {
+    /// RetryPayment, FailPayment, ApprovePayment and DeclinePayment.
+    pub async fn operate(&self, command: OperatorCommand) -> Result<Answered, CommandError> {
         let account = command.name.account.clone();
         self.call(|reply| self.send(&account, AccountMsg::Operate(command, reply)))
             .await
@@ -444,7 +487,7 @@ impl Orchestrator {
     async fn call(
         &self,
         send: impl FnOnce(account::Reply) -> Result<(), CommandError>,
-    ) -> Result<Payment, CommandError> {
+    ) -> Result<Answered, CommandError> {
         let (reply, answer) = ractor::concurrency::oneshot();
         send(reply.into())?;
         answer.await.map_err(|_| {
@@ -662,10 +705,15 @@ impl Orchestrator {
         event: &str,
         endpoint: Option<&str>,
         actor: Option<&str>,
-    ) -> Result<schema::EventRecord, CommandError> {
+        request_id: Option<&crate::domain::RequestId>,
+    ) -> Result<crate::webhooks::dispatcher::Resent, CommandError> {
+        let key = request_id.map(|request_id| crate::webhooks::dispatcher::ResendKey {
+            request_id,
+            retention: self.shared.settings.idempotency_retention,
+        });
         self.shared
             .webhooks
-            .resend(event, endpoint, actor)
+            .resend(event, endpoint, actor, key)
             .await
             .map_err(|error| match error {
                 ResendError::BadName(why) => CommandError::invalid("name", why),
@@ -675,6 +723,7 @@ impl Orchestrator {
                     format!("no webhook endpoint named {name:?} is configured"),
                 ),
                 ResendError::Conflict => CommandError::Conflict,
+                ResendError::KeyReused => CommandError::IdempotencyKeyReused,
                 ResendError::Store(error) => error.into(),
             })
     }

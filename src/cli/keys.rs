@@ -44,7 +44,10 @@ pub enum AuthCommand {
     },
     /// Check an access list as the server would load it; every problem is
     /// listed (exit 1 if any).
-    Check { file: std::path::PathBuf },
+    Check {
+        /// The access list (JSON).
+        file: std::path::PathBuf,
+    },
 }
 
 /// Runs an `auth` command.

@@ -4,7 +4,7 @@
 //! and errors that say what to do.
 
 mod keys;
-mod render;
+pub mod render;
 
 pub use keys::{auth, AuthCommand};
 
@@ -88,14 +88,20 @@ pub enum PaymentsCommand {
         #[arg(long)]
         request_id: Option<String>,
     },
-    /// Show one payment: accounts/{account}/payments/{payment}.
-    Get { name: String },
+    /// Show one payment.
+    Get {
+        /// `accounts/{account}/payments/{payment}`.
+        name: String,
+    },
     /// List an account's payments.
     List {
+        /// The account (`acme` or `accounts/acme`).
         #[arg(long)]
         account: String,
+        /// At most this many per page (default 50, at most 500).
         #[arg(long, default_value_t = 50)]
         page_size: i32,
+        /// Start from this page (a `next_page_token` printed before).
         #[arg(long, default_value = "")]
         page_token: String,
         /// Follow page tokens to the end.
@@ -121,8 +127,10 @@ pub enum PaymentsCommand {
     },
     /// On-call: list payments that missed a stall deadline (re-driven or paged).
     Stalled {
+        /// At most this many per page (default 50, at most 500).
         #[arg(long, default_value_t = 50)]
         page_size: i32,
+        /// Start from this page (a `next_page_token` printed before).
         #[arg(long, default_value = "")]
         page_token: String,
         /// Follow page tokens to the end.
@@ -155,10 +163,13 @@ pub enum PaymentsCommand {
 pub enum ReviewsCommand {
     /// Payments waiting for review, across accounts (or of one account).
     List {
+        /// Only this account's (default: every account's).
         #[arg(long)]
         account: Option<String>,
+        /// At most this many per page (default 50, at most 500).
         #[arg(long, default_value_t = 50)]
         page_size: i32,
+        /// Start from this page (a `next_page_token` printed before).
         #[arg(long, default_value = "")]
         page_token: String,
         /// Follow every page.
@@ -169,8 +180,11 @@ pub enum ReviewsCommand {
     Approve {
         /// `accounts/{account}/payments/{payment}`.
         name: String,
+        /// Why it is approved (kept on the payment).
         #[arg(long)]
         reason: String,
+        /// Idempotency key: the same key again answers as the first call
+        /// did (default: a new one per call).
         #[arg(long)]
         request_id: Option<String>,
     },
@@ -178,8 +192,11 @@ pub enum ReviewsCommand {
     Decline {
         /// `accounts/{account}/payments/{payment}`.
         name: String,
+        /// Why it is declined (becomes its failure reason).
         #[arg(long)]
         reason: String,
+        /// Idempotency key: the same key again answers as the first call
+        /// did (default: a new one per call).
         #[arg(long)]
         request_id: Option<String>,
     },
@@ -198,8 +215,13 @@ pub enum EventsCommand {
     Resend {
         /// `accounts/{account}/payments/{payment}/events/{n}`.
         event: String,
+        /// Only to this configured endpoint (default: every endpoint).
         #[arg(long)]
         endpoint: Option<String>,
+        /// Idempotency key: the same key again answers as the first call
+        /// did and sends nothing more (default: a new one per call).
+        #[arg(long)]
+        request_id: Option<String>,
     },
 }
 
@@ -209,6 +231,7 @@ pub enum AuditCommand {
     /// An account's refunds, reviews, retries and fails with who asked,
     /// oldest first.
     List {
+        /// The account (`acme` or `accounts/acme`).
         #[arg(long)]
         account: String,
         /// From this time (RFC 3339, e.g. 2026-11-01T00:00:00Z).
@@ -217,8 +240,10 @@ pub enum AuditCommand {
         /// Before this time (RFC 3339; default now).
         #[arg(long)]
         until: Option<String>,
+        /// At most this many per page (default 50, at most 500).
         #[arg(long, default_value_t = 50)]
         page_size: i32,
+        /// Start from this page (a `next_page_token` printed before).
         #[arg(long, default_value = "")]
         page_token: String,
         /// Follow page tokens to the end.
@@ -230,7 +255,10 @@ pub enum AuditCommand {
 #[derive(Subcommand, Debug)]
 pub enum AccountsCommand {
     /// Show an account's balances per currency.
-    Get { account: String },
+    Get {
+        /// The account (`acme` or `accounts/acme`).
+        account: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -604,19 +632,38 @@ pub async fn events(options: &ClientOptions, command: EventsCommand) -> anyhow::
     let mut client = connect(options).await?;
     match command {
         EventsCommand::List { payment } => {
-            let events = client
-                .list_payment_events(pb::ListPaymentEventsRequest { parent: payment })
-                .await
-                .map_err(render::status_error)?
-                .into_inner()
-                .events;
+            // Every page: a payment's events are few (bounded by its
+            // changes).
+            let mut events = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let page = client
+                    .list_payment_events(pb::ListPaymentEventsRequest {
+                        parent: payment.clone(),
+                        page_size: crate::limits::PAGE_SIZE_MAX as i32,
+                        page_token,
+                    })
+                    .await
+                    .map_err(render::status_error)?
+                    .into_inner();
+                events.extend(page.events);
+                page_token = page.next_page_token;
+                if page_token.is_empty() {
+                    break;
+                }
+            }
             render::events(options.json, &events);
         }
-        EventsCommand::Resend { event, endpoint } => {
+        EventsCommand::Resend {
+            event,
+            endpoint,
+            request_id,
+        } => {
             let event = client
                 .resend_payment_event(pb::ResendPaymentEventRequest {
                     name: event,
                     endpoint: endpoint.unwrap_or_default(),
+                    request_id: request_id.unwrap_or_else(new_request_id),
                 })
                 .await
                 .map_err(render::status_error)?
@@ -736,6 +783,8 @@ pub struct ReconcileArgs {
     /// The bank (`docs/bank-protocol.md`).
     #[arg(long, env = "PAYVISOR_BANK_URL")]
     pub bank_url: String,
+    /// The bank's name, as the server knows it (its incidents are kept
+    /// under it).
     #[arg(long, env = "PAYVISOR_BANK_NAME", default_value = "bank")]
     pub bank_name: String,
     /// Start of the period, Unix ms (default: `--period` before the end).

@@ -30,9 +30,33 @@ fn refund_state_name(state: i32) -> String {
         .unwrap_or_else(|_| format!("UNKNOWN({state})"))
 }
 
+/// Times are shown in UTC rather than the local zone (`--utc`).
+static IN_UTC: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Shows every time after this in UTC (`--utc`), not the local zone.
+pub fn show_times_in_utc(utc: bool) {
+    IN_UTC.store(utc, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A time as a person reads it: RFC 3339 to the millisecond, in this
+/// machine's zone (`TZ`, else `/etc/localtime`) with its offset, or in
+/// UTC with `--utc`.
+pub fn when(unix_millis: i64) -> String {
+    use chrono::{Offset, TimeZone};
+    let at = crate::domain::Timestamp::from_unix_millis(unix_millis);
+    if IN_UTC.load(std::sync::atomic::Ordering::Relaxed) {
+        return crate::domain::time::rfc3339(at);
+    }
+    let offset = chrono::Local
+        .timestamp_millis_opt(unix_millis)
+        .single()
+        .map_or(0, |local| i64::from(local.offset().fix().local_minus_utc()));
+    crate::domain::time::rfc3339_at_offset(at, offset)
+}
+
 fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
     timestamp
-        .map(|t| format!("{}.{:03}", t.seconds, t.nanos / 1_000_000))
+        .map(|t| when(t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000)))
         .unwrap_or_default()
 }
 
@@ -91,8 +115,55 @@ pub fn payment(as_json: bool, payment: &pb::Payment, request_id: Option<&str>) {
     println!("amount    {}", money(payment.amount.as_ref()));
     println!("refunded  {}", money(payment.refunded_amount.as_ref()));
     println!("fee       {}", money(payment.fee.as_ref()));
+    println!("created   {}", time(payment.create_time.as_ref()));
+    println!("updated   {}", time(payment.update_time.as_ref()));
     if !payment.failure_reason.is_empty() {
         println!("reason    {}", payment.failure_reason);
+    }
+    if let Some(approval) = &payment.approval {
+        let action = |action: i32| {
+            pb::approval::Action::try_from(action)
+                .map(|action| {
+                    action
+                        .as_str_name()
+                        .trim_start_matches("ACTION_")
+                        .to_lowercase()
+                })
+                .unwrap_or_else(|_| format!("unknown({action})"))
+        };
+        println!(
+            "approval  {} (rules version {:?})",
+            action(approval.action),
+            approval.rules_version
+        );
+        for fired in &approval.fired_rules {
+            println!(
+                "  rule    {} → {}: {}",
+                fired.rule,
+                action(fired.action),
+                fired.detail
+            );
+        }
+    }
+    if let Some(review) = &payment.review {
+        println!(
+            "review    {} at {}: {}",
+            review.verdict,
+            time(review.time.as_ref()),
+            review.reason
+        );
+    }
+    for route in &payment.routes {
+        let left = match route.left.as_str() {
+            "" => String::new(),
+            left => format!("; left: {left}"),
+        };
+        println!(
+            "route     {} at {}: {}{left}",
+            route.bank,
+            time(route.time.as_ref()),
+            route.why
+        );
     }
     for (key, value) in &payment.metadata {
         println!("metadata  {key}={value}");
@@ -498,8 +569,8 @@ pub fn reconciliation(as_json: bool, report: &crate::reconcile::Report) {
     println!(
         "bank {}  period {}..{}  bank entries {}  payvisor items {}  accounts audited {}",
         report.bank,
-        report.from_ms,
-        report.to_ms,
+        when(report.from_ms),
+        when(report.to_ms),
         report.bank_entries,
         report.payvisor_items,
         report.accounts_audited

@@ -47,6 +47,11 @@ pub enum Fingerprint<'a> {
         verdict: ReviewVerdict,
         reason: &'a str,
     },
+    /// An event delivered again (to one endpoint, or all: `None`).
+    Resend {
+        event: &'a str,
+        endpoint: Option<&'a str>,
+    },
 }
 
 impl<'a> Fingerprint<'a> {
@@ -142,6 +147,13 @@ mod tests {
                     reason: "known customer",
                 },
                 r#"{"method":"review","payment":"accounts/acme/payments/pay_1","verdict":"approve","reason":"known customer"}"#,
+            ),
+            (
+                Fingerprint::Resend {
+                    event: "accounts/acme/payments/pay_1/events/2",
+                    endpoint: Some("shop"),
+                },
+                r#"{"method":"resend","event":"accounts/acme/payments/pay_1/events/2","endpoint":"shop"}"#,
             ),
         ];
         for (fingerprint, stored) in cases {

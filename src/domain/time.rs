@@ -23,6 +23,26 @@ pub fn rfc3339(at: Timestamp) -> String {
     )
 }
 
+/// As [`rfc3339`], at `offset_seconds` east of UTC: the local time a person
+/// reads, with the offset that makes it exact (`Z` at offset 0).
+pub fn rfc3339_at_offset(at: Timestamp, offset_seconds: i64) -> String {
+    if offset_seconds == 0 {
+        return rfc3339(at);
+    }
+    let shifted = at
+        .unix_millis()
+        .saturating_add(offset_seconds.saturating_mul(1000));
+    let text = rfc3339(Timestamp::from_unix_millis(shifted));
+    let sign = if offset_seconds < 0 { '-' } else { '+' };
+    let offset = offset_seconds.unsigned_abs();
+    format!(
+        "{}{sign}{:02}:{:02}",
+        text.trim_end_matches('Z'),
+        offset / 3600,
+        offset / 60 % 60
+    )
+}
+
 /// Why a text is not an RFC 3339 time.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0:?} is not an RFC 3339 time such as 2027-01-31T00:00:00Z")]
@@ -152,6 +172,20 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_local_time_carries_its_offset_and_reads_back_as_the_same_instant() {
+        let at = Timestamp::from_unix_millis(1_795_955_100_324);
+        assert_eq!(rfc3339(at), "2026-11-29T12:25:00.324Z");
+        assert_eq!(rfc3339_at_offset(at, 0), "2026-11-29T12:25:00.324Z");
+        let east = rfc3339_at_offset(at, 5 * 3600 + 1800);
+        assert_eq!(east, "2026-11-29T17:55:00.324+05:30");
+        let west = rfc3339_at_offset(at, -8 * 3600);
+        assert_eq!(west, "2026-11-29T04:25:00.324-08:00");
+        for text in [east, west] {
+            assert_eq!(parse_rfc3339(&text), Ok(at), "{text}");
+        }
+    }
 
     #[test]
     fn rfc3339_formats_utc_milliseconds() {

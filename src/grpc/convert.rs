@@ -227,6 +227,24 @@ pub fn decode_page_token(token: &str) -> Result<Option<PaymentId>, CommandError>
 }
 
 /// An audit page's token: the last sort key read, after a version tag.
+/// A `ListPaymentEvents` page token: the sequence number of the last event
+/// of the previous page.
+pub fn encode_events_token(last: u64) -> String {
+    format!("e1.{last}")
+}
+
+pub fn decode_events_token(token: &str) -> Result<Option<u64>, CommandError> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || CommandError::invalid("page_token", "not a token returned by ListPaymentEvents");
+    let last = token.strip_prefix("e1.").ok_or_else(bad)?;
+    if last.is_empty() || last.len() > 20 || !last.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    last.parse().map(Some).map_err(|_| bad())
+}
+
 pub fn encode_audit_token(last: &str) -> String {
     format!("a1.{last}")
 }

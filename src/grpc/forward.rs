@@ -73,7 +73,18 @@ where
         let outgoing = outgoing(cluster, &request, deadline)?;
         picture.mark_unchanged();
         match forward(channel, outgoing).await {
-            Ok(response) => return Ok(Routed::Answered(Response::new(response.into_inner()))),
+            Ok(response) => {
+                // The owner's answer, and its replay mark (nothing else of
+                // its metadata: the transport's is this hop's own).
+                let replayed = (response.metadata())
+                    .get(super::IDEMPOTENT_REPLAYED)
+                    .cloned();
+                let mut answer = Response::new(response.into_inner());
+                if let Some(mark) = replayed {
+                    (answer.metadata_mut()).insert(super::IDEMPOTENT_REPLAYED, mark);
+                }
+                return Ok(Routed::Answered(answer));
+            }
             Err(status) if unreached(&status) => {
                 tracing::warn!(%account, owner = %node, code = ?status.code(), "the account's owner could not be reached");
                 hops += 1;

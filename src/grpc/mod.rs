@@ -16,6 +16,7 @@ use std::pin::Pin;
 
 use tokio::sync::broadcast::error::RecvError;
 use tokio_stream::Stream;
+use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status};
 
 use crate::actors::{CommandError, Orchestrator};
@@ -254,6 +255,24 @@ fn note_payment<T>(
 
 /// The trace the edge gave the call (`metered` writes one in when the
 /// caller sent none).
+/// The response metadata key that marks a replayed idempotent call (as
+/// Stripe's `Idempotent-Replayed` header): the answer is the first call's
+/// result, as it is now, and nothing was done again.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// A command's answer, marked if it was a replay.
+fn answered(answer: crate::actors::Answered) -> Response<pb::Payment> {
+    let mut response = Response::new(convert::payment_to_pb(&answer.payment));
+    if answer.replayed {
+        mark_replayed(&mut response);
+    }
+    response
+}
+
+fn mark_replayed<T>(response: &mut Response<T>) {
+    (response.metadata_mut()).insert(IDEMPOTENT_REPLAYED, MetadataValue::from_static("true"));
+}
+
 pub(crate) fn trace_of<T>(request: &Request<T>) -> Option<crate::trace::TraceParent> {
     (request.metadata().get(crate::trace::TRACEPARENT))
         .and_then(|value| value.to_str().ok())
@@ -279,9 +298,9 @@ impl PaymentService for PaymentApi {
             facts.request_id = Some(request_id.as_str().to_owned());
         });
         let request = route!(self, &command.account, request, create_payment);
-        let payment = self.orchestrator.create_payment(command).await?;
-        note_payment(&request, &payment.name(), Some(&request_id));
-        Ok(Response::new(convert::payment_to_pb(&payment)))
+        let answer = self.orchestrator.create_payment_answered(command).await?;
+        note_payment(&request, &answer.payment.name(), Some(&request_id));
+        Ok(answered(answer))
     }
 
     async fn get_payment(
@@ -384,8 +403,8 @@ impl PaymentService for PaymentApi {
         command.actor = caller.identity().map(str::to_owned);
         command.trace = trace_of(&request);
         route!(self, &command.name.account, request, refund_payment);
-        let payment = self.orchestrator.refund_payment(command).await?;
-        Ok(Response::new(convert::payment_to_pb(&payment)))
+        let answer = self.orchestrator.refund_payment_answered(command).await?;
+        Ok(answered(answer))
     }
 
     async fn get_account(
@@ -414,8 +433,8 @@ impl PaymentService for PaymentApi {
         command.actor = caller.identity().map(str::to_owned);
         command.trace = trace_of(&request);
         route!(self, &command.name.account, request, retry_payment);
-        let payment = self.orchestrator.operate(command).await?;
-        Ok(Response::new(convert::payment_to_pb(&payment)))
+        let answer = self.orchestrator.operate(command).await?;
+        Ok(answered(answer))
     }
 
     async fn fail_payment(
@@ -432,8 +451,8 @@ impl PaymentService for PaymentApi {
         command.actor = caller.identity().map(str::to_owned);
         command.trace = trace_of(&request);
         route!(self, &command.name.account, request, fail_payment);
-        let payment = self.orchestrator.operate(command).await?;
-        Ok(Response::new(convert::payment_to_pb(&payment)))
+        let answer = self.orchestrator.operate(command).await?;
+        Ok(answered(answer))
     }
 
     async fn list_stalled_payments(
@@ -527,8 +546,8 @@ impl PaymentService for PaymentApi {
         command.actor = caller.identity().map(str::to_owned);
         command.trace = trace_of(&request);
         route!(self, &command.name.account, request, approve_payment);
-        let payment = self.orchestrator.operate(command).await?;
-        Ok(Response::new(convert::payment_to_pb(&payment)))
+        let answer = self.orchestrator.operate(command).await?;
+        Ok(answered(answer))
     }
 
     async fn decline_payment(
@@ -545,8 +564,8 @@ impl PaymentService for PaymentApi {
         command.actor = caller.identity().map(str::to_owned);
         command.trace = trace_of(&request);
         route!(self, &command.name.account, request, decline_payment);
-        let payment = self.orchestrator.operate(command).await?;
-        Ok(Response::new(convert::payment_to_pb(&payment)))
+        let answer = self.orchestrator.operate(command).await?;
+        Ok(answered(answer))
     }
 
     async fn list_payment_events(
@@ -557,17 +576,23 @@ impl PaymentService for PaymentApi {
             .map_err(|error| invalid_name("parent", error))?;
         auth::authorize(&request, Action::ListPaymentEvents, &name.account)?;
         note_payment(&request, &name, None);
+        let page_size = convert::page_size(request.get_ref().page_size)?;
+        let after = convert::decode_events_token(&request.get_ref().page_token)?;
         let records = self.orchestrator.payment_events(&name).await?;
+        // One page, oldest first, after the last event of the previous one.
+        let mut events = (records.iter())
+            .flat_map(|record| record.events.iter().map(move |event| (event, record)))
+            .filter(|(event, _)| after.is_none_or(|after| event.seq > after));
+        let page: Vec<_> = events.by_ref().take(page_size).collect();
+        let next_page_token = match (events.next(), page.last()) {
+            (Some(_), Some((last, _))) => convert::encode_events_token(last.seq),
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListPaymentEventsResponse {
-            events: records
-                .iter()
-                .flat_map(|record| {
-                    record
-                        .events
-                        .iter()
-                        .map(move |event| convert::event_to_pb(event, Some(record)))
-                })
+            events: (page.into_iter())
+                .map(|(event, record)| convert::event_to_pb(event, Some(record)))
                 .collect(),
+            next_page_token,
         }))
     }
 
@@ -582,16 +607,33 @@ impl PaymentService for PaymentApi {
         // Its owner's dispatcher delivers it at once.
         let request = route!(self, &payment.account, request, resend_payment_event).into_inner();
         let endpoint = Some(request.endpoint.as_str()).filter(|name| !name.is_empty());
-        let record = self
+        let request_id = match request.request_id.is_empty() {
+            true => None,
+            false => Some(
+                crate::domain::RequestId::new(request.request_id.clone())
+                    .map_err(|error| CommandError::invalid("request_id", error.to_string()))?,
+            ),
+        };
+        let resent = self
             .orchestrator
-            .resend_event(&request.name, endpoint, caller.identity())
+            .resend_event(
+                &request.name,
+                endpoint,
+                caller.identity(),
+                request_id.as_ref(),
+            )
             .await?;
+        let record = resent.record;
         let event = record
             .events
             .iter()
             .find(|event| event.seq == seq)
             .ok_or_else(|| CommandError::NotFound(format!("event {}", request.name)))?;
-        Ok(Response::new(convert::event_to_pb(event, Some(&record))))
+        let mut response = Response::new(convert::event_to_pb(event, Some(&record)));
+        if resent.replayed {
+            mark_replayed(&mut response);
+        }
+        Ok(response)
     }
 
     async fn list_audit_records(

@@ -14,12 +14,29 @@ use tokio::sync::{Notify, Semaphore};
 use super::{WebhookSettings, WebhookSink};
 use crate::clock::Clock;
 use crate::cluster::AccountOwnership;
+use crate::domain::account::IdempotencyRecord;
 use crate::domain::events::parse_event_name;
+use crate::domain::idempotency::Fingerprint;
 use crate::domain::{PaymentName, Timestamp};
 use crate::limits;
 use crate::shutdown::Shutdown;
 use crate::store::schema::{self, Delivery, DeliveryState, EventRecord, Versioned};
 use crate::store::{Condition, Store, StoreError, WriteOp};
+
+/// A re-send's idempotency key, and how long it is kept.
+#[derive(Clone, Copy, Debug)]
+pub struct ResendKey<'a> {
+    pub request_id: &'a crate::domain::RequestId,
+    pub retention: Duration,
+}
+
+/// A re-send's answer: the event's record as it is now, and whether this
+/// was a replay of a re-send already made under the same key.
+#[derive(Clone, Debug)]
+pub struct Resent {
+    pub record: EventRecord,
+    pub replayed: bool,
+}
 
 /// Why an operator's re-send was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +49,8 @@ pub enum ResendError {
     UnknownEndpoint(String),
     #[error("the event changed meanwhile; retry")]
     Conflict,
+    #[error("request_id was already used for a different request")]
+    KeyReused,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -161,7 +180,8 @@ impl WebhookDispatcher {
         event_name: &str,
         endpoint: Option<&str>,
         actor: Option<&str>,
-    ) -> Result<EventRecord, ResendError> {
+        key: Option<ResendKey<'_>>,
+    ) -> Result<Resent, ResendError> {
         let inner = &self.inner;
         let (payment, seq) = parse_event_name(event_name)
             .map_err(|error| ResendError::BadName(error.to_string()))?;
@@ -182,6 +202,25 @@ impl WebhookDispatcher {
         if endpoints.is_empty() {
             return Err(ResendError::UnknownEndpoint(String::new()));
         }
+        // With a key: a retry of the same re-send answers as the first did
+        // (the event as it is now) and sends nothing again.
+        let fingerprint = Fingerprint::Resend {
+            event: event_name,
+            endpoint,
+        }
+        .encode();
+        let recorded = match &key {
+            Some(key) => {
+                schema::load_idempotency(inner.store.as_ref(), &payment.account, key.request_id)
+                    .await?
+            }
+            None => None,
+        };
+        if let Some(recorded) = &recorded {
+            if recorded.fingerprint != fingerprint {
+                return Err(ResendError::KeyReused);
+            }
+        }
         let records = schema::payment_event_records(inner.store.as_ref(), &payment).await?;
         let Some(current) = records.into_iter().find(|record| {
             let first = record.value.first_seq();
@@ -189,6 +228,12 @@ impl WebhookDispatcher {
         }) else {
             return Err(ResendError::NotFound(event_name.to_owned()));
         };
+        if recorded.is_some() {
+            return Ok(Resent {
+                record: current.value,
+                replayed: true,
+            });
+        }
         let now = inner.clock.now();
         let index = (seq - current.value.first_seq()) as usize;
         let mut next = current.value.clone();
@@ -236,6 +281,23 @@ impl WebhookDispatcher {
                 condition: Condition::NotExists,
             });
         }
+        if let Some(key) = &key {
+            // In the same write: a concurrent duplicate fails on it (and
+            // is answered as a replay when retried).
+            audit.push(WriteOp::Put {
+                item: schema::idempotency_item(
+                    &payment.account,
+                    key.request_id,
+                    &IdempotencyRecord {
+                        fingerprint,
+                        payment: payment.payment.clone(),
+                        created_at: now,
+                        expires_at: now.plus_millis(key.retention.as_millis() as i64),
+                    },
+                ),
+                condition: Condition::NotExists,
+            });
+        }
         inner
             .write(&current, &next, audit)
             .await
@@ -244,7 +306,10 @@ impl WebhookDispatcher {
                 other => ResendError::Store(other),
             })?;
         self.wake();
-        Ok(next)
+        Ok(Resent {
+            record: next,
+            replayed: false,
+        })
     }
 }
 

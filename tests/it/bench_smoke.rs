@@ -8,7 +8,7 @@ use crate::common::*;
 
 fn bench(server: &Server, args: &[&str]) -> serde_json::Value {
     let output = Command::new(workspace_binary("payvisor-bench"))
-        .args(["--target", &server.address])
+        .args(["--server", &server.address])
         .args(args)
         .output()
         .expect("run payvisor-bench");

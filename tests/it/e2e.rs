@@ -71,15 +71,34 @@ async fn a_caller_chosen_payment_id_is_used_and_never_silently_reused() {
 async fn a_sequential_replay_returns_the_original_payment_without_a_second_effect() {
     let server = Server::start(&[]);
     let mut client = server.client().await;
-    let first = created_payment(&mut client, "acme", "req-1", 700).await;
-    let second = created_payment(&mut client, "acme", "req-1", 700).await;
+    // A replay is marked as one in the response metadata (as Stripe's
+    // `Idempotent-Replayed` header); a first call is not.
+    let replay_mark = |metadata: &tonic::metadata::MetadataMap| {
+        metadata
+            .get("idempotent-replayed")
+            .map(|value| value.to_str().unwrap().to_owned())
+    };
+    let first = client
+        .create_payment(create_request("acme", "req-1", 700))
+        .await
+        .unwrap();
+    assert_eq!(replay_mark(first.metadata()), None);
+    let second = client
+        .create_payment(create_request("acme", "req-1", 700))
+        .await
+        .unwrap();
+    assert_eq!(replay_mark(second.metadata()).as_deref(), Some("true"));
+    let (first, second) = (first.into_inner(), second.into_inner());
     assert_eq!(first.name, second.name);
     assert_eq!(list_all(&mut client, "acme", 10).await.len(), 1);
 
     wait_for(&mut client, &first.name, |p| state(p) == State::Processed).await;
     let refund = refund_request(&first.name, "refund-1", Some(200));
-    client.refund_payment(refund.clone()).await.unwrap();
-    let replayed = client.refund_payment(refund).await.unwrap().into_inner();
+    let refunded = client.refund_payment(refund.clone()).await.unwrap();
+    assert_eq!(replay_mark(refunded.metadata()), None);
+    let replayed = client.refund_payment(refund).await.unwrap();
+    assert_eq!(replay_mark(replayed.metadata()).as_deref(), Some("true"));
+    let replayed = replayed.into_inner();
     assert_eq!(
         replayed.refunds.len(),
         1,
@@ -784,4 +803,90 @@ async fn sigterm_turns_health_not_serving_while_draining_then_exits_zero() {
     drop((statuses, health));
     let status = server.exited().await;
     assert!(status.success(), "{status:?}");
+}
+
+/// ListPaymentEvents comes in pages (AIP-158): oldest first, each page
+/// after the last event of the one before, a bad token refused.
+#[tokio::test]
+async fn a_payments_events_come_in_pages() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let payment = processed_payment(&mut client, "acme", "paged-1", 900).await;
+    client
+        .refund_payment(refund_request(&payment.name, "paged-r1", Some(100)))
+        .await
+        .unwrap();
+    wait_for(&mut client, &payment.name, is_settled).await;
+    let list = |page_token: String| pb::ListPaymentEventsRequest {
+        parent: payment.name.clone(),
+        page_size: 2,
+        page_token,
+    };
+    let mut sequences = Vec::new();
+    let mut page_token = String::new();
+    let mut pages = 0;
+    loop {
+        let page = client
+            .list_payment_events(list(page_token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(page.events.len() <= 2, "{page:?}");
+        sequences.extend(page.events.iter().map(|event| event.sequence));
+        pages += 1;
+        page_token = page.next_page_token;
+        if page_token.is_empty() {
+            break;
+        }
+    }
+    // created, approved, sent, processed, and the refund's changes.
+    assert!(sequences.len() >= 5, "{sequences:?}");
+    assert_eq!(sequences, (1..=sequences.len() as i64).collect::<Vec<_>>());
+    assert_eq!(pages, sequences.len().div_ceil(2));
+    let refused = client
+        .list_payment_events(list("not-a-token".into()))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_fields(&refused), ["page_token"]);
+}
+
+/// The command line shows times as RFC 3339 in the machine's zone, with
+/// its offset, or in UTC with `--utc`; and a payment's table shows when it
+/// was created, its approval and its route.
+#[tokio::test]
+async fn the_command_line_shows_local_times_with_their_offset_or_utc() {
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let payment = processed_payment(&mut client, "acme", "times-1", 700).await;
+    let show = |extra: &[&str]| {
+        let output = std::process::Command::new(BINARY)
+            .args(["payments", "get", &payment.name])
+            .args(extra)
+            .args(["--server", &format!("http://{}", server.address)])
+            // A POSIX zone five and a half hours east of UTC (no zone
+            // database needed).
+            .env("TZ", "PVT-05:30")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let created = |table: &str| {
+        table
+            .lines()
+            .find_map(|line| line.strip_prefix("created   "))
+            .unwrap_or_else(|| panic!("no created line: {table}"))
+            .to_owned()
+    };
+    let local = show(&[]);
+    let utc = show(&["--utc"]);
+    assert!(created(&local).ends_with("+05:30"), "{local}");
+    assert!(created(&utc).ends_with('Z'), "{utc}");
+    assert_eq!(
+        payvisor::domain::time::parse_rfc3339(&created(&local)),
+        payvisor::domain::time::parse_rfc3339(&created(&utc)),
+        "the same instant"
+    );
+    assert!(local.contains("approval  approve"), "{local}");
+    assert!(local.contains("route     "), "{local}");
 }

@@ -407,6 +407,7 @@ async fn a_key_scoped_to_one_account_cannot_reach_or_learn_of_another() {
             .list_payment_events(with_key(
                 pb::ListPaymentEventsRequest {
                     parent: globex.name.clone(),
+                    ..Default::default()
                 },
                 gateway,
             ))
@@ -1527,6 +1528,7 @@ async fn who_refunded_reviewed_or_failed_a_payment_is_recorded_with_the_change()
             .list_payment_events(with_key(
                 pb::ListPaymentEventsRequest {
                     parent: name.clone(),
+                    ..Default::default()
                 },
                 keys.key("admin"),
             ))
@@ -1654,6 +1656,7 @@ async fn who_refunded_reviewed_or_failed_a_payment_is_recorded_with_the_change()
             pb::ResendPaymentEventRequest {
                 name: event.clone(),
                 endpoint: "shop".into(),
+                ..Default::default()
             },
             keys.key("oncall"),
         ))

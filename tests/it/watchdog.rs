@@ -203,6 +203,7 @@ async fn operate(
             trace: None,
         })
         .await
+        .map(|answer| answer.payment)
 }
 
 /// Polls (in real time: actors and the simulator run for real) until the

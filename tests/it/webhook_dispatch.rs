@@ -260,14 +260,35 @@ async fn a_delivery_is_given_up_after_its_retry_period_and_resent_on_request() {
     // goes first, to keep the order, then 2 and 3.
     setup.sink.down.store(false, Ordering::SeqCst);
     let name = format!("{}/events/2", setup.payment);
-    setup
-        .dispatcher
-        .resend(&name, Some("shop"), None)
+    let key = payvisor::domain::RequestId::new("resend-1").unwrap();
+    let keyed = || payvisor::webhooks::dispatcher::ResendKey {
+        request_id: &key,
+        retention: std::time::Duration::from_secs(86_400),
+    };
+    let resent = (setup.dispatcher)
+        .resend(&name, Some("shop"), None, Some(keyed()))
         .await
         .unwrap();
+    assert!(!resent.replayed);
     setup.dispatcher.sweep().await.unwrap();
     let delivered = setup.sink.delivered();
     assert_eq!(delivered, [1, 2, 3]);
+    // The same key again: answered as the first, nothing sent again; the
+    // key for another re-send: refused.
+    let again = (setup.dispatcher)
+        .resend(&name, Some("shop"), None, Some(keyed()))
+        .await
+        .unwrap();
+    assert!(again.replayed);
+    let elsewhere = (setup.dispatcher)
+        .resend(&name, None, None, Some(keyed()))
+        .await;
+    assert!(matches!(
+        elsewhere,
+        Err(payvisor::webhooks::dispatcher::ResendError::KeyReused)
+    ));
+    setup.dispatcher.sweep().await.unwrap();
+    assert_eq!(setup.sink.delivered(), [1, 2, 3], "nothing re-sent twice");
     let states = deliveries(&setup).await;
     assert_eq!(states[0].state, DeliveryState::Delivered);
     assert_eq!(

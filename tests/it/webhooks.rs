@@ -128,6 +128,7 @@ async fn events_of(
     client
         .list_payment_events(pb::ListPaymentEventsRequest {
             parent: payment.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -368,24 +369,36 @@ async fn a_delivery_given_up_after_its_retry_period_is_resent_by_an_operator() {
     receiver.restart();
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(receiver.received().is_empty(), "given up means not retried");
-    let resent = client
-        .resend_payment_event(pb::ResendPaymentEventRequest {
-            name: events[0].name.clone(),
-            endpoint: "shop".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let resend = pb::ResendPaymentEventRequest {
+        name: events[0].name.clone(),
+        endpoint: "shop".into(),
+        request_id: "resend-1".into(),
+    };
+    let resent = client.resend_payment_event(resend.clone()).await.unwrap();
+    assert!(resent.metadata().get("idempotent-replayed").is_none());
+    let resent = resent.into_inner();
     assert_eq!(resent.deliveries[0].state, DeliveryState::Pending as i32);
     // The re-send takes the event and the ones decided with it after it.
     let mut expected = BTreeMap::new();
     expected.insert(payment.name.clone(), 3);
     wait_received(&receiver, |received| all_in_order(received, &expected)).await;
+    // The same request again (a client's retry): a replay, nothing re-sent.
+    let again = client.resend_payment_event(resend).await.unwrap();
+    assert_eq!(
+        again
+            .metadata()
+            .get("idempotent-replayed")
+            .map(|v| v.to_str().unwrap()),
+        Some("true")
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 3, "nothing sent again");
 
     let error = client
         .resend_payment_event(pb::ResendPaymentEventRequest {
             name: events[0].name.clone(),
             endpoint: "nowhere".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -394,6 +407,7 @@ async fn a_delivery_given_up_after_its_retry_period_is_resent_by_an_operator() {
         .resend_payment_event(pb::ResendPaymentEventRequest {
             name: format!("{}/events/99", payment.name),
             endpoint: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -40,9 +40,15 @@ const SEQUENCE_KEY: &str = "bench_seq";
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
-    /// The payvisor server to load (host:port or URL).
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    pub target: String,
+    /// The payvisor server to load (host:port or URL), as every other
+    /// command names it (`--target` still works).
+    #[arg(
+        long,
+        alias = "target",
+        env = "PAYVISOR_SERVER",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub server: String,
     /// Seconds of load.
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
@@ -295,7 +301,7 @@ async fn connect(target: &str) -> anyhow::Result<Channel> {
         format!("http://{target}")
     };
     Channel::from_shared(url.clone())
-        .with_context(|| format!("bad --target {target:?}"))?
+        .with_context(|| format!("bad --server {target:?}"))?
         .connect_timeout(Duration::from_secs(5))
         .connect()
         .await
@@ -341,13 +347,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
     let connections = args.concurrency.min(limits::CONNECTIONS_MAX);
     let mut channels = Vec::with_capacity(connections);
     for _ in 0..connections {
-        channels.push(connect(&args.target).await?);
+        channels.push(connect(&args.server).await?);
     }
     let recorder = Arc::new(Recorder::new());
     let duration = Duration::from_secs(args.duration);
     eprintln!(
         "bench: run {} against {} for {}s, {} accounts, rate {}",
-        plan.run, args.target, args.duration, args.accounts, args.rate
+        plan.run, args.server, args.duration, args.accounts, args.rate
     );
     let started = Instant::now();
     let progress = tokio::spawn(progress_lines(Arc::clone(&recorder), started));

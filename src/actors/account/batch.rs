@@ -163,7 +163,7 @@ impl AccountState {
                     let written = self.apply_written(myself, staging).await;
                     for (command, payment) in staged.into_iter().zip(written) {
                         if let Batched::Create(_, reply) = command {
-                            let _ = reply.send(Ok(payment));
+                            let _ = reply.send(Ok(crate::actors::Answered::new(payment)));
                         }
                     }
                 }

@@ -7,10 +7,10 @@
 use super::commit::CommitError;
 use super::retry::{AccountCommand, Attempt};
 use super::{AccountMsg, AccountState};
-use crate::actors::{CommandError, CreatePayment};
+use crate::actors::{Answered, CommandError, CreatePayment};
 use crate::domain::account::NewIdempotency;
 use crate::domain::idempotency::Fingerprint;
-use crate::domain::payment::{self, Decision, NewPayment, Payment};
+use crate::domain::payment::{self, Decision, NewPayment};
 use crate::domain::rules::{Candidate, VelocityLog};
 use crate::domain::{PaymentId, Timestamp};
 use crate::random::new_payment_id;
@@ -48,17 +48,17 @@ impl Create {
 }
 
 impl AccountCommand for Create {
-    type Answer = Payment;
+    type Answer = Answered;
 
     async fn attempt(
         &mut self,
         state: &mut AccountState,
         myself: &ActorRef<AccountMsg>,
-    ) -> Result<Attempt<Payment>, CommandError> {
+    ) -> Result<Attempt<Answered>, CommandError> {
         let command = &self.command;
         if self.key_taken {
             if let Some(original) = state.replay(&command.request_id, &self.fingerprint).await? {
-                return Ok(Attempt::Done(original));
+                return Ok(Attempt::Done(Answered::replayed(original)));
             }
         }
         let id = match &command.payment_id {
@@ -82,7 +82,7 @@ impl AccountCommand for Create {
             )
             .await
         {
-            Ok(payment) => Ok(Attempt::Done(payment)),
+            Ok(payment) => Ok(Attempt::Done(Answered::new(payment))),
             Err(CommitError::KeyTaken) => {
                 self.key_taken = true;
                 Ok(Attempt::Again)
@@ -105,7 +105,7 @@ impl AccountState {
         &mut self,
         myself: &ActorRef<AccountMsg>,
         command: CreatePayment,
-    ) -> Result<Payment, CommandError> {
+    ) -> Result<Answered, CommandError> {
         self.retrying(myself, &mut Create::new(command)).await
     }
 

@@ -8,7 +8,7 @@ use ractor::ActorRef;
 use super::commit::CommitError;
 use super::retry::{AccountCommand, Attempt};
 use super::{AccountMsg, AccountState};
-use crate::actors::{CommandError, OperatorAction, OperatorCommand, RefundPayment};
+use crate::actors::{Answered, CommandError, OperatorAction, OperatorCommand, RefundPayment};
 use crate::domain::account::NewIdempotency;
 use crate::domain::idempotency::Fingerprint;
 use crate::domain::payment::{Decision, Payment};
@@ -29,15 +29,15 @@ impl<Decide> AccountCommand for OnPayment<'_, Decide>
 where
     Decide: Fn(&Payment, Timestamp) -> Result<Decision, CommandError>,
 {
-    type Answer = Payment;
+    type Answer = Answered;
 
     async fn attempt(
         &mut self,
         state: &mut AccountState,
         myself: &ActorRef<AccountMsg>,
-    ) -> Result<Attempt<Payment>, CommandError> {
+    ) -> Result<Attempt<Answered>, CommandError> {
         if let Some(original) = state.replay(self.request_id, &self.fingerprint).await? {
-            return Ok(Attempt::Done(original));
+            return Ok(Attempt::Done(Answered::replayed(original)));
         }
         let name = self.name;
         let current = state
@@ -59,7 +59,7 @@ where
             )
             .await
         {
-            Ok(payment) => Ok(Attempt::Done(payment)),
+            Ok(payment) => Ok(Attempt::Done(Answered::new(payment))),
             // A duplicate won the race: replayed on the next attempt.
             Err(CommitError::KeyTaken) => Ok(Attempt::Again),
             Err(CommitError::PaymentTaken | CommitError::Stale) => Ok(Attempt::Stale),
@@ -73,7 +73,7 @@ impl AccountState {
         &mut self,
         myself: &ActorRef<AccountMsg>,
         command: RefundPayment,
-    ) -> Result<Payment, CommandError> {
+    ) -> Result<Answered, CommandError> {
         let fingerprint =
             Fingerprint::refund(&command.name, command.amount, &command.reason).encode();
         let shared = std::sync::Arc::clone(&self.shared);
@@ -94,7 +94,7 @@ impl AccountState {
         &mut self,
         myself: &ActorRef<AccountMsg>,
         command: OperatorCommand,
-    ) -> Result<Payment, CommandError> {
+    ) -> Result<Answered, CommandError> {
         let payment = command.name.to_string();
         let fingerprint = match &command.action {
             OperatorAction::Retry => Fingerprint::Retry { payment },
