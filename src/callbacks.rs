@@ -225,7 +225,7 @@ impl CallbackEndpoint {
             }
             Err(error) => {
                 tracing::warn!(%bank, %error, "bank callback not recorded; the bank will retry");
-                (StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+                (StatusCode::SERVICE_UNAVAILABLE, error.public_message())
             }
         }
     }

@@ -191,6 +191,12 @@ pub const OTLP_EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// actors have stopped, an export already in flight included (inside the
 /// service manager's stop timeout).
 pub const OTLP_FLUSH_MAX: Duration = Duration::from_secs(3);
+/// The command line's `watch` and `listen` resume a stream the server
+/// ended (a restart, a subscriber that fell behind) after this wait, at
+/// most this many times in a row without an event between: a server gone
+/// for good ends the command with its error.
+pub const CLI_STREAM_RESUME_WAIT: Duration = Duration::from_secs(1);
+pub const CLI_STREAM_RESUMES_MAX: u32 = 30;
 /// Between saying NOT_SERVING for a drain and closing the gRPC port: long
 /// enough for health watchers (load balancers, `Watch` streams) to get the
 /// news over the connections still open, short enough not to slow a stop.

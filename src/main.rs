@@ -16,7 +16,7 @@ use payvisor::config::{DynamoDbArgs, ServeArgs};
 struct Cli {
     /// Show times in UTC instead of this machine's zone (`TZ`, else
     /// `/etc/localtime`); either way as RFC 3339 with the offset.
-    #[arg(long, global = true, env = "PAYVISOR_UTC")]
+    #[arg(long, global = true)]
     utc: bool,
     #[command(subcommand)]
     command: Command,
@@ -46,6 +46,21 @@ enum Command {
         options: ClientOptions,
         #[command(subcommand)]
         command: EventsCommand,
+    },
+    /// Pages to on-call, live (`alerts watch`).
+    Alerts {
+        #[command(flatten)]
+        options: ClientOptions,
+        #[command(subcommand)]
+        command: cli::AlertsCommand,
+    },
+    /// Forward live events to a local receiver, signed as webhooks are
+    /// (`webhooks listen --forward-to URL`).
+    Webhooks {
+        #[command(flatten)]
+        options: ClientOptions,
+        #[command(subcommand)]
+        command: cli::WebhooksCommand,
     },
     /// Check an approval rules file as the server would load it.
     Rules {
@@ -146,6 +161,8 @@ fn main() -> std::process::ExitCode {
             }
             Command::Payments { options, command } => cli::payments(&options, command).await,
             Command::Accounts { options, command } => cli::accounts(&options, command).await,
+            Command::Alerts { options, command } => cli::alerts(&options, command).await,
+            Command::Webhooks { options, command } => cli::webhooks(&options, command).await,
             Command::Reviews { options, command } => cli::reviews(&options, command).await,
             Command::Events { options, command } => cli::events(&options, command).await,
             Command::Cluster { options, command } => cli::cluster(&options, command).await,

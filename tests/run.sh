@@ -59,7 +59,13 @@ BUF_VERSION="1.75.0"
 BUF="$PWD/$TOOLS/buf/node_modules/.bin/buf"
 if ! "$BUF" --version 2>/dev/null | grep -qx "$BUF_VERSION"; then
     phase "installing buf $BUF_VERSION (npm) into $TOOLS/buf"
-    command -v npm > /dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm > /dev/null; }
+    if ! command -v npm > /dev/null; then
+        if [ "$(id -u)" != 0 ]; then
+            echo "npm is missing: install Node.js and npm (apt-get install nodejs npm), then run this again" >&2
+            exit 1
+        fi
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm > /dev/null
+    fi
     mkdir -p "$TOOLS/buf"
     npm install --silent --no-audit --no-fund --prefix "$TOOLS/buf" "@bufbuild/buf@$BUF_VERSION"
 fi

@@ -104,6 +104,28 @@ pub enum CommandError {
     TooLarge(usize),
 }
 
+impl CommandError {
+    /// What a caller outside payvisor is told (a gRPC status message, a
+    /// bank's callback answer): never a store's, SDK's or socket's own
+    /// text (addresses, debug output), which the server's log keeps.
+    pub fn public_message(&self) -> String {
+        match self {
+            CommandError::StoreUnavailable(_) => {
+                "the store is not answering for now; retry (a command with the same request_id)"
+                    .to_owned()
+            }
+            CommandError::Internal(_) => {
+                "internal error; the server's log has the details".to_owned()
+            }
+            CommandError::DataCorrupt(_) => {
+                "stored data this request needs is damaged; an operator must repair it (payvisor store check)"
+                    .to_owned()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl From<crate::cluster::RouteError> for CommandError {
     fn from(error: crate::cluster::RouteError) -> CommandError {
         match error {

@@ -210,6 +210,14 @@ pub enum EventsCommand {
         /// `accounts/{account}/payments/{payment}`.
         payment: String,
     },
+    /// Follow every payment event as it is committed (until interrupted;
+    /// a dropped stream is resumed after the last event shown).
+    Watch {
+        /// Start after this event (`.../events/{n}`) from the durable feed;
+        /// default: live events only.
+        #[arg(long)]
+        after: Option<String>,
+    },
     /// Deliver an event again (to one endpoint, or all), with a fresh
     /// retry period.
     Resend {
@@ -222,6 +230,36 @@ pub enum EventsCommand {
         /// did and sends nothing more (default: a new one per call).
         #[arg(long)]
         request_id: Option<String>,
+    },
+}
+
+/// Pages to on-call, live.
+#[derive(Subcommand, Debug)]
+pub enum AlertsCommand {
+    /// Follow pages (trigger and resolve) as the watchdog decides them,
+    /// until interrupted; a dropped stream is resumed (pages meanwhile are
+    /// in `payments stalled`).
+    Watch,
+}
+
+/// Webhooks for a merchant developing their receiver.
+#[derive(Subcommand, Debug)]
+pub enum WebhooksCommand {
+    /// Forward the live event stream to a local endpoint, each event as
+    /// the server's webhooks send it: the same body, signed the same way
+    /// (as `stripe listen` does). Runs until interrupted.
+    Listen {
+        /// Where to POST each event, e.g. http://127.0.0.1:4242/webhooks.
+        #[arg(long)]
+        forward_to: String,
+        /// The signing secret the receiver checks (at least 16 bytes);
+        /// default: a new one, printed at start.
+        #[arg(long, env = "PAYVISOR_LISTEN_SECRET", hide_env_values = true)]
+        secret: Option<crate::secret::Secret>,
+        /// Start after this event (`.../events/{n}`) from the durable feed;
+        /// default: live events only.
+        #[arg(long)]
+        after: Option<String>,
     },
 }
 
@@ -654,6 +692,13 @@ pub async fn events(options: &ClientOptions, command: EventsCommand) -> anyhow::
             }
             render::events(options.json, &events);
         }
+        EventsCommand::Watch { after } => {
+            follow_events(&mut client, after, |event| {
+                render::event_line(options.json, event);
+                async {}
+            })
+            .await?;
+        }
         EventsCommand::Resend {
             event,
             endpoint,
@@ -672,6 +717,137 @@ pub async fn events(options: &ClientOptions, command: EventsCommand) -> anyhow::
         }
     }
     Ok(())
+}
+
+/// Follows `WatchPaymentEvents` until interrupted, handing each event to
+/// `each`. A stream the server ends (a restart, a subscriber that fell
+/// behind) is resumed after the last event handed on; failures in a row
+/// are bounded.
+async fn follow_events<F: std::future::Future<Output = ()>>(
+    client: &mut PaymentServiceClient<Authenticated>,
+    mut after: Option<String>,
+    mut each: impl FnMut(&pb::PaymentEvent) -> F,
+) -> anyhow::Result<()> {
+    let mut failures = 0;
+    loop {
+        let request = pb::WatchPaymentEventsRequest {
+            after_event: after.clone().unwrap_or_default(),
+        };
+        let ended = match client.watch_payment_events(request).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(event)) => {
+                            failures = 0;
+                            each(&event).await;
+                            after = Some(event.name.clone());
+                        }
+                        Ok(None) => break None,
+                        Err(status) => break Some(status),
+                    }
+                }
+            }
+            Err(status) => Some(status),
+        };
+        failures += 1;
+        if let Some(status) = &ended {
+            let resumable = matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::Cancelled
+            );
+            if !resumable || failures > crate::limits::CLI_STREAM_RESUMES_MAX {
+                return Err(render::status_error(status.clone()));
+            }
+        }
+        eprintln!(
+            "the event stream ended; resuming after {}",
+            after.as_deref().unwrap_or("now")
+        );
+        tokio::time::sleep(crate::limits::CLI_STREAM_RESUME_WAIT).await;
+    }
+}
+
+pub async fn alerts(options: &ClientOptions, command: AlertsCommand) -> anyhow::Result<()> {
+    let AlertsCommand::Watch = command;
+    let mut client = connect(options).await?;
+    let mut failures = 0;
+    loop {
+        let ended = match client.watch_alerts(pb::WatchAlertsRequest {}).await {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(alert)) => {
+                            failures = 0;
+                            render::alert_line(options.json, &alert);
+                        }
+                        Ok(None) => break None,
+                        Err(status) => break Some(status),
+                    }
+                }
+            }
+            Err(status) => Some(status),
+        };
+        failures += 1;
+        if let Some(status) = &ended {
+            let resumable = matches!(
+                status.code(),
+                tonic::Code::Unavailable | tonic::Code::Cancelled
+            );
+            if !resumable || failures > crate::limits::CLI_STREAM_RESUMES_MAX {
+                return Err(render::status_error(status.clone()));
+            }
+        }
+        eprintln!(
+            "the alert stream ended; following again (pages meanwhile: payvisor payments stalled)"
+        );
+        tokio::time::sleep(crate::limits::CLI_STREAM_RESUME_WAIT).await;
+    }
+}
+
+pub async fn webhooks(options: &ClientOptions, command: WebhooksCommand) -> anyhow::Result<()> {
+    use crate::webhooks::WebhookSink;
+    let WebhooksCommand::Listen {
+        forward_to,
+        secret,
+        after,
+    } = command;
+    let secret = match secret {
+        Some(secret) => secret.expose().to_owned(),
+        None => {
+            let random = SeededRandom::from_entropy();
+            let secret = format!("whsec_{:016x}{:016x}", random.next_u64(), random.next_u64());
+            eprintln!("signing with {secret} (give it to your receiver, or pass --secret)");
+            secret
+        }
+    };
+    let endpoint = crate::webhooks::Endpoint::new("listen", &forward_to, &secret)
+        .map_err(|why| anyhow::anyhow!("--forward-to / --secret: {why}"))?;
+    let sink = crate::webhooks::HttpWebhookSink::new(forward_to.starts_with("https://"))?;
+    let mut client = connect(options).await?;
+    eprintln!("forwarding events to {forward_to} (Ctrl-C to stop)");
+    follow_events(&mut client, after, |event| {
+        let (sink, endpoint) = (&sink, &endpoint);
+        let event = event.clone();
+        async move {
+            let domain = match crate::grpc::convert::event_from_pb(&event) {
+                Ok(domain) => domain,
+                Err(error) => {
+                    eprintln!("{}: not forwarded: {error}", event.name);
+                    return;
+                }
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |elapsed| elapsed.as_secs() as i64);
+            match sink.deliver(endpoint, &domain, now).await {
+                Ok(()) => println!("--> {} {} delivered", event.name, event.r#type),
+                Err(error) => println!("--> {} {} failed: {error}", event.name, event.r#type),
+            }
+        }
+    })
+    .await
 }
 
 /// `payvisor rules check FILE`: validates a rules file as the server would

@@ -54,6 +54,18 @@ pub fn when(unix_millis: i64) -> String {
     crate::domain::time::rfc3339_at_offset(at, offset)
 }
 
+/// A time in `--json` output: RFC 3339 in UTC always (as protobuf's JSON
+/// mapping writes times), so scripts read the same wherever they run.
+fn json_time(timestamp: Option<&prost_types::Timestamp>) -> String {
+    timestamp
+        .map(|t| {
+            let millis = t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000);
+            crate::domain::time::rfc3339(crate::domain::Timestamp::from_unix_millis(millis))
+        })
+        .unwrap_or_default()
+}
+
+/// A time in a table, for a person ([`when`]).
 fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
     timestamp
         .map(|t| when(t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000)))
@@ -75,8 +87,8 @@ pub fn payment_json(payment: &pb::Payment) -> Value {
         "fee": money_json(payment.fee.as_ref()),
         "metadata": payment.metadata,
         "failure_reason": payment.failure_reason,
-        "create_time": time(payment.create_time.as_ref()),
-        "update_time": time(payment.update_time.as_ref()),
+        "create_time": json_time(payment.create_time.as_ref()),
+        "update_time": json_time(payment.update_time.as_ref()),
         "refunds": payment.refunds.iter().map(|refund| json!({
             "refund_id": refund.refund_id,
             "amount": money_json(refund.amount.as_ref()),
@@ -86,8 +98,8 @@ pub fn payment_json(payment: &pb::Payment) -> Value {
         })).collect::<Vec<_>>(),
         "watch": payment.watch.as_ref().map(|watch| json!({
             "stage": watch.stage,
-            "since_time": time(watch.since_time.as_ref()),
-            "due_time": time(watch.due_time.as_ref()),
+            "since_time": json_time(watch.since_time.as_ref()),
+            "due_time": json_time(watch.due_time.as_ref()),
             "redrives": watch.redrives,
             "paged": watch.paged,
         })),
@@ -95,7 +107,7 @@ pub fn payment_json(payment: &pb::Payment) -> Value {
             "from_state": state_name(entry.from_state),
             "to_state": state_name(entry.to_state),
             "cause": entry.cause,
-            "time": time(entry.time.as_ref()),
+            "time": json_time(entry.time.as_ref()),
             "actor": entry.actor,
         })).collect::<Vec<_>>(),
     })
@@ -297,7 +309,7 @@ pub fn audit_records(as_json: bool, records: &[pb::AuditRecord]) {
             .map(|record| {
                 json!({
                     "payment": record.payment,
-                    "time": time(record.time.as_ref()),
+                    "time": json_time(record.time.as_ref()),
                     "actor": record.actor,
                     "causes": record.causes,
                     "state": state_name(record.state),
@@ -327,6 +339,74 @@ pub fn audit_records(as_json: bool, records: &[pb::AuditRecord]) {
     }
 }
 
+/// One event of a live stream (`events watch`): a line, or a JSON object.
+pub fn event_line(as_json: bool, event: &pb::PaymentEvent) {
+    if as_json {
+        let value = json!({
+            "name": event.name,
+            "type": event.r#type,
+            "time": json_time(event.time.as_ref()),
+            "state": state_name(event.state),
+            "amount": money_json(event.amount.as_ref()),
+            "actor": event.actor,
+        });
+        println!("{value}");
+        return;
+    }
+    let by = match event.actor.as_str() {
+        "" => String::new(),
+        actor => format!("  by {actor}"),
+    };
+    println!(
+        "{}  {:<26} {:<60} {}{by}",
+        time(event.time.as_ref()),
+        event.r#type,
+        event.name,
+        money(event.amount.as_ref())
+    );
+}
+
+/// One page of the live stream (`alerts watch`): a line, or a JSON object.
+pub fn alert_line(as_json: bool, alert: &pb::Alert) {
+    let action = pb::alert::Action::try_from(alert.action)
+        .map(|action| {
+            action
+                .as_str_name()
+                .trim_start_matches("ACTION_")
+                .to_lowercase()
+        })
+        .unwrap_or_default();
+    if as_json {
+        let value = json!({
+            "payment": alert.payment,
+            "action": action,
+            "dedup_key": alert.dedup_key,
+            "stage": alert.stage,
+            "severity": alert.severity,
+            "summary": alert.summary,
+            "time": json_time(alert.time.as_ref()),
+            "missed": alert.missed,
+        });
+        println!("{value}");
+        return;
+    }
+    if alert.missed > 0 {
+        println!(
+            "(missed {} pages: see payvisor payments stalled)",
+            alert.missed
+        );
+    }
+    println!(
+        "{}  {:<8} {:<8} {:<60} {}  {}",
+        time(alert.time.as_ref()),
+        action,
+        alert.severity,
+        alert.payment,
+        alert.stage,
+        alert.summary
+    );
+}
+
 pub fn events(as_json: bool, events: &[pb::PaymentEvent]) {
     let delivery_state = |state: i32| {
         pb::event_delivery::State::try_from(state)
@@ -345,7 +425,7 @@ pub fn events(as_json: bool, events: &[pb::PaymentEvent]) {
                 json!({
                     "name": event.name,
                     "type": event.r#type,
-                    "time": time(event.time.as_ref()),
+                    "time": json_time(event.time.as_ref()),
                     "state": state_name(event.state),
                     "actor": event.actor,
                     "deliveries": event.deliveries.iter().map(|d| json!({
@@ -432,7 +512,7 @@ pub fn cluster_status(as_json: bool, status: &pb::ClusterStatus) {
             "nodes": status.nodes.iter().map(|node| json!({
                 "id": node.id,
                 "address": node.address,
-                "start_time": time(node.start_time.as_ref()),
+                "start_time": json_time(node.start_time.as_ref()),
                 "heartbeat_age_ms": node.heartbeat_age_ms,
                 "alive": node.alive,
                 "leaving": node.leaving,

@@ -226,7 +226,6 @@ pub fn decode_page_token(token: &str) -> Result<Option<PaymentId>, CommandError>
         .ok_or_else(|| CommandError::invalid("page_token", "not a token returned by ListPayments"))
 }
 
-/// An audit page's token: the last sort key read, after a version tag.
 /// A `ListPaymentEvents` page token: the sequence number of the last event
 /// of the previous page.
 pub fn encode_events_token(last: u64) -> String {
@@ -245,6 +244,7 @@ pub fn decode_events_token(token: &str) -> Result<Option<u64>, CommandError> {
     last.parse().map(Some).map_err(|_| bad())
 }
 
+/// An audit page's token: the last sort key read, after a version tag.
 pub fn encode_audit_token(last: &str) -> String {
     format!("a1.{last}")
 }
@@ -457,6 +457,56 @@ pub fn payment_to_pb(payment: &Payment) -> pb::Payment {
 }
 
 /// One event as the API shows it; `record` adds its delivery state.
+/// An event as the API sent it, back into the domain's (what `webhooks
+/// listen` forwards, in the body the server's webhooks have). Its trace is
+/// not sent, so it has none.
+pub fn event_from_pb(event: &pb::PaymentEvent) -> Result<PaymentEvent, CommandError> {
+    let invalid = |field: &str, why: String| CommandError::invalid(field, why);
+    let (payment, seq) = crate::domain::events::parse_event_name(&event.name)
+        .map_err(|error| invalid("name", error.to_string()))?;
+    let known_money = |field: &str, money: Option<&pb::Money>| -> Result<Money, CommandError> {
+        let money = money.ok_or_else(|| invalid(field, "missing".into()))?;
+        let currency = Currency::from_code(&money.currency_code)
+            .ok_or_else(|| invalid(field, format!("unknown currency {:?}", money.currency_code)))?;
+        Ok(Money::from_minor(currency, money.minor_units))
+    };
+    let state = state_from_pb(event.state)?.ok_or_else(|| invalid("state", "unset".into()))?;
+    let at = match &event.time {
+        Some(time) => time_from_pb("time", time)?,
+        None => return Err(invalid("time", "missing".into())),
+    };
+    let failure_reason = Some(event.failure_reason.clone()).filter(|reason| !reason.is_empty());
+    let change = match pb::refund::State::try_from(event.refund_state) {
+        Ok(pb::refund::State::Unspecified) | Err(_) => Change::Payment {
+            from: state_from_pb(event.from_state)?,
+            to: state_from_pb(event.to_state)?
+                .ok_or_else(|| invalid("to_state", "unset".into()))?,
+            cause: event.cause.clone(),
+            failure_reason,
+        },
+        Ok(refund_state) => Change::Refund {
+            refund_id: event.refund_id.clone(),
+            amount: known_money("refund_amount", event.refund_amount.as_ref())?,
+            state: match refund_state {
+                pb::refund::State::Pending => RefundState::Pending,
+                pb::refund::State::Succeeded => RefundState::Succeeded,
+                _ => RefundState::Failed,
+            },
+            failure_reason,
+        },
+    };
+    Ok(PaymentEvent {
+        payment,
+        seq,
+        at,
+        amount: known_money("amount", event.amount.as_ref())?,
+        state,
+        change,
+        actor: Some(event.actor.clone()).filter(|actor| !actor.is_empty()),
+        trace: None,
+    })
+}
+
 pub fn event_to_pb(event: &PaymentEvent, record: Option<&EventRecord>) -> pb::PaymentEvent {
     let mut message = pb::PaymentEvent {
         name: event.name(),
@@ -627,6 +677,62 @@ pub fn account_to_pb(name: String, balances: &Balances) -> pb::Account {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `webhooks listen` forwards is the event the server sent, read
+    /// back whole: the same webhook body the server's deliveries have.
+    #[test]
+    fn an_event_reads_back_from_the_api_as_it_was() {
+        let usd = |minor| Money::from_minor(Currency::from_code("USD").unwrap(), minor);
+        let payment = crate::domain::PaymentName {
+            account: crate::domain::AccountId::new("acme").unwrap(),
+            payment: PaymentId::new("pay_1".to_owned()).unwrap(),
+        };
+        let moved = PaymentEvent {
+            payment: payment.clone(),
+            seq: 4,
+            at: Timestamp::from_unix_millis(1_795_955_100_324),
+            amount: usd(1_250),
+            state: PaymentState::Failed,
+            change: Change::Payment {
+                from: Some(PaymentState::Sent),
+                to: PaymentState::Failed,
+                cause: "bank_failed".into(),
+                failure_reason: Some("card declined".into()),
+            },
+            actor: None,
+            trace: None,
+        };
+        let created = PaymentEvent {
+            seq: 1,
+            change: Change::Payment {
+                from: None,
+                to: PaymentState::Created,
+                cause: "created".into(),
+                failure_reason: None,
+            },
+            ..moved.clone()
+        };
+        let refunded = PaymentEvent {
+            seq: 6,
+            state: PaymentState::PartiallyRefunded,
+            change: Change::Refund {
+                refund_id: "r1".into(),
+                amount: usd(200),
+                state: RefundState::Succeeded,
+                failure_reason: None,
+            },
+            actor: Some("key-ops".into()),
+            ..moved.clone()
+        };
+        for event in [moved, created, refunded] {
+            let read = event_from_pb(&event_to_pb(&event, None)).unwrap();
+            assert_eq!(read, event);
+            assert_eq!(
+                crate::webhooks::event_body(&read),
+                crate::webhooks::event_body(&event)
+            );
+        }
+    }
 
     /// Logs name states as the API does.
     #[test]

@@ -11,29 +11,40 @@ use crate::actors::CommandError;
 use crate::domain::payment::Rejection;
 use crate::domain::watch::OperatorRejection;
 
+/// True at most once a second (process-wide): for log lines a failing
+/// dependency would otherwise repeat for every call.
+fn once_a_second() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let last = LAST.load(Ordering::Relaxed);
+    now > last
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
 /// `ErrorInfo.domain` of every payvisor error.
 pub const ERROR_DOMAIN: &str = "payvisor.dev";
 
 impl From<CommandError> for Status {
     fn from(error: CommandError) -> Status {
-        // What the caller reads: never a store's, SDK's or socket's own
-        // text (addresses, debug output), which the log keeps instead.
-        let message = match &error {
-            CommandError::StoreUnavailable(detail) => {
-                tracing::debug!(%detail, "store unavailable");
-                "the store is not answering for now; retry with the same request_id".to_owned()
+        // What the caller reads is payvisor's own sentence; the log keeps
+        // what the store said (at most one line a second while it fails:
+        // an outage must not flood the log).
+        match &error {
+            CommandError::StoreUnavailable(detail) if once_a_second() => {
+                tracing::warn!(%detail, "a call failed: the store is unavailable");
             }
-            CommandError::Internal(detail) => {
-                tracing::error!(%detail, "internal error");
-                "internal error; the server's log has the details".to_owned()
-            }
+            CommandError::Internal(detail) => tracing::error!(%detail, "internal error"),
             CommandError::DataCorrupt(detail) => {
                 tracing::error!(%detail, "stored data is damaged");
-                "stored data this request needs is damaged; an operator must repair it (payvisor store check)"
-                    .to_owned()
             }
-            other => other.to_string(),
-        };
+            _ => {}
+        }
+        let message = error.public_message();
         let (code, reason) = match &error {
             CommandError::InvalidArgument { .. } => (Code::InvalidArgument, "INVALID_ARGUMENT"),
             CommandError::NotFound(_) => (Code::NotFound, "NOT_FOUND"),
@@ -122,7 +133,7 @@ mod tests {
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(
             status.message(),
-            "the store is not answering for now; retry with the same request_id"
+            "the store is not answering for now; retry (a command with the same request_id)"
         );
         let details = status.get_error_details();
         assert_eq!(details.error_info().unwrap().reason, "UNAVAILABLE");

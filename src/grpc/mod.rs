@@ -253,11 +253,11 @@ fn note_payment<T>(
     });
 }
 
-/// The trace the edge gave the call (`metered` writes one in when the
-/// caller sent none).
 /// The response metadata key that marks a replayed idempotent call (as
 /// Stripe's `Idempotent-Replayed` header): the answer is the first call's
-/// result, as it is now, and nothing was done again.
+/// result, as it is now, and nothing was done again. A client's single
+/// call can be marked too, when a retry of the server's own (a forward
+/// hop, an unclear store write) found its first attempt applied.
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// A command's answer, marked if it was a replay.
@@ -273,6 +273,8 @@ fn mark_replayed<T>(response: &mut Response<T>) {
     (response.metadata_mut()).insert(IDEMPOTENT_REPLAYED, MetadataValue::from_static("true"));
 }
 
+/// The trace the edge gave the call (`metered` writes one in when the
+/// caller sent none).
 pub(crate) fn trace_of<T>(request: &Request<T>) -> Option<crate::trace::TraceParent> {
     (request.metadata().get(crate::trace::TRACEPARENT))
         .and_then(|value| value.to_str().ok())
@@ -576,7 +578,12 @@ impl PaymentService for PaymentApi {
             .map_err(|error| invalid_name("parent", error))?;
         auth::authorize(&request, Action::ListPaymentEvents, &name.account)?;
         note_payment(&request, &name, None);
-        let page_size = convert::page_size(request.get_ref().page_size)?;
+        // Unset: every event (a payment's are bounded, below the largest
+        // page), as before pages existed, so earlier clients miss none.
+        let page_size = match request.get_ref().page_size {
+            0 => limits::PAGE_SIZE_MAX,
+            requested => convert::page_size(requested)?,
+        };
         let after = convert::decode_events_token(&request.get_ref().page_token)?;
         let records = self.orchestrator.payment_events(&name).await?;
         // One page, oldest first, after the last event of the previous one.

@@ -204,8 +204,10 @@ impl WebhookDispatcher {
         }
         // With a key: a retry of the same re-send answers as the first did
         // (the event as it is now) and sends nothing again.
+        // The event's canonical name: `events/02` is event 2 too.
+        let canonical = crate::domain::events::event_name(&payment, seq);
         let fingerprint = Fingerprint::Resend {
-            event: event_name,
+            event: &canonical,
             endpoint,
         }
         .encode();
@@ -289,7 +291,7 @@ impl WebhookDispatcher {
                     &payment.account,
                     key.request_id,
                     &IdempotencyRecord {
-                        fingerprint,
+                        fingerprint: fingerprint.clone(),
                         payment: payment.payment.clone(),
                         created_at: now,
                         expires_at: now.plus_millis(key.retention.as_millis() as i64),
@@ -298,13 +300,41 @@ impl WebhookDispatcher {
                 condition: Condition::NotExists,
             });
         }
-        inner
-            .write(&current, &next, audit)
-            .await
-            .map_err(|error| match error {
-                StoreError::ConditionFailed { .. } => ResendError::Conflict,
-                other => ResendError::Store(other),
-            })?;
+        match inner.write(&current, &next, audit).await {
+            Ok(()) => {}
+            // A concurrent duplicate with the same key got there first:
+            // answered as a replay of it.
+            Err(StoreError::ConditionFailed { .. }) if key.is_some() => {
+                let key = key.expect("checked");
+                let won = schema::load_idempotency(
+                    inner.store.as_ref(),
+                    &payment.account,
+                    key.request_id,
+                )
+                .await?;
+                return match won {
+                    Some(won) if won.fingerprint == fingerprint => {
+                        let records =
+                            schema::payment_event_records(inner.store.as_ref(), &payment).await?;
+                        let record = (records.into_iter())
+                            .map(|record| record.value)
+                            .find(|record| {
+                                let first = record.first_seq();
+                                (first..first + record.events.len() as u64).contains(&seq)
+                            })
+                            .ok_or_else(|| ResendError::NotFound(event_name.to_owned()))?;
+                        Ok(Resent {
+                            record,
+                            replayed: true,
+                        })
+                    }
+                    Some(_) => Err(ResendError::KeyReused),
+                    None => Err(ResendError::Conflict),
+                };
+            }
+            Err(StoreError::ConditionFailed { .. }) => return Err(ResendError::Conflict),
+            Err(other) => return Err(ResendError::Store(other)),
+        }
         self.wake();
         Ok(Resent {
             record: next,

@@ -544,7 +544,7 @@ async fn health_says_not_serving_while_the_store_does_not_answer_and_serving_whe
     assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
     assert_eq!(
         refused.message(),
-        "the store is not answering for now; retry with the same request_id"
+        "the store is not answering for now; retry (a command with the same request_id)"
     );
     assert!(refused.get_error_details().retry_info().is_some());
     logged("paged: the watchdog cannot sweep").await;

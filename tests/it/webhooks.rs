@@ -510,3 +510,129 @@ async fn watch_payment_events_is_live_and_resumes_after_an_event_id() {
         .unwrap_err();
     assert_eq!(bad_fields(&error), ["after_event"]);
 }
+
+/// `payvisor webhooks listen --forward-to URL` forwards the live events to
+/// a merchant's local receiver, each signed as the server's webhooks are:
+/// the Python receiver checks every signature with its own HMAC, and
+/// refuses what does not verify. No endpoint is configured on the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_forwards_live_events_to_a_local_receiver_signed() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path());
+    let server = Server::start(&[]);
+    let mut listen = Command::new(BINARY)
+        .args(["webhooks", "listen", "--forward-to", &receiver.url()])
+        .args(["--secret", SECRET])
+        .args(["--server", &format!("http://{}", server.address)])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until it follows the stream, then make a payment.
+    let mut stderr = listen.stderr.take().unwrap();
+    let mut said = Vec::new();
+    let mut byte = [0u8; 1];
+    while !String::from_utf8_lossy(&said).contains("forwarding events") {
+        assert_eq!(stderr.read(&mut byte).unwrap(), 1, "listen exited");
+        said.push(byte[0]);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut client = server.client().await;
+    let payment = processed_payment(&mut client, "acme", "listen-1", 1_500).await;
+    let mut expected = BTreeMap::new();
+    expected.insert(payment.name.clone(), 4);
+    let received = wait_received(&receiver, |received| all_in_order(received, &expected)).await;
+    assert!(receiver.rejected().is_empty(), "{:?}", receiver.rejected());
+    // The body the server's own webhooks have (the receiver logs its id,
+    // type, payment and sequence; the body itself is the server's
+    // `event_body`, unit-tested in `grpc::convert`).
+    let processed = received
+        .iter()
+        .find(|event| event["type"] == "payment.processed")
+        .unwrap();
+    assert_eq!(processed["payment"], payment.name.as_str());
+    assert_eq!(processed["id"], format!("{}/events/4", payment.name));
+    listen.kill().unwrap();
+    let _ = listen.wait();
+    // A receiver given another secret refuses what `listen` signs.
+    let mut wrong = Command::new(BINARY)
+        .args(["webhooks", "listen", "--forward-to", &receiver.url()])
+        .args(["--secret", "whsec_not_the_receivers_secret"])
+        .args(["--server", &format!("http://{}", server.address)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    created_payment(&mut client, "acme", "listen-2", 700).await;
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    while receiver.rejected().is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "nothing refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wrong.kill().unwrap();
+    let _ = wrong.wait();
+}
+
+/// `payvisor events watch` and `payvisor alerts watch` follow the live
+/// streams, one JSON object per line with `--json`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_follows_live_events_and_pages() {
+    // Stalls in `sent` are paged after one second, without a re-drive.
+    let server = Server::start(&["--stall-deadline", "sent=1s", "--redrive-max", "0"]);
+    let follow = |what: &str| {
+        let mut child = Command::new(BINARY)
+            .args([what, "watch", "--json"])
+            .args(["--server", &format!("http://{}", server.address)])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (lines, received) = std::sync::mpsc::channel::<Value>();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if lines.send(serde_json::from_str(&line).unwrap()).is_err() {
+                    return;
+                }
+            }
+        });
+        (child, received)
+    };
+    let (mut events, event_lines) = follow("events");
+    let (mut alerts, alert_lines) = follow("alerts");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut client = server.client().await;
+    let mut hung = create_request("acme", "watch-1", 900);
+    hung.payment
+        .as_mut()
+        .unwrap()
+        .metadata
+        .insert("bank_sim".into(), "hang".into());
+    let payment = client.create_payment(hung).await.unwrap().into_inner();
+    let next = |lines: &std::sync::mpsc::Receiver<Value>, what: &str| -> Value {
+        lines
+            .recv_timeout(PROGRESS_DEADLINE)
+            .unwrap_or_else(|_| panic!("no {what} line"))
+    };
+    let mut types = Vec::new();
+    while types.len() < 3 {
+        let event = next(&event_lines, "event");
+        if event["name"].as_str().unwrap().starts_with(&payment.name) {
+            types.push(event["type"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(
+        types,
+        ["payment.created", "payment.approved", "payment.sent"]
+    );
+    let page = next(&alert_lines, "page");
+    assert_eq!(page["action"], "trigger", "{page}");
+    assert_eq!(page["payment"], payment.name.as_str(), "{page}");
+    for child in [&mut events, &mut alerts] {
+        child.kill().unwrap();
+        let _ = child.wait();
+    }
+}

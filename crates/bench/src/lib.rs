@@ -41,13 +41,10 @@ const SEQUENCE_KEY: &str = "bench_seq";
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
     /// The payvisor server to load (host:port or URL), as every other
-    /// command names it (`--target` still works).
-    #[arg(
-        long,
-        alias = "target",
-        env = "PAYVISOR_SERVER",
-        default_value = "127.0.0.1:50051"
-    )]
+    /// command names it (`--target` still works). Not read from
+    /// `PAYVISOR_SERVER`: that may name a production node, and a load test
+    /// must be pointed at its target on purpose.
+    #[arg(long, alias = "target", default_value = "127.0.0.1:50051")]
     pub server: String,
     /// Seconds of load.
     #[arg(long, default_value_t = 10)]
