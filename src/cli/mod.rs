@@ -721,8 +721,7 @@ pub async fn events(options: &ClientOptions, command: EventsCommand) -> anyhow::
 
 /// Follows `WatchPaymentEvents` until interrupted, handing each event to
 /// `each`. A stream the server ends (a restart, a subscriber that fell
-/// behind) is resumed after the last event handed on; failures in a row
-/// are bounded.
+/// behind) is resumed after the last event handed on.
 async fn follow_events<F: std::future::Future<Output = ()>>(
     client: &mut PaymentServiceClient<Authenticated>,
     mut after: Option<String>,
@@ -733,38 +732,19 @@ async fn follow_events<F: std::future::Future<Output = ()>>(
         let request = pb::WatchPaymentEventsRequest {
             after_event: after.clone().unwrap_or_default(),
         };
-        let ended = match client.watch_payment_events(request).await {
-            Ok(stream) => {
-                let mut stream = stream.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(event)) => {
-                            failures = 0;
-                            each(&event).await;
-                            after = Some(event.name.clone());
-                        }
-                        Ok(None) => break None,
-                        Err(status) => break Some(status),
-                    }
-                }
-            }
-            Err(status) => Some(status),
-        };
-        failures += 1;
-        if let Some(status) = &ended {
-            let resumable = matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::Cancelled
-            );
-            if !resumable || failures > crate::limits::CLI_STREAM_RESUMES_MAX {
-                return Err(render::status_error(status.clone()));
-            }
-        }
-        eprintln!(
-            "the event stream ended; resuming after {}",
-            after.as_deref().unwrap_or("now")
-        );
-        tokio::time::sleep(crate::limits::CLI_STREAM_RESUME_WAIT).await;
+        let opened = client.watch_payment_events(request).await;
+        let ended = read_stream(opened, &mut failures, async |event: pb::PaymentEvent| {
+            each(&event).await;
+            after = Some(event.name);
+        })
+        .await;
+        let resume_at = after.as_deref().unwrap_or("now");
+        before_resuming(
+            ended,
+            &mut failures,
+            &format!("the event stream ended; resuming after {resume_at}"),
+        )
+        .await?;
     }
 }
 
@@ -773,37 +753,65 @@ pub async fn alerts(options: &ClientOptions, command: AlertsCommand) -> anyhow::
     let mut client = connect(options).await?;
     let mut failures = 0;
     loop {
-        let ended = match client.watch_alerts(pb::WatchAlertsRequest {}).await {
-            Ok(stream) => {
-                let mut stream = stream.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(alert)) => {
-                            failures = 0;
-                            render::alert_line(options.json, &alert);
-                        }
-                        Ok(None) => break None,
-                        Err(status) => break Some(status),
-                    }
-                }
-            }
-            Err(status) => Some(status),
-        };
-        failures += 1;
-        if let Some(status) = &ended {
-            let resumable = matches!(
-                status.code(),
-                tonic::Code::Unavailable | tonic::Code::Cancelled
-            );
-            if !resumable || failures > crate::limits::CLI_STREAM_RESUMES_MAX {
-                return Err(render::status_error(status.clone()));
-            }
-        }
-        eprintln!(
-            "the alert stream ended; following again (pages meanwhile: payvisor payments stalled)"
-        );
-        tokio::time::sleep(crate::limits::CLI_STREAM_RESUME_WAIT).await;
+        let opened = client.watch_alerts(pb::WatchAlertsRequest {}).await;
+        let ended = read_stream(opened, &mut failures, async |alert: pb::Alert| {
+            render::alert_line(options.json, &alert);
+        })
+        .await;
+        before_resuming(
+            ended,
+            &mut failures,
+            "the alert stream ended; following again (pages meanwhile: payvisor payments stalled)",
+        )
+        .await?;
     }
+}
+
+/// Reads a server stream to its end, each message to `each` (a message
+/// resets `failures`); returns the status it ended with (`None`: the
+/// server closed it).
+async fn read_stream<T>(
+    opened: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
+    failures: &mut u32,
+    mut each: impl AsyncFnMut(T),
+) -> Option<tonic::Status> {
+    let mut stream = match opened {
+        Ok(stream) => stream.into_inner(),
+        Err(status) => return Some(status),
+    };
+    loop {
+        match stream.message().await {
+            Ok(Some(message)) => {
+                *failures = 0;
+                each(message).await;
+            }
+            Ok(None) => return None,
+            Err(status) => return Some(status),
+        }
+    }
+}
+
+/// After a stream ended: the error that stops the command (a status not
+/// worth resuming, or too many ends in a row without a message), else a
+/// word on stderr and the wait before resuming.
+async fn before_resuming(
+    ended: Option<tonic::Status>,
+    failures: &mut u32,
+    resuming: &str,
+) -> anyhow::Result<()> {
+    *failures += 1;
+    if let Some(status) = ended {
+        let resumable = matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::Cancelled
+        );
+        if !resumable || *failures > crate::limits::CLI_STREAM_RESUMES_MAX {
+            return Err(render::status_error(status));
+        }
+    }
+    eprintln!("{resuming}");
+    tokio::time::sleep(crate::limits::CLI_STREAM_RESUME_WAIT).await;
+    Ok(())
 }
 
 pub async fn webhooks(options: &ClientOptions, command: WebhooksCommand) -> anyhow::Result<()> {
