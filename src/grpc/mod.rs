@@ -300,7 +300,9 @@ impl PaymentService for PaymentApi {
             facts.request_id = Some(request_id.as_str().to_owned());
         });
         let request = route!(self, &command.account, request, create_payment);
-        let answer = self.orchestrator.create_payment_answered(command).await?;
+        let parent = format!("accounts/{}", command.account);
+        let answer = (self.orchestrator.create_payment_answered(command).await)
+            .map_err(error::on_resource(&parent))?;
         note_payment(&request, &answer.payment.name(), Some(&request_id));
         Ok(answered(answer))
     }
@@ -313,7 +315,9 @@ impl PaymentService for PaymentApi {
             .map_err(|error| invalid_name("name", error))?;
         auth::authorize(&request, Action::GetPayment, &name.account)?;
         note_payment(&request, &name, None);
-        let payment = self.orchestrator.get_payment(&name).await?;
+        let resource = name.to_string();
+        let payment =
+            (self.orchestrator.get_payment(&name).await).map_err(error::on_resource(&resource))?;
         Ok(Response::new(convert::payment_to_pb(&payment)))
     }
 
@@ -405,7 +409,9 @@ impl PaymentService for PaymentApi {
         command.actor = caller.identity().map(str::to_owned);
         command.trace = trace_of(&request);
         route!(self, &command.name.account, request, refund_payment);
-        let answer = self.orchestrator.refund_payment_answered(command).await?;
+        let resource = command.name.to_string();
+        let answer = (self.orchestrator.refund_payment_answered(command).await)
+            .map_err(error::on_resource(&resource))?;
         Ok(answered(answer))
     }
 
@@ -417,7 +423,8 @@ impl PaymentService for PaymentApi {
             .map_err(|error| invalid_name("name", error))?;
         auth::authorize(&request, Action::GetAccount, &account)?;
         let name = request.into_inner().name;
-        let balances = self.orchestrator.get_account(&account).await?;
+        let balances =
+            (self.orchestrator.get_account(&account).await).map_err(error::on_resource(&name))?;
         Ok(Response::new(convert::account_to_pb(name, &balances)))
     }
 
@@ -435,7 +442,9 @@ impl PaymentService for PaymentApi {
         command.actor = caller.identity().map(str::to_owned);
         command.trace = trace_of(&request);
         route!(self, &command.name.account, request, retry_payment);
-        let answer = self.orchestrator.operate(command).await?;
+        let resource = command.name.to_string();
+        let answer =
+            (self.orchestrator.operate(command).await).map_err(error::on_resource(&resource))?;
         Ok(answered(answer))
     }
 
@@ -453,7 +462,9 @@ impl PaymentService for PaymentApi {
         command.actor = caller.identity().map(str::to_owned);
         command.trace = trace_of(&request);
         route!(self, &command.name.account, request, fail_payment);
-        let answer = self.orchestrator.operate(command).await?;
+        let resource = command.name.to_string();
+        let answer =
+            (self.orchestrator.operate(command).await).map_err(error::on_resource(&resource))?;
         Ok(answered(answer))
     }
 
@@ -548,7 +559,9 @@ impl PaymentService for PaymentApi {
         command.actor = caller.identity().map(str::to_owned);
         command.trace = trace_of(&request);
         route!(self, &command.name.account, request, approve_payment);
-        let answer = self.orchestrator.operate(command).await?;
+        let resource = command.name.to_string();
+        let answer =
+            (self.orchestrator.operate(command).await).map_err(error::on_resource(&resource))?;
         Ok(answered(answer))
     }
 
@@ -566,7 +579,9 @@ impl PaymentService for PaymentApi {
         command.actor = caller.identity().map(str::to_owned);
         command.trace = trace_of(&request);
         route!(self, &command.name.account, request, decline_payment);
-        let answer = self.orchestrator.operate(command).await?;
+        let resource = command.name.to_string();
+        let answer =
+            (self.orchestrator.operate(command).await).map_err(error::on_resource(&resource))?;
         Ok(answered(answer))
     }
 

@@ -890,3 +890,44 @@ async fn the_command_line_shows_local_times_with_their_offset_or_utc() {
     assert!(local.contains("approval  approve"), "{local}");
     assert!(local.contains("route     "), "{local}");
 }
+
+/// An error names the resource it is about in `ErrorInfo.metadata`
+/// (`resource`), so a client with several calls in flight knows which one
+/// failed.
+#[tokio::test]
+async fn an_error_names_the_resource_it_is_about() {
+    use tonic_types::StatusExt;
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    let resource = |status: &tonic::Status| {
+        let info = status.get_error_details().error_info().cloned().unwrap();
+        info.metadata.get("resource").cloned()
+    };
+    let missing = client
+        .get_payment(pb::GetPaymentRequest {
+            name: "accounts/acme/payments/nope".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    assert_eq!(
+        resource(&missing).as_deref(),
+        Some("accounts/acme/payments/nope")
+    );
+    let mut hung = create_request("acme", "resource-1", 800);
+    (hung.payment.as_mut().unwrap().metadata).insert("bank_sim".into(), "hang".into());
+    let payment = client.create_payment(hung).await.unwrap().into_inner();
+    let refused = client
+        .refund_payment(refund_request(&payment.name, "resource-r1", None))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&refused), "PAYMENT_NOT_REFUNDABLE");
+    assert_eq!(resource(&refused).as_deref(), Some(payment.name.as_str()));
+    let unknown = client
+        .get_account(pb::GetAccountRequest {
+            name: "accounts/nobody".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(resource(&unknown).as_deref(), Some("accounts/nobody"));
+}
