@@ -197,6 +197,10 @@ pub const OTLP_FLUSH_MAX: Duration = Duration::from_secs(3);
 /// for good ends the command with its error.
 pub const CLI_STREAM_RESUME_WAIT: Duration = Duration::from_secs(1);
 pub const CLI_STREAM_RESUMES_MAX: u32 = 30;
+/// Event names `events watch` and `webhooks listen` remember, to skip what
+/// a resumed feed replays (it starts up to its overlap before the resume
+/// point): 30 s of a node's events at over 3,000 a second.
+pub const CLI_STREAM_SEEN_MAX: usize = 100_000;
 /// Between saying NOT_SERVING for a drain and closing the gRPC port: long
 /// enough for health watchers (load balancers, `Watch` streams) to get the
 /// news over the connections still open, short enough not to slow a stop.

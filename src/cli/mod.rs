@@ -720,31 +720,62 @@ pub async fn events(options: &ClientOptions, command: EventsCommand) -> anyhow::
 }
 
 /// Follows `WatchPaymentEvents` until interrupted, handing each event to
-/// `each`. A stream the server ends (a restart, a subscriber that fell
-/// behind) is resumed after the last event handed on.
+/// `each` once. A stream the server ends (a restart, a crash, a subscriber
+/// that fell behind) is resumed after the last event handed on; the feed
+/// replays a little before that point, and what was handed on already is
+/// skipped.
 async fn follow_events<F: std::future::Future<Output = ()>>(
     client: &mut PaymentServiceClient<Authenticated>,
     mut after: Option<String>,
     mut each: impl FnMut(&pb::PaymentEvent) -> F,
 ) -> anyhow::Result<()> {
+    let mut seen = RecentNames::default();
     let mut failures = 0;
     loop {
         let request = pb::WatchPaymentEventsRequest {
             after_event: after.clone().unwrap_or_default(),
         };
         let opened = client.watch_payment_events(request).await;
+        if opened.is_ok() {
+            eprintln!(
+                "following events after {}",
+                after.as_deref().unwrap_or("now")
+            );
+        }
         let ended = read_stream(opened, &mut failures, async |event: pb::PaymentEvent| {
+            if !seen.insert(&event.name) {
+                return false;
+            }
             each(&event).await;
             after = Some(event.name);
+            true
         })
         .await;
-        let resume_at = after.as_deref().unwrap_or("now");
-        before_resuming(
-            ended,
-            &mut failures,
-            &format!("the event stream ended; resuming after {resume_at}"),
-        )
-        .await?;
+        before_resuming(ended, &mut failures, "the event stream ended; resuming").await?;
+    }
+}
+
+/// The names of the events handed on lately, the oldest forgotten first
+/// (`CLI_STREAM_SEEN_MAX`).
+#[derive(Default)]
+struct RecentNames {
+    order: std::collections::VecDeque<String>,
+    names: std::collections::HashSet<String>,
+}
+
+impl RecentNames {
+    /// Remembers `name`; false if it was remembered already.
+    fn insert(&mut self, name: &str) -> bool {
+        if !self.names.insert(name.to_owned()) {
+            return false;
+        }
+        self.order.push_back(name.to_owned());
+        if self.order.len() > crate::limits::CLI_STREAM_SEEN_MAX {
+            if let Some(oldest) = self.order.pop_front() {
+                self.names.remove(&oldest);
+            }
+        }
+        true
     }
 }
 
@@ -754,8 +785,12 @@ pub async fn alerts(options: &ClientOptions, command: AlertsCommand) -> anyhow::
     let mut failures = 0;
     loop {
         let opened = client.watch_alerts(pb::WatchAlertsRequest {}).await;
+        if opened.is_ok() {
+            eprintln!("following pages");
+        }
         let ended = read_stream(opened, &mut failures, async |alert: pb::Alert| {
             render::alert_line(options.json, &alert);
+            true
         })
         .await;
         before_resuming(
@@ -767,13 +802,13 @@ pub async fn alerts(options: &ClientOptions, command: AlertsCommand) -> anyhow::
     }
 }
 
-/// Reads a server stream to its end, each message to `each` (a message
-/// resets `failures`); returns the status it ended with (`None`: the
-/// server closed it).
+/// Reads a server stream to its end, each message to `each`, which says
+/// whether it was news (news resets `failures`); returns the status the
+/// stream ended with (`None`: the server closed it).
 async fn read_stream<T>(
     opened: Result<tonic::Response<tonic::Streaming<T>>, tonic::Status>,
     failures: &mut u32,
-    mut each: impl AsyncFnMut(T),
+    mut each: impl AsyncFnMut(T) -> bool,
 ) -> Option<tonic::Status> {
     let mut stream = match opened {
         Ok(stream) => stream.into_inner(),
@@ -782,8 +817,9 @@ async fn read_stream<T>(
     loop {
         match stream.message().await {
             Ok(Some(message)) => {
-                *failures = 0;
-                each(message).await;
+                if each(message).await {
+                    *failures = 0;
+                }
             }
             Ok(None) => return None,
             Err(status) => return Some(status),
@@ -792,25 +828,37 @@ async fn read_stream<T>(
 }
 
 /// After a stream ended: the error that stops the command (a status not
-/// worth resuming, or too many ends in a row without a message), else a
-/// word on stderr and the wait before resuming.
+/// worth resuming, or too many ends in a row without news), else a word
+/// on stderr and the wait before resuming. Worth resuming: the server
+/// going away or shedding a subscriber (UNAVAILABLE, ABORTED, CANCELLED),
+/// or the connection breaking under it (UNKNOWN or INTERNAL without
+/// payvisor's `ErrorInfo`: the transport's, after a crash).
 async fn before_resuming(
     ended: Option<tonic::Status>,
     failures: &mut u32,
     resuming: &str,
 ) -> anyhow::Result<()> {
-    *failures += 1;
-    if let Some(status) = ended {
-        let resumable = matches!(
-            status.code(),
-            tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::Cancelled
-        );
-        if !resumable || *failures > crate::limits::CLI_STREAM_RESUMES_MAX {
-            return Err(render::status_error(status));
-        }
-    }
+    worth_resuming(ended, failures)?;
     eprintln!("{resuming}");
     tokio::time::sleep(crate::limits::CLI_STREAM_RESUME_WAIT).await;
+    Ok(())
+}
+
+/// Whether a stream that ended is worth resuming (see [`before_resuming`]);
+/// counts the end.
+fn worth_resuming(ended: Option<tonic::Status>, failures: &mut u32) -> anyhow::Result<()> {
+    *failures += 1;
+    let resumable = ended.as_ref().is_none_or(|status| match status.code() {
+        tonic::Code::Unavailable | tonic::Code::Aborted | tonic::Code::Cancelled => true,
+        tonic::Code::Unknown | tonic::Code::Internal => status.details().is_empty(),
+        _ => false,
+    });
+    if !resumable || *failures > crate::limits::CLI_STREAM_RESUMES_MAX {
+        return Err(match ended {
+            Some(status) => render::status_error(status),
+            None => anyhow::anyhow!("the server keeps ending the stream; giving up"),
+        });
+    }
     Ok(())
 }
 
@@ -824,8 +872,12 @@ pub async fn webhooks(options: &ClientOptions, command: WebhooksCommand) -> anyh
     let secret = match secret {
         Some(secret) => secret.expose().to_owned(),
         None => {
-            let random = SeededRandom::from_entropy();
-            let secret = format!("whsec_{:016x}{:016x}", random.next_u64(), random.next_u64());
+            // 128 bits from the system's randomness.
+            let mut bytes = [0u8; 16];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+                .map_err(|_| anyhow::anyhow!("no system randomness for a secret; pass --secret"))?;
+            let hex: String = bytes.iter().map(|byte| format!("{byte:02x}")).collect();
+            let secret = format!("whsec_{hex}");
             eprintln!("signing with {secret} (give it to your receiver, or pass --secret)");
             secret
         }
@@ -1040,4 +1092,42 @@ pub async fn ledger(json: bool, command: LedgerCommand) -> anyhow::Result<()> {
     render::audit(json, &reports);
     anyhow::ensure!(clean, "the books do not balance (see above)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resumed feed's replay is skipped: each event is handed on once,
+    /// and the memory of what was seen is bounded.
+    #[test]
+    fn an_event_seen_already_is_skipped_and_the_oldest_are_forgotten() {
+        let mut seen = RecentNames::default();
+        assert!(seen.insert("accounts/a/payments/p/events/1"));
+        assert!(!seen.insert("accounts/a/payments/p/events/1"));
+        for n in 2..=(crate::limits::CLI_STREAM_SEEN_MAX + 1) {
+            assert!(seen.insert(&format!("accounts/a/payments/p/events/{n}")));
+        }
+        assert_eq!(seen.names.len(), crate::limits::CLI_STREAM_SEEN_MAX);
+        assert!(seen.insert("accounts/a/payments/p/events/1"), "forgotten");
+    }
+
+    /// A stream that breaks (the server gone, a crash's transport error)
+    /// is resumed; one the server refuses for good is not, nor one that
+    /// keeps ending without news.
+    #[test]
+    fn a_broken_stream_is_resumed_and_a_refused_one_is_not() {
+        let mut failures = 0;
+        for resumable in [
+            Some(tonic::Status::unavailable("going away")),
+            Some(tonic::Status::unknown("h2 protocol error")),
+            None,
+        ] {
+            assert!(worth_resuming(resumable, &mut failures).is_ok());
+        }
+        let refused = tonic::Status::permission_denied("no");
+        assert!(worth_resuming(Some(refused), &mut failures).is_err());
+        let mut failures = crate::limits::CLI_STREAM_RESUMES_MAX;
+        assert!(worth_resuming(None, &mut failures).is_err());
+    }
 }

@@ -456,7 +456,6 @@ pub fn payment_to_pb(payment: &Payment) -> pb::Payment {
     }
 }
 
-/// One event as the API shows it; `record` adds its delivery state.
 /// An event as the API sent it, back into the domain's (what `webhooks
 /// listen` forwards, in the body the server's webhooks have). Its trace is
 /// not sent, so it has none.
@@ -477,7 +476,13 @@ pub fn event_from_pb(event: &pb::PaymentEvent) -> Result<PaymentEvent, CommandEr
     };
     let failure_reason = Some(event.failure_reason.clone()).filter(|reason| !reason.is_empty());
     let change = match pb::refund::State::try_from(event.refund_state) {
-        Ok(pb::refund::State::Unspecified) | Err(_) => Change::Payment {
+        Err(_) => {
+            return Err(invalid(
+                "refund_state",
+                format!("unknown {}", event.refund_state),
+            ))
+        }
+        Ok(pb::refund::State::Unspecified) => Change::Payment {
             from: state_from_pb(event.from_state)?,
             to: state_from_pb(event.to_state)?
                 .ok_or_else(|| invalid("to_state", "unset".into()))?,
@@ -507,6 +512,7 @@ pub fn event_from_pb(event: &pb::PaymentEvent) -> Result<PaymentEvent, CommandEr
     })
 }
 
+/// One event as the API shows it; `record` adds its delivery state.
 pub fn event_to_pb(event: &PaymentEvent, record: Option<&EventRecord>) -> pb::PaymentEvent {
     let mut message = pb::PaymentEvent {
         name: event.name(),

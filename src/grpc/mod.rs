@@ -389,7 +389,8 @@ impl PaymentService for PaymentApi {
                 }
             },
         )
-        .await?;
+        .await
+        .map_err(error::on_resource(&request.parent))?;
         Ok(Response::new(pb::ListPaymentsResponse {
             payments,
             next_page_token: next
@@ -600,7 +601,9 @@ impl PaymentService for PaymentApi {
             requested => convert::page_size(requested)?,
         };
         let after = convert::decode_events_token(&request.get_ref().page_token)?;
-        let records = self.orchestrator.payment_events(&name).await?;
+        let resource = name.to_string();
+        let records = (self.orchestrator.payment_events(&name).await)
+            .map_err(error::on_resource(&resource))?;
         // One page, oldest first, after the last event of the previous one.
         let mut events = (records.iter())
             .flat_map(|record| record.events.iter().map(move |event| (event, record)))
@@ -644,7 +647,8 @@ impl PaymentService for PaymentApi {
                 caller.identity(),
                 request_id.as_ref(),
             )
-            .await?;
+            .await
+            .map_err(error::on_resource(&request.name))?;
         let record = resent.record;
         let event = record
             .events
@@ -682,7 +686,8 @@ impl PaymentService for PaymentApi {
         let (records, next) = self
             .orchestrator
             .audit_records(&account, from, until, start_after, page_size)
-            .await?;
+            .await
+            .map_err(error::on_resource(&request.parent))?;
         Ok(Response::new(pb::ListAuditRecordsResponse {
             records: records.iter().map(convert::audit_record_to_pb).collect(),
             next_page_token: next

@@ -528,15 +528,8 @@ async fn the_command_line_forwards_live_events_to_a_local_receiver_signed() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until it follows the stream, then make a payment.
-    let mut stderr = listen.stderr.take().unwrap();
-    let mut said = Vec::new();
-    let mut byte = [0u8; 1];
-    while !String::from_utf8_lossy(&said).contains("forwarding events") {
-        assert_eq!(stderr.read(&mut byte).unwrap(), 1, "listen exited");
-        said.push(byte[0]);
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // It says so once the server has subscribed it: then make a payment.
+    following(&mut listen, "following events");
     let mut client = server.client().await;
     let payment = processed_payment(&mut client, "acme", "listen-1", 1_500).await;
     let mut expected = BTreeMap::new();
@@ -560,10 +553,10 @@ async fn the_command_line_forwards_live_events_to_a_local_receiver_signed() {
         .args(["--secret", "whsec_not_the_receivers_secret"])
         .args(["--server", &format!("http://{}", server.address)])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    following(&mut wrong, "following events");
     created_payment(&mut client, "acme", "listen-2", 700).await;
     let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
     while receiver.rejected().is_empty() {
@@ -585,9 +578,10 @@ async fn the_command_line_follows_live_events_and_pages() {
             .args([what, "watch", "--json"])
             .args(["--server", &format!("http://{}", server.address)])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        following(&mut child, "following");
         let stdout = child.stdout.take().unwrap();
         let (lines, received) = std::sync::mpsc::channel::<Value>();
         std::thread::spawn(move || {
@@ -603,7 +597,6 @@ async fn the_command_line_follows_live_events_and_pages() {
     };
     let (mut events, event_lines) = follow("events");
     let (mut alerts, alert_lines) = follow("alerts");
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut client = server.client().await;
     let mut hung = create_request("acme", "watch-1", 900);
     hung.payment
@@ -634,5 +627,29 @@ async fn the_command_line_follows_live_events_and_pages() {
     for child in [&mut events, &mut alerts] {
         child.kill().unwrap();
         let _ = child.wait();
+    }
+}
+
+/// Waits (bounded) until a command-line child says `ready` on stderr: the
+/// line it prints once the server has subscribed it. Its stderr is read
+/// on a thread of its own from then on, so it never blocks on a full pipe.
+fn following(child: &mut Child, ready: &str) {
+    use std::io::BufRead;
+    let stderr = child.stderr.take().expect("stderr piped");
+    let (lines, said) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { return };
+            let _ = lines.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + PROGRESS_DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match said.recv_timeout(left) {
+            Ok(line) if line.contains(ready) => return,
+            Ok(_) => {}
+            Err(_) => panic!("the command never said {ready:?}"),
+        }
     }
 }
