@@ -222,35 +222,12 @@ async fn scrape_until(listen: &str, what: &str, ready: impl Fn(&str) -> bool) ->
 /// it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn banks_breakers_webhooks_pages_sweeps_and_queues_are_measured() {
-    use crate::common::bank_sim::{BankSim, BANK_SIM_SECRET};
     let dir = tempfile::tempdir().unwrap();
-    let bank = BankSim::start(dir.path(), free_port(), &[]);
-    let bank_url = format!("http://{}", bank.address);
-    // An endpoint nothing listens on: every delivery fails, and waits.
-    let hooks = dir.path().join("webhooks.json");
-    let nowhere = format!("http://127.0.0.1:{}/hooks", free_port());
-    std::fs::write(
-        &hooks,
-        serde_json::json!({"endpoints": [{"name": "shop", "url": nowhere, "secret": "whsec-0123456789abcdef"}]})
-            .to_string(),
-    )
-    .unwrap();
+    let (bank, flags) = crate::common::bank_sim::bank_and_unreachable_webhook(dir.path());
     let metrics = format!("127.0.0.1:{}", free_port());
-    let callbacks = format!("127.0.0.1:{}", free_port());
-    let server = Server::start(&[
-        "--metrics-listen",
-        &metrics,
-        "--bank-url",
-        &bank_url,
-        "--bank-name",
-        "bank-a",
-        "--bank-secret",
-        BANK_SIM_SECRET,
-        "--bank-callback-listen",
-        &callbacks,
-        "--webhooks",
-        hooks.to_str().unwrap(),
-    ]);
+    let mut args = vec!["--metrics-listen", &metrics];
+    args.extend(flags.iter().map(String::as_str));
+    let server = Server::start(&args);
     let mut client = server.client().await;
     processed_payment(&mut client, "acme", "edge-1", 1_000).await;
 

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
 
-use crate::common::bank_sim::{free_port, BankSim, BANK_SIM_SECRET};
+use crate::common::bank_sim::free_port;
 use crate::common::*;
 use payvisor::grpc::pb;
 
@@ -126,37 +126,18 @@ async fn a_call_and_what_it_causes_are_spans_of_the_callers_trace_at_the_collect
     let collector = Collector::default();
     let endpoint = collector.start().await;
     let dir = tempfile::tempdir().unwrap();
-    let bank = BankSim::start(dir.path(), free_port(), &[]);
-    let bank_url = format!("http://{}", bank.address);
-    // An endpoint nothing listens on: its deliveries fail.
-    let hooks = dir.path().join("webhooks.json");
-    let nowhere = format!("http://127.0.0.1:{}/hooks", free_port());
-    std::fs::write(
-        &hooks,
-        serde_json::json!({"endpoints": [{"name": "shop", "url": nowhere, "secret": "whsec-0123456789abcdef"}]})
-            .to_string(),
-    )
-    .unwrap();
+    let (_bank, flags) = crate::common::bank_sim::bank_and_unreachable_webhook(dir.path());
     let metrics = format!("127.0.0.1:{}", free_port());
-    let callbacks = format!("127.0.0.1:{}", free_port());
-    let mut server = Server::start(&[
+    let mut args = vec![
         "--otlp-endpoint",
         &endpoint,
         "--node-name",
         "node-7",
         "--metrics-listen",
         &metrics,
-        "--bank-url",
-        &bank_url,
-        "--bank-name",
-        "bank-a",
-        "--bank-secret",
-        BANK_SIM_SECRET,
-        "--bank-callback-listen",
-        &callbacks,
-        "--webhooks",
-        hooks.to_str().unwrap(),
-    ]);
+    ];
+    args.extend(flags.iter().map(String::as_str));
+    let mut server = Server::start(&args);
     let mut client = server.client().await;
     let trace = "0af7651916cd43dd8448eb211c80319c";
     let caller_span = "b7ad6b7169203331";

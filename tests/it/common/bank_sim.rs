@@ -125,3 +125,33 @@ pub fn set_outage(bank: &BankSim, down: bool) {
     stream.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// A bank simulator in `dir` (`bank-a` to the server) and a webhook
+/// endpoint nothing listens on (every delivery fails, and waits), with the
+/// server flags that use both.
+pub fn bank_and_unreachable_webhook(dir: &std::path::Path) -> (BankSim, Vec<String>) {
+    let bank = BankSim::start(dir, free_port(), &[]);
+    let hooks = dir.join("webhooks.json");
+    let nowhere = format!("http://127.0.0.1:{}/hooks", free_port());
+    std::fs::write(
+        &hooks,
+        serde_json::json!({"endpoints": [{"name": "shop", "url": nowhere, "secret": "whsec-0123456789abcdef"}]})
+            .to_string(),
+    )
+    .unwrap();
+    let flags = [
+        "--bank-url",
+        &format!("http://{}", bank.address),
+        "--bank-name",
+        "bank-a",
+        "--bank-secret",
+        BANK_SIM_SECRET,
+        "--bank-callback-listen",
+        &format!("127.0.0.1:{}", free_port()),
+        "--webhooks",
+        hooks.to_str().unwrap(),
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    (bank, flags)
+}
