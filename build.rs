@@ -18,6 +18,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .compile_fds(api)?;
+        .compile_fds_with_config(api, {
+            // `prost::Name` on every message: the JSON mapping finds a
+            // message's descriptor by its full name.
+            let mut config = prost_build::Config::new();
+            config.enable_type_names();
+            config
+        })?;
     Ok(())
 }

@@ -163,7 +163,13 @@ async fn lifecycles(payments: usize, ownership: AccountOwnership) -> [f64; 5] {
             node_name: "bench".into(),
             rules: Arc::new(payvisor::approval::RulesInForce::approve_all()),
             webhooks: Default::default(),
-            webhook_sink: Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
+            webhook_sink: Arc::new(
+                payvisor::webhooks::HttpWebhookSink::new(
+                    false,
+                    payvisor::grpc::json::webhook_body_format(),
+                )
+                .unwrap(),
+            ),
         },
         bank_event_queue,
         &shutdown,

@@ -253,7 +253,10 @@ impl Node {
             node_name: config.watchdog.node_name.clone(),
             rules: rules.clone(),
             webhook_sink: Arc::new(MeteredWebhookSink::new(
-                Arc::new(HttpWebhookSink::new(webhooks_over_tls)?),
+                Arc::new(HttpWebhookSink::new(
+                    webhooks_over_tls,
+                    crate::grpc::json::webhook_body_format(),
+                )?),
                 &config.webhooks.endpoints,
                 metrics.webhooks.clone(),
             )),

@@ -77,8 +77,15 @@ def main() -> None:
                         {
                             "id": event["id"],
                             "type": event["type"],
-                            "payment": event["payment"],
-                            "sequence": event["sequence"],
+                            "payment": event["event"]["payment"],
+                            # int64 is a string in the JSON mapping.
+                            "sequence": int(event["sequence"]),
+                            "event_state": event["event"]["state"],
+                            # The payment as GetPayment returns it.
+                            "payment_name": (event["payment"] or {}).get("name"),
+                            "payment_state": (event["payment"] or {}).get("state"),
+                            "metadata": (event["payment"] or {}).get("metadata"),
+                            "fields": sorted(event),
                             "traceparent": self.headers.get("traceparent"),
                         }
                     )

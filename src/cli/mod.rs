@@ -863,7 +863,6 @@ fn worth_resuming(ended: Option<tonic::Status>, failures: &mut u32) -> anyhow::R
 }
 
 pub async fn webhooks(options: &ClientOptions, command: WebhooksCommand) -> anyhow::Result<()> {
-    use crate::webhooks::WebhookSink;
     let WebhooksCommand::Listen {
         forward_to,
         secret,
@@ -884,26 +883,42 @@ pub async fn webhooks(options: &ClientOptions, command: WebhooksCommand) -> anyh
     };
     let endpoint = crate::webhooks::Endpoint::new("listen", &forward_to, &secret)
         .map_err(|why| anyhow::anyhow!("--forward-to / --secret: {why}"))?;
-    let sink = crate::webhooks::HttpWebhookSink::new(forward_to.starts_with("https://"))?;
+    let sink = crate::webhooks::HttpWebhookSink::new(
+        forward_to.starts_with("https://"),
+        crate::grpc::json::webhook_body_format(),
+    )?;
     let mut client = connect(options).await?;
+    // The payment each body carries, read as the server's dispatcher reads
+    // it: when the event is sent.
+    let reader = client.clone();
     eprintln!("forwarding events to {forward_to} (Ctrl-C to stop)");
     follow_events(&mut client, after, |event| {
         let (sink, endpoint) = (&sink, &endpoint);
+        let mut reader = reader.clone();
         let event = event.clone();
         async move {
-            let domain = match crate::grpc::convert::event_from_pb(&event) {
-                Ok(domain) => domain,
-                Err(error) => {
-                    eprintln!("{}: not forwarded: {error}", event.name);
-                    return;
+            let request = pb::GetPaymentRequest {
+                name: event.payment.clone(),
+            };
+            let payment = match reader.get_payment(request).await {
+                Ok(payment) => Some(payment.into_inner()),
+                Err(status) => {
+                    eprintln!(
+                        "{}: forwarded without its payment: {}",
+                        event.name,
+                        status.message()
+                    );
+                    None
                 }
             };
+            let (name, kind) = (event.name.clone(), event.r#type.clone());
+            let body = crate::grpc::json::webhook_body_of(event, payment);
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |elapsed| elapsed.as_secs() as i64);
-            match sink.deliver(endpoint, &domain, now).await {
-                Ok(()) => println!("--> {} {} delivered", event.name, event.r#type),
-                Err(error) => println!("--> {} {} failed: {error}", event.name, event.r#type),
+            match sink.post_signed(endpoint, &name, body, now, None).await {
+                Ok(()) => println!("--> {name} {kind} delivered"),
+                Err(error) => println!("--> {name} {kind} failed: {error}"),
             }
         }
     })
@@ -988,7 +1003,7 @@ pub async fn audit(options: &ClientOptions, command: AuditCommand) -> anyhow::Re
             break;
         }
     }
-    render::audit_records(options.json, &records);
+    render::audit_records(options.json, &records, &page_token);
     if !page_token.is_empty() && !options.json {
         println!("next page: --page-token {page_token}");
     }

@@ -5,6 +5,7 @@ use tonic_types::StatusExt;
 
 use crate::audit::AuditReport;
 use crate::domain::{AccountId, Currency, Money};
+use crate::grpc::json::to_json;
 use crate::grpc::pb;
 
 /// `12.50 USD` for a known currency, the raw minor units otherwise.
@@ -54,17 +55,6 @@ pub fn when(unix_millis: i64) -> String {
     crate::domain::time::rfc3339_at_offset(at, offset)
 }
 
-/// A time in `--json` output: RFC 3339 in UTC always (as protobuf's JSON
-/// mapping writes times), so scripts read the same wherever they run.
-fn json_time(timestamp: Option<&prost_types::Timestamp>) -> String {
-    timestamp
-        .map(|t| {
-            let millis = t.seconds.saturating_mul(1000) + i64::from(t.nanos / 1_000_000);
-            crate::domain::time::rfc3339(crate::domain::Timestamp::from_unix_millis(millis))
-        })
-        .unwrap_or_default()
-}
-
 /// A time in a table, for a person ([`when`]).
 fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
     timestamp
@@ -72,54 +62,14 @@ fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
         .unwrap_or_default()
 }
 
-fn money_json(money: Option<&pb::Money>) -> Value {
-    money
-        .map(|m| json!({"currency_code": m.currency_code, "minor_units": m.minor_units}))
-        .unwrap_or(Value::Null)
-}
-
-pub fn payment_json(payment: &pb::Payment) -> Value {
-    json!({
-        "name": payment.name,
-        "amount": money_json(payment.amount.as_ref()),
-        "state": pb::payment::State::try_from(payment.state).map(|s| s.as_str_name()).unwrap_or("STATE_UNSPECIFIED"),
-        "refunded_amount": money_json(payment.refunded_amount.as_ref()),
-        "fee": money_json(payment.fee.as_ref()),
-        "metadata": payment.metadata,
-        "failure_reason": payment.failure_reason,
-        "create_time": json_time(payment.create_time.as_ref()),
-        "update_time": json_time(payment.update_time.as_ref()),
-        "refunds": payment.refunds.iter().map(|refund| json!({
-            "refund_id": refund.refund_id,
-            "amount": money_json(refund.amount.as_ref()),
-            "reason": refund.reason,
-            "state": pb::refund::State::try_from(refund.state).map(|s| s.as_str_name()).unwrap_or("STATE_UNSPECIFIED"),
-            "failure_reason": refund.failure_reason,
-        })).collect::<Vec<_>>(),
-        "watch": payment.watch.as_ref().map(|watch| json!({
-            "stage": watch.stage,
-            "since_time": json_time(watch.since_time.as_ref()),
-            "due_time": json_time(watch.due_time.as_ref()),
-            "redrives": watch.redrives,
-            "paged": watch.paged,
-        })),
-        "history": payment.history.iter().map(|entry| json!({
-            "from_state": state_name(entry.from_state),
-            "to_state": state_name(entry.to_state),
-            "cause": entry.cause,
-            "time": json_time(entry.time.as_ref()),
-            "actor": entry.actor,
-        })).collect::<Vec<_>>(),
-    })
-}
-
 pub fn payment(as_json: bool, payment: &pb::Payment, request_id: Option<&str>) {
     if as_json {
-        let mut value = payment_json(payment);
+        // The payment alone on stdout, as the API returns it; the key to
+        // retry with goes to stderr.
+        println!("{}", to_json(payment));
         if let Some(request_id) = request_id {
-            value["request_id"] = json!(request_id);
+            eprintln!("request {request_id}  (reuse with --request-id to retry safely)");
         }
-        println!("{value}");
         return;
     }
     println!("payment   {}", payment.name);
@@ -208,11 +158,11 @@ pub fn payment(as_json: bool, payment: &pb::Payment, request_id: Option<&str>) {
 
 pub fn stalled_list(as_json: bool, payments: &[pb::Payment], next_page_token: &str) {
     if as_json {
-        let value = json!({
-            "payments": payments.iter().map(payment_json).collect::<Vec<_>>(),
-            "next_page_token": next_page_token,
-        });
-        println!("{value}");
+        let page = pb::ListStalledPaymentsResponse {
+            payments: payments.to_vec(),
+            next_page_token: next_page_token.to_owned(),
+        };
+        println!("{}", to_json(&page));
         return;
     }
     println!(
@@ -239,11 +189,11 @@ pub fn stalled_list(as_json: bool, payments: &[pb::Payment], next_page_token: &s
 
 pub fn payment_list(as_json: bool, payments: &[pb::Payment], next_page_token: &str) {
     if as_json {
-        let value = json!({
-            "payments": payments.iter().map(payment_json).collect::<Vec<_>>(),
-            "next_page_token": next_page_token,
-        });
-        println!("{value}");
+        let page = pb::ListPaymentsResponse {
+            payments: payments.to_vec(),
+            next_page_token: next_page_token.to_owned(),
+        };
+        println!("{}", to_json(&page));
         return;
     }
     println!(
@@ -302,22 +252,13 @@ pub fn review_list(as_json: bool, payments: &[pb::Payment], next_page_token: &st
 }
 
 /// Audit records: one line each, oldest first.
-pub fn audit_records(as_json: bool, records: &[pb::AuditRecord]) {
+pub fn audit_records(as_json: bool, records: &[pb::AuditRecord], next_page_token: &str) {
     if as_json {
-        let value: Vec<Value> = records
-            .iter()
-            .map(|record| {
-                json!({
-                    "payment": record.payment,
-                    "time": json_time(record.time.as_ref()),
-                    "actor": record.actor,
-                    "causes": record.causes,
-                    "state": state_name(record.state),
-                    "event": record.event,
-                })
-            })
-            .collect();
-        println!("{}", json!({ "records": value }));
+        let page = pb::ListAuditRecordsResponse {
+            records: records.to_vec(),
+            next_page_token: next_page_token.to_owned(),
+        };
+        println!("{}", to_json(&page));
         return;
     }
     println!(
@@ -342,15 +283,7 @@ pub fn audit_records(as_json: bool, records: &[pb::AuditRecord]) {
 /// One event of a live stream (`events watch`): a line, or a JSON object.
 pub fn event_line(as_json: bool, event: &pb::PaymentEvent) {
     if as_json {
-        let value = json!({
-            "name": event.name,
-            "type": event.r#type,
-            "time": json_time(event.time.as_ref()),
-            "state": state_name(event.state),
-            "amount": money_json(event.amount.as_ref()),
-            "actor": event.actor,
-        });
-        println!("{value}");
+        println!("{}", to_json(event));
         return;
     }
     let by = match event.actor.as_str() {
@@ -377,17 +310,7 @@ pub fn alert_line(as_json: bool, alert: &pb::Alert) {
         })
         .unwrap_or_default();
     if as_json {
-        let value = json!({
-            "payment": alert.payment,
-            "action": action,
-            "dedup_key": alert.dedup_key,
-            "stage": alert.stage,
-            "severity": alert.severity,
-            "summary": alert.summary,
-            "time": json_time(alert.time.as_ref()),
-            "missed": alert.missed,
-        });
-        println!("{value}");
+        println!("{}", to_json(alert));
         return;
     }
     if alert.missed > 0 {
@@ -419,25 +342,11 @@ pub fn events(as_json: bool, events: &[pb::PaymentEvent]) {
             .unwrap_or_default()
     };
     if as_json {
-        let value: Vec<Value> = events
-            .iter()
-            .map(|event| {
-                json!({
-                    "name": event.name,
-                    "type": event.r#type,
-                    "time": json_time(event.time.as_ref()),
-                    "state": state_name(event.state),
-                    "actor": event.actor,
-                    "deliveries": event.deliveries.iter().map(|d| json!({
-                        "endpoint": d.endpoint,
-                        "state": delivery_state(d.state),
-                        "attempts": d.attempts,
-                        "last_error": d.last_error,
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
-        println!("{}", json!({ "events": value }));
+        let page = pb::ListPaymentEventsResponse {
+            events: events.to_vec(),
+            next_page_token: String::new(),
+        };
+        println!("{}", to_json(&page));
         return;
     }
     println!(
@@ -475,16 +384,7 @@ pub fn events(as_json: bool, events: &[pb::PaymentEvent]) {
 
 pub fn account(as_json: bool, account: &pb::Account) {
     if as_json {
-        let value = json!({
-            "name": account.name,
-            "balances": account.balances.iter().map(|b| json!({
-                "currency_code": b.currency_code,
-                "pending": money_json(b.pending.as_ref()),
-                "available": money_json(b.available.as_ref()),
-                "refunding": money_json(b.refunding.as_ref()),
-            })).collect::<Vec<_>>(),
-        });
-        println!("{value}");
+        println!("{}", to_json(account));
         return;
     }
     println!("account {}", account.name);
@@ -505,26 +405,7 @@ pub fn account(as_json: bool, account: &pb::Account) {
 
 pub fn cluster_status(as_json: bool, status: &pb::ClusterStatus) {
     if as_json {
-        let value = json!({
-            "node": status.node,
-            "clustered": status.clustered,
-            "shard_count": status.shard_count,
-            "nodes": status.nodes.iter().map(|node| json!({
-                "id": node.id,
-                "address": node.address,
-                "start_time": json_time(node.start_time.as_ref()),
-                "heartbeat_age_ms": node.heartbeat_age_ms,
-                "alive": node.alive,
-                "leaving": node.leaving,
-                "shards_owned": node.shards_owned,
-            })).collect::<Vec<_>>(),
-            "shards": status.shards.iter().map(|shard| json!({
-                "shard": shard.shard,
-                "owner": shard.owner,
-                "epoch": shard.epoch,
-            })).collect::<Vec<_>>(),
-        });
-        println!("{value}");
+        println!("{}", to_json(status));
         return;
     }
     if !status.clustered {

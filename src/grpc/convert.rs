@@ -734,8 +734,8 @@ mod tests {
             let read = event_from_pb(&event_to_pb(&event, None)).unwrap();
             assert_eq!(read, event);
             assert_eq!(
-                crate::webhooks::event_body(&read),
-                crate::webhooks::event_body(&event)
+                super::super::json::webhook_body(&read, None),
+                super::super::json::webhook_body(&event, None)
             );
         }
     }

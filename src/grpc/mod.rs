@@ -8,6 +8,7 @@ pub mod codec_errors;
 pub mod convert;
 pub mod error;
 pub mod forward;
+pub mod json;
 pub mod metered;
 pub mod page_token;
 pub mod paging;

@@ -19,6 +19,7 @@ use crate::connectors::{
     BankStatus, Connector, ConnectorError, PaymentSubmission, RefundSubmission,
 };
 use crate::domain::events::PaymentEvent;
+use crate::domain::payment::Payment;
 use crate::domain::PaymentName;
 use crate::store::BoxFuture;
 use crate::webhooks::{DeliveryError, Endpoint, WebhookSink};
@@ -243,9 +244,10 @@ impl WebhookSink for MeteredWebhookSink {
         &'a self,
         endpoint: &'a Endpoint,
         event: &'a PaymentEvent,
+        payment: Option<&'a Payment>,
         unix_seconds: i64,
     ) -> BoxFuture<'a, Result<(), DeliveryError>> {
-        let call = self.inner.deliver(endpoint, event, unix_seconds);
+        let call = self.inner.deliver(endpoint, event, payment, unix_seconds);
         Box::pin(timed(&self.metrics.delivery_seconds, call, |answer| {
             WebhookLabels {
                 endpoint: endpoint.name.clone(),

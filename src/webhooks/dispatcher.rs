@@ -17,6 +17,7 @@ use crate::cluster::AccountOwnership;
 use crate::domain::account::IdempotencyRecord;
 use crate::domain::events::parse_event_name;
 use crate::domain::idempotency::Fingerprint;
+use crate::domain::payment::Payment;
 use crate::domain::{PaymentName, Timestamp};
 use crate::limits;
 use crate::shutdown::Shutdown;
@@ -356,6 +357,9 @@ impl Inner {
     /// endpoint, a record still pending holds back the records after it.
     async fn deliver_payment(&self, payment: &PaymentName) -> Result<(), StoreError> {
         let records = schema::payment_event_records(self.store.as_ref(), payment).await?;
+        // The body carries the payment as it is now, read once per pass
+        // and only if something is due.
+        let mut current_payment: Option<Option<Payment>> = None;
         // Per endpoint: an earlier record is still pending until then.
         let mut held_until: HashMap<String, Timestamp> = HashMap::new();
         for current in records {
@@ -389,9 +393,18 @@ impl Inner {
                 }
                 delivery.last_attempt_at = Some(now);
                 let mut failure = None;
+                if current_payment.is_none() {
+                    let read = schema::load_payment(self.store.as_ref(), payment).await?;
+                    current_payment = Some(read.map(|versioned| versioned.value));
+                }
+                let payment_now = current_payment.as_ref().and_then(Option::as_ref);
                 while let Some(event) = next.events.get(delivery.acknowledged) {
                     let unix_seconds = self.clock.now().unix_millis().div_euclid(1000);
-                    match self.sink.deliver(endpoint, event, unix_seconds).await {
+                    match (self
+                        .sink
+                        .deliver(endpoint, event, payment_now, unix_seconds))
+                    .await
+                    {
                         Ok(()) => delivery.acknowledged += 1,
                         Err(error) => {
                             failure = Some(error);

@@ -23,10 +23,12 @@ pub mod dispatcher;
 use std::fmt;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use hyper::Uri;
-use serde_json::json;
 
 use crate::domain::events::PaymentEvent;
+use crate::domain::payment::Payment;
 use crate::http_client::{parse_url, ExchangeError, HttpPoster};
 use crate::limits;
 use crate::store::BoxFuture;
@@ -89,30 +91,10 @@ impl Endpoint {
     }
 }
 
-/// The JSON body of one event's webhook: stable field names, the event id
-/// first-class (receivers deduplicate on it).
-pub fn event_body(event: &PaymentEvent) -> Vec<u8> {
-    json!({
-        "id": event.name(),
-        "type": event.event_type(),
-        "payment": event.payment.to_string(),
-        "sequence": event.seq,
-        "created_unix_ms": event.at.unix_millis(),
-        "data": {
-            "state": event.state.as_str(),
-            "amount": {
-                "currency_code": event.amount.currency().code(),
-                "minor_units": event.amount.minor_units(),
-            },
-            "change": event.change,
-        },
-        // Who asked for the change (a key id or certificate subject), or
-        // null for what payvisor and the banks did.
-        "actor": event.actor,
-    })
-    .to_string()
-    .into_bytes()
-}
+/// How an event and its payment become a request's body. The API layer
+/// owns the contract's types and provides it (`grpc::json::webhook_body`:
+/// `payvisor.v1.WebhookEvent` in the canonical JSON mapping).
+pub type BodyFormat = Arc<dyn Fn(&PaymentEvent, Option<&Payment>) -> Vec<u8> + Send + Sync>;
 
 /// Why one delivery attempt failed (always worth retrying until the
 /// retry period ends: an endpoint that refuses today may be fixed tomorrow).
@@ -122,11 +104,13 @@ pub struct DeliveryError(pub String);
 
 /// Where events go: one attempt of one event to one endpoint.
 pub trait WebhookSink: Send + Sync + 'static {
-    /// `Ok` when the endpoint acknowledged (any 2xx).
+    /// `Ok` when the endpoint acknowledged (any 2xx). `payment` is the
+    /// payment as it is now, which the body carries.
     fn deliver<'a>(
         &'a self,
         endpoint: &'a Endpoint,
         event: &'a PaymentEvent,
+        payment: Option<&'a Payment>,
         unix_seconds: i64,
     ) -> BoxFuture<'a, Result<(), DeliveryError>>;
 }
@@ -136,13 +120,15 @@ pub trait WebhookSink: Send + Sync + 'static {
 pub struct HttpWebhookSink {
     poster: HttpPoster,
     timeout: Duration,
+    format: BodyFormat,
 }
 
 impl HttpWebhookSink {
-    pub fn new(with_roots: bool) -> Result<HttpWebhookSink, std::io::Error> {
+    pub fn new(with_roots: bool, format: BodyFormat) -> Result<HttpWebhookSink, std::io::Error> {
         Ok(HttpWebhookSink {
             poster: HttpPoster::new(with_roots)?,
             timeout: limits::WEBHOOK_REQUEST_TIMEOUT,
+            format,
         })
     }
 }
@@ -152,10 +138,11 @@ impl WebhookSink for HttpWebhookSink {
         &'a self,
         endpoint: &'a Endpoint,
         event: &'a PaymentEvent,
+        payment: Option<&'a Payment>,
         unix_seconds: i64,
     ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
-            let body = event_body(event);
+            let body = (self.format)(event, payment);
             // A span of the call that caused the event, or a trace of its
             // own (a change no call caused: a bank's outcome).
             let caller = (event.trace.as_deref()).and_then(crate::trace::TraceParent::parse);
@@ -168,12 +155,15 @@ impl WebhookSink for HttpWebhookSink {
                 span.set("payvisor.endpoint", endpoint.name.as_str());
                 span.set("payvisor.event", event.name());
             }
-            let headers = [
-                (SIGNATURE_HEADER, endpoint.signature(unix_seconds, &body)),
-                (EVENT_ID_HEADER, event.name()),
-                (crate::trace::TRACEPARENT, span.context().header()),
-            ];
-            let delivered = self.post(endpoint, &headers, body).await;
+            let delivered = self
+                .post_signed(
+                    endpoint,
+                    &event.name(),
+                    body,
+                    unix_seconds,
+                    Some(&span.context().header()),
+                )
+                .await;
             // Failed, not why: the endpoint's words stay in the log.
             if delivered.is_err() {
                 span.fail("delivery failed");
@@ -184,6 +174,27 @@ impl WebhookSink for HttpWebhookSink {
 }
 
 impl HttpWebhookSink {
+    /// Posts a body made elsewhere (`payvisor webhooks listen` makes it
+    /// from the API's messages), signed with the endpoint's secret, with
+    /// the event's id and the trace it belongs to.
+    pub async fn post_signed(
+        &self,
+        endpoint: &Endpoint,
+        event_name: &str,
+        body: Vec<u8>,
+        unix_seconds: i64,
+        traceparent: Option<&str>,
+    ) -> Result<(), DeliveryError> {
+        let mut headers = vec![
+            (SIGNATURE_HEADER, endpoint.signature(unix_seconds, &body)),
+            (EVENT_ID_HEADER, event_name.to_owned()),
+        ];
+        if let Some(traceparent) = traceparent {
+            headers.push((crate::trace::TRACEPARENT, traceparent.to_owned()));
+        }
+        self.post(endpoint, &headers, body).await
+    }
+
     /// One delivery's exchange: `Ok` on a `2xx`.
     async fn post(
         &self,
@@ -249,32 +260,5 @@ mod tests {
         assert!(Endpoint::new("", "http://x/", "s3cret-s3cret-s3").is_err());
         assert!(Endpoint::new("shop", "ftp://x/", "s3cret-s3cret-s3").is_err());
         assert!(Endpoint::new("shop", "http://x/", "short").is_err());
-    }
-
-    #[test]
-    fn the_body_says_who_asked_for_the_change() {
-        use crate::domain::events::Change;
-        use crate::domain::payment::PaymentState;
-        use crate::domain::{parse_payment_name, Currency, Money, Timestamp};
-        let mut event = PaymentEvent {
-            payment: parse_payment_name("accounts/acme/payments/p1").unwrap(),
-            seq: 2,
-            at: Timestamp::from_unix_millis(1_000),
-            amount: Money::from_minor(Currency::from_code("USD").unwrap(), 100),
-            state: PaymentState::Failed,
-            change: Change::Payment {
-                from: Some(PaymentState::Sent),
-                to: PaymentState::Failed,
-                cause: "operator_fail".into(),
-                failure_reason: Some("bank lost it".into()),
-            },
-            actor: Some("oncall-7".into()),
-            trace: None,
-        };
-        let body: serde_json::Value = serde_json::from_slice(&event_body(&event)).unwrap();
-        assert_eq!(body["actor"], "oncall-7");
-        event.actor = None;
-        let body: serde_json::Value = serde_json::from_slice(&event_body(&event)).unwrap();
-        assert!(body["actor"].is_null());
     }
 }

@@ -178,7 +178,13 @@ fn harness_with_policy(
             node_name: "test".into(),
             rules: Arc::new(payvisor::approval::RulesInForce::approve_all()),
             webhooks: payvisor::webhooks::WebhookSettings::default(),
-            webhook_sink: Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
+            webhook_sink: Arc::new(
+                payvisor::webhooks::HttpWebhookSink::new(
+                    false,
+                    payvisor::grpc::json::webhook_body_format(),
+                )
+                .unwrap(),
+            ),
         },
         queue,
         &background.shutdown,

@@ -65,7 +65,13 @@ async fn start_with(store: Arc<dyn Store>, connections_max: usize) -> Node {
             node_name: "callbacks-test".into(),
             rules: Arc::new(payvisor::approval::RulesInForce::approve_all()),
             webhooks: payvisor::webhooks::WebhookSettings::default(),
-            webhook_sink: Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
+            webhook_sink: Arc::new(
+                payvisor::webhooks::HttpWebhookSink::new(
+                    false,
+                    payvisor::grpc::json::webhook_body_format(),
+                )
+                .unwrap(),
+            ),
         },
         queue,
         &background.shutdown,

@@ -305,7 +305,13 @@ fn orchestrator(
 ) -> payvisor::actors::Orchestrator {
     let no_webhooks: (WebhookSettings, Arc<dyn WebhookSink>) = (
         Default::default(),
-        Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
+        Arc::new(
+            payvisor::webhooks::HttpWebhookSink::new(
+                false,
+                payvisor::grpc::json::webhook_body_format(),
+            )
+            .unwrap(),
+        ),
     );
     orchestrator_with_webhooks(store, owned, mono, background, no_webhooks)
 }
@@ -583,6 +589,7 @@ impl WebhookSink for RecordingSink {
         &'a self,
         _endpoint: &'a payvisor::webhooks::Endpoint,
         event: &'a payvisor::domain::events::PaymentEvent,
+        _payment: Option<&'a payvisor::domain::payment::Payment>,
         _unix_seconds: i64,
     ) -> payvisor::store::BoxFuture<'a, Result<(), payvisor::webhooks::DeliveryError>> {
         Box::pin(async move {

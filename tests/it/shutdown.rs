@@ -131,7 +131,13 @@ async fn the_orchestrators_tasks_return_when_the_signal_fires() {
             node_name: "shutdown-test".into(),
             rules: Arc::new(payvisor::approval::RulesInForce::approve_all()),
             webhooks: Default::default(),
-            webhook_sink: Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
+            webhook_sink: Arc::new(
+                payvisor::webhooks::HttpWebhookSink::new(
+                    false,
+                    payvisor::grpc::json::webhook_body_format(),
+                )
+                .unwrap(),
+            ),
         },
         bank_event_queue,
         &shutdown,

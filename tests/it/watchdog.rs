@@ -153,7 +153,13 @@ fn start_node(store: Arc<dyn Store>, clock: Arc<ManualClock>, sink: Arc<Recordin
             node_name: "watchdog-test".into(),
             rules: Arc::new(payvisor::approval::RulesInForce::approve_all()),
             webhooks: payvisor::webhooks::WebhookSettings::default(),
-            webhook_sink: Arc::new(payvisor::webhooks::HttpWebhookSink::new(false).unwrap()),
+            webhook_sink: Arc::new(
+                payvisor::webhooks::HttpWebhookSink::new(
+                    false,
+                    payvisor::grpc::json::webhook_body_format(),
+                )
+                .unwrap(),
+            ),
         },
         queue,
         &background.shutdown,

@@ -32,6 +32,7 @@ impl WebhookSink for SwitchableSink {
         &'a self,
         _endpoint: &'a Endpoint,
         event: &'a PaymentEvent,
+        _payment: Option<&'a payvisor::domain::payment::Payment>,
         _unix_seconds: i64,
     ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
@@ -319,6 +320,7 @@ impl WebhookSink for GatedSink {
         &'a self,
         _endpoint: &'a Endpoint,
         _event: &'a PaymentEvent,
+        _payment: Option<&'a payvisor::domain::payment::Payment>,
         _unix_seconds: i64,
     ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {

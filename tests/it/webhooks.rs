@@ -166,7 +166,7 @@ fn the_python_receiver_refuses_a_wrong_signature() {
     // Without this, a receiver that accepts everything would pass the rest.
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(dir.path());
-    let body = r#"{"id":"x","type":"payment.sent","payment":"p","sequence":1}"#;
+    let body = r#"{"id":"x","type":"payment.sent","sequence":"1","event":{"payment":"p","state":"STATE_SENT"},"payment":null}"#;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -336,6 +336,50 @@ async fn a_webhook_carries_the_trace_of_the_call_that_caused_its_event() {
         processed.starts_with("00-") && !processed.contains(trace),
         "{processed}"
     );
+}
+
+/// A webhook's body is `payvisor.v1.WebhookEvent` in the canonical JSON
+/// mapping: the event, its type and sequence, and the payment as GetPayment
+/// returns it, with the metadata a merchant finds its order under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_carries_its_event_and_the_payment_with_its_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path());
+    let hooks = webhooks_file(dir.path(), &receiver.url());
+    let server = Server::start(&["--webhooks", hooks.to_str().unwrap()]);
+    let mut client = server.client().await;
+    let mut request = create_request("shop", "body-1", 1_250);
+    (request.payment.as_mut().unwrap().metadata).insert("order_id".into(), "ord-7".into());
+    let payment = client.create_payment(request).await.unwrap().into_inner();
+    let received = wait_received(&receiver, |received| {
+        received
+            .iter()
+            .any(|event| event["type"] == "payment.processed")
+    })
+    .await;
+    assert!(receiver.rejected().is_empty(), "{:?}", receiver.rejected());
+    for event in &received {
+        assert_eq!(
+            event["fields"],
+            serde_json::json!(["createTime", "event", "id", "payment", "sequence", "type"]),
+            "{event}"
+        );
+        assert_eq!(event["payment"], payment.name.as_str(), "{event}");
+        assert_eq!(event["payment_name"], payment.name.as_str(), "{event}");
+        assert_eq!(event["metadata"]["order_id"], "ord-7", "{event}");
+    }
+    let created = received
+        .iter()
+        .find(|event| event["type"] == "payment.created")
+        .unwrap();
+    assert_eq!(created["sequence"], 1);
+    assert_eq!(created["event_state"], "STATE_CREATED");
+    let processed = received
+        .iter()
+        .find(|event| event["type"] == "payment.processed")
+        .unwrap();
+    assert_eq!(processed["event_state"], "STATE_PROCESSED");
+    assert_eq!(processed["payment_state"], "STATE_PROCESSED");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -536,15 +580,16 @@ async fn the_command_line_forwards_live_events_to_a_local_receiver_signed() {
     expected.insert(payment.name.clone(), 4);
     let received = wait_received(&receiver, |received| all_in_order(received, &expected)).await;
     assert!(receiver.rejected().is_empty(), "{:?}", receiver.rejected());
-    // The body the server's own webhooks have (the receiver logs its id,
-    // type, payment and sequence; the body itself is the server's
-    // `event_body`, unit-tested in `grpc::convert`).
+    // The body the server's own webhooks have: the event and the payment
+    // as GetPayment returns it (`grpc::json::webhook_body_of`).
     let processed = received
         .iter()
         .find(|event| event["type"] == "payment.processed")
         .unwrap();
     assert_eq!(processed["payment"], payment.name.as_str());
     assert_eq!(processed["id"], format!("{}/events/4", payment.name));
+    assert_eq!(processed["payment_name"], payment.name.as_str());
+    assert_eq!(processed["payment_state"], "STATE_PROCESSED");
     listen.kill().unwrap();
     let _ = listen.wait();
     // A receiver given another secret refuses what `listen` signs.
@@ -622,7 +667,7 @@ async fn the_command_line_follows_live_events_and_pages() {
         ["payment.created", "payment.approved", "payment.sent"]
     );
     let page = next(&alert_lines, "page");
-    assert_eq!(page["action"], "trigger", "{page}");
+    assert_eq!(page["action"], "ACTION_TRIGGER", "{page}");
     assert_eq!(page["payment"], payment.name.as_str(), "{page}");
     for child in [&mut events, &mut alerts] {
         child.kill().unwrap();
