@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::approval::load_rules_file;
@@ -825,47 +826,11 @@ impl std::fmt::Debug for HttpBankConfig {
     }
 }
 
-/// `{"endpoints": [{"name": "...", "url": "...", "secret": "..."}]}`.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WebhooksFile {
-    endpoints: Vec<WebhookEndpointEntry>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct WebhookEndpointEntry {
-    name: String,
-    url: String,
-    secret: String,
-    /// Accept an `http://` URL beyond loopback.
-    #[serde(default)]
-    allow_insecure: bool,
-}
-
-/// Reads and checks a webhook endpoints file.
+/// Reads and checks a webhook endpoints file (every problem listed).
 pub fn load_webhooks_file(path: &std::path::Path) -> Result<Vec<Endpoint>, ConfigError> {
-    let shown = path.display().to_string();
-    let bad = |why: String| ConfigError::Webhooks(shown.clone(), why);
-    let text = std::fs::read_to_string(path).map_err(|error| bad(error.to_string()))?;
-    let file: WebhooksFile = serde_json::from_str(&text)
-        .map_err(|error| bad(crate::domain::json::without_values(&error)))?;
-    if file.endpoints.len() > limits::WEBHOOK_ENDPOINTS_MAX {
-        return Err(bad(format!(
-            "at most {} endpoints",
-            limits::WEBHOOK_ENDPOINTS_MAX
-        )));
-    }
-    let mut endpoints: Vec<Endpoint> = Vec::new();
-    for entry in file.endpoints {
-        if endpoints.iter().any(|known| known.name == entry.name) {
-            return Err(bad(format!("endpoint name {:?} appears twice", entry.name)));
-        }
-        crate::http_client::outbound_url(&entry.url, entry.allow_insecure)
-            .map_err(|why| bad(format!("endpoint {:?}: url: {why}", entry.name)))?;
-        endpoints.push(Endpoint::new(&entry.name, &entry.url, &entry.secret).map_err(bad)?);
-    }
-    Ok(endpoints)
+    let (endpoints, _text) =
+        crate::reload::load::<crate::webhooks::Endpoints>(path).map_err(ConfigError::Webhooks)?;
+    Ok(endpoints.0)
 }
 
 /// How stalls are looked for and who is paged.
@@ -989,6 +954,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 pub enum ConfigError {
     #[error("{0}")]
     File(#[from] crate::reload::FileError),
+    #[error("--webhooks: {0}")]
+    Webhooks(crate::reload::FileError),
     #[error("--idempotency-retention {0:?}: expected a duration from 24h to 365d, like 7d")]
     IdempotencyRetention(String),
     #[error("--node-name: {0}")]
@@ -1001,8 +968,6 @@ pub enum ConfigError {
     OtlpBatchWait(String),
     #[error("{0} {1:?}: expected an http:// or https:// address")]
     PageLink(&'static str, String),
-    #[error("--webhooks {0}: {1}")]
-    Webhooks(String, String),
     #[error("--webhook-retry-for {0:?}: expected a duration from 1s to 30d, like 24h")]
     WebhookRetryFor(String),
     #[error("{flag}: {why}")]
@@ -1052,12 +1017,15 @@ impl ServeArgs {
         let reconcile_lag = parse_duration(&self.reconcile_lag)
             .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(86_400))
             .ok_or_else(|| ConfigError::ReconcileLag(self.reconcile_lag.clone()))?;
-        let webhooks = WebhookSettings {
-            endpoints: match &self.webhooks {
-                Some(path) => load_webhooks_file(path)?,
-                None => Vec::new(),
+        let webhooks = match &self.webhooks {
+            Some(path) => WebhookSettings {
+                endpoints: Arc::new(
+                    crate::reload::InForce::from_file(path.clone())
+                        .map_err(ConfigError::Webhooks)?,
+                ),
+                retry_for,
             },
-            retry_for,
+            None => WebhookSettings::fixed(Vec::new(), retry_for),
         };
         if self.fee_fixed_minor < 0 || self.fee_basis_points > 10_000 {
             return Err(ConfigError::Fee);

@@ -343,6 +343,12 @@ pub const METRICS_BODY_BYTES_MAX: usize = 1024;
 pub const WEBHOOK_ENDPOINT_NAME_CHARS_MAX: usize = 64;
 /// Webhook endpoints per node: each is a delivery state in every event item.
 pub const WEBHOOK_ENDPOINTS_MAX: usize = 8;
+/// Bytes of a webhooks file: eight endpoints with their subscriptions need
+/// a few kilobytes; more is not a webhooks file.
+pub const WEBHOOK_FILE_BYTES_MAX: usize = 64 * 1024;
+/// How often the webhooks file is checked for changes (reloaded when
+/// changed), as often as the rules file.
+pub const WEBHOOK_RELOAD_EVERY: Duration = Duration::from_secs(2);
 /// Shortest webhook signing secret: 128 bits, as a guessing bound.
 pub const WEBHOOK_SECRET_BYTES_MIN: usize = 16;
 /// How long one webhook POST may take before it counts as failed (and is

@@ -111,6 +111,11 @@ impl<T: Document> InForce<T> {
         })
     }
 
+    /// Whether the document comes from a file (and may change).
+    pub fn has_file(&self) -> bool {
+        self.path.is_some()
+    }
+
     pub fn current(&self) -> Arc<T> {
         Arc::clone(
             &self

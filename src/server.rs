@@ -222,8 +222,7 @@ impl Node {
             Some(path) => RulesInForce::from_file(path.clone())?,
             None => RulesInForce::approve_all(),
         });
-        let webhooks_over_tls = (config.webhooks.endpoints.iter())
-            .any(|endpoint| endpoint.url.scheme_str() == Some("https"));
+        let webhook_sink = webhook_sink(&config.webhooks)?;
         let (ownership, cluster, membership) = match &config.cluster {
             None => (AccountOwnership::Everything, None, None),
             Some(settings) => {
@@ -253,11 +252,8 @@ impl Node {
             node_name: config.watchdog.node_name.clone(),
             rules: rules.clone(),
             webhook_sink: Arc::new(MeteredWebhookSink::new(
-                Arc::new(HttpWebhookSink::new(
-                    webhooks_over_tls,
-                    crate::grpc::json::webhook_body_format(),
-                )?),
-                &config.webhooks.endpoints,
+                Arc::new(webhook_sink),
+                &config.webhooks.endpoints().0,
                 metrics.webhooks.clone(),
             )),
             webhooks: config.webhooks.clone(),
@@ -513,6 +509,26 @@ fn sweep_periodically(
     let reloading =
         Arc::clone(&node.rules).watch_until(limits::RULES_RELOAD_EVERY, shutdown.clone());
     tasks.spawn("rules reload", reloading);
+    let endpoints = Arc::clone(&config.webhooks.endpoints);
+    let reloading = endpoints.watch_until(limits::WEBHOOK_RELOAD_EVERY, shutdown.clone());
+    tasks.spawn("webhooks file reload", reloading);
+}
+
+/// Webhooks over HTTP(S). The system's CA certificates are loaded when an
+/// endpoint is `https` now, or may become one in a reloaded file; a
+/// machine without them can still post to `http` endpoints.
+fn webhook_sink(settings: &crate::webhooks::WebhookSettings) -> anyhow::Result<HttpWebhookSink> {
+    let https_now =
+        (settings.endpoints().iter()).any(|endpoint| endpoint.url.scheme_str() == Some("https"));
+    let format = crate::grpc::json::webhook_body_format;
+    match HttpWebhookSink::new(https_now || settings.endpoints.has_file(), format()) {
+        Ok(sink) => Ok(sink),
+        Err(error) if !https_now => {
+            tracing::warn!(%error, "no system CA certificates: an https endpoint added to the webhooks file cannot be verified until a restart");
+            Ok(HttpWebhookSink::new(false, format())?)
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Deletes expired records (idempotency keys past their retention) every

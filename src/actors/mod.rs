@@ -693,7 +693,7 @@ impl Orchestrator {
     /// Webhook deliveries pending, read from the store; `None` when no
     /// endpoint is configured.
     pub async fn webhook_backlog(&self) -> Result<Option<schema::WebhookBacklog>, CommandError> {
-        if self.shared.webhooks.settings().endpoints.is_empty() {
+        if !self.shared.webhooks.settings().in_use() {
             return Ok(None);
         }
         let now = self.shared.clock.now();

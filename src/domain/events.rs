@@ -69,6 +69,16 @@ impl PaymentEvent {
     }
 }
 
+/// Every event type there is, as [`PaymentEvent::event_type`] names them
+/// (what a webhook endpoint may subscribe to).
+pub fn event_types() -> Vec<String> {
+    let payments = PaymentState::ALL
+        .iter()
+        .map(|state| format!("payment.{}", state.as_str()));
+    let refunds = (RefundState::ALL.iter()).map(|state| format!("refund.{}", state.as_str()));
+    payments.chain(refunds).collect()
+}
+
 pub fn event_name(payment: &PaymentName, seq: u64) -> String {
     format!("{payment}/events/{seq}")
 }

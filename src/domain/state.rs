@@ -80,6 +80,12 @@ pub enum RefundState {
 }
 
 impl RefundState {
+    pub const ALL: [RefundState; 3] = [
+        RefundState::Pending,
+        RefundState::Succeeded,
+        RefundState::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RefundState::Pending => "pending",

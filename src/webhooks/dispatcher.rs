@@ -112,7 +112,7 @@ impl WebhookDispatcher {
         shutdown: Shutdown,
     ) {
         loop {
-            if !self.inner.settings.endpoints.is_empty() {
+            if self.inner.settings.in_use() {
                 let started = std::time::Instant::now();
                 swept(self.sweep_logged().await, started);
             }
@@ -138,7 +138,7 @@ impl WebhookDispatcher {
     /// One pass: every payment with a delivery due by now gets its pending
     /// events sent, in order. Returns how many payments were handled.
     pub async fn sweep(&self) -> Result<usize, StoreError> {
-        if self.inner.settings.endpoints.is_empty() {
+        if !self.inner.settings.in_use() {
             return Ok(0);
         }
         let now = self.inner.clock.now();
@@ -186,19 +186,15 @@ impl WebhookDispatcher {
         let inner = &self.inner;
         let (payment, seq) = parse_event_name(event_name)
             .map_err(|error| ResendError::BadName(error.to_string()))?;
+        let in_force = inner.settings.endpoints();
         let endpoints: Vec<&str> = match endpoint {
             Some(name) => {
-                if !inner.settings.endpoints.iter().any(|e| e.name == name) {
+                if in_force.named(name).is_none() {
                     return Err(ResendError::UnknownEndpoint(name.to_owned()));
                 }
                 vec![name]
             }
-            None => inner
-                .settings
-                .endpoints
-                .iter()
-                .map(|e| e.name.as_str())
-                .collect(),
+            None => in_force.iter().map(|e| e.name.as_str()).collect(),
         };
         if endpoints.is_empty() {
             return Err(ResendError::UnknownEndpoint(String::new()));
@@ -360,6 +356,8 @@ impl Inner {
         // The body carries the payment as it is now, read once per pass
         // and only if something is due.
         let mut current_payment: Option<Option<Payment>> = None;
+        // The endpoints in force for this pass (the file may be reloaded).
+        let endpoints = self.settings.endpoints();
         // Per endpoint: an earlier record is still pending until then.
         let mut held_until: HashMap<String, Timestamp> = HashMap::new();
         for current in records {
@@ -377,12 +375,7 @@ impl Inner {
                     delivery.next_attempt_at = delivery.next_attempt_at.max(*until);
                     continue;
                 }
-                let Some(endpoint) = self
-                    .settings
-                    .endpoints
-                    .iter()
-                    .find(|endpoint| endpoint.name == delivery.endpoint)
-                else {
+                let Some(endpoint) = endpoints.named(&delivery.endpoint) else {
                     delivery.state = DeliveryState::Failed;
                     delivery.last_error = Some("endpoint no longer configured".into());
                     continue;
@@ -399,6 +392,12 @@ impl Inner {
                 }
                 let payment_now = current_payment.as_ref().and_then(Option::as_ref);
                 while let Some(event) = next.events.get(delivery.acknowledged) {
+                    // An event the endpoint did not subscribe to is passed
+                    // over: acknowledged without a request.
+                    if !endpoint.wants(&event.event_type()) {
+                        delivery.acknowledged += 1;
+                        continue;
+                    }
                     let unix_seconds = self.clock.now().unix_millis().div_euclid(1000);
                     match (self
                         .sink

@@ -20,10 +20,10 @@
 
 pub mod dispatcher;
 
+use std::collections::BTreeSet;
 use std::fmt;
-use std::time::Duration;
-
 use std::sync::Arc;
+use std::time::Duration;
 
 use hyper::Uri;
 
@@ -31,6 +31,7 @@ use crate::domain::events::PaymentEvent;
 use crate::domain::payment::Payment;
 use crate::http_client::{parse_url, ExchangeError, HttpPoster};
 use crate::limits;
+use crate::reload::{Document, InForce};
 use crate::store::BoxFuture;
 
 /// The request header with the signature.
@@ -46,6 +47,8 @@ pub struct Endpoint {
     pub url: Uri,
     /// The shared signing secret; never logged.
     secret: Vec<u8>,
+    /// The event types it subscribed to; `None`: every type.
+    events: Option<BTreeSet<String>>,
 }
 
 impl fmt::Debug for Endpoint {
@@ -54,6 +57,7 @@ impl fmt::Debug for Endpoint {
             .field("name", &self.name)
             .field("url", &self.url)
             .field("secret", &"<redacted>")
+            .field("events", &self.events)
             .finish()
     }
 }
@@ -82,7 +86,36 @@ impl Endpoint {
             name: name.to_owned(),
             url,
             secret: secret.as_bytes().to_vec(),
+            events: None,
         })
+    }
+
+    /// Subscribes the endpoint to `events` only (types such as
+    /// `payment.processed`); every one must exist.
+    pub fn subscribed_to(mut self, events: &[String]) -> Result<Endpoint, String> {
+        let known = crate::domain::events::event_types();
+        if events.is_empty() {
+            return Err(format!(
+                "endpoint {:?}: events is empty (leave it out for every type)",
+                self.name
+            ));
+        }
+        if let Some(unknown) = events.iter().find(|event| !known.contains(event)) {
+            return Err(format!(
+                "endpoint {:?}: unknown event type {unknown:?} (known: {})",
+                self.name,
+                known.join(", ")
+            ));
+        }
+        self.events = Some(events.iter().cloned().collect());
+        Ok(self)
+    }
+
+    /// Whether events of `event_type` go to this endpoint.
+    pub fn wants(&self, event_type: &str) -> bool {
+        self.events
+            .as_ref()
+            .is_none_or(|events| events.contains(event_type))
     }
 
     /// `t=<unix>,v1=<hex HMAC-SHA256(secret, "t.body")>`.
@@ -231,20 +264,138 @@ impl HttpWebhookSink {
     }
 }
 
+/// The endpoints of a webhooks file: `{"endpoints": [{"name", "url",
+/// "secret", "events"?, "allow_insecure"?}]}`.
+#[derive(Debug, Default)]
+pub struct Endpoints(pub Vec<Endpoint>);
+
+impl Endpoints {
+    pub fn iter(&self) -> std::slice::Iter<'_, Endpoint> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn named(&self, name: &str) -> Option<&Endpoint> {
+        self.0.iter().find(|endpoint| endpoint.name == name)
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointsFile {
+    endpoints: Vec<EndpointEntry>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EndpointEntry {
+    name: String,
+    url: String,
+    secret: String,
+    /// Event types to send (`payment.processed`, `refund.succeeded`, …);
+    /// left out: every type.
+    #[serde(default)]
+    events: Option<Vec<String>>,
+    /// Accept an `http://` URL beyond loopback.
+    #[serde(default)]
+    allow_insecure: bool,
+}
+
+impl Document for Endpoints {
+    const KIND: &'static str = "webhooks file";
+    const BYTES_MAX: usize = limits::WEBHOOK_FILE_BYTES_MAX;
+
+    fn parse(text: &str) -> Result<Endpoints, Vec<String>> {
+        let file: EndpointsFile = serde_json::from_str(text)
+            .map_err(|error| vec![crate::domain::json::without_values(&error)])?;
+        if file.endpoints.len() > limits::WEBHOOK_ENDPOINTS_MAX {
+            return Err(vec![format!(
+                "at most {} endpoints",
+                limits::WEBHOOK_ENDPOINTS_MAX
+            )]);
+        }
+        let mut endpoints: Vec<Endpoint> = Vec::new();
+        let mut problems = Vec::new();
+        for entry in file.endpoints {
+            if endpoints.iter().any(|known| known.name == entry.name) {
+                problems.push(format!("endpoint name {:?} appears twice", entry.name));
+                continue;
+            }
+            let endpoint = crate::http_client::outbound_url(&entry.url, entry.allow_insecure)
+                .map_err(|why| format!("endpoint {:?}: url: {why}", entry.name))
+                .and_then(|_| Endpoint::new(&entry.name, &entry.url, &entry.secret))
+                .and_then(|endpoint| match &entry.events {
+                    Some(events) => endpoint.subscribed_to(events),
+                    None => Ok(endpoint),
+                });
+            match endpoint {
+                Ok(endpoint) => endpoints.push(endpoint),
+                Err(problem) => problems.push(problem),
+            }
+        }
+        if problems.is_empty() {
+            Ok(Endpoints(endpoints))
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn summary(&self) -> String {
+        let names: Vec<&str> = self.iter().map(|endpoint| endpoint.name.as_str()).collect();
+        format!("{} endpoints: {}", names.len(), names.join(", "))
+    }
+}
+
+/// The endpoints in force: the webhooks file, checked for changes and
+/// reloaded (validated first; a refused file leaves the old endpoints in
+/// force), like the rules file.
+pub type EndpointsInForce = InForce<Endpoints>;
+
 /// Webhook settings of a node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct WebhookSettings {
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Arc<EndpointsInForce>,
     /// How long a delivery is retried before it is given up.
     pub retry_for: Duration,
 }
 
+impl WebhookSettings {
+    /// The endpoints in force now.
+    pub fn endpoints(&self) -> Arc<Endpoints> {
+        self.endpoints.current()
+    }
+
+    /// Whether webhooks are in use: endpoints are configured now, or come
+    /// from a file that may list some later (deliveries recorded for an
+    /// endpoint since removed must still be closed).
+    pub fn in_use(&self) -> bool {
+        self.endpoints.has_file() || !self.endpoints().is_empty()
+    }
+
+    /// Fixed endpoints (no file: tests, benchmarks).
+    pub fn fixed(endpoints: Vec<Endpoint>, retry_for: Duration) -> WebhookSettings {
+        WebhookSettings {
+            endpoints: Arc::new(InForce::fixed(Endpoints(endpoints))),
+            retry_for,
+        }
+    }
+}
+
+impl fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("endpoints", &self.endpoints())
+            .field("retry_for", &self.retry_for)
+            .finish()
+    }
+}
+
 impl Default for WebhookSettings {
     fn default() -> Self {
-        WebhookSettings {
-            endpoints: Vec::new(),
-            retry_for: limits::WEBHOOK_RETRY_FOR_DEFAULT,
-        }
+        WebhookSettings::fixed(Vec::new(), limits::WEBHOOK_RETRY_FOR_DEFAULT)
     }
 }
 
@@ -260,5 +411,37 @@ mod tests {
         assert!(Endpoint::new("", "http://x/", "s3cret-s3cret-s3").is_err());
         assert!(Endpoint::new("shop", "ftp://x/", "s3cret-s3cret-s3").is_err());
         assert!(Endpoint::new("shop", "http://x/", "short").is_err());
+    }
+
+    #[test]
+    fn an_endpoint_subscribes_to_known_event_types_or_every_type() {
+        let endpoint =
+            Endpoint::new("shop", "http://127.0.0.1:9/hook", "s3cret-s3cret-s3").unwrap();
+        assert!(endpoint.wants("payment.sent"));
+        let endpoint = endpoint
+            .subscribed_to(&["payment.processed".into(), "refund.succeeded".into()])
+            .unwrap();
+        assert!(endpoint.wants("payment.processed") && endpoint.wants("refund.succeeded"));
+        assert!(!endpoint.wants("payment.sent"));
+        let unknown = endpoint.clone().subscribed_to(&["payment.shipped".into()]);
+        assert!(unknown.unwrap_err().contains("payment.shipped"));
+        assert!(endpoint.subscribed_to(&[]).is_err());
+    }
+
+    #[test]
+    fn a_webhooks_file_lists_every_problem() {
+        let text = r#"{"endpoints": [
+            {"name": "a", "url": "http://127.0.0.1:9/", "secret": "short"},
+            {"name": "b", "url": "http://127.0.0.1:9/", "secret": "s3cret-s3cret-s3", "events": ["nope"]},
+            {"name": "c", "url": "http://127.0.0.1:9/", "secret": "s3cret-s3cret-s3", "events": ["payment.failed"]}
+        ]}"#;
+        let problems = Endpoints::parse(text).unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        let good = text
+            .replace("\"short\"", "\"s3cret-s3cret-s3\"")
+            .replace("[\"nope\"]", "[\"refund.failed\"]");
+        let endpoints = Endpoints::parse(&good).unwrap();
+        assert_eq!(endpoints.summary(), "3 endpoints: a, b, c");
+        assert!(!endpoints.named("c").unwrap().wants("payment.sent"));
     }
 }

@@ -620,14 +620,16 @@ async fn background_work_runs_only_where_the_account_is_owned(store: Arc<dyn Sto
             .take(3)
             .collect()
     };
-    let webhooks = || WebhookSettings {
-        endpoints: vec![payvisor::webhooks::Endpoint::new(
-            "shop",
-            "http://127.0.0.1:9/",
-            "0123456789abcdef",
+    let webhooks = || {
+        WebhookSettings::fixed(
+            vec![payvisor::webhooks::Endpoint::new(
+                "shop",
+                "http://127.0.0.1:9/",
+                "0123456789abcdef",
+            )
+            .unwrap()],
+            std::time::Duration::from_secs(3_600),
         )
-        .unwrap()],
-        retry_for: std::time::Duration::from_secs(3_600),
     };
     let mut nodes = Vec::new();
     for odd in [false, true] {

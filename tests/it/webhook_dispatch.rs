@@ -137,12 +137,10 @@ async fn setup(retry_for: Duration) -> Setup {
         store.clone(),
         sink.clone(),
         clock.clone(),
-        WebhookSettings {
-            endpoints: vec![
-                Endpoint::new("shop", "http://127.0.0.1:9/", "0123456789abcdef").unwrap(),
-            ],
+        WebhookSettings::fixed(
+            vec![Endpoint::new("shop", "http://127.0.0.1:9/", "0123456789abcdef").unwrap()],
             retry_for,
-        },
+        ),
         payvisor::cluster::AccountOwnership::Everything,
     );
     let payment = parse_payment_name("accounts/acme/payments/p1").unwrap();

@@ -382,6 +382,111 @@ async fn a_webhook_carries_its_event_and_the_payment_with_its_metadata() {
     assert_eq!(processed["payment_state"], "STATE_PROCESSED");
 }
 
+/// Each endpoint gets the event types it subscribed to (all when it names
+/// none), and the webhooks file is reloaded when it changes: a new endpoint
+/// gets the events decided after; a file that does not validate is refused
+/// with its problems and the endpoints in force stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_get_the_types_they_subscribe_to_and_the_file_is_reloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (shop_dir, crm_dir) = (dir.path().join("shop"), dir.path().join("crm"));
+    std::fs::create_dir_all(&shop_dir).unwrap();
+    std::fs::create_dir_all(&crm_dir).unwrap();
+    let shop = Receiver::start(&shop_dir);
+    let crm = Receiver::start(&crm_dir);
+    let hooks = dir.path().join("webhooks.json");
+    let write = |endpoints: Value| {
+        let text = serde_json::json!({ "endpoints": endpoints }).to_string();
+        std::fs::write(&hooks, text).unwrap();
+    };
+    let shop_entry = serde_json::json!({"name": "shop", "url": shop.url(), "secret": SECRET, "events": ["payment.processed"]});
+    write(serde_json::json!([shop_entry]));
+    let server = Server::start_logged(&["--webhooks", hooks.to_str().unwrap()]);
+    let mut client = server.client().await;
+    let types_of = |received: &[Value], payment: &str| -> Vec<String> {
+        received
+            .iter()
+            .filter(|event| event["payment"] == payment)
+            .map(|event| event["type"].as_str().unwrap().to_owned())
+            .collect()
+    };
+
+    // shop subscribed to payment.processed only.
+    let first = processed_payment(&mut client, "acme", "sub-1", 1_000).await;
+    let received = wait_received(&shop, |received| {
+        types_of(received, &first.name).contains(&"payment.processed".to_owned())
+    })
+    .await;
+    assert_eq!(types_of(&received, &first.name), ["payment.processed"]);
+    // The operator sees the one event sent, and no delivery to shop of an
+    // event decided without a type it wants.
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    loop {
+        let events = events_of(&mut client, &first.name).await;
+        let delivered = |event: &pb::PaymentEvent| {
+            (event.deliveries.iter()).all(|d| d.state == DeliveryState::Delivered as i32)
+        };
+        let processed = (events.iter())
+            .find(|event| event.r#type == "payment.processed")
+            .unwrap();
+        assert!(events
+            .iter()
+            .filter(|event| event.sequence < processed.sequence)
+            .all(|event| event.deliveries.is_empty() || delivered(event)));
+        if processed.deliveries.len() == 1 && events.iter().all(delivered) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // crm is added, for every type, without a restart.
+    let crm_entry = serde_json::json!({"name": "crm", "url": crm.url(), "secret": SECRET});
+    write(serde_json::json!([shop_entry, crm_entry]));
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    while !server.log().contains("webhooks file reloaded") {
+        assert!(tokio::time::Instant::now() < deadline, "never reloaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let second = processed_payment(&mut client, "acme", "sub-2", 1_100).await;
+    let mut expected = BTreeMap::new();
+    expected.insert(second.name.clone(), 4);
+    wait_received(&crm, |received| all_in_order(received, &expected)).await;
+    let received = wait_received(&shop, |received| {
+        types_of(received, &second.name).contains(&"payment.processed".to_owned())
+    })
+    .await;
+    assert_eq!(types_of(&received, &second.name), ["payment.processed"]);
+
+    // A file naming an unknown type is refused; both endpoints stay.
+    let bad_entry = serde_json::json!({"name": "crm", "url": crm.url(), "secret": SECRET, "events": ["payment.shipped"]});
+    write(serde_json::json!([shop_entry, bad_entry]));
+    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+    while !server.log().contains("webhooks file not reloaded") {
+        assert!(tokio::time::Instant::now() < deadline, "never refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = server.log();
+    assert!(log.contains("payment.shipped"), "the problem is named");
+    assert!(!log.contains(SECRET), "the secret is never logged");
+    let third = processed_payment(&mut client, "acme", "sub-3", 1_200).await;
+    expected.insert(third.name.clone(), 4);
+    wait_received(&crm, |received| all_in_order(received, &expected)).await;
+    assert!(shop.rejected().is_empty() && crm.rejected().is_empty());
+
+    // The same file stops a server from starting, with the problem named.
+    let output = Command::new(BINARY)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .arg("--webhooks")
+        .arg(&hooks)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("payment.shipped"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delivery_given_up_after_its_retry_period_is_resent_by_an_operator() {
     let dir = tempfile::tempdir().unwrap();

@@ -120,9 +120,13 @@ impl AccountState {
     ) -> Result<(), CommandError> {
         let rules = self.shared.rules.current();
         let webhooks = self.shared.webhooks.settings();
-        let endpoints: Vec<&str> = webhooks
-            .endpoints
+        // The endpoints in force now, each only if it subscribed to one of
+        // this decision's events.
+        let in_force = webhooks.endpoints();
+        let event_types: Vec<String> = decision.events.iter().map(|e| e.event_type()).collect();
+        let endpoints: Vec<&str> = in_force
             .iter()
+            .filter(|endpoint| event_types.iter().any(|kind| endpoint.wants(kind)))
             .map(|endpoint| endpoint.name.as_str())
             .collect();
         let context = StageContext {
