@@ -1038,13 +1038,20 @@ pub struct ReconcileArgs {
     /// under it).
     #[arg(long, env = "PAYVISOR_BANK_NAME", default_value = "bank")]
     pub bank_name: String,
-    /// Start of the period, Unix ms (default: `--period` before the end).
-    #[arg(long)]
+    /// Start of the period, RFC 3339 such as `2026-11-28T00:00:00Z` or
+    /// with an offset (default: `--period` before the end).
+    #[arg(long, conflicts_with = "from_ms")]
+    pub since: Option<String>,
+    /// End of the period (exclusive), RFC 3339 (default: now).
+    #[arg(long, conflicts_with = "to_ms")]
+    pub until: Option<String>,
+    /// Start of the period in Unix milliseconds (for scripts of 0.1.0).
+    #[arg(long, hide = true)]
     pub from_ms: Option<i64>,
-    /// End of the period (exclusive), Unix ms (default: now).
-    #[arg(long)]
+    /// End of the period in Unix milliseconds (for scripts of 0.1.0).
+    #[arg(long, hide = true)]
     pub to_ms: Option<i64>,
-    /// Length of the period when `--from-ms` is not given.
+    /// Length of the period when `--since` is not given.
     #[arg(long, default_value = "24h")]
     pub period: String,
     /// Print JSON instead of text.
@@ -1056,11 +1063,30 @@ pub struct ReconcileArgs {
 pub async fn reconcile(args: ReconcileArgs) -> anyhow::Result<()> {
     use crate::clock::Clock;
     let clock: std::sync::Arc<dyn Clock> = std::sync::Arc::new(crate::clock::SystemClock);
-    let to = args.to_ms.unwrap_or_else(|| clock.now().unix_millis());
+    let instant = |flag: &str, text: &Option<String>| -> anyhow::Result<Option<i64>> {
+        text.as_deref()
+            .map(|text| {
+                let at = crate::domain::time::parse_rfc3339(text).with_context(|| {
+                    format!("--{flag} {text:?}: expected RFC 3339, like 2026-11-28T00:00:00Z")
+                })?;
+                Ok(at.unix_millis())
+            })
+            .transpose()
+    };
+    let to = (instant("until", &args.until)?)
+        .or(args.to_ms)
+        .unwrap_or_else(|| clock.now().unix_millis());
     let period = crate::config::parse_duration(&args.period)
         .with_context(|| format!("bad --period {:?}", args.period))?;
-    let from = args.from_ms.unwrap_or(to - period.as_millis() as i64);
-    anyhow::ensure!(from < to, "the period is empty: from {from} to {to}");
+    let from = (instant("since", &args.since)?)
+        .or(args.from_ms)
+        .unwrap_or(to - period.as_millis() as i64);
+    anyhow::ensure!(
+        from < to,
+        "the period is empty: from {} to {}",
+        render::when(from),
+        render::when(to)
+    );
     let store = args.store.validate()?.open_existing().await?;
     let bank = crate::connectors::http::HttpBankConnector::new(
         crate::connectors::http::BankEndpoint {

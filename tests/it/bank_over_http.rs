@@ -145,21 +145,49 @@ async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_
 
     // Reconciliation: the bank's settlement report, payvisor's payments and
     // its ledger agree...
-    let reconcile = |server: &Server| {
+    let reconcile_over = |server: &Server, period: &[&str]| {
         Command::new(BINARY)
-            .args([
-                "reconcile",
-                "--bank-name",
-                "bank-a",
-                "--period",
-                "1h",
-                "--data-dir",
-            ])
+            .args(["reconcile", "--bank-name", "bank-a"])
+            .args(period)
+            .arg("--data-dir")
             .arg(server.data_dir())
             .args(["--bank-url", &bank_url])
             .output()
             .unwrap()
     };
+    let reconcile = |server: &Server| reconcile_over(server, &["--period", "1h"]);
+    // A period given as RFC 3339 times: the last hour holds everything,
+    // a day of 2020 nothing.
+    let now = payvisor::domain::Timestamp::from_unix_millis(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64,
+    );
+    let since = payvisor::domain::time::rfc3339(now.plus_millis(-3_600_000));
+    let until = payvisor::domain::time::rfc3339(now.plus_millis(60_000));
+    let bounded = reconcile_over(&server, &["--since", &since, "--until", &until]);
+    let text = String::from_utf8_lossy(&bounded.stdout);
+    assert!(bounded.status.success(), "{text}");
+    assert!(text.contains("bank entries 36"), "{text}");
+    let past = [
+        "--since",
+        "2020-01-01T00:00:00+01:00",
+        "--until",
+        "2020-01-02T00:00:00+01:00",
+    ];
+    let text = String::from_utf8_lossy(&reconcile_over(&server, &past).stdout).into_owned();
+    assert!(
+        text.contains("bank entries 0") && text.contains("clean"),
+        "{text}"
+    );
+    let refused = reconcile_over(&server, &["--since", "yesterday"]);
+    assert!(!refused.status.success());
+    let told = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        told.contains("--since") && told.contains("RFC 3339"),
+        "{told}"
+    );
     let clean = reconcile(&server);
     let text = String::from_utf8_lossy(&clean.stdout);
     assert!(
