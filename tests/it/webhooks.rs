@@ -780,6 +780,119 @@ async fn the_command_line_follows_live_events_and_pages() {
     }
 }
 
+/// `payvisor events watch` outlives a server's crash: it resumes after
+/// the last event it printed once the server is back (on the same
+/// address), printing what was committed meanwhile, each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_watch_resumes_across_a_server_crash_without_repeating_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = crate::common::bank_sim::free_port();
+    let address = format!("127.0.0.1:{port}");
+    let serve = || {
+        let mut process = Command::new(BINARY)
+            .args(["serve", "--listen", &address, "--data-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::BufRead;
+        let stdout = process.stdout.take().unwrap();
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        while !(lines.next().expect("listening").unwrap()).starts_with("payvisor listening on") {}
+        std::thread::spawn(move || for _ in lines {});
+        process
+    };
+    let mut server = serve();
+    let mut watch = Command::new(BINARY)
+        .args(["events", "watch", "--json", "--server", &address])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    following(&mut watch, "following");
+    let stdout = watch.stdout.take().unwrap();
+    let (lines, printed) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines.send(serde_json::from_str(&line).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let connect = || async {
+        let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+        loop {
+            match pb::payment_service_client::PaymentServiceClient::connect(format!(
+                "http://{address}"
+            ))
+            .await
+            {
+                Ok(client) => return client,
+                Err(error) => assert!(tokio::time::Instant::now() < deadline, "{error}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let take = |n: usize| -> Vec<String> {
+        (0..n)
+            .map(|_| {
+                let event = printed
+                    .recv_timeout(PROGRESS_DEADLINE)
+                    .expect("an event line");
+                event["name"].as_str().unwrap().to_owned()
+            })
+            .collect()
+    };
+    let mut client = connect().await;
+    let first = processed_payment_via(&mut client, "crash-1").await;
+    let before = take(4);
+    assert_eq!(
+        before,
+        (1..=4)
+            .map(|n| format!("{first}/events/{n}"))
+            .collect::<Vec<_>>()
+    );
+
+    // The server is killed; a payment is made as soon as it is back, most
+    // likely before the command has reconnected (it waits between
+    // attempts): then it comes from the durable feed, after the resume
+    // point, else live. Either way each event once, in order.
+    let _ = server.kill();
+    let _ = server.wait();
+    let mut server = serve();
+    let mut client = connect().await;
+    let second = processed_payment_via(&mut client, "crash-2").await;
+    let after = take(4);
+    assert_eq!(
+        after,
+        (1..=4)
+            .map(|n| format!("{second}/events/{n}"))
+            .collect::<Vec<_>>()
+    );
+    // Nothing else: no event of the first payment again.
+    assert!(
+        printed.recv_timeout(Duration::from_millis(500)).is_err(),
+        "an event was printed twice"
+    );
+    watch.kill().unwrap();
+    let _ = watch.wait();
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+/// A processed payment of account `crash`, by name.
+async fn processed_payment_via(
+    client: &mut pb::payment_service_client::PaymentServiceClient<tonic::transport::Channel>,
+    request_id: &str,
+) -> String {
+    processed_payment(client, "crash", request_id, 500)
+        .await
+        .name
+}
+
 /// Waits (bounded) until a command-line child says `ready` on stderr: the
 /// line it prints once the server has subscribed it. Its stderr is read
 /// on a thread of its own from then on, so it never blocks on a full pipe.
