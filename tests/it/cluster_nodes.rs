@@ -1007,10 +1007,20 @@ async fn any_node_shows_the_whole_cluster_and_hands_work_to_the_owner() {
         .insert("bank_sim".into(), "hang".into());
     let payment = cluster.nodes[2]
         .client()
-        .create_payment(request)
+        .create_payment(request.clone())
         .await
         .unwrap()
         .into_inner();
+    // The same request through node 0, which forwards it to the owner: the
+    // owner's answer is a replay, and node 0 passes its mark on.
+    let replayed = cluster.nodes[0]
+        .client()
+        .create_payment(request)
+        .await
+        .unwrap();
+    let mark = replayed.metadata().get("idempotent-replayed");
+    assert_eq!(mark.map(|value| value.to_str().unwrap()), Some("true"));
+    assert_eq!(replayed.get_ref().name, payment.name);
     let event = tokio::time::timeout(PROGRESS_DEADLINE, async {
         loop {
             let event = events.message().await.unwrap().expect("the stream goes on");
