@@ -343,6 +343,13 @@ pub const METRICS_BODY_BYTES_MAX: usize = 1024;
 pub const WEBHOOK_ENDPOINT_NAME_CHARS_MAX: usize = 64;
 /// Webhook endpoints per node: each is a delivery state in every event item.
 pub const WEBHOOK_ENDPOINTS_MAX: usize = 8;
+/// Payments of an account of 0.1.0 given their creation-order pointer per
+/// batch: one range read, then a write each, then the progress recorded.
+pub const CREATION_INDEX_BATCH: usize = 256;
+/// ... and per listing call: the first listing of a large old account
+/// answers UNAVAILABLE (retry) until it is indexed, rather than hold the
+/// call for minutes (20,000 writes take seconds on either store).
+pub const CREATION_INDEX_PER_CALL: usize = 20_000;
 /// Bytes of a webhooks file: eight endpoints with their subscriptions need
 /// a few kilobytes; more is not a webhooks file.
 pub const WEBHOOK_FILE_BYTES_MAX: usize = 64 * 1024;

@@ -526,16 +526,25 @@ impl Orchestrator {
             .ok_or_else(|| CommandError::NotFound(format!("payment {name}")))
     }
 
+    /// One page of an account's payments created in `window`, newest
+    /// first, after `after`. An account written by 0.1.0 is indexed by
+    /// creation time first, a bounded part per call: until it is, the call
+    /// answers UNAVAILABLE (retry).
     pub async fn list_payments(
         &self,
         account: &AccountId,
-        start_after: Option<&PaymentId>,
+        after: Option<&schema::CreatedPosition>,
+        window: schema::CreatedWindow,
         page_size: usize,
-    ) -> Result<(Vec<Payment>, Option<PaymentId>), CommandError> {
-        Ok(
-            schema::list_payments(self.shared.store.as_ref(), account, start_after, page_size)
-                .await?,
-        )
+    ) -> Result<(Vec<Payment>, Option<schema::CreatedPosition>), CommandError> {
+        let store = self.shared.store.as_ref();
+        if !schema::index_by_creation(store, account, limits::CREATION_INDEX_PER_CALL).await? {
+            return Err(CommandError::Unavailable(
+                "this account's payments (written by payvisor 0.1.0) are being indexed by creation time; retry".into(),
+            ));
+        }
+        let page = schema::list_payments_by_creation(store, account, after, window, page_size);
+        Ok(page.await?)
     }
 
     /// One page of an account's audit records in `[from, until)`.
@@ -559,19 +568,20 @@ impl Orchestrator {
         &self,
         account: &AccountId,
         state: PaymentState,
-        start_after: Option<PaymentId>,
+        after: Option<schema::CreatedPosition>,
+        window: schema::CreatedWindow,
         page_size: usize,
-    ) -> Result<(Vec<Payment>, Option<PaymentId>), CommandError> {
+    ) -> Result<(Vec<Payment>, Option<schema::CreatedPosition>), CommandError> {
         let mut matching = Vec::new();
-        let mut cursor = start_after;
+        let mut cursor = after;
         let mut scanned = 0;
         loop {
             let (page, next) = self
-                .list_payments(account, cursor.as_ref(), page_size)
+                .list_payments(account, cursor.as_ref(), window, page_size)
                 .await?;
             for payment in page {
                 scanned += 1;
-                cursor = Some(payment.id.clone());
+                cursor = Some(schema::created_position(&payment));
                 if payment.state == state {
                     matching.push(payment);
                     if matching.len() == page_size {

@@ -110,6 +110,13 @@ pub enum PaymentsCommand {
         /// Only payments in this state (e.g. in_review, sent, failed).
         #[arg(long)]
         state: Option<String>,
+        /// Only payments created at or after this time, RFC 3339 (e.g.
+        /// 2026-11-28T00:00:00Z or with an offset).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only payments created before this time, RFC 3339.
+        #[arg(long)]
+        until: Option<String>,
     },
     /// Refund all that remains of a payment, or --amount of it.
     Refund {
@@ -462,14 +469,20 @@ pub async fn payments(options: &ClientOptions, command: PaymentsCommand) -> anyh
             page_token,
             all,
             state,
+            since,
+            until,
         } => {
             let state = state_filter(state.as_deref())?;
+            let start_time = time_flag("since", since)?;
+            let end_time = time_flag("until", until)?;
             let (payments, token) = collect_pages(page_token, all, async |page_token| {
                 let request = pb::ListPaymentsRequest {
                     parent: format!("accounts/{account}"),
                     page_size,
                     page_token,
                     state,
+                    start_time,
+                    end_time,
                 };
                 let page = client.list_payments(request).await?.into_inner();
                 Ok((page.payments, page.next_page_token))
@@ -593,6 +606,17 @@ async fn collect_pages(
     }
 }
 
+/// A time flag (`--since`, `--until`): RFC 3339, with `Z` or an offset.
+fn time_flag(flag: &str, text: Option<String>) -> anyhow::Result<Option<prost_types::Timestamp>> {
+    text.map(|text| {
+        let at = crate::domain::time::parse_rfc3339(&text).with_context(|| {
+            format!("--{flag} {text:?}: expected RFC 3339, like 2026-11-28T00:00:00Z")
+        })?;
+        Ok(crate::grpc::convert::timestamp(at))
+    })
+    .transpose()
+}
+
 /// `--state in_review` as the API's enum.
 fn state_filter(state: Option<&str>) -> anyhow::Result<i32> {
     let Some(state) = state else { return Ok(0) };
@@ -623,6 +647,8 @@ pub async fn reviews(options: &ClientOptions, command: ReviewsCommand) -> anyhow
                     page_size,
                     page_token,
                     state: pb::payment::State::InReview as i32,
+                    start_time: None,
+                    end_time: None,
                 };
                 let page = client.list_payments(request).await?.into_inner();
                 Ok((page.payments, page.next_page_token))
@@ -967,17 +993,8 @@ pub async fn audit(options: &ClientOptions, command: AuditCommand) -> anyhow::Re
         mut page_token,
         all,
     } = command;
-    let when =
-        |flag: &str, text: Option<String>| -> anyhow::Result<Option<prost_types::Timestamp>> {
-            text.map(|text| {
-                let at = crate::domain::time::parse_rfc3339(&text)
-                    .with_context(|| format!("--{flag}"))?;
-                Ok(crate::grpc::convert::timestamp(at))
-            })
-            .transpose()
-        };
-    let start_time = when("since", since)?;
-    let end_time = when("until", until)?;
+    let start_time = time_flag("since", since)?;
+    let end_time = time_flag("until", until)?;
     let parent = if account.starts_with("accounts/") {
         account
     } else {

@@ -197,13 +197,14 @@ pub fn payment_list(as_json: bool, payments: &[pb::Payment], next_page_token: &s
         return;
     }
     println!(
-        "{:<48} {:<20} {:>18} {:>18}",
-        "PAYMENT", "STATE", "AMOUNT", "REFUNDED"
+        "{:<48} {:<29} {:<20} {:>18} {:>18}",
+        "PAYMENT", "CREATED", "STATE", "AMOUNT", "REFUNDED"
     );
     for payment in payments {
         println!(
-            "{:<48} {:<20} {:>18} {:>18}",
+            "{:<48} {:<29} {:<20} {:>18} {:>18}",
             payment.name,
+            time(payment.create_time.as_ref()),
             state_name(payment.state),
             money(payment.amount.as_ref()),
             money(payment.refunded_amount.as_ref())

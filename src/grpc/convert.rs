@@ -19,7 +19,7 @@ use crate::domain::{
     parse_account_name, parse_payment_name, Currency, Money, PaymentId, RequestId, Timestamp,
 };
 use crate::limits;
-use crate::store::schema::{DeliveryState, EventRecord};
+use crate::store::schema::{CreatedPosition, CreatedWindow, DeliveryState, EventRecord};
 use crate::watchdog::AlertEvent;
 
 /// Accumulates field violations.
@@ -211,17 +211,18 @@ pub fn refund_payment(request: pb::RefundPaymentRequest) -> Result<RefundPayment
 }
 
 /// Page tokens are opaque to clients: `v1.` and the last payment id seen.
-pub fn encode_page_token(last: &PaymentId) -> String {
-    format!("v1.{last}")
+/// A `ListPayments` page token: where the listing by creation goes on.
+pub fn encode_page_token(last: &CreatedPosition) -> String {
+    format!("c1.{}", last.as_str())
 }
 
-pub fn decode_page_token(token: &str) -> Result<Option<PaymentId>, CommandError> {
+pub fn decode_page_token(token: &str) -> Result<Option<CreatedPosition>, CommandError> {
     if token.is_empty() {
         return Ok(None);
     }
     token
-        .strip_prefix("v1.")
-        .and_then(|id| PaymentId::new(id).ok())
+        .strip_prefix("c1.")
+        .and_then(CreatedPosition::parse)
         .map(Some)
         .ok_or_else(|| CommandError::invalid("page_token", "not a token returned by ListPayments"))
 }
@@ -264,6 +265,28 @@ pub fn decode_audit_token(token: &str) -> Result<Option<String>, CommandError> {
         return Err(bad());
     }
     Ok(Some(position.to_owned()))
+}
+
+/// `ListPayments`' creation times: `[start_time, end_time)`, either open.
+pub fn created_window(
+    start_time: Option<prost_types::Timestamp>,
+    end_time: Option<prost_types::Timestamp>,
+) -> Result<CreatedWindow, CommandError> {
+    let since = start_time
+        .map(|time| time_from_pb("start_time", &time))
+        .transpose()?;
+    let until = end_time
+        .map(|time| time_from_pb("end_time", &time))
+        .transpose()?;
+    if let (Some(since), Some(until)) = (since, until) {
+        if until <= since {
+            return Err(CommandError::invalid(
+                "end_time",
+                "must be after start_time",
+            ));
+        }
+    }
+    Ok(CreatedWindow { since, until })
 }
 
 /// A protobuf time as a [`Timestamp`] (to the millisecond).

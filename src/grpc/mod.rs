@@ -331,6 +331,13 @@ impl PaymentService for PaymentApi {
         let page_size = convert::page_size(request.page_size)?;
         let state = convert::state_from_pb(request.state)?;
         if request.parent == "accounts/-" {
+            if request.start_time.is_some() || request.end_time.is_some() {
+                return Err(CommandError::invalid(
+                    "start_time",
+                    "the review queue across accounts (accounts/-) is in deadline order: list one account to choose times",
+                )
+                .into());
+            }
             // Across accounts only the review queue has an index.
             if state != Some(PaymentState::InReview) {
                 return Err(CommandError::invalid(
@@ -368,23 +375,24 @@ impl PaymentService for PaymentApi {
             parse_account_name(&request.parent).map_err(|error| invalid_name("parent", error))?;
         caller.check(Action::ListPayments, &account)?;
         let start_after = convert::decode_page_token(&request.page_token)?;
+        let window = convert::created_window(request.start_time, request.end_time)?;
         let _turn = self.list_turn().await?;
         let account = &account;
         let (payments, next) = paging::fill(
             start_after,
             page_size,
             |_| true,
-            |payment| Some(payment.id.clone()),
+            |payment| Some(schema::created_position(payment)),
             |after, n| async move {
                 match state {
                     None => {
                         self.orchestrator
-                            .list_payments(account, after.as_ref(), n)
+                            .list_payments(account, after.as_ref(), window, n)
                             .await
                     }
                     Some(state) => {
                         self.orchestrator
-                            .list_payments_in_state(account, state, after, n)
+                            .list_payments_in_state(account, state, after, window, n)
                             .await
                     }
                 }

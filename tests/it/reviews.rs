@@ -221,6 +221,7 @@ async fn the_review_queue_is_listed_and_each_payment_approved_or_declined_once()
                 page_size: 1,
                 page_token,
                 state: State::InReview as i32,
+                ..Default::default()
             })
             .await
             .unwrap()
@@ -240,6 +241,7 @@ async fn the_review_queue_is_listed_and_each_payment_approved_or_declined_once()
             page_size: 10,
             page_token: String::new(),
             state: State::InReview as i32,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -252,6 +254,7 @@ async fn the_review_queue_is_listed_and_each_payment_approved_or_declined_once()
             page_size: 10,
             page_token: String::new(),
             state: State::Processed as i32,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -510,6 +510,7 @@ async fn review_queue(
                     state: pb::payment::State::InReview as i32,
                     page_size,
                     page_token: page_token.clone(),
+                    ..Default::default()
                 },
                 key,
             ))
@@ -605,6 +606,7 @@ async fn a_scoped_reviewer_pages_the_queue_without_learning_of_other_accounts() 
                 state: pb::payment::State::InReview as i32,
                 page_size: 1,
                 page_token: String::from_utf8(altered).unwrap(),
+                ..Default::default()
             },
             keys.key("reviewer-acme"),
         ))
@@ -623,6 +625,7 @@ async fn a_scoped_reviewer_pages_the_queue_without_learning_of_other_accounts() 
                 state: pb::payment::State::InReview as i32,
                 page_size: 10,
                 page_token: tokens[0].clone(),
+                ..Default::default()
             },
             keys.key("reviewer"),
         ))

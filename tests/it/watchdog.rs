@@ -608,7 +608,12 @@ async fn finding_due_reminders_reads_only_what_is_due(store: Arc<dyn Store>, pay
 async fn list_one(node: &Node, account: &str) -> payvisor::domain::PaymentId {
     let (payments, _) = node
         .orchestrator
-        .list_payments(&AccountId::new(account).unwrap(), None, 1)
+        .list_payments(
+            &AccountId::new(account).unwrap(),
+            None,
+            Default::default(),
+            1,
+        )
         .await
         .unwrap();
     payments[0].id.clone()

@@ -677,7 +677,7 @@ pub async fn list_all(
                 parent: parent.to_owned(),
                 page_size: limits::PAGE_SIZE_MAX as i32,
                 page_token,
-                state: 0,
+                ..Default::default()
             })
             .await
             .with_context(|| format!("listing {parent}"))?

@@ -182,6 +182,18 @@ impl AccountState {
             item: schema::account_item(&self.account, &staging.book, staging.base_version + 1),
             condition,
         });
+        if staging.base_version == 0 {
+            // A new account has no payments older than their creation
+            // pointers: its creation order is complete from the start.
+            let index = schema::CreationIndex {
+                complete: true,
+                after: None,
+            };
+            ops.push(WriteOp::Put {
+                item: schema::creation_index_item(&self.account, &index, 1),
+                condition: Condition::NotExists,
+            });
+        }
         // A span in each traced decision's trace: the write is theirs.
         let traces = staging.traces.iter().map(Option::as_ref);
         let mut persist = SpanSet::start_at("account.persist", traces, Stamp::now());

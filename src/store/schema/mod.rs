@@ -8,6 +8,8 @@
 //! | payment     | `A#{acct}#{shard}`  | `P#{payment}`    | `WATCH#nn` / `REVIEW#nn` / `STALL#nn` / `PAGED#nn` and `{due:013}/{acct}/{payment}` while watched |
 //! | movement    | `A#{acct}#{shard}`  | `M#{seq:020}`    | –                                                   |
 //! | idempotency | `A#{acct}#{shard}`  | `I#{request_id}` | –                                                   |
+//! | created     | `A#{acct}#{shard}`  | `C#{9999999999999 - created ms:013}#{payment}` | – (an account's payments, newest first) |
+//! | creation index | `A#{acct}`       | `CREATED_INDEX`  | – (whether every payment has its `C#` item)         |
 //! | alert       | `A#{acct}#{shard}`  | `L#{payment}#{stage}#{since:013}#{n}` | `PAGE#nn` / `{at:013}/{acct}/{payment}/{n}` until delivered |
 //! | events      | `A#{acct}#{shard}`  | `E#{payment}#{first seq:010}` | `EVENTS#nn` / `{at:013}/{acct}/{payment}/{first seq:010}` (the feed) |
 //! | webhook due | `A#{acct}#{shard}`  | `W#{payment}#{first seq:010}` | `HOOK#nn` / `{next attempt:013}/{acct}/{payment}/{first seq:010}` |
@@ -53,6 +55,7 @@ mod account;
 mod alert;
 mod audit;
 mod cluster;
+mod created;
 mod events;
 mod idempotency;
 mod inbox;
@@ -67,6 +70,7 @@ pub use account::*;
 pub use alert::*;
 pub use audit::*;
 pub use cluster::*;
+pub use created::*;
 pub use events::*;
 pub use idempotency::*;
 pub use inbox::*;
@@ -307,6 +311,10 @@ pub fn staged_writes(account: &AccountId, staged: &StagedDecision, ops: &mut Vec
             Some(version) => Condition::VersionIs(version),
         },
     });
+    if staged.base_version.is_none() {
+        // Its place in the account's creation order (`created`).
+        ops.push(created(created_item(&staged.decision.payment)));
+    }
     for (sequence, movement) in &staged.movements {
         ops.push(created(movement_item(account, *sequence, movement)));
     }

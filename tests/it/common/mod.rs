@@ -444,7 +444,7 @@ pub async fn list_all(
             parent: format!("accounts/{account}"),
             page_size,
             page_token,
-            state: 0,
+            ..Default::default()
         };
         let page = read_retrying(|| {
             let (mut client, request) = (client.clone(), request.clone());

@@ -32,6 +32,7 @@ mod account;
 mod alert;
 mod audit;
 mod cluster;
+mod created;
 mod events;
 mod idempotency;
 mod inbox;
