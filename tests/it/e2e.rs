@@ -1156,3 +1156,53 @@ async fn an_old_account_is_indexed_by_creation_in_bounded_steps_that_resume() {
     drop(store);
     server.restart();
 }
+
+/// `payvisor … | head`: the command ends quietly when its reader goes
+/// away (killed by SIGPIPE, as `cat` is), never with a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_ends_quietly_when_its_reader_goes_away() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let server = Server::start(&[]);
+    let mut client = server.client().await;
+    // Well over a pipe's 64 KiB of JSON.
+    for n in 0..200 {
+        let mut request = create_request("piped", &format!("piped-{n}"), 100 + n);
+        (request.payment.as_mut().unwrap().metadata).insert("order".into(), "x".repeat(200));
+        client.create_payment(request).await.unwrap();
+    }
+    for args in [
+        &["payments", "list", "--account", "piped", "--all", "--json"][..],
+        &["payments", "list", "--account", "piped", "--all"][..],
+    ] {
+        let mut child = std::process::Command::new(BINARY)
+            .args(args)
+            .args(["--server", &format!("http://{}", server.address)])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut head = [0u8; 100];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
+        drop(child.stdout.take());
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+        assert!(
+            output.status.success() || output.status.signal() == Some(libc_sigpipe()),
+            "{args:?}: {:?}",
+            output.status
+        );
+    }
+}
+
+/// SIGPIPE's number on Linux.
+fn libc_sigpipe() -> i32 {
+    13
+}
