@@ -15,6 +15,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     )?;
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(out_dir.join("payvisor_descriptor.bin"), api.encode_to_vec())?;
+    // google.rpc's status and error details, for reflection only (their
+    // Rust types come from tonic-types): tools decode an error's
+    // ErrorInfo, BadRequest and RetryInfo with them.
+    let details = protox::compile(
+        ["google/rpc/status.proto", "google/rpc/error_details.proto"],
+        ["proto"],
+    )?;
+    std::fs::write(
+        out_dir.join("google_rpc_descriptor.bin"),
+        details.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)

@@ -710,11 +710,13 @@ async fn serve_grpc(
     let health = NodeHealth::serving(reporter).await;
     // Reflection in both versions: grpcurl before 1.8.8, Python's
     // grpcio-reflection, Postman and Evans speak only v1alpha. Health is
-    // in it too, so tools find it without its proto file.
+    // in it too, so tools find it without its proto file, and so are the
+    // error details, so they decode what an error carries.
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(pb::ERROR_DETAILS_DESCRIPTOR_SET)
     };
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let reflection = reflection().build_v1()?;

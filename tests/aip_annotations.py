@@ -12,7 +12,7 @@ FileDescriptorSet) and fails, listing every gap, unless:
   (`google.api.resource`, with their type and pattern), their `name` is
   IDENTIFIER and every other field says how it behaves;
 - every type a resource reference names is declared;
-- the vendored Google protos in proto/google/api are the files of the
+- the vendored Google protos in proto/google/{api,rpc} are the files of the
   googleapis-common-protos package installed beside this script.
 
 Usage: aip_annotations.py IMAGE REPO_ROOT
@@ -27,7 +27,15 @@ from google.protobuf import descriptor_pb2
 PACKAGE = "payvisor.v1"
 SERVICE = "PaymentService"
 RESOURCES = {"Payment", "Account", "PaymentEvent"}
-VENDORED = ["annotations.proto", "http.proto", "field_behavior.proto", "resource.proto"]
+VENDORED = [
+    ("api", "annotations.proto"),
+    ("api", "http.proto"),
+    ("api", "field_behavior.proto"),
+    ("api", "resource.proto"),
+    # For reflection only: the error details tools decode.
+    ("rpc", "status.proto"),
+    ("rpc", "error_details.proto"),
+]
 
 
 def main():
@@ -83,12 +91,13 @@ def main():
         if named not in declared:
             gaps.append(f"{where}: references {named}, which no message declares")
 
-    for name in VENDORED:
-        kept = os.path.join(root, "proto", "google", "api", name)
-        packaged = os.path.join(os.path.dirname(annotations_pb2.__file__), name)
+    packages = os.path.dirname(os.path.dirname(annotations_pb2.__file__))
+    for package, name in VENDORED:
+        kept = os.path.join(root, "proto", "google", package, name)
+        packaged = os.path.join(packages, package, name)
         with open(kept, "rb") as a, open(packaged, "rb") as b:
             if a.read() != b.read():
-                gaps.append(f"proto/google/api/{name} differs from googleapis-common-protos'")
+                gaps.append(f"proto/google/{package}/{name} differs from googleapis-common-protos'")
 
     if gaps:
         print("\n".join(gaps))

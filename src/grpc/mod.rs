@@ -38,6 +38,12 @@ pub mod pb {
     /// The encoded descriptor set, served by server reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/payvisor_descriptor.bin"));
+
+    /// `google.rpc.Status` and the error details payvisor sends
+    /// (`ErrorInfo`, `BadRequest`, `RetryInfo`), served by server
+    /// reflection so that a tool that knows only reflection decodes them.
+    pub const ERROR_DETAILS_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/google_rpc_descriptor.bin"));
 }
 
 use forward::Routed;

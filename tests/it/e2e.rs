@@ -698,6 +698,17 @@ async fn tools_that_speak_reflection_v1alpha_discover_and_call_the_api() {
     let seen: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(seen["health"], "SERVING", "{seen}");
     assert_eq!(seen["amount"], 1250, "{seen}");
+    // An error's details, decoded from reflection's descriptors alone.
+    let details = &seen["refused"]["details"];
+    assert_eq!(
+        details["google.rpc.ErrorInfo"]["reason"], "INVALID_ARGUMENT",
+        "{seen}"
+    );
+    assert_eq!(
+        details["google.rpc.BadRequest"],
+        serde_json::json!(["payment.amount.currency_code"]),
+        "{seen}"
+    );
 }
 
 #[tokio::test]
