@@ -1,5 +1,5 @@
 //! Configuration files that take effect without a restart (the approval
-//! rules, the access list): parsed and validated at start (a bad file stops
+//! rules, the access list, the webhook endpoints): parsed and validated at start (a bad file stops
 //! the start with every problem listed), then checked for changes and
 //! reloaded. A changed file that does not validate is refused with its
 //! problems logged; what was in force stays in force.

@@ -754,6 +754,18 @@ impl Orchestrator {
                     "endpoint",
                     format!("no webhook endpoint named {name:?} is configured"),
                 ),
+                ResendError::NotSubscribed {
+                    endpoint,
+                    event_type,
+                } => CommandError::invalid(
+                    "endpoint",
+                    match endpoint {
+                        Some(name) => format!(
+                            "webhook endpoint {name:?} does not subscribe to {event_type} events"
+                        ),
+                        None => format!("no webhook endpoint subscribes to {event_type} events"),
+                    },
+                ),
                 ResendError::Conflict => CommandError::Conflict,
                 ResendError::KeyReused => CommandError::IdempotencyKeyReused,
                 ResendError::Store(error) => error.into(),

@@ -48,6 +48,13 @@ pub enum ResendError {
     NotFound(String),
     #[error("no webhook endpoint named {0:?} is configured")]
     UnknownEndpoint(String),
+    /// The endpoint named (or, none named, every endpoint) does not
+    /// subscribe to the event's type.
+    #[error("no endpoint to re-send it to subscribes to {event_type}")]
+    NotSubscribed {
+        endpoint: Option<String>,
+        event_type: String,
+    },
     #[error("the event changed meanwhile; retry")]
     Conflict,
     #[error("request_id was already used for a different request")]
@@ -187,16 +194,12 @@ impl WebhookDispatcher {
         let (payment, seq) = parse_event_name(event_name)
             .map_err(|error| ResendError::BadName(error.to_string()))?;
         let in_force = inner.settings.endpoints();
-        let endpoints: Vec<&str> = match endpoint {
-            Some(name) => {
-                if in_force.named(name).is_none() {
-                    return Err(ResendError::UnknownEndpoint(name.to_owned()));
-                }
-                vec![name]
+        if let Some(name) = endpoint {
+            if in_force.named(name).is_none() {
+                return Err(ResendError::UnknownEndpoint(name.to_owned()));
             }
-            None => in_force.iter().map(|e| e.name.as_str()).collect(),
-        };
-        if endpoints.is_empty() {
+        }
+        if in_force.is_empty() {
             return Err(ResendError::UnknownEndpoint(String::new()));
         }
         // With a key: a retry of the same re-send answers as the first did
@@ -235,6 +238,20 @@ impl WebhookDispatcher {
         }
         let now = inner.clock.now();
         let index = (seq - current.value.first_seq()) as usize;
+        // To the endpoints that subscribe to the event's type: the
+        // dispatcher would pass it over for any other.
+        let event_type = current.value.events[index].event_type();
+        let endpoints: Vec<&str> = (in_force.iter())
+            .filter(|e| endpoint.is_none_or(|name| e.name == name))
+            .filter(|e| e.wants(&event_type))
+            .map(|e| e.name.as_str())
+            .collect();
+        if endpoints.is_empty() {
+            return Err(ResendError::NotSubscribed {
+                endpoint: endpoint.map(str::to_owned),
+                event_type,
+            });
+        }
         let mut next = current.value.clone();
         for name in endpoints {
             let restarted = Delivery {
@@ -375,42 +392,50 @@ impl Inner {
                     delivery.next_attempt_at = delivery.next_attempt_at.max(*until);
                     continue;
                 }
-                let Some(endpoint) = endpoints.named(&delivery.endpoint) else {
-                    delivery.state = DeliveryState::Failed;
-                    delivery.last_error = Some("endpoint no longer configured".into());
-                    continue;
-                };
                 if delivery.next_attempt_at > now {
                     held_until.insert(delivery.endpoint.clone(), delivery.next_attempt_at);
                     continue;
                 }
                 delivery.last_attempt_at = Some(now);
-                let mut failure = None;
-                if current_payment.is_none() {
-                    let read = schema::load_payment(self.store.as_ref(), payment).await?;
-                    current_payment = Some(read.map(|versioned| versioned.value));
-                }
-                let payment_now = current_payment.as_ref().and_then(Option::as_ref);
-                while let Some(event) = next.events.get(delivery.acknowledged) {
-                    // An event the endpoint did not subscribe to is passed
-                    // over: acknowledged without a request.
-                    if !endpoint.wants(&event.event_type()) {
-                        delivery.acknowledged += 1;
-                        continue;
-                    }
-                    let unix_seconds = self.clock.now().unix_millis().div_euclid(1000);
-                    match (self
-                        .sink
-                        .deliver(endpoint, event, payment_now, unix_seconds))
-                    .await
-                    {
-                        Ok(()) => delivery.acknowledged += 1,
-                        Err(error) => {
-                            failure = Some(error);
-                            break;
+                let failure = match endpoints.named(&delivery.endpoint) {
+                    // Not in the webhooks file in force here: an edit in
+                    // progress, or a node that has not reloaded it yet.
+                    // Retried as an endpoint that does not answer is, and
+                    // given up only when its retry period ends, so a
+                    // brief removal neither loses events nor reorders them.
+                    None => Some(super::DeliveryError(
+                        "endpoint not in the webhooks file in force".into(),
+                    )),
+                    Some(endpoint) => {
+                        if current_payment.is_none() {
+                            let read = schema::load_payment(self.store.as_ref(), payment).await?;
+                            current_payment = Some(read.map(|versioned| versioned.value));
                         }
+                        let payment_now = current_payment.as_ref().and_then(Option::as_ref);
+                        let mut failure = None;
+                        while let Some(event) = next.events.get(delivery.acknowledged) {
+                            // An event of a type the endpoint does not
+                            // subscribe to (now) is passed over:
+                            // acknowledged without a request.
+                            if !endpoint.wants(&event.event_type()) {
+                                delivery.acknowledged += 1;
+                                continue;
+                            }
+                            let unix_seconds = self.clock.now().unix_millis().div_euclid(1000);
+                            let sent =
+                                self.sink
+                                    .deliver(endpoint, event, payment_now, unix_seconds);
+                            match sent.await {
+                                Ok(()) => delivery.acknowledged += 1,
+                                Err(error) => {
+                                    failure = Some(error);
+                                    break;
+                                }
+                            }
+                        }
+                        failure
                     }
-                }
+                };
                 match failure {
                     None => {
                         delivery.state = DeliveryState::Delivered;

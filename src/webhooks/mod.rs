@@ -1,6 +1,8 @@
 //! Merchant notifications: every payment event is delivered to each
-//! configured webhook endpoint, signed, in order per payment, retried with
-//! exponential back-off for a configurable period (24 h by default).
+//! webhook endpoint in force that subscribes to its type, signed, in order
+//! per payment, retried with exponential back-off for a configurable
+//! period (24 h by default). The endpoints file is reloaded when it
+//! changes ([`EndpointsInForce`]).
 //!
 //! - The events and their delivery state are written with the decision that
 //!   caused them (see `store::schema`, "Events"): nothing is delivered that
