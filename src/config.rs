@@ -30,7 +30,9 @@ pub struct ServeArgs {
     #[arg(long, env = "PAYVISOR_RULES")]
     pub rules: Option<PathBuf>,
     /// Webhook endpoints file (JSON: `{"endpoints": [{"name", "url",
-    /// "secret"}]}`). Every payment event is delivered to each, signed.
+    /// "secret", "events"?}]}`). Each event goes, signed, to every
+    /// endpoint that subscribes to its type (all types without `events`).
+    /// Reloaded when it changes.
     #[arg(long, env = "PAYVISOR_WEBHOOKS")]
     pub webhooks: Option<PathBuf>,
     /// How long a webhook delivery is retried before it is given up.
@@ -47,8 +49,8 @@ pub struct ServeArgs {
     /// "currencies"}]}`); instead of the built-in simulator.
     #[arg(long, env = "PAYVISOR_BANKS")]
     pub banks: Option<PathBuf>,
-    /// One bank over HTTP (`docs/bank-protocol.md`), e.g. a `payvisor
-    /// bank-sim`: the short form of `--banks` for a single bank.
+    /// One bank over HTTP (`docs/bank-protocol.md`), e.g. the simulator
+    /// `payvisor-bank-sim`: the short form of `--banks` for a single bank.
     #[arg(long, env = "PAYVISOR_BANK_URL")]
     pub bank_url: Option<String>,
     /// Accept an `http://` --bank-url beyond loopback (a private network);

@@ -220,8 +220,8 @@ pub enum EventsCommand {
     /// Follow every payment event as it is committed (until interrupted;
     /// a dropped stream is resumed after the last event shown).
     Watch {
-        /// Start after this event (`.../events/{n}`) from the durable feed;
-        /// default: live events only.
+        /// Start after this event (an event's name, ending in
+        /// /events/N) from the durable feed; default: live events only.
         #[arg(long)]
         after: Option<String>,
     },
@@ -263,8 +263,8 @@ pub enum WebhooksCommand {
         /// default: a new one, printed at start.
         #[arg(long, env = "PAYVISOR_LISTEN_SECRET", hide_env_values = true)]
         secret: Option<crate::secret::Secret>,
-        /// Start after this event (`.../events/{n}`) from the durable feed;
-        /// default: live events only.
+        /// Start after this event (an event's name, ending in
+        /// /events/N) from the durable feed; default: live events only.
         #[arg(long)]
         after: Option<String>,
     },
@@ -739,7 +739,12 @@ pub async fn events(options: &ClientOptions, command: EventsCommand) -> anyhow::
                 .await
                 .map_err(render::status_error)?
                 .into_inner();
-            render::events(options.json, &[event]);
+            if options.json {
+                // What the API returned: the event itself.
+                render::event_line(true, &event);
+            } else {
+                render::events(false, &[event]);
+            }
         }
     }
     Ok(())
@@ -864,8 +869,12 @@ async fn before_resuming(
     failures: &mut u32,
     resuming: &str,
 ) -> anyhow::Result<()> {
+    let cause = match &ended {
+        Some(status) if !status.message().is_empty() => format!(" ({})", status.message()),
+        _ => String::new(),
+    };
     worth_resuming(ended, failures)?;
-    eprintln!("{resuming}");
+    eprintln!("{resuming}{cause}");
     tokio::time::sleep(crate::limits::CLI_STREAM_RESUME_WAIT).await;
     Ok(())
 }
@@ -938,7 +947,13 @@ pub async fn webhooks(options: &ClientOptions, command: WebhooksCommand) -> anyh
                 }
             };
             let (name, kind) = (event.name.clone(), event.r#type.clone());
-            let body = crate::grpc::json::webhook_body_of(event, payment);
+            let body = match crate::grpc::json::webhook_body_of(event, payment) {
+                Ok(body) => body,
+                Err(error) => {
+                    eprintln!("{name}: not forwarded: {error}");
+                    return;
+                }
+            };
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |elapsed| elapsed.as_secs() as i64);
@@ -1069,7 +1084,7 @@ pub struct ReconcileArgs {
     #[arg(long, hide = true)]
     pub to_ms: Option<i64>,
     /// Length of the period when `--since` is not given.
-    #[arg(long, default_value = "24h")]
+    #[arg(long, default_value = "24h", conflicts_with_all = ["since", "from_ms"])]
     pub period: String,
     /// Print JSON instead of text.
     #[arg(long)]

@@ -8,6 +8,14 @@ use crate::domain::{AccountId, Currency, Money};
 use crate::grpc::json::to_json;
 use crate::grpc::pb;
 
+/// `message` on one line in the canonical JSON mapping (`--json`).
+fn print_json<M: prost::Message + prost::Name>(message: &M) {
+    match to_json(message) {
+        Ok(value) => println!("{value}"),
+        Err(error) => eprintln!("error: {error}"),
+    }
+}
+
 /// `12.50 USD` for a known currency, the raw minor units otherwise.
 fn money(money: Option<&pb::Money>) -> String {
     match money {
@@ -66,7 +74,7 @@ pub fn payment(as_json: bool, payment: &pb::Payment, request_id: Option<&str>) {
     if as_json {
         // The payment alone on stdout, as the API returns it; the key to
         // retry with goes to stderr.
-        println!("{}", to_json(payment));
+        print_json(payment);
         if let Some(request_id) = request_id {
             eprintln!("request {request_id}  (reuse with --request-id to retry safely)");
         }
@@ -162,7 +170,7 @@ pub fn stalled_list(as_json: bool, payments: &[pb::Payment], next_page_token: &s
             payments: payments.to_vec(),
             next_page_token: next_page_token.to_owned(),
         };
-        println!("{}", to_json(&page));
+        print_json(&page);
         return;
     }
     println!(
@@ -193,7 +201,7 @@ pub fn payment_list(as_json: bool, payments: &[pb::Payment], next_page_token: &s
             payments: payments.to_vec(),
             next_page_token: next_page_token.to_owned(),
         };
-        println!("{}", to_json(&page));
+        print_json(&page);
         return;
     }
     println!(
@@ -259,7 +267,7 @@ pub fn audit_records(as_json: bool, records: &[pb::AuditRecord], next_page_token
             records: records.to_vec(),
             next_page_token: next_page_token.to_owned(),
         };
-        println!("{}", to_json(&page));
+        print_json(&page);
         return;
     }
     println!(
@@ -284,7 +292,7 @@ pub fn audit_records(as_json: bool, records: &[pb::AuditRecord], next_page_token
 /// One event of a live stream (`events watch`): a line, or a JSON object.
 pub fn event_line(as_json: bool, event: &pb::PaymentEvent) {
     if as_json {
-        println!("{}", to_json(event));
+        print_json(event);
         return;
     }
     let by = match event.actor.as_str() {
@@ -311,7 +319,7 @@ pub fn alert_line(as_json: bool, alert: &pb::Alert) {
         })
         .unwrap_or_default();
     if as_json {
-        println!("{}", to_json(alert));
+        print_json(alert);
         return;
     }
     if alert.missed > 0 {
@@ -347,7 +355,7 @@ pub fn events(as_json: bool, events: &[pb::PaymentEvent]) {
             events: events.to_vec(),
             next_page_token: String::new(),
         };
-        println!("{}", to_json(&page));
+        print_json(&page);
         return;
     }
     println!(
@@ -385,7 +393,7 @@ pub fn events(as_json: bool, events: &[pb::PaymentEvent]) {
 
 pub fn account(as_json: bool, account: &pb::Account) {
     if as_json {
-        println!("{}", to_json(account));
+        print_json(account);
         return;
     }
     println!("account {}", account.name);
@@ -406,7 +414,7 @@ pub fn account(as_json: bool, account: &pb::Account) {
 
 pub fn cluster_status(as_json: bool, status: &pb::ClusterStatus) {
     if as_json {
-        println!("{}", to_json(status));
+        print_json(status);
         return;
     }
     if !status.clustered {

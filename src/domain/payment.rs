@@ -326,7 +326,7 @@ impl Decision {
 /// A refund request the payment refuses (a business answer, not a fault).
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
 pub enum Rejection {
-    #[error("payment is {0:?}; only processed payments can be refunded")]
+    #[error("payment is {}; only processed payments can be refunded", .0.api_name())]
     NotRefundable(PaymentState),
     #[error("nothing is left to refund")]
     NothingLeftToRefund,

@@ -191,12 +191,12 @@ pub struct Alert {
 /// Why an operator's action on a stuck payment was refused.
 #[derive(Clone, PartialEq, Eq, Debug, thiserror::Error)]
 pub enum OperatorRejection {
-    #[error("payment is {0:?}: nothing is waiting to be re-driven")]
+    #[error("payment is {}: nothing is waiting to be re-driven", .0.api_name())]
     NothingToRetry(PaymentState),
     #[error("payment is in review: approve or decline it instead")]
     AwaitsReview,
-    #[error("payment is {0:?}: only payments not yet processed can be failed")]
+    #[error("payment is {}: only payments not yet processed can be failed", .0.api_name())]
     NotFailable(PaymentState),
-    #[error("payment is {0:?}: only payments in review can be approved or declined")]
+    #[error("payment is {}: only payments in review can be approved or declined", .0.api_name())]
     NotInReview(PaymentState),
 }

@@ -31,8 +31,9 @@ fn pool() -> &'static DescriptorPool {
     })
 }
 
-/// `message` in the canonical JSON mapping, every field present.
-pub fn to_json<M: Message + prost::Name>(message: &M) -> Value {
+/// `message` in the canonical JSON mapping, every field present. `Err`
+/// when a value has no JSON form (a time outside years 1 to 9999).
+pub fn to_json<M: Message + prost::Name>(message: &M) -> Result<Value, String> {
     let descriptor = pool()
         .get_message_by_name(&M::full_name())
         .expect("every message of the API is in the build's descriptor set");
@@ -41,9 +42,9 @@ pub fn to_json<M: Message + prost::Name>(message: &M) -> Value {
     let options = SerializeOptions::new().skip_default_fields(false);
     let mut value = dynamic
         .serialize_with_options(serde_json::value::Serializer, &options)
-        .expect("a message always has a JSON form");
+        .map_err(|error| format!("{} has no JSON form: {error}", M::full_name()))?;
     unset_messages_as_null(&descriptor, &mut value);
-    value
+    Ok(value)
 }
 
 /// The serializer leaves out a message field that is not set; the mapping
@@ -89,7 +90,7 @@ fn unset_messages_as_null(descriptor: &MessageDescriptor, value: &mut Value) {
 }
 
 /// A webhook's body: [`pb::WebhookEvent`] in the canonical JSON mapping.
-pub fn webhook_body(event: &PaymentEvent, payment: Option<&Payment>) -> Vec<u8> {
+pub fn webhook_body(event: &PaymentEvent, payment: Option<&Payment>) -> Result<Vec<u8>, String> {
     webhook_body_of(
         convert::event_to_pb(event, None),
         payment.map(convert::payment_to_pb),
@@ -97,7 +98,10 @@ pub fn webhook_body(event: &PaymentEvent, payment: Option<&Payment>) -> Vec<u8> 
 }
 
 /// [`webhook_body`] of the API's own messages (what a client has).
-pub fn webhook_body_of(mut event: pb::PaymentEvent, payment: Option<pb::Payment>) -> Vec<u8> {
+pub fn webhook_body_of(
+    mut event: pb::PaymentEvent,
+    payment: Option<pb::Payment>,
+) -> Result<Vec<u8>, String> {
     // Delivery state is the sender's business, not the receiver's.
     event.deliveries.clear();
     let body = pb::WebhookEvent {
@@ -108,7 +112,7 @@ pub fn webhook_body_of(mut event: pb::PaymentEvent, payment: Option<pb::Payment>
         event: Some(event),
         payment,
     };
-    to_json(&body).to_string().into_bytes()
+    Ok(to_json(&body)?.to_string().into_bytes())
 }
 
 /// [`webhook_body`] as the webhook sink takes it.
@@ -139,7 +143,7 @@ mod tests {
             }],
             ..Default::default()
         };
-        let value = to_json(&payment);
+        let value = to_json(&payment).unwrap();
         assert_eq!(value["name"], "accounts/acme/payments/p1");
         assert_eq!(value["state"], "STATE_PROCESSED");
         // 64-bit integers are strings; times RFC 3339 in UTC.
@@ -183,7 +187,7 @@ mod tests {
             actor: Some("oncall-7".into()),
             trace: None,
         };
-        let body: Value = serde_json::from_slice(&webhook_body(&event, None)).unwrap();
+        let body: Value = serde_json::from_slice(&webhook_body(&event, None).unwrap()).unwrap();
         assert_eq!(body["id"], "accounts/acme/payments/p1/events/2");
         assert_eq!(body["type"], "payment.failed");
         assert_eq!(body["sequence"], "2");
@@ -193,5 +197,21 @@ mod tests {
         assert_eq!(body["event"]["failureReason"], "bank lost it");
         assert_eq!(body["event"]["deliveries"], serde_json::json!([]));
         assert!(body["payment"].is_null());
+        // With the payment as GetPayment returns it, metadata included.
+        let payment = pb::Payment {
+            name: "accounts/acme/payments/p1".into(),
+            state: pb::payment::State::Failed as i32,
+            metadata: [("order_id".to_owned(), "ord-7".to_owned())].into(),
+            ..Default::default()
+        };
+        let mut listed = convert::event_to_pb(&event, None);
+        listed.deliveries.push(pb::EventDelivery::default());
+        let body = webhook_body_of(listed, Some(payment)).unwrap();
+        let body: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["payment"]["name"], "accounts/acme/payments/p1");
+        assert_eq!(body["payment"]["state"], "STATE_FAILED");
+        assert_eq!(body["payment"]["metadata"]["order_id"], "ord-7");
+        // Delivery state is not the receiver's.
+        assert_eq!(body["event"]["deliveries"], serde_json::json!([]));
     }
 }

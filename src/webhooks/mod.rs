@@ -66,51 +66,75 @@ impl fmt::Debug for Endpoint {
 
 impl Endpoint {
     pub fn new(name: &str, url: &str, secret: &str) -> Result<Endpoint, String> {
+        let problems = Endpoint::problems(name, Some(url), secret);
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
+        }
+        Ok(Endpoint {
+            name: name.to_owned(),
+            url: parse_url(url).map_err(|why| format!("endpoint {name:?}: url: {why}"))?,
+            secret: secret.as_bytes().to_vec(),
+            events: None,
+        })
+    }
+
+    /// Everything wrong with an endpoint's name, URL (unless already
+    /// checked) and secret. Neither the URL (it may hold credentials) nor
+    /// the secret is shown.
+    fn problems(name: &str, url: Option<&str>, secret: &str) -> Vec<String> {
+        let mut problems = Vec::new();
         let name_ok = !name.is_empty()
             && name.len() <= limits::WEBHOOK_ENDPOINT_NAME_CHARS_MAX
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
         if !name_ok {
-            return Err(format!(
+            problems.push(format!(
                 "endpoint name {name:?}: 1..={} characters of [A-Za-z0-9._-]",
                 limits::WEBHOOK_ENDPOINT_NAME_CHARS_MAX
             ));
         }
-        let url = parse_url(url).map_err(|why| format!("endpoint {name:?}: url {url:?}: {why}"))?;
+        if let Some(Err(why)) = url.map(parse_url) {
+            problems.push(format!("endpoint {name:?}: url: {why}"));
+        }
         if secret.len() < limits::WEBHOOK_SECRET_BYTES_MIN {
-            return Err(format!(
+            problems.push(format!(
                 "endpoint {name:?}: the secret must have at least {} bytes",
                 limits::WEBHOOK_SECRET_BYTES_MIN
             ));
         }
-        Ok(Endpoint {
-            name: name.to_owned(),
-            url,
-            secret: secret.as_bytes().to_vec(),
-            events: None,
-        })
+        problems
     }
 
     /// Subscribes the endpoint to `events` only (types such as
     /// `payment.processed`); every one must exist.
     pub fn subscribed_to(mut self, events: &[String]) -> Result<Endpoint, String> {
-        let known = crate::domain::events::event_types();
-        if events.is_empty() {
-            return Err(format!(
-                "endpoint {:?}: events is empty (leave it out for every type)",
-                self.name
-            ));
-        }
-        if let Some(unknown) = events.iter().find(|event| !known.contains(event)) {
-            return Err(format!(
-                "endpoint {:?}: unknown event type {unknown:?} (known: {})",
-                self.name,
-                known.join(", ")
-            ));
+        let problems = Endpoint::subscription_problems(&self.name, events);
+        if !problems.is_empty() {
+            return Err(problems.join("; "));
         }
         self.events = Some(events.iter().cloned().collect());
         Ok(self)
+    }
+
+    /// Everything wrong with a list of event types: each unknown type.
+    fn subscription_problems(name: &str, events: &[String]) -> Vec<String> {
+        if events.is_empty() {
+            return vec![format!(
+                "endpoint {name:?}: events is empty (leave it out for every type)"
+            )];
+        }
+        let known = crate::domain::events::event_types();
+        events
+            .iter()
+            .filter(|event| !known.contains(event))
+            .map(|unknown| {
+                format!(
+                    "endpoint {name:?}: unknown event type {unknown:?} (known, in lower case: {})",
+                    known.join(", ")
+                )
+            })
+            .collect()
     }
 
     /// Whether events of `event_type` go to this endpoint.
@@ -129,7 +153,10 @@ impl Endpoint {
 /// How an event and its payment become a request's body. The API layer
 /// owns the contract's types and provides it (`grpc::json::webhook_body`:
 /// `payvisor.v1.WebhookEvent` in the canonical JSON mapping).
-pub type BodyFormat = Arc<dyn Fn(&PaymentEvent, Option<&Payment>) -> Vec<u8> + Send + Sync>;
+/// `Err` when the event has no body (a value with no JSON form): the
+/// attempt fails and is retried like any other, never a panic.
+pub type BodyFormat =
+    Arc<dyn Fn(&PaymentEvent, Option<&Payment>) -> Result<Vec<u8>, String> + Send + Sync>;
 
 /// Why one delivery attempt failed (always worth retrying until the
 /// retry period ends: an endpoint that refuses today may be fixed tomorrow).
@@ -177,7 +204,7 @@ impl WebhookSink for HttpWebhookSink {
         unix_seconds: i64,
     ) -> BoxFuture<'a, Result<(), DeliveryError>> {
         Box::pin(async move {
-            let body = (self.format)(event, payment);
+            let body = (self.format)(event, payment).map_err(DeliveryError)?;
             // A span of the call that caused the event, or a trace of its
             // own (a change no call caused: a bank's outcome).
             let caller = (event.trace.as_deref()).and_then(crate::trace::TraceParent::parse);
@@ -321,17 +348,34 @@ impl Document for Endpoints {
         }
         let mut endpoints: Vec<Endpoint> = Vec::new();
         let mut problems = Vec::new();
+        let mut names = BTreeSet::new();
+        // Every problem of every entry, so one edit fixes them all.
         for entry in file.endpoints {
-            if endpoints.iter().any(|known| known.name == entry.name) {
-                problems.push(format!("endpoint name {:?} appears twice", entry.name));
+            let mut wrong = Vec::new();
+            if !names.insert(entry.name.clone()) {
+                wrong.push(format!("endpoint name {:?} appears twice", entry.name));
+            }
+            let url = match crate::http_client::outbound_url(&entry.url, entry.allow_insecure) {
+                Ok(_) => Some(entry.url.as_str()),
+                Err(why) => {
+                    wrong.push(format!("endpoint {:?}: url: {why}", entry.name));
+                    None
+                }
+            };
+            wrong.extend(Endpoint::problems(&entry.name, url, &entry.secret));
+            if let Some(events) = &entry.events {
+                wrong.extend(Endpoint::subscription_problems(&entry.name, events));
+            }
+            if !wrong.is_empty() {
+                problems.extend(wrong);
                 continue;
             }
-            let endpoint = crate::http_client::outbound_url(&entry.url, entry.allow_insecure)
-                .map_err(|why| format!("endpoint {:?}: url: {why}", entry.name))
-                .and_then(|_| Endpoint::new(&entry.name, &entry.url, &entry.secret))
-                .and_then(|endpoint| match &entry.events {
-                    Some(events) => endpoint.subscribed_to(events),
-                    None => Ok(endpoint),
+            let endpoint =
+                Endpoint::new(&entry.name, &entry.url, &entry.secret).and_then(|endpoint| {
+                    match &entry.events {
+                        Some(events) => endpoint.subscribed_to(events),
+                        None => Ok(endpoint),
+                    }
                 });
             match endpoint {
                 Ok(endpoint) => endpoints.push(endpoint),
@@ -439,6 +483,19 @@ mod tests {
         ]}"#;
         let problems = Endpoints::parse(text).unwrap_err();
         assert_eq!(problems.len(), 2, "{problems:?}");
+        // Every problem of an entry, and each unknown type.
+        let many = r#"{"endpoints": [
+            {"name": "a", "url": "http://127.0.0.1:9/", "secret": "short", "events": ["payment.bogus", "refund.nope"]},
+            {"name": "a", "url": "http://127.0.0.1:9/", "secret": "s3cret-s3cret-s3"}
+        ]}"#;
+        let problems = Endpoints::parse(many).unwrap_err();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        for told in ["secret", "payment.bogus", "refund.nope", "appears twice"] {
+            assert!(
+                problems.iter().any(|p| p.contains(told)),
+                "{told}: {problems:?}"
+            );
+        }
         let good = text
             .replace("\"short\"", "\"s3cret-s3cret-s3\"")
             .replace("[\"nope\"]", "[\"refund.failed\"]");

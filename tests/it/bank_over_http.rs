@@ -164,8 +164,11 @@ async fn payments_over_http_survive_lost_doubled_reordered_callbacks_and_a_kill_
             .unwrap()
             .as_millis() as i64,
     );
-    let since = payvisor::domain::time::rfc3339(now.plus_millis(-3_600_000));
-    let until = payvisor::domain::time::rfc3339(now.plus_millis(60_000));
+    // Written at +01:00: read as UTC they would miss the hour's payments.
+    let at_plus_one = |at| payvisor::domain::time::rfc3339_at_offset(at, 3_600);
+    let since = at_plus_one(now.plus_millis(-3_600_000));
+    let until = at_plus_one(now.plus_millis(60_000));
+    assert!(since.ends_with("+01:00"), "{since}");
     let bounded = reconcile_over(&server, &["--since", &since, "--until", &until]);
     let text = String::from_utf8_lossy(&bounded.stdout);
     assert!(bounded.status.success(), "{text}");
