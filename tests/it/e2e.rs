@@ -1020,13 +1020,12 @@ async fn payments_are_listed_newest_first_within_a_window_of_creation_times() {
     assert_eq!(bad_fields(&list(across).await.unwrap_err()), ["start_time"]);
 
     // The command line, with RFC 3339 times.
-    let rfc3339 = |time: &Option<prost_types::Timestamp>| {
-        let time = time.unwrap();
-        let millis = time.seconds * 1000 + i64::from(time.nanos / 1_000_000);
+    let rfc3339 = |payment: &pb::Payment| {
+        let millis = created_millis(payment);
         payvisor::domain::time::rfc3339(payvisor::domain::Timestamp::from_unix_millis(millis))
     };
-    let since = rfc3339(&created[1].create_time);
-    let until = rfc3339(&created[3].create_time);
+    let since = rfc3339(&created[1]);
+    let until = rfc3339(&created[3]);
     let listed = cli(
         &server,
         &[
@@ -1049,8 +1048,7 @@ async fn payments_are_listed_newest_first_within_a_window_of_creation_times() {
     let stopped = server.terminate_async().await;
     assert!(stopped.success());
     {
-        use payvisor::store::schema;
-        use payvisor::store::{Condition, Store, WriteOp};
+        use payvisor::store::Store;
         let store: Box<dyn Store> = match server.dynamodb_table() {
             None => {
                 Box::new(payvisor::store::sqlite::SqliteStore::open(server.data_dir()).unwrap())
@@ -1060,23 +1058,10 @@ async fn payments_are_listed_newest_first_within_a_window_of_creation_times() {
                 Box::new(DynamoDbStore::connect(&DynamoDbSettings::new(table)).await)
             }
         };
-        let account = payvisor::domain::AccountId::new("newest").unwrap();
-        let mut ops = vec![WriteOp::Delete {
-            key: schema::creation_index_key(&account),
-            condition: Condition::VersionIs(1),
-        }];
-        for payment in &created {
-            let name = payvisor::domain::parse_payment_name(&payment.name).unwrap();
-            let time = payment.create_time.unwrap();
-            let at = payvisor::domain::Timestamp::from_unix_millis(
-                time.seconds * 1000 + i64::from(time.nanos / 1_000_000),
-            );
-            ops.push(WriteOp::Delete {
-                key: schema::created_key(&name, at),
-                condition: Condition::VersionIs(1),
-            });
-        }
-        store.transact(ops).await.unwrap();
+        store
+            .transact(as_0_1_0_wrote("newest", &created))
+            .await
+            .unwrap();
     }
     server.restart();
     let mut client = server.client().await;
@@ -1086,13 +1071,39 @@ async fn payments_are_listed_newest_first_within_a_window_of_creation_times() {
     );
 }
 
+/// A payment's creation time in Unix milliseconds.
+fn created_millis(payment: &pb::Payment) -> i64 {
+    let time = payment.create_time.unwrap();
+    time.seconds * 1000 + i64::from(time.nanos / 1_000_000)
+}
+
+/// The writes that take an account's creation order away, as payvisor
+/// 0.1.0 left its payments: no pointers, no index record.
+fn as_0_1_0_wrote(account: &str, created: &[pb::Payment]) -> Vec<payvisor::store::WriteOp> {
+    use payvisor::store::{schema, Condition, WriteOp};
+    let account = payvisor::domain::AccountId::new(account).unwrap();
+    let mut ops = vec![WriteOp::Delete {
+        key: schema::creation_index_key(&account),
+        condition: Condition::VersionIs(1),
+    }];
+    for payment in created {
+        let name = payvisor::domain::parse_payment_name(&payment.name).unwrap();
+        let at = payvisor::domain::Timestamp::from_unix_millis(created_millis(payment));
+        ops.push(WriteOp::Delete {
+            key: schema::created_key(&name, at),
+            condition: Condition::VersionIs(1),
+        });
+    }
+    ops
+}
+
 /// An account of 0.1.0 is indexed by creation in bounded steps: each call
 /// does at most its budget (in whole batches) and the next resumes where
 /// it stopped, until the index is complete and lists every payment.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_account_is_indexed_by_creation_in_bounded_steps_that_resume() {
     use payvisor::store::schema;
-    use payvisor::store::{Condition, Store, WriteOp};
+    use payvisor::store::Store;
     let mut server = Server::start(&[]);
     if server.dynamodb_table().is_some() {
         // The steps are the store's own; the embedded store shows them.
@@ -1107,22 +1118,7 @@ async fn an_old_account_is_indexed_by_creation_in_bounded_steps_that_resume() {
     assert!(server.terminate_async().await.success());
     let store = payvisor::store::sqlite::SqliteStore::open(server.data_dir()).unwrap();
     let account = payvisor::domain::AccountId::new("old").unwrap();
-    let mut forget = vec![WriteOp::Delete {
-        key: schema::creation_index_key(&account),
-        condition: Condition::VersionIs(1),
-    }];
-    for payment in &created {
-        let name = payvisor::domain::parse_payment_name(&payment.name).unwrap();
-        let time = payment.create_time.unwrap();
-        let at = payvisor::domain::Timestamp::from_unix_millis(
-            time.seconds * 1000 + i64::from(time.nanos / 1_000_000),
-        );
-        forget.push(WriteOp::Delete {
-            key: schema::created_key(&name, at),
-            condition: Condition::VersionIs(1),
-        });
-    }
-    for chunk in forget.chunks(50) {
+    for chunk in as_0_1_0_wrote("old", &created).chunks(50) {
         store.transact(chunk.to_vec()).await.unwrap();
     }
     let window = schema::CreatedWindow::default();

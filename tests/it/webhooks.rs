@@ -783,17 +783,7 @@ async fn the_command_line_follows_live_events_and_pages() {
             .spawn()
             .unwrap();
         following(&mut child, "following");
-        let stdout = child.stdout.take().unwrap();
-        let (lines, received) = std::sync::mpsc::channel::<Value>();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                if lines.send(serde_json::from_str(&line).unwrap()).is_err() {
-                    return;
-                }
-            }
-        });
+        let received = json_lines(child.stdout.take().unwrap());
         (child, received)
     };
     let (mut events, event_lines) = follow("events");
@@ -862,17 +852,7 @@ async fn events_watch_resumes_across_a_server_crash_without_repeating_an_event()
         .spawn()
         .unwrap();
     following(&mut watch, "following");
-    let stdout = watch.stdout.take().unwrap();
-    let (lines, printed) = std::sync::mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if lines.send(serde_json::from_str(&line).unwrap()).is_err() {
-                return;
-            }
-        }
-    });
+    let printed = json_lines(watch.stdout.take().unwrap());
     let connect = || async {
         let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
         loop {
@@ -942,6 +922,22 @@ async fn processed_payment_via(
     processed_payment(client, "crash", request_id, 500)
         .await
         .name
+}
+
+/// A command's stdout, one JSON value per line, read on a thread of its
+/// own (so the command never blocks on a full pipe).
+fn json_lines(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<Value> {
+    let (lines, received) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if lines.send(serde_json::from_str(&line).unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    received
 }
 
 /// Waits (bounded) until a command-line child says `ready` on stderr: the
