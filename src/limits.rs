@@ -106,16 +106,18 @@ pub const STORE_WRITER_CACHE_KIB: usize = 64 * 1024;
 pub const STORE_READER_CACHE_KIB: usize = 8 * 1024;
 
 /// Commands of one account folded into one atomic write. One decision
-/// writes at most [`DECISION_ITEMS_MAX`] items, plus the account item once:
-/// 16 commands stay within the 100-item transaction bound.
-pub const ACCOUNT_BATCH_COMMANDS_MAX: usize = 16;
+/// writes at most [`DECISION_ITEMS_MAX`] items, plus the account item and
+/// (a new account's first write) its creation-order record once: 14
+/// commands stay within the 100-item transaction bound.
+pub const ACCOUNT_BATCH_COMMANDS_MAX: usize = 14;
 /// Items a batched decision (a create, a bank outcome) writes at most:
-/// idempotency record, payment, one movement, its events, their webhook
-/// pointer, and a page or a message to the bank (outbox).
-pub const DECISION_ITEMS_MAX: usize = 6;
-// A full batch, and the account item written once with it, fits in one
-// atomic write.
-const _: () = assert!(ACCOUNT_BATCH_COMMANDS_MAX * DECISION_ITEMS_MAX < TRANSACT_ITEMS_MAX);
+/// idempotency record, payment, its creation-order pointer (a create), one
+/// movement, its events, their webhook pointer, and a page or a message to
+/// the bank (outbox).
+pub const DECISION_ITEMS_MAX: usize = 7;
+// A full batch, with the account item and the creation-order record
+// written once with it, fits in one atomic write.
+const _: () = assert!(ACCOUNT_BATCH_COMMANDS_MAX * DECISION_ITEMS_MAX + 2 <= TRANSACT_ITEMS_MAX);
 
 /// Times a command is retried from fresh state after losing an optimistic
 /// concurrency race (another writer changed the account meanwhile).
@@ -346,10 +348,15 @@ pub const WEBHOOK_ENDPOINTS_MAX: usize = 8;
 /// Payments of an account of 0.1.0 given their creation-order pointer per
 /// batch: one range read, then a write each, then the progress recorded.
 pub const CREATION_INDEX_BATCH: usize = 256;
-/// ... and per listing call: the first listing of a large old account
-/// answers UNAVAILABLE (retry) until it is indexed, rather than hold the
-/// call for minutes (20,000 writes take seconds on either store).
+/// ... and per listing call, in payments and in time: the first listing
+/// of a large old account answers UNAVAILABLE (retry) until it is indexed,
+/// well within the call's deadline (one write per payment: a few thousand
+/// a second on the embedded store, fewer on DynamoDB).
 pub const CREATION_INDEX_PER_CALL: usize = 20_000;
+pub const CREATION_INDEX_CALL_TIME: Duration = Duration::from_secs(5);
+/// Payments read at once after their creation-order pointers (a page of
+/// a listing): the store's round trips overlap, within a bound.
+pub const LIST_READS_IN_FLIGHT: usize = 16;
 /// Bytes of a webhooks file: eight endpoints with their subscriptions need
 /// a few kilobytes; more is not a webhooks file.
 pub const WEBHOOK_FILE_BYTES_MAX: usize = 64 * 1024;

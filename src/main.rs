@@ -139,18 +139,6 @@ enum DynamodbCommand {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve(_)) {
-        // A command's reader going away (`payvisor … | head`) ends it
-        // quietly, as it ends `cat`, instead of a panic in `println!`.
-        // Rust ignores SIGPIPE; the server keeps that (a client's socket
-        // closing must not kill it); sockets are written with MSG_NOSIGNAL
-        // either way, so only the closed stdout ends a command.
-        // SAFETY: at the start of main, before any thread is spawned;
-        // setting a signal's disposition has no other precondition.
-        unsafe {
-            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-        }
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .max_blocking_threads(payvisor::limits::BLOCKING_THREADS_MAX)
@@ -192,7 +180,7 @@ fn main() -> std::process::ExitCode {
                 let settings = dynamodb.settings(&table)?;
                 let store = payvisor::store::dynamodb::DynamoDbStore::connect(&settings).await;
                 store.create_table().await?;
-                println!("table {table} is active");
+                payvisor::cli::out!("table {table} is active");
                 Ok(())
             }
         }

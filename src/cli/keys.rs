@@ -8,6 +8,7 @@ use tonic::metadata::{Ascii, MetadataValue};
 use crate::auth::new_key;
 use crate::domain::access::AccessList;
 use crate::grpc::auth::AUTHORIZATION;
+use crate::out;
 use crate::secret::Secret;
 
 #[derive(Subcommand, Debug)]
@@ -90,21 +91,21 @@ pub fn auth(command: AuthCommand) -> anyhow::Result<()> {
                 );
             }
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::json!({ "key": fresh.key.expose(), "entry": entry })
                 );
             } else {
-                println!("API key (shown only now; keep it in a secret store):");
-                println!("  {}", fresh.key.expose());
-                println!("Add this entry to \"keys\" in the access list (--auth FILE):");
-                println!("  {entry}");
+                out!("API key (shown only now; keep it in a secret store):");
+                out!("  {}", fresh.key.expose());
+                out!("Add this entry to \"keys\" in the access list (--auth FILE):");
+                out!("  {entry}");
             }
             Ok(())
         }
         AuthCommand::Check { file } => {
             let (list, _) = crate::reload::load::<AccessList>(&file)?;
-            println!(
+            out!(
                 "{}: valid, {} keys, {} certificates",
                 file.display(),
                 list.keys.len(),

@@ -8,6 +8,33 @@ pub mod render;
 
 pub use keys::{auth, AuthCommand};
 
+/// `println!` for a command's output. A reader that went away
+/// (`payvisor … | head`) ends the command quietly, as it ends `cat` or
+/// ripgrep, instead of a panic. SIGPIPE stays ignored (Rust's default):
+/// restoring it would let a write to a reset gRPC or HTTP connection kill
+/// the long-running commands (`events watch`, `webhooks listen`).
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(error) = writeln!(stdout, $($arg)*) {
+            $crate::cli::output_failed(error)
+        }
+    }};
+}
+pub use crate::out;
+
+/// Ends the command after its output failed: quietly when the reader went
+/// away, else with the error.
+pub fn output_failed(error: std::io::Error) -> ! {
+    if error.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: writing the output: {error}");
+    std::process::exit(1);
+}
+
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use tonic::service::interceptor::InterceptedService;
@@ -349,9 +376,9 @@ pub fn store(command: StoreCommand) -> anyhow::Result<()> {
     let store = crate::store::sqlite::SqliteStore::open(&data_dir)?;
     let report = store.check()?;
     for problem in &report.problems {
-        println!("damaged: {problem}");
+        out!("damaged: {problem}");
     }
-    println!(
+    out!(
         "{} records read, {} without a checksum (written before checksums), {} problems",
         report.rows,
         report.unchecked,
@@ -958,8 +985,8 @@ pub async fn webhooks(options: &ClientOptions, command: WebhooksCommand) -> anyh
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |elapsed| elapsed.as_secs() as i64);
             match sink.post_signed(endpoint, &name, body, now, None).await {
-                Ok(()) => println!("--> {name} {kind} delivered"),
-                Err(error) => println!("--> {name} {kind} failed: {error}"),
+                Ok(()) => out!("--> {name} {kind} delivered"),
+                Err(error) => out!("--> {name} {kind} failed: {error}"),
             }
         }
     })
@@ -970,7 +997,7 @@ pub async fn webhooks(options: &ClientOptions, command: WebhooksCommand) -> anyh
 /// (before it is deployed); every problem is listed.
 pub fn check_rules(path: &std::path::Path) -> anyhow::Result<()> {
     let (rules, _) = crate::approval::load_rules_file(path)?;
-    println!(
+    out!(
         "{}: valid, version {:?}, {} rules",
         path.display(),
         rules.version(),
@@ -1037,7 +1064,7 @@ pub async fn audit(options: &ClientOptions, command: AuditCommand) -> anyhow::Re
     }
     render::audit_records(options.json, &records, &page_token);
     if !page_token.is_empty() && !options.json {
-        println!("next page: --page-token {page_token}");
+        out!("next page: --page-token {page_token}");
     }
     Ok(())
 }

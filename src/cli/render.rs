@@ -7,11 +7,12 @@ use crate::audit::AuditReport;
 use crate::domain::{AccountId, Currency, Money};
 use crate::grpc::json::to_json;
 use crate::grpc::pb;
+use crate::out;
 
 /// `message` on one line in the canonical JSON mapping (`--json`).
 fn print_json<M: prost::Message + prost::Name>(message: &M) {
     match to_json(message) {
-        Ok(value) => println!("{value}"),
+        Ok(value) => out!("{value}"),
         Err(error) => eprintln!("error: {error}"),
     }
 }
@@ -80,15 +81,15 @@ pub fn payment(as_json: bool, payment: &pb::Payment, request_id: Option<&str>) {
         }
         return;
     }
-    println!("payment   {}", payment.name);
-    println!("state     {}", state_name(payment.state));
-    println!("amount    {}", money(payment.amount.as_ref()));
-    println!("refunded  {}", money(payment.refunded_amount.as_ref()));
-    println!("fee       {}", money(payment.fee.as_ref()));
-    println!("created   {}", time(payment.create_time.as_ref()));
-    println!("updated   {}", time(payment.update_time.as_ref()));
+    out!("payment   {}", payment.name);
+    out!("state     {}", state_name(payment.state));
+    out!("amount    {}", money(payment.amount.as_ref()));
+    out!("refunded  {}", money(payment.refunded_amount.as_ref()));
+    out!("fee       {}", money(payment.fee.as_ref()));
+    out!("created   {}", time(payment.create_time.as_ref()));
+    out!("updated   {}", time(payment.update_time.as_ref()));
     if !payment.failure_reason.is_empty() {
-        println!("reason    {}", payment.failure_reason);
+        out!("reason    {}", payment.failure_reason);
     }
     if let Some(approval) = &payment.approval {
         let action = |action: i32| {
@@ -101,13 +102,13 @@ pub fn payment(as_json: bool, payment: &pb::Payment, request_id: Option<&str>) {
                 })
                 .unwrap_or_else(|_| format!("unknown({action})"))
         };
-        println!(
+        out!(
             "approval  {} (rules version {:?})",
             action(approval.action),
             approval.rules_version
         );
         for fired in &approval.fired_rules {
-            println!(
+            out!(
                 "  rule    {} → {}: {}",
                 fired.rule,
                 action(fired.action),
@@ -116,7 +117,7 @@ pub fn payment(as_json: bool, payment: &pb::Payment, request_id: Option<&str>) {
         }
     }
     if let Some(review) = &payment.review {
-        println!(
+        out!(
             "review    {} at {}: {}",
             review.verdict,
             time(review.time.as_ref()),
@@ -128,7 +129,7 @@ pub fn payment(as_json: bool, payment: &pb::Payment, request_id: Option<&str>) {
             "" => String::new(),
             left => format!("; left: {left}"),
         };
-        println!(
+        out!(
             "route     {} at {}: {}{left}",
             route.bank,
             time(route.time.as_ref()),
@@ -136,10 +137,10 @@ pub fn payment(as_json: bool, payment: &pb::Payment, request_id: Option<&str>) {
         );
     }
     for (key, value) in &payment.metadata {
-        println!("metadata  {key}={value}");
+        out!("metadata  {key}={value}");
     }
     for refund in &payment.refunds {
-        println!(
+        out!(
             "refund    {:<4} {:<10} {:>16}  {}",
             refund.refund_id,
             refund_state_name(refund.state),
@@ -148,7 +149,7 @@ pub fn payment(as_json: bool, payment: &pb::Payment, request_id: Option<&str>) {
         );
     }
     if let Some(watch) = &payment.watch {
-        println!(
+        out!(
             "watch     stage {} since {}, {} re-drives, {}",
             watch.stage,
             time(watch.since_time.as_ref()),
@@ -160,7 +161,7 @@ pub fn payment(as_json: bool, payment: &pb::Payment, request_id: Option<&str>) {
         );
     }
     if let Some(request_id) = request_id {
-        println!("request   {request_id}  (reuse with --request-id to retry safely)");
+        out!("request   {request_id}  (reuse with --request-id to retry safely)");
     }
 }
 
@@ -173,13 +174,18 @@ pub fn stalled_list(as_json: bool, payments: &[pb::Payment], next_page_token: &s
         print_json(&page);
         return;
     }
-    println!(
+    out!(
         "{:<48} {:<12} {:>18} {:<25} {:>8} {:<6}",
-        "PAYMENT", "STATE", "AMOUNT", "STALLED SINCE", "REDRIVES", "PAGED"
+        "PAYMENT",
+        "STATE",
+        "AMOUNT",
+        "STALLED SINCE",
+        "REDRIVES",
+        "PAGED"
     );
     for payment in payments {
         let watch = payment.watch.clone().unwrap_or_default();
-        println!(
+        out!(
             "{:<48} {:<12} {:>18} {:<25} {:>8} {:<6}",
             payment.name,
             state_name(payment.state),
@@ -189,9 +195,9 @@ pub fn stalled_list(as_json: bool, payments: &[pb::Payment], next_page_token: &s
             if watch.paged { "yes" } else { "no" }
         );
     }
-    println!("({} stalled)", payments.len());
+    out!("({} stalled)", payments.len());
     if !next_page_token.is_empty() {
-        println!("more: --page-token {next_page_token}   (or --all)");
+        out!("more: --page-token {next_page_token}   (or --all)");
     }
 }
 
@@ -204,12 +210,16 @@ pub fn payment_list(as_json: bool, payments: &[pb::Payment], next_page_token: &s
         print_json(&page);
         return;
     }
-    println!(
+    out!(
         "{:<48} {:<29} {:<20} {:>18} {:>18}",
-        "PAYMENT", "CREATED", "STATE", "AMOUNT", "REFUNDED"
+        "PAYMENT",
+        "CREATED",
+        "STATE",
+        "AMOUNT",
+        "REFUNDED"
     );
     for payment in payments {
-        println!(
+        out!(
             "{:<48} {:<29} {:<20} {:>18} {:>18}",
             payment.name,
             time(payment.create_time.as_ref()),
@@ -218,9 +228,9 @@ pub fn payment_list(as_json: bool, payments: &[pb::Payment], next_page_token: &s
             money(payment.refunded_amount.as_ref())
         );
     }
-    println!("({} payments)", payments.len());
+    out!("({} payments)", payments.len());
     if !next_page_token.is_empty() {
-        println!("more: --page-token {next_page_token}   (or --all)");
+        out!("more: --page-token {next_page_token}   (or --all)");
     }
 }
 
@@ -228,9 +238,11 @@ pub fn review_list(as_json: bool, payments: &[pb::Payment], next_page_token: &st
     if as_json {
         return payment_list(true, payments, next_page_token);
     }
-    println!(
+    out!(
         "{:<48} {:>18} {:<25} RULES",
-        "PAYMENT", "AMOUNT", "IN REVIEW SINCE"
+        "PAYMENT",
+        "AMOUNT",
+        "IN REVIEW SINCE"
     );
     for payment in payments {
         let watch = payment.watch.clone().unwrap_or_default();
@@ -246,7 +258,7 @@ pub fn review_list(as_json: bool, payments: &[pb::Payment], next_page_token: &st
                     .join("; ")
             })
             .unwrap_or_default();
-        println!(
+        out!(
             "{:<48} {:>18} {:<25} {}",
             payment.name,
             money(payment.amount.as_ref()),
@@ -254,9 +266,9 @@ pub fn review_list(as_json: bool, payments: &[pb::Payment], next_page_token: &st
             rules
         );
     }
-    println!("({} in review)", payments.len());
+    out!("({} in review)", payments.len());
     if !next_page_token.is_empty() {
-        println!("more: --page-token {next_page_token}   (or --all)");
+        out!("more: --page-token {next_page_token}   (or --all)");
     }
 }
 
@@ -270,12 +282,15 @@ pub fn audit_records(as_json: bool, records: &[pb::AuditRecord], next_page_token
         print_json(&page);
         return;
     }
-    println!(
+    out!(
         "{:<25} {:<16} {:<55} {:<20} CAUSES",
-        "TIME", "BY", "PAYMENT", "STATE"
+        "TIME",
+        "BY",
+        "PAYMENT",
+        "STATE"
     );
     for record in records {
-        println!(
+        out!(
             "{:<25} {:<16} {:<55} {:<20} {}",
             time(record.time.as_ref()),
             record.actor,
@@ -299,7 +314,7 @@ pub fn event_line(as_json: bool, event: &pb::PaymentEvent) {
         "" => String::new(),
         actor => format!("  by {actor}"),
     };
-    println!(
+    out!(
         "{}  {:<26} {:<60} {}{by}",
         time(event.time.as_ref()),
         event.r#type,
@@ -323,12 +338,12 @@ pub fn alert_line(as_json: bool, alert: &pb::Alert) {
         return;
     }
     if alert.missed > 0 {
-        println!(
+        out!(
             "(missed {} pages: see payvisor payments stalled)",
             alert.missed
         );
     }
-    println!(
+    out!(
         "{}  {:<8} {:<8} {:<60} {}  {}",
         time(alert.time.as_ref()),
         action,
@@ -358,9 +373,12 @@ pub fn events(as_json: bool, events: &[pb::PaymentEvent]) {
         print_json(&page);
         return;
     }
-    println!(
+    out!(
         "{:<60} {:<26} {:<25} {:<16} DELIVERIES",
-        "EVENT", "TYPE", "TIME", "BY"
+        "EVENT",
+        "TYPE",
+        "TIME",
+        "BY"
     );
     for event in events {
         let deliveries = event
@@ -380,7 +398,7 @@ pub fn events(as_json: bool, events: &[pb::PaymentEvent]) {
         } else {
             &event.actor
         };
-        println!(
+        out!(
             "{:<60} {:<26} {:<25} {:<16} {}",
             event.name,
             event.r#type,
@@ -396,13 +414,16 @@ pub fn account(as_json: bool, account: &pb::Account) {
         print_json(account);
         return;
     }
-    println!("account {}", account.name);
-    println!(
+    out!("account {}", account.name);
+    out!(
         "{:<8} {:>20} {:>20} {:>20}",
-        "CURRENCY", "PENDING", "AVAILABLE", "REFUNDING"
+        "CURRENCY",
+        "PENDING",
+        "AVAILABLE",
+        "REFUNDING"
     );
     for balance in &account.balances {
-        println!(
+        out!(
             "{:<8} {:>20} {:>20} {:>20}",
             balance.currency_code,
             money(balance.pending.as_ref()),
@@ -418,7 +439,7 @@ pub fn cluster_status(as_json: bool, status: &pb::ClusterStatus) {
         return;
     }
     if !status.clustered {
-        println!("not a cluster: this server owns every account (run with --cluster on DynamoDB to share them)");
+        out!("not a cluster: this server owns every account (run with --cluster on DynamoDB to share them)");
         return;
     }
     let free = status
@@ -426,15 +447,19 @@ pub fn cluster_status(as_json: bool, status: &pb::ClusterStatus) {
         .iter()
         .filter(|shard| shard.owner.is_empty())
         .count();
-    println!(
+    out!(
         "{} nodes, {} shards ({free} without an owner), as seen by node {}",
         status.nodes.len(),
         status.shard_count,
         status.node
     );
-    println!(
+    out!(
         "{:<20} {:<24} {:>16} {:>14} {:>7}  STATE",
-        "NODE", "ADDRESS", "STARTED", "HEARTBEAT AGE", "SHARDS"
+        "NODE",
+        "ADDRESS",
+        "STARTED",
+        "HEARTBEAT AGE",
+        "SHARDS"
     );
     for node in &status.nodes {
         let state = match (node.alive, node.leaving) {
@@ -447,7 +472,7 @@ pub fn cluster_status(as_json: bool, status: &pb::ClusterStatus) {
         } else {
             format!("{} ms", node.heartbeat_age_ms)
         };
-        println!(
+        out!(
             "{:<20} {:<24} {:>16} {:>14} {:>7}  {state}",
             node.id,
             node.address,
@@ -456,15 +481,15 @@ pub fn cluster_status(as_json: bool, status: &pb::ClusterStatus) {
             node.shards_owned
         );
     }
-    println!();
-    println!("{:>5}  {:<20} {:>6}", "SHARD", "OWNER", "EPOCH");
+    out!();
+    out!("{:>5}  {:<20} {:>6}", "SHARD", "OWNER", "EPOCH");
     for shard in &status.shards {
         let owner = if shard.owner.is_empty() {
             "-"
         } else {
             &shard.owner
         };
-        println!("{:>5}  {:<20} {:>6}", shard.shard, owner, shard.epoch);
+        out!("{:>5}  {:<20} {:>6}", shard.shard, owner, shard.epoch);
     }
 }
 
@@ -482,7 +507,7 @@ pub fn audit(as_json: bool, reports: &[(AccountId, AuditReport)]) {
                 })
             })
             .collect();
-        println!("{}", json!({ "accounts": value }));
+        out!("{}", json!({ "accounts": value }));
         return;
     }
     for (account, report) in reports {
@@ -491,12 +516,13 @@ pub fn audit(as_json: bool, reports: &[(AccountId, AuditReport)]) {
         } else {
             "PROBLEMS"
         };
-        println!(
+        out!(
             "accounts/{account}: {verdict} ({} payments, {} movements)",
-            report.payments, report.movements
+            report.payments,
+            report.movements
         );
         for problem in &report.problems {
-            println!("  - {problem}");
+            out!("  - {problem}");
         }
     }
 }
@@ -530,13 +556,13 @@ pub fn status_error(status: tonic::Status) -> anyhow::Error {
 
 pub fn reconciliation(as_json: bool, report: &crate::reconcile::Report) {
     if as_json {
-        println!(
+        out!(
             "{}",
             serde_json::to_string(report).expect("a report serialises")
         );
         return;
     }
-    println!(
+    out!(
         "bank {}  period {}..{}  bank entries {}  payvisor items {}  accounts audited {}",
         report.bank,
         when(report.from_ms),
@@ -546,14 +572,16 @@ pub fn reconciliation(as_json: bool, report: &crate::reconcile::Report) {
         report.accounts_audited
     );
     for mismatch in &report.mismatches {
-        println!(
+        out!(
             "MISMATCH {:<20} {}  {}",
-            mismatch.kind, mismatch.subject, mismatch.detail
+            mismatch.kind,
+            mismatch.subject,
+            mismatch.detail
         );
     }
     if report.is_clean() {
-        println!("clean");
+        out!("clean");
     } else {
-        println!("{} mismatches", report.mismatch_count);
+        out!("{} mismatches", report.mismatch_count);
     }
 }

@@ -338,8 +338,13 @@ impl PaymentService for PaymentApi {
         let state = convert::state_from_pb(request.state)?;
         if request.parent == "accounts/-" {
             if request.start_time.is_some() || request.end_time.is_some() {
+                let field = if request.start_time.is_some() {
+                    "start_time"
+                } else {
+                    "end_time"
+                };
                 return Err(CommandError::invalid(
-                    "start_time",
+                    field,
                     "the review queue across accounts (accounts/-) is in deadline order: list one account to choose times",
                 )
                 .into());

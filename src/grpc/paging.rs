@@ -59,11 +59,14 @@ where
             // Where to go on if the page ends here.
             cursor = position_of(payment).or(cursor);
         }
+        // Fewer than asked for, yet more to come: the reader stopped at a
+        // bound of its own (a state filter's scan bound), so does the page.
+        let stopped_short = payments.len() < want;
         let Some(next) = next else {
             return Ok((page, None));
         };
         cursor = Some(next);
-        if page.len() >= page_size || scanned >= limits::LIST_SCAN_MAX {
+        if stopped_short || page.len() >= page_size || scanned >= limits::LIST_SCAN_MAX {
             return Ok((page, cursor));
         }
     }
@@ -133,6 +136,30 @@ mod tests {
                 None => return pages,
             }
         }
+    }
+
+    /// A reader that stops at a bound of its own (a state filter that read
+    /// its scan bound) ends the page there, with a token: a sparse filter
+    /// over a large account answers in pages instead of reading it whole.
+    #[tokio::test]
+    async fn a_reader_that_stops_short_ends_the_page_with_a_token() {
+        let all = payments(10);
+        let mut reads = 0;
+        let (page, next) = fill(
+            None,
+            50,
+            |_| true,
+            |payment| all.iter().position(|p| p.id == payment.id).map(|i| i + 1),
+            |after: Option<usize>, _n| {
+                reads += 1;
+                // One match per read, and more to come.
+                let from = after.unwrap_or(0);
+                std::future::ready(Ok((all[from..from + 1].to_vec(), Some(from + 3))))
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!((page.len(), next, reads), (1, Some(3), 1));
     }
 
     #[tokio::test]

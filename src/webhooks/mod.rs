@@ -416,7 +416,8 @@ impl WebhookSettings {
 
     /// Whether webhooks are in use: endpoints are configured now, or come
     /// from a file that may list some later (deliveries recorded for an
-    /// endpoint since removed must still be closed).
+    /// endpoint since removed must still be retried, and given up at the
+    /// end of their retry period).
     pub fn in_use(&self) -> bool {
         self.endpoints.has_file() || !self.endpoints().is_empty()
     }

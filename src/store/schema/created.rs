@@ -144,25 +144,34 @@ pub async fn list_payments_by_creation(
     let ceiling = window
         .since
         .map(|since| format!("{CREATED_SK_PREFIX}{}$", newest_first(since)));
-    let (items, more) = merged_page(store, account, CREATED_SK_PREFIX, start_after, limit).await?;
-    let mut payments = Vec::with_capacity(items.len());
-    let mut last = None;
-    for item in &items {
-        if ceiling
-            .as_ref()
-            .is_some_and(|ceiling| item.key.sk > *ceiling)
-        {
-            return Ok((payments, None));
+    let (mut items, mut more) =
+        merged_page(store, account, CREATED_SK_PREFIX, start_after, limit).await?;
+    if let Some(ceiling) = &ceiling {
+        // Older than the window: the listing ends before them.
+        if let Some(outside) = items.iter().position(|item| item.key.sk > *ceiling) {
+            items.truncate(outside);
+            more = false;
         }
-        let pointer: CreatedPointer = decode(item)?;
-        let payment = load_payment(store, &pointer.payment)
-            .await?
-            .ok_or_else(|| {
-                StoreError::Corrupt(format!("{:?}: no payment {}", item.key, pointer.payment))
-            })?;
-        payments.push(payment.value);
-        last = item.key.sk.strip_prefix(CREATED_SK_PREFIX);
     }
+    let pointers = (items.iter())
+        .map(decode::<CreatedPointer>)
+        .collect::<Result<Vec<_>, _>>()?;
+    // The payments, read a bounded number at a time, in pointer order.
+    use futures_util::stream::{self, StreamExt, TryStreamExt};
+    let payments: Vec<Payment> = stream::iter(pointers)
+        .map(|pointer| async move {
+            let payment = load_payment(store, &pointer.payment).await?;
+            payment.map(|payment| payment.value).ok_or_else(|| {
+                StoreError::Corrupt(format!(
+                    "a creation pointer without its payment {}",
+                    pointer.payment
+                ))
+            })
+        })
+        .buffered(limits::LIST_READS_IN_FLIGHT)
+        .try_collect()
+        .await?;
+    let last = (items.last()).and_then(|item| item.key.sk.strip_prefix(CREATED_SK_PREFIX));
     let next = if more {
         last.and_then(CreatedPosition::parse)
     } else {
@@ -172,7 +181,8 @@ pub async fn list_payments_by_creation(
 }
 
 /// Gives every payment of `account` its pointer, at most `budget` payments
-/// in this call, resuming where the last call stopped. `Ok(true)` once the
+/// (in whole batches) and about `CREATION_INDEX_CALL_TIME` in this call,
+/// resuming where the last call stopped. `Ok(true)` once the
 /// account is completely indexed. Safe to run anywhere and concurrently:
 /// a pointer is written only where none is, and progress is recorded under
 /// the index item's version.
@@ -181,6 +191,7 @@ pub async fn index_by_creation(
     account: &AccountId,
     budget: usize,
 ) -> Result<bool, StoreError> {
+    let started = std::time::Instant::now();
     let mut done = 0;
     loop {
         let current: Option<Versioned<CreationIndex>> = store
@@ -239,7 +250,7 @@ pub async fn index_by_creation(
         if progress.complete {
             return Ok(true);
         }
-        if done >= budget {
+        if done >= budget || started.elapsed() >= limits::CREATION_INDEX_CALL_TIME {
             return Ok(false);
         }
     }
