@@ -538,6 +538,39 @@ async fn an_endpoint_removed_for_a_while_gets_its_events_in_order_once_back() {
     assert!(receiver.rejected().is_empty());
 }
 
+/// Creates of a new account that arrive together are folded into batched
+/// writes; with a webhook endpoint each create writes its most items
+/// (idempotency record, payment, creation pointer, movement, outbox,
+/// events, webhook pointer). Every create is acknowledged and delivered:
+/// a batch stays within the store's bound on one atomic write (the server
+/// is a debug build, which asserts each decision's item count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_batched_with_a_webhook_endpoint_stay_within_one_atomic_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::start(dir.path());
+    let hooks = webhooks_file(dir.path(), &receiver.url());
+    let server = Server::start(&["--webhooks", hooks.to_str().unwrap()]);
+    let client = server.client().await;
+    let mut creates = tokio::task::JoinSet::new();
+    for n in 0..64 {
+        let mut client = client.clone();
+        creates.spawn(async move {
+            let request = create_request("batched", &format!("batched-{n}"), 100 + n);
+            client
+                .create_payment(request)
+                .await
+                .map(|p| p.into_inner().name)
+        });
+    }
+    let mut expected = BTreeMap::new();
+    while let Some(created) = creates.join_next().await {
+        let name = created.unwrap().expect("every create is acknowledged");
+        expected.insert(name, 4);
+    }
+    wait_received(&receiver, |received| all_in_order(received, &expected)).await;
+    server.verify_ledger(&["batched"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_delivery_given_up_after_its_retry_period_is_resent_by_an_operator() {
     let dir = tempfile::tempdir().unwrap();
