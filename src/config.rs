@@ -15,7 +15,7 @@ use crate::limits;
 use crate::store::dynamodb::{DynamoDbSettings, DynamoDbStore};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
-use crate::webhooks::{Endpoint, WebhookSettings};
+use crate::webhooks::WebhookSettings;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct ServeArgs {
@@ -828,13 +828,6 @@ impl std::fmt::Debug for HttpBankConfig {
     }
 }
 
-/// Reads and checks a webhook endpoints file (every problem listed).
-pub fn load_webhooks_file(path: &std::path::Path) -> Result<Vec<Endpoint>, ConfigError> {
-    let (endpoints, _text) =
-        crate::reload::load::<crate::webhooks::Endpoints>(path).map_err(ConfigError::Webhooks)?;
-    Ok(endpoints.0)
-}
-
 /// How stalls are looked for and who is paged.
 #[derive(Debug, Clone)]
 pub struct WatchdogConfig {
@@ -1589,7 +1582,7 @@ mod tests {
             );
             let webhooks = dir.path().join("webhooks.json");
             std::fs::write(&webhooks, format!(r#"{{"endpoints": [{entry}]}}"#)).unwrap();
-            if let Err(error) = load_webhooks_file(&webhooks) {
+            if let Err(error) = parse(&["--webhooks", webhooks.to_str().unwrap()]) {
                 let told = error.to_string();
                 proptest::prop_assert!(secret.len() < 12 || !told.contains(&secret), "{told}");
             }

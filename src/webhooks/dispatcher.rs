@@ -417,7 +417,8 @@ impl Inner {
                             // An event of a type the endpoint does not
                             // subscribe to (now) is passed over:
                             // acknowledged without a request.
-                            if !endpoint.wants(&event.event_type()) {
+                            if !endpoint.takes_every_type() && !endpoint.wants(&event.event_type())
+                            {
                                 delivery.acknowledged += 1;
                                 continue;
                             }

@@ -137,6 +137,11 @@ impl Endpoint {
             .collect()
     }
 
+    /// Whether every event goes to this endpoint (no `events` listed).
+    pub fn takes_every_type(&self) -> bool {
+        self.events.is_none()
+    }
+
     /// Whether events of `event_type` go to this endpoint.
     pub fn wants(&self, event_type: &str) -> bool {
         self.events

@@ -123,10 +123,12 @@ impl AccountState {
         // The endpoints in force now, each only if it subscribed to one of
         // this decision's events.
         let in_force = webhooks.endpoints();
-        let event_types: Vec<String> = decision.events.iter().map(|e| e.event_type()).collect();
         let endpoints: Vec<&str> = in_force
             .iter()
-            .filter(|endpoint| event_types.iter().any(|kind| endpoint.wants(kind)))
+            .filter(|endpoint| {
+                endpoint.takes_every_type()
+                    || (decision.events.iter()).any(|event| endpoint.wants(&event.event_type()))
+            })
             .map(|endpoint| endpoint.name.as_str())
             .collect();
         let context = StageContext {
