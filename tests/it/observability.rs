@@ -471,14 +471,7 @@ async fn health_says_not_serving_while_the_store_does_not_answer_and_serving_whe
 
     // The first sweep resolves whatever an earlier incarnation paged.
     let resolved = "the watchdog sweeps; its page (if any) resolved";
-    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
-    while !server.log().contains(resolved) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no resolve at start"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    server.logged(resolved).await;
     dynamodb::set_faults(&table, serde_json::json!({"seed": 17, "failed": 1.0}));
     let down = tokio::time::Instant::now();
     readiness_becomes([&mut overall, &mut payments], not_serving).await;
@@ -497,20 +490,6 @@ async fn health_says_not_serving_while_the_store_does_not_answer_and_serving_whe
         serving,
         "liveness while the store fails"
     );
-    let logged = |text: &'static str| {
-        let server = &server;
-        async move {
-            let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
-            while !server.log().contains(text) {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "never logged {text:?}:\n{}",
-                    server.log()
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        }
-    };
     // A call meanwhile: told to retry, and when, in words of ours (not the
     // SDK's debug text with the store's address).
     let mut client = server.client().await;
@@ -524,7 +503,7 @@ async fn health_says_not_serving_while_the_store_does_not_answer_and_serving_whe
         "the store is not answering for now; retry (a command with the same request_id)"
     );
     assert!(refused.get_error_details().retry_info().is_some());
-    logged("paged: the watchdog cannot sweep").await;
+    server.logged("paged: the watchdog cannot sweep").await;
     assert!(
         server.log().contains("watchdog_failing"),
         "{}",

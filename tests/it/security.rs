@@ -743,11 +743,7 @@ async fn a_changed_access_list_takes_effect_within_seconds_and_a_bad_one_changes
         problems.contains("secret_sha256") && problems.contains("unknown role"),
         "{problems}"
     );
-    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
-    while !server.log().contains("access list not reloaded") {
-        assert!(tokio::time::Instant::now() < deadline, "{}", server.log());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    server.logged("access list not reloaded").await;
     assert!(server.log().contains("unknown role"), "{}", server.log());
     assert_eq!(
         code(client.get_account(get(keys.key("oncall"))).await),

@@ -413,15 +413,22 @@ async fn endpoints_get_the_types_they_subscribe_to_and_the_file_is_reloaded() {
             .collect()
     };
 
+    // shop gets the two types it wants of a payment, and no other.
+    let shop_got_its_types = |payment: String| {
+        let (shop, types_of) = (&shop, &types_of);
+        async move {
+            let received = wait_received(shop, |received| {
+                types_of(received, &payment).contains(&"payment.processed".to_owned())
+            })
+            .await;
+            assert_eq!(
+                types_of(&received, &payment),
+                ["payment.approved", "payment.processed"]
+            );
+        }
+    };
     let first = processed_payment(&mut client, "acme", "sub-1", 1_000).await;
-    let received = wait_received(&shop, |received| {
-        types_of(received, &first.name).contains(&"payment.processed".to_owned())
-    })
-    .await;
-    assert_eq!(
-        types_of(&received, &first.name),
-        ["payment.approved", "payment.processed"]
-    );
+    shop_got_its_types(first.name.clone()).await;
     // Nothing is left pending for shop: what it wants was sent, the rest
     // passed over.
     let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
@@ -450,32 +457,17 @@ async fn endpoints_get_the_types_they_subscribe_to_and_the_file_is_reloaded() {
     // crm is added, for every type, without a restart.
     let crm_entry = serde_json::json!({"name": "crm", "url": crm.url(), "secret": SECRET});
     write(serde_json::json!([shop_entry, crm_entry]));
-    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
-    while !server.log().contains("webhooks file reloaded") {
-        assert!(tokio::time::Instant::now() < deadline, "never reloaded");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.logged("webhooks file reloaded").await;
     let second = processed_payment(&mut client, "acme", "sub-2", 1_100).await;
     let mut expected = BTreeMap::new();
     expected.insert(second.name.clone(), 4);
     wait_received(&crm, |received| all_in_order(received, &expected)).await;
-    let received = wait_received(&shop, |received| {
-        types_of(received, &second.name).contains(&"payment.processed".to_owned())
-    })
-    .await;
-    assert_eq!(
-        types_of(&received, &second.name),
-        ["payment.approved", "payment.processed"]
-    );
+    shop_got_its_types(second.name.clone()).await;
 
     // A file naming an unknown type is refused; both endpoints stay.
     let bad_entry = serde_json::json!({"name": "crm", "url": crm.url(), "secret": SECRET, "events": ["payment.shipped"]});
     write(serde_json::json!([shop_entry, bad_entry]));
-    let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
-    while !server.log().contains("webhooks file not reloaded") {
-        assert!(tokio::time::Instant::now() < deadline, "never refused");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.logged("webhooks file not reloaded").await;
     let log = server.log();
     assert!(log.contains("payment.shipped"), "the problem is named");
     assert!(!log.contains(SECRET), "the secret is never logged");
@@ -912,13 +904,11 @@ async fn events_watch_resumes_across_a_server_crash_without_repeating_an_event()
     };
     let mut client = connect().await;
     let first = processed_payment_via(&mut client, "crash-1").await;
-    let before = take(4);
-    assert_eq!(
-        before,
-        (1..=4)
-            .map(|n| format!("{first}/events/{n}"))
-            .collect::<Vec<_>>()
-    );
+    // A processed payment's four events, by name.
+    let four_events = |payment: &str| -> Vec<String> {
+        (1..=4).map(|n| format!("{payment}/events/{n}")).collect()
+    };
+    assert_eq!(take(4), four_events(&first));
 
     // The server is killed; a payment is made as soon as it is back, most
     // likely before the command has reconnected (it waits between
@@ -929,13 +919,7 @@ async fn events_watch_resumes_across_a_server_crash_without_repeating_an_event()
     let mut server = serve();
     let mut client = connect().await;
     let second = processed_payment_via(&mut client, "crash-2").await;
-    let after = take(4);
-    assert_eq!(
-        after,
-        (1..=4)
-            .map(|n| format!("{second}/events/{n}"))
-            .collect::<Vec<_>>()
-    );
+    assert_eq!(take(4), four_events(&second));
     // Nothing else: no event of the first payment again.
     assert!(
         printed.recv_timeout(Duration::from_millis(500)).is_err(),

@@ -126,6 +126,20 @@ impl Server {
             .unwrap_or_default()
     }
 
+    /// Waits (bounded) until the log holds `text`; panics with the log
+    /// otherwise.
+    pub async fn logged(&self, text: &str) {
+        let deadline = tokio::time::Instant::now() + PROGRESS_DEADLINE;
+        while !self.log().contains(text) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never logged {text:?}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs `payvisor ledger verify` on this server's store; panics unless
     /// every account's books are clean.
     pub fn verify_ledger(&self, accounts: &[&str]) {
