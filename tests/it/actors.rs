@@ -3,7 +3,7 @@
 //! real bank simulator.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,9 @@ struct PanickingConnector {
     submissions: AtomicU32,
     /// The trace each submission (payment or refund) carried, in order.
     traces: std::sync::Mutex<Vec<Option<payvisor::trace::TraceParent>>>,
+    /// Milliseconds a payment submission keeps its payment actor busy
+    /// after the bank took it (and may already have answered).
+    linger_ms: AtomicU64,
 }
 
 impl Connector for PanickingConnector {
@@ -43,7 +46,13 @@ impl Connector for PanickingConnector {
         if attempt <= self.panics {
             panic!("injected connector panic #{attempt}");
         }
-        self.inner.submit_payment(submission)
+        let linger = Duration::from_millis(self.linger_ms.load(Ordering::SeqCst));
+        let submitted = self.inner.submit_payment(submission);
+        Box::pin(async move {
+            let result = submitted.await;
+            tokio::time::sleep(linger).await;
+            result
+        })
     }
     fn submit_refund(
         &self,
@@ -161,6 +170,7 @@ fn harness_with_policy(
         panics,
         submissions: AtomicU32::new(0),
         traces: Default::default(),
+        linger_ms: AtomicU64::new(0),
     });
     let mut background = crate::common::Background::new();
     let orchestrator = Orchestrator::start(
@@ -799,4 +809,54 @@ async fn a_commands_trace_reaches_the_bank_call_that_carries_it_out() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(traces, vec![Some(created_by), Some(refunded_by)]);
+}
+
+/// A payment actor told to stop (its payment processed, nothing pending)
+/// stops only after the message it is handling, and a stop overtakes the
+/// messages queued behind it. A refund decided in that window was cast to
+/// the stopping actor and dropped with it: the refund stayed pending until
+/// the watchdog's refunding deadline (5 minutes), as `payvisor-bench` found
+/// at saturation (issue 16). Here the bank call lingers in the actor for a
+/// few seconds after the bank answered, so the window is wide and the refund
+/// is decided inside it, every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refund_decided_while_the_payment_actor_stops_still_reaches_the_bank() {
+    let h = harness(0, ActorSettings::default());
+    let linger = Duration::from_secs(3);
+    h.connector
+        .linger_ms
+        .store(linger.as_millis() as u64, Ordering::SeqCst);
+    let submitted_at = std::time::Instant::now();
+    let payment = h
+        .orchestrator
+        .create_payment(create("acme", "linger-1", 1000))
+        .await
+        .unwrap();
+    let mut processed = None;
+    for _ in 0..2_000 {
+        let current = h.orchestrator.get_payment(&payment.name()).await.unwrap();
+        if current.state == PaymentState::Processed {
+            processed = Some(current);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let processed = processed.expect("processed");
+    let refund = RefundPayment {
+        name: processed.name(),
+        amount: None,
+        reason: "right away".into(),
+        request_id: RequestId::new("linger-refund").unwrap(),
+        actor: None,
+        trace: None,
+    };
+    h.orchestrator.refund_payment(refund).await.unwrap();
+    assert!(
+        submitted_at.elapsed() < linger,
+        "the refund was to be decided while the payment's actor still lingered in its bank call"
+    );
+    wait_until(&h.orchestrator, &payment, |p| {
+        p.state == PaymentState::Refunded
+    })
+    .await;
 }

@@ -261,7 +261,14 @@ impl AccountState {
                     None => (self.spawn_child(myself, id.clone(), decision.effects, trace)).await,
                 }
             } else if !payment.has_pending_work() {
-                if let Some(child) = self.children.get(&id) {
+                // Out of `children` as it is told to stop, not when its
+                // termination arrives: a stop overtakes the messages queued
+                // behind it, so an effect cast to a stopping child (a refund
+                // right after the payment was processed) would be dropped
+                // with it, and wait for the watchdog. The next effect starts
+                // a new child; `child_payments` still names this one for
+                // its termination.
+                if let Some(child) = self.children.remove(&id) {
                     child.stop(None);
                 }
             }
