@@ -1,6 +1,7 @@
 //! `payvisor-bench` keeps working: a few seconds against a real server, in
 //! both modes. Only its own verification is asserted (nothing lost or
-//! doubled, the books match); its timings are not, on purpose.
+//! doubled, every payment settled, the books match) and that it reports
+//! what it measures; its timings and costs are not, on purpose.
 
 use std::process::Command;
 
@@ -9,6 +10,7 @@ use crate::common::*;
 fn bench(server: &Server, args: &[&str]) -> serde_json::Value {
     let output = Command::new(workspace_binary("payvisor-bench"))
         .args(["--server", &server.address])
+        .args(["--server-pid", &server.pid().to_string()])
         .args(args)
         .output()
         .expect("run payvisor-bench");
@@ -58,10 +60,26 @@ async fn bench_runs_open_and_closed_loop_and_verifies_its_payments() {
             "e2e_p99_ms",
             "echo_rps",
             "ratio_to_echo",
+            "first_fifth_per_sec",
+            "last_fifth_per_sec",
+            "server_cpu_us_per_payment",
+            "server_write_bytes_per_payment",
+            "client_cpu_us_per_request",
         ] {
             assert!(summary[key].is_number(), "{key} missing: {summary}");
         }
         assert!(summary["acknowledged"].as_u64().unwrap() > 0, "{summary}");
+        // Every payment costs the server some CPU and some bytes on disk
+        // (each is written durably before it is acknowledged).
+        for positive in [
+            "server_cpu_us_per_payment",
+            "server_write_bytes_per_payment",
+        ] {
+            assert!(
+                summary[positive].as_f64().unwrap() > 0.0,
+                "{positive}: {summary}"
+            );
+        }
         for zero in [
             "errors",
             "lost",

@@ -16,6 +16,7 @@
 //! Latencies go into HDR histograms (microseconds, 3 significant digits).
 #![forbid(unsafe_code)]
 
+pub mod counters;
 pub mod echo;
 pub mod limits;
 pub mod processes;
@@ -78,6 +79,11 @@ pub struct BenchArgs {
     /// Seed of the amount and account mix.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The server's process id, when it runs on this machine: the summary
+    /// then gives its CPU time and bytes written to disk per payment over
+    /// the load phase (from `/proc`).
+    #[arg(long)]
+    pub server_pid: Option<u32>,
 }
 
 /// What a run measured.
@@ -98,6 +104,19 @@ pub struct Summary {
     pub refunds: u64,
     pub echo_rps: f64,
     pub ratio_to_echo: f64,
+    /// Payments per second over the first and the last fifth of the load
+    /// phase's whole seconds: a store that slows as it grows shows here.
+    pub first_fifth_per_sec: f64,
+    pub last_fifth_per_sec: f64,
+    /// The server's CPU time (user + system) per acknowledged payment over
+    /// the load phase, in microseconds (`--server-pid`).
+    pub server_cpu_us_per_payment: Option<f64>,
+    /// Bytes the server wrote to disk per acknowledged payment over the
+    /// load phase (`--server-pid`).
+    pub server_write_bytes_per_payment: Option<f64>,
+    /// This load generator's own CPU time per request sent, in
+    /// microseconds: what it took from the machine it shares.
+    pub client_cpu_us_per_request: f64,
     pub errors: u64,
     /// Open loop: requests not started because too many were in flight.
     pub shed: u64,
@@ -122,6 +141,8 @@ struct Recorder {
     /// Acknowledged payments: request number → payment name.
     acked: Mutex<HashMap<u64, String>>,
     first_error: Mutex<Option<String>>,
+    /// Payments acknowledged in each whole second of the load phase.
+    per_second: Mutex<Vec<u64>>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -138,6 +159,7 @@ impl Recorder {
             errors: AtomicU64::new(0),
             refunds: AtomicU64::new(0),
             acked: Mutex::new(HashMap::new()),
+            per_second: Mutex::new(Vec::new()),
             first_error: Mutex::new(None),
         }
     }
@@ -352,6 +374,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
         "bench: run {} against {} for {}s, {} accounts, rate {}",
         plan.run, args.server, args.duration, args.accounts, args.rate
     );
+    let server_before = args
+        .server_pid
+        .map(|pid| counters::read(Some(pid)))
+        .transpose()?;
+    let client_before = counters::read(None)?;
     let started = Instant::now();
     let progress = tokio::spawn(progress_lines(Arc::clone(&recorder), started));
     let shed = match rate {
@@ -368,6 +395,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
     progress.abort();
     let requested = plan.next_sequence.load(Ordering::Relaxed);
     let acknowledged = recorder.acknowledged.load(Ordering::Relaxed);
+    let client = counters::between(client_before, counters::read(None)?);
+    let server = match (server_before, args.server_pid) {
+        (Some(before), Some(pid)) => Some(counters::between(before, counters::read(Some(pid))?)),
+        _ => None,
+    };
+    let per_payment = |value: f64| value / acknowledged.max(1) as f64;
+    let (first_fifth_per_sec, last_fifth_per_sec) = fifths(&lock(&recorder.per_second));
 
     let echo_rps = if args.echo_duration > 0 {
         echo::baseline(
@@ -413,6 +447,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
         } else {
             0.0
         },
+        first_fifth_per_sec,
+        last_fifth_per_sec,
+        server_cpu_us_per_payment: server.map(|cost| per_payment(cost.cpu.as_secs_f64() * 1e6)),
+        server_write_bytes_per_payment: server.map(|cost| per_payment(cost.write_bytes as f64)),
+        client_cpu_us_per_request: client.cpu.as_secs_f64() * 1e6 / requested.max(1) as f64,
         errors: recorder.errors.load(Ordering::Relaxed),
         shed,
         lost: verdict.lost,
@@ -425,6 +464,20 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
     }
     print_summary(&summary);
     Ok(summary)
+}
+
+/// The mean of the first and of the last fifth of `seconds` (at least one
+/// second each; zeros when there is none).
+fn fifths(seconds: &[u64]) -> (f64, f64) {
+    if seconds.is_empty() {
+        return (0.0, 0.0);
+    }
+    let fifth = (seconds.len() / 5).max(1);
+    let mean = |part: &[u64]| part.iter().sum::<u64>() as f64 / part.len() as f64;
+    (
+        mean(&seconds[..fifth]),
+        mean(&seconds[seconds.len() - fifth..]),
+    )
 }
 
 async fn progress_lines(recorder: Arc<Recorder>, started: Instant) {
@@ -443,6 +496,7 @@ async fn progress_lines(recorder: Arc<Recorder>, started: Instant) {
             p99,
             recorder.errors.load(Ordering::Relaxed)
         );
+        lock(&recorder.per_second).push(acknowledged - last);
         last = acknowledged;
     }
 }
@@ -555,6 +609,9 @@ fn is_settled(payment: &pb::Payment) -> bool {
 struct AccountCheck {
     sequences: Vec<u64>,
     unsettled: u64,
+    /// The first few unsettled payments, named with their state, for the
+    /// report of a run that did not settle.
+    unsettled_examples: Vec<String>,
     ledger_mismatch: bool,
 }
 
@@ -580,6 +637,18 @@ async fn check_account(
         }
         if !is_settled(payment) {
             check.unsettled += 1;
+            if check.unsettled_examples.len() < limits::UNSETTLED_EXAMPLES_MAX {
+                let refunds: Vec<String> = payment
+                    .refunds
+                    .iter()
+                    .map(|refund| format!("{:?}", refund.state()))
+                    .collect();
+                check.unsettled_examples.push(format!(
+                    "{} {:?} refunds {refunds:?}",
+                    payment.name,
+                    payment.state()
+                ));
+            }
         }
         use pb::payment::State;
         if [State::Processed, State::PartiallyRefunded, State::Refunded]
@@ -624,11 +693,13 @@ async fn verify(
         let mut checks = tokio::task::JoinSet::new();
         let mut seen: HashMap<u64, u64> = HashMap::new();
         let (mut unsettled, mut ledger_mismatches) = (0, 0);
+        let mut examples = Vec::new();
         let mut absorb = |check: AccountCheck| {
             for sequence in check.sequences {
                 *seen.entry(sequence).or_insert(0) += 1;
             }
             unsettled += check.unsettled;
+            examples.extend(check.unsettled_examples);
             ledger_mismatches += u64::from(check.ledger_mismatch);
         };
         for account in 0..u64::from(plan.accounts) {
@@ -652,6 +723,9 @@ async fn verify(
             .count() as u64;
         let duplicated = seen.values().filter(|count| **count > 1).count() as u64;
         if unsettled == 0 || Instant::now() >= deadline {
+            for example in examples.iter().take(limits::UNSETTLED_EXAMPLES_MAX) {
+                eprintln!("bench: not settled: {example}");
+            }
             return Ok(Verdict {
                 lost,
                 duplicated,
@@ -708,6 +782,16 @@ fn print_summary(summary: &Summary) {
         "  echo        {:.0}/s; payvisor at {:.2} of echo",
         summary.echo_rps, summary.ratio_to_echo
     );
+    if let (Some(cpu), Some(bytes)) = (
+        summary.server_cpu_us_per_payment,
+        summary.server_write_bytes_per_payment,
+    ) {
+        println!("  server      {cpu:.0} µs CPU and {bytes:.0} bytes written to disk per payment");
+    }
+    println!(
+        "  client      {:.1} µs CPU per request",
+        summary.client_cpu_us_per_request
+    );
     println!(
         "  checks      errors {}  shed {}  lost {}  duplicated {}  unsettled {}  ledger mismatches {}",
         summary.errors,
@@ -718,4 +802,17 @@ fn print_summary(summary: &Summary) {
         summary.ledger_mismatches
     );
     println!("{}", json!(summary));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fifths;
+
+    #[test]
+    fn fifths_average_the_first_and_last_fifth_of_the_seconds() {
+        assert_eq!(fifths(&[]), (0.0, 0.0));
+        assert_eq!(fifths(&[7]), (7.0, 7.0));
+        let seconds = [10, 20, 30, 30, 30, 30, 30, 30, 2, 4];
+        assert_eq!(fifths(&seconds), (15.0, 3.0));
+    }
 }

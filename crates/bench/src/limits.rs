@@ -19,6 +19,8 @@ pub const VERIFY_CONCURRENCY: usize = 32;
 /// Largest reply read while verifying (a page of 500
 /// payments with their histories).
 pub const VERIFY_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Unsettled payments named in a run's report: enough to start looking.
+pub const UNSETTLED_EXAMPLES_MAX: usize = 5;
 
 /// The server's own bounds: the largest amount it takes and its largest page.
 pub use payvisor::limits::{AMOUNT_MINOR_MAX, PAGE_SIZE_MAX};

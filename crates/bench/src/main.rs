@@ -21,10 +21,15 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let summary = payvisor_bench::run(cli.args).await?;
     anyhow::ensure!(
-        summary.lost == 0 && summary.duplicated == 0 && summary.ledger_mismatches == 0,
-        "verification failed: {} lost, {} duplicated, {} ledger mismatches",
+        summary.lost == 0
+            && summary.duplicated == 0
+            && summary.unsettled == 0
+            && summary.ledger_mismatches == 0,
+        "verification failed: {} lost, {} duplicated, {} not settled within --settle-timeout, \
+         {} ledger mismatches",
         summary.lost,
         summary.duplicated,
+        summary.unsettled,
         summary.ledger_mismatches
     );
     Ok(())
