@@ -7,6 +7,10 @@ use payvisor::cli::{
 };
 use payvisor::config::{DynamoDbArgs, ServeArgs};
 
+/// mimalloc, not glibc's malloc: see the workspace's `Cargo.toml`.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "payvisor",
