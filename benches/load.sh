@@ -22,6 +22,7 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 serve() { # $1: port; a fresh data directory each time
   rm -rf "$WORK/data"
+  PORT="$1"
   RUST_LOG=warn "$BIN" serve --listen "127.0.0.1:$1" --data-dir "$WORK/data" \
     --bank-latency-ms 0..0 > "$WORK/server.out" 2> "$WORK/server.err" &
   SERVER=$!
@@ -31,7 +32,7 @@ serve() { # $1: port; a fresh data directory each time
 stop() { kill "$SERVER"; wait "$SERVER" 2>/dev/null || true; }
 bench() { # $1: the file its JSON summary is appended to; the rest: bench's arguments
   local into="$1"; shift
-  "$BENCH" --server-pid "$SERVER" "$@" 2>"$WORK/bench.err" | tail -1 | tee -a "$WORK/$into"
+  "$BENCH" --server "127.0.0.1:$PORT" --server-pid "$SERVER" "$@" 2>"$WORK/bench.err" | tail -1 | tee -a "$WORK/$into"
 }
 
 echo "# saturation: closed loop, 256 in flight, 1,000 accounts, ${LONG} s (echo baseline after each)"
@@ -90,5 +91,6 @@ print(f"\n# issue 16's figures: medians of {len(runs('saturation'))} runs on {co
 print(f"{'figure':<58} {'measured':>12}  {'target':<18} met")
 for name, value, target, met in rows:
     verdict = "" if met is None else ("yes" if met(value) else "NO")
-    print(f"{name:<58} {value:>12,.2f}  {target:<18} {verdict}")
+    shown = f"{value:,.3f}" if abs(value) < 10 else f"{value:,.1f}"
+    print(f"{name:<58} {shown:>12}  {target:<18} {verdict}")
 PY

@@ -401,7 +401,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
         _ => None,
     };
     let per_payment = |value: f64| value / acknowledged.max(1) as f64;
-    let (first_fifth_per_sec, last_fifth_per_sec) = fifths(&lock(&recorder.per_second));
+    // The whole seconds of the load phase only: the progress task also
+    // counts the seconds spent waiting for the last follow-ups.
+    let (first_fifth_per_sec, last_fifth_per_sec) = {
+        let seconds = lock(&recorder.per_second);
+        fifths(&seconds[..seconds.len().min(args.duration as usize)])
+    };
 
     let echo_rps = if args.echo_duration > 0 {
         echo::baseline(
