@@ -3,6 +3,12 @@
 //! the persisted state after a panic; and the work that must survive a
 //! transient store failure (a bank outcome, a resume), retried with
 //! back-off.
+//!
+//! One actor takes a payment's new work. An actor told to stop (its
+//! payment has nothing pending) may still be finishing its last call, an
+//! acknowledgement or a re-submission the bank has already settled, beside
+//! a new actor that carries the payment's next effect: both calls carry
+//! their idempotency keys, so the bank applies each once.
 
 use std::sync::Arc;
 

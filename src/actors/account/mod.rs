@@ -312,8 +312,10 @@ impl AccountState {
 
     fn maybe_passivate(&mut self, myself: &ActorRef<AccountMsg>) {
         let idle = self.last_activity.elapsed() >= self.shared.settings.passivate_after;
+        // `child_payments`, not `children`: an actor told to stop is out of
+        // `children` but may still be finishing its last call.
         if idle
-            && self.children.is_empty()
+            && self.child_payments.is_empty()
             && self.retries_pending == 0
             && self
                 .passivation
