@@ -69,17 +69,12 @@ async fn bench_runs_open_and_closed_loop_and_verifies_its_payments() {
             assert!(summary[key].is_number(), "{key} missing: {summary}");
         }
         assert!(summary["acknowledged"].as_u64().unwrap() > 0, "{summary}");
-        // Every payment costs the server some CPU and some bytes on disk
-        // (each is written durably before it is acknowledged).
-        for positive in [
-            "server_cpu_us_per_payment",
-            "server_write_bytes_per_payment",
-        ] {
-            assert!(
-                summary[positive].as_f64().unwrap() > 0.0,
-                "{positive}: {summary}"
-            );
-        }
+        // Every payment costs the server some CPU. (Its bytes on disk are
+        // only reported: on a tmpfs data directory they are 0.)
+        assert!(
+            summary["server_cpu_us_per_payment"].as_f64().unwrap() > 0.0,
+            "{summary}"
+        );
         for zero in [
             "errors",
             "lost",

@@ -1,9 +1,14 @@
 //! What a process cost over a window, from Linux's `/proc`: CPU time
 //! (user + system) and bytes it caused to be written to the block device.
 //! The load phase is bracketed by two readings of the server (its pid given
-//! with `--server-pid`) and of the bench itself, so a run reports the
+//! with `--server-pid`) and of the bench's own CPU, so a run reports the
 //! server's cost per payment and the client's own cost per request: the
 //! load generator shares the machine and must be cheap.
+//!
+//! `write_bytes` is what the kernel counts as the process's writes to the
+//! block layer, by page as each first becomes dirty; the file system's
+//! journal (written by a kernel thread) is not in it, and on tmpfs it
+//! stays 0.
 
 use std::time::Duration;
 
@@ -17,21 +22,37 @@ const TICKS_PER_SECOND: u64 = 100;
 #[derive(Debug, Clone, Copy)]
 pub struct Reading {
     pub cpu: Duration,
-    /// `write_bytes` of `/proc/PID/io`: what reached (or will reach) the
-    /// disk, page cache write-back included, not what `write` was asked.
+    /// `write_bytes` of `/proc/PID/io`.
     pub write_bytes: u64,
 }
 
-/// Reads `pid`'s counters (`None`: this process).
-pub fn read(pid: Option<u32>) -> anyhow::Result<Reading> {
-    let dir = match pid {
-        Some(pid) => format!("/proc/{pid}"),
-        None => "/proc/self".to_owned(),
-    };
+/// Reads process `pid`'s counters.
+pub fn read(pid: u32) -> anyhow::Result<Reading> {
+    let dir = format!("/proc/{pid}");
+    let io = std::fs::read_to_string(format!("{dir}/io")).with_context(|| format!("{dir}/io"))?;
+    let write_bytes = io
+        .lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))
+        .and_then(|value| value.trim().parse().ok())
+        .context("no write_bytes in io")?;
+    Ok(Reading {
+        cpu: cpu(&dir)?,
+        write_bytes,
+    })
+}
+
+/// This process's CPU time so far.
+pub fn cpu_of_self() -> anyhow::Result<Duration> {
+    cpu("/proc/self")
+}
+
+/// The CPU time of the process whose `/proc` directory is `dir`.
+fn cpu(dir: &str) -> anyhow::Result<Duration> {
     let stat =
         std::fs::read_to_string(format!("{dir}/stat")).with_context(|| format!("{dir}/stat"))?;
-    // The command name (field 2) may hold spaces; the fields after its
-    // closing parenthesis are fixed: utime and stime are the 12th and 13th.
+    // The command name (field 2) may hold spaces and parentheses; the
+    // fields after its last closing parenthesis are fixed: utime and stime
+    // (fields 14 and 15 of proc(5)) are the 12th and 13th of them.
     let after_name = stat.rsplit_once(')').context("unexpected stat format")?.1;
     let fields: Vec<&str> = after_name.split_whitespace().collect();
     let ticks = |index: usize| -> anyhow::Result<u64> {
@@ -41,16 +62,7 @@ pub fn read(pid: Option<u32>) -> anyhow::Result<Reading> {
             .context("unexpected stat format")
     };
     let cpu_ticks = ticks(11)? + ticks(12)?;
-    let io = std::fs::read_to_string(format!("{dir}/io")).with_context(|| format!("{dir}/io"))?;
-    let write_bytes = io
-        .lines()
-        .find_map(|line| line.strip_prefix("write_bytes:"))
-        .and_then(|value| value.trim().parse().ok())
-        .context("no write_bytes in io")?;
-    Ok(Reading {
-        cpu: Duration::from_millis(cpu_ticks * 1000 / TICKS_PER_SECOND),
-        write_bytes,
-    })
+    Ok(Duration::from_millis(cpu_ticks * 1000 / TICKS_PER_SECOND))
 }
 
 /// What a process cost between two readings.
@@ -73,15 +85,17 @@ mod tests {
 
     #[test]
     fn this_process_can_be_read_and_its_cpu_only_grows() {
-        let before = read(None).unwrap();
+        let pid = std::process::id();
+        let before = read(pid).unwrap();
+        let own_before = cpu_of_self().unwrap();
         let mut spin = 0u64;
         let started = std::time::Instant::now();
         while started.elapsed() < Duration::from_millis(60) {
             spin = spin.wrapping_add(1);
         }
         assert!(spin > 0);
-        let after = read(None).unwrap();
-        let cost = between(before, after);
+        let cost = between(before, read(pid).unwrap());
         assert!(cost.cpu >= Duration::from_millis(20), "{cost:?}");
+        assert!(cpu_of_self().unwrap() - own_before >= Duration::from_millis(20));
     }
 }

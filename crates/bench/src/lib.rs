@@ -115,8 +115,9 @@ pub struct Summary {
     /// load phase (`--server-pid`).
     pub server_write_bytes_per_payment: Option<f64>,
     /// This load generator's own CPU time per request sent, in
-    /// microseconds: what it took from the machine it shares.
-    pub client_cpu_us_per_request: f64,
+    /// microseconds: what it took from the machine it shares (where
+    /// `/proc` gives it).
+    pub client_cpu_us_per_request: Option<f64>,
     pub errors: u64,
     /// Open loop: requests not started because too many were in flight.
     pub shed: u64,
@@ -374,11 +375,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
         "bench: run {} against {} for {}s, {} accounts, rate {}",
         plan.run, args.server, args.duration, args.accounts, args.rate
     );
-    let server_before = args
-        .server_pid
-        .map(|pid| counters::read(Some(pid)))
-        .transpose()?;
-    let client_before = counters::read(None)?;
+    let server_before = args.server_pid.map(counters::read).transpose()?;
+    // Best effort: the load itself does not need `/proc`.
+    let client_before = counters::cpu_of_self().ok();
     let started = Instant::now();
     let progress = tokio::spawn(progress_lines(Arc::clone(&recorder), started));
     let shed = match rate {
@@ -395,9 +394,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
     progress.abort();
     let requested = plan.next_sequence.load(Ordering::Relaxed);
     let acknowledged = recorder.acknowledged.load(Ordering::Relaxed);
-    let client = counters::between(client_before, counters::read(None)?);
+    let client_cpu = client_before
+        .zip(counters::cpu_of_self().ok())
+        .map(|(before, after)| after.saturating_sub(before));
     let server = match (server_before, args.server_pid) {
-        (Some(before), Some(pid)) => Some(counters::between(before, counters::read(Some(pid))?)),
+        (Some(before), Some(pid)) => Some(counters::between(before, counters::read(pid)?)),
         _ => None,
     };
     let per_payment = |value: f64| value / acknowledged.max(1) as f64;
@@ -456,7 +457,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<Summary> {
         last_fifth_per_sec,
         server_cpu_us_per_payment: server.map(|cost| per_payment(cost.cpu.as_secs_f64() * 1e6)),
         server_write_bytes_per_payment: server.map(|cost| per_payment(cost.write_bytes as f64)),
-        client_cpu_us_per_request: client.cpu.as_secs_f64() * 1e6 / requested.max(1) as f64,
+        client_cpu_us_per_request: client_cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / requested.max(1) as f64),
         errors: recorder.errors.load(Ordering::Relaxed),
         shed,
         lost: verdict.lost,
@@ -793,10 +795,9 @@ fn print_summary(summary: &Summary) {
     ) {
         println!("  server      {cpu:.0} µs CPU and {bytes:.0} bytes written to disk per payment");
     }
-    println!(
-        "  client      {:.1} µs CPU per request",
-        summary.client_cpu_us_per_request
-    );
+    if let Some(cpu) = summary.client_cpu_us_per_request {
+        println!("  client      {cpu:.1} µs CPU per request");
+    }
     println!(
         "  checks      errors {}  shed {}  lost {}  duplicated {}  unsettled {}  ledger mismatches {}",
         summary.errors,
