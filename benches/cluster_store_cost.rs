@@ -3,7 +3,9 @@
 //! - **per payment lifecycle** (create → processed → full refund →
 //!   refunded, built-in bank): transactions, items written, conditional
 //!   actions, reads and items read, for a node alone on its store and for a
-//!   cluster member (its writes stamp and check the lease epoch);
+//!   cluster member (its writes stamp and check the lease epoch); and what
+//!   those calls would cost on DynamoDB in capacity units (see
+//!   [`DynamoDbUnits`]), priced at on-demand rates;
 //! - **membership**: per node and round, in a settled three-node cluster,
 //!   and in the rounds after a member leaves until the leases are at rest
 //!   again.
@@ -37,6 +39,115 @@ struct Counts {
     conditional: AtomicU64,
     reads: AtomicU64,
     items_read: AtomicU64,
+    units: DynamoDbUnits,
+}
+
+/// What the same calls would consume on DynamoDB, by its billing rules:
+/// every write here is a `TransactWriteItems` action, which costs 2 write
+/// units per KB of the item (a put by its new size, a delete by the size of
+/// the item deleted, a condition check by the size of the item checked),
+/// and the table's one index (projection ALL) costs 1 more write unit per
+/// KB for each item that enters it, leaves it, or changes in it (2 when its
+/// index key changes: a delete and a put). Reads are strongly consistent
+/// on the table (1 read unit per 4 KB, a query rounded over its page) and
+/// eventually consistent on the index (half that). Item sizes follow
+/// `store::dynamodb`'s attributes: `pk`, `sk`, `v`, `b`, `ipk`, `isk`,
+/// `ttl`, each its name's length plus its value's.
+#[derive(Default)]
+struct DynamoDbUnits {
+    /// Write units, in halves (an index's eventually consistent read is
+    /// half a unit, so reads are kept in halves too).
+    table_writes: AtomicU64,
+    index_writes: AtomicU64,
+    read_halves: AtomicU64,
+    /// By item family (the sort key up to its first `#`): actions and the
+    /// write units (table and index) they cost.
+    by_family: std::sync::Mutex<BTreeMap<String, (u64, u64)>>,
+}
+
+/// An item's family, from its sort key: `P` (payment), `M` (movement), …;
+/// the account item's sort key has no `#`.
+fn family(key: &Key) -> String {
+    key.sk.split('#').next().unwrap_or_default().to_owned()
+}
+
+/// An item's size as DynamoDB bills it, in bytes.
+fn dynamodb_item_bytes(item: &Item) -> u64 {
+    let number = |value: u64| value.to_string().len() as u64 / 2 + 1;
+    let mut bytes = 2 + item.key.pk.len() as u64 + 2 + item.key.sk.len() as u64;
+    bytes += 1 + number(item.version);
+    bytes += 1 + item.body.len() as u64;
+    if let Some(index) = &item.index {
+        bytes += 3 + index.pk.len() as u64 + 3 + index.sk.len() as u64;
+    }
+    if let Some(expires_at) = item.expires_at {
+        bytes += 3 + number(expires_at.unsigned_abs());
+    }
+    bytes
+}
+
+fn kilobytes(bytes: u64) -> u64 {
+    bytes.div_ceil(1024).max(1)
+}
+
+impl DynamoDbUnits {
+    /// Charges one atomic write, given each action's item as it was before.
+    fn write(&self, ops: &[WriteOp], before: &[Option<Item>]) {
+        let (mut table, mut index) = (0, 0);
+        let mut by_family = self.by_family.lock().unwrap();
+        for (op, before) in ops.iter().zip(before) {
+            let (table_before, index_before) = (table, index);
+            let before_bytes = before.as_ref().map(dynamodb_item_bytes).unwrap_or(0);
+            let before_index = before.as_ref().and_then(|item| item.index.clone());
+            match op {
+                WriteOp::Put { item, .. } => {
+                    let bytes = dynamodb_item_bytes(item);
+                    table += 2 * kilobytes(bytes);
+                    index += match (&before_index, &item.index) {
+                        (None, None) => 0,
+                        (Some(old), Some(new)) if old == new => kilobytes(bytes),
+                        (Some(_), Some(_)) => kilobytes(before_bytes) + kilobytes(bytes),
+                        (None, Some(_)) => kilobytes(bytes),
+                        (Some(_), None) => kilobytes(before_bytes),
+                    };
+                }
+                WriteOp::Delete { .. } => {
+                    table += 2 * kilobytes(before_bytes);
+                    if before_index.is_some() {
+                        index += kilobytes(before_bytes);
+                    }
+                }
+                WriteOp::Check { .. } => table += 2 * kilobytes(before_bytes),
+            }
+            let key = match op {
+                WriteOp::Put { item, .. } => &item.key,
+                WriteOp::Delete { key, .. } | WriteOp::Check { key, .. } => key,
+            };
+            let entry = by_family.entry(family(key)).or_default();
+            entry.0 += 1;
+            entry.1 += table - table_before + index - index_before;
+        }
+        self.table_writes.fetch_add(table, Ordering::SeqCst);
+        self.index_writes.fetch_add(index, Ordering::SeqCst);
+    }
+
+    /// Charges a read that returned `items`: `consistent` on the table, or
+    /// an eventually consistent read of the index.
+    fn read(&self, items: &[Item], consistent: bool) {
+        let bytes: u64 = items.iter().map(dynamodb_item_bytes).sum();
+        let units = bytes.div_ceil(4096).max(1);
+        let halves = if consistent { 2 * units } else { units };
+        self.read_halves.fetch_add(halves, Ordering::SeqCst);
+    }
+
+    /// (table write units, index write units, read units) so far.
+    fn snapshot(&self) -> [f64; 3] {
+        [
+            self.table_writes.load(Ordering::SeqCst) as f64,
+            self.index_writes.load(Ordering::SeqCst) as f64,
+            self.read_halves.load(Ordering::SeqCst) as f64 / 2.0,
+        ]
+    }
 }
 
 impl Counts {
@@ -59,21 +170,38 @@ struct Counting {
 
 impl Store for Counting {
     fn transact(&self, ops: Vec<WriteOp>) -> BoxFuture<'_, Result<(), StoreError>> {
-        let counts = &self.counts;
-        counts.transactions.fetch_add(1, Ordering::SeqCst);
-        counts
-            .items_written
-            .fetch_add(ops.len() as u64, Ordering::SeqCst);
-        // Every action carries a condition (NotExists or VersionIs).
-        counts
-            .conditional
-            .fetch_add(ops.len() as u64, Ordering::SeqCst);
-        self.inner.transact(ops)
+        Box::pin(async move {
+            let counts = &self.counts;
+            counts.transactions.fetch_add(1, Ordering::SeqCst);
+            counts
+                .items_written
+                .fetch_add(ops.len() as u64, Ordering::SeqCst);
+            // Every action carries a condition (NotExists or VersionIs).
+            counts
+                .conditional
+                .fetch_add(ops.len() as u64, Ordering::SeqCst);
+            // The items as they were, for their billed sizes (read beside
+            // the count: one writer per account, so nothing changes them
+            // between this read and the write).
+            let mut before = Vec::with_capacity(ops.len());
+            for op in &ops {
+                let key = match op {
+                    WriteOp::Put { item, .. } => item.key.clone(),
+                    WriteOp::Delete { key, .. } | WriteOp::Check { key, .. } => key.clone(),
+                };
+                before.push(self.inner.get(key).await?);
+            }
+            let written = ops.clone();
+            self.inner.transact(ops).await?;
+            counts.units.write(&written, &before);
+            Ok(())
+        })
     }
 
     fn get(&self, key: Key) -> BoxFuture<'_, Result<Option<Item>, StoreError>> {
         Box::pin(async move {
             let item = self.inner.get(key).await?;
+            self.counts.units.read(item.as_slice(), true);
             self.counts.reads.fetch_add(1, Ordering::SeqCst);
             self.counts
                 .items_read
@@ -85,6 +213,7 @@ impl Store for Counting {
     fn query(&self, query: Query) -> BoxFuture<'_, Result<Page, StoreError>> {
         Box::pin(async move {
             let page = self.inner.query(query).await?;
+            self.counts.units.read(&page.items, true);
             self.counts.reads.fetch_add(1, Ordering::SeqCst);
             self.counts
                 .items_read
@@ -104,6 +233,7 @@ impl Store for Counting {
     fn query_index(&self, query: IndexQuery) -> BoxFuture<'_, Result<Page, StoreError>> {
         Box::pin(async move {
             let page = self.inner.query_index(query).await?;
+            self.counts.units.read(&page.items, false);
             self.counts.reads.fetch_add(1, Ordering::SeqCst);
             self.counts
                 .items_read
@@ -127,9 +257,18 @@ fn counting(dir: &std::path::Path) -> (Arc<dyn Store>, Arc<Counts>, Arc<dyn Stor
 
 const SHARDS: u16 = 256;
 
+/// DynamoDB on-demand prices in us-east-1 (since 1 November 2024), in
+/// dollars per million request units.
+const ON_DEMAND_DOLLARS_PER_MILLION_WRITES: f64 = 0.625;
+const ON_DEMAND_DOLLARS_PER_MILLION_READS: f64 = 0.125;
+
 /// Runs `payments` lifecycles through an orchestrator with `ownership` and
-/// returns the counts per lifecycle.
-async fn lifecycles(payments: usize, ownership: AccountOwnership) -> [f64; 5] {
+/// returns the counts per lifecycle, and the DynamoDB units per lifecycle
+/// (table writes, index writes, reads).
+async fn lifecycles(
+    payments: usize,
+    ownership: AccountOwnership,
+) -> ([f64; 5], [f64; 3], BTreeMap<String, (u64, u64)>) {
     let dir = tempfile::tempdir().unwrap();
     let (store, counts, uncounted) = counting(dir.path());
     let (trigger, shutdown) = payvisor::shutdown::channel();
@@ -213,17 +352,23 @@ async fn lifecycles(payments: usize, ownership: AccountOwnership) -> [f64; 5] {
         settle(&uncounted, name, PaymentState::Refunded).await;
     }
     let [transactions, written, conditional, reads, read] = counts.snapshot();
+    let units = counts.units.snapshot().map(|units| units / payments as f64);
+    let families = counts.units.by_family.lock().unwrap().clone();
     orchestrator.shutdown(Duration::from_secs(5)).await;
     trigger.fire();
     tasks.join(Duration::from_secs(5)).await;
     let per = |count: u64| count as f64 / payments as f64;
-    [
-        per(transactions),
-        per(written),
-        per(conditional),
-        per(reads),
-        per(read),
-    ]
+    (
+        [
+            per(transactions),
+            per(written),
+            per(conditional),
+            per(reads),
+            per(read),
+        ],
+        units,
+        families,
+    )
 }
 
 /// Waits until the payment is in `state` (read uncounted).
@@ -343,13 +488,34 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let alone = lifecycles(payments, AccountOwnership::Everything).await;
-        let member = lifecycles(payments, member_of_everything()).await;
+        let (alone, alone_units, alone_families) =
+            lifecycles(payments, AccountOwnership::Everything).await;
+        let (member, member_units, _) = lifecycles(payments, member_of_everything()).await;
         println!("per payment lifecycle (create, processed, full refund, refunded), {payments} payments:");
         println!("| node | transactions | items written | conditional actions | reads | items read |");
         println!("|---|---:|---:|---:|---:|---:|");
         row("alone on its store", alone);
         row("cluster member", member);
+        println!();
+        println!("by item family, alone on its store, per payment lifecycle:");
+        println!("| family | actions | write units (table and index) |");
+        println!("|---|---:|---:|");
+        for (family, (actions, units)) in alone_families {
+            let per = |count: u64| count as f64 / payments as f64;
+            println!("| {family} | {:.2} | {:.2} |", per(actions), per(units));
+        }
+        println!();
+        println!("on DynamoDB, per payment lifecycle, and on-demand (us-east-1) per million lifecycles:");
+        println!("| node | table write units | index write units | read units | dollars per million |");
+        println!("|---|---:|---:|---:|---:|");
+        for (label, [table, index, reads]) in [
+            ("alone on its store", alone_units),
+            ("cluster member", member_units),
+        ] {
+            let dollars = (table + index) * ON_DEMAND_DOLLARS_PER_MILLION_WRITES
+                + reads * ON_DEMAND_DOLLARS_PER_MILLION_READS;
+            println!("| {label} | {table:.2} | {index:.2} | {reads:.2} | {dollars:.2} |");
+        }
         let (settled, moving, rounds) = membership(settled_rounds).await;
         println!();
         println!("membership, per node and round (one round a second by default):");
