@@ -44,21 +44,27 @@ struct Counts {
 
 /// What the same calls would consume on DynamoDB, by its billing rules:
 /// every write here is a `TransactWriteItems` action, which costs 2 write
-/// units per KB of the item (a put by its new size, a delete by the size of
-/// the item deleted, a condition check by the size of the item checked),
-/// and the table's one index (projection ALL) costs 1 more write unit per
-/// KB for each item that enters it, leaves it, or changes in it (2 when its
-/// index key changes: a delete and a put). Reads are strongly consistent
-/// on the table (1 read unit per 4 KB, a query rounded over its page) and
-/// eventually consistent on the index (half that). Item sizes follow
-/// `store::dynamodb`'s attributes: `pk`, `sk`, `v`, `b`, `ipk`, `isk`,
-/// `ttl`, each its name's length plus its value's.
+/// units per KB of the item (a put by the larger of the item it replaces
+/// and the new one, a delete by the size of the item deleted, a condition
+/// check by the size of the item checked), and the table's one index
+/// (projection ALL) costs 1 more write unit per KB for each item that
+/// enters it, leaves it, or changes in it (by the larger size; 2 writes
+/// when its index key changes: a delete and a put). Reads are strongly
+/// consistent on the table (1 read unit per 4 KB, a query rounded over the
+/// page returned) and eventually consistent on the index (half that).
+/// Item sizes follow `store::dynamodb`'s attributes: `pk`, `sk`, `v`, `b`,
+/// `ipk`, `isk`, `ttl`, each its name's length plus its value's.
+///
+/// Not priced: writes that fail (their actions are counted; a lifecycle
+/// here has none), and the items a query reads beyond the page it returns
+/// (none for this lifecycle's small queries; a listing would be
+/// under-counted).
 #[derive(Default)]
 struct DynamoDbUnits {
-    /// Write units, in halves (an index's eventually consistent read is
-    /// half a unit, so reads are kept in halves too).
     table_writes: AtomicU64,
     index_writes: AtomicU64,
+    /// Read units in halves: an index read is eventually consistent, half
+    /// a unit per 4 KB.
     read_halves: AtomicU64,
     /// By item family (the sort key up to its first `#`): actions and the
     /// write units (table and index) they cost.
@@ -73,7 +79,8 @@ fn family(key: &Key) -> String {
 
 /// An item's size as DynamoDB bills it, in bytes.
 fn dynamodb_item_bytes(item: &Item) -> u64 {
-    let number = |value: u64| value.to_string().len() as u64 / 2 + 1;
+    // A number: a byte per two significant digits, and one more.
+    let number = |value: u64| (value.to_string().len() as u64).div_ceil(2) + 1;
     let mut bytes = 2 + item.key.pk.len() as u64 + 2 + item.key.sk.len() as u64;
     bytes += 1 + number(item.version);
     bytes += 1 + item.body.len() as u64;
@@ -102,10 +109,10 @@ impl DynamoDbUnits {
             match op {
                 WriteOp::Put { item, .. } => {
                     let bytes = dynamodb_item_bytes(item);
-                    table += 2 * kilobytes(bytes);
+                    table += 2 * kilobytes(bytes.max(before_bytes));
                     index += match (&before_index, &item.index) {
                         (None, None) => 0,
-                        (Some(old), Some(new)) if old == new => kilobytes(bytes),
+                        (Some(old), Some(new)) if old == new => kilobytes(bytes.max(before_bytes)),
                         (Some(_), Some(_)) => kilobytes(before_bytes) + kilobytes(bytes),
                         (None, Some(_)) => kilobytes(bytes),
                         (Some(_), None) => kilobytes(before_bytes),
@@ -166,6 +173,10 @@ impl Counts {
 struct Counting {
     inner: Arc<dyn Store>,
     counts: Arc<Counts>,
+    /// Every item as this wrapper last wrote it: the before-image each
+    /// write is priced by, exact and without a read (every write of the
+    /// measured store goes through here).
+    written: std::sync::Mutex<std::collections::HashMap<Key, Item>>,
 }
 
 impl Store for Counting {
@@ -180,20 +191,31 @@ impl Store for Counting {
             counts
                 .conditional
                 .fetch_add(ops.len() as u64, Ordering::SeqCst);
-            // The items as they were, for their billed sizes (read beside
-            // the count: one writer per account, so nothing changes them
-            // between this read and the write).
-            let mut before = Vec::with_capacity(ops.len());
-            for op in &ops {
-                let key = match op {
-                    WriteOp::Put { item, .. } => item.key.clone(),
-                    WriteOp::Delete { key, .. } | WriteOp::Check { key, .. } => key.clone(),
-                };
-                before.push(self.inner.get(key).await?);
-            }
-            let written = ops.clone();
+            let actions = ops.clone();
             self.inner.transact(ops).await?;
-            counts.units.write(&written, &before);
+            let mut written = self.written.lock().unwrap();
+            let before: Vec<Option<Item>> = actions
+                .iter()
+                .map(|op| {
+                    let key = match op {
+                        WriteOp::Put { item, .. } => &item.key,
+                        WriteOp::Delete { key, .. } | WriteOp::Check { key, .. } => key,
+                    };
+                    written.get(key).cloned()
+                })
+                .collect();
+            counts.units.write(&actions, &before);
+            for op in actions {
+                match op {
+                    WriteOp::Put { item, .. } => {
+                        written.insert(item.key.clone(), item);
+                    }
+                    WriteOp::Delete { key, .. } => {
+                        written.remove(&key);
+                    }
+                    WriteOp::Check { .. } => {}
+                }
+            }
             Ok(())
         })
     }
@@ -251,6 +273,7 @@ fn counting(dir: &std::path::Path) -> (Arc<dyn Store>, Arc<Counts>, Arc<dyn Stor
     let store = Counting {
         inner: Arc::clone(&inner),
         counts: Arc::clone(&counts),
+        written: Default::default(),
     };
     (Arc::new(store), counts, inner)
 }
