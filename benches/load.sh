@@ -14,7 +14,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS="${1:-3}"
 LONG="${2:-30}"
-cargo build --release --quiet --workspace --bins
+# Not --workspace: the server measured must not be built with what
+# payvisor-sim adds to it (tokio's test-util clock, the planted mutations).
+cargo build --release --quiet -p payvisor -p payvisor-bench -p payvisor-bank-sim
 BIN=target/release/payvisor
 BENCH=target/release/payvisor-bench
 WORK="$(mktemp -d)"

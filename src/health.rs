@@ -78,6 +78,7 @@ impl NodeHealth {
         let mut failures_in_a_row = 0;
         loop {
             tokio::select! {
+                biased;
                 () = shutdown.signalled() => return,
                 () = tokio::time::sleep(limits::HEALTH_PROBE_EVERY) => {}
             }

@@ -94,6 +94,7 @@ pub async fn serve_over(
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
+            biased;
             () = shutdown.signalled() => break,
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             accepted = listener.accept() => {
@@ -326,6 +327,7 @@ async fn connection<S>(
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(served);
     let ended = tokio::select! {
+        biased;
         ended = served.as_mut() => ended,
         () = shutdown.signalled() => {
             served.as_mut().graceful_shutdown();

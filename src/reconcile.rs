@@ -484,6 +484,7 @@ impl Periodic {
         let mut from = self.clock.now().plus_millis(-lag_ms - every_ms);
         loop {
             tokio::select! {
+                biased;
                 () = shutdown.signalled() => return,
                 () = tokio::time::sleep(self.every) => {}
             }

@@ -164,6 +164,7 @@ impl<T: Document> InForce<T> {
         let mut ticks = tokio::time::interval(every);
         loop {
             tokio::select! {
+                biased;
                 () = shutdown.signalled() => return,
                 _ = ticks.tick() => {}
             }

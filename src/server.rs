@@ -101,7 +101,14 @@ pub async fn run(
     // while the actors drain, then hands them over.
     let (membership_trigger, membership_stop) = crate::shutdown::channel();
     let membership = node.membership.take().map(|membership| {
-        follow_ownership(&node, metrics.sweeps.clone(), &shutdown, &mut tasks);
+        let (cluster, orchestrator) = (node.cluster.clone(), node.orchestrator.clone());
+        follow_ownership(
+            cluster,
+            orchestrator,
+            metrics.sweeps.clone(),
+            &shutdown,
+            &mut tasks,
+        );
         tokio::spawn(membership.run(membership_stop))
     });
     let resumed = patiently("recovery sweep", transient_command_error, || {
@@ -369,14 +376,20 @@ fn owned_count(cluster: &Cluster) -> usize {
 /// their accounts are retired (their new owner runs them); when shards
 /// come, their payments in flight are resumed (the previous owner may have
 /// died mid-way). Ownership changes are counted.
-fn follow_ownership(node: &Node, sweeps: SweepMetrics, shutdown: &Shutdown, tasks: &mut Tasks) {
-    let Some(cluster) = node.cluster.clone() else {
+/// (The deterministic simulation runs it on its nodes too.)
+pub fn follow_ownership(
+    cluster: Option<Arc<Cluster>>,
+    orchestrator: Orchestrator,
+    sweeps: SweepMetrics,
+    shutdown: &Shutdown,
+    tasks: &mut Tasks,
+) {
+    let Some(cluster) = cluster else {
         return;
     };
     let AccountOwnership::Shards(held) = cluster.ownership.clone() else {
         return;
     };
-    let orchestrator = node.orchestrator.clone();
     let mut owned = held.owned.clone();
     let mut holding = owned.borrow_and_update().shards.clone();
     cluster.metrics.shards_owned.set(holding.len() as i64);
@@ -384,6 +397,7 @@ fn follow_ownership(node: &Node, sweeps: SweepMetrics, shutdown: &Shutdown, task
     tasks.spawn("ownership changes", async move {
         loop {
             tokio::select! {
+                biased;
                 () = stopping.signalled() => return,
                 changed = owned.changed() => if changed.is_err() { return },
             }
@@ -501,6 +515,7 @@ fn sweep_periodically(
         let until = shutdown.clone();
         tasks.spawn("expiry sweep", async move {
             tokio::select! {
+                biased;
                 () = until.signalled() => {}
                 () = expiry => {}
             }
@@ -802,6 +817,7 @@ async fn serve_grpc(
     println!("payvisor listening on {local}");
 
     tokio::select! {
+        biased;
         () = stop => {}
         served = &mut grpc => {
             probing.abort();
@@ -842,6 +858,7 @@ async fn late_recovery_sweep(
     shutdown: Shutdown,
 ) {
     tokio::select! {
+        biased;
         () = shutdown.signalled() => return,
         () = tokio::time::sleep(bound + limits::RECOVERY_LATE_SWEEP_MARGIN) => {}
     }
@@ -856,6 +873,7 @@ async fn late_recovery_sweep(
             Err(error) => return tracing::error!(%error, "late recovery sweep failed"),
         }
         tokio::select! {
+            biased;
             () = shutdown.signalled() => return,
             () = tokio::time::sleep(backoff) => {}
         }
@@ -954,6 +972,7 @@ pub async fn shutdown_signal() {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("installing the SIGTERM handler");
         tokio::select! {
+            biased;
             _ = interrupt => {}
             _ = terminate.recv() => {}
         }

@@ -214,6 +214,7 @@ impl ServerTls {
         let mut ticks = tokio::time::interval(limits::TLS_RELOAD_EVERY);
         loop {
             tokio::select! {
+                biased;
                 () = shutdown.signalled() => return,
                 _ = ticks.tick() => {}
             }
@@ -341,6 +342,7 @@ pub fn incoming(
         let handshakes = Arc::new(Semaphore::new(limits::TLS_HANDSHAKES_IN_FLIGHT));
         loop {
             let (stream, peer) = tokio::select! {
+                biased;
                 () = shutdown.signalled() => return,
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,

@@ -195,11 +195,14 @@ impl Directory {
             .iter()
             .flat_map(|shard| {
                 let mut shard = lock(shard);
-                let picked: Vec<AccountId> = shard
+                let mut picked: Vec<AccountId> = shard
                     .keys()
                     .filter(|account| retire(account))
                     .cloned()
                     .collect();
+                // In account order, not the map's (seeded per process): a
+                // simulated run repeats from its seed.
+                picked.sort();
                 picked
                     .into_iter()
                     .filter_map(|account| shard.remove(&account).map(|entry| entry.actor))

@@ -421,6 +421,7 @@ impl Orchestrator {
             tokio::pin!(stopping);
             loop {
                 tokio::select! {
+                    biased;
                     () = &mut stopping => return,
                     event = bank_events.recv() => match event {
                         Some(event) => router.deliver(event),

@@ -502,6 +502,7 @@ impl Membership {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
                 () = shutdown.signalled() => break,
                 _ = ticks.tick() => {}
             }

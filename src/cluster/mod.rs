@@ -283,6 +283,7 @@ impl Cluster {
                 }
             }
             tokio::select! {
+                biased;
                 changed = owned.changed() => if changed.is_err() { break },
                 changed = picture.changed() => if changed.is_err() { break },
                 () = tokio::time::sleep_until(give_up) => break,

@@ -181,6 +181,7 @@ impl ClusterService for ClusterApi {
             tokio::pin!(withdrawn);
             loop {
                 let kind = tokio::select! {
+                    biased;
                     () = stopping.signalled() => return,
                     error = &mut withdrawn => {
                         let _ = ended.send(Status::from(error));
@@ -290,6 +291,7 @@ pub fn follow_peers(cluster: Arc<Cluster>, feed: PeerFeed, shutdown: &Shutdown, 
                 followers.insert(peer, tokio::spawn(follower));
             }
             tokio::select! {
+                biased;
                 () = stopping.signalled() => break,
                 changed = picture.changed() => if changed.is_err() { break },
             }
@@ -311,6 +313,7 @@ async fn follow(cluster: Arc<Cluster>, peer: NodeId, feed: PeerFeed, shutdown: S
     let mut request = Request::new(pb::WatchNodeEventsRequest {});
     cluster.present_credential(request.metadata_mut());
     let stream = tokio::select! {
+        biased;
         () = shutdown.signalled() => return,
         answer = client.watch_node_events(request) => answer,
     };
@@ -321,6 +324,7 @@ async fn follow(cluster: Arc<Cluster>, peer: NodeId, feed: PeerFeed, shutdown: S
     let mut stream = stream.into_inner();
     loop {
         let item = tokio::select! {
+            biased;
             () = shutdown.signalled() => return,
             item = stream.next() => item,
         };

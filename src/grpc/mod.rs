@@ -169,6 +169,7 @@ impl PaymentApi {
         let withdrawn = auth::withdrawn(self.authenticator.clone(), caller.clone());
         tokio::spawn(async move {
             tokio::select! {
+                biased;
                 () = feed => {}
                 error = withdrawn => {
                     // Ahead of anything still buffered for the client.
@@ -529,6 +530,7 @@ impl PaymentService for PaymentApi {
             let mut missed = 0;
             loop {
                 let mut alert = tokio::select! {
+                    biased;
                     local = alerts.recv() => match local {
                         Ok(event) => convert::alert_to_pb(&event),
                         // A slow subscriber is told how much it missed, on
@@ -793,6 +795,7 @@ impl PaymentService for PaymentApi {
             loop {
                 let lagged = || CommandError::StreamLagged.into();
                 let event = tokio::select! {
+                    biased;
                     local = live.recv() => match local {
                         Ok(event) => convert::event_to_pb(&event, None),
                         Err(RecvError::Lagged(_)) => {

@@ -85,6 +85,7 @@ impl Sending {
         loop {
             let mut stopping = false;
             tokio::select! {
+                biased;
                 received = spans.recv_many(&mut batch, limits::OTLP_BATCH_SPANS_MAX) => {
                     if received == 0 {
                         return;
@@ -100,6 +101,7 @@ impl Sending {
                 while batch.len() < limits::OTLP_BATCH_SPANS_MAX {
                     let room = limits::OTLP_BATCH_SPANS_MAX - batch.len();
                     tokio::select! {
+                        biased;
                         received = spans.recv_many(&mut batch, room) => {
                             if received == 0 { break; }
                         }

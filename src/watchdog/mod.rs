@@ -142,6 +142,7 @@ impl Delivery {
         // A page being delivered when the shutdown comes is finished.
         loop {
             let record = tokio::select! {
+                biased;
                 () = shutdown.signalled() => return,
                 record = pages.recv() => match record {
                     Some(record) => record,
@@ -253,6 +254,7 @@ pub async fn run_sweeps<F, S, E>(
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
+            biased;
             () = shutdown.signalled() => return,
             _ = ticks.tick() => {}
         }

@@ -124,6 +124,7 @@ impl WebhookDispatcher {
                 swept(self.sweep_logged().await, started);
             }
             tokio::select! {
+                biased;
                 () = shutdown.signalled() => return,
                 () = self.inner.wake.notified() => {}
                 () = tokio::time::sleep(every) => {}

@@ -1,6 +1,7 @@
 //! The layout's rules, checked on the source: no two modules of one parent
 //! import each other (directly or around a loop), and the pure core
-//! (`src/domain/`) imports nothing that does I/O or reads the clock.
+//! (`src/domain/`) imports nothing that does I/O or reads the clock; and
+//! every `select!` is biased, so that simulated runs repeat from their seed.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -213,6 +214,26 @@ fn the_core_does_no_io_and_reads_no_clock() {
         }
         for word in forbidden {
             assert!(!code.contains(word), "{name} uses {word}");
+        }
+    }
+}
+
+/// Every `select!` of the server is `biased` (its branches polled in the
+/// order written): tokio's unbiased select draws from a generator that is
+/// not seeded, and the simulator's runs must repeat from their seed. Its
+/// waits use no `watch` channel with several waiters for the same reason
+/// (see crates/sim/src/node.rs, `Gate`).
+#[test]
+fn every_select_is_biased() {
+    for (name, code) in modules() {
+        let mut rest = code.as_str();
+        while let Some(at) = rest.find("select! {") {
+            rest = &rest[at + "select! {".len()..];
+            assert!(
+                rest.trim_start().starts_with("biased;"),
+                "a select! in {name} is not biased: {}",
+                rest.lines().take(2).collect::<Vec<_>>().join(" ")
+            );
         }
     }
 }

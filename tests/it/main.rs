@@ -34,6 +34,7 @@ mod properties;
 mod reviews;
 mod security;
 mod shutdown;
+mod simulation;
 mod stalls;
 mod store_conformance;
 mod watchdog;

@@ -29,6 +29,17 @@ mod sqlite_store {
     payvisor_testkit::store_conformance_tests!(sqlite());
 }
 
+/// The simulator's table (its index kept up to date here; in a simulation
+/// it lags, as DynamoDB's does).
+async fn simulated() -> Option<Arc<dyn Store>> {
+    Some(Arc::new(payvisor_sim::store::SimStore::consistent()))
+}
+
+mod simulated_store {
+    use super::*;
+    payvisor_testkit::store_conformance_tests!(simulated());
+}
+
 mod dynamodb_store {
     use super::*;
     payvisor_testkit::store_conformance_tests!(dynamodb());

@@ -19,6 +19,11 @@ pub fn account_item(account: &AccountId, record: &AccountBook, version: u64) -> 
     }
 }
 
+/// An account item, decoded (the simulator's checker reads every write).
+pub fn decode_account(item: &Item) -> Result<Versioned<AccountBook>, StoreError> {
+    versioned(item.clone())
+}
+
 pub async fn load_account(
     store: &dyn Store,
     account: &AccountId,

@@ -52,6 +52,11 @@ pub fn waiting_position(list: WaitingList, payment: &Payment) -> Option<IndexPos
     ))
 }
 
+/// A payment item, decoded (the simulator's checker reads every write).
+pub fn decode_payment(item: &Item) -> Result<Versioned<Payment>, StoreError> {
+    versioned(item.clone())
+}
+
 pub async fn load_payment(
     store: &dyn Store,
     name: &PaymentName,

@@ -1,0 +1,397 @@
+//! The invariants, each named, checked on every commit (what a single
+//! write must never do) and over the whole store and the banks' books
+//! (after every phase and at the end).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use payvisor::domain::ledger::Balances;
+use payvisor::domain::payment::{Payment, PaymentState};
+use payvisor::domain::state::RefundState;
+use payvisor::domain::{AccountId, Money};
+use payvisor::store::schema::{self, ACCOUNT_SK, PAYMENT_SK_PREFIX};
+use payvisor::store::WriteOp;
+
+use crate::bank::SimBank;
+use crate::limits;
+use crate::store::SimStore;
+use crate::workload::Acknowledged;
+
+/// A broken invariant: its name and what was seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub detail: String,
+}
+
+/// What the commit audit remembers between writes.
+#[derive(Default)]
+pub struct Audit {
+    /// Per account: the highest owner epoch written, and who wrote each.
+    epochs: BTreeMap<String, (u64, BTreeMap<u64, String>)>,
+    /// Payments last seen terminal: what they were then.
+    terminal: BTreeMap<String, (PaymentState, String)>,
+    pub violations: Vec<Violation>,
+}
+
+fn refunds_summary(payment: &Payment) -> String {
+    let refunds: Vec<String> = (payment.refunds.iter())
+        .map(|refund| format!("{}:{}:{:?}", refund.id, refund.amount, refund.state))
+        .collect();
+    format!("{} {}", payment.amount, refunds.join(","))
+}
+
+/// Refunds that hold money (pending or paid) must not exceed the payment.
+fn refunds_within_amount(payment: &Payment) -> Option<Violation> {
+    let mut held = Money::zero(payment.amount.currency());
+    for refund in &payment.refunds {
+        if refund.state != RefundState::Failed {
+            held = held.checked_add(refund.amount).ok()?;
+        }
+    }
+    (held.minor_units() > payment.amount.minor_units()).then(|| Violation {
+        invariant: "refunds_within_amount",
+        detail: format!(
+            "{}: refunds hold {held} of {}",
+            payment.name(),
+            payment.amount
+        ),
+    })
+}
+
+impl Audit {
+    /// Checks one committed write by `writer`.
+    pub fn commit(&mut self, writer: Option<&str>, ops: &[WriteOp]) {
+        for op in ops {
+            let WriteOp::Put { item, .. } = op else {
+                continue;
+            };
+            if item.key.sk == ACCOUNT_SK {
+                let Ok(book) = schema::decode_account(item) else {
+                    continue;
+                };
+                let epoch = book.value.owner_epoch;
+                let writer = writer.unwrap_or("the table").to_owned();
+                let (highest, writers) = self.epochs.entry(item.key.pk.clone()).or_default();
+                if epoch < *highest {
+                    self.violations.push(Violation {
+                        invariant: "no_fenced_write_lands",
+                        detail: format!(
+                            "{writer} wrote {} at epoch {epoch} after epoch {highest}",
+                            item.key.pk
+                        ),
+                    });
+                }
+                *highest = (*highest).max(epoch);
+                match writers.get(&epoch) {
+                    Some(first) if *first != writer => self.violations.push(Violation {
+                        invariant: "one_owner_per_epoch",
+                        detail: format!(
+                            "{} written at epoch {epoch} by {first} and by {writer}",
+                            item.key.pk
+                        ),
+                    }),
+                    Some(_) => {}
+                    None => {
+                        writers.insert(epoch, writer);
+                    }
+                }
+            } else if item.key.sk.starts_with(PAYMENT_SK_PREFIX) {
+                let Ok(payment) = schema::decode_payment(item) else {
+                    continue;
+                };
+                let payment = payment.value;
+                let name = payment.name().to_string();
+                let now = (payment.state, refunds_summary(&payment));
+                if let Some(before) = self.terminal.get(&name) {
+                    if *before != now {
+                        self.violations.push(Violation {
+                            invariant: "terminal_payments_never_change",
+                            detail: format!("{name}: was {before:?}, written as {now:?}"),
+                        });
+                    }
+                }
+                if payment.state.is_terminal() {
+                    self.terminal.insert(name, now);
+                }
+                self.violations.extend(refunds_within_amount(&payment));
+            }
+        }
+    }
+}
+
+/// Installs the audit as the table's commit observer.
+pub fn audit_commits(table: &SimStore) -> Arc<Mutex<Audit>> {
+    let audit = Arc::new(Mutex::new(Audit::default()));
+    let observer = audit.clone();
+    table.observe(Box::new(move |writer, ops| {
+        observer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .commit(writer, ops)
+    }));
+    audit
+}
+
+/// Every payment of `accounts`, read from the table.
+async fn all_payments(table: &SimStore, accounts: &[AccountId]) -> Result<Vec<Payment>, Violation> {
+    let mut payments = Vec::new();
+    for account in accounts {
+        let mut after = None;
+        loop {
+            let (page, next) =
+                schema::list_payments(table, account, after.as_ref(), limits::CHECK_PAGE)
+                    .await
+                    .map_err(|error| unreadable(account, error))?;
+            payments.extend(page);
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+    }
+    Ok(payments)
+}
+
+fn unreadable(account: &AccountId, error: payvisor::store::StoreError) -> Violation {
+    Violation {
+        invariant: "stored_data_decodes",
+        detail: format!("{account}: {error}"),
+    }
+}
+
+/// The invariants over the store and the banks now. `settled`: the faults
+/// have stopped and the bound has passed, so nothing may still be on its way.
+pub async fn check_store(
+    table: &SimStore,
+    banks: &[Arc<SimBank>],
+    accounts: &[AccountId],
+    acknowledged: &Acknowledged,
+    settled: bool,
+) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let payments = match all_payments(table, accounts).await {
+        Ok(payments) => payments,
+        Err(violation) => return vec![violation],
+    };
+    let by_name: BTreeMap<String, &Payment> = (payments.iter())
+        .map(|payment| (payment.name().to_string(), payment))
+        .collect();
+
+    // Every acknowledged create exists, exactly once per request.
+    let mut per_request: BTreeMap<&str, u32> = BTreeMap::new();
+    for payment in &payments {
+        if let Some(request) = payment.metadata.get("request") {
+            *per_request.entry(request.as_str()).or_default() += 1;
+        }
+    }
+    for (request, count) in &per_request {
+        if *count > 1 {
+            found.push(Violation {
+                invariant: "acknowledged_exactly_once",
+                detail: format!("request {request} created {count} payments"),
+            });
+        }
+    }
+    for (request, name) in &acknowledged.creates {
+        if !by_name.contains_key(&name.to_string()) {
+            found.push(Violation {
+                invariant: "acknowledged_exactly_once",
+                detail: format!("{name} (request {request}) was acknowledged but is not stored"),
+            });
+        }
+    }
+    for (request, name, refund) in &acknowledged.refunds {
+        let known = (by_name.get(&name.to_string()))
+            .is_some_and(|payment| payment.refunds.iter().any(|stored| stored.id == *refund));
+        if !known {
+            found.push(Violation {
+                invariant: "acknowledged_exactly_once",
+                detail: format!(
+                    "refund {refund} of {name} (request {request}) acknowledged but not stored"
+                ),
+            });
+        }
+    }
+
+    // The ledger: every account's balances are the fold of its movements.
+    for account in accounts {
+        let book = match schema::load_account(table, account).await {
+            Ok(Some(book)) => book.value,
+            Ok(None) => continue,
+            Err(error) => {
+                found.push(unreadable(account, error));
+                continue;
+            }
+        };
+        let mut movements = Vec::new();
+        loop {
+            let from = movements.len() as u64;
+            match schema::list_movements(table, account, from, limits::CHECK_PAGE).await {
+                Ok(page) if page.is_empty() => break,
+                Ok(page) => movements.extend(page),
+                Err(error) => {
+                    found.push(unreadable(account, error));
+                    break;
+                }
+            }
+        }
+        if movements.len() as u64 != book.movement_count {
+            found.push(Violation {
+                invariant: "ledger_balances",
+                detail: format!(
+                    "{account}: {} movements stored, the account counts {}",
+                    movements.len(),
+                    book.movement_count
+                ),
+            });
+        }
+        match Balances::fold(&movements) {
+            Ok(folded) if folded == book.balances => {}
+            Ok(folded) => found.push(Violation {
+                invariant: "ledger_balances",
+                detail: format!(
+                    "{account}: balances {:?}, movements fold to {folded:?}",
+                    book.balances
+                ),
+            }),
+            Err(error) => found.push(Violation {
+                invariant: "ledger_balances",
+                detail: format!("{account}: the movements do not fold: {error}"),
+            }),
+        }
+        if let Err(error) = book.balances.check_invariants() {
+            found.push(Violation {
+                invariant: "ledger_balances",
+                detail: format!("{account}: {error}"),
+            });
+        }
+    }
+
+    // The banks: a payment at two banks, money collected or paid out
+    // beyond what the store says.
+    let mut holders: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    let mut paid_out: BTreeMap<String, i64> = BTreeMap::new();
+    for bank in banks {
+        let books = bank.books.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, at_bank) in &books.payments {
+            holders.entry(name.clone()).or_default().push(&bank.name);
+            match by_name.get(name) {
+                None => found.push(Violation {
+                    invariant: "banks_hold_only_stored_payments",
+                    detail: format!("bank {} has {name}, which is not stored", bank.name),
+                }),
+                Some(stored) if stored.amount != at_bank.amount => found.push(Violation {
+                    invariant: "banks_hold_only_stored_payments",
+                    detail: format!(
+                        "{name}: {} at bank {}, {} stored",
+                        at_bank.amount, bank.name, stored.amount
+                    ),
+                }),
+                Some(_) => {}
+            }
+        }
+        for (key, amount) in &books.refunds {
+            let name = key.rsplit_once('/').map(|(name, _)| name).unwrap_or(key);
+            *paid_out.entry(name.to_owned()).or_default() += amount.minor_units();
+        }
+    }
+    for (name, banks) in &holders {
+        if banks.len() > 1 {
+            found.push(Violation {
+                invariant: "one_bank_per_payment",
+                detail: format!("{name} is at banks {banks:?}"),
+            });
+        }
+    }
+    for (name, minor) in &paid_out {
+        let amount = by_name
+            .get(name)
+            .map(|payment| payment.amount.minor_units());
+        if amount.is_none_or(|amount| *minor > amount) {
+            found.push(Violation {
+                invariant: "refunds_within_amount",
+                detail: format!(
+                    "{name}: banks paid out {minor} minor units, payment is {amount:?}"
+                ),
+            });
+        }
+    }
+    for payment in &payments {
+        found.extend(refunds_within_amount(payment));
+    }
+
+    if settled {
+        found.extend(unsettled(&payments, banks));
+    }
+    found
+}
+
+/// Liveness: once the faults stop, every payment comes to rest, and what
+/// the store says agrees with the banks.
+fn unsettled(payments: &[Payment], banks: &[Arc<SimBank>]) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let mut outcomes: BTreeMap<String, bool> = BTreeMap::new();
+    let mut refunds: BTreeSet<String> = BTreeSet::new();
+    for bank in banks {
+        let books = bank.books.lock().unwrap_or_else(|p| p.into_inner());
+        for (name, at_bank) in &books.payments {
+            if let Some(outcome) = &at_bank.outcome {
+                outcomes.insert(
+                    name.clone(),
+                    matches!(outcome, payvisor::domain::payment::BankOutcome::Processed),
+                );
+            }
+        }
+        refunds.extend(books.refunds.keys().cloned());
+    }
+    for payment in payments {
+        let name = payment.name().to_string();
+        let waiting = matches!(
+            payment.state,
+            PaymentState::Created | PaymentState::Approved | PaymentState::Sent
+        ) || payment
+            .refunds
+            .iter()
+            .any(|refund| refund.state == RefundState::Pending);
+        if waiting {
+            found.push(Violation {
+                invariant: "everything_settles",
+                detail: format!(
+                    "{name} still {:?} with refunds {}",
+                    payment.state,
+                    refunds_summary(payment)
+                ),
+            });
+        }
+        let collected = matches!(
+            payment.state,
+            PaymentState::Processed | PaymentState::PartiallyRefunded | PaymentState::Refunded
+        );
+        if collected && outcomes.get(&name) != Some(&true) {
+            found.push(Violation {
+                invariant: "store_agrees_with_banks",
+                detail: format!("{name} is {:?}; no bank processed it", payment.state),
+            });
+        }
+        if payment.state == PaymentState::Failed && outcomes.get(&name) == Some(&true) {
+            found.push(Violation {
+                invariant: "store_agrees_with_banks",
+                detail: format!("{name} is FAILED; a bank collected it"),
+            });
+        }
+        for refund in &payment.refunds {
+            let paid = refunds.contains(&format!("{name}/{}", refund.id));
+            if (refund.state == RefundState::Succeeded) != paid {
+                found.push(Violation {
+                    invariant: "store_agrees_with_banks",
+                    detail: format!(
+                        "{name} refund {} is {:?}; paid out by a bank: {paid}",
+                        refund.id, refund.state
+                    ),
+                });
+            }
+        }
+    }
+    found
+}
