@@ -37,6 +37,7 @@ pub mod http_server;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod mutations;
 pub mod random;
 pub mod reconcile;
 pub mod reload;

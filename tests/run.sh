@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (the README's, and what .ci/run runs):
 # formatting, lints, then every test (unit, property, store conformance on
-# SQLite and DynamoDB, actors, end-to-end over gRPC, kill -9 crash, a
-# cluster of processes).
+# SQLite and DynamoDB, actors, end-to-end over gRPC, kill -9 crash, the
+# deterministic simulator's seeds, a cluster of processes).
 #
 # Needs the Rust toolchain, python3 and Debian's apt. It installs a
 # DynamoDB-API server (moto[server], from PyPI, into .venv; it brings boto3
@@ -110,6 +110,10 @@ phase "cargo build (every binary: the tests run payvisor-bank-sim and payvisor-b
 cargo build --locked --workspace --bins
 phase "cargo test"
 cargo test --locked --workspace --all-targets
+phase "the deterministic simulator: the seeds that once failed (tests/sim-corpus.txt), then fresh seeds for 120 s"
+# A failing seed prints itself and its trace; add it to the corpus once
+# the bug it found is fixed.
+target/debug/payvisor-sim --corpus tests/sim-corpus.txt --budget-seconds 120
 phase "hadolint deploy/container/Dockerfile (no container engine or image registry is reachable here, so the image is linted, not built: deploy/container/README.md)"
 "$VENV/bin/hadolint" deploy/container/Dockerfile
 phase "promtool: the alert rules check and pass their unit tests (deploy/observability)"

@@ -5,7 +5,7 @@
 //! [`Owned`]; whoever serves accounts checks it (with the deadline in it)
 //! before every command.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -74,6 +74,9 @@ impl Owned {
     pub fn epoch_at(&self, shard: ShardId, now: Mono) -> Option<u64> {
         match self.valid_until {
             Some(until) if now < until => self.shards.get(&shard).copied(),
+            Some(_) if crate::mutations::planted(crate::mutations::Mutation::NoSelfDemotion) => {
+                self.shards.get(&shard).copied()
+            }
             _ => None,
         }
     }
@@ -280,14 +283,36 @@ impl Membership {
             .map(|lease| (lease.shard, lease.epoch))
             .collect();
         let mut refused = false;
+        // After a gap in its heartbeats, peers may have judged this node
+        // dead and have a claim of its shards on the way, decided before
+        // they saw it beat again (found by payvisor-sim). It takes its own
+        // leases again, each a conditional write one epoch on: either its
+        // write lands or the peer's, never both, and its own writes of the
+        // old epoch still on their way are fenced. Until then it does not
+        // serve them.
+        let released: BTreeSet<ShardId> =
+            (decided.releases.iter()).map(|lease| lease.shard).collect();
+        let retaken: Vec<(ShardId, u64)> = if beating {
+            Vec::new()
+        } else {
+            (held.iter())
+                .filter(|(shard, _)| !released.contains(shard))
+                .map(|(shard, epoch)| (*shard, *epoch))
+                .collect()
+        };
+        for (shard, _) in &retaken {
+            held.remove(shard);
+        }
         // Claims go out together: a dead node's shards are taken in one
         // round trip, not one per shard.
         let claims = (decided.claims.iter())
-            .map(|claim| {
+            .map(|claim| (claim.shard, claim.epoch))
+            .chain(retaken)
+            .map(|(shard, epoch)| {
                 let taken = Lease {
-                    shard: claim.shard,
+                    shard,
                     owner: Some(self.me.id.clone()),
-                    epoch: claim.epoch + 1,
+                    epoch: epoch + 1,
                 };
                 let version = cache.version(taken.shard);
                 (taken, version)

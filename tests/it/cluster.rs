@@ -185,6 +185,46 @@ async fn a_dead_nodes_shards_move_only_after_it_stopped_serving(store: Arc<dyn S
     }
 }
 
+/// A node back from a pause long enough to be judged dead takes its
+/// leases again before it serves them: a peer's claim decided while it
+/// was away (conditional on the lease as it was then) and landing after
+/// the node's first round back fails, so the two never both serve a
+/// shard. (Found by payvisor-sim: the node served its old leases again on
+/// its heartbeat alone, while the peer's claim was still on its way.)
+async fn a_node_back_from_a_pause_takes_its_leases_again_before_it_serves(store: Arc<dyn Store>) {
+    let (mut a, mut b, mut c) = three_settled_nodes(&store).await;
+    let c_held = c.serves();
+    let (&shard, &epoch) = c_held.iter().next().expect("c holds a shard");
+    let leases = payvisor::store::schema::read_leases(store.as_ref(), SHARDS)
+        .await
+        .unwrap();
+    let (as_read, version) = leases[usize::from(shard)].clone();
+    assert_eq!(as_read.owner.as_ref().map(NodeId::as_str), Some("c"));
+    // c is paused past the dead timeout; a peer decides to take its shard
+    // (its write still on the way). c comes back and has a round.
+    c.clock
+        .advance(TIMEOUTS.dead_after + TIMEOUTS.heartbeat_every);
+    tick(&mut [&mut c]).await;
+    let peers_claim = payvisor::domain::ownership::Lease {
+        shard,
+        owner: Some(NodeId::new("b")),
+        epoch: epoch + 1,
+    };
+    let landed = payvisor::store::schema::put_lease(store.as_ref(), &peers_claim, version).await;
+    let c_serves = c.serves().contains_key(&shard);
+    assert!(
+        !(landed.is_ok() && c_serves),
+        "b's claim landed and c serves shard {shard} still"
+    );
+    assert!(landed.is_err(), "c took its lease again first: {landed:?}");
+    assert_eq!(c.serves().get(&shard), Some(&(epoch + 1)), "one epoch on");
+    // And the cluster settles with every shard served once.
+    for _ in 0..8 {
+        tick(&mut [&mut a, &mut b, &mut c]).await;
+    }
+    assert_even_and_complete(&served(&[&a, &b, &c]));
+}
+
 /// One node's wall clock an hour ahead, another's an hour behind: the
 /// shards are shared out and taken from a dead node exactly as with true
 /// clocks (only monotonic readings decide; the start times show the skew).
@@ -701,6 +741,7 @@ macro_rules! on_both_stores {
 on_both_stores!(
     nodes_starting_together_own_every_shard_once_in_even_shares,
     a_dead_nodes_shards_move_only_after_it_stopped_serving,
+    a_node_back_from_a_pause_takes_its_leases_again_before_it_serves,
     wall_clocks_an_hour_off_change_nothing_about_ownership,
     a_leaving_node_hands_its_shards_over_without_waiting_for_the_timeout,
     a_new_node_gets_its_share_in_bounded_steps,

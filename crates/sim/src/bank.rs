@@ -41,6 +41,9 @@ pub struct BankFaults {
     /// A submission starts an outage of this bank.
     pub outage_per_mille: u64,
     pub outage_max_ms: u64,
+    /// The bank takes a payment and never answers for it (its status
+    /// stays pending): the watchdog re-drives it, then pages on-call.
+    pub hang_per_mille: u64,
 }
 
 /// Where a bank's callbacks go: a node of the cluster, as a bank's HTTP
@@ -66,6 +69,9 @@ pub struct Books {
     pub refused: BTreeMap<String, ()>,
     /// Refunds paid out, by `payment name/refund id`.
     pub refunds: BTreeMap<String, Money>,
+    /// Per callback message: how often payvisor answered that it applied
+    /// or ignored it (a second delivery must be answered as a duplicate).
+    pub decided: BTreeMap<String, u32>,
 }
 
 pub struct SimBank {
@@ -175,6 +181,13 @@ impl SimBank {
         for attempt in 0..crate::limits::CALLBACK_ATTEMPTS {
             match self.target.deliver(callback.clone()).await {
                 Ok(ack) => {
+                    if ack != CallbackAck::Duplicate {
+                        *self
+                            .books()
+                            .decided
+                            .entry(callback.message_id.clone())
+                            .or_default() += 1;
+                    }
                     self.world.log(format!(
                         "callback {} for {}: {ack:?}",
                         callback.message_id,
@@ -247,6 +260,10 @@ impl SimBank {
                 self.answer_later(event, "payment again");
             }
             Some(None) => {}
+            None if self.chance(self.faults.hang_per_mille) => {
+                self.world
+                    .log(format!("bank {} takes {key} and never answers", self.name));
+            }
             None => {
                 self.world.log(format!("bank {} accepts {key}", self.name));
                 let bank = Arc::clone(self);

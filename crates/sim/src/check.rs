@@ -14,6 +14,7 @@ use payvisor::store::WriteOp;
 
 use crate::bank::SimBank;
 use crate::limits;
+use crate::node::PageLog;
 use crate::store::SimStore;
 use crate::workload::Acknowledged;
 
@@ -167,6 +168,7 @@ pub async fn check_store(
     banks: &[Arc<SimBank>],
     accounts: &[AccountId],
     acknowledged: &Acknowledged,
+    pages: &PageLog,
     settled: bool,
 ) -> Vec<Violation> {
     let mut found = Vec::new();
@@ -319,12 +321,64 @@ pub async fn check_store(
     }
     for payment in &payments {
         found.extend(refunds_within_amount(payment));
+        // Every payment that waits for something carries its watch (the
+        // watchdog's durable reminder).
+        let waits = matches!(
+            payment.state,
+            PaymentState::Created
+                | PaymentState::Approved
+                | PaymentState::Sent
+                | PaymentState::InReview
+        ) || (payment.refunds.iter())
+            .any(|refund| refund.state == RefundState::Pending);
+        if waits && payment.watch.is_none() {
+            found.push(Violation {
+                invariant: "waiting_payments_watched",
+                detail: format!(
+                    "{} waits ({:?}) without a watch",
+                    payment.name(),
+                    payment.state
+                ),
+            });
+        }
     }
+    for bank in banks {
+        let books = bank.books.lock().unwrap_or_else(|p| p.into_inner());
+        for (message, decided) in &books.decided {
+            if *decided > 1 {
+                found.push(Violation {
+                    invariant: "callbacks_decided_once",
+                    detail: format!("callback {message} was applied or ignored {decided} times"),
+                });
+            }
+        }
+    }
+    found.extend(paged_once(pages));
 
     if settled {
         found.extend(unsettled(&payments, banks));
     }
     found
+}
+
+/// Every stall is paged once: its trigger reaches the sink once, or again
+/// only where recording its delivery failed (a few times at most; the
+/// sink merges them by their dedup key).
+fn paged_once(pages: &PageLog) -> Vec<Violation> {
+    let mut triggers: BTreeMap<&str, usize> = BTreeMap::new();
+    let pages = pages.pages.lock().unwrap_or_else(|p| p.into_inner());
+    for (action, key) in pages.iter() {
+        if action == "Trigger" && !key.starts_with("payvisor/watchdog/") {
+            *triggers.entry(key.as_str()).or_default() += 1;
+        }
+    }
+    (triggers.into_iter())
+        .filter(|(_, sent)| *sent > limits::PAGE_SENDS_PER_STALL_MAX)
+        .map(|(key, sent)| Violation {
+            invariant: "every_stall_paged_once",
+            detail: format!("{key} was sent {sent} times"),
+        })
+        .collect()
 }
 
 /// Liveness: once the faults stop, every payment comes to rest, and what

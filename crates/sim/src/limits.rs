@@ -43,3 +43,8 @@ pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often, in simulated time, the invariants over the whole store are
 /// checked while the faults run (each commit is checked as it lands).
 pub const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// A stall's trigger may reach the sink again when recording its delivery
+/// failed (the store faults); more than this many is a page not recorded.
+pub const PAGE_SENDS_PER_STALL_MAX: usize = 3;
+/// How often, in simulated time, on-call looks at new pages.
+pub const ON_CALL_EVERY: Duration = Duration::from_secs(10);

@@ -30,9 +30,21 @@ struct Args {
     /// passed since the start: a fixed budget for the test command.
     #[arg(long)]
     budget_seconds: Option<u64>,
+    /// Plant this bug (see payvisor's src/mutations.rs) and look for it.
+    #[arg(long, value_parser = parse_mutation)]
+    mutation: Option<payvisor::mutations::Mutation>,
     /// Print the trace's tail of passing seeds too.
     #[arg(long)]
     trace: bool,
+}
+
+fn parse_mutation(name: &str) -> Result<payvisor::mutations::Mutation, String> {
+    payvisor::mutations::Mutation::named(name).ok_or_else(|| {
+        let names: Vec<&str> = (payvisor::mutations::Mutation::ALL.iter())
+            .map(|mutation| mutation.name())
+            .collect();
+        format!("one of {}", names.join(", "))
+    })
 }
 
 /// A fresh seed (from the operating system's entropy).
@@ -91,7 +103,7 @@ fn main() -> ExitCode {
         };
         seeds.push(seed);
         let seed = &seed;
-        let report = payvisor_sim::run::run(*seed);
+        let report = payvisor_sim::run::run_with(*seed, args.mutation);
         simulated += report.simulated;
         if !report.violations.is_empty() || args.trace {
             for line in &report.trace_tail {

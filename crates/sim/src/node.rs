@@ -164,6 +164,7 @@ pub struct Shared {
     pub rules: Arc<RulesInForce>,
     /// The wall-clock time the run starts at.
     pub start: Timestamp,
+    pub audit: Arc<Mutex<crate::check::Audit>>,
 }
 
 /// One start of a node: it lives until it crashes.
@@ -199,6 +200,7 @@ impl Incarnation {
             gate: gate.clone(),
             faults: shared.store_faults,
             faults_on: shared.faults_on.clone(),
+            audit: shared.audit.clone(),
         });
         let clock: Arc<dyn Clock> = Arc::new(SimClock {
             origin: tokio::time::Instant::now(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use payvisor::domain::payment::PaymentState;
 use payvisor::domain::Timestamp;
+use payvisor::mutations::Mutation;
 
 use crate::bank::{BankFaults, SimBank};
 use crate::check::{self, Violation};
@@ -49,12 +50,23 @@ impl Report {
 
 /// Runs `seed` on a runtime of its own: one thread, time virtual.
 pub fn run(seed: u64) -> Report {
+    run_with(seed, None)
+}
+
+/// Runs `seed` with `mutation` planted (in this thread, for this run).
+pub fn run_with(seed: u64, mutation: Option<Mutation>) -> Report {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .start_paused(true)
         .build()
         .expect("a current-thread runtime builds");
-    runtime.block_on(simulate(seed))
+    payvisor::mutations::plant(mutation);
+    let report = runtime.block_on(simulate(seed));
+    // The tasks still pending (crashed nodes' calls) go with the runtime,
+    // while the mutation is still planted.
+    drop(runtime);
+    payvisor::mutations::plant(None);
+    report
 }
 
 fn store_faults(world: &World) -> StoreFaults {
@@ -78,6 +90,7 @@ fn bank_faults(world: &World) -> BankFaults {
         callback_delay_max_ms: world.between(1, 3_000),
         outage_per_mille: world.between(0, 5),
         outage_max_ms: 20_000,
+        hang_per_mille: world.between(0, 20),
     }
 }
 
@@ -106,15 +119,17 @@ async fn simulate(seed: u64) -> Report {
             )
         })
         .collect();
+    let pages = Arc::new(PageLog::default());
     let shared = Shared {
         world: world.clone(),
         table: table.clone(),
         banks: banks.clone(),
         store_faults,
         faults_on: faults_on.clone(),
-        pages: Arc::new(PageLog::default()),
+        pages: pages.clone(),
         rules: Arc::new(workload::rules()),
         start: Timestamp::from_unix_millis(1_900_000_000_000),
+        audit: audit.clone(),
     };
     let cluster = Cluster::new(shared);
     let _ = relay.0.set(Arc::downgrade(&cluster));
@@ -124,9 +139,10 @@ async fn simulate(seed: u64) -> Report {
     let workload = Workload::new(world.clone(), cluster.clone());
     let accounts = workload.accounts.clone();
 
+    let on_call = tokio::spawn(workload.clone().on_call(pages.clone(), banks.clone()));
     let violations = |settled: bool| {
-        let (table, banks, accounts, workload, audit) =
-            (&table, &banks, &accounts, &workload, &audit);
+        let (table, banks, accounts, workload, audit, pages) =
+            (&table, &banks, &accounts, &workload, &audit, &pages);
         async move {
             let mut found = audit
                 .lock()
@@ -143,7 +159,9 @@ async fn simulate(seed: u64) -> Report {
                     refunds: acknowledged.refunds.clone(),
                 }
             };
-            found.extend(check::check_store(table, banks, accounts, &acknowledged, settled).await);
+            found.extend(
+                check::check_store(table, banks, accounts, &acknowledged, pages, settled).await,
+            );
             found
         }
     };
@@ -184,6 +202,7 @@ async fn simulate(seed: u64) -> Report {
             }
         }
     }
+    on_call.abort();
     for violation in &found {
         world.log(format!(
             "VIOLATION {}: {}",

@@ -295,6 +295,8 @@ pub struct NodeStore {
     pub faults: StoreFaults,
     /// Whether faults are injected now (off once the run settles).
     pub faults_on: Arc<std::sync::atomic::AtomicBool>,
+    /// Where a write issued without holding its account's lease is noted.
+    pub audit: Arc<Mutex<crate::check::Audit>>,
 }
 
 enum Fault {
@@ -351,6 +353,54 @@ impl NodeStore {
         answer
     }
 
+    /// At most one owner writes an account per epoch: a node issues a
+    /// write of an account only while the lease of its shard, as the table
+    /// holds it now, is this node's at the epoch the write stamps. (A write
+    /// already on its way may land after the lease moved; the version
+    /// conditions and the fence deal with that, and the audit of each
+    /// commit checks them.)
+    async fn check_lease(&self, ops: &[WriteOp]) {
+        for op in ops {
+            let WriteOp::Put { item, .. } = op else {
+                continue;
+            };
+            if item.key.sk != payvisor::store::schema::ACCOUNT_SK {
+                continue;
+            }
+            let (Ok(book), Some(account)) = (
+                payvisor::store::schema::decode_account(item),
+                item.key.pk.strip_prefix("A#"),
+            ) else {
+                continue;
+            };
+            let epoch = book.value.owner_epoch;
+            let shard = payvisor::domain::ownership::shard_of(account, crate::limits::SHARDS);
+            let Ok(leases) =
+                payvisor::store::schema::read_leases(self.table.as_ref(), crate::limits::SHARDS)
+                    .await
+            else {
+                continue;
+            };
+            let lease = &leases[usize::from(shard)].0;
+            let holder = lease.owner.as_ref().map(|owner| owner.as_str());
+            if holder != Some(self.node.as_str()) || lease.epoch != epoch {
+                let violation = crate::check::Violation {
+                    invariant: "one_owner_per_epoch",
+                    detail: format!(
+                        "{} writes {account} at epoch {epoch}; shard {shard}'s lease is {holder:?}'s at epoch {}",
+                        self.node, lease.epoch
+                    ),
+                };
+                self.world.log(format!(
+                    "VIOLATION {}: {}",
+                    violation.invariant, violation.detail
+                ));
+                let mut audit = self.audit.lock().unwrap_or_else(|p| p.into_inner());
+                audit.violations.push(violation);
+            }
+        }
+    }
+
     async fn timed_out(&self, error: StoreError) -> StoreError {
         tokio::time::sleep(Duration::from_millis(self.faults.timeout_ms)).await;
         self.gate.pass().await;
@@ -370,9 +420,32 @@ impl Store for NodeStore {
     fn transact(&self, ops: Vec<WriteOp>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let what = describe(&ops);
+            self.check_lease(&ops).await;
             match self.send(&what, true).await {
                 Ok(()) => {
                     let result = self.table.apply(Some(&self.node), &ops);
+                    if ops
+                        .iter()
+                        .any(|op| op.key().pk == "CLUSTER" && op.key().sk.starts_with("SHARD#"))
+                    {
+                        let landed = if result.is_ok() { "written" } else { "refused" };
+                        let leases: Vec<String> = (ops.iter())
+                            .filter(|op| op.key().sk.starts_with("SHARD#"))
+                            .map(|op| match op {
+                                WriteOp::Put { item, .. } => format!(
+                                    "{} {}",
+                                    item.key.sk,
+                                    String::from_utf8_lossy(&item.body)
+                                ),
+                                other => format!("{:?}", other.key()),
+                            })
+                            .collect();
+                        self.world.log(format!(
+                            "{} lease write {landed}: {}",
+                            self.node,
+                            leases.join("; ")
+                        ));
+                    }
                     self.receive(result).await
                 }
                 Err((Fault::TimeoutLanded, error)) => {

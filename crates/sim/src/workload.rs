@@ -13,10 +13,12 @@ use payvisor::actors::{
     CommandError, CreatePayment, OperatorAction, OperatorCommand, Orchestrator, RefundPayment,
 };
 use payvisor::domain::payment::ReviewVerdict;
-use payvisor::domain::{AccountId, Currency, Money, PaymentName, RequestId};
+use payvisor::domain::{AccountId, Currency, Money, PaymentId, PaymentName, RequestId};
 
+use crate::bank::SimBank;
 use crate::cluster::Cluster;
 use crate::limits;
+use crate::node::PageLog;
 use crate::world::World;
 
 /// What callers were told succeeded.
@@ -295,6 +297,67 @@ impl Workload {
         }
     }
 
+    /// On-call, paged by the watchdog: for each new page of a stalled
+    /// payment, looks at the bank (as a person would at its portal) and
+    /// re-drives the payment if the bank has an outcome for it, or fails it
+    /// if the bank never answered. Runs until aborted.
+    pub async fn on_call(self: Arc<Self>, pages: Arc<PageLog>, banks: Vec<Arc<SimBank>>) {
+        let mut seen = 0;
+        loop {
+            tokio::time::sleep(limits::ON_CALL_EVERY).await;
+            let new: Vec<(String, String)> = {
+                let pages = pages.pages.lock().unwrap_or_else(|p| p.into_inner());
+                let new = pages[seen..].to_vec();
+                seen = pages.len();
+                new
+            };
+            for (action, key) in new {
+                let Some(name) = paged_payment(&action, &key) else {
+                    continue;
+                };
+                let answered = banks.iter().any(|bank| {
+                    let books = bank.books.lock().unwrap_or_else(|p| p.into_inner());
+                    books
+                        .payments
+                        .get(&name.to_string())
+                        .is_some_and(|at| at.outcome.is_some())
+                });
+                let action = if answered {
+                    OperatorAction::Retry
+                } else {
+                    OperatorAction::Fail {
+                        reason: "the bank never answered (on-call)".into(),
+                    }
+                };
+                self.operate(name, action).await;
+            }
+        }
+    }
+
+    async fn operate(&self, name: PaymentName, action: OperatorAction) {
+        let request = self.request_id();
+        let command = OperatorCommand {
+            name: name.clone(),
+            action: action.clone(),
+            actor: Some("oncall".into()),
+            request_id: RequestId::new(request.clone()).expect("valid id"),
+            trace: None,
+        };
+        let what = format!("on-call {request} {action:?} {name}");
+        let answer = self
+            .call(&what, |node| {
+                let command = command.clone();
+                async move { node.operate(command).await }
+            })
+            .await;
+        match answer {
+            Ok(answered) => self
+                .world
+                .log(format!("{what}: {:?}", answered.payment.state)),
+            Err(error) => self.world.log(format!("{what}: {error}")),
+        }
+    }
+
     /// Issues the workload over `phase`: each command a task of its own.
     pub async fn run(self: Arc<Self>, phase: Duration) {
         let gap = phase.as_millis() as u64 / limits::COMMANDS_MAX as u64;
@@ -314,5 +377,20 @@ impl Workload {
         for command in running {
             let _ = command.await;
         }
+    }
+}
+
+/// The payment a trigger page is about (`payvisor/accounts/{a}/payments/{p}/…`).
+fn paged_payment(action: &str, key: &str) -> Option<PaymentName> {
+    if action != "Trigger" {
+        return None;
+    }
+    let parts: Vec<&str> = key.strip_prefix("payvisor/")?.split('/').collect();
+    match parts.as_slice() {
+        ["accounts", account, "payments", payment, ..] => Some(PaymentName {
+            account: AccountId::new(*account).ok()?,
+            payment: PaymentId::new(*payment).ok()?,
+        }),
+        _ => None,
     }
 }

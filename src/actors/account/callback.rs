@@ -7,6 +7,7 @@
 
 use ractor::ActorRef;
 
+use super::commit::WriteError;
 use super::retry::{AccountCommand, Attempt};
 use super::{AccountMsg, AccountState};
 use crate::actors::{BankCallback, CallbackAck, CommandError};
@@ -49,16 +50,25 @@ impl AccountCommand for Callback<'_> {
         };
         let applied = decision.is_some();
         let mut staging = state.staging()?;
+        let mut inbox = schema::inbox_item(&schema::InboxRecord {
+            bank: callback.bank.clone(),
+            message_id: callback.message_id.clone(),
+            payment: name.clone(),
+            kind: callback.kind.clone(),
+            received_at: now,
+            applied,
+        });
+        let mut condition = Condition::NotExists;
+        if crate::mutations::planted(crate::mutations::Mutation::CallbackWithoutInboxDedupe) {
+            let recorded = state.shared.store.get(inbox.key.clone()).await?;
+            if let Some(recorded) = recorded {
+                condition = Condition::VersionIs(recorded.version);
+                inbox.version = recorded.version + 1;
+            }
+        }
         staging.ops.push(WriteOp::Put {
-            item: schema::inbox_item(&schema::InboxRecord {
-                bank: callback.bank.clone(),
-                message_id: callback.message_id.clone(),
-                payment: name.clone(),
-                kind: callback.kind.clone(),
-                received_at: now,
-                applied,
-            }),
-            condition: Condition::NotExists,
+            item: inbox,
+            condition,
         });
         if let Some(decision) = decision {
             let trace = callback.trace.clone();
@@ -73,10 +83,10 @@ impl AccountCommand for Callback<'_> {
                     CallbackAck::Ignored
                 }))
             }
-            Err(StoreError::ConditionFailed { index: 0, .. }) => {
+            Err(WriteError::Store(StoreError::ConditionFailed { index: 0, .. })) => {
                 Ok(Attempt::Done(CallbackAck::Duplicate))
             }
-            Err(StoreError::ConditionFailed { .. }) => Ok(Attempt::Stale),
+            Err(WriteError::Store(StoreError::ConditionFailed { .. })) => Ok(Attempt::Stale),
             Err(error) => Err(error.into()),
         }
     }

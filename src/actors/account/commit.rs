@@ -9,9 +9,11 @@ use ractor::ActorRef;
 use super::{AccountMsg, AccountState};
 use crate::actors::payment::PaymentMsg;
 use crate::actors::CommandError;
+use crate::connectors::PaymentSubmission;
 use crate::domain::account::{AccountBook, NewIdempotency, StageContext, StagedDecision};
 use crate::domain::ownership::fence;
-use crate::domain::payment::{Decision, Payment};
+use crate::domain::payment::{Decision, Effect, Payment};
+use crate::mutations::{planted, Mutation};
 use crate::store::schema::{self, Versioned};
 use crate::store::{Condition, StoreError, WriteOp};
 use crate::trace::{Span, SpanKind, SpanSet, Stamp, TraceParent};
@@ -27,6 +29,27 @@ pub(super) struct Staging {
     pub(super) staged: Vec<StagedDecision>,
     /// Each staged decision's trace (the call that caused it, if any).
     pub(super) traces: Vec<Option<TraceParent>>,
+}
+
+/// Why a staged write was not made.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WriteError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The account's shard left this node (released, or past its
+    /// self-demotion deadline) between staging and writing: nothing was
+    /// sent, so no write of an owner that gave the lease up can land.
+    #[error("account {0} is not served by this node now; retry with the same request_id")]
+    NotOwner(crate::domain::AccountId),
+}
+
+impl From<WriteError> for CommandError {
+    fn from(error: WriteError) -> CommandError {
+        match error {
+            WriteError::Store(error) => error.into(),
+            moved @ WriteError::NotOwner(_) => CommandError::Moving(moved.to_string()),
+        }
+    }
 }
 
 /// What committing a decision ran into.
@@ -57,7 +80,7 @@ impl AccountState {
             .map_err(CommitError::Failed)?;
         match self.write(&staging).await {
             Ok(()) => {}
-            Err(StoreError::ConditionFailed { index, .. }) => {
+            Err(WriteError::Store(StoreError::ConditionFailed { index, .. })) => {
                 // The idempotency record is the first action, the payment
                 // the next. Anything else (the account item, or an alert
                 // recorded already by an earlier commit) means what we hold
@@ -91,7 +114,13 @@ impl AccountState {
             ))
         };
         let mine = ownership.epoch(&self.account).ok_or_else(moved)?;
-        let epoch = fence(record.value.owner_epoch, mine).map_err(|fenced| {
+        let unfenced = planted(Mutation::StaleOwnerNotFenced);
+        let fenced = if unfenced {
+            Ok(mine)
+        } else {
+            fence(record.value.owner_epoch, mine)
+        };
+        let epoch = fenced.map_err(|fenced| {
             tracing::warn!(account = %self.account, %fenced, "write refused: a newer owner wrote the account");
             moved()
         })?;
@@ -171,9 +200,22 @@ impl AccountState {
         Ok(())
     }
 
-    /// Writes what is staged, and the account item, in one atomic write.
-    pub(super) async fn write(&self, staging: &Staging) -> Result<(), StoreError> {
+    /// Writes what is staged, and the account item, in one atomic write,
+    /// if this node still holds the account's shard at the epoch staged:
+    /// a batch stages before it reads payments, and the shard may have
+    /// been given up meanwhile (the membership stops serving a shard before
+    /// it frees the lease, so no write is sent after it).
+    pub(super) async fn write(&self, staging: &Staging) -> Result<(), WriteError> {
+        let ownership = &self.shared.settings.ownership;
+        let unfenced = planted(Mutation::StaleOwnerNotFenced);
+        if ownership.epoch(&self.account) != Some(staging.book.owner_epoch) && !unfenced {
+            ownership.count_fenced();
+            return Err(WriteError::NotOwner(self.account.clone()));
+        }
         let mut ops = staging.ops.clone();
+        if planted(Mutation::OutboxSentBeforeCommit) {
+            self.send_before_commit(staging).await;
+        }
         // Every write touches the account item under its version: the
         // account is the unit of ordering, and (later) of ownership fencing.
         let condition = match staging.base_version {
@@ -196,6 +238,14 @@ impl AccountState {
                 condition: Condition::NotExists,
             });
         }
+        let refund = (staging.staged.iter())
+            .flat_map(|staged| &staged.decision.events)
+            .any(|event| event.event_type() == "refund.pending");
+        if planted(Mutation::StaleOwnerNotFenced)
+            || (refund && planted(Mutation::RefundWithoutVersionCondition))
+        {
+            self.unconditioned(&mut ops, !refund).await?;
+        }
         // A span in each traced decision's trace: the write is theirs.
         let traces = staging.traces.iter().map(Option::as_ref);
         let mut persist = SpanSet::start_at("account.persist", traces, Stamp::now());
@@ -209,7 +259,64 @@ impl AccountState {
             store_call.fail(outcome);
             persist.fail(outcome);
         }
-        written
+        Ok(written?)
+    }
+
+    /// Planted bugs (`mutations`): the version conditions of `ops` (only
+    /// the account item's, if `account_only`) replaced by the versions
+    /// stored now, so that the write checks nothing its decision read.
+    async fn unconditioned(
+        &self,
+        ops: &mut [WriteOp],
+        account_only: bool,
+    ) -> Result<(), StoreError> {
+        let account = schema::account_key(&self.account);
+        for op in ops.iter_mut() {
+            let WriteOp::Put { item, condition } = op else {
+                continue;
+            };
+            if !matches!(condition, Condition::VersionIs(_))
+                || (account_only && item.key != account)
+            {
+                continue;
+            }
+            if let Some(stored) = self.shared.store.get(item.key.clone()).await? {
+                *condition = Condition::VersionIs(stored.version);
+                item.version = stored.version + 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// A planted bug (`mutations`): the payments this write sends to a
+    /// bank go there before the write.
+    async fn send_before_commit(&self, staging: &Staging) {
+        for staged in &staging.staged {
+            let payment = &staged.decision.payment;
+            for effect in &staged.decision.effects {
+                let Effect::SubmitPayment {
+                    name,
+                    amount,
+                    metadata,
+                    bank,
+                } = effect
+                else {
+                    continue;
+                };
+                let bank = bank.as_deref().or(payment.current_bank());
+                let Some(connector) = bank.and_then(|bank| self.shared.router.connector(bank))
+                else {
+                    continue;
+                };
+                let submission = PaymentSubmission {
+                    name: name.clone(),
+                    amount: *amount,
+                    metadata: metadata.clone(),
+                    trace: None,
+                };
+                let _ = connector.submit_payment(submission).await;
+            }
+        }
     }
 
     /// After a durable write: update memory, then act (pages, bank calls).
