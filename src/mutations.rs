@@ -11,8 +11,12 @@ pub enum Mutation {
     /// A refund's write checks nothing its decision read: every version
     /// condition is replaced by the version stored when the write is sent.
     RefundWithoutVersionCondition,
-    /// A write by an owner that lost the account lands anyway: neither the
-    /// epoch fence nor the account item's version condition holds it back.
+    /// The account item's fencing token is ignored: no epoch fence, no
+    /// check that the shard is still held when the write is sent, and the
+    /// account item's version condition replaced by the version stored when
+    /// the write is sent. A writer whose view of the account is stale (an
+    /// owner that lost it, or a retry after a write that timed out and
+    /// landed) writes over it.
     StaleOwnerNotFenced,
     /// A payment goes to its bank before the write that records it.
     OutboxSentBeforeCommit,

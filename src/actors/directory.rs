@@ -191,24 +191,30 @@ impl Directory {
     /// Removes the entries of the accounts `retire` picks and returns their
     /// actors (a later message for such an account spawns a fresh actor).
     pub fn retire(&self, retire: impl Fn(&AccountId) -> bool) -> Vec<ActorRef<AccountMsg>> {
-        self.shards
+        let mut retired: Vec<(AccountId, ActorRef<AccountMsg>)> = self
+            .shards
             .iter()
             .flat_map(|shard| {
                 let mut shard = lock(shard);
-                let mut picked: Vec<AccountId> = shard
+                let picked: Vec<AccountId> = shard
                     .keys()
                     .filter(|account| retire(account))
                     .cloned()
                     .collect();
-                // In account order, not the map's (seeded per process): a
-                // simulated run repeats from its seed.
-                picked.sort();
                 picked
                     .into_iter()
-                    .filter_map(|account| shard.remove(&account).map(|entry| entry.actor))
+                    .filter_map(|account| {
+                        let entry = shard.remove(&account)?;
+                        Some((account, entry.actor))
+                    })
                     .collect::<Vec<_>>()
             })
-            .collect()
+            .collect();
+        // In account order, not the maps' (their hasher is seeded per
+        // process, and picks the shard too): a simulated run repeats from
+        // its seed.
+        retired.sort_by(|a, b| a.0.cmp(&b.0));
+        retired.into_iter().map(|(_, actor)| actor).collect()
     }
 
     /// What waits in the actors' queues now (one pass over the shards,

@@ -5,7 +5,7 @@
 //! [`Owned`]; whoever serves accounts checks it (with the deadline in it)
 //! before every command.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -93,6 +93,19 @@ pub enum JoinError {
     Store(#[from] StoreError),
 }
 
+/// What became of one lease write.
+enum LeaseWrite {
+    Landed,
+    /// Its condition failed: nothing was written by this call.
+    Refused,
+    /// The call failed: the write may land still, or never.
+    Unknown,
+}
+
+/// A lease to write, the version it was read at, and the node it is
+/// taken from with that node's record version as read (`None`: no record).
+type Claim = (Lease, Option<u64>, Option<(NodeId, Option<u64>)>);
+
 /// How a node takes part.
 #[derive(Clone, Debug)]
 pub struct MembershipSettings {
@@ -117,6 +130,11 @@ pub struct Membership {
     /// The leases as last read and written, kept while the cluster is
     /// settled (see [`LeaseCache`]).
     leases: Option<LeaseCache>,
+    /// Releases whose outcome is unknown (the call failed; the write may
+    /// still land): the lease as freed and the version it was written
+    /// against. Such a shard is not served, and the release is sent again
+    /// each round until the table answers for good.
+    releasing: BTreeMap<ShardId, (Lease, Option<u64>)>,
 }
 
 /// The leases as this node last read them (with its own writes since),
@@ -211,6 +229,7 @@ impl Membership {
                 ..Default::default()
             })),
             leases: None,
+            releasing: BTreeMap::new(),
         };
         Ok((membership, watching))
     }
@@ -283,39 +302,55 @@ impl Membership {
             .map(|lease| (lease.shard, lease.epoch))
             .collect();
         let mut refused = false;
-        // After a gap in its heartbeats, peers may have judged this node
-        // dead and have a claim of its shards on the way, decided before
-        // they saw it beat again (found by payvisor-sim). It takes its own
-        // leases again, each a conditional write one epoch on: either its
-        // write lands or the peer's, never both, and its own writes of the
-        // old epoch still on their way are fenced. Until then it does not
-        // serve them.
-        let released: BTreeSet<ShardId> =
-            (decided.releases.iter()).map(|lease| lease.shard).collect();
-        let retaken: Vec<(ShardId, u64)> = if beating {
-            Vec::new()
-        } else {
-            (held.iter())
-                .filter(|(shard, _)| !released.contains(shard))
-                .map(|(shard, epoch)| (*shard, *epoch))
-                .collect()
-        };
-        for (shard, _) in &retaken {
-            held.remove(shard);
+        // A release that may still land is not taken back (found by
+        // payvisor-sim: a timed-out release landed after the node read its
+        // lease as still its own and served the shard again, and a peer
+        // claimed the freed lease). Resolved once the lease moved on from
+        // the version the release was written against.
+        let me = &self.me.id;
+        self.releasing.retain(|shard, (_, version)| {
+            let (lease, read) = &cache.leases[usize::from(*shard)];
+            lease.owner.as_ref() == Some(me) && read == version
+        });
+        for (shard, (freed, version)) in self.releasing.clone() {
+            held.remove(&shard);
+            match self.write_lease(&freed, version).await {
+                LeaseWrite::Landed => {
+                    cache.written(freed);
+                    self.releasing.remove(&shard);
+                }
+                LeaseWrite::Refused => {
+                    self.releasing.remove(&shard);
+                    refused = true;
+                }
+                LeaseWrite::Unknown => refused = true,
+            }
         }
         // Claims go out together: a dead node's shards are taken in one
         // round trip, not one per shard.
+        // A claim of a shard whose owner was judged dead holds only while
+        // that owner's record is as this round read it: had the owner come
+        // back (a pause, an outage) and beaten again by the time the claim
+        // lands, it may serve the shard again, and the claim fails (found
+        // by payvisor-sim: a claim decided while the owner was away landed
+        // after its first round back, and both served the shard).
+        let record_version = |owner: &NodeId| {
+            (records.iter())
+                .find(|record| record.value.id == *owner)
+                .map(|record| record.version)
+        };
         let claims = (decided.claims.iter())
-            .map(|claim| (claim.shard, claim.epoch))
-            .chain(retaken)
-            .map(|(shard, epoch)| {
+            .map(|claim| {
                 let taken = Lease {
-                    shard,
+                    shard: claim.shard,
                     owner: Some(self.me.id.clone()),
-                    epoch: epoch + 1,
+                    epoch: claim.epoch + 1,
                 };
                 let version = cache.version(taken.shard);
-                (taken, version)
+                let judged = (claim.owner.as_ref())
+                    .filter(|owner| **owner != self.me.id)
+                    .map(|owner| (owner.clone(), record_version(owner)));
+                (taken, version, judged)
             })
             .collect();
         for (taken, landed) in self.write_leases(claims).await {
@@ -327,6 +362,9 @@ impl Membership {
             }
         }
         for release in &decided.releases {
+            if self.releasing.contains_key(&release.shard) {
+                continue;
+            }
             // Given up first: serving stops before the lease is free.
             held.remove(&release.shard);
             self.publish(&held);
@@ -334,9 +372,14 @@ impl Membership {
                 owner: None,
                 ..release.clone()
             };
-            match self.write_lease(&freed, cache.version(freed.shard)).await {
-                true => cache.written(freed),
-                false => refused = true,
+            let version = cache.version(freed.shard);
+            match self.write_lease(&freed, version).await {
+                LeaseWrite::Landed => cache.written(freed),
+                LeaseWrite::Refused => refused = true,
+                LeaseWrite::Unknown => {
+                    self.releasing.insert(freed.shard, (freed, version));
+                    refused = true;
+                }
             }
         }
         self.publish(&held);
@@ -413,18 +456,23 @@ impl Membership {
 
     /// Writes `leases`, each conditional on its version as read, a bounded
     /// number at a time; returns each with whether it landed.
-    async fn write_leases(&self, leases: Vec<(Lease, Option<u64>)>) -> Vec<(Lease, bool)> {
+    /// Lease writes (claims, or the releases of a leaving node), each
+    /// conditional on the lease as read and, for a lease taken from a node
+    /// judged dead, on that node's record as read.
+    async fn write_leases(&self, leases: Vec<Claim>) -> Vec<(Lease, bool)> {
         let permits = Arc::new(tokio::sync::Semaphore::new(
             limits::CLUSTER_LEASE_WRITES_IN_FLIGHT,
         ));
         let mut writes = tokio::task::JoinSet::new();
-        for (lease, version) in leases {
+        for (lease, version, judged) in leases {
             let store = Arc::clone(&self.store);
             let permits = Arc::clone(&permits);
             let node = self.me.id.clone();
             writes.spawn(async move {
                 let _permit = permits.acquire_owned().await;
-                let landed = match schema::put_lease(store.as_ref(), &lease, version).await {
+                let judged = judged.as_ref().map(|(owner, version)| (owner, *version));
+                let claim = schema::claim_lease(store.as_ref(), &lease, version, judged);
+                let landed = match claim.await {
                     Ok(()) => true,
                     // Another node moved first: the next round reads it.
                     Err(StoreError::ConditionFailed { .. }) => false,
@@ -445,14 +493,15 @@ impl Membership {
         written
     }
 
-    async fn write_lease(&self, lease: &Lease, version: Option<u64>) -> bool {
+    async fn write_lease(&self, lease: &Lease, version: Option<u64>) -> LeaseWrite {
         match schema::put_lease(self.store.as_ref(), lease, version).await {
-            Ok(()) => true,
-            // Another node moved first: the next round reads what it did.
-            Err(StoreError::ConditionFailed { .. }) => false,
+            Ok(()) => LeaseWrite::Landed,
+            // Another node moved first (or this write landed before):
+            // the next round reads what it did.
+            Err(StoreError::ConditionFailed { .. }) => LeaseWrite::Refused,
             Err(error) => {
-                tracing::warn!(shard = lease.shard, %error, "lease not written");
-                false
+                tracing::warn!(shard = lease.shard, %error, "lease not written (it may land still)");
+                LeaseWrite::Unknown
             }
         }
     }
@@ -508,7 +557,7 @@ impl Membership {
                     owner: None,
                     ..lease
                 };
-                (freed, version)
+                (freed, version, None)
             })
             .collect();
         // Refused: a peer took it already (it judged this node dead).

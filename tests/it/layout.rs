@@ -220,9 +220,10 @@ fn the_core_does_no_io_and_reads_no_clock() {
 
 /// Every `select!` of the server is `biased` (its branches polled in the
 /// order written): tokio's unbiased select draws from a generator that is
-/// not seeded, and the simulator's runs must repeat from their seed. Its
-/// waits use no `watch` channel with several waiters for the same reason
-/// (see crates/sim/src/node.rs, `Gate`).
+/// not seeded, and the simulator's runs must repeat from their seed. (A
+/// `watch` channel with several waiters wakes them in an order drawn the
+/// same way: the simulator's `Gate` is none, and a crashed simulated
+/// node's shutdown signal never fires.)
 #[test]
 fn every_select_is_biased() {
     for (name, code) in modules() {

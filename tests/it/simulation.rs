@@ -1,5 +1,7 @@
 //! The deterministic simulator (`payvisor-sim`): a seed's run repeats bit
-//! for bit, within one process and across processes.
+//! for bit (here within one process, where each run has fresh hash-map
+//! keys and actor ids; the test command's seeds run in processes of their
+//! own), and each planted bug is found.
 
 /// One seed run twice in this process gives the same digest of its whole
 /// trace: the same commands, faults, bank calls and outcomes, in the same

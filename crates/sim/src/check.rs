@@ -135,7 +135,10 @@ pub fn audit_commits(table: &SimStore) -> Arc<Mutex<Audit>> {
 }
 
 /// Every payment of `accounts`, read from the table.
-async fn all_payments(table: &SimStore, accounts: &[AccountId]) -> Result<Vec<Payment>, Violation> {
+pub async fn all_payments(
+    table: &SimStore,
+    accounts: &[AccountId],
+) -> Result<Vec<Payment>, Violation> {
     let mut payments = Vec::new();
     for account in accounts {
         let mut after = None;

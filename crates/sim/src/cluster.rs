@@ -110,6 +110,28 @@ impl Cluster {
         running.into_iter().nth(index)
     }
 
+    /// The node a forwarding node would hand a call for `account` to: the
+    /// owner the table's lease names, if it runs (gRPC forwarding is not
+    /// simulated; this stands in for its one hop). Any running node if not.
+    pub async fn owner_of(
+        &self,
+        account: &payvisor::domain::AccountId,
+    ) -> Option<(String, Orchestrator)> {
+        let shard = payvisor::domain::ownership::shard_of(account.as_str(), limits::SHARDS);
+        let leases =
+            payvisor::store::schema::read_leases(self.shared.table.as_ref(), limits::SHARDS)
+                .await
+                .ok()?;
+        let owner = leases[usize::from(shard)].0.owner.clone();
+        let found = owner.and_then(|owner| {
+            (self.slots().iter())
+                .filter_map(|slot| slot.current.as_ref())
+                .find(|incarnation| incarnation.name == owner.as_str())
+                .map(|incarnation| (incarnation.name.clone(), incarnation.orchestrator.clone()))
+        });
+        found.or_else(|| self.pick())
+    }
+
     /// Crashes, restarts, pauses and resumes nodes until `phase` ends.
     pub async fn chaos(self: Arc<Self>, phase: Duration) {
         let world = self.shared.world.clone();

@@ -225,30 +225,11 @@ async fn in_review(
     table: &SimStore,
     accounts: &[payvisor::domain::AccountId],
 ) -> Vec<payvisor::domain::PaymentName> {
-    let mut waiting = Vec::new();
-    for account in accounts {
-        let mut after = None;
-        loop {
-            let Ok((page, next)) = payvisor::store::schema::list_payments(
-                table,
-                account,
-                after.as_ref(),
-                limits::CHECK_PAGE,
-            )
-            .await
-            else {
-                break;
-            };
-            waiting.extend(
-                (page.iter())
-                    .filter(|payment| payment.state == PaymentState::InReview)
-                    .map(|payment| payment.name()),
-            );
-            match next {
-                Some(next) => after = Some(next),
-                None => break,
-            }
-        }
-    }
-    waiting
+    let payments = check::all_payments(table, accounts)
+        .await
+        .unwrap_or_default();
+    (payments.iter())
+        .filter(|payment| payment.state == PaymentState::InReview)
+        .map(|payment| payment.name())
+        .collect()
 }

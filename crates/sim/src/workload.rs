@@ -85,20 +85,34 @@ impl Workload {
         format!("req-{n:05}")
     }
 
-    /// Calls a node until it answers for good, or gives up.
-    async fn call<T, F, Fut>(&self, what: &str, attempt: F) -> Result<T, CommandError>
+    /// Calls a node about `account` until it answers for good, or gives
+    /// up: first any node; after `ACCOUNT_MOVING`, the owner (as a
+    /// forwarding node would).
+    async fn call<T, F, Fut>(
+        &self,
+        what: &str,
+        account: &AccountId,
+        attempt: F,
+    ) -> Result<T, CommandError>
     where
         F: Fn(Orchestrator) -> Fut,
         Fut: std::future::Future<Output = Result<T, CommandError>>,
     {
+        let mut forward = false;
         for tries in 0..limits::CLIENT_ATTEMPTS {
-            let Some((node, orchestrator)) = self.cluster.pick() else {
+            let picked = if forward {
+                self.cluster.owner_of(account).await
+            } else {
+                self.cluster.pick()
+            };
+            let Some((node, orchestrator)) = picked else {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };
             match tokio::time::timeout(limits::CLIENT_TIMEOUT, attempt(orchestrator)).await {
                 Ok(Ok(answer)) => return Ok(answer),
                 Ok(Err(error)) if retryable(&error) => {
+                    forward = matches!(error, CommandError::Moving(_));
                     self.world
                         .log(format!("{what} at {node}: {error}; retrying"));
                 }
@@ -157,7 +171,7 @@ impl Workload {
         let request = command.request_id.as_str().to_owned();
         let what = format!("create {request}");
         let answer = self
-            .call(&what, |node| {
+            .call(&what, &command.account, |node| {
                 let command = command.clone();
                 async move { node.create_payment_answered(command).await }
             })
@@ -235,7 +249,7 @@ impl Workload {
         };
         let what = format!("refund {request} of {name}");
         match self
-            .call(&what, |node| {
+            .call(&what, &name.account, |node| {
                 let command = command.clone();
                 async move { node.refund_payment_answered(command).await }
             })
@@ -284,7 +298,7 @@ impl Workload {
         };
         let what = format!("review {request} of {name} ({verdict:?})");
         match self
-            .call(&what, |node| {
+            .call(&what, &name.account, |node| {
                 let command = command.clone();
                 async move { node.operate(command).await }
             })
@@ -345,7 +359,7 @@ impl Workload {
         };
         let what = format!("on-call {request} {action:?} {name}");
         let answer = self
-            .call(&what, |node| {
+            .call(&what, &name.account, |node| {
                 let command = command.clone();
                 async move { node.operate(command).await }
             })

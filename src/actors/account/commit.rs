@@ -238,13 +238,15 @@ impl AccountState {
                 condition: Condition::NotExists,
             });
         }
-        let refund = (staging.staged.iter())
-            .flat_map(|staged| &staged.decision.events)
-            .any(|event| event.event_type() == "refund.pending");
-        if planted(Mutation::StaleOwnerNotFenced)
-            || (refund && planted(Mutation::RefundWithoutVersionCondition))
-        {
-            self.unconditioned(&mut ops, !refund).await?;
+        if planted(Mutation::StaleOwnerNotFenced) {
+            self.unconditioned(&mut ops, true).await?;
+        } else if planted(Mutation::RefundWithoutVersionCondition) {
+            let refund = (staging.staged.iter())
+                .flat_map(|staged| &staged.decision.events)
+                .any(|event| event.event_type() == "refund.pending");
+            if refund {
+                self.unconditioned(&mut ops, false).await?;
+            }
         }
         // A span in each traced decision's trace: the write is theirs.
         let traces = staging.traces.iter().map(Option::as_ref);

@@ -102,6 +102,34 @@ pub async fn put_lease(
     store.transact(vec![put]).await
 }
 
+/// Claims a lease: conditional on the lease as read (`version`) and, when
+/// it is taken from a node judged dead, on that node's record being as
+/// read (`None`: it had none). A node that beat again since fails the claim.
+pub async fn claim_lease(
+    store: &dyn Store,
+    lease: &Lease,
+    version: Option<u64>,
+    judged_dead: Option<(&NodeId, Option<u64>)>,
+) -> Result<(), StoreError> {
+    let mut ops = vec![WriteOp::Put {
+        item: Item {
+            key: lease_key(lease.shard),
+            version: version.map_or(1, |version| version + 1),
+            body: encode(lease),
+            index: None,
+            expires_at: None,
+        },
+        condition: condition(version),
+    }];
+    if let Some((node, record)) = judged_dead {
+        ops.push(WriteOp::Check {
+            key: node_key(node),
+            condition: condition(record),
+        });
+    }
+    store.transact(ops).await
+}
+
 /// Reads every node record and the lease of each of `shards` shards.
 pub async fn read_cluster(store: &dyn Store, shards: u16) -> Result<ClusterView, StoreError> {
     Ok(ClusterView {
