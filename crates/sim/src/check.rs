@@ -14,7 +14,7 @@ use payvisor::store::WriteOp;
 
 use crate::bank::SimBank;
 use crate::limits;
-use crate::node::PageLog;
+use crate::node::{PageLog, WebhookLog};
 use crate::store::SimStore;
 use crate::workload::Acknowledged;
 
@@ -447,6 +447,74 @@ fn unsettled(payments: &[Payment], banks: &[Arc<SimBank>]) -> Vec<Violation> {
                         refund.id, refund.state
                     ),
                 });
+            }
+        }
+    }
+    found
+}
+
+/// Webhooks: to each endpoint, a payment's events are first delivered in
+/// their order (a later one never before an earlier one was delivered;
+/// delivered again is fine: at least once); once settled, every committed
+/// event has reached every endpoint.
+pub async fn check_webhooks(
+    table: &SimStore,
+    accounts: &[AccountId],
+    webhooks: &WebhookLog,
+    settled: bool,
+) -> Vec<Violation> {
+    let mut found = Vec::new();
+    let mut delivered: BTreeMap<(String, String), BTreeSet<u64>> = BTreeMap::new();
+    {
+        let received = webhooks.received.lock().unwrap_or_else(|p| p.into_inner());
+        for (endpoint, payment, seq) in received.iter() {
+            let seen = delivered
+                .entry((endpoint.clone(), payment.clone()))
+                .or_default();
+            let first = !seen.contains(seq);
+            let gap = (1..*seq).find(|earlier| !seen.contains(earlier));
+            if first {
+                if let Some(earlier) = gap {
+                    found.push(Violation {
+                        invariant: "webhooks_in_order",
+                        detail: format!(
+                            "{endpoint} got event {seq} of {payment} before event {earlier}"
+                        ),
+                    });
+                }
+            }
+            seen.insert(*seq);
+        }
+    }
+    if !settled {
+        return found;
+    }
+    let payments = match all_payments(table, accounts).await {
+        Ok(payments) => payments,
+        Err(violation) => return vec![violation],
+    };
+    for payment in &payments {
+        let name = payment.name();
+        let records = match payvisor::store::schema::payment_event_records(table, &name).await {
+            Ok(records) => records,
+            Err(error) => {
+                found.push(unreadable(&payment.account, error));
+                continue;
+            }
+        };
+        let committed =
+            (records.iter()).flat_map(|record| record.value.events.iter().map(|event| event.seq));
+        for seq in committed {
+            for endpoint in limits::WEBHOOK_ENDPOINTS {
+                let got = delivered
+                    .get(&(endpoint.to_owned(), name.to_string()))
+                    .is_some_and(|seen| seen.contains(&seq));
+                if !got {
+                    found.push(Violation {
+                        invariant: "webhooks_delivered",
+                        detail: format!("event {seq} of {name} never reached {endpoint}"),
+                    });
+                }
             }
         }
     }

@@ -48,3 +48,6 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(5);
 pub const PAGE_SENDS_PER_STALL_MAX: usize = 3;
 /// How often, in simulated time, on-call looks at new pages.
 pub const ON_CALL_EVERY: Duration = Duration::from_secs(10);
+/// The merchants' webhook endpoints every node delivers to (two, so that
+/// one endpoint's failures show against the other's progress).
+pub const WEBHOOK_ENDPOINTS: [&str; 2] = ["merchant-a", "merchant-b"];

@@ -153,6 +153,63 @@ impl AlertSink for SimAlertSink {
     }
 }
 
+/// Webhook deliveries as the merchants' endpoints received them, in
+/// order: (endpoint, payment name, event sequence).
+#[derive(Default)]
+pub struct WebhookLog {
+    pub received: Mutex<Vec<(String, String, u64)>>,
+}
+
+/// The merchants' endpoints: they answer 2xx, or fail while the faults
+/// run (as an endpoint that is down would).
+pub struct SimWebhookSink {
+    pub log: Arc<WebhookLog>,
+    pub world: Arc<World>,
+    pub gate: Arc<Gate>,
+    pub faults_on: Arc<AtomicBool>,
+    pub fail_per_mille: u64,
+}
+
+impl payvisor::webhooks::WebhookSink for SimWebhookSink {
+    fn deliver<'a>(
+        &'a self,
+        endpoint: &'a payvisor::webhooks::Endpoint,
+        event: &'a payvisor::domain::events::PaymentEvent,
+        _: Option<&'a payvisor::domain::payment::Payment>,
+        _: i64,
+    ) -> BoxFuture<'a, Result<(), payvisor::webhooks::DeliveryError>> {
+        Box::pin(async move {
+            self.gate.pass().await;
+            let faulty = self.faults_on.load(std::sync::atomic::Ordering::SeqCst);
+            if faulty && self.world.chance(self.fail_per_mille) {
+                return Err(payvisor::webhooks::DeliveryError("503 (simulated)".into()));
+            }
+            (self.log.received.lock().unwrap_or_else(|p| p.into_inner())).push((
+                endpoint.name.clone(),
+                event.payment.to_string(),
+                event.seq,
+            ));
+            self.gate.pass().await;
+            Ok(())
+        })
+    }
+}
+
+/// The endpoints every node delivers to.
+pub fn webhook_settings() -> payvisor::webhooks::WebhookSettings {
+    let endpoints = (limits::WEBHOOK_ENDPOINTS.iter())
+        .map(|name| {
+            let url = format!("https://{name}.sim.example/hooks");
+            payvisor::webhooks::Endpoint::new(name, &url, "sim-signing-secret-0123456789abcdef")
+                .expect("the simulation's endpoints are valid")
+        })
+        .collect();
+    payvisor::webhooks::WebhookSettings::fixed(
+        endpoints,
+        payvisor::limits::WEBHOOK_RETRY_FOR_DEFAULT,
+    )
+}
+
 /// What every node shares: the table, the banks, the seed's world.
 pub struct Shared {
     pub world: Arc<World>,
@@ -165,6 +222,9 @@ pub struct Shared {
     /// The wall-clock time the run starts at.
     pub start: Timestamp,
     pub audit: Arc<Mutex<crate::check::Audit>>,
+    pub webhooks: Arc<WebhookLog>,
+    /// Chance that a delivery fails while the faults run, in thousandths.
+    pub webhook_fail_per_mille: u64,
 }
 
 /// One start of a node: it lives until it crashes.
@@ -282,8 +342,14 @@ impl Incarnation {
             alert_sink: alert_sink.clone(),
             node_name: name.clone(),
             rules: shared.rules.clone(),
-            webhooks: Default::default(),
-            webhook_sink: Arc::new(NoWebhooks),
+            webhooks: webhook_settings(),
+            webhook_sink: Arc::new(SimWebhookSink {
+                log: shared.webhooks.clone(),
+                world: world.clone(),
+                gate: gate.clone(),
+                faults_on: shared.faults_on.clone(),
+                fail_per_mille: shared.webhook_fail_per_mille,
+            }),
         };
         let orchestrator = Orchestrator::start(components, bank_event_queue, &shutdown, &mut tasks);
         tasks.spawn("membership", membership.run(membership_shutdown));
@@ -317,6 +383,12 @@ impl Incarnation {
             tokio::time::sleep(bound).await;
             let _ = late.recover().await;
         });
+        let webhooks = orchestrator.webhooks().clone();
+        let until = shutdown.clone();
+        tasks.spawn("webhook dispatcher", async move {
+            let every = payvisor::limits::WEBHOOK_SWEEP_EVERY;
+            webhooks.run_until(every, |_, _| {}, until).await;
+        });
         let watched = orchestrator.clone();
         let failures = payvisor::watchdog::SweepFailurePager::new(
             alert_sink,
@@ -344,20 +416,5 @@ impl Incarnation {
             _stop: stop,
             _membership_stop: membership_stop,
         })
-    }
-}
-
-/// No webhook endpoints are configured in the simulation yet.
-struct NoWebhooks;
-
-impl payvisor::webhooks::WebhookSink for NoWebhooks {
-    fn deliver<'a>(
-        &'a self,
-        _: &'a payvisor::webhooks::Endpoint,
-        _: &'a payvisor::domain::events::PaymentEvent,
-        _: Option<&'a payvisor::domain::payment::Payment>,
-        _: i64,
-    ) -> BoxFuture<'a, Result<(), payvisor::webhooks::DeliveryError>> {
-        Box::pin(async { Ok(()) })
     }
 }

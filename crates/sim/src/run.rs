@@ -14,7 +14,7 @@ use crate::bank::{BankFaults, SimBank};
 use crate::check::{self, Violation};
 use crate::cluster::{CallbackRelay, Cluster};
 use crate::limits;
-use crate::node::{PageLog, Shared};
+use crate::node::{PageLog, Shared, WebhookLog};
 use crate::store::{SimStore, StoreFaults};
 use crate::workload::{self, Workload};
 use crate::world::World;
@@ -120,6 +120,7 @@ async fn simulate(seed: u64) -> Report {
         })
         .collect();
     let pages = Arc::new(PageLog::default());
+    let webhooks = Arc::new(WebhookLog::default());
     let shared = Shared {
         world: world.clone(),
         table: table.clone(),
@@ -130,6 +131,8 @@ async fn simulate(seed: u64) -> Report {
         rules: Arc::new(workload::rules()),
         start: Timestamp::from_unix_millis(1_900_000_000_000),
         audit: audit.clone(),
+        webhooks: webhooks.clone(),
+        webhook_fail_per_mille: world.between(0, 200),
     };
     let cluster = Cluster::new(shared);
     let _ = relay.0.set(Arc::downgrade(&cluster));
@@ -141,8 +144,9 @@ async fn simulate(seed: u64) -> Report {
 
     let on_call = tokio::spawn(workload.clone().on_call(pages.clone(), banks.clone()));
     let violations = |settled: bool| {
-        let (table, banks, accounts, workload, audit, pages) =
-            (&table, &banks, &accounts, &workload, &audit, &pages);
+        let (table, banks, accounts, workload, audit, pages, webhooks) = (
+            &table, &banks, &accounts, &workload, &audit, &pages, &webhooks,
+        );
         async move {
             let mut found = audit
                 .lock()
@@ -162,6 +166,7 @@ async fn simulate(seed: u64) -> Report {
             found.extend(
                 check::check_store(table, banks, accounts, &acknowledged, pages, settled).await,
             );
+            found.extend(check::check_webhooks(table, accounts, webhooks, settled).await);
             found
         }
     };
@@ -194,7 +199,7 @@ async fn simulate(seed: u64) -> Report {
             let resting = (found.iter()).all(|violation| {
                 matches!(
                     violation.invariant,
-                    "everything_settles" | "store_agrees_with_banks"
+                    "everything_settles" | "store_agrees_with_banks" | "webhooks_delivered"
                 )
             });
             if found.is_empty() || !resting || tokio::time::Instant::now() >= deadline {
@@ -203,6 +208,13 @@ async fn simulate(seed: u64) -> Report {
         }
     }
     on_call.abort();
+    let delivered = webhooks
+        .received
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .len();
+    let paged = pages.pages.lock().unwrap_or_else(|p| p.into_inner()).len();
+    world.log(format!("{delivered} webhook deliveries, {paged} pages"));
     for violation in &found {
         world.log(format!(
             "VIOLATION {}: {}",
