@@ -1,8 +1,9 @@
 //! Bugs planted on purpose, one at a time, so that the deterministic
-//! simulator (`payvisor-sim`) can show it finds them. Compiled in only with
-//! the `mutations` feature, which only `payvisor-sim` turns on: a server
-//! built on its own (`cargo build -p payvisor`, the README, the container)
-//! has none of this. The switch is per thread: a simulation runs on one
+//! simulator (`payvisor-sim`) can show it finds them. The switch exists
+//! only with the `mutations` feature, which only `payvisor-sim` turns on:
+//! in a server built on its own (`cargo build -p payvisor`, the README, the
+//! container) `planted` is a constant `false`, and the compiler drops the
+//! branches it guards. The switch is per thread: a simulation runs on one
 //! thread, so the mutation it plants never reaches another test's thread.
 
 /// A bug the simulator must find.
