@@ -302,11 +302,11 @@ impl Membership {
             .map(|lease| (lease.shard, lease.epoch))
             .collect();
         let mut refused = false;
-        // A release that may still land is not taken back (found by
-        // payvisor-sim: a timed-out release landed after the node read its
-        // lease as still its own and served the shard again, and a peer
-        // claimed the freed lease). Resolved once the lease moved on from
-        // the version the release was written against.
+        // A release that may still land is not taken back (found reviewing
+        // what payvisor-sim found: a timed-out release landed after the
+        // node read its lease as still its own and served the shard again,
+        // and a peer claimed the freed lease). Resolved once the lease
+        // moved on from the version the release was written against.
         let me = &self.me.id;
         self.releasing.retain(|shard, (_, version)| {
             let (lease, read) = &cache.leases[usize::from(*shard)];
@@ -326,14 +326,14 @@ impl Membership {
                 LeaseWrite::Unknown => refused = true,
             }
         }
-        // Claims go out together: a dead node's shards are taken in one
-        // round trip, not one per shard.
         // A claim of a shard whose owner was judged dead holds only while
         // that owner's record is as this round read it: had the owner come
         // back (a pause, an outage) and beaten again by the time the claim
         // lands, it may serve the shard again, and the claim fails (found
         // by payvisor-sim: a claim decided while the owner was away landed
-        // after its first round back, and both served the shard).
+        // after its first round back, and both served the shard). Claims
+        // go out together: a dead node's shards are taken in one round
+        // trip, not one per shard.
         let record_version = |owner: &NodeId| {
             (records.iter())
                 .find(|record| record.value.id == *owner)
@@ -454,11 +454,10 @@ impl Membership {
         }
     }
 
-    /// Writes `leases`, each conditional on its version as read, a bounded
-    /// number at a time; returns each with whether it landed.
-    /// Lease writes (claims, or the releases of a leaving node), each
-    /// conditional on the lease as read and, for a lease taken from a node
-    /// judged dead, on that node's record as read.
+    /// Writes `leases` (claims, or the releases of a leaving node), a
+    /// bounded number at a time, each conditional on the lease as read
+    /// and, for a lease taken from a node judged dead, on that node's
+    /// record as read; returns each with whether it landed.
     async fn write_leases(&self, leases: Vec<Claim>) -> Vec<(Lease, bool)> {
         let permits = Arc::new(tokio::sync::Semaphore::new(
             limits::CLUSTER_LEASE_WRITES_IN_FLIGHT,
