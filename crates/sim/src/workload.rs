@@ -280,35 +280,16 @@ impl Workload {
         let Some(name) = name.or_else(|| self.acknowledged_payment()) else {
             return;
         };
-        let request = self.request_id();
         let verdict = if self.world.chance(700) {
             ReviewVerdict::Approve
         } else {
             ReviewVerdict::Decline
         };
-        let command = OperatorCommand {
-            name: name.clone(),
-            action: OperatorAction::Review {
-                verdict,
-                reason: "checked".into(),
-            },
-            actor: Some("reviewer".into()),
-            request_id: RequestId::new(request.clone()).expect("valid id"),
-            trace: None,
+        let review = OperatorAction::Review {
+            verdict,
+            reason: "checked".into(),
         };
-        let what = format!("review {request} of {name} ({verdict:?})");
-        match self
-            .call(&what, &name.account, |node| {
-                let command = command.clone();
-                async move { node.operate(command).await }
-            })
-            .await
-        {
-            Ok(answered) => self
-                .world
-                .log(format!("{what}: {:?}", answered.payment.state)),
-            Err(error) => self.world.log(format!("{what}: {error}")),
-        }
+        self.operate(name, review, "reviewer").await;
     }
 
     /// On-call, paged by the watchdog: for each new page of a stalled
@@ -343,21 +324,23 @@ impl Workload {
                         reason: "the bank never answered (on-call)".into(),
                     }
                 };
-                self.operate(name, action).await;
+                self.operate(name, action, "oncall").await;
             }
         }
     }
 
-    async fn operate(&self, name: PaymentName, action: OperatorAction) {
+    /// A person's command on a payment (a reviewer's verdict, on-call's
+    /// retry or fail), as `actor`.
+    async fn operate(&self, name: PaymentName, action: OperatorAction, actor: &str) {
         let request = self.request_id();
         let command = OperatorCommand {
             name: name.clone(),
             action: action.clone(),
-            actor: Some("oncall".into()),
+            actor: Some(actor.into()),
             request_id: RequestId::new(request.clone()).expect("valid id"),
             trace: None,
         };
-        let what = format!("on-call {request} {action:?} {name}");
+        let what = format!("{actor} {request} {action:?} {name}");
         let answer = self
             .call(&what, &name.account, |node| {
                 let command = command.clone();

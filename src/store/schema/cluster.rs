@@ -89,17 +89,7 @@ pub async fn put_lease(
     lease: &Lease,
     version: Option<u64>,
 ) -> Result<(), StoreError> {
-    let put = WriteOp::Put {
-        item: Item {
-            key: lease_key(lease.shard),
-            version: version.map_or(1, |version| version + 1),
-            body: encode(lease),
-            index: None,
-            expires_at: None,
-        },
-        condition: condition(version),
-    };
-    store.transact(vec![put]).await
+    claim_lease(store, lease, version, None).await
 }
 
 /// Claims a lease: conditional on the lease as read (`version`) and, when
