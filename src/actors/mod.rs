@@ -460,7 +460,7 @@ impl Orchestrator {
         command: CreatePayment,
     ) -> Result<Answered, CommandError> {
         let account = command.account.clone();
-        self.call(|reply| {
+        self.call(&account, |reply| {
             let create = inbox::Batched::Create(command, reply);
             self.directory.send_batched(&self.shared, &account, create)
         })
@@ -477,15 +477,19 @@ impl Orchestrator {
         command: RefundPayment,
     ) -> Result<Answered, CommandError> {
         let account = command.name.account.clone();
-        self.call(|reply| self.send(&account, AccountMsg::Refund(command, reply)))
-            .await
+        self.call(&account, |reply| {
+            self.send(&account, AccountMsg::Refund(command, reply))
+        })
+        .await
     }
 
     /// RetryPayment, FailPayment, ApprovePayment and DeclinePayment.
     pub async fn operate(&self, command: OperatorCommand) -> Result<Answered, CommandError> {
         let account = command.name.account.clone();
-        self.call(|reply| self.send(&account, AccountMsg::Operate(command, reply)))
-            .await
+        self.call(&account, |reply| {
+            self.send(&account, AccountMsg::Operate(command, reply))
+        })
+        .await
     }
 
     /// A bank's callback: recorded in the payment's inbox with the decision
@@ -495,9 +499,7 @@ impl Orchestrator {
         let account = callback.event.payment_name().account.clone();
         let (reply, answer) = ractor::concurrency::oneshot();
         self.send(&account, AccountMsg::Callback(callback, reply.into()))?;
-        answer.await.map_err(|_| {
-            CommandError::Unavailable("the account actor stopped before answering".into())
-        })?
+        answer.await.map_err(|_| self.unanswered(&account))?
     }
 
     /// Sends a message to an account's actor (spawning it if needed).
@@ -505,19 +507,33 @@ impl Orchestrator {
         self.directory.send(&self.shared, account, message)
     }
 
-    /// Sends a command with a reply port (through `send`) and awaits the
-    /// answer.
+    /// Sends a command for `account` with a reply port (through `send`)
+    /// and awaits the answer.
     async fn call(
         &self,
+        account: &AccountId,
         send: impl FnOnce(account::Reply) -> Result<(), CommandError>,
     ) -> Result<Answered, CommandError> {
         let (reply, answer) = ractor::concurrency::oneshot();
         send(reply.into())?;
-        answer.await.map_err(|_| {
-            CommandError::Unavailable(
+        answer.await.map_err(|_| self.unanswered(account))?
+    }
+
+    /// Why a command queued for `account` got no answer: its actor
+    /// stopped. If it stopped because the account's shard moved away (it
+    /// was retired with its queue), the command is a write refused by
+    /// fencing like one refused at staging: counted, and answered
+    /// ACCOUNT_MOVING so that the caller retries at the new owner.
+    fn unanswered(&self, account: &AccountId) -> CommandError {
+        if self.serves(account) {
+            return CommandError::Unavailable(
                 "the account actor stopped before answering; retry with the same request_id".into(),
-            )
-        })?
+            );
+        }
+        self.shared.settings.ownership.count_fenced();
+        CommandError::Moving(format!(
+            "account {account} moved to another node before its actor answered; retry with the same request_id"
+        ))
     }
 
     pub async fn get_payment(&self, name: &PaymentName) -> Result<Payment, CommandError> {

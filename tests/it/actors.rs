@@ -247,7 +247,7 @@ fn create(account: &str, request_id: &str, minor: i64) -> CreatePayment {
     }
 }
 
-async fn wait_until(
+pub(crate) async fn wait_until(
     orchestrator: &Orchestrator,
     payment: &Payment,
     done: impl Fn(&Payment) -> bool,

@@ -8,13 +8,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use payvisor::actors::{CommandError, CreatePayment};
+use payvisor::actors::{CommandError, CreatePayment, RefundPayment};
 use payvisor::clock::{Clock, ManualClock, SystemClock};
 use payvisor::cluster::membership::{
     JoinError, ManualMono, Membership, MembershipSettings, MonoClock, Owned,
 };
 use payvisor::cluster::AccountOwnership;
 use payvisor::domain::ownership::{shard_of, Mono, NodeId, ShardId, Timeouts};
+use payvisor::domain::payment::PaymentState;
 use payvisor::domain::{AccountId, Currency, Money, RequestId, Timestamp};
 use payvisor::store::schema;
 use payvisor::store::{BoxFuture, IndexQuery, Item, Key, Page, Query, Store, StoreError, WriteOp};
@@ -185,25 +186,68 @@ async fn a_dead_nodes_shards_move_only_after_it_stopped_serving(store: Arc<dyn S
     }
 }
 
-/// A store that holds the first lease write it sees once armed, until
-/// released: a claim decided in a round and still on its way.
-struct HoldingALeaseWrite {
-    inner: Arc<dyn Store>,
-    armed: std::sync::atomic::AtomicBool,
-    held: tokio::sync::Notify,
-    release: tokio::sync::Notify,
-    shard: std::sync::Mutex<Option<String>>,
+/// What an [`Intercepting`] store does with the write it picks.
+enum Interception {
+    /// Holds it until released: a write decided and still on its way.
+    Hold,
+    /// Answers that it timed out, and keeps it for the test to land later.
+    TimeOut,
 }
 
-impl Store for HoldingALeaseWrite {
+/// A store that, once armed, intercepts the first write `picks` matches
+/// (one of its operations); every other call passes through.
+struct Intercepting {
+    inner: Arc<dyn Store>,
+    picks: fn(&WriteOp) -> bool,
+    interception: Interception,
+    armed: std::sync::atomic::AtomicBool,
+    /// Notified when a write is held.
+    held: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+    /// The key of the operation picked.
+    picked: std::sync::Mutex<Option<Key>>,
+    /// The write that timed out, to land later.
+    kept: std::sync::Mutex<Option<Vec<WriteOp>>>,
+}
+
+impl Intercepting {
+    fn new(
+        inner: &Arc<dyn Store>,
+        picks: fn(&WriteOp) -> bool,
+        interception: Interception,
+    ) -> Self {
+        Intercepting {
+            inner: Arc::clone(inner),
+            picks,
+            interception,
+            armed: false.into(),
+            held: tokio::sync::Notify::new(),
+            release: tokio::sync::Notify::new(),
+            picked: Default::default(),
+            kept: Default::default(),
+        }
+    }
+}
+
+impl Store for Intercepting {
     fn transact(&self, ops: Vec<WriteOp>) -> BoxFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
-            let lease = ops.iter().find(|op| op.key().sk.starts_with("SHARD#"));
-            if let Some(lease) = lease {
+            let picked = ops.iter().find(|op| (self.picks)(op));
+            if let Some(picked) = picked {
                 if self.armed.swap(false, Ordering::SeqCst) {
-                    *self.shard.lock().unwrap() = Some(lease.key().sk.clone());
-                    self.held.notify_one();
-                    self.release.notified().await;
+                    *self.picked.lock().unwrap() = Some(picked.key().clone());
+                    match self.interception {
+                        Interception::Hold => {
+                            self.held.notify_one();
+                            self.release.notified().await;
+                        }
+                        Interception::TimeOut => {
+                            *self.kept.lock().unwrap() = Some(ops);
+                            return Err(StoreError::Unavailable(
+                                "timed out (the write lands later)".into(),
+                            ));
+                        }
+                    }
                 }
             }
             self.inner.transact(ops).await
@@ -229,13 +273,8 @@ impl Store for HoldingALeaseWrite {
 /// payvisor-sim: the node served its leases again on its first heartbeat
 /// back while the claim was still on its way, and then so did the peer.)
 async fn a_claim_decided_while_a_node_was_away_fails_once_it_is_back(store: Arc<dyn Store>) {
-    let holding = Arc::new(HoldingALeaseWrite {
-        inner: Arc::clone(&store),
-        armed: false.into(),
-        held: tokio::sync::Notify::new(),
-        release: tokio::sync::Notify::new(),
-        shard: Default::default(),
-    });
+    let lease_write = |op: &WriteOp| op.key().sk.starts_with("SHARD#");
+    let holding = Arc::new(Intercepting::new(&store, lease_write, Interception::Hold));
     let through_holding: Arc<dyn Store> = holding.clone();
     let (mut b, mut c) = (join(&through_holding, "b").await, join(&store, "c").await);
     for _ in 0..8 {
@@ -263,7 +302,7 @@ async fn a_claim_decided_while_a_node_was_away_fails_once_it_is_back(store: Arc<
     c.clock
         .advance(TIMEOUTS.dead_after + 2 * TIMEOUTS.heartbeat_every);
     c.membership.round().await.unwrap();
-    let sk = holding.shard.lock().unwrap().clone().unwrap();
+    let sk = holding.picked.lock().unwrap().clone().unwrap().sk;
     let shard: ShardId = sk.trim_start_matches("SHARD#").parse().unwrap();
     assert!(
         c.serves().contains_key(&shard),
@@ -361,58 +400,21 @@ async fn a_new_node_gets_its_share_in_bounded_steps(store: Arc<dyn Store>) {
     assert_even_and_complete(&served(&[&a, &b, &d]));
 }
 
-/// A store on which the first lease release, once armed, times out and
-/// lands only when the test says so.
-struct LateRelease {
-    inner: Arc<dyn Store>,
-    armed: std::sync::atomic::AtomicBool,
-    held: std::sync::Mutex<Option<Vec<WriteOp>>>,
-}
-
-impl Store for LateRelease {
-    fn transact(&self, ops: Vec<WriteOp>) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            let release = ops.iter().any(|op| match op {
-                WriteOp::Put { item, .. } => {
-                    item.key.sk.starts_with("SHARD#")
-                        && !String::from_utf8_lossy(&item.body).contains("\"owner\"")
-                }
-                _ => false,
-            });
-            if release && self.armed.swap(false, Ordering::SeqCst) {
-                *self.held.lock().unwrap() = Some(ops);
-                return Err(StoreError::Unavailable(
-                    "timed out (the write lands later)".into(),
-                ));
-            }
-            self.inner.transact(ops).await
-        })
-    }
-    fn get(&self, key: Key) -> BoxFuture<'_, Result<Option<Item>, StoreError>> {
-        self.inner.get(key)
-    }
-    fn query(&self, query: Query) -> BoxFuture<'_, Result<Page, StoreError>> {
-        self.inner.query(query)
-    }
-    fn query_index(&self, query: IndexQuery) -> BoxFuture<'_, Result<Page, StoreError>> {
-        self.inner.query_index(query)
-    }
-    fn expire(&self, now: i64, limit: usize) -> BoxFuture<'_, Result<usize, StoreError>> {
-        self.inner.expire(now, limit)
-    }
-}
-
 /// A release that timed out may still land: until the table answers for
 /// good, the node neither serves the shard nor takes it back, and sends
 /// the release again. Never is a shard served twice. (Found by
 /// payvisor-sim: the node read its lease as still its own, served the
 /// shard again, the release landed, and a peer claimed the shard.)
 async fn a_release_that_timed_out_is_not_taken_back(store: Arc<dyn Store>) {
-    let late = Arc::new(LateRelease {
-        inner: Arc::clone(&store),
-        armed: false.into(),
-        held: Default::default(),
-    });
+    // A lease written without an owner: a release.
+    let release = |op: &WriteOp| match op {
+        WriteOp::Put { item, .. } => {
+            item.key.sk.starts_with("SHARD#")
+                && !String::from_utf8_lossy(&item.body).contains("\"owner\"")
+        }
+        _ => false,
+    };
+    let late = Arc::new(Intercepting::new(&store, release, Interception::TimeOut));
     let through_late: Arc<dyn Store> = late.clone();
     let (mut a, mut b) = (join(&through_late, "a").await, join(&store, "b").await);
     for _ in 0..6 {
@@ -421,11 +423,11 @@ async fn a_release_that_timed_out_is_not_taken_back(store: Arc<dyn Store>) {
     // d joins; a's first release to make room times out.
     late.armed.store(true, Ordering::SeqCst);
     let mut d = join(&store, "d").await;
-    while late.held.lock().unwrap().is_none() {
+    while late.kept.lock().unwrap().is_none() {
         tick(&mut [&mut a, &mut b, &mut d]).await;
         served(&[&a, &b, &d]);
     }
-    let held = late.held.lock().unwrap().take().unwrap();
+    let held = late.kept.lock().unwrap().take().unwrap();
     // b leaves: a's share grows, so a's next round has no reason to
     // release that shard again. It reads the lease as still its own, at
     // the version the release was written against; then the release lands.
@@ -481,6 +483,16 @@ fn orchestrator(
     mono: Arc<ManualMono>,
     background: &mut crate::common::Background,
 ) -> payvisor::actors::Orchestrator {
+    let ownership = AccountOwnership::shards(owned, mono, SHARDS);
+    orchestrator_owning(store, ownership, background)
+}
+
+/// The same, writing what `ownership` allows.
+fn orchestrator_owning(
+    store: &Arc<dyn Store>,
+    ownership: AccountOwnership,
+    background: &mut crate::common::Background,
+) -> payvisor::actors::Orchestrator {
     let no_webhooks: (WebhookSettings, Arc<dyn WebhookSink>) = (
         Default::default(),
         Arc::new(
@@ -491,14 +503,13 @@ fn orchestrator(
             .unwrap(),
         ),
     );
-    orchestrator_with_webhooks(store, owned, mono, background, no_webhooks)
+    orchestrator_with_webhooks(store, ownership, background, no_webhooks)
 }
 
 /// The same, delivering webhooks to `webhooks`' endpoints through its sink.
 fn orchestrator_with_webhooks(
     store: &Arc<dyn Store>,
-    owned: watch::Receiver<Owned>,
-    mono: Arc<ManualMono>,
+    ownership: AccountOwnership,
     background: &mut crate::common::Background,
     (webhooks, webhook_sink): (WebhookSettings, Arc<dyn WebhookSink>),
 ) -> payvisor::actors::Orchestrator {
@@ -510,7 +521,7 @@ fn orchestrator_with_webhooks(
         bank_events,
     );
     let settings = payvisor::actors::ActorSettings {
-        ownership: AccountOwnership::shards(owned, mono, SHARDS),
+        ownership,
         ..Default::default()
     };
     payvisor::actors::Orchestrator::start(
@@ -612,6 +623,80 @@ async fn a_node_past_its_deadline_writes_nothing(store: Arc<dyn Store>) {
             .await
             .unwrap();
     assert_eq!(payments.len(), 1);
+}
+
+/// Commands queued for an account whose actor is retired (its shard moved
+/// away) while a write is in flight: each is answered `ACCOUNT_MOVING`,
+/// so its caller retries at the new owner, and counted as a fenced write,
+/// as if refused at staging. (A paused owner in the cluster test of
+/// processes once had all its queued refunds dropped this way, uncounted,
+/// answered a bare UNAVAILABLE.)
+async fn commands_queued_for_a_retired_account_are_answered_moving_and_counted(
+    store: Arc<dyn Store>,
+) {
+    let acme_write =
+        |op: &WriteOp| *op.key() == schema::account_key(&AccountId::new("acme").unwrap());
+    let holding = Arc::new(Intercepting::new(&store, acme_write, Interception::Hold));
+    let through_holding: Arc<dyn Store> = holding.clone();
+    let mut background = crate::common::Background::new();
+    let (owned, view) = watch::channel(holding_everything(1, u64::MAX));
+    let ownership = AccountOwnership::shards(view, Arc::new(ManualMono::default()), SHARDS);
+    let node = orchestrator_owning(&through_holding, ownership.clone(), &mut background);
+    let payment = node.create_payment(create("acme", "r-0")).await.unwrap();
+    crate::actors::wait_until(&node, &payment, |p| p.state == PaymentState::Processed).await;
+    let refund = |request: &str| RefundPayment {
+        name: payment.name(),
+        amount: Some(Money::from_minor(Currency::from_code("USD").unwrap(), 10)),
+        reason: "customer asked".into(),
+        request_id: RequestId::new(request).unwrap(),
+        actor: None,
+        trace: None,
+    };
+
+    holding.armed.store(true, Ordering::SeqCst);
+    let in_flight = {
+        let (node, command) = (node.clone(), refund("refund-1"));
+        tokio::spawn(async move { node.refund_payment(command).await })
+    };
+    holding.held.notified().await;
+    // Each polled once: its command waits in the actor's mailbox.
+    let mut queued: Vec<_> = ["refund-2", "refund-3", "refund-4"]
+        .map(|request| Box::pin(node.refund_payment(refund(request))))
+        .into();
+    for command in &mut queued {
+        std::future::poll_fn(|cx| {
+            assert!(std::future::Future::poll(command.as_mut(), cx).is_pending());
+            std::task::Poll::Ready(())
+        })
+        .await;
+    }
+    let fenced_before = fenced_writes(&ownership);
+    owned.send_replace(Owned::default());
+    assert_eq!(node.retire_unserved(), 1, "acme's actor is retired");
+    holding.release.notify_one();
+
+    // The write sent while the node owned the account lands.
+    in_flight.await.unwrap().expect("sent before the move");
+    for command in queued {
+        let refused = command.await;
+        assert!(
+            matches!(refused, Err(CommandError::Moving(_))),
+            "a command queued at the move: {refused:?}"
+        );
+    }
+    // (The refund's own next step, if its actor went on, is refused too.)
+    let fenced = fenced_writes(&ownership) - fenced_before;
+    assert!(fenced >= 3, "{fenced} fenced writes counted");
+    let stored = node.get_payment(&payment.name()).await.unwrap();
+    assert_eq!(stored.refunds.len(), 1, "refund-1 only");
+}
+
+/// Writes refused because the account was not `ownership`'s (its metric).
+fn fenced_writes(ownership: &AccountOwnership) -> u64 {
+    match ownership {
+        AccountOwnership::Shards(held) => held.fenced_writes.get(),
+        AccountOwnership::Everything => 0,
+    }
 }
 
 /// One heartbeat period in which a round may fail (its store injects
@@ -814,14 +899,13 @@ async fn background_work_runs_only_where_the_account_is_owned(store: Arc<dyn Sto
         let mut background = crate::common::Background::new();
         let (sender, view) = watch::channel(half(odd));
         let sink = Arc::new(RecordingSink::default());
+        let ownership = AccountOwnership::shards(view, Arc::new(ManualMono::default()), SHARDS);
         let node = orchestrator_with_webhooks(
             &store,
-            view.clone(),
-            Arc::default(),
+            ownership.clone(),
             &mut background,
             (webhooks(), sink.clone()),
         );
-        let ownership = AccountOwnership::shards(view, Arc::new(ManualMono::default()), SHARDS);
         for account in accounts(odd) {
             node.create_payment(create(&account, &format!("{account}-r")))
                 .await
@@ -887,6 +971,7 @@ on_both_stores!(
     a_node_with_another_shard_count_is_refused,
     a_superseded_owner_writes_nothing_after_the_new_owners_first_write,
     a_node_past_its_deadline_writes_nothing,
+    commands_queued_for_a_retired_account_are_answered_moving_and_counted,
     membership_under_injected_store_faults_never_serves_a_shard_twice,
     data_writes_under_injected_store_faults_are_never_lost_doubled_or_late,
     background_work_runs_only_where_the_account_is_owned,
