@@ -44,6 +44,11 @@ pub struct BankFaults {
     /// The bank takes a payment and never answers for it (its status
     /// stays pending): the watchdog re-drives it, then pages on-call.
     pub hang_per_mille: u64,
+    /// A submission is held up on its way: the call times out, and the
+    /// bank receives it up to `late_submission_max_ms` later (after a
+    /// re-drive sent it again, perhaps).
+    pub late_submission_per_mille: u64,
+    pub late_submission_max_ms: u64,
 }
 
 /// Where a bank's callbacks go: a node of the cluster, as a bank's HTTP
@@ -207,6 +212,25 @@ impl SimBank {
         }
     }
 
+    /// How long a submission is held up on its way, if it is.
+    fn held_up(&self) -> Option<Duration> {
+        self.chance(self.faults.late_submission_per_mille).then(|| {
+            Duration::from_millis(self.world.between(1, self.faults.late_submission_max_ms))
+        })
+    }
+
+    /// The call of a submission held up on its way times out.
+    async fn times_out(&self, what: &str, late: Duration) -> ConnectorError {
+        self.world.log(format!(
+            "bank {}: {what} held up on its way for {} ms",
+            self.name,
+            late.as_millis()
+        ));
+        let timeout = self.world.between(1_000, 5_000);
+        tokio::time::sleep(Duration::from_millis(timeout)).await;
+        ConnectorError::Transient("timed out (simulated; the submission arrives late)".into())
+    }
+
     async fn latency(&self) {
         let latency = self.world.between(0, self.faults.latency_max_ms);
         tokio::time::sleep(Duration::from_millis(latency)).await;
@@ -358,6 +382,16 @@ impl Connector for BankLink {
     ) -> BoxFuture<'_, Result<(), ConnectorError>> {
         Box::pin(async move {
             self.gate.pass().await;
+            if let Some(late) = self.bank.held_up() {
+                let (bank, what) = (self.bank.clone(), format!("payment {}", submission.name));
+                tokio::spawn(async move {
+                    tokio::time::sleep(late).await;
+                    let _ = bank.submit_payment(submission).await;
+                });
+                let error = self.bank.times_out(&what, late).await;
+                self.gate.pass().await;
+                return Err(error);
+            }
             self.bank.latency().await;
             let result = self.bank.submit_payment(submission).await;
             self.bank.latency().await;
@@ -372,6 +406,17 @@ impl Connector for BankLink {
     ) -> BoxFuture<'_, Result<(), ConnectorError>> {
         Box::pin(async move {
             self.gate.pass().await;
+            if let Some(late) = self.bank.held_up() {
+                let what = format!("refund {}/{}", submission.name, submission.refund_id);
+                let bank = self.bank.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(late).await;
+                    let _ = bank.submit_refund(submission).await;
+                });
+                let error = self.bank.times_out(&what, late).await;
+                self.gate.pass().await;
+                return Err(error);
+            }
             self.bank.latency().await;
             let result = self.bank.submit_refund(submission).await;
             self.bank.latency().await;

@@ -271,6 +271,16 @@ pub async fn check_store(
                 detail: format!("{account}: {error}"),
             });
         }
+        // The books from the payments' side: `payvisor audit`'s sums of
+        // the stored payments, which share nothing with the decisions that
+        // posted the movements.
+        match payvisor::audit::audit_account(table, account).await {
+            Ok(report) => found.extend(report.problems.into_iter().map(|problem| Violation {
+                invariant: "balances_match_payments",
+                detail: format!("{account}: {problem}"),
+            })),
+            Err(error) => found.push(unreadable(account, error)),
+        }
     }
 
     // The banks: a payment at two banks, money collected or paid out

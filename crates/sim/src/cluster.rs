@@ -6,6 +6,8 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use payvisor::actors::{BankCallback, CallbackAck, CommandError, Orchestrator};
+use payvisor::domain::ownership::NodeId;
+use payvisor::domain::AccountId;
 use payvisor::store::BoxFuture;
 
 use crate::bank::CallbackTarget;
@@ -52,7 +54,7 @@ impl Cluster {
             (format!("n{index}.{}", slot.started), slot.gate.clone())
         };
         self.shared.world.log(format!("{name} starting"));
-        let started = Incarnation::start(&self.shared, name, gate.clone()).await;
+        let started = Incarnation::start(&self.shared, index, name, gate.clone()).await;
         let mut slots = self.slots();
         if Arc::ptr_eq(&slots[index].gate, &gate) {
             slots[index].current = started.map(Arc::new);
@@ -98,10 +100,9 @@ impl Cluster {
 
     /// A node a caller reaches: any running one, paused ones too (its
     /// caller then waits for its deadline).
-    pub fn pick(&self) -> Option<(String, Orchestrator)> {
-        let running: Vec<(String, Orchestrator)> = (self.slots().iter())
-            .filter_map(|slot| slot.current.as_ref())
-            .map(|incarnation| (incarnation.name.clone(), incarnation.orchestrator.clone()))
+    pub fn pick(&self) -> Option<Arc<Incarnation>> {
+        let running: Vec<Arc<Incarnation>> = (self.slots().iter())
+            .filter_map(|slot| slot.current.clone())
             .collect();
         if running.is_empty() {
             return None;
@@ -110,26 +111,76 @@ impl Cluster {
         running.into_iter().nth(index)
     }
 
-    /// The node a forwarding node would hand a call for `account` to: the
-    /// owner the table's lease names, if it runs (gRPC forwarding is not
-    /// simulated; this stands in for its one hop). Any running node if not.
-    pub async fn owner_of(
+    /// The running incarnation named `name`, if any.
+    fn named(&self, name: &str) -> Option<Arc<Incarnation>> {
+        (self.slots().iter())
+            .filter_map(|slot| slot.current.clone())
+            .find(|incarnation| incarnation.name == name)
+    }
+
+    /// A call about `account` reaching node `entry`, served as the
+    /// server's gRPC layer serves it: here if this node owns the account,
+    /// else forwarded over the network to the owner its picture names,
+    /// which serves it only if it owns the account then (one hop; an owner
+    /// that cannot be reached is tried again once the picture changes).
+    /// The forwarded call and its answer are messages between the nodes:
+    /// delayed, lost (the call then runs out of its deadline), or cut off.
+    pub async fn serve<T, F, Fut>(
         &self,
-        account: &payvisor::domain::AccountId,
-    ) -> Option<(String, Orchestrator)> {
-        let shard = payvisor::domain::ownership::shard_of(account.as_str(), limits::SHARDS);
-        let leases =
-            payvisor::store::schema::read_leases(self.shared.table.as_ref(), limits::SHARDS)
-                .await
-                .ok()?;
-        let owner = leases[usize::from(shard)].0.owner.clone();
-        let found = owner.and_then(|owner| {
-            (self.slots().iter())
-                .filter_map(|slot| slot.current.as_ref())
-                .find(|incarnation| incarnation.name == owner.as_str())
-                .map(|incarnation| (incarnation.name.clone(), incarnation.orchestrator.clone()))
-        });
-        found.or_else(|| self.pick())
+        entry: &Incarnation,
+        account: &AccountId,
+        attempt: &F,
+    ) -> Result<T, CommandError>
+    where
+        F: Fn(Orchestrator) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CommandError>>,
+    {
+        let deadline = tokio::time::Instant::now()
+            + limits::CLIENT_TIMEOUT.min(payvisor::limits::CLUSTER_FORWARD_TIMEOUT);
+        let timed_out = || CommandError::Unavailable("deadline exceeded (simulated)".into());
+        for _hop in 0..2 {
+            let Some(owner) = route(entry, account, false, deadline).await? else {
+                return tokio::time::timeout_at(deadline, attempt(entry.orchestrator.clone()))
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out()));
+            };
+            // A crashed owner refuses the connection at once.
+            if let Some(owner) = self.named(owner.as_str()) {
+                let net = &self.shared.net;
+                let forwarded = async {
+                    if !net.carry(entry.slot, owner.slot).await {
+                        return std::future::pending().await;
+                    }
+                    let answer = match route(&owner, account, true, deadline).await {
+                        Ok(_) => attempt(owner.orchestrator.clone()).await,
+                        Err(error) => Err(error),
+                    };
+                    if !net.carry(owner.slot, entry.slot).await {
+                        return std::future::pending().await;
+                    }
+                    answer
+                };
+                return tokio::time::timeout_at(deadline, forwarded)
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out()));
+            }
+            self.shared.world.log(format!(
+                "{} cannot reach {owner}, the owner of {account}",
+                entry.name
+            ));
+            // Tried again once the picture names another owner.
+            let wait_until =
+                deadline.min(tokio::time::Instant::now() + payvisor::limits::CLUSTER_MOVE_WAIT);
+            while entry.cluster.owner_elsewhere(account).as_ref() == Some(&owner) {
+                if tokio::time::Instant::now() >= wait_until {
+                    break;
+                }
+                tokio::time::sleep(limits::ROUTE_POLL_EVERY).await;
+            }
+        }
+        Err(CommandError::Moving(format!(
+            "the node that owns account {account} cannot be reached (simulated)"
+        )))
     }
 
     /// Crashes, restarts, pauses and resumes nodes until `phase` ends.
@@ -147,7 +198,7 @@ impl Cluster {
             if !self.is_up(index) {
                 continue;
             }
-            match world.between(0, 9) {
+            match world.between(0, 13) {
                 0..=3 => {
                     self.crash(index);
                     let down = Duration::from_millis(world.between(500, 10_000));
@@ -166,6 +217,17 @@ impl Cluster {
                         cluster.resume(index);
                     });
                 }
+                9..=12 if self.shared.net.cuts() => {
+                    // Cut off from its peers, or from the table alone.
+                    let from_peers = world.chance(500);
+                    self.shared.net.cut(index, from_peers);
+                    let cut = Duration::from_millis(world.between(500, 15_000));
+                    let net = self.shared.net.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(cut).await;
+                        net.mend(index, from_peers);
+                    });
+                }
                 _ => {}
             }
         }
@@ -174,14 +236,45 @@ impl Cluster {
         }
     }
 
-    /// After the faults: every node resumed and running.
+    /// After the faults: every node resumed, running and connected.
     pub async fn heal(&self) {
+        self.shared.net.heal();
         for index in 0..limits::NODES {
             self.resume(index);
             if !self.is_up(index) {
                 self.start(index).await;
             }
         }
+    }
+}
+
+/// Where `node` sends a call for `account`: `None` to serve it itself (it
+/// owns the account), or the owner its picture names (unless the call was
+/// forwarded to it already). Decided on the node's own ownership and
+/// picture as `payvisor::cluster::Cluster::route` decides, waiting as it
+/// does while nobody owns the account; but polled, not awaited: tokio's
+/// watch channel wakes its waiters in an order no seed controls.
+async fn route(
+    node: &Incarnation,
+    account: &AccountId,
+    forwarded: bool,
+    deadline: tokio::time::Instant,
+) -> Result<Option<NodeId>, CommandError> {
+    let give_up = deadline.min(tokio::time::Instant::now() + payvisor::limits::CLUSTER_MOVE_WAIT);
+    loop {
+        if node.cluster.ownership.serves(account) {
+            return Ok(None);
+        }
+        if !forwarded {
+            if let Some(owner) = node.cluster.owner_elsewhere(account) {
+                return Ok(Some(owner));
+            }
+        }
+        if tokio::time::Instant::now() >= give_up {
+            let moving = payvisor::cluster::RouteError::Moving(account.clone());
+            return Err(CommandError::from(moving));
+        }
+        tokio::time::sleep(limits::ROUTE_POLL_EVERY).await;
     }
 }
 
@@ -195,12 +288,16 @@ impl CallbackTarget for CallbackRelay {
             let cluster = (self.0.get())
                 .and_then(Weak::upgrade)
                 .ok_or_else(|| CommandError::Unavailable("no cluster".into()))?;
-            let (_, node) = cluster
+            let entry = cluster
                 .pick()
                 .ok_or_else(|| CommandError::Unavailable("no node running".into()))?;
-            tokio::time::timeout(limits::CLIENT_TIMEOUT, node.bank_callback(callback))
-                .await
-                .map_err(|_| CommandError::Unavailable("timed out".into()))?
+            // The node it reaches hands it to the account's owner.
+            let account = callback.event.payment_name().account.clone();
+            let attempt = |node: Orchestrator| {
+                let callback = callback.clone();
+                async move { node.bank_callback(callback).await }
+            };
+            cluster.serve(&entry, &account, &attempt).await
         })
     }
 }

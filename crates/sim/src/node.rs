@@ -225,13 +225,18 @@ pub struct Shared {
     pub webhooks: Arc<WebhookLog>,
     /// Chance that a delivery fails while the faults run, in thousandths.
     pub webhook_fail_per_mille: u64,
+    pub net: Arc<crate::net::Network>,
 }
 
 /// One start of a node: it lives until it crashes.
 pub struct Incarnation {
     pub name: String,
+    /// The node slot it runs in (its place in the network).
+    pub slot: usize,
     pub gate: Arc<Gate>,
     pub orchestrator: Orchestrator,
+    /// Its routing: where it sends a call for an account it does not own.
+    pub cluster: Arc<Cluster>,
     _tasks: Tasks,
     _stop: ShutdownTrigger,
     _membership_stop: ShutdownTrigger,
@@ -251,10 +256,17 @@ impl Incarnation {
     /// Starts a node named `name`: joins the cluster (retrying through
     /// store faults), starts the orchestrator and its background work, and
     /// runs the recovery sweep. `None` if it crashed while starting.
-    pub async fn start(shared: &Shared, name: String, gate: Arc<Gate>) -> Option<Incarnation> {
+    pub async fn start(
+        shared: &Shared,
+        slot: usize,
+        name: String,
+        gate: Arc<Gate>,
+    ) -> Option<Incarnation> {
         let world = &shared.world;
         let store: Arc<dyn Store> = Arc::new(NodeStore {
             node: name.clone(),
+            slot,
+            net: shared.net.clone(),
             table: shared.table.clone(),
             world: world.clone(),
             gate: gate.clone(),
@@ -354,7 +366,7 @@ impl Incarnation {
         let orchestrator = Orchestrator::start(components, bank_event_queue, &shutdown, &mut tasks);
         tasks.spawn("membership", membership.run(membership_shutdown));
         payvisor::server::follow_ownership(
-            Some(cluster),
+            Some(cluster.clone()),
             orchestrator.clone(),
             Default::default(),
             &shutdown,
@@ -410,8 +422,10 @@ impl Incarnation {
         );
         Some(Incarnation {
             name,
+            slot,
             gate,
             orchestrator,
+            cluster,
             _tasks: tasks,
             _stop: stop,
             _membership_stop: membership_stop,

@@ -289,6 +289,9 @@ pub struct StoreFaults {
 /// One node incarnation's connection to the table.
 pub struct NodeStore {
     pub node: String,
+    /// Its node's slot, and the network between it and the table.
+    pub slot: usize,
+    pub net: Arc<crate::net::Network>,
     pub table: Arc<SimStore>,
     pub world: Arc<World>,
     pub gate: Arc<Gate>,
@@ -331,6 +334,13 @@ impl NodeStore {
     async fn send(&self, what: &str, write: bool) -> Result<(), (Fault, StoreError)> {
         self.gate.pass().await;
         self.one_way().await;
+        if !self.net.reaches_table(self.slot) {
+            // Never reaches the table: it times out.
+            let text = "timed out (cut off from the table, simulated)";
+            self.world
+                .log(format!("{} store {what}: {text}", self.node));
+            return Err((Fault::TimeoutLost, StoreError::Unavailable(text.into())));
+        }
         match self.draw(write) {
             None => Ok(()),
             Some(fault) => {

@@ -86,8 +86,8 @@ impl Workload {
     }
 
     /// Calls a node about `account` until it answers for good, or gives
-    /// up: first any node; after `ACCOUNT_MOVING`, the owner (as a
-    /// forwarding node would).
+    /// up: any node each time, which serves it or forwards it to the
+    /// account's owner.
     async fn call<T, F, Fut>(
         &self,
         what: &str,
@@ -98,24 +98,18 @@ impl Workload {
         F: Fn(Orchestrator) -> Fut,
         Fut: std::future::Future<Output = Result<T, CommandError>>,
     {
-        let mut forward = false;
         for tries in 0..limits::CLIENT_ATTEMPTS {
-            let picked = if forward {
-                self.cluster.owner_of(account).await
-            } else {
-                self.cluster.pick()
-            };
-            let Some((node, orchestrator)) = picked else {
+            let Some(entry) = self.cluster.pick() else {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             };
-            match tokio::time::timeout(limits::CLIENT_TIMEOUT, attempt(orchestrator)).await {
+            let node = &entry.name;
+            let served = self.cluster.serve(&entry, account, &attempt);
+            match tokio::time::timeout(limits::CLIENT_TIMEOUT, served).await {
                 Ok(Ok(answer)) => return Ok(answer),
-                Ok(Err(error)) if retryable(&error) => {
-                    forward = matches!(error, CommandError::Moving(_));
-                    self.world
-                        .log(format!("{what} at {node}: {error}; retrying"));
-                }
+                Ok(Err(error)) if retryable(&error) => self
+                    .world
+                    .log(format!("{what} at {node}: {error}; retrying")),
                 Ok(Err(error)) => return Err(error),
                 Err(_) => self
                     .world
