@@ -46,7 +46,13 @@ fn finds(mutation: payvisor::mutations::Mutation, expected: &[&str]) {
 fn the_simulator_finds_a_refund_written_without_its_version_conditions() {
     finds(
         payvisor::mutations::Mutation::RefundWithoutVersionCondition,
+        // The account item's version condition is the fence too, and the
+        // planted bug reads the stored versions before it sends (a read
+        // during which the lease may move): an owner's write may then go
+        // out, and land, after its lease did.
         &[
+            "one_owner_per_epoch",
+            "no_fenced_write_lands",
             "ledger_balances",
             "refunds_within_amount",
             "terminal_payments_never_change",
