@@ -520,10 +520,11 @@ impl Orchestrator {
     }
 
     /// Why a command queued for `account` got no answer: its actor
-    /// stopped. If it stopped because the account's shard moved away (it
-    /// was retired with its queue), the command is a write refused by
-    /// fencing like one refused at staging: counted, and answered
-    /// ACCOUNT_MOVING so that the caller retries at the new owner.
+    /// stopped. If this node no longer serves the account (its shard moved
+    /// away and the actor was retired with its queue, or the node is past
+    /// its deadline), the command is a write refused by fencing like one
+    /// refused at staging: counted, and answered ACCOUNT_MOVING so that
+    /// the caller retries at the owner.
     fn unanswered(&self, account: &AccountId) -> CommandError {
         if self.serves(account) {
             return CommandError::Unavailable(

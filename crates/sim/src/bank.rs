@@ -212,22 +212,28 @@ impl SimBank {
         }
     }
 
-    /// How long a submission is held up on its way, if it is.
-    fn held_up(&self) -> Option<Duration> {
-        self.chance(self.faults.late_submission_per_mille).then(|| {
-            Duration::from_millis(self.world.between(1, self.faults.late_submission_max_ms))
-        })
+    /// Whether a submission is held up on its way: after how long its
+    /// call times out (a connector's deadline, 1–5 s), and when, later
+    /// still, the bank receives it.
+    fn held_up(&self) -> Option<(Duration, Duration)> {
+        if !self.chance(self.faults.late_submission_per_mille) {
+            return None;
+        }
+        let timeout = self.world.between(1_000, 5_000);
+        let late = self
+            .world
+            .between(timeout, timeout.max(self.faults.late_submission_max_ms));
+        Some((Duration::from_millis(timeout), Duration::from_millis(late)))
     }
 
     /// The call of a submission held up on its way times out.
-    async fn times_out(&self, what: &str, late: Duration) -> ConnectorError {
+    async fn times_out(&self, what: &str, (timeout, late): (Duration, Duration)) -> ConnectorError {
         self.world.log(format!(
             "bank {}: {what} held up on its way for {} ms",
             self.name,
             late.as_millis()
         ));
-        let timeout = self.world.between(1_000, 5_000);
-        tokio::time::sleep(Duration::from_millis(timeout)).await;
+        tokio::time::sleep(timeout).await;
         ConnectorError::Transient("timed out (simulated; the submission arrives late)".into())
     }
 
@@ -382,13 +388,13 @@ impl Connector for BankLink {
     ) -> BoxFuture<'_, Result<(), ConnectorError>> {
         Box::pin(async move {
             self.gate.pass().await;
-            if let Some(late) = self.bank.held_up() {
+            if let Some(held) = self.bank.held_up() {
                 let (bank, what) = (self.bank.clone(), format!("payment {}", submission.name));
                 tokio::spawn(async move {
-                    tokio::time::sleep(late).await;
+                    tokio::time::sleep(held.1).await;
                     let _ = bank.submit_payment(submission).await;
                 });
-                let error = self.bank.times_out(&what, late).await;
+                let error = self.bank.times_out(&what, held).await;
                 self.gate.pass().await;
                 return Err(error);
             }
@@ -406,14 +412,14 @@ impl Connector for BankLink {
     ) -> BoxFuture<'_, Result<(), ConnectorError>> {
         Box::pin(async move {
             self.gate.pass().await;
-            if let Some(late) = self.bank.held_up() {
+            if let Some(held) = self.bank.held_up() {
                 let what = format!("refund {}/{}", submission.name, submission.refund_id);
                 let bank = self.bank.clone();
                 tokio::spawn(async move {
-                    tokio::time::sleep(late).await;
+                    tokio::time::sleep(held.1).await;
                     let _ = bank.submit_refund(submission).await;
                 });
-                let error = self.bank.times_out(&what, late).await;
+                let error = self.bank.times_out(&what, held).await;
                 self.gate.pass().await;
                 return Err(error);
             }

@@ -1,11 +1,12 @@
 //! The invariants, each named, checked on every commit (what a single
-//! write must never do) and over the whole store and the banks' books
-//! (after every phase and at the end).
+//! write must never do, and the ledger of the account it writes), as each
+//! request is acknowledged, and over the whole store and the banks' books
+//! (every few simulated seconds and at the end).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
-use payvisor::domain::ledger::Balances;
+use payvisor::domain::ledger::{Balances, Movement};
 use payvisor::domain::payment::{Payment, PaymentState};
 use payvisor::domain::state::RefundState;
 use payvisor::domain::{AccountId, Money};
@@ -32,7 +33,41 @@ pub struct Audit {
     epochs: BTreeMap<String, (u64, BTreeMap<u64, String>)>,
     /// Payments last seen terminal: what they were then.
     terminal: BTreeMap<String, (PaymentState, String)>,
+    /// Per account item key: the movements committed, and their fold.
+    ledgers: BTreeMap<String, Ledger>,
     pub violations: Vec<Violation>,
+}
+
+/// An account's movements as committed, by sequence number, and their
+/// fold (`None` when an overwrite calls for folding them again).
+#[derive(Default)]
+struct Ledger {
+    movements: BTreeMap<u64, Movement>,
+    folded: Option<Balances>,
+}
+
+impl Ledger {
+    /// Adds the movements of one commit; folds on from the last fold if
+    /// they come after every movement known.
+    fn add(&mut self, committed: Vec<(u64, Movement)>) {
+        for (sequence, movement) in committed {
+            let appended = (self.movements.keys().next_back()).is_none_or(|last| sequence > *last);
+            self.folded = match (self.folded.take(), appended) {
+                (Some(folded), true) => folded.apply(&movement).ok(),
+                _ => None,
+            };
+            self.movements.insert(sequence, movement);
+        }
+    }
+
+    fn folded(&mut self) -> Result<Balances, String> {
+        if let Some(folded) = &self.folded {
+            return Ok(folded.clone());
+        }
+        let folded = Balances::fold(self.movements.values()).map_err(|error| error.to_string())?;
+        self.folded = Some(folded.clone());
+        Ok(folded)
+    }
 }
 
 fn refunds_summary(payment: &Payment) -> String {
@@ -63,6 +98,7 @@ fn refunds_within_amount(payment: &Payment) -> Option<Violation> {
 impl Audit {
     /// Checks one committed write by `writer`.
     pub fn commit(&mut self, writer: Option<&str>, ops: &[WriteOp]) {
+        self.ledger_after(writer, ops);
         for op in ops {
             let WriteOp::Put { item, .. } = op else {
                 continue;
@@ -118,6 +154,67 @@ impl Audit {
                 self.violations.extend(refunds_within_amount(&payment));
             }
         }
+    }
+}
+
+impl Audit {
+    /// The ledger of the account a write commits: every movement it
+    /// holds balances, and the account's balances and movement count are
+    /// the fold and count of all its movements committed so far.
+    fn ledger_after(&mut self, writer: Option<&str>, ops: &[WriteOp]) {
+        let mut movements = Vec::new();
+        let mut account = None;
+        for op in ops {
+            let WriteOp::Put { item, .. } = op else {
+                continue;
+            };
+            if item.key.sk == ACCOUNT_SK {
+                account = Some(item);
+            } else if let Some(sequence) = schema::movement_sequence(&item.key) {
+                match schema::decode_movement(item) {
+                    Ok(movement) => movements.push((sequence, movement)),
+                    Err(error) => self.violations.push(Violation {
+                        invariant: "stored_data_decodes",
+                        detail: format!("{:?}: {error}", item.key),
+                    }),
+                }
+            }
+        }
+        let Some(account) = account else {
+            return;
+        };
+        let Ok(book) = schema::decode_account(account) else {
+            return;
+        };
+        let book = book.value;
+        let ledger = self.ledgers.entry(account.key.pk.clone()).or_default();
+        ledger.add(movements);
+        let writer = writer.unwrap_or("the table");
+        let name = &account.key.pk;
+        let count = ledger.movements.len() as u64;
+        let mut problems = Vec::new();
+        if count != book.movement_count {
+            problems.push(format!(
+                "{count} movements committed, the account counts {}",
+                book.movement_count
+            ));
+        }
+        match ledger.folded() {
+            Ok(folded) if folded == book.balances => {}
+            Ok(folded) => problems.push(format!(
+                "balances {:?}, the committed movements fold to {folded:?}",
+                book.balances
+            )),
+            Err(error) => problems.push(format!("the committed movements do not fold: {error}")),
+        }
+        if let Err(error) = book.balances.check_invariants() {
+            problems.push(error.to_string());
+        }
+        self.violations
+            .extend(problems.into_iter().map(|problem| Violation {
+                invariant: "ledger_balances",
+                detail: format!("{name} after a write by {writer}: {problem}"),
+            }));
     }
 }
 

@@ -12,6 +12,7 @@ use payvisor::store::BoxFuture;
 
 use crate::bank::CallbackTarget;
 use crate::limits;
+use crate::net::Delivery;
 use crate::node::{Gate, Incarnation, Shared};
 
 struct Slot {
@@ -98,8 +99,8 @@ impl Cluster {
         self.slots()[index].current.is_some()
     }
 
-    /// A node a caller reaches: any running one, paused ones too (its
-    /// caller then waits for its deadline).
+    /// A node a caller reaches: any running one, paused ones too (the
+    /// call then waits for the node, or for its deadline).
     pub fn pick(&self) -> Option<Arc<Incarnation>> {
         let running: Vec<Arc<Incarnation>> = (self.slots().iter())
             .filter_map(|slot| slot.current.clone())
@@ -119,12 +120,14 @@ impl Cluster {
     }
 
     /// A call about `account` reaching node `entry`, served as the
-    /// server's gRPC layer serves it: here if this node owns the account,
-    /// else forwarded over the network to the owner its picture names,
-    /// which serves it only if it owns the account then (one hop; an owner
-    /// that cannot be reached is tried again once the picture changes).
-    /// The forwarded call and its answer are messages between the nodes:
-    /// delayed, lost (the call then runs out of its deadline), or cut off.
+    /// server's gRPC layer serves it (`grpc/forward.rs`): here if this node
+    /// owns the account, else forwarded over the network to the owner its
+    /// picture names, which serves it only if it owns the account then.
+    /// An owner that cannot be reached (crashed, or cut off from its
+    /// peers) is tried again once the entry's picture changes, and once
+    /// only; then the call is answered `ACCOUNT_MOVING`. A hop or its
+    /// answer lost leaves the call to run out of its deadline, perhaps
+    /// after the owner acted on it.
     pub async fn serve<T, F, Fut>(
         &self,
         entry: &Incarnation,
@@ -137,50 +140,105 @@ impl Cluster {
     {
         let deadline = tokio::time::Instant::now()
             + limits::CLIENT_TIMEOUT.min(payvisor::limits::CLUSTER_FORWARD_TIMEOUT);
-        let timed_out = || CommandError::Unavailable("deadline exceeded (simulated)".into());
+        let served = self.forwarding(entry, account, attempt, deadline);
+        tokio::time::timeout_at(deadline, served)
+            .await
+            .unwrap_or_else(|_| {
+                Err(CommandError::Unavailable(
+                    "deadline exceeded (simulated)".into(),
+                ))
+            })
+    }
+
+    async fn forwarding<T, F, Fut>(
+        &self,
+        entry: &Incarnation,
+        account: &AccountId,
+        attempt: &F,
+        deadline: tokio::time::Instant,
+    ) -> Result<T, CommandError>
+    where
+        F: Fn(Orchestrator) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CommandError>>,
+    {
+        let pictures = entry.cluster.picture_changes();
         for _hop in 0..2 {
+            // A paused process routes nothing either.
+            entry.gate.pass().await;
             let Some(owner) = route(entry, account, false, deadline).await? else {
-                return tokio::time::timeout_at(deadline, attempt(entry.orchestrator.clone()))
-                    .await
-                    .unwrap_or_else(|_| Err(timed_out()));
+                return attempt(entry.orchestrator.clone()).await;
             };
-            // A crashed owner refuses the connection at once.
-            if let Some(owner) = self.named(owner.as_str()) {
-                let net = &self.shared.net;
-                let forwarded = async {
-                    if !net.carry(entry.slot, owner.slot).await {
-                        return std::future::pending().await;
-                    }
-                    let answer = match route(&owner, account, true, deadline).await {
-                        Ok(_) => attempt(owner.orchestrator.clone()).await,
-                        Err(error) => Err(error),
-                    };
-                    if !net.carry(owner.slot, entry.slot).await {
-                        return std::future::pending().await;
-                    }
-                    answer
-                };
-                return tokio::time::timeout_at(deadline, forwarded)
-                    .await
-                    .unwrap_or_else(|_| Err(timed_out()));
+            let seen = pictures.borrow().clone();
+            if let Hop::Answered(answer) = self.hop(entry, &owner, account, attempt, deadline).await
+            {
+                return answer;
             }
             self.shared.world.log(format!(
                 "{} cannot reach {owner}, the owner of {account}",
                 entry.name
             ));
-            // Tried again once the picture names another owner.
+            // Again once the picture changes (a membership round), as
+            // the server waits for one; if it does not, the call is done.
             let wait_until =
                 deadline.min(tokio::time::Instant::now() + payvisor::limits::CLUSTER_MOVE_WAIT);
-            while entry.cluster.owner_elsewhere(account).as_ref() == Some(&owner) {
+            while Arc::ptr_eq(&pictures.borrow(), &seen) {
                 if tokio::time::Instant::now() >= wait_until {
-                    break;
+                    return Err(unreachable_owner(account));
                 }
                 tokio::time::sleep(limits::ROUTE_POLL_EVERY).await;
             }
         }
-        Err(CommandError::Moving(format!(
-            "the node that owns account {account} cannot be reached (simulated)"
-        )))
+        Err(unreachable_owner(account))
+    }
+
+    /// One forwarded call, from `entry` to the node named `owner`.
+    async fn hop<T, F, Fut>(
+        &self,
+        entry: &Incarnation,
+        owner: &NodeId,
+        account: &AccountId,
+        attempt: &F,
+        deadline: tokio::time::Instant,
+    ) -> Hop<T>
+    where
+        F: Fn(Orchestrator) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CommandError>>,
+    {
+        // A crashed owner refuses the connection at once.
+        let Some(owner) = self.named(owner.as_str()) else {
+            return Hop::Unreached;
+        };
+        let net = &self.shared.net;
+        match net.send(entry.slot, owner.slot).await {
+            Delivery::Arrived => {}
+            Delivery::Lost => return std::future::pending().await,
+            Delivery::CutOff => {
+                // No connection: it fails after the connect timeout.
+                let refused =
+                    tokio::time::Instant::now() + payvisor::limits::CLUSTER_CONNECT_TIMEOUT;
+                tokio::time::sleep_until(refused.min(deadline)).await;
+                return Hop::Unreached;
+            }
+        }
+        // At the owner: a paused process holds the call, and a crash
+        // resets the connection (the entry may send it again).
+        let at_owner = async {
+            owner.gate.pass().await;
+            match route(&owner, account, true, deadline).await {
+                Ok(_) => attempt(owner.orchestrator.clone()).await,
+                Err(error) => Err(error),
+            }
+        };
+        let answer = tokio::select! {
+            biased;
+            answer = at_owner => answer,
+            () = crashed(&owner.gate) => return Hop::Unreached,
+        };
+        if net.send(owner.slot, entry.slot).await != Delivery::Arrived {
+            return std::future::pending().await;
+        }
+        entry.gate.pass().await;
+        Hop::Answered(answer)
     }
 
     /// Crashes, restarts, pauses and resumes nodes until `phase` ends.
@@ -194,11 +252,18 @@ impl Cluster {
                 break;
             }
             tokio::time::sleep(wait).await;
+            // In the seeds that cut nodes off, besides crashes and pauses:
+            // from the peers or from the table alone.
+            if self.shared.net.cuts() && world.chance(400) {
+                let index = world.between(0, limits::NODES as u64 - 1) as usize;
+                let span = Duration::from_millis(world.between(500, limits::CUT_MAX_MS));
+                self.shared.net.cut(index, world.chance(500), span);
+            }
             let index = world.between(0, limits::NODES as u64 - 1) as usize;
             if !self.is_up(index) {
                 continue;
             }
-            match world.between(0, 13) {
+            match world.between(0, 9) {
                 0..=3 => {
                     self.crash(index);
                     let down = Duration::from_millis(world.between(500, 10_000));
@@ -215,17 +280,6 @@ impl Cluster {
                     tokio::spawn(async move {
                         tokio::time::sleep(paused).await;
                         cluster.resume(index);
-                    });
-                }
-                9..=12 if self.shared.net.cuts() => {
-                    // Cut off from its peers, or from the table alone.
-                    let from_peers = world.chance(500);
-                    self.shared.net.cut(index, from_peers);
-                    let cut = Duration::from_millis(world.between(500, 15_000));
-                    let net = self.shared.net.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(cut).await;
-                        net.mend(index, from_peers);
                     });
                 }
                 _ => {}
@@ -245,6 +299,27 @@ impl Cluster {
                 self.start(index).await;
             }
         }
+    }
+}
+
+/// What one forwarded call came to.
+enum Hop<T> {
+    Answered(Result<T, CommandError>),
+    /// The owner could not be reached (the server's `unreached`).
+    Unreached,
+}
+
+fn unreachable_owner(account: &AccountId) -> CommandError {
+    CommandError::Moving(format!(
+        "the node that owns account {account} cannot be reached (simulated); retry with the same request_id"
+    ))
+}
+
+/// Returns once `gate`'s node has crashed (looked at every
+/// `ROUTE_POLL_EVERY`: the gate wakes waiters of its opening only).
+async fn crashed(gate: &Gate) {
+    while !gate.is_crashed() {
+        tokio::time::sleep(limits::ROUTE_POLL_EVERY).await;
     }
 }
 

@@ -57,3 +57,7 @@ pub const WEBHOOK_ENDPOINTS: [&str; 2] = ["merchant-a", "merchant-b"];
 /// waits for an account's owner (the server waits on watch channels; see
 /// `cluster::route`): well under the cluster's heartbeat period.
 pub const ROUTE_POLL_EVERY: Duration = Duration::from_millis(50);
+/// A node is cut off from its peers or from the table for up to this
+/// long: past the dead timeout (5 s, `payvisor::limits::CLUSTER_DEAD_AFTER`),
+/// so that its shards move, and come back.
+pub const CUT_MAX_MS: u64 = 15_000;

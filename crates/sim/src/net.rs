@@ -6,10 +6,12 @@
 //! routing (`payvisor::cluster::Cluster::route`) does, on their own
 //! picture of the cluster, as in the server's forwarding.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::world::World;
 
@@ -31,14 +33,30 @@ pub struct Network {
     world: Arc<World>,
     faults: NetFaults,
     faults_on: Arc<AtomicBool>,
-    /// Node slots cut off from every peer (both ways).
-    isolated: Mutex<BTreeSet<usize>>,
-    /// Node slots cut off from the table.
-    cut_from_table: Mutex<BTreeSet<usize>>,
+    /// Node slots cut off from every peer (both ways), until when.
+    isolated: Mutex<BTreeMap<usize, Instant>>,
+    /// Node slots cut off from the table, until when.
+    cut_from_table: Mutex<BTreeMap<usize, Instant>>,
+}
+
+/// What became of a message between two nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    Arrived,
+    /// Lost on the way: its sender hears nothing until its deadline.
+    Lost,
+    /// An end is cut off from its peers: no connection can be made.
+    CutOff,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn cut_now(cuts: &Mutex<BTreeMap<usize, Instant>>, slot: usize) -> bool {
+    lock(cuts)
+        .get(&slot)
+        .is_some_and(|until| Instant::now() < *until)
 }
 
 impl Network {
@@ -61,10 +79,10 @@ impl Network {
         self.faults_on.load(Ordering::SeqCst)
     }
 
-    /// One message from node slot `from` to `to`: after its delay, whether
-    /// it arrived (not if it was dropped, or either end is cut off from
-    /// its peers when it arrives).
-    pub async fn carry(&self, from: usize, to: usize) -> bool {
+    /// One message from node slot `from` to `to`: after its delay, what
+    /// became of it (cut off if either end is cut off from its peers when
+    /// it arrives).
+    pub async fn send(&self, from: usize, to: usize) -> Delivery {
         let slow = self.faulty() && self.world.chance(self.faults.slow_per_mille);
         let latency = if slow {
             self.world
@@ -74,53 +92,43 @@ impl Network {
         };
         tokio::time::sleep(Duration::from_millis(latency)).await;
         if !self.faulty() {
-            return true;
+            Delivery::Arrived
+        } else if cut_now(&self.isolated, from) || cut_now(&self.isolated, to) {
+            Delivery::CutOff
+        } else if self.world.chance(self.faults.drop_per_mille) {
+            Delivery::Lost
+        } else {
+            Delivery::Arrived
         }
-        let cut = {
-            let isolated = lock(&self.isolated);
-            isolated.contains(&from) || isolated.contains(&to)
-        };
-        !cut && !self.world.chance(self.faults.drop_per_mille)
     }
 
     /// Whether node slot `slot` reaches the table now.
     pub fn reaches_table(&self, slot: usize) -> bool {
-        !self.faulty() || !lock(&self.cut_from_table).contains(&slot)
+        !self.faulty() || !cut_now(&self.cut_from_table, slot)
     }
 
-    /// Cuts node slot `slot` off from its peers (`true`) or from the
-    /// table (`false`).
-    pub fn cut(&self, slot: usize, from_peers: bool) {
-        let set = if from_peers {
+    /// Cuts node slot `slot` off from its peers (`from_peers`) or from the
+    /// table for `span` (longer, if it already is for longer).
+    pub fn cut(&self, slot: usize, from_peers: bool, span: Duration) {
+        let cuts = if from_peers {
             &self.isolated
         } else {
             &self.cut_from_table
         };
-        lock(set).insert(slot);
+        let until = Instant::now() + span;
+        let mut cuts = lock(cuts);
+        let until = cuts.get(&slot).map_or(until, |known| until.max(*known));
+        cuts.insert(slot, until);
         let from = if from_peers { "its peers" } else { "the table" };
-        self.world
-            .log(format!("node slot {slot} cut off from {from}"));
-    }
-
-    /// Ends what `cut` began.
-    pub fn mend(&self, slot: usize, from_peers: bool) {
-        let set = if from_peers {
-            &self.isolated
-        } else {
-            &self.cut_from_table
-        };
-        if lock(set).remove(&slot) {
-            let from = if from_peers { "its peers" } else { "the table" };
-            self.world
-                .log(format!("node slot {slot} reaches {from} again"));
-        }
+        self.world.log(format!(
+            "node slot {slot} cut off from {from} for {} ms",
+            span.as_millis()
+        ));
     }
 
     /// Every node reaches everything again.
     pub fn heal(&self) {
-        for slot in 0..crate::limits::NODES {
-            self.mend(slot, true);
-            self.mend(slot, false);
-        }
+        lock(&self.isolated).clear();
+        lock(&self.cut_from_table).clear();
     }
 }

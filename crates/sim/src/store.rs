@@ -284,6 +284,10 @@ pub struct StoreFaults {
     pub timeout_ms: u64,
     /// A timed-out write that lands does so up to this long after its call.
     pub late_landing_max_ms: u64,
+    /// Which kinds of fault this seed injects (swarm testing): conflicts,
+    /// throttling, timeouts whose write is lost, timeouts whose write
+    /// lands later.
+    pub kinds: [bool; 4],
 }
 
 /// One node incarnation's connection to the table.
@@ -321,12 +325,23 @@ impl NodeStore {
         {
             return None;
         }
-        Some(match self.world.between(0, 3) {
-            0 if write => Fault::Conflict,
-            1 => Fault::Throttle,
-            3 if write => Fault::TimeoutLanded,
-            _ => Fault::TimeoutLost,
-        })
+        // A read neither conflicts nor lands.
+        let kinds: Vec<Fault> = [
+            Fault::Conflict,
+            Fault::Throttle,
+            Fault::TimeoutLost,
+            Fault::TimeoutLanded,
+        ]
+        .into_iter()
+        .zip(self.faults.kinds)
+        .filter(|(kind, on)| *on && (write || matches!(kind, Fault::Throttle | Fault::TimeoutLost)))
+        .map(|(kind, _)| kind)
+        .collect();
+        if kinds.is_empty() {
+            return None;
+        }
+        let pick = self.world.between(0, kinds.len() as u64 - 1) as usize;
+        kinds.into_iter().nth(pick)
     }
 
     /// Sends a call: waits while the node is paused, never returns once it

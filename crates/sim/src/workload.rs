@@ -121,6 +121,41 @@ impl Workload {
         Err(CommandError::Unavailable("the caller gave up".into()))
     }
 
+    /// An answer is given only once what it says is durable: the table
+    /// holds the payment (and `refund`, if one was acknowledged) the
+    /// moment the caller hears of it.
+    async fn durable(&self, what: &str, name: &PaymentName, refund: Option<&str>) {
+        let table: &dyn payvisor::store::Store = self.cluster.shared.table.as_ref();
+        let stored = payvisor::store::schema::load_payment(table, name).await;
+        let held = match (&stored, refund) {
+            (Ok(Some(_)), None) => true,
+            (Ok(Some(payment)), Some(refund)) => payment
+                .value
+                .refunds
+                .iter()
+                .any(|stored| stored.id == refund),
+            _ => false,
+        };
+        if !held {
+            let violation = crate::check::Violation {
+                invariant: "acknowledged_exactly_once",
+                detail: format!("{what} was acknowledged ({name}, refund {refund:?}) but the table does not hold it"),
+            };
+            self.world.log(format!(
+                "VIOLATION {}: {}",
+                violation.invariant, violation.detail
+            ));
+            (self
+                .cluster
+                .shared
+                .audit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()))
+            .violations
+            .push(violation);
+        }
+    }
+
     fn account(&self) -> AccountId {
         if self.world.chance(300) {
             self.accounts[0].clone()
@@ -177,6 +212,7 @@ impl Workload {
                     "{what}: {name} {:?} (replayed: {})",
                     answered.payment.state, answered.replayed
                 ));
+                self.durable(&what, &name, None).await;
                 let mut acknowledged = self.acknowledged.lock().unwrap_or_else(|p| p.into_inner());
                 if !acknowledged
                     .creates
@@ -259,6 +295,11 @@ impl Workload {
                     "{what}: {refund:?} (replayed: {})",
                     answered.replayed
                 ));
+                if !answered.replayed {
+                    if let Some(refund) = &refund {
+                        self.durable(&what, &name, Some(refund)).await;
+                    }
+                }
                 if let (Some(refund), false) = (refund, answered.replayed) {
                     (self.acknowledged.lock().unwrap_or_else(|p| p.into_inner()))
                         .refunds

@@ -26,6 +26,16 @@ pub fn movement_item(account: &AccountId, sequence: u64, movement: &Movement) ->
     }
 }
 
+/// A movement item, decoded (the simulator's checker reads every write).
+pub fn decode_movement(item: &Item) -> Result<Movement, StoreError> {
+    decode(item)
+}
+
+/// The sequence number of a movement item, from its key.
+pub fn movement_sequence(key: &Key) -> Option<u64> {
+    key.sk.strip_prefix(MOVEMENT_SK_PREFIX)?.parse().ok()
+}
+
 /// One page of an account's movements, in sequence order, starting at
 /// sequence number `from`.
 pub async fn list_movements(
