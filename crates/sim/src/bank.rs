@@ -88,6 +88,10 @@ pub struct SimBank {
     down_until_ms: Mutex<u64>,
     target: Arc<dyn CallbackTarget>,
     messages: std::sync::atomic::AtomicU64,
+    /// The table, and the audit that checks what the bank records against
+    /// it as it records it.
+    table: Arc<crate::store::SimStore>,
+    audit: Arc<Mutex<crate::check::Audit>>,
 }
 
 impl SimBank {
@@ -97,6 +101,8 @@ impl SimBank {
         faults: BankFaults,
         faults_on: Arc<std::sync::atomic::AtomicBool>,
         target: Arc<dyn CallbackTarget>,
+        table: Arc<crate::store::SimStore>,
+        audit: Arc<Mutex<crate::check::Audit>>,
     ) -> Arc<SimBank> {
         Arc::new(SimBank {
             name: name.to_owned(),
@@ -107,6 +113,8 @@ impl SimBank {
             down_until_ms: Mutex::new(0),
             target,
             messages: Default::default(),
+            table,
+            audit,
         })
     }
 
@@ -187,11 +195,26 @@ impl SimBank {
             match self.target.deliver(callback.clone()).await {
                 Ok(ack) => {
                     if ack != CallbackAck::Duplicate {
-                        *self
-                            .books()
-                            .decided
-                            .entry(callback.message_id.clone())
-                            .or_default() += 1;
+                        let decided = {
+                            let mut books = self.books();
+                            let decided = books
+                                .decided
+                                .entry(callback.message_id.clone())
+                                .or_default();
+                            *decided += 1;
+                            *decided
+                        };
+                        if decided > 1 {
+                            (self.audit.lock().unwrap_or_else(|p| p.into_inner()))
+                                .violations
+                                .push(crate::check::Violation {
+                                    invariant: "callbacks_decided_once",
+                                    detail: format!(
+                                        "callback {} was applied or ignored {decided} times",
+                                        callback.message_id
+                                    ),
+                                });
+                        }
                     }
                     self.world.log(format!(
                         "callback {} for {}: {ack:?}",
@@ -279,6 +302,18 @@ impl SimBank {
                 }
             }
         };
+        if known.is_none() {
+            // Recorded now: checked against the table and the other bank.
+            let table: &dyn payvisor::store::Store = self.table.as_ref();
+            let stored = payvisor::store::schema::load_payment(table, &submission.name).await;
+            let stored = stored.ok().flatten().map(|stored| stored.value);
+            (self.audit.lock().unwrap_or_else(|p| p.into_inner())).bank_records(
+                &self.name,
+                &key,
+                submission.amount,
+                stored.as_ref(),
+            );
+        }
         match known {
             // Same key again: never collected twice; the known outcome is
             // sent again (its callback may have been lost).

@@ -1,7 +1,8 @@
-//! The invariants, each named, checked on every commit (what a single
-//! write must never do, and the ledger of the account it writes), as each
-//! request is acknowledged, and over the whole store and the banks' books
-//! (every few simulated seconds and at the end).
+//! The invariants, each named, checked at the step that could break them
+//! (on every commit: what a single write must never do, and the ledger of
+//! the account it writes; as a request is acknowledged, a bank records a
+//! payment, a callback is answered, a page is sent), and over the whole
+//! store and the banks' books (every few simulated seconds and at the end).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,8 @@ pub struct Audit {
     terminal: BTreeMap<String, (PaymentState, String)>,
     /// Per account item key: the movements committed, and their fold.
     ledgers: BTreeMap<String, Ledger>,
+    /// Per payment: the bank that first recorded it.
+    held_by: BTreeMap<String, String>,
     pub violations: Vec<Violation>,
 }
 
@@ -152,12 +155,45 @@ impl Audit {
                     self.terminal.insert(name, now);
                 }
                 self.violations.extend(refunds_within_amount(&payment));
+                self.violations.extend(unwatched(&payment));
             }
         }
     }
 }
 
 impl Audit {
+    /// A bank records a payment it had not seen: no other bank holds it
+    /// (a bank that refused it for good records nothing), and the table
+    /// holds it, at the amount sent (`stored`: the table's, read now).
+    pub fn bank_records(
+        &mut self,
+        bank: &str,
+        name: &str,
+        amount: Money,
+        stored: Option<&Payment>,
+    ) {
+        if let Some(first) = self.held_by.get(name).filter(|first| *first != bank) {
+            self.violations.push(Violation {
+                invariant: "one_bank_per_payment",
+                detail: format!("{name} recorded by bank {bank} after bank {first}"),
+            });
+        }
+        self.held_by
+            .entry(name.to_owned())
+            .or_insert_with(|| bank.to_owned());
+        match stored {
+            None => self.violations.push(Violation {
+                invariant: "banks_hold_only_stored_payments",
+                detail: format!("bank {bank} recorded {name}, which is not stored"),
+            }),
+            Some(stored) if stored.amount != amount => self.violations.push(Violation {
+                invariant: "banks_hold_only_stored_payments",
+                detail: format!("{name}: {amount} at bank {bank}, {} stored", stored.amount),
+            }),
+            Some(_) => {}
+        }
+    }
+
     /// The ledger of the account a write commits: every movement it
     /// holds balances, and the account's balances and movement count are
     /// the fold and count of all its movements committed so far.
@@ -431,26 +467,7 @@ pub async fn check_store(
     }
     for payment in &payments {
         found.extend(refunds_within_amount(payment));
-        // Every payment that waits for something carries its watch (the
-        // watchdog's durable reminder).
-        let waits = matches!(
-            payment.state,
-            PaymentState::Created
-                | PaymentState::Approved
-                | PaymentState::Sent
-                | PaymentState::InReview
-        ) || (payment.refunds.iter())
-            .any(|refund| refund.state == RefundState::Pending);
-        if waits && payment.watch.is_none() {
-            found.push(Violation {
-                invariant: "waiting_payments_watched",
-                detail: format!(
-                    "{} waits ({:?}) without a watch",
-                    payment.name(),
-                    payment.state
-                ),
-            });
-        }
+        found.extend(unwatched(payment));
     }
     for bank in banks {
         let books = bank.books.lock().unwrap_or_else(|p| p.into_inner());
@@ -471,10 +488,30 @@ pub async fn check_store(
     found
 }
 
+/// Every payment that waits for something carries its watch (the
+/// watchdog's durable reminder).
+fn unwatched(payment: &Payment) -> Option<Violation> {
+    let waits = matches!(
+        payment.state,
+        PaymentState::Created
+            | PaymentState::Approved
+            | PaymentState::Sent
+            | PaymentState::InReview
+    ) || (payment.refunds.iter()).any(|refund| refund.state == RefundState::Pending);
+    (waits && payment.watch.is_none()).then(|| Violation {
+        invariant: "waiting_payments_watched",
+        detail: format!(
+            "{} waits ({:?}) without a watch",
+            payment.name(),
+            payment.state
+        ),
+    })
+}
+
 /// Every stall is paged once: its trigger reaches the sink once, or again
 /// only where recording its delivery failed (a few times at most; the
 /// sink merges them by their dedup key).
-fn paged_once(pages: &PageLog) -> Vec<Violation> {
+pub fn paged_once(pages: &PageLog) -> Vec<Violation> {
     let mut triggers: BTreeMap<&str, usize> = BTreeMap::new();
     let pages = pages.pages.lock().unwrap_or_else(|p| p.into_inner());
     for (action, key) in pages.iter() {

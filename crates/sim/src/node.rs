@@ -135,6 +135,8 @@ pub struct SimAlertSink {
     pub log: Arc<PageLog>,
     pub world: Arc<World>,
     pub gate: Arc<Gate>,
+    /// Where a stall paged once too often is noted, as it is sent.
+    pub audit: Arc<Mutex<crate::check::Audit>>,
 }
 
 impl AlertSink for SimAlertSink {
@@ -143,11 +145,18 @@ impl AlertSink for SimAlertSink {
         Box::pin(async move {
             self.gate.pass().await;
             self.world.log(format!("page {} {}", entry.0, entry.1));
+            let key = entry.1.clone();
             self.log
                 .pages
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(entry);
+            let too_often = crate::check::paged_once(&self.log)
+                .into_iter()
+                .filter(|violation| violation.detail.starts_with(&format!("{key} ")));
+            (self.audit.lock().unwrap_or_else(|p| p.into_inner()))
+                .violations
+                .extend(too_often);
             Ok(())
         })
     }
@@ -338,6 +347,7 @@ impl Incarnation {
             log: shared.pages.clone(),
             world: world.clone(),
             gate: gate.clone(),
+            audit: shared.audit.clone(),
         });
         let components = Components {
             store: store.clone(),

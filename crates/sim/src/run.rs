@@ -161,6 +161,8 @@ async fn simulate(seed: u64) -> Report {
                 bank_faults,
                 faults_on.clone(),
                 relay.clone(),
+                table.clone(),
+                audit.clone(),
             )
         })
         .collect();
