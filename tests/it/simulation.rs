@@ -54,6 +54,7 @@ fn the_simulator_finds_a_refund_written_without_its_version_conditions() {
             "one_owner_per_epoch",
             "no_fenced_write_lands",
             "ledger_balances",
+            "balances_match_payments",
             "refunds_within_amount",
             "terminal_payments_never_change",
             "store_agrees_with_banks",
@@ -67,6 +68,7 @@ fn the_simulator_finds_a_stale_owners_write_that_is_not_fenced() {
         payvisor::mutations::Mutation::StaleOwnerNotFenced,
         &[
             "ledger_balances",
+            "balances_match_payments",
             "one_owner_per_epoch",
             "no_fenced_write_lands",
             "refunds_within_amount",
