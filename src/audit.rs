@@ -29,8 +29,8 @@ impl AuditReport {
 }
 
 /// The balances an account's payments imply, per currency.
-fn expected_from_payments(
-    payments: &[Payment],
+fn expected_from_payments<'a>(
+    payments: impl IntoIterator<Item = &'a Payment>,
 ) -> Result<BTreeMap<Currency, CurrencyBalances>, crate::domain::MoneyError> {
     let mut expected: BTreeMap<Currency, CurrencyBalances> = BTreeMap::new();
     for payment in payments {
@@ -127,25 +127,35 @@ pub async fn audit_account(
             report.problems.push(problem);
         }
     }
-    match expected_from_payments(&payments) {
-        Ok(expected) => {
-            for (currency, books) in expected {
-                let actual = record.value.balances.currency(currency);
-                let same = [
-                    books.pending == actual.pending,
-                    books.available == actual.available,
-                    books.refunding == actual.refunding,
-                    books.fees == actual.fees,
-                ];
-                if same.contains(&false) {
-                    report.problems.push(format!(
-                        "{currency}: balances {actual:?} differ from what the payments imply {books:?}"
-                    ));
-                }
-            }
-        }
-        Err(error) => report.problems.push(format!("summing payments: {error}")),
-    }
+    (report.problems).extend(differences_from_payments(&record.value.balances, &payments));
     report.balances = record.value.balances;
     Ok(report)
+}
+
+/// Where an account's `balances` differ from what its `payments` imply,
+/// in words (the simulator checks this after every write of an account).
+pub fn differences_from_payments<'a>(
+    balances: &Balances,
+    payments: impl IntoIterator<Item = &'a Payment>,
+) -> Vec<String> {
+    let expected = match expected_from_payments(payments) {
+        Ok(expected) => expected,
+        Err(error) => return vec![format!("summing payments: {error}")],
+    };
+    let mut problems = Vec::new();
+    for (currency, books) in expected {
+        let actual = balances.currency(currency);
+        let same = [
+            books.pending == actual.pending,
+            books.available == actual.available,
+            books.refunding == actual.refunding,
+            books.fees == actual.fees,
+        ];
+        if same.contains(&false) {
+            problems.push(format!(
+                "{currency}: balances {actual:?} differ from what the payments imply {books:?}"
+            ));
+        }
+    }
+    problems
 }

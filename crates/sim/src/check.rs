@@ -1,8 +1,9 @@
 //! The invariants, each named, checked at the step that could break them
 //! (on every commit: what a single write must never do, and the ledger of
 //! the account it writes; as a request is acknowledged, a bank records a
-//! payment, a callback is answered, a page is sent), and over the whole
-//! store and the banks' books (every few simulated seconds and at the end).
+//! payment, a callback is answered, a page is sent, a webhook arrives),
+//! and over the whole store and the banks' books (every few simulated
+//! seconds, and at the end for liveness).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,8 @@ pub struct Audit {
     ledgers: BTreeMap<String, Ledger>,
     /// Per payment: the bank that first recorded it.
     held_by: BTreeMap<String, String>,
+    /// Per account item key: its payments as last committed, by name.
+    payments: BTreeMap<String, BTreeMap<String, Payment>>,
     pub violations: Vec<Violation>,
 }
 
@@ -199,6 +202,7 @@ impl Audit {
     /// the fold and count of all its movements committed so far.
     fn ledger_after(&mut self, writer: Option<&str>, ops: &[WriteOp]) {
         let mut movements = Vec::new();
+        let mut payments = Vec::new();
         let mut account = None;
         for op in ops {
             let WriteOp::Put { item, .. } = op else {
@@ -206,6 +210,10 @@ impl Audit {
             };
             if item.key.sk == ACCOUNT_SK {
                 account = Some(item);
+            } else if item.key.sk.starts_with(PAYMENT_SK_PREFIX) {
+                if let Ok(payment) = schema::decode_payment(item) {
+                    payments.push(payment.value);
+                }
             } else if let Some(sequence) = schema::movement_sequence(&item.key) {
                 match schema::decode_movement(item) {
                     Ok(movement) => movements.push((sequence, movement)),
@@ -249,6 +257,18 @@ impl Audit {
         self.violations
             .extend(problems.into_iter().map(|problem| Violation {
                 invariant: "ledger_balances",
+                detail: format!("{name} after a write by {writer}: {problem}"),
+            }));
+        // And what the account's payments, as committed, imply.
+        let known = self.payments.entry(name.clone()).or_default();
+        for payment in payments {
+            known.insert(payment.name().to_string(), payment);
+        }
+        let differences =
+            payvisor::audit::differences_from_payments(&book.balances, known.values());
+        self.violations
+            .extend(differences.into_iter().map(|problem| Violation {
+                invariant: "balances_match_payments",
                 detail: format!("{name} after a write by {writer}: {problem}"),
             }));
     }
@@ -601,35 +621,34 @@ fn unsettled(payments: &[Payment], banks: &[Arc<SimBank>]) -> Vec<Violation> {
 /// their order (a later one never before an earlier one was delivered;
 /// delivered again is fine: at least once); once settled, every committed
 /// event has reached every endpoint.
+/// One delivery to an endpoint, checked as it arrives: the first
+/// delivery of an event comes after the first of every earlier event of
+/// its payment (again is fine: at least once).
+pub fn delivered_in_order(
+    log: &WebhookLog,
+    (endpoint, payment, seq): &(String, String, u64),
+) -> Option<Violation> {
+    let mut seen = log.seen.lock().unwrap_or_else(|p| p.into_inner());
+    let seen = seen.entry((endpoint.clone(), payment.clone())).or_default();
+    let first = seen.insert(*seq);
+    let gap = (1..*seq).find(|earlier| !seen.contains(earlier));
+    match (first, gap) {
+        (true, Some(earlier)) => Some(Violation {
+            invariant: "webhooks_in_order",
+            detail: format!("{endpoint} got event {seq} of {payment} before event {earlier}"),
+        }),
+        _ => None,
+    }
+}
+
 pub async fn check_webhooks(
     table: &SimStore,
     accounts: &[AccountId],
     webhooks: &WebhookLog,
     settled: bool,
 ) -> Vec<Violation> {
+    // In order: checked as each delivery arrives (`delivered_in_order`).
     let mut found = Vec::new();
-    let mut delivered: BTreeMap<(String, String), BTreeSet<u64>> = BTreeMap::new();
-    {
-        let received = webhooks.received.lock().unwrap_or_else(|p| p.into_inner());
-        for (endpoint, payment, seq) in received.iter() {
-            let seen = delivered
-                .entry((endpoint.clone(), payment.clone()))
-                .or_default();
-            let first = !seen.contains(seq);
-            let gap = (1..*seq).find(|earlier| !seen.contains(earlier));
-            if first {
-                if let Some(earlier) = gap {
-                    found.push(Violation {
-                        invariant: "webhooks_in_order",
-                        detail: format!(
-                            "{endpoint} got event {seq} of {payment} before event {earlier}"
-                        ),
-                    });
-                }
-            }
-            seen.insert(*seq);
-        }
-    }
     if !settled {
         return found;
     }
@@ -650,7 +669,7 @@ pub async fn check_webhooks(
             (records.iter()).flat_map(|record| record.value.events.iter().map(|event| event.seq));
         for seq in committed {
             for endpoint in limits::WEBHOOK_ENDPOINTS {
-                let got = delivered
+                let got = (webhooks.seen.lock().unwrap_or_else(|p| p.into_inner()))
                     .get(&(endpoint.to_owned(), name.to_string()))
                     .is_some_and(|seen| seen.contains(&seq));
                 if !got {
@@ -663,4 +682,45 @@ pub async fn check_webhooks(
         }
     }
     found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn deliver(log: &WebhookLog, seq: u64) -> Option<Violation> {
+        delivered_in_order(
+            log,
+            &("merchant-a".into(), "accounts/a/payments/p".into(), seq),
+        )
+    }
+
+    #[test]
+    fn an_event_delivered_before_an_earlier_one_is_out_of_order_and_again_is_fine() {
+        let log = WebhookLog::default();
+        assert_eq!(deliver(&log, 1), None);
+        assert_eq!(deliver(&log, 1), None, "again: at least once");
+        assert_eq!(
+            deliver(&log, 3).map(|violation| violation.invariant),
+            Some("webhooks_in_order")
+        );
+        assert_eq!(deliver(&log, 2), None);
+    }
+
+    #[test]
+    fn a_payment_recorded_by_a_second_bank_or_not_stored_breaks_an_invariant() {
+        let mut audit = Audit::default();
+        let eur = payvisor::domain::Currency::from_code("EUR").unwrap();
+        let amount = Money::from_minor(eur, 100);
+        audit.bank_records("alpha", "p", amount, None);
+        audit.bank_records("alpha", "q", amount, None);
+        let found: Vec<_> = audit.violations.iter().map(|v| v.invariant).collect();
+        assert_eq!(found, ["banks_hold_only_stored_payments"; 2]);
+        audit.violations.clear();
+        audit.bank_records("beta", "p", amount, None);
+        assert!(audit
+            .violations
+            .iter()
+            .any(|violation| violation.invariant == "one_bank_per_payment"));
+    }
 }

@@ -7,6 +7,7 @@
 //! incarnation starts from the store under a new name, as a restarted
 //! process would. A paused node's calls wait until it resumes.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -167,6 +168,8 @@ impl AlertSink for SimAlertSink {
 #[derive(Default)]
 pub struct WebhookLog {
     pub received: Mutex<Vec<(String, String, u64)>>,
+    /// Per (endpoint, payment): the event sequences delivered so far.
+    pub seen: Mutex<BTreeMap<(String, String), BTreeSet<u64>>>,
 }
 
 /// The merchants' endpoints: they answer 2xx, or fail while the faults
@@ -177,6 +180,8 @@ pub struct SimWebhookSink {
     pub gate: Arc<Gate>,
     pub faults_on: Arc<AtomicBool>,
     pub fail_per_mille: u64,
+    /// Where an event delivered before an earlier one is noted, as it is.
+    pub audit: Arc<Mutex<crate::check::Audit>>,
 }
 
 impl payvisor::webhooks::WebhookSink for SimWebhookSink {
@@ -193,11 +198,12 @@ impl payvisor::webhooks::WebhookSink for SimWebhookSink {
             if faulty && self.world.chance(self.fail_per_mille) {
                 return Err(payvisor::webhooks::DeliveryError("503 (simulated)".into()));
             }
-            (self.log.received.lock().unwrap_or_else(|p| p.into_inner())).push((
-                endpoint.name.clone(),
-                event.payment.to_string(),
-                event.seq,
-            ));
+            let delivery = (endpoint.name.clone(), event.payment.to_string(), event.seq);
+            let out_of_order = crate::check::delivered_in_order(&self.log, &delivery);
+            (self.audit.lock().unwrap_or_else(|p| p.into_inner()))
+                .violations
+                .extend(out_of_order);
+            (self.log.received.lock().unwrap_or_else(|p| p.into_inner())).push(delivery);
             self.gate.pass().await;
             Ok(())
         })
@@ -371,6 +377,7 @@ impl Incarnation {
                 gate: gate.clone(),
                 faults_on: shared.faults_on.clone(),
                 fail_per_mille: shared.webhook_fail_per_mille,
+                audit: shared.audit.clone(),
             }),
         };
         let orchestrator = Orchestrator::start(components, bank_event_queue, &shutdown, &mut tasks);
