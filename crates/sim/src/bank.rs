@@ -416,54 +416,55 @@ pub struct BankLink {
     pub gate: Arc<Gate>,
 }
 
+impl BankLink {
+    /// Sends a submission (`arrives`, what the bank does with it), unless
+    /// it is held up on its way: then its call times out, and it reaches
+    /// the bank later all the same.
+    async fn submit<F, Fut>(&self, what: String, arrives: F) -> Result<(), ConnectorError>
+    where
+        F: FnOnce(Arc<SimBank>) -> Fut,
+        Fut: std::future::Future<Output = Result<(), ConnectorError>> + Send + 'static,
+    {
+        self.gate.pass().await;
+        if let Some(held) = self.bank.held_up() {
+            let arriving = arrives(self.bank.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(held.1).await;
+                let _ = arriving.await;
+            });
+            let error = self.bank.times_out(&what, held).await;
+            self.gate.pass().await;
+            return Err(error);
+        }
+        self.bank.latency().await;
+        let result = arrives(self.bank.clone()).await;
+        self.bank.latency().await;
+        self.gate.pass().await;
+        result
+    }
+}
+
 impl Connector for BankLink {
     fn submit_payment(
         &self,
         submission: PaymentSubmission,
     ) -> BoxFuture<'_, Result<(), ConnectorError>> {
-        Box::pin(async move {
-            self.gate.pass().await;
-            if let Some(held) = self.bank.held_up() {
-                let (bank, what) = (self.bank.clone(), format!("payment {}", submission.name));
-                tokio::spawn(async move {
-                    tokio::time::sleep(held.1).await;
-                    let _ = bank.submit_payment(submission).await;
-                });
-                let error = self.bank.times_out(&what, held).await;
-                self.gate.pass().await;
-                return Err(error);
-            }
-            self.bank.latency().await;
-            let result = self.bank.submit_payment(submission).await;
-            self.bank.latency().await;
-            self.gate.pass().await;
-            result
-        })
+        let what = format!("payment {}", submission.name);
+        Box::pin(self.submit(
+            what,
+            |bank| async move { bank.submit_payment(submission).await },
+        ))
     }
 
     fn submit_refund(
         &self,
         submission: RefundSubmission,
     ) -> BoxFuture<'_, Result<(), ConnectorError>> {
-        Box::pin(async move {
-            self.gate.pass().await;
-            if let Some(held) = self.bank.held_up() {
-                let what = format!("refund {}/{}", submission.name, submission.refund_id);
-                let bank = self.bank.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(held.1).await;
-                    let _ = bank.submit_refund(submission).await;
-                });
-                let error = self.bank.times_out(&what, held).await;
-                self.gate.pass().await;
-                return Err(error);
-            }
-            self.bank.latency().await;
-            let result = self.bank.submit_refund(submission).await;
-            self.bank.latency().await;
-            self.gate.pass().await;
-            result
-        })
+        let what = format!("refund {}/{}", submission.name, submission.refund_id);
+        Box::pin(self.submit(
+            what,
+            |bank| async move { bank.submit_refund(submission).await },
+        ))
     }
 
     fn payment_status(
