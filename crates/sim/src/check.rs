@@ -102,65 +102,89 @@ fn refunds_within_amount(payment: &Payment) -> Option<Violation> {
 }
 
 impl Audit {
-    /// Checks one committed write by `writer`.
+    /// Checks one committed write by `writer`, each item decoded once:
+    /// the ledger of the account it writes, each payment it writes, the
+    /// account's owner epoch.
     pub fn commit(&mut self, writer: Option<&str>, ops: &[WriteOp]) {
-        self.ledger_after(writer, ops);
+        let writer = writer.unwrap_or("the table");
+        let mut account = None;
+        let mut payments = Vec::new();
+        let mut movements = Vec::new();
         for op in ops {
             let WriteOp::Put { item, .. } = op else {
                 continue;
             };
             if item.key.sk == ACCOUNT_SK {
-                let Ok(book) = schema::decode_account(item) else {
-                    continue;
-                };
-                let epoch = book.value.owner_epoch;
-                let writer = writer.unwrap_or("the table").to_owned();
-                let (highest, writers) = self.epochs.entry(item.key.pk.clone()).or_default();
-                if epoch < *highest {
-                    self.violations.push(Violation {
-                        invariant: "no_fenced_write_lands",
-                        detail: format!(
-                            "{writer} wrote {} at epoch {epoch} after epoch {highest}",
-                            item.key.pk
-                        ),
-                    });
-                }
-                *highest = (*highest).max(epoch);
-                match writers.get(&epoch) {
-                    Some(first) if *first != writer => self.violations.push(Violation {
-                        invariant: "one_owner_per_epoch",
-                        detail: format!(
-                            "{} written at epoch {epoch} by {first} and by {writer}",
-                            item.key.pk
-                        ),
-                    }),
-                    Some(_) => {}
-                    None => {
-                        writers.insert(epoch, writer);
-                    }
+                if let Ok(book) = schema::decode_account(item) {
+                    account = Some((item.key.pk.as_str(), book.value));
                 }
             } else if item.key.sk.starts_with(PAYMENT_SK_PREFIX) {
-                let Ok(payment) = schema::decode_payment(item) else {
-                    continue;
-                };
-                let payment = payment.value;
-                let name = payment.name().to_string();
-                let now = (payment.state, refunds_summary(&payment));
-                if let Some(before) = self.terminal.get(&name) {
-                    if *before != now {
-                        self.violations.push(Violation {
-                            invariant: "terminal_payments_never_change",
-                            detail: format!("{name}: was {before:?}, written as {now:?}"),
-                        });
-                    }
+                if let Ok(payment) = schema::decode_payment(item) {
+                    payments.push(payment.value);
                 }
-                if payment.state.is_terminal() {
-                    self.terminal.insert(name, now);
+            } else if let Some(sequence) = schema::movement_sequence(&item.key) {
+                match schema::decode_movement(item) {
+                    Ok(movement) => movements.push((sequence, movement)),
+                    Err(error) => self.violations.push(Violation {
+                        invariant: "stored_data_decodes",
+                        detail: format!("{:?}: {error}", item.key),
+                    }),
                 }
-                self.violations.extend(refunds_within_amount(&payment));
-                self.violations.extend(unwatched(&payment));
             }
         }
+        if let Some((name, book)) = &account {
+            self.ledger_after(writer, name, book, movements, &payments);
+        }
+        // (The account item is the last of an account write.)
+        for payment in &payments {
+            self.payment_written(payment);
+        }
+        if let Some((name, book)) = &account {
+            self.epoch_written(writer, name, book.owner_epoch);
+        }
+    }
+
+    /// An account written at `epoch`: epochs never go back, and one
+    /// writer per epoch.
+    fn epoch_written(&mut self, writer: &str, name: &str, epoch: u64) {
+        let (highest, writers) = self.epochs.entry(name.to_owned()).or_default();
+        if epoch < *highest {
+            self.violations.push(Violation {
+                invariant: "no_fenced_write_lands",
+                detail: format!("{writer} wrote {name} at epoch {epoch} after epoch {highest}"),
+            });
+        }
+        *highest = (*highest).max(epoch);
+        match writers.get(&epoch) {
+            Some(first) if *first != writer => self.violations.push(Violation {
+                invariant: "one_owner_per_epoch",
+                detail: format!("{name} written at epoch {epoch} by {first} and by {writer}"),
+            }),
+            Some(_) => {}
+            None => {
+                writers.insert(epoch, writer.to_owned());
+            }
+        }
+    }
+
+    /// A payment written: a terminal one never changes, refunds stay
+    /// within its amount, and what waits carries its watch.
+    fn payment_written(&mut self, payment: &Payment) {
+        let name = payment.name().to_string();
+        let now = (payment.state, refunds_summary(payment));
+        if let Some(before) = self.terminal.get(&name) {
+            if *before != now {
+                self.violations.push(Violation {
+                    invariant: "terminal_payments_never_change",
+                    detail: format!("{name}: was {before:?}, written as {now:?}"),
+                });
+            }
+        }
+        if payment.state.is_terminal() {
+            self.terminal.insert(name, now);
+        }
+        self.violations.extend(refunds_within_amount(payment));
+        self.violations.extend(unwatched(payment));
     }
 }
 
@@ -197,44 +221,21 @@ impl Audit {
         }
     }
 
-    /// The ledger of the account a write commits: every movement it
-    /// holds balances, and the account's balances and movement count are
-    /// the fold and count of all its movements committed so far.
-    fn ledger_after(&mut self, writer: Option<&str>, ops: &[WriteOp]) {
-        let mut movements = Vec::new();
-        let mut payments = Vec::new();
-        let mut account = None;
-        for op in ops {
-            let WriteOp::Put { item, .. } = op else {
-                continue;
-            };
-            if item.key.sk == ACCOUNT_SK {
-                account = Some(item);
-            } else if item.key.sk.starts_with(PAYMENT_SK_PREFIX) {
-                if let Ok(payment) = schema::decode_payment(item) {
-                    payments.push(payment.value);
-                }
-            } else if let Some(sequence) = schema::movement_sequence(&item.key) {
-                match schema::decode_movement(item) {
-                    Ok(movement) => movements.push((sequence, movement)),
-                    Err(error) => self.violations.push(Violation {
-                        invariant: "stored_data_decodes",
-                        detail: format!("{:?}: {error}", item.key),
-                    }),
-                }
-            }
-        }
-        let Some(account) = account else {
-            return;
-        };
-        let Ok(book) = schema::decode_account(account) else {
-            return;
-        };
-        let book = book.value;
-        let ledger = self.ledgers.entry(account.key.pk.clone()).or_default();
+    /// The ledger of the account `name` a write commits (`book`, with
+    /// `movements` and `payments`): every movement balances, the
+    /// account's balances and movement count are the fold and count of
+    /// all its movements committed so far, and its balances are what its
+    /// payments, as committed, imply.
+    fn ledger_after(
+        &mut self,
+        writer: &str,
+        name: &str,
+        book: &payvisor::domain::account::AccountBook,
+        movements: Vec<(u64, Movement)>,
+        payments: &[Payment],
+    ) {
+        let ledger = self.ledgers.entry(name.to_owned()).or_default();
         ledger.add(movements);
-        let writer = writer.unwrap_or("the table");
-        let name = &account.key.pk;
         let count = ledger.movements.len() as u64;
         let mut problems = Vec::new();
         if count != book.movement_count {
@@ -260,9 +261,9 @@ impl Audit {
                 detail: format!("{name} after a write by {writer}: {problem}"),
             }));
         // And what the account's payments, as committed, imply.
-        let known = self.payments.entry(name.clone()).or_default();
+        let known = self.payments.entry(name.to_owned()).or_default();
         for payment in payments {
-            known.insert(payment.name().to_string(), payment);
+            known.insert(payment.name().to_string(), payment.clone());
         }
         let differences =
             payvisor::audit::differences_from_payments(&book.balances, known.values());
@@ -324,7 +325,6 @@ pub async fn check_store(
     banks: &[Arc<SimBank>],
     accounts: &[AccountId],
     acknowledged: &Acknowledged,
-    pages: &PageLog,
     settled: bool,
 ) -> Vec<Violation> {
     let mut found = Vec::new();
@@ -500,7 +500,6 @@ pub async fn check_store(
             }
         }
     }
-    found.extend(paged_once(pages));
 
     if settled {
         found.extend(unsettled(&payments, banks));
@@ -530,22 +529,20 @@ fn unwatched(payment: &Payment) -> Option<Violation> {
 
 /// Every stall is paged once: its trigger reaches the sink once, or again
 /// only where recording its delivery failed (a few times at most; the
-/// sink merges them by their dedup key).
-pub fn paged_once(pages: &PageLog) -> Vec<Violation> {
-    let mut triggers: BTreeMap<&str, usize> = BTreeMap::new();
-    let pages = pages.pages.lock().unwrap_or_else(|p| p.into_inner());
-    for (action, key) in pages.iter() {
-        if action == "Trigger" && !key.starts_with("payvisor/watchdog/") {
-            *triggers.entry(key.as_str()).or_default() += 1;
-        }
+/// sink merges them by their dedup key). Checked as each page is sent:
+/// the triggers of `key` so far.
+pub fn paged_once(pages: &PageLog, key: &str) -> Option<Violation> {
+    if key.starts_with("payvisor/watchdog/") {
+        return None;
     }
-    (triggers.into_iter())
-        .filter(|(_, sent)| *sent > limits::PAGE_SENDS_PER_STALL_MAX)
-        .map(|(key, sent)| Violation {
-            invariant: "every_stall_paged_once",
-            detail: format!("{key} was sent {sent} times"),
-        })
-        .collect()
+    let pages = pages.pages.lock().unwrap_or_else(|p| p.into_inner());
+    let sent = (pages.iter())
+        .filter(|(action, paged)| action == "Trigger" && paged == key)
+        .count();
+    (sent > limits::PAGE_SENDS_PER_STALL_MAX).then(|| Violation {
+        invariant: "every_stall_paged_once",
+        detail: format!("{key} was sent {sent} times"),
+    })
 }
 
 /// Liveness: once the faults stop, every payment comes to rest, and what
@@ -617,10 +614,6 @@ fn unsettled(payments: &[Payment], banks: &[Arc<SimBank>]) -> Vec<Violation> {
     found
 }
 
-/// Webhooks: to each endpoint, a payment's events are first delivered in
-/// their order (a later one never before an earlier one was delivered;
-/// delivered again is fine: at least once); once settled, every committed
-/// event has reached every endpoint.
 /// One delivery to an endpoint, checked as it arrives: the first
 /// delivery of an event comes after the first of every earlier event of
 /// its payment (again is fine: at least once).
@@ -641,13 +634,14 @@ pub fn delivered_in_order(
     }
 }
 
+/// Webhooks, once settled: every committed event has reached every
+/// endpoint (their order is checked as they arrive, `delivered_in_order`).
 pub async fn check_webhooks(
     table: &SimStore,
     accounts: &[AccountId],
     webhooks: &WebhookLog,
     settled: bool,
 ) -> Vec<Violation> {
-    // In order: checked as each delivery arrives (`delivered_in_order`).
     let mut found = Vec::new();
     if !settled {
         return found;

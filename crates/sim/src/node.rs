@@ -152,9 +152,7 @@ impl AlertSink for SimAlertSink {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(entry);
-            let too_often = crate::check::paged_once(&self.log)
-                .into_iter()
-                .filter(|violation| violation.detail.starts_with(&format!("{key} ")));
+            let too_often = crate::check::paged_once(&self.log, &key);
             (self.audit.lock().unwrap_or_else(|p| p.into_inner()))
                 .violations
                 .extend(too_often);

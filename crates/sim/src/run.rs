@@ -192,9 +192,8 @@ async fn simulate(seed: u64) -> Report {
 
     let on_call = tokio::spawn(workload.clone().on_call(pages.clone(), banks.clone()));
     let violations = |settled: bool| {
-        let (table, banks, accounts, workload, audit, pages, webhooks) = (
-            &table, &banks, &accounts, &workload, &audit, &pages, &webhooks,
-        );
+        let (table, banks, accounts, workload, audit, webhooks) =
+            (&table, &banks, &accounts, &workload, &audit, &webhooks);
         async move {
             let mut found = audit
                 .lock()
@@ -211,9 +210,7 @@ async fn simulate(seed: u64) -> Report {
                     refunds: acknowledged.refunds.clone(),
                 }
             };
-            found.extend(
-                check::check_store(table, banks, accounts, &acknowledged, pages, settled).await,
-            );
+            found.extend(check::check_store(table, banks, accounts, &acknowledged, settled).await);
             found.extend(check::check_webhooks(table, accounts, webhooks, settled).await);
             found
         }
