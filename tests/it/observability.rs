@@ -314,17 +314,25 @@ async fn banks_breakers_webhooks_pages_sweeps_and_queues_are_measured() {
     for n in 0..6 {
         created_payment(&mut client, "acme", &format!("edge-down-{n}"), 1_000).await;
     }
-    let page = scrape_until(&metrics, "bank-a's breaker open", |page| {
-        sample(
-            page,
-            "payvisor_bank_breaker_state{bank=\"bank-a\",state=\"open\"}",
-        ) == Some(1.0)
-    })
-    .await;
     // A call whose retries ran into the opened breaker ends `circuit_open`.
-    let failed = bank_calls(&page, "submit_payment", "unavailable")
-        + bank_calls(&page, "submit_payment", "circuit_open");
-    assert!(failed >= 1.0, "{page}");
+    // Its outcome is counted when its last attempt ends, which can be just
+    // after the breaker opened: both are waited for.
+    let failed = |page: &str| {
+        bank_calls(page, "submit_payment", "unavailable")
+            + bank_calls(page, "submit_payment", "circuit_open")
+    };
+    let page = scrape_until(
+        &metrics,
+        "bank-a's breaker open, and a failed submission counted",
+        |page| {
+            sample(
+                page,
+                "payvisor_bank_breaker_state{bank=\"bank-a\",state=\"open\"}",
+            ) == Some(1.0)
+                && failed(page) >= 1.0
+        },
+    )
+    .await;
     assert_eq!(
         sample(
             &page,
