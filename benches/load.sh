@@ -8,7 +8,9 @@
 #
 # RUNS (default 3) runs of each measurement, medians reported; the
 # saturation runs last SATURATION_SECONDS (default 30; 300 for the issue's
-# five-minute flatness). Every run verifies that nothing was lost, doubled,
+# five-minute flatness). The server's store is PAYVISOR_STORE's (default
+# sqlite; `PAYVISOR_STORE=lsm bash benches/load.sh` for the log-structured
+# one), and the disk it takes at the end of the memory run is reported. Every run verifies that nothing was lost, doubled,
 # left unsettled or unbalanced: a failed verification stops the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,6 +64,9 @@ serve 53004
 bench memory --duration 60 --rate max --concurrency 256 --accounts 100000 --echo-duration 0 --settle-timeout 60
 PEAK_MIB=$(( $(grep VmHWM /proc/$SERVER/status | awk '{print $2}') / 1024 ))
 stop
+DISK_KIB=$(du -sk "$WORK/data" | awk '{print $1}')
+PAYMENTS=$(python3 -c "import json; print(json.loads(open('$WORK/memory').readline())['acknowledged'])")
+echo "# store ${PAYVISOR_STORE:-sqlite}: $DISK_KIB KiB on disk after the memory run's $PAYMENTS payments ($(( DISK_KIB * 1024 / (PAYMENTS > 0 ? PAYMENTS : 1) )) bytes each)"
 
 python3 - "$WORK" "$PEAK_MIB" "$(nproc)" "$LONG" <<'PY'
 import json, statistics, sys
@@ -95,7 +100,9 @@ rows = [
          for run in runs(name)), "0", lambda v: v == 0),
     ("peak RSS, 100,000 accounts for 60 s (MiB)", peak_mib, "<= 1,024", lambda v: v <= 1024),
 ]
-print(f"\n# issue 16's figures: medians of {len(runs('saturation'))} runs on {cores} cores; "
+import os
+print(f"\n# issue 16's figures, store {os.environ.get('PAYVISOR_STORE', 'sqlite')}: "
+      f"medians of {len(runs('saturation'))} runs on {cores} cores; "
       "every run verified: nothing lost, doubled, unsettled or unbalanced")
 print(f"{'figure':<58} {'measured':>12}  {'target':<18} met")
 for name, value, target, met in rows:

@@ -13,6 +13,7 @@ use crate::domain::payment::{Fee, FeeSchedule, Policy};
 use crate::domain::watch::{Stage, StallPolicy};
 use crate::limits;
 use crate::store::dynamodb::{DynamoDbSettings, DynamoDbStore};
+use crate::store::lsm::LsmStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 use crate::webhooks::WebhookSettings;
@@ -495,8 +496,9 @@ fn routed_address() -> std::io::Result<std::net::IpAddr> {
 /// Which store, and how to reach it.
 #[derive(clap::Args, Debug, Clone)]
 pub struct StoreArgs {
-    /// Where state lives: `sqlite` (embedded, under --data-dir) or
-    /// `dynamodb` (the table --dynamodb-table).
+    /// Where state lives: `sqlite` (embedded, under --data-dir), `lsm`
+    /// (embedded, log-structured, under --data-dir/lsm) or `dynamodb` (the
+    /// table --dynamodb-table).
     #[arg(long, env = "PAYVISOR_STORE", default_value = "sqlite")]
     pub store: StoreKind,
     /// Directory of the embedded store (created if missing).
@@ -512,6 +514,9 @@ impl StoreArgs {
             StoreKind::Sqlite => StoreConfig::Sqlite {
                 data_dir: self.data_dir.clone(),
             },
+            StoreKind::Lsm => StoreConfig::Lsm {
+                data_dir: self.data_dir.clone(),
+            },
             StoreKind::Dynamodb => {
                 let table = self.dynamodb.dynamodb_table.as_deref().ok_or_else(|| {
                     ConfigError::DynamoDb("--store dynamodb needs --dynamodb-table NAME".into())
@@ -525,6 +530,7 @@ impl StoreArgs {
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreKind {
     Sqlite,
+    Lsm,
     Dynamodb,
 }
 
@@ -578,7 +584,13 @@ impl DynamoDbArgs {
 /// Where a server keeps its state.
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    Sqlite { data_dir: PathBuf },
+    Sqlite {
+        data_dir: PathBuf,
+    },
+    /// The log-structured embedded store (src/store/lsm.rs).
+    Lsm {
+        data_dir: PathBuf,
+    },
     DynamoDb(DynamoDbSettings),
 }
 
@@ -590,12 +602,20 @@ impl StoreConfig {
     /// Whether expired items must be deleted by payvisor's own sweep: the
     /// embedded store; DynamoDB's time to live deletes them itself.
     pub fn sweeps_expired_items(&self) -> bool {
-        matches!(self, StoreConfig::Sqlite { .. })
+        matches!(self, StoreConfig::Sqlite { .. } | StoreConfig::Lsm { .. })
+    }
+
+    /// The embedded store's data directory (none for DynamoDB).
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        match self {
+            StoreConfig::Sqlite { data_dir } | StoreConfig::Lsm { data_dir } => Some(data_dir),
+            StoreConfig::DynamoDb(_) => None,
+        }
     }
 
     pub fn late_write_bound(&self) -> Option<std::time::Duration> {
         match self {
-            StoreConfig::Sqlite { .. } => None,
+            StoreConfig::Sqlite { .. } | StoreConfig::Lsm { .. } => None,
             StoreConfig::DynamoDb(settings) => Some(settings.operation_timeout),
         }
     }
@@ -614,6 +634,15 @@ impl StoreConfig {
                 )));
             }
         }
+        if let StoreConfig::Lsm { data_dir } = self {
+            if !LsmStore::exists_in(data_dir) {
+                return Err(StoreError::Unavailable(format!(
+                    "no payvisor store in {} ({} is missing): check --data-dir and --store",
+                    data_dir.display(),
+                    data_dir.join(crate::store::lsm::LSM_DIR).display()
+                )));
+            }
+        }
         self.open().await
     }
 
@@ -626,6 +655,7 @@ impl StoreConfig {
                 store.quick_check()?;
                 std::sync::Arc::new(store)
             }
+            StoreConfig::Lsm { data_dir } => std::sync::Arc::new(LsmStore::open(data_dir)?),
             StoreConfig::DynamoDb(settings) => {
                 std::sync::Arc::new(DynamoDbStore::connect(settings).await)
             }

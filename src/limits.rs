@@ -78,6 +78,11 @@ pub const LIST_CALLS_CONCURRENT_MAX: usize = 8;
 /// Part of the stored key layout: changing it needs a data migration.
 pub const ACCOUNT_SHARDS: usize = 16;
 
+/// Bytes of a partition key and of a sort key (of an item or of the
+/// index): DynamoDB's bounds, kept by every backend so that what one store
+/// takes, every store takes.
+pub const STORE_PARTITION_KEY_BYTES_MAX: usize = 2048;
+pub const STORE_SORT_KEY_BYTES_MAX: usize = 1024;
 /// Items in one atomic write: DynamoDB's TransactWriteItems bound.
 pub const TRANSACT_ITEMS_MAX: usize = 100;
 /// Writes waiting for the embedded store's writer thread. Beyond this,
@@ -91,6 +96,30 @@ pub const GROUP_COMMIT_TRANSACTIONS_MAX: usize = 512;
 /// writer's own auto-checkpoint (a backstop at 16,384 pages) rarely has much
 /// left to copy.
 pub const STORE_CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+/// Block cache of the LSM store (`--store lsm`): the recent items of busy
+/// accounts stay in memory (64 MiB, as the SQLite writer's page cache).
+pub const LSM_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+/// Memory table of the LSM store's items, before it is written out as a
+/// sorted table: large enough that a table holds many groups' writes
+/// (fewer, larger tables to merge), bounded so memory per node is (32 MiB).
+pub const LSM_ITEMS_MEMTABLE_BYTES: u64 = 32 * 1024 * 1024;
+/// Memory tables of the index and the expiry list, whose entries are keys
+/// alone (8 MiB each).
+pub const LSM_ENTRIES_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;
+/// Journal of the LSM store kept before its memory tables are written out:
+/// what a restart after a crash replays, so it bounds recovery time
+/// (128 MiB; fjall's default is 512 MiB).
+pub const LSM_JOURNAL_BYTES: u64 = 128 * 1024 * 1024;
+/// Background threads that write out and merge the LSM store's tables: one
+/// per core of the 2-core machine it is measured on; more would only
+/// compete with the server for them.
+pub const LSM_WORKER_THREADS: usize = 2;
+/// Items read from the SQLite store per page while migrating it (bounds
+/// the migration's memory, not its speed).
+pub const MIGRATE_PAGE_ITEMS: usize = 10_000;
+/// Writes of a migration in flight at once, for the writer to fold into
+/// group commits (one fsync per group, not per write).
+pub const MIGRATE_WRITES_IN_FLIGHT: usize = 32;
 /// Read connections to the embedded store (WAL readers run in parallel).
 pub const STORE_READERS_MAX: usize = 4;
 /// Threads for blocking work: the embedded store's reads (at most one per

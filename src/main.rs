@@ -174,7 +174,7 @@ fn main() -> std::process::ExitCode {
                 command: RulesCommand::Check { file },
             } => cli::check_rules(&file),
             Command::Ledger { json, command } => cli::ledger(json, command).await,
-            Command::Store { command } => cli::store(command),
+            Command::Store { command } => cli::store(command).await,
             Command::Auth { command } => cli::auth(command),
             Command::Audit { options, command } => cli::audit(&options, command).await,
             Command::Reconcile(args) => cli::reconcile(args).await,

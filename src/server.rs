@@ -53,11 +53,9 @@ pub async fn run(
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // One process per data directory, held until the server has stopped.
-    let _data_dir = match &config.store {
-        crate::config::StoreConfig::Sqlite { data_dir } => {
-            Some(crate::store::data_dir::DataDirLock::acquire(data_dir)?)
-        }
-        crate::config::StoreConfig::DynamoDb(_) => None,
+    let _data_dir = match config.store.data_dir() {
+        Some(data_dir) => Some(crate::store::data_dir::DataDirLock::acquire(data_dir)?),
+        None => None,
     };
     // Dropped on an early return: the tasks already started stop too.
     let (trigger, shutdown) = crate::shutdown::channel();

@@ -130,6 +130,8 @@ phase "cfn-lint deploy/cloudformation"
 "$VENV/bin/cfn-lint" deploy/cloudformation/*.yaml
 phase "the CloudFormation template and create-table define the same table"
 "$VENV/bin/python" tests/cloudformation_matches_create_table.py target/debug/payvisor
+phase "end-to-end, crash, stalls, reviews, webhooks, observability and attribution tests again, with --store lsm (the log-structured embedded store)"
+PAYVISOR_TEST_STORE=lsm cargo test --locked --workspace --test it -- crash:: e2e:: observability:: reviews:: stalls:: webhooks:: security::who_
 phase "end-to-end, crash, stalls, reviews, webhooks and attribution tests again, with --store dynamodb"
 # One group at a time: the DynamoDB-API test server answers one request at
 # a time (tests/dynamodb_server.py says why, and how it keeps each request's

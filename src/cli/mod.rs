@@ -355,22 +355,64 @@ pub enum LedgerCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum StoreCommand {
-    /// SQLite's full integrity check and every record's checksum, for the
-    /// embedded store in --data-dir (exit 1 on any damage). Run it with the
+    /// Every record's checksum, for the embedded store in --data-dir, with
+    /// SQLite's full integrity check, or (log-structured store) that the
+    /// index and the expiry list agree with the items (exit 1 on any
+    /// damage). Run it with the
     /// server stopped, or on a copy.
     Check {
         /// Directory of the embedded store.
         #[arg(long, env = "PAYVISOR_DATA_DIR", default_value = "./data")]
         data_dir: std::path::PathBuf,
     },
+    /// Copy the SQLite store in --data-dir into a log-structured one
+    /// (`--store lsm`), with the server stopped. Safe to run again after a
+    /// crash; the SQLite files are kept as `payvisor.db.migrated`.
+    Migrate {
+        /// Directory of the embedded store.
+        #[arg(long, env = "PAYVISOR_DATA_DIR", default_value = "./data")]
+        data_dir: std::path::PathBuf,
+    },
 }
 
-/// Runs `store check`.
-pub fn store(command: StoreCommand) -> anyhow::Result<()> {
-    let StoreCommand::Check { data_dir } = command;
+/// Runs `store check` or `store migrate`.
+pub async fn store(command: StoreCommand) -> anyhow::Result<()> {
+    let data_dir = match command {
+        StoreCommand::Check { data_dir } => data_dir,
+        StoreCommand::Migrate { data_dir } => {
+            // The server must not run on either store meanwhile.
+            let _lock = crate::store::data_dir::DataDirLock::acquire(&data_dir)?;
+            let migrated = crate::store::migrate::sqlite_to_lsm(&data_dir).await?;
+            out!(
+                "{} items copied into {}; the SQLite store is kept as {} (delete it once \
+                 the server runs with --store lsm)",
+                migrated.items,
+                data_dir.join(crate::store::lsm::LSM_DIR).display(),
+                migrated.kept_as.display()
+            );
+            return Ok(());
+        }
+    };
+    if crate::store::lsm::LsmStore::exists_in(&data_dir) {
+        let store = crate::store::lsm::LsmStore::open(&data_dir)?;
+        let report = store.check()?;
+        for problem in &report.problems {
+            out!("damaged: {problem}");
+        }
+        out!(
+            "{} records read (log-structured store), {} problems",
+            report.items,
+            report.problems.len()
+        );
+        anyhow::ensure!(
+            report.problems.is_empty(),
+            "the store is damaged: restore it from a backup (see docs/failure-modes.md)"
+        );
+        return Ok(());
+    }
     anyhow::ensure!(
         data_dir.join("payvisor.db").is_file(),
-        "no payvisor store in {} (payvisor.db is missing): check --data-dir",
+        "no payvisor store in {} (neither payvisor.db nor lsm/): check --data-dir",
         data_dir.display()
     );
     let store = crate::store::sqlite::SqliteStore::open(&data_dir)?;

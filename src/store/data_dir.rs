@@ -90,6 +90,34 @@ impl DataDirLock {
     }
 }
 
+/// The data directory's record of the store it holds (either embedded
+/// store): a directory that had a store and lost it refuses to open
+/// instead of starting a new, empty store in its place.
+pub const IDENTITY_FILE: &str = "payvisor.id";
+
+/// The identity recorded in `data_dir`, if any. An empty file (a crash
+/// while an older build wrote it) is no record.
+pub fn read_identity(data_dir: &Path) -> std::io::Result<Option<String>> {
+    match std::fs::read_to_string(data_dir.join(IDENTITY_FILE)) {
+        Ok(text) if text.trim().is_empty() => Ok(None),
+        Ok(text) => Ok(Some(text.trim().to_owned())),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// Records `store_id` in `data_dir`, crash-safely: a whole new file is
+/// written and synced beside the old one, then renamed over it, and the
+/// rename synced; a crash leaves the old record or the new one.
+pub fn write_identity(data_dir: &Path, store_id: &str) -> std::io::Result<()> {
+    let staged = data_dir.join(format!("{IDENTITY_FILE}.new"));
+    let mut file = File::create(&staged)?;
+    writeln!(file, "{store_id}")?;
+    file.sync_all()?;
+    std::fs::rename(&staged, data_dir.join(IDENTITY_FILE))?;
+    File::open(data_dir)?.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,8 @@
 //! at most 100 items. The shape is DynamoDB's, so the embedded store
 //! ([`sqlite`]) and the production one share one contract, checked by one
 //! conformance suite (`payvisor_testkit::store`, kept out of the server).
+//! A second embedded store, [`lsm`], is log-structured; [`migrate`] copies
+//! a SQLite store into it.
 //!
 //! [`schema`] maps domain records onto items, through storage records of its
 //! own (versioned bodies); nothing else knows key formats or bodies.
@@ -13,6 +15,9 @@
 
 pub mod data_dir;
 pub mod dynamodb;
+mod group_commit;
+pub mod lsm;
+pub mod migrate;
 pub mod schema;
 pub mod sqlite;
 
@@ -191,6 +196,30 @@ pub fn validate_write(ops: &[WriteOp]) -> Result<(), StoreError> {
             crate::limits::TRANSACT_ITEMS_MAX
         )));
     }
+    // DynamoDB's own bounds on key attributes, kept by every backend (the
+    // log-structured store frames keys with 16-bit lengths).
+    let too_long = |partition: &str, sort: &str| {
+        partition.len() > crate::limits::STORE_PARTITION_KEY_BYTES_MAX
+            || sort.len() > crate::limits::STORE_SORT_KEY_BYTES_MAX
+    };
+    for op in ops {
+        let key = op.key();
+        let index_too_long = match op {
+            WriteOp::Put { item, .. } => item
+                .index
+                .as_ref()
+                .is_some_and(|index| too_long(&index.pk, &index.sk)),
+            _ => false,
+        };
+        if too_long(&key.pk, &key.sk) || index_too_long {
+            return Err(StoreError::InvalidWrite(format!(
+                "a key of {:?} is too long: partition keys have at most {} bytes, sort keys {}",
+                key,
+                crate::limits::STORE_PARTITION_KEY_BYTES_MAX,
+                crate::limits::STORE_SORT_KEY_BYTES_MAX
+            )));
+        }
+    }
     // Index sort keys are compared as byte strings, and range reads resume
     // "strictly after" a key by starting at key + U+0001: no control
     // characters, so nothing can sort between the two.
@@ -220,4 +249,52 @@ pub fn validate_write(ops: &[WriteOp]) -> Result<(), StoreError> {
         )));
     }
     Ok(())
+}
+
+/// Deletes expired items, each on the version it was read at (an item
+/// rewritten meanwhile is left alone), many to a write; a write that meets
+/// an item rewritten meanwhile is done again one delete at a time. Says
+/// how many were deleted. For the embedded stores' `expire`.
+pub(crate) async fn delete_expired(
+    store: &dyn Store,
+    expired: &[(Key, u64)],
+) -> Result<usize, StoreError> {
+    let delete = |(key, version): &(Key, u64)| WriteOp::Delete {
+        key: key.clone(),
+        condition: Condition::VersionIs(*version),
+    };
+    let mut deleted = 0;
+    for chunk in expired.chunks(crate::limits::TRANSACT_ITEMS_MAX) {
+        match store.transact(chunk.iter().map(delete).collect()).await {
+            Ok(()) => deleted += chunk.len(),
+            Err(StoreError::ConditionFailed { .. }) => {
+                for one in chunk {
+                    match store.transact(vec![delete(one)]).await {
+                        Ok(()) => deleted += 1,
+                        Err(StoreError::ConditionFailed { .. }) => {}
+                        Err(error) => return Err(error),
+                    }
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(deleted)
+}
+
+/// Cuts a result read with `limit + 1` items into a page: the extra item
+/// only tells whether another page exists.
+pub(crate) fn page_of(
+    mut items: Vec<Item>,
+    limit: usize,
+    position: impl Fn(&Item) -> String,
+) -> Page {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more {
+        items.last().map(position)
+    } else {
+        None
+    };
+    Page { items, next }
 }

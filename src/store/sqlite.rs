@@ -26,11 +26,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::group_commit::{run_writer, submit, WriteRequest};
 use super::{
-    validate_write, BoxFuture, Condition, IndexKey, IndexQuery, Item, Key, Page, Query, Store,
-    StoreError, WriteOp,
+    page_of, validate_write, BoxFuture, Condition, IndexKey, IndexQuery, Item, Key, Page, Query,
+    Store, StoreError, WriteOp,
 };
 use crate::limits;
 
@@ -58,15 +59,9 @@ CREATE TABLE IF NOT EXISTS meta (
 /// expiry of items (`exp`, Unix seconds, with an index of the expiring
 /// ones for the sweep).
 const FORMAT: u32 = 3;
-/// The data directory's record of the store it holds.
-const IDENTITY_FILE: &str = "payvisor.id";
+use super::data_dir::IDENTITY_FILE;
 /// The columns every read selects, in `item_from_row`'s order.
 const COLUMNS: &str = "pk, sk, version, body, ipk, isk, crc, exp";
-
-struct WriteRequest {
-    ops: Vec<WriteOp>,
-    reply: oneshot::Sender<Result<(), StoreError>>,
-}
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
@@ -82,6 +77,8 @@ pub struct SqliteStore {
     /// Group commits so far (each is one fsync): writes ÷ commits is the
     /// group-commit factor.
     commits: Arc<AtomicU64>,
+    /// The writer and checkpointer threads, joined by [`SqliteStore::close`].
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// A failed SQLite call as the store's error: damage is corruption (not
@@ -172,18 +169,11 @@ fn establish_identity(connection: &Connection, data_dir: &Path) -> Result<(), St
             .map_err(unavailable)
     };
     let identity_file = data_dir.join(IDENTITY_FILE);
-    let remembered = match std::fs::read_to_string(&identity_file) {
-        Ok(text) => Some(text.trim().to_owned()),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
-        Err(error) => {
-            return Err(StoreError::Unavailable(format!(
-                "{}: {error}",
-                identity_file.display()
-            )))
-        }
-    };
+    let remembered = super::data_dir::read_identity(data_dir).map_err(|error| {
+        StoreError::Unavailable(format!("{}: {error}", identity_file.display()))
+    })?;
     let recorded = meta("store_id")?;
-    let store_id = match (recorded, remembered) {
+    let store_id = match (recorded, remembered.clone()) {
         (Some(recorded), Some(remembered)) if recorded != remembered => {
             return Err(StoreError::Corrupt(format!(
                 "{} holds store {recorded}, but this data directory held store {remembered} \
@@ -250,12 +240,8 @@ fn establish_identity(connection: &Connection, data_dir: &Path) -> Result<(), St
                 .map_err(unavailable)?;
         }
     }
-    if std::fs::read_to_string(&identity_file)
-        .map(|text| text.trim().to_owned())
-        .ok()
-        != Some(store_id.clone())
-    {
-        std::fs::write(&identity_file, format!("{store_id}\n")).map_err(|error| {
+    if remembered.as_deref() != Some(store_id.as_str()) {
+        super::data_dir::write_identity(data_dir, &store_id).map_err(|error| {
             StoreError::Unavailable(format!("{}: {error}", identity_file.display()))
         })?;
     }
@@ -333,10 +319,48 @@ impl SqliteStore {
         Ok(report)
     }
 
+    /// Up to `limit` items in key order, after `after` (every item, page by
+    /// page, each checksum verified): for copying the store elsewhere.
+    pub fn scan(&self, after: Option<&Key>, limit: usize) -> Result<Vec<Item>, StoreError> {
+        let connection = self.readers[0]
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let (pk, sk) = after.map_or(("", ""), |key| (key.pk.as_str(), key.sk.as_str()));
+        let strict = if after.is_some() { ">" } else { ">=" };
+        let mut statement = connection
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM items WHERE (pk, sk) {strict} (?1, ?2) ORDER BY pk, sk LIMIT ?3"
+            ))
+            .map_err(unavailable)?;
+        let rows = statement
+            .query_map(params![pk, sk, limit as i64], item_from_row)
+            .map_err(unavailable)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+    }
+
+    /// The store's identity (`meta.store_id`).
+    pub fn store_id(&self) -> Result<String, StoreError> {
+        let connection = self.readers[0]
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        connection
+            .query_row("SELECT value FROM meta WHERE key = 'store_id'", [], |row| {
+                row.get(0)
+            })
+            .map_err(unavailable)
+    }
+
     /// Opens (creating if needed) the database `payvisor.db` in `data_dir`.
     pub fn open(data_dir: &Path) -> Result<SqliteStore, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|error| StoreError::Unavailable(format!("{}: {error}", data_dir.display())))?;
+        if super::lsm::LsmStore::exists_in(data_dir) {
+            return Err(StoreError::Unavailable(format!(
+                "{} holds the log-structured store ({}): run with --store lsm",
+                data_dir.display(),
+                data_dir.join(super::lsm::LSM_DIR).display()
+            )));
+        }
         let path = data_dir.join("payvisor.db");
         let writer = open_connection(&path, limits::STORE_WRITER_CACHE_KIB)?;
         if writer.is_readonly(rusqlite::MAIN_DB).map_err(unavailable)? {
@@ -353,13 +377,16 @@ impl SqliteStore {
         let (writes, queue) = mpsc::channel(limits::STORE_WRITE_QUEUE_MAX);
         let commits = Arc::new(AtomicU64::new(0));
         let counter = Arc::clone(&commits);
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("payvisor-sqlite-writer".into())
-            .spawn(move || run_writer(writer, queue, &counter))
+            .spawn(move || {
+                let mut writer = writer;
+                run_writer(queue, &counter, |group| commit_group(&mut writer, group))
+            })
             .map_err(|error| StoreError::Unavailable(error.to_string()))?;
         let checkpointer = open_connection(&path, limits::STORE_READER_CACHE_KIB)?;
         let store_alive = writes.downgrade();
-        std::thread::Builder::new()
+        let checkpointer = std::thread::Builder::new()
             .name("payvisor-sqlite-checkpointer".into())
             .spawn(move || run_checkpointer(checkpointer, store_alive))
             .map_err(|error| StoreError::Unavailable(error.to_string()))?;
@@ -369,7 +396,37 @@ impl SqliteStore {
             readers: Arc::new(readers),
             next_reader: AtomicUsize::new(0),
             commits,
+            threads: vec![writer, checkpointer],
         })
+    }
+
+    /// Closes the store: stops the writer and the checkpointer (each
+    /// finishes what it is doing), folds the write-ahead log into the
+    /// database and truncates it. When this returns, `payvisor.db` alone
+    /// holds the store and nothing of this process writes to it.
+    pub fn close(self) -> Result<(), StoreError> {
+        let SqliteStore {
+            writes,
+            readers,
+            threads,
+            ..
+        } = self;
+        drop(writes);
+        for thread in threads {
+            let _ = thread.join();
+        }
+        let connection = readers[0]
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let busy: i64 = connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))
+            .map_err(unavailable)?;
+        if busy != 0 {
+            return Err(StoreError::Unavailable(
+                "the write-ahead log is in use by another process; not truncated".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Group commits (fsyncs) since the store was opened.
@@ -425,31 +482,6 @@ fn run_checkpointer(connection: Connection, store_alive: mpsc::WeakSender<WriteR
         std::thread::sleep(limits::STORE_CHECKPOINT_EVERY);
         if let Err(error) = connection.execute_batch("PRAGMA wal_checkpoint(PASSIVE);") {
             tracing::warn!(%error, "background checkpoint failed; the writer's backstop remains");
-        }
-    }
-}
-
-/// The writer thread: drains the queue into group commits until every
-/// sender is gone.
-fn run_writer(
-    mut connection: Connection,
-    mut queue: mpsc::Receiver<WriteRequest>,
-    commits: &AtomicU64,
-) {
-    while let Some(first) = queue.blocking_recv() {
-        let mut group = vec![first];
-        while group.len() < limits::GROUP_COMMIT_TRANSACTIONS_MAX {
-            match queue.try_recv() {
-                Ok(request) => group.push(request),
-                Err(_) => break,
-            }
-        }
-        let results = commit_group(&mut connection, &group);
-        commits.fetch_add(1, Ordering::Relaxed);
-        for (request, result) in group.into_iter().zip(results) {
-            // The caller may have gone away (request cancelled): the write
-            // is committed all the same, which is what idempotency is for.
-            let _ = request.reply.send(result);
         }
     }
 }
@@ -626,29 +658,7 @@ impl Store for SqliteStore {
                         .collect())
                 })
                 .await?;
-            let delete = |(key, version): &(Key, u64)| WriteOp::Delete {
-                key: key.clone(),
-                condition: Condition::VersionIs(*version),
-            };
-            let mut deleted = 0;
-            // A write of many deletes (one commit); one that meets an item
-            // rewritten meanwhile is done again one delete at a time.
-            for chunk in expired.chunks(limits::TRANSACT_ITEMS_MAX) {
-                match self.transact(chunk.iter().map(delete).collect()).await {
-                    Ok(()) => deleted += chunk.len(),
-                    Err(StoreError::ConditionFailed { .. }) => {
-                        for one in chunk {
-                            match self.transact(vec![delete(one)]).await {
-                                Ok(()) => deleted += 1,
-                                Err(StoreError::ConditionFailed { .. }) => {}
-                                Err(error) => return Err(error),
-                            }
-                        }
-                    }
-                    Err(error) => return Err(error),
-                }
-            }
-            Ok(deleted)
+            super::delete_expired(self, &expired).await
         })
     }
 
@@ -672,16 +682,7 @@ impl Store for SqliteStore {
     }
 
     fn transact(&self, ops: Vec<WriteOp>) -> BoxFuture<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            validate_write(&ops)?;
-            let (reply, done) = oneshot::channel();
-            self.writes
-                .send(WriteRequest { ops, reply })
-                .await
-                .map_err(|_| StoreError::Unavailable("writer stopped".into()))?;
-            done.await
-                .map_err(|_| StoreError::Unavailable("writer stopped".into()))?
-        })
+        Box::pin(submit(&self.writes, ops))
     }
 
     fn get(&self, key: Key) -> BoxFuture<'_, Result<Option<Item>, StoreError>> {
@@ -778,17 +779,4 @@ impl Store for SqliteStore {
             }))
         })
     }
-}
-
-/// Cuts a result read with `limit + 1` rows into a page: the extra row only
-/// tells whether another page exists.
-fn page_of(mut items: Vec<Item>, limit: usize, position: impl Fn(&Item) -> String) -> Page {
-    let more = items.len() > limit;
-    items.truncate(limit);
-    let next = if more {
-        items.last().map(position)
-    } else {
-        None
-    };
-    Page { items, next }
 }

@@ -346,7 +346,7 @@ async fn routing_fails_over_without_ever_sending_a_payment_to_two_banks() {
     )
     .unwrap();
     let callback_listen = format!("127.0.0.1:{}", free_port());
-    let server = Server::start(&[
+    let mut server = Server::start(&[
         "--banks",
         banks_file.to_str().unwrap(),
         "--bank-callback-listen",

@@ -166,8 +166,8 @@ async fn stream_requests(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_stream_loses_nothing_and_doubles_nothing() {
-    let server = kill_9_rounds(Server::start(&[]), ACKS_BEFORE_KILL).await;
-    verify_books(&server);
+    let mut server = kill_9_rounds(Server::start(&[]), ACKS_BEFORE_KILL).await;
+    verify_books(&mut server);
 }
 
 /// The same rounds while the store misbehaves: the DynamoDB test server
@@ -206,12 +206,12 @@ async fn kill_9_while_the_store_fails_throttles_and_answers_late_loses_nothing_a
     );
     // Fewer per round: a store call that fails waits out the SDK's back-off
     // (up to a second), so each acknowledgement costs more.
-    let server = kill_9_rounds(server, ACKS_BEFORE_KILL_UNDER_FAULTS).await;
+    let mut server = kill_9_rounds(server, ACKS_BEFORE_KILL_UNDER_FAULTS).await;
     let injected = dynamodb::faults_injected(&table);
     // The books are checked on a store that answers: `ledger verify` is the
     // test's oracle, not the server under test, and does not retry.
     dynamodb::set_faults(&table, serde_json::json!({}));
-    verify_books(&server);
+    verify_books(&mut server);
     eprintln!("{test}: injected {injected}");
     for kind in ["throttled", "failed", "slow"] {
         assert!(
@@ -289,7 +289,7 @@ async fn kill_9_rounds(mut server: Server, acks_before_kill: usize) -> Server {
 }
 
 /// `payvisor ledger verify` over every account the rounds used.
-fn verify_books(server: &Server) {
+fn verify_books(server: &mut Server) {
     let accounts: Vec<String> = (0..ACCOUNTS).map(|n| format!("crash-{n}")).collect();
     server.verify_ledger(&accounts.iter().map(String::as_str).collect::<Vec<_>>());
 }

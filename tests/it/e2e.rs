@@ -483,7 +483,7 @@ async fn partial_then_full_refunds_return_all_the_money() {
 
 #[tokio::test]
 async fn twenty_concurrent_refunds_never_exceed_the_amount() {
-    let server = Server::start(&[]);
+    let mut server = Server::start(&[]);
     let mut client = server.client().await;
     let payment = processed_payment(&mut client, "acme", "req-1", 1000).await;
 
@@ -542,7 +542,7 @@ async fn pagination_returns_every_payment_exactly_once() {
 
 #[tokio::test]
 async fn balances_equal_processed_minus_refunded() {
-    let server = Server::start(&[]);
+    let mut server = Server::start(&[]);
     let mut client = server.client().await;
     let mut names = Vec::new();
     for n in 0..12 {
@@ -586,7 +586,7 @@ async fn balances_equal_processed_minus_refunded() {
 
 #[tokio::test]
 async fn fees_are_kept_from_processed_payments() {
-    let server = Server::start(&["--fee-basis-points", "290", "--fee-fixed-minor", "30"]);
+    let mut server = Server::start(&["--fee-basis-points", "290", "--fee-fixed-minor", "30"]);
     let mut client = server.client().await;
     let payment = created_payment(&mut client, "acme", "req-1", 10_000).await;
     let processed = wait_for(&mut client, &payment.name, |p| state(p) == State::Processed).await;
@@ -1049,13 +1049,11 @@ async fn payments_are_listed_newest_first_within_a_window_of_creation_times() {
     assert!(stopped.success());
     {
         use payvisor::store::Store;
-        let store: Box<dyn Store> = match server.dynamodb_table() {
-            None => {
-                Box::new(payvisor::store::sqlite::SqliteStore::open(server.data_dir()).unwrap())
-            }
+        let store: std::sync::Arc<dyn Store> = match server.dynamodb_table() {
+            None => server.open_embedded_store(),
             Some(table) => {
                 use payvisor::store::dynamodb::{DynamoDbSettings, DynamoDbStore};
-                Box::new(DynamoDbStore::connect(&DynamoDbSettings::new(table)).await)
+                std::sync::Arc::new(DynamoDbStore::connect(&DynamoDbSettings::new(table)).await)
             }
         };
         store
@@ -1103,7 +1101,6 @@ fn as_0_1_0_wrote(account: &str, created: &[pb::Payment]) -> Vec<payvisor::store
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_old_account_is_indexed_by_creation_in_bounded_steps_that_resume() {
     use payvisor::store::schema;
-    use payvisor::store::Store;
     let mut server = Server::start(&[]);
     if server.dynamodb_table().is_some() {
         // The steps are the store's own; the embedded store shows them.
@@ -1116,27 +1113,27 @@ async fn an_old_account_is_indexed_by_creation_in_bounded_steps_that_resume() {
         created.push(client.create_payment(request).await.unwrap().into_inner());
     }
     assert!(server.terminate_async().await.success());
-    let store = payvisor::store::sqlite::SqliteStore::open(server.data_dir()).unwrap();
+    let store = server.open_embedded_store();
     let account = payvisor::domain::AccountId::new("old").unwrap();
     for chunk in as_0_1_0_wrote("old", &created).chunks(50) {
         store.transact(chunk.to_vec()).await.unwrap();
     }
     let window = schema::CreatedWindow::default();
-    let listed = schema::list_payments_by_creation(&store, &account, None, window, 500).await;
+    let listed = schema::list_payments_by_creation(&*store, &account, None, window, 500).await;
     assert!(listed.unwrap().0.is_empty(), "no pointers left");
     // A batch is 256 payments: the first call stops after one, the second
     // finishes from there.
-    assert!(!schema::index_by_creation(&store, &account, 100)
+    assert!(!schema::index_by_creation(&*store, &account, 100)
         .await
         .unwrap());
-    let (partial, _) = schema::list_payments_by_creation(&store, &account, None, window, 500)
+    let (partial, _) = schema::list_payments_by_creation(&*store, &account, None, window, 500)
         .await
         .unwrap();
     assert_eq!(partial.len(), 256);
-    assert!(schema::index_by_creation(&store, &account, 100)
+    assert!(schema::index_by_creation(&*store, &account, 100)
         .await
         .unwrap());
-    let (all, next) = schema::list_payments_by_creation(&store, &account, None, window, 500)
+    let (all, next) = schema::list_payments_by_creation(&*store, &account, None, window, 500)
         .await
         .unwrap();
     assert!(next.is_none());

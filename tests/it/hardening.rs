@@ -84,7 +84,7 @@ async fn a_payment_paged_behind_a_bank_outage_goes_through_when_the_bank_is_back
     set_outage(&bank, true);
     let bank_url = format!("http://{}", bank.address);
     let callbacks = format!("127.0.0.1:{}", free_port());
-    let server = Server::start(&[
+    let mut server = Server::start(&[
         "--bank-url",
         &bank_url,
         "--bank-name",

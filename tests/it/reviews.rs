@@ -81,7 +81,7 @@ fn review_request(name: &str, request_id: &str) -> pb::ApprovePaymentRequest {
 #[tokio::test(flavor = "multi_thread")]
 async fn each_rule_type_decides_and_is_recorded_on_the_payment() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _) = start(dir.path());
+    let (mut server, _) = start(dir.path());
     let mut client = server.client().await;
 
     // One account per check: the velocity rule counts every account's own
@@ -205,7 +205,7 @@ async fn each_rule_type_decides_and_is_recorded_on_the_payment() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_review_queue_is_listed_and_each_payment_approved_or_declined_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _) = start(dir.path());
+    let (mut server, _) = start(dir.path());
     let mut client = server.client().await;
     let a = create(&mut client, "alpha", "a", 200_000, |_| {}).await;
     let b = create(&mut client, "beta", "b", 200_000, |_| {}).await;
@@ -336,7 +336,7 @@ async fn the_review_queue_is_listed_and_each_payment_approved_or_declined_once()
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_approve_and_decline_of_one_payment_have_exactly_one_winner() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _) = start(dir.path());
+    let (mut server, _) = start(dir.path());
     let mut client = server.client().await;
     let mut names = Vec::new();
     for n in 0..20 {
@@ -397,7 +397,7 @@ async fn concurrent_approve_and_decline_of_one_payment_have_exactly_one_winner()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_call_cannot_fail_what_awaits_a_reviewer_even_racing_the_review() {
     let dir = tempfile::tempdir().unwrap();
-    let (server, _) = start(dir.path());
+    let (mut server, _) = start(dir.path());
     let mut client = server.client().await;
     let waiting = create(&mut client, "inrev", "big", 200_000, |_| {}).await;
     assert_eq!(state(&waiting), State::InReview);

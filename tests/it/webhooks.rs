@@ -541,7 +541,7 @@ async fn creates_batched_with_a_webhook_endpoint_stay_within_one_atomic_write() 
     let dir = tempfile::tempdir().unwrap();
     let receiver = Receiver::start(dir.path());
     let hooks = webhooks_file(dir.path(), &receiver.url());
-    let server = Server::start(&["--webhooks", hooks.to_str().unwrap()]);
+    let mut server = Server::start(&["--webhooks", hooks.to_str().unwrap()]);
     let client = server.client().await;
     let mut creates = tokio::task::JoinSet::new();
     for n in 0..64 {

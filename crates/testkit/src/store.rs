@@ -204,6 +204,27 @@ pub async fn malformed_writes_are_refused(store: Arc<dyn Store>) {
         Err(StoreError::InvalidWrite(_))
     ));
     assert_eq!(store.get(Key::new("q", "s")).await.unwrap(), None);
+    // Keys past DynamoDB's bounds (partition 2,048 bytes, sort 1,024), of
+    // the item or of the index.
+    let long_sort = "s".repeat(1025);
+    let long_partition = "p".repeat(2049);
+    let mut long_index = item("q", "s", 1, "x");
+    long_index.index = Some(IndexKey {
+        pk: "ix".into(),
+        sk: long_sort.clone(),
+    });
+    for too_long in [
+        item("q", &long_sort, 1, "x"),
+        item(&long_partition, "s", 1, "x"),
+        long_index,
+    ] {
+        assert!(matches!(
+            store
+                .transact(vec![put(too_long, Condition::NotExists)])
+                .await,
+            Err(StoreError::InvalidWrite(_))
+        ));
+    }
 }
 
 /// The sort keys of a query read page by page to the end, each page no
@@ -312,6 +333,67 @@ pub async fn the_sparse_index_holds_only_indexed_items(store: Arc<dyn Store>) {
     }
     assert_eq!(seen.len(), 24);
     assert!(!seen.contains(&"acct3".to_string()));
+}
+
+/// An item is found in the index under its current index key only: moved
+/// when its key changes, gone when it is deleted; its expiry moves with it.
+pub async fn the_index_follows_an_item_that_moves_or_goes(store: Arc<dyn Store>) {
+    let now = 1_900_000_000;
+    let indexed = |version: u64, sk: &str, expires_at: i64| {
+        let mut moving = item("acct", "P#1", version, "x");
+        moving.index = Some(IndexKey {
+            pk: "DUE".into(),
+            sk: sk.into(),
+        });
+        moving.expires_at = Some(expires_at);
+        moving
+    };
+    let index_keys = |store: Arc<dyn Store>| async move {
+        let page = store
+            .query_index(IndexQuery {
+                index_pk: "DUE".into(),
+                start_after: None,
+                end_at: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        page.items
+            .iter()
+            .map(|item| item.index.clone().unwrap().sk)
+            .collect::<Vec<_>>()
+    };
+    store
+        .transact(vec![put(
+            indexed(1, "0001", now + 60),
+            Condition::NotExists,
+        )])
+        .await
+        .unwrap();
+    store
+        .transact(vec![put(
+            indexed(2, "0005", now - 60),
+            Condition::VersionIs(1),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(index_keys(Arc::clone(&store)).await, ["0005"]);
+    // Expired now: the embedded stores delete it here (DynamoDB leaves that
+    // to its own time to live). Either way, once gone it leaves the index.
+    assert!(store.expire(now, 10).await.unwrap() <= 1);
+    if store.get(Key::new("acct", "P#1")).await.unwrap().is_none() {
+        assert_eq!(index_keys(Arc::clone(&store)).await, Vec::<String>::new());
+        return;
+    }
+    store
+        .transact(vec![WriteOp::Delete {
+            key: Key::new("acct", "P#1"),
+            condition: Condition::VersionIs(2),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(index_keys(Arc::clone(&store)).await, Vec::<String>::new());
+    assert_eq!(store.expire(now, 10).await.unwrap(), 0);
 }
 
 /// Index range reads bounded above (how due reminders are found): only keys
@@ -475,6 +557,7 @@ macro_rules! store_conformance_tests {
             an_empty_prefix_reads_the_whole_partition,
             the_sparse_index_holds_only_indexed_items,
             index_reads_stop_at_an_upper_bound,
+            the_index_follows_an_item_that_moves_or_goes,
             concurrent_creates_have_exactly_one_winner,
             contended_increments_lose_no_update,
             expiry_round_trips_and_only_expired_items_go,

@@ -141,8 +141,19 @@ impl Server {
     }
 
     /// Runs `payvisor ledger verify` on this server's store; panics unless
-    /// every account's books are clean.
-    pub fn verify_ledger(&self, accounts: &[&str]) {
+    /// every account's books are clean. The log-structured store is one
+    /// process's at a time (its files are locked while open), so on it the
+    /// server is stopped (gracefully) for the check and started again on
+    /// the same store.
+    pub fn verify_ledger(&mut self, accounts: &[&str]) {
+        let exclusive = self.store_args.iter().any(|arg| arg == "lsm")
+            && self.process.try_wait().expect("server status").is_none();
+        if exclusive {
+            assert!(
+                self.terminate().success(),
+                "graceful stop for ledger verify"
+            );
+        }
         let mut command = Command::new(BINARY);
         command
             .args(["ledger", "verify", "--data-dir"])
@@ -158,6 +169,9 @@ impl Server {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+        if exclusive {
+            self.restart();
+        }
     }
 
     pub async fn client(&self) -> PaymentServiceClient<Channel> {
@@ -230,6 +244,16 @@ impl Server {
             .iter()
             .position(|arg| arg == "--dynamodb-table")?;
         self.store_args.get(flag + 1).map(String::as_str)
+    }
+
+    /// The (stopped) server's embedded store, opened in this process: the
+    /// one its `--store` names.
+    pub fn open_embedded_store(&self) -> std::sync::Arc<dyn payvisor::store::Store> {
+        if self.store_args.iter().any(|arg| arg == "lsm") {
+            std::sync::Arc::new(payvisor::store::lsm::LsmStore::open(&self.data_dir).unwrap())
+        } else {
+            std::sync::Arc::new(payvisor::store::sqlite::SqliteStore::open(&self.data_dir).unwrap())
+        }
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -526,8 +550,9 @@ pub async fn assert_balances_match_payments(
     );
 }
 
-/// The store flags for servers under test: the embedded store by default,
-/// a fresh DynamoDB table (created with `payvisor dynamodb create-table`)
+/// The store flags for servers under test: the embedded SQLite store by
+/// default, the log-structured one when `PAYVISOR_TEST_STORE=lsm`, a fresh
+/// DynamoDB table (created with `payvisor dynamodb create-table`)
 /// when `PAYVISOR_TEST_STORE=dynamodb`.
 fn store_args() -> Vec<String> {
     match std::env::var("PAYVISOR_TEST_STORE").as_deref() {
@@ -538,8 +563,9 @@ fn store_args() -> Vec<String> {
             );
             dynamodb_store_args()
         }
+        Ok("lsm") => vec!["--store".into(), "lsm".into()],
         Ok("sqlite") | Err(_) => Vec::new(),
-        Ok(other) => panic!("PAYVISOR_TEST_STORE={other}: expected sqlite or dynamodb"),
+        Ok(other) => panic!("PAYVISOR_TEST_STORE={other}: expected sqlite, lsm or dynamodb"),
     }
 }
 
