@@ -103,6 +103,11 @@ pub const LSM_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// sorted table: large enough that a table holds many groups' writes
 /// (fewer, larger tables to merge), bounded so memory per node is (32 MiB).
 pub const LSM_ITEMS_MEMTABLE_BYTES: u64 = 32 * 1024 * 1024;
+/// Item records this large or larger are kept in the LSM store's blob
+/// files, apart from the tree: merges then move keys and pointers, not
+/// the bodies (payments and events are 600–830 bytes of JSON), which is
+/// what made bytes written per payment grow with the store.
+pub const LSM_SEPARATED_VALUE_BYTES_MIN: u32 = 256;
 /// Memory tables of the index and the expiry list, whose entries are keys
 /// alone (8 MiB each).
 pub const LSM_ENTRIES_MEMTABLE_BYTES: u64 = 8 * 1024 * 1024;

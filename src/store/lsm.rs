@@ -20,7 +20,11 @@
 //!
 //! **Layout.** Four keyspaces (each its own LSM tree) in `<data-dir>/lsm`:
 //! - `items`: key `len(pk) as u16 BE ‖ pk ‖ sk` (an account's items are
-//!   adjacent), value a record (below);
+//!   adjacent), value a record (below); records of
+//!   `limits::LSM_SEPARATED_VALUE_BYTES_MIN` or more live in blob files
+//!   beside the tree (key-value separation), so the background merges,
+//!   which rewrite more levels as the store grows, move keys and
+//!   pointers rather than payment and event bodies;
 //! - `index`: the sparse secondary index, key `len(ipk) ‖ ipk ‖ isk ‖ 0 ‖
 //!   item key`, no value (index sort keys hold no control characters, so
 //!   the `0` ends the sort key and nothing sorts between `isk` and the
@@ -360,8 +364,16 @@ impl LsmStore {
             })
             .map_err(storage)
         };
+        let separated = fjall::KvSeparationOptions::default()
+            .separation_threshold(limits::LSM_SEPARATED_VALUE_BYTES_MIN);
         let trees = Trees {
-            items: keyspace("items", limits::LSM_ITEMS_MEMTABLE_BYTES)?,
+            items: db
+                .keyspace("items", || {
+                    KeyspaceCreateOptions::default()
+                        .max_memtable_size(limits::LSM_ITEMS_MEMTABLE_BYTES)
+                        .with_kv_separation(Some(separated.clone()))
+                })
+                .map_err(storage)?,
             index: keyspace("index", limits::LSM_ENTRIES_MEMTABLE_BYTES)?,
             expiry: keyspace("expiry", limits::LSM_ENTRIES_MEMTABLE_BYTES)?,
             db: db.clone(),
