@@ -464,11 +464,6 @@ impl LsmStore {
         Ok(report)
     }
 
-    /// Bytes the store takes on disk (journal and tables).
-    pub fn disk_space(&self) -> Result<u64, StoreError> {
-        self.trees.db.disk_space().map_err(storage)
-    }
-
     /// Up to `limit + 1` items of a key range, from one snapshot (an atomic
     /// write is seen whole or not at all).
     fn read_items(
