@@ -393,41 +393,30 @@ pub async fn store(command: StoreCommand) -> anyhow::Result<()> {
             return Ok(());
         }
     };
-    if crate::store::lsm::LsmStore::exists_in(&data_dir) {
-        let store = crate::store::lsm::LsmStore::open(&data_dir)?;
-        let report = store.check()?;
-        for problem in &report.problems {
-            out!("damaged: {problem}");
-        }
-        out!(
-            "{} records read (log-structured store), {} problems",
-            report.items,
-            report.problems.len()
-        );
+    // What each store read, and the problems it found.
+    let (read, problems) = if crate::store::lsm::LsmStore::exists_in(&data_dir) {
+        let report = crate::store::lsm::LsmStore::open(&data_dir)?.check()?;
+        let read = format!("{} records read (log-structured store)", report.items);
+        (read, report.problems)
+    } else {
         anyhow::ensure!(
-            report.problems.is_empty(),
-            "the store is damaged: restore it from a backup (see docs/failure-modes.md)"
+            data_dir.join("payvisor.db").is_file(),
+            "no payvisor store in {} (neither payvisor.db nor lsm/): check --data-dir",
+            data_dir.display()
         );
-        return Ok(());
-    }
-    anyhow::ensure!(
-        data_dir.join("payvisor.db").is_file(),
-        "no payvisor store in {} (neither payvisor.db nor lsm/): check --data-dir",
-        data_dir.display()
-    );
-    let store = crate::store::sqlite::SqliteStore::open(&data_dir)?;
-    let report = store.check()?;
-    for problem in &report.problems {
+        let report = crate::store::sqlite::SqliteStore::open(&data_dir)?.check()?;
+        let read = format!(
+            "{} records read, {} without a checksum (written before checksums)",
+            report.rows, report.unchecked
+        );
+        (read, report.problems)
+    };
+    for problem in &problems {
         out!("damaged: {problem}");
     }
-    out!(
-        "{} records read, {} without a checksum (written before checksums), {} problems",
-        report.rows,
-        report.unchecked,
-        report.problems.len()
-    );
+    out!("{read}, {} problems", problems.len());
     anyhow::ensure!(
-        report.problems.is_empty(),
+        problems.is_empty(),
         "the store is damaged: restore it from a backup (see docs/failure-modes.md)"
     );
     Ok(())

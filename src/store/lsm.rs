@@ -484,6 +484,25 @@ impl LsmStore {
     }
 }
 
+/// The stored record of the item an index or expiry entry (`entry_kind`)
+/// names; an entry naming no item is damage.
+fn named_item(
+    snapshot: &fjall::Snapshot,
+    trees: &Trees,
+    key: &[u8],
+    entry_kind: &str,
+) -> Result<fjall::UserValue, StoreError> {
+    snapshot
+        .get(&trees.items, key)
+        .map_err(storage)?
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "{entry_kind} names {}, which does not exist",
+                key_of(key).map_or_else(|_| "a malformed key".into(), |key| format!("{key:?}"))
+            ))
+        })
+}
+
 /// The item an index entry names, which must carry that entry's key.
 fn index_entry_item(
     snapshot: &fjall::Snapshot,
@@ -499,16 +518,7 @@ fn index_entry_item(
         .map(|at| prefix + at + 1)
         .ok_or_else(malformed)?;
     let key = &entry[key_at..];
-    let value = snapshot
-        .get(&trees.items, key)
-        .map_err(storage)?
-        .ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "an index entry names {:?}, which does not exist",
-                key_of(key).map_or_else(|_| "a malformed key".into(), |key| format!("{key:?}"))
-            ))
-        })?;
-    let item = decode_item(key, &value)?;
+    let item = decode_item(key, &named_item(snapshot, trees, key, "an index entry")?)?;
     match &item.index {
         Some(index) if index_entry(index, key) == entry => Ok(item),
         _ => Err(StoreError::Corrupt(format!(
@@ -528,15 +538,7 @@ fn expiry_entry_item(
     let key = entry
         .get(8..)
         .ok_or_else(|| StoreError::Corrupt("an expiry entry is malformed".into()))?;
-    let value = snapshot
-        .get(&trees.items, key)
-        .map_err(storage)?
-        .ok_or_else(|| {
-            StoreError::Corrupt(format!(
-                "an expiry entry names {:?}, which does not exist",
-                key_of(key).map_or_else(|_| "a malformed key".into(), |key| format!("{key:?}"))
-            ))
-        })?;
+    let value = named_item(snapshot, trees, key, "an expiry entry")?;
     let (header, _) = decode_record(key, &value)?;
     match header.expires_at {
         Some(at) if expiry_entry(at, key) == entry => Ok((key_of(key)?, header)),
